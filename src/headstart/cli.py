@@ -1,0 +1,233 @@
+"""``headstart`` command line: fit | evaluate | predict | models | datasets.
+
+``fit`` flags are generated from :class:`headstart.config.FitConfig` (``--head-lr`` sets
+``head_lr``); a YAML file given with ``--config`` uses the same names, and flags given on
+the command line override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import types
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+from .config import CHOICES, FitConfig
+
+log = logging.getLogger("headstart")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(FitConfig)
+    group = parser.add_argument_group("fit settings (also valid as keys of --config YAML)")
+    for f in fields(FitConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        default = f.default if f.default is not MISSING else f.default_factory()
+        helptext = f"{f.metadata['help']} (default: {default})"
+        kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": helptext}
+        args = typing.get_args(kind)
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(kind) is tuple:
+            group.add_argument(flag, type=int, nargs="*", metavar="N", **kw)
+        elif isinstance(kind, types.UnionType) and type(None) in args:
+            inner = next(a for a in args if a is not type(None))
+            group.add_argument(flag, type=inner, **kw)
+        else:
+            group.add_argument(flag, type=kind, choices=CHOICES.get(f.name), **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headstart", description="Transfer learning: pre-trained model in, measured "
+        "fine-tuned model out.")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fine-tune a pre-trained backbone on your images")
+    p.add_argument("data", help="training images: a folder with one subfolder per class, "
+                   "or a CSV of path,label")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<strategy>)")
+    p.add_argument("--val", default=None, help="validation data (default: hold out "
+                   "--val-fraction of the training data, stratified)")
+    p.add_argument("--test", default=None, help="test data, evaluated after training")
+    p.add_argument("--config", default=None, help="YAML file of fit settings")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its "
+                   "last checkpoint in --out")
+    p.add_argument("--path-column", default="path")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
+    _add_config_flags(p)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained run on labeled data")
+    p.add_argument("run", help="run directory written by `headstart fit`")
+    p.add_argument("data", help="labeled images: class folders or CSV")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("predict", help="predict classes for images")
+    p.add_argument("run", help="run directory written by `headstart fit`")
+    p.add_argument("inputs", nargs="+", help="image files, folders, or a CSV with a path column")
+    p.add_argument("--out", default=None, help="write predictions to this CSV (default: stdout)")
+    p.add_argument("--top-k", type=int, default=3)
+
+    p = sub.add_parser("models", help="list the source models of the zoo")
+    p.add_argument("--modality", default=None)
+    p.add_argument("--offline", action="store_true", help="only models usable with no network")
+    p.add_argument("--source", default=None, help="id prefix: packaged, timm, tiny")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("datasets", help="export a real offline dataset as image folders")
+    p.add_argument("name", choices=["fashion-mnist"])
+    p.add_argument("--out", required=True, help="folder to write train/ and test/ into")
+    p.add_argument("--per-class", type=int, default=100, help="training images per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-per-class", type=int, default=None,
+                   help="test images per class (default: the whole official test split)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "filelock", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
+               "models": cmd_models, "datasets": cmd_datasets}[args.command]
+    from .data.images import DataError
+    from .zoo.base import ZooError
+
+    try:
+        return handler(args) or 0
+    except (DataError, ZooError, ValueError, FileNotFoundError) as exc:
+        print(f"headstart {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
+    base = FitConfig.from_yaml(args.config).to_dict() if args.config else {}
+    given = {f: getattr(args, f) for f in FitConfig.field_names() if hasattr(args, f)}
+    return FitConfig.from_dict({**base, **given}, "command line")
+
+
+def cmd_fit(args) -> int:
+    from .metrics import format_metrics
+    from .tasks import ImageClassifier
+
+    cfg = fit_config_from_args(args)
+    out = Path(args.out or f"runs/{cfg.strategy}")
+    if (out / "config.json").exists() and not args.resume:
+        log.warning("%s already holds a run: it will be overwritten", out)
+    from .data.images import open_source
+
+    data = open_source(args.data, skip_bad=cfg.skip_bad, path_column=args.path_column,
+                       label_column=args.label_column)
+    val = (open_source(args.val, classes=data.classes, skip_bad=cfg.skip_bad,
+                       path_column=args.path_column, label_column=args.label_column)
+           if args.val else None)
+    clf = ImageClassifier(config=cfg, run_dir=out).fit(data, validation=val, resume=args.resume)
+    if args.test:
+        test = open_source(args.test, classes=clf.classes_, skip_bad=cfg.skip_bad,
+                           path_column=args.path_column, label_column=args.label_column)
+        clf.metrics_["test"] = clf.evaluate(test)
+        clf.save(out)
+    m = clf.metrics_
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, "
+          f"{clf.preprocess_.input_size}px, fit {m['fit_seconds']:.0f}s, best at {m['best']})")
+    for s in clf.stages_:
+        print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
+              f"{s['total_params']:,} params, BN {s['bn']}")
+    for split in ("validation", "test"):
+        if split in m:
+            print(f"  {split:<10} {format_metrics(m[split])}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics import format_metrics
+    from .tasks import ImageClassifier
+
+    clf = ImageClassifier.load(args.run)
+    m = clf.evaluate(args.data)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(format_metrics(m))
+    width = max(len(c) for c in clf.classes_)
+    print(f"{'class':<{width}}  precision  recall     f1  support")
+    for c, v in m["per_class"].items():
+        print(f"{c:<{width}}  {v['precision']:9.3f}  {v['recall']:6.3f}  {v['f1']:5.3f}  "
+              f"{v['support']:7d}")
+    print("confusion matrix (rows: true, columns: predicted):")
+    for c, row in zip(clf.classes_, m["confusion_matrix"]):
+        print(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .data.images import open_inputs
+    from .tasks import ImageClassifier
+
+    clf = ImageClassifier.load(args.run)
+    sources = [open_inputs(i) for i in args.inputs]
+    k = max(1, min(args.top_k, len(clf.classes_)))
+    stream = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        writer = csv.writer(stream)
+        writer.writerow(["item", "prediction", "probability"] +
+                        [f"top{j + 1}" for j in range(1, k)])
+        for source in sources:
+            proba = clf.predict_proba(source)
+            for i, p in enumerate(proba):
+                order = p.argsort()[::-1][:k]
+                writer.writerow([source.name(i), clf.classes_[order[0]], f"{p[order[0]]:.4f}"] +
+                                [f"{clf.classes_[j]}:{p[j]:.4f}" for j in order[1:]])
+    finally:
+        if args.out:
+            stream.close()
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .zoo import list_models
+
+    metas = list_models(modality=args.modality, offline=True if args.offline else None,
+                        source=args.source)
+    if args.json:
+        print(json.dumps([m.to_dict() for m in metas], indent=2))
+        return 0
+    print(f"{'id':<36} {'modality':<8} {'params':>10} {'offline':<7} {'licence':<12} source "
+          "data / task")
+    for m in metas:
+        params = f"{m.params / 1e6:.2f}M" if m.params else "?"
+        print(f"{m.id:<36} {m.modality:<8} {params:>10} {'yes' if m.offline else 'no':<7} "
+              f"{m.licence:<12} {m.source_data} / {m.source_task}")
+    print("\nAlso: timm:<any timm model name> (hub weights, needs network) and the directory of "
+          "a run headstart wrote.")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .datasets import export_image_folder, fashion_mnist, per_class_subset
+
+    out = Path(args.out)
+    x, y, classes = fashion_mnist("train")
+    idx = per_class_subset(y, args.per_class, args.seed)
+    export_image_folder(x[idx], y[idx], classes, out / "train")
+    xt, yt, _ = fashion_mnist("test")
+    tidx = (per_class_subset(yt, args.test_per_class, args.seed) if args.test_per_class
+            else slice(None))
+    export_image_folder(xt[tidx], yt[tidx], classes, out / "test")
+    print(f"wrote {len(idx)} training images to {out / 'train'} and "
+          f"{len(yt[tidx])} test images to {out / 'test'}")
+    return 0

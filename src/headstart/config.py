@@ -1,0 +1,118 @@
+"""Every default of a fit, in one place. CLI flags and YAML keys map onto these fields 1:1
+(``--head-lr`` <-> ``head_lr``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CHOICES = {
+    "strategy": ("feature_extract", "finetune", "partial", "gradual", "lp_ft"),
+    "augment": ("none", "light", "strong"),
+    "schedule": ("cosine", "onecycle", "constant"),
+    "bn": ("auto", "frozen", "train"),
+    "monitor": ("accuracy", "macro_f1", "loss"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "precision": ("no", "bf16", "fp16"),
+}
+
+
+def _f(default: Any, help: str, **kw) -> Any:
+    if isinstance(default, (list, tuple, dict)):
+        return field(default_factory=lambda: default, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class FitConfig:
+    backbone: str = _f("packaged:efficientnet_lite0", "source model id (`headstart models`) "
+                       "or the directory of a run headstart wrote")
+    strategy: str = _f("lp_ft", "what trains: feature_extract | finetune | partial | gradual "
+                       "| lp_ft (linear probe, then fine-tune everything)")
+    cut: int = _f(0, "remove this many trailing feature stages of the backbone")
+    head_hidden: tuple[int, ...] = _f((), "hidden sizes of an MLP head; empty = linear head")
+    dropout: float = _f(0.0, "dropout before each head layer")
+    image_size: int | None = _f(None, "input side in pixels; default: the backbone's own, "
+                                "capped at 4x the median side of the training images "
+                                "(rounded up to 32) so small images are not blown up")
+    augment: str = _f("light", "training augmentation: none | light (random resized crop "
+                      "0.7-1, flip) | strong (crop 0.35-1, flip, colour jitter)")
+    epochs: int = _f(12, "epochs of each stage that trains backbone layers")
+    head_epochs: int = _f(60, "epochs of head-only stages (on cached features: fast)")
+    batch_size: int = _f(32, "training batch size")
+    eval_batch_size: int = _f(128, "batch size for feature extraction and evaluation")
+    lr: float = _f(5e-4, "peak learning rate of the last backbone group")
+    head_lr: float = _f(3e-3, "peak learning rate of the head")
+    lr_decay: float = _f(0.7, "discriminative LR: each earlier layer group gets this factor "
+                         "times the next one's rate (1 = same LR everywhere)")
+    weight_decay: float = _f(0.05, "AdamW weight decay (not applied to biases and norms)")
+    schedule: str = _f("cosine", "LR schedule per stage: cosine (with warmup) | onecycle "
+                       "| constant")
+    warmup: float = _f(0.1, "fraction of each stage's steps spent warming the LR up")
+    label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy loss")
+    bn: str = _f("auto", "BatchNorm statistics in trained layers: frozen | train | auto "
+                 "(the strategy's default)")
+    partial_groups: int = _f(3, "`partial`: how many of the last layer groups train")
+    gradual_epochs: int = _f(1, "`gradual`: epochs per unfreezing stage")
+    val_fraction: float = _f(0.1, "stratified share of the training data held out for "
+                             "validation (when no validation set is given)")
+    early_stopping: int = _f(4, "stop a stage after this many epochs without improvement "
+                             "(0 = off)")
+    monitor: str = _f("accuracy", "validation metric for early stopping and the best "
+                      "checkpoint: accuracy | macro_f1 | loss")
+    seed: int = _f(0, "seed of the split, sampling, augmentation and init")
+    num_workers: int | None = _f(None, "data loader workers; default: 0 on <= 2 cores, "
+                                 "else min(4, cores - 1)")
+    device: str = _f("auto", "auto | cpu | cuda | mps")
+    precision: str = _f("no", "mixed precision: no | bf16 | fp16")
+    channels_last: bool = _f(True, "channels_last memory format for conv nets (faster on CPU)")
+    feature_cache: str | None = _f(None, "directory for cached backbone features (default: "
+                                   "memory only)")
+    skip_bad: bool = _f(False, "skip unreadable images (and report how many) instead of "
+                        "stopping with an error")
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not valid; choose one of "
+                                 f"{', '.join(allowed)}")
+        self.head_hidden = tuple(int(h) for h in self.head_hidden)
+        for name in ("epochs", "head_epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    def replace(self, **changes) -> "FitConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "FitConfig":
+        unknown = sorted(set(data) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: "
+                             f"{', '.join(cls.field_names())}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "FitConfig":
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read the YAML config: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config must be a mapping of field: value")
+        return cls.from_dict({k.replace("-", "_"): v for k, v in data.items()}, str(path))

@@ -1,0 +1,66 @@
+"""New heads put on a backbone whose old head was removed."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """``hidden=()`` gives a linear head; hidden sizes give an MLP (GELU, dropout)."""
+
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Head(nn.Module):
+    """Optional dropout -> [Linear -> GELU -> dropout]* -> Linear to the classes.
+
+    The last layer starts at zero weight and zero bias (uniform predictions, no random
+    push on the backbone in the first fine-tuning steps); hidden layers use timm's
+    trunc-normal init.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, spec: HeadSpec = HeadSpec()):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in spec.hidden:
+            layers += [nn.Dropout(spec.dropout), nn.Linear(width, h), nn.GELU()]
+            width = h
+        layers += [nn.Dropout(spec.dropout), nn.Linear(width, num_classes)]
+        self.layers = nn.Sequential(*[m for m in layers
+                                      if not (isinstance(m, nn.Dropout) and m.p == 0)])
+        self.spec = spec
+        self.in_features = in_features
+        self.num_classes = num_classes
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        linears = [m for m in self.layers if isinstance(m, nn.Linear)]
+        for m in linears[:-1]:
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        nn.init.zeros_(linears[-1].weight)
+        nn.init.zeros_(linears[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
+class TransferModel(nn.Module):
+    """A backbone (old head removed) followed by a new head."""
+
+    def __init__(self, backbone: nn.Module, head: Head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))

@@ -1,0 +1,47 @@
+"""Classification metrics (scikit-learn), as plain JSON-able dicts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def classification_metrics(y_true, proba, classes: list[str]) -> dict:
+    """accuracy, macro-F1, AUROC (one-vs-rest macro), per-class P/R/F1, confusion matrix."""
+    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_loss,
+                                 precision_recall_fscore_support, roc_auc_score)
+
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    proba = proba / np.clip(proba.sum(1, keepdims=True), 1e-12, None)
+    labels = np.arange(len(classes))
+    pred = proba.argmax(1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, pred, labels=labels, zero_division=0)
+    out = {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, pred)),
+        "macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro",
+                                   zero_division=0)),
+        "log_loss": float(log_loss(y_true, np.clip(proba, 1e-12, 1), labels=labels)),
+        "auroc": None,
+        "per_class": {
+            c: {"precision": float(precision[i]), "recall": float(recall[i]),
+                "f1": float(f1[i]), "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(y_true, pred, labels=labels).tolist(),
+    }
+    present = np.unique(y_true)
+    if len(present) == len(classes) and len(classes) > 1:
+        if len(classes) == 2:
+            out["auroc"] = float(roc_auc_score(y_true, proba[:, 1]))
+        else:
+            out["auroc"] = float(roc_auc_score(y_true, proba, multi_class="ovr",
+                                               average="macro"))
+    return out
+
+
+def format_metrics(m: dict) -> str:
+    auroc = f"{m['auroc']:.4f}" if m.get("auroc") is not None else "n/a"
+    return (f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  AUROC {auroc}  "
+            f"(n={m['n']})")

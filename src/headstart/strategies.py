@@ -1,0 +1,162 @@
+"""What trains, when, and how fast: strategies as plain, inspectable data.
+
+A strategy is a list of stages. Each stage says how many of the backbone's last layer
+groups train (the new head always trains), for how many epochs, at what learning rates
+(discriminative: each earlier group gets ``lr_decay`` times the rate of the next), and
+whether BatchNorm layers that train keep their running statistics frozen or update them.
+BatchNorm layers in frozen groups never update their statistics.
+
+A stage that trains no backbone layer runs on cached backbone features.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from .config import FitConfig
+from .zoo.base import LayerGroup
+
+log = logging.getLogger(__name__)
+
+ALL = -1  # train_groups value meaning "every group"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    train_groups: int  # how many trailing backbone groups train; 0 = none, ALL = all
+    epochs: int
+    lr: float  # peak LR of the last backbone group
+    head_lr: float
+    lr_decay: float
+    bn: str  # "frozen" | "train": BN statistics in the groups that train
+
+    @property
+    def head_only(self) -> bool:
+        return self.train_groups == 0
+
+    def trainable_indices(self, n_groups: int) -> list[int]:
+        k = n_groups if self.train_groups == ALL else min(self.train_groups, n_groups)
+        return list(range(n_groups - k, n_groups))
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    stages: tuple[Stage, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "stages": [asdict(s) for s in self.stages]}
+
+    def describe(self, groups: list[LayerGroup] | None = None) -> str:
+        lines = [f"strategy {self.name}:"]
+        for s in self.stages:
+            if s.head_only:
+                lines.append(f"  {s.name}: {s.epochs} epochs, trains the head only on cached "
+                             f"features, head lr {s.head_lr:g}")
+                continue
+            what = "all groups" if s.train_groups == ALL else f"the last {s.train_groups} groups"
+            lines.append(f"  {s.name}: {s.epochs} epochs, trains {what} + head, "
+                         f"lr {s.lr:g} (x{s.lr_decay:g} per earlier group), head lr "
+                         f"{s.head_lr:g}, BN statistics {s.bn}")
+        return "\n".join(lines)
+
+
+def build_strategy(cfg: FitConfig, n_groups: int) -> Strategy:
+    """The named strategy of ``cfg`` for a backbone with ``n_groups`` layer groups."""
+    def bn(default: str) -> str:
+        return default if cfg.bn == "auto" else cfg.bn
+
+    def stage(name, groups, epochs, bn_default, lr=cfg.lr, head_lr=cfg.head_lr):
+        return Stage(name, groups, epochs, lr, head_lr, cfg.lr_decay, bn(bn_default))
+
+    probe = stage("linear_probe", 0, cfg.head_epochs, "frozen")
+    name = cfg.strategy
+    if name == "feature_extract":
+        stages = (probe,)
+    elif name == "finetune":
+        stages = (stage("finetune", ALL, cfg.epochs, "train"),)
+    elif name == "partial":
+        if not 1 <= cfg.partial_groups <= n_groups:
+            raise ValueError(f"partial_groups={cfg.partial_groups} must be between 1 and the "
+                             f"backbone's {n_groups} layer groups")
+        stages = (stage("partial", cfg.partial_groups, cfg.epochs, "train"),)
+    elif name == "gradual":
+        stages = (probe,) + tuple(
+            stage(f"unfreeze_{k}", k, cfg.gradual_epochs, "train") for k in range(1, n_groups + 1)
+        )
+    elif name == "lp_ft":
+        # LP-FT (Kumar et al. 2022): a fitted head first, so fine-tuning does not distort
+        # the pretrained features with gradients from a random head; the whole network
+        # then trains with the head at the backbone's (small) rate, BN statistics kept.
+        stages = (probe, stage("finetune", ALL, cfg.epochs, "frozen", head_lr=cfg.lr))
+    else:
+        raise ValueError(f"unknown strategy {name!r}")
+    return Strategy(name, stages)
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)
+
+
+def configure_stage(backbone: nn.Module, head: nn.Module, groups: list[LayerGroup],
+                    stage: Stage, weight_decay: float) -> tuple[list[dict], dict]:
+    """Set ``requires_grad`` for the stage and return AdamW param groups and a summary.
+
+    Each trainable layer group gets its own rate: ``lr * lr_decay ** (distance from the
+    last group)``; biases and norm weights get no weight decay.
+    """
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    trainable = stage.trainable_indices(len(groups))
+    param_groups: list[dict] = []
+    n = len(groups)
+    for i in trainable:
+        lr = stage.lr * stage.lr_decay ** (n - 1 - i)
+        params = list(groups[i].parameters())
+        for p in params:
+            p.requires_grad_(True)
+        param_groups += _split_decay(params, lr, weight_decay, groups[i].name)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    param_groups += _split_decay(list(head.parameters()), stage.head_lr, weight_decay, "head")
+    total = sum(p.numel() for p in backbone.parameters()) + sum(
+        p.numel() for p in head.parameters())
+    n_train = sum(p.numel() for g in param_groups for p in g["params"])
+    summary = {
+        "stage": stage.name,
+        "trainable_params": n_train,
+        "total_params": total,
+        "trainable_groups": [groups[i].name for i in trainable],
+        "bn": stage.bn if trainable else "frozen",
+    }
+    log.info("stage %s: trainable %s / %s parameters (%.1f%%), groups [%s] + head, BN %s",
+             stage.name, f"{n_train:,}", f"{total:,}", 100 * n_train / max(total, 1),
+             ", ".join(summary["trainable_groups"]), summary["bn"])
+    return param_groups, summary
+
+
+def _split_decay(params: list, lr: float, weight_decay: float, name: str) -> list[dict]:
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    out = []
+    if decay:
+        out.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": name})
+    if no_decay:
+        out.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": name})
+    return out
+
+
+def set_bn_mode(backbone: nn.Module, groups: list[LayerGroup], stage: Stage) -> None:
+    """Call after ``model.train()``: BN layers whose statistics stay fixed go to eval mode."""
+    trainable = set(stage.trainable_indices(len(groups)))
+    for i, group in enumerate(groups):
+        keep_stats = i not in trainable or stage.bn == "frozen"
+        if keep_stats:
+            for module in group.modules:
+                for m in module.modules():
+                    if _is_bn(m):
+                        m.eval()

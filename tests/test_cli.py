@@ -178,10 +178,6 @@ def test_evaluate_of_a_missing_run(tmp_path, folders, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "BUG: train.py Trainer.run raises RuntimeError when a checkpoint's fingerprint does not "
-    "match, and cli.main only turns DataError/ZooError/ValueError/FileNotFoundError into "
-    "exit code 2: `headstart fit --resume` with other settings ends in a traceback"))
 def test_resume_with_other_settings_is_a_clean_cli_error(folders, tmp_path, capsys):
     _, train, _ = folders
     out = tmp_path / "run"

@@ -241,11 +241,6 @@ def test_float_and_uint16_arrays():
     assert source.classes == ["x", "y"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: data/images.py to_rgb() stretches a 16-bit image by its own max "
-    "((arr-lo)/(hi-lo)*255), while array_to_image() maps uint16 with arr >> 8: the same "
-    "16-bit pixels give different RGB from a PNG and from an array, and per-image "
-    "stretching erases absolute intensity (a dim and a bright image look the same)"))
 def test_sixteen_bit_png_and_array_agree(tmp_path):
     data = (np.arange(16 * 16).reshape(16, 16) * 4).astype(np.uint16)  # 0..1020 of 65535
     path = tmp_path / "x16.png"
@@ -369,11 +364,6 @@ def test_fit_from_arrays(arrays3):
     assert clf.history_ and "val_accuracy" in clf.history_[-1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: data/images.py from_arrays(): with classes given, integer labels are read as "
-    "indices into classes; a model fitted on integer labels {1, 2} has classes ['1', '2'], "
-    "so score(X, y)/evaluate/validation=(X, y) with the same labels raise DataError "
-    "('label 2 ... is not one of the 2 classes')"))
 def test_score_with_the_integer_labels_used_in_fit(arrays):
     images, labels = arrays
     y = np.where(labels == "a", 1, 2)
@@ -383,11 +373,6 @@ def test_score_with_the_integer_labels_used_in_fit(arrays):
     assert clf.score(images, y) >= 0.9
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: data/images.py _make_source()/from_arrays() call _check_classes() also when "
-    "`classes` is given, so evaluate()/score() (and `headstart evaluate`) refuse labeled "
-    "data holding a single class ('a classifier needs at least two classes'); the rule is "
-    "for training data only and classification_metrics handles one class"))
 def test_evaluate_on_data_of_one_class(arrays, tmp_path):
     images, labels = arrays
     clf = ImageClassifier("tiny:cnn", strategy="finetune", **{**FAST, "epochs": 8})

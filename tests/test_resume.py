@@ -137,11 +137,11 @@ def test_resume_with_other_settings_is_refused(data, reference, tmp_path, monkey
     with pytest.raises(Crash):
         ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(*data)
     monkeypatch.undo()
-    with pytest.raises(RuntimeError, match="checkpoint") as info:
+    with pytest.raises(ValueError, match="checkpoint") as info:
         ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir,
                         **{**SETTINGS, "lr": 2e-2}).fit(*data, resume=True)
     assert str(run_dir) in str(info.value)
-    with pytest.raises(RuntimeError, match="checkpoint"):  # other data
+    with pytest.raises(ValueError, match="checkpoint"):  # other data
         ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(
             *make_arrays(n=48, n_classes=2, seed=2), resume=True)
     # settings that change nothing a checkpoint holds may differ

@@ -143,10 +143,6 @@ def test_timm_cut_drops_the_final_projection_first():
         create_backbone("timm:tf_efficientnet_lite0", pretrained=False, cut=9)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: zoo/timm_vision.py TimmBackbone._apply_cut: index = n_stages - cut assumes a "
-    "final projection after the last feature_info stage (EfficientNet's conv_head); on "
-    "ResNet (no such projection) cut=1 keeps every layer and feature_dim stays 512"))
 def test_timm_cut_one_on_resnet_removes_the_last_stage():
     b = create_backbone("timm:resnet18", pretrained=False, cut=1)
     assert b.feature_dim == 256

@@ -38,6 +38,10 @@ from .zoo.base import LayerGroup
 log = logging.getLogger(__name__)
 
 
+class CheckpointMismatch(ValueError):
+    """A resume was asked with settings or data other than the checkpoint's."""
+
+
 class EpochSampler(Sampler[int]):
     """A fresh permutation per epoch from a seeded generator; shards by process rank."""
 
@@ -129,7 +133,7 @@ class Trainer:
         if loaded:
             tensors, meta = loaded
             if meta.get("fingerprint") != self.fingerprint:
-                raise RuntimeError(
+                raise CheckpointMismatch(
                     f"{ckpt}: this checkpoint belongs to a run with other settings or data; "
                     "resume with the same config and data, or start a new run directory")
             state = LoopState(**meta["loop"])

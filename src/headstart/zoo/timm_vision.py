@@ -60,12 +60,16 @@ class TimmBackbone(Backbone):
                 "(no feature_info / prune_intermediate_layers); use cut=0"
             )
         n_stages = len(info)
-        if not 0 < self.cut <= n_stages - 1:
+        # Nets with a final projection after the last stage (EfficientNet's conv_head) lose
+        # that first; nets whose features are the last stage's (ResNet) lose that stage.
+        has_projection = int(self.model.num_features) != int(info[-1]["num_chs"])
+        last = n_stages if has_projection else n_stages - 1
+        if not 0 < self.cut <= last:
             raise ZooError(
                 f"{self.id}: cut={self.cut} is out of range; this backbone has {n_stages} "
-                f"feature stages, so cut must be between 0 and {n_stages - 1}"
+                f"feature stages, so cut must be between 0 and {last}"
             )
-        index = n_stages - self.cut  # feature_info index of the last stage kept
+        index = last - self.cut  # feature_info index of the last stage kept
         self.model.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
         self._stage_index = index
         self.feature_dim = int(info[index]["num_chs"])
@@ -127,6 +131,42 @@ def _is_network_failure(exc: BaseException) -> bool:
     return False
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so an offline machine fails in seconds, not after hub retries."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT)).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _weights_cached(name: str) -> bool:
+    """True when the hub weights of timm model ``name`` are in the local HF cache."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - unknown tag: treat as not cached
+        return False
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return False
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, filename), str):
+            return True
+    return False
+
+
 def create_timm_backbone(name: str, pretrained: bool, cut: int, meta: SourceMeta | None = None):
     """Create ``timm:<name>``: hub weights when ``pretrained`` (needs network or HF cache)."""
     import timm
@@ -137,6 +177,12 @@ def create_timm_backbone(name: str, pretrained: bool, cut: int, meta: SourceMeta
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
         hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
         raise ZooError(f"{backbone_id}: timm has no architecture named {arch!r}.{hint}")
+    if pretrained and not _hub_reachable() and not _weights_cached(name):
+        raise OfflineError(
+            f"{backbone_id}: its pretrained weights must be downloaded from the Hugging Face "
+            "hub, which cannot be reached from here (no network), and they are not in the "
+            f"local HF cache. Offline alternatives with real ImageNet weights: "
+            f"{', '.join(OFFLINE_ALTERNATIVES)} (see `headstart models --offline`).")
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0)
     except Exception as exc:  # noqa: BLE001 - re-raised with a clearer message

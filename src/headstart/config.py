@@ -35,7 +35,7 @@ class FitConfig:
     head_hidden: tuple[int, ...] = _f((), "hidden sizes of an MLP head; empty = linear head")
     dropout: float = _f(0.0, "dropout before each head layer")
     image_size: int | None = _f(None, "input side in pixels; default: the backbone's own, "
-                                "capped at 4x the median side of the training images "
+                                "capped at 5x the median side of the training images "
                                 "(rounded up to 32) so small images are not blown up")
     augment: str = _f("light", "training augmentation: none | light (random resized crop "
                       "0.7-1, flip) | strong (crop 0.35-1, flip, colour jitter)")
@@ -58,7 +58,7 @@ class FitConfig:
     gradual_epochs: int = _f(1, "`gradual`: epochs per unfreezing stage")
     val_fraction: float = _f(0.1, "stratified share of the training data held out for "
                              "validation (when no validation set is given)")
-    early_stopping: int = _f(4, "stop a stage after this many epochs without improvement "
+    early_stopping: int = _f(5, "stop a stage after this many epochs without improvement "
                              "(0 = off)")
     monitor: str = _f("accuracy", "validation metric for early stopping and the best "
                       "checkpoint: accuracy | macro_f1 | loss")

@@ -172,6 +172,11 @@ class Trainer:
             optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
             scheduler.load_state_dict(meta["scheduler"])
         prepared, optimizer = self.accelerator.prepare(module, optimizer)
+        if state.epoch == 0:
+            # Each stage starts a new selection: the result is the best epoch of the LAST
+            # stage (a probe is where fine-tuning starts, not a candidate against it; on a
+            # small validation set, comparing across stages picks noise).
+            state.best, state.best_where, state.bad_epochs = None, "", 0
         for epoch in range(state.epoch, stage.epochs):
             t0 = time.perf_counter()
             train_loss = self._train_epoch(prepared, stage, s, epoch, train_loader, optimizer,

@@ -26,7 +26,7 @@ from headstart.zoo import create_backbone
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--backbone", default="packaged:efficientnet_lite0")
     ap.add_argument("--repeats", type=int, default=3)

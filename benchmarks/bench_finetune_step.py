@@ -38,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--backbone", default="packaged:efficientnet_lite0")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()

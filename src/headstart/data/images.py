@@ -1,0 +1,339 @@
+"""Image sources: a folder per class, a CSV of path + label, or in-memory arrays.
+
+Every item is checked when the source is built, so a bad file is named before training
+starts, not an hour into it. With ``skip_bad=True`` unreadable images are dropped and
+counted instead (``source.skipped``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                    ".pgm")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file or row and the fix."""
+
+
+@dataclass
+class ImageSource:
+    """Items (file paths or HxW[xC] arrays) with integer labels into ``classes``."""
+
+    items: list
+    labels: np.ndarray
+    classes: list[str]
+    origin: str
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def name(self, i: int) -> str:
+        item = self.items[i]
+        return str(item) if isinstance(item, (str, Path)) else f"{self.origin}[{i}]"
+
+    def subset(self, indices) -> "ImageSource":
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageSource([self.items[i] for i in indices], self.labels[indices],
+                           self.classes, self.origin)
+
+    def fingerprint(self) -> str:
+        """Identity of the data for feature caching: paths + sizes + mtimes, or pixel bytes."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for item in self.items:
+            if isinstance(item, (str, Path)):
+                st = os.stat(item)
+                h.update(f"{item}|{st.st_size}|{st.st_mtime_ns}".encode())
+            else:
+                arr = np.ascontiguousarray(item)
+                h.update(f"{arr.shape}{arr.dtype}".encode())
+                h.update(arr.tobytes())
+        return h.hexdigest()[:24]
+
+
+def load_image(item) -> Image.Image:
+    """Any supported image as 8-bit RGB: grey, RGBA/LA (on white), palette, 16-bit, float."""
+    if isinstance(item, (str, Path)):
+        with Image.open(item) as img:
+            img.load()
+            return to_rgb(img)
+    return to_rgb(array_to_image(np.asarray(item)))
+
+
+def array_to_image(arr: np.ndarray) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype == np.uint8:
+        pass
+    elif arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    else:
+        raise DataError(f"arrays of dtype {arr.dtype} are not supported: use uint8 (0-255), "
+                        "uint16 or float (0-1)")
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise DataError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4; got {arr.shape}")
+    return Image.fromarray(arr)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit: keep the absolute scale (same as uint16 arrays), never stretch per image
+        arr = np.clip(np.asarray(img, dtype=np.int64), 0, 65535).astype(np.uint16)
+        return array_to_image(arr).convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        return array_to_image(np.clip(arr, 0, 1) if arr.max() <= 1 else arr / arr.max()).convert(
+            "RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _check_file(path: str) -> str | None:
+    """None if the image decodes, else the reason."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.size[0] < 1 or img.size[1] < 1:
+                return "empty image"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_files(paths: list[str], skip_bad: bool, what: str) -> tuple[list[int], list[str]]:
+    """Decode every file (threads); return kept indices and skipped names, or raise."""
+    workers = min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        problems = list(pool.map(_check_file, paths, chunksize=64))
+    bad = [(p, why) for p, why in zip(paths, problems) if why]
+    if bad and not skip_bad:
+        listed = "\n".join(f"  {p}: {why}" for p, why in bad[:10])
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise DataError(
+            f"{len(bad)} unreadable image(s) in {what}:\n{listed}{more}\n"
+            "Fix or remove these files, or pass skip_bad=True (--skip-bad) to leave them out "
+            "and report the count."
+        )
+    if bad:
+        log.warning("skipped %d unreadable image(s) in %s (first: %s)", len(bad), what, bad[0][0])
+    keep = [i for i, why in enumerate(problems) if not why]
+    return keep, [p for p, _ in bad]
+
+
+def _check_classes(labels: list[str], what: str) -> list[str]:
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise DataError(f"{what}: found only {len(classes)} class ({', '.join(classes) or 'none'})"
+                        "; a classifier needs at least two classes with images")
+    return classes
+
+
+def from_folder(root: str | Path, skip_bad: bool = False,
+                classes: list[str] | None = None) -> ImageSource:
+    """``root/<class>/<image>``: one subfolder per class, images anywhere below it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such directory (expected one subfolder per class)")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        raise DataError(f"{root}: no class subfolders; put each class's images in "
+                        f"{root}/<class name>/")
+    paths, labels = [], []
+    for d in subdirs:
+        files = sorted(str(p) for p in d.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"{d}: class folder '{d.name}' has no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+        paths += files
+        labels += [d.name] * len(files)
+    return _make_source(paths, labels, str(root), skip_bad, classes)
+
+
+def from_csv(csv_path: str | Path, path_column: str = "path", label_column: str = "label",
+             skip_bad: bool = False, classes: list[str] | None = None) -> ImageSource:
+    """A CSV with a path column (relative to the CSV's folder, or absolute) and a label."""
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            for col in (path_column, label_column):
+                if col not in columns:
+                    raise DataError(f"{csv_path}: no column {col!r} (columns: "
+                                    f"{', '.join(columns) or 'none'}); name the columns with "
+                                    "path_column= / label_column= (--path-column/--label-column)")
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: not UTF-8 text ({exc}); save the CSV as UTF-8") from exc
+    paths, labels, missing = [], [], []
+    for line, row in enumerate(rows, start=2):
+        rel, label = (row.get(path_column) or "").strip(), (row.get(label_column) or "").strip()
+        if not rel or not label:
+            raise DataError(f"{csv_path}, line {line}: empty {path_column!r} or "
+                            f"{label_column!r}; every row needs both")
+        p = Path(rel) if Path(rel).is_absolute() else csv_path.parent / rel
+        if not p.is_file():
+            missing.append(f"line {line}: {p}")
+            continue
+        paths.append(str(p))
+        labels.append(label)
+    if missing and not skip_bad:
+        listed = "\n".join(f"  {m}" for m in missing[:10])
+        raise DataError(f"{csv_path}: {len(missing)} row(s) name a file that does not exist:\n"
+                        f"{listed}\nFix the paths (relative paths are read from the CSV's "
+                        "folder), or pass skip_bad=True (--skip-bad) to leave them out.")
+    source = _make_source(paths, labels, str(csv_path), skip_bad, classes)
+    source.skipped = [m for m in missing] + source.skipped
+    return source
+
+
+def _make_source(paths, labels, origin, skip_bad, classes) -> ImageSource:
+    keep, skipped = check_files(paths, skip_bad, origin)
+    paths = [paths[i] for i in keep]
+    labels = [labels[i] for i in keep]
+    found = sorted(set(labels))
+    if classes is None:  # training data: at least two classes
+        classes = _check_classes(labels, origin)
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{origin}: label(s) {', '.join(unknown)} are not among the model's "
+                        f"classes ({', '.join(classes)})")
+    index = {c: i for i, c in enumerate(classes)}
+    source = ImageSource(paths, np.array([index[c] for c in labels], dtype=np.int64), classes,
+                         origin, skipped)
+    counts = Counter(labels)
+    log.info("%s: %d images, %d classes (smallest %s: %d)%s", origin, len(paths), len(found),
+             *min(counts.items(), key=lambda kv: kv[1]),
+             f", skipped {len(skipped)} unreadable" if skipped else "")
+    return source
+
+
+def from_arrays(images, labels, classes: list[str] | None = None,
+                origin: str = "array") -> ImageSource:
+    """In-memory images (N x H x W[xC] array or a list of arrays) and labels.
+
+    Labels may be class names or integers; with ``classes`` given, a label matching a class
+    name is that class, else an integer label is a position in ``classes``.
+    """
+    items = list(images) if not isinstance(images, np.ndarray) else [im for im in images]
+    labels = list(np.asarray(labels).tolist())
+    if len(items) != len(labels):
+        raise DataError(f"{origin}: {len(items)} images but {len(labels)} labels")
+    given_classes = classes
+    if classes is None:
+        classes = [str(c) for c in sorted(set(labels))]
+        index = {c: i for i, c in enumerate(sorted(set(labels)))}
+        y = np.array([index[v] for v in labels], dtype=np.int64)
+    else:
+        classes = [str(c) for c in classes]
+        names = {c: i for i, c in enumerate(classes)}
+        # a label is a class name first; an integer that names no class is a position
+        y = np.array([names[str(v)] if str(v) in names else v if isinstance(v, int) else -1
+                      for v in labels], dtype=np.int64)
+        bad = [i for i, v in enumerate(y) if not 0 <= v < len(classes)]
+        if bad:
+            raise DataError(f"{origin}: label {labels[bad[0]]!r} at row {bad[0]} is not one of "
+                            f"the {len(classes)} classes {classes}")
+    if given_classes is None:
+        _check_classes(classes, origin)
+    for i, item in enumerate(items[:1]):
+        array_to_image(np.asarray(item))  # shape/dtype check names the problem early
+    return ImageSource(items, y, classes, origin)
+
+
+def open_source(data, labels=None, *, classes=None, skip_bad: bool = False,
+                path_column: str = "path", label_column: str = "label") -> ImageSource:
+    """Anything users pass as image data -> ImageSource."""
+    if isinstance(data, ImageSource):
+        return data
+    if isinstance(data, (str, Path)):
+        p = Path(data)
+        if p.is_dir():
+            return from_folder(p, skip_bad=skip_bad, classes=classes)
+        if p.suffix.lower() == ".csv":
+            if not p.is_file():
+                raise DataError(f"{p}: no such CSV file")
+            return from_csv(p, path_column, label_column, skip_bad=skip_bad, classes=classes)
+        raise DataError(f"{p}: expected a folder with one subfolder per class, or a .csv of "
+                        "path,label rows")
+    if labels is None:
+        raise DataError("in-memory images need labels: fit(images, labels)")
+    return from_arrays(data, labels, classes=classes)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int):
+    """Train and validation indices, same class balance in both."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    counts = np.bincount(labels)
+    n_val = int(round(val_fraction * len(labels)))
+    if val_fraction == 0 or n_val == 0:
+        return idx, idx[:0]
+    if counts[counts > 0].min() < 2 or n_val < np.count_nonzero(counts):
+        raise DataError(
+            f"cannot hold out a stratified {val_fraction:.0%} for validation: the smallest "
+            f"class has {counts[counts > 0].min()} image(s) and there are "
+            f"{np.count_nonzero(counts)} classes; add images, raise val_fraction, or pass a "
+            "validation set")
+    train, val = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def open_inputs(data, *, path_column: str = "path") -> ImageSource:
+    """Inputs to predict on (labels, if any, are ignored): a folder (flat or per class), a
+    CSV with a path column, a list of paths, or arrays. Unreadable files raise, named."""
+    if isinstance(data, ImageSource):
+        return data
+    if isinstance(data, (str, Path)):
+        p = Path(data)
+        if p.is_dir():
+            files = sorted(str(f) for f in p.rglob("*")
+                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise DataError(f"{p}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+            paths = files
+        elif p.suffix.lower() == ".csv" and p.is_file():
+            with open(p, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                if path_column not in (reader.fieldnames or []):
+                    raise DataError(f"{p}: no column {path_column!r}")
+                paths = [str(Path(r[path_column]) if Path(r[path_column]).is_absolute()
+                             else p.parent / r[path_column]) for r in reader]
+        elif p.is_file():
+            paths = [str(p)]
+        else:
+            raise DataError(f"{p}: no such file or directory")
+        check_files(paths, skip_bad=False, what=str(p))
+        return ImageSource(paths, np.zeros(len(paths), dtype=np.int64), [], str(p))
+    items = list(data)
+    if items and isinstance(items[0], (str, Path)):
+        check_files([str(i) for i in items], skip_bad=False, what="inputs")
+    return ImageSource(items, np.zeros(len(items), dtype=np.int64), [], "inputs")

@@ -325,8 +325,10 @@ def test_training_augmentation_is_seeded_by_epoch_and_item():
 
 def test_image_size_defaults():
     pre = PreprocessConfig(input_size=224)
-    assert resolve_image_size(None, pre, 16) == 64  # small images are not blown up to 224
-    assert resolve_image_size(None, pre, 40) == 160
+    # small images are enlarged at most UPSCALE_CAP (5x), rounded up to 32, not to 224
+    assert resolve_image_size(None, pre, 16) == 96
+    assert resolve_image_size(None, pre, 28) == 160  # Fashion-MNIST
+    assert resolve_image_size(None, pre, 40) == 224
     assert resolve_image_size(None, pre, 500) == 224
     assert resolve_image_size(48, pre, 16) == 48
     images, labels = make_arrays(n=4, size=20)

@@ -35,7 +35,7 @@ def test_packaged_weights_classify_coffee_as_espresso(name, caplog):
     from headstart.zoo.packaged import load_packaged_imagenet
     from headstart.zoo.timm_vision import preprocess_from_timm
 
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger="headstart.zoo.packaged")
     model = load_packaged_imagenet(name).eval()
     assert "every key matched" in caplog.text
     pre = preprocess_from_timm(model)

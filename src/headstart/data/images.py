@@ -146,6 +146,17 @@ def check_files(paths: list[str], skip_bad: bool, what: str) -> tuple[list[int],
     return keep, [p for p, _ in bad]
 
 
+def _image_files(folder: Path) -> list[str]:
+    """Image files anywhere below ``folder``, sorted."""
+    return sorted(str(p) for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _csv_path(csv_path: Path, value: str) -> Path:
+    """A path from a CSV cell: absolute as is, relative to the CSV's folder otherwise."""
+    return Path(value) if Path(value).is_absolute() else csv_path.parent / value
+
+
 def _check_classes(labels: list[str], what: str) -> list[str]:
     classes = sorted(set(labels))
     if len(classes) < 2:
@@ -166,8 +177,7 @@ def from_folder(root: str | Path, skip_bad: bool = False,
                         f"{root}/<class name>/")
     paths, labels = [], []
     for d in subdirs:
-        files = sorted(str(p) for p in d.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = _image_files(d)
         if not files:
             raise DataError(f"{d}: class folder '{d.name}' has no images "
                             f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
@@ -198,7 +208,7 @@ def from_csv(csv_path: str | Path, path_column: str = "path", label_column: str 
         if not rel or not label:
             raise DataError(f"{csv_path}, line {line}: empty {path_column!r} or "
                             f"{label_column!r}; every row needs both")
-        p = Path(rel) if Path(rel).is_absolute() else csv_path.parent / rel
+        p = _csv_path(csv_path, rel)
         if not p.is_file():
             missing.append(f"line {line}: {p}")
             continue
@@ -210,7 +220,7 @@ def from_csv(csv_path: str | Path, path_column: str = "path", label_column: str 
                         f"{listed}\nFix the paths (relative paths are read from the CSV's "
                         "folder), or pass skip_bad=True (--skip-bad) to leave them out.")
     source = _make_source(paths, labels, str(csv_path), skip_bad, classes)
-    source.skipped = [m for m in missing] + source.skipped
+    source.skipped = missing + source.skipped
     return source
 
 
@@ -242,7 +252,7 @@ def from_arrays(images, labels, classes: list[str] | None = None,
     Labels may be class names or integers; with ``classes`` given, a label matching a class
     name is that class, else an integer label is a position in ``classes``.
     """
-    items = list(images) if not isinstance(images, np.ndarray) else [im for im in images]
+    items = list(images)
     labels = list(np.asarray(labels).tolist())
     if len(items) != len(labels):
         raise DataError(f"{origin}: {len(items)} images but {len(labels)} labels")
@@ -263,8 +273,8 @@ def from_arrays(images, labels, classes: list[str] | None = None,
                             f"the {len(classes)} classes {classes}")
     if given_classes is None:
         _check_classes(classes, origin)
-    for i, item in enumerate(items[:1]):
-        array_to_image(np.asarray(item))  # shape/dtype check names the problem early
+    if items:
+        array_to_image(np.asarray(items[0]))  # shape/dtype check names the problem early
     return ImageSource(items, y, classes, origin)
 
 
@@ -315,18 +325,15 @@ def open_inputs(data, *, path_column: str = "path") -> ImageSource:
     if isinstance(data, (str, Path)):
         p = Path(data)
         if p.is_dir():
-            files = sorted(str(f) for f in p.rglob("*")
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-            if not files:
+            paths = _image_files(p)
+            if not paths:
                 raise DataError(f"{p}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
-            paths = files
         elif p.suffix.lower() == ".csv" and p.is_file():
             with open(p, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
                 if path_column not in (reader.fieldnames or []):
                     raise DataError(f"{p}: no column {path_column!r}")
-                paths = [str(Path(r[path_column]) if Path(r[path_column]).is_absolute()
-                             else p.parent / r[path_column]) for r in reader]
+                paths = [str(_csv_path(p, r[path_column])) for r in reader]
         elif p.is_file():
             paths = [str(p)]
         else:

@@ -158,13 +158,21 @@ def _weights_cached(name: str) -> bool:
         cfg = timm.models.get_pretrained_cfg(name)
     except Exception:  # noqa: BLE001 - unknown tag: treat as not cached
         return False
-    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    repo = getattr(cfg, "hf_hub_id", None)
     if not repo:
         return False
     for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
         if isinstance(try_to_load_from_cache(repo, filename), str):
             return True
     return False
+
+
+def _offline_error(backbone_id: str, reason: str) -> OfflineError:
+    return OfflineError(
+        f"{backbone_id}: its pretrained weights must be downloaded from the Hugging Face hub, "
+        f"which cannot be reached from here ({reason}). Offline alternatives with real "
+        f"ImageNet weights: {', '.join(OFFLINE_ALTERNATIVES)} (see `headstart models "
+        "--offline`).")
 
 
 def create_timm_backbone(name: str, pretrained: bool, cut: int, meta: SourceMeta | None = None):
@@ -178,21 +186,13 @@ def create_timm_backbone(name: str, pretrained: bool, cut: int, meta: SourceMeta
         hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
         raise ZooError(f"{backbone_id}: timm has no architecture named {arch!r}.{hint}")
     if pretrained and not _hub_reachable() and not _weights_cached(name):
-        raise OfflineError(
-            f"{backbone_id}: its pretrained weights must be downloaded from the Hugging Face "
-            "hub, which cannot be reached from here (no network), and they are not in the "
-            f"local HF cache. Offline alternatives with real ImageNet weights: "
-            f"{', '.join(OFFLINE_ALTERNATIVES)} (see `headstart models --offline`).")
+        raise _offline_error(backbone_id, "no network or HF_HUB_OFFLINE set, and the weights "
+                             "are not in the local HF cache")
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0)
     except Exception as exc:  # noqa: BLE001 - re-raised with a clearer message
         if pretrained and _is_network_failure(exc):
-            raise OfflineError(
-                f"{backbone_id}: its pretrained weights must be downloaded from the hub, "
-                f"and the hub cannot be reached (no network, or HF_HUB_OFFLINE is set): "
-                f"{type(exc).__name__}. Offline alternatives with real ImageNet weights: "
-                f"{', '.join(OFFLINE_ALTERNATIVES)} (see `headstart models --offline`)."
-            ) from exc
+            raise _offline_error(backbone_id, type(exc).__name__) from exc
         raise
     if meta is None:
         cfg = model.pretrained_cfg or {}

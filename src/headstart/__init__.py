@@ -5,8 +5,9 @@ a small target dataset, and measure that transfer paid off.
 """
 
 from .config import FitConfig
-from .tasks import ImageClassifier, NotFittedError
+from .tasks import ImageClassifier, NotFittedError, TextClassifier
 from .zoo import create_backbone, list_models
 
 __version__ = "0.1.0"
-__all__ = ["FitConfig", "ImageClassifier", "NotFittedError", "create_backbone", "list_models"]
+__all__ = ["FitConfig", "ImageClassifier", "NotFittedError", "TextClassifier", "create_backbone",
+           "list_models"]

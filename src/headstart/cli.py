@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .config import CHOICES, FitConfig
 
+TASKS = ("image", "text")
+
 log = logging.getLogger("headstart")
 
 
@@ -51,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fit", help="fine-tune a pre-trained backbone on your images")
-    p.add_argument("data", help="training images: a folder with one subfolder per class, "
-                   "or a CSV of path,label")
+    p = sub.add_parser("fit", help="fine-tune a pre-trained backbone on your images or texts")
+    p.add_argument("data", help="training data. image: a folder with one subfolder per class, "
+                   "or a CSV of path,label; text: a CSV/TSV/JSONL/Parquet table with text and "
+                   "label columns")
+    p.add_argument("--task", choices=TASKS, default="image",
+                   help="image or text classification (default: image)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<strategy>)")
     p.add_argument("--val", default=None, help="validation data (default: hold out "
                    "--val-fraction of the training data, stratified)")
@@ -61,19 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML file of fit settings")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its "
                    "last checkpoint in --out")
-    p.add_argument("--path-column", default="path")
-    p.add_argument("--label-column", default="label")
+    p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on labeled data")
     p.add_argument("run", help="run directory written by `headstart fit`")
-    p.add_argument("data", help="labeled images: class folders or CSV")
+    p.add_argument("data", help="labeled data: image class folders or CSV; text table")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("predict", help="predict classes for images")
+    p = sub.add_parser("predict", help="predict classes for images or texts")
     p.add_argument("run", help="run directory written by `headstart fit`")
-    p.add_argument("inputs", nargs="+", help="image files, folders, or a CSV with a path column")
+    p.add_argument("inputs", nargs="+", help="image files, folders, or a CSV with a path column; "
+                   "text: table files (the run's text column) or texts in quotes")
     p.add_argument("--out", default=None, help="write predictions to this CSV (default: stdout)")
     p.add_argument("--top-k", type=int, default=3)
 
@@ -83,10 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="id prefix: packaged, timm, tiny")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("datasets", help="export a real offline dataset as image folders")
-    p.add_argument("name", choices=["fashion-mnist"])
-    p.add_argument("--out", required=True, help="folder to write train/ and test/ into")
-    p.add_argument("--per-class", type=int, default=100, help="training images per class")
+    p = sub.add_parser("datasets", help="export a real offline dataset: image folders, or "
+                       "train.csv/test.csv for text")
+    p.add_argument("name", choices=["fashion-mnist", "spam-assassin", "fine-foods"])
+    p.add_argument("--out", required=True, help="folder to write train and test data into")
+    p.add_argument("--per-class", type=int, default=100, help="training items per class "
+                   "(0: all; fine-foods: the official 4000 when 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-per-class", type=int, default=None,
                    help="test images per class (default: the whole official test split)")
@@ -112,52 +119,70 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
+    from .tasks import ESTIMATORS
+
+    task_defaults = dict(ESTIMATORS[getattr(args, "task", "image")].defaults)
     base = FitConfig.from_yaml(args.config).to_dict() if args.config else {}
+    if args.config:  # only the keys the YAML file sets override the task's defaults
+        import yaml
+
+        keys = {k.replace("-", "_") for k in (yaml.safe_load(open(args.config)) or {})}
+        base = {k: v for k, v in base.items() if k in keys}
     given = {f: getattr(args, f) for f in FitConfig.field_names() if hasattr(args, f)}
-    return FitConfig.from_dict({**base, **given}, "command line")
+    return FitConfig.from_dict({**task_defaults, **base, **given}, "command line")
+
+
+def _open(task: str, data, cfg: FitConfig, args, classes=None):
+    if task == "text":
+        from .data.text import open_text_source
+
+        return open_text_source(data, classes=classes, text_column=cfg.text_column,
+                                label_column=cfg.label_column, label_sep=cfg.label_sep)
+    from .data.images import open_source
+
+    return open_source(data, classes=classes, skip_bad=cfg.skip_bad,
+                       path_column=args.path_column, label_column=cfg.label_column)
 
 
 def cmd_fit(args) -> int:
     from .metrics import format_metrics
-    from .tasks import ImageClassifier
+    from .tasks import ESTIMATORS
 
     cfg = fit_config_from_args(args)
     out = Path(args.out or f"runs/{cfg.strategy}")
     if (out / "config.json").exists() and not args.resume:
         log.warning("%s already holds a run: it will be overwritten", out)
-    from .data.images import open_source
-
-    data = open_source(args.data, skip_bad=cfg.skip_bad, path_column=args.path_column,
-                       label_column=args.label_column)
-    val = (open_source(args.val, classes=data.classes, skip_bad=cfg.skip_bad,
-                       path_column=args.path_column, label_column=args.label_column)
-           if args.val else None)
-    clf = ImageClassifier(config=cfg, run_dir=out).fit(data, validation=val, resume=args.resume)
+    data = _open(args.task, args.data, cfg, args)
+    val = _open(args.task, args.val, cfg, args, data.classes) if args.val else None
+    clf = ESTIMATORS[args.task](config=cfg, run_dir=out).fit(data, validation=val,
+                                                             resume=args.resume)
     if args.test:
-        test = open_source(args.test, classes=clf.classes_, skip_bad=cfg.skip_bad,
-                           path_column=args.path_column, label_column=args.label_column)
-        clf.metrics_["test"] = clf.evaluate(test)
+        clf.metrics_["test"] = clf.evaluate(_open(args.task, args.test, cfg, args, clf.classes_))
         clf.save(out)
     m = clf.metrics_
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
+    unit = "tokens" if args.task == "text" else "px"
     print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, "
-          f"{clf.preprocess_.input_size}px, fit {m['fit_seconds']:.0f}s, best at {m['best']})")
+          f"{clf.preprocess_.input_size}{unit}, fit {m['fit_seconds']:.0f}s, best at {m['best']})")
     for s in clf.stages_:
         print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
               f"{s['total_params']:,} params, BN {s['bn']}")
     for split in ("validation", "test"):
         if split in m:
             print(f"  {split:<10} {format_metrics(m[split])}")
+            if "baseline" in m[split]:
+                print(f"  {'':<10} baseline {m.get('baseline_name', '')}: "
+                      f"{format_metrics(m[split]['baseline'])}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from .metrics import format_metrics
-    from .tasks import ImageClassifier
+    from .tasks import load_estimator
 
-    clf = ImageClassifier.load(args.run)
+    clf = load_estimator(args.run)
     m = clf.evaluate(args.data)
     if args.json:
         print(json.dumps(m, indent=2))
@@ -168,18 +193,31 @@ def cmd_evaluate(args) -> int:
     for c, v in m["per_class"].items():
         print(f"{c:<{width}}  {v['precision']:9.3f}  {v['recall']:6.3f}  {v['f1']:5.3f}  "
               f"{v['support']:7d}")
-    print("confusion matrix (rows: true, columns: predicted):")
-    for c, row in zip(clf.classes_, m["confusion_matrix"]):
-        print(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
+    if "confusion_matrix" in m:
+        print("confusion matrix (rows: true, columns: predicted):")
+        for c, row in zip(clf.classes_, m["confusion_matrix"]):
+            print(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
     return 0
 
 
-def cmd_predict(args) -> int:
-    from .data.images import open_inputs
-    from .tasks import ImageClassifier
+def _prediction_sources(clf, inputs: list[str]):
+    if clf.task != "text":
+        from .data.images import open_inputs
 
-    clf = ImageClassifier.load(args.run)
-    sources = [open_inputs(i) for i in args.inputs]
+        return [open_inputs(i) for i in inputs]
+    files = [i for i in inputs if Path(i).is_file()]
+    texts = [i for i in inputs if not Path(i).is_file()]
+    sources = [clf._open_unlabeled(f) for f in files]
+    if texts:
+        sources.append(clf._open_unlabeled(texts))
+    return sources
+
+
+def cmd_predict(args) -> int:
+    from .tasks import load_estimator
+
+    clf = load_estimator(args.run)
+    sources = _prediction_sources(clf, args.inputs)
     k = max(1, min(args.top_k, len(clf.classes_)))
     stream = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
@@ -190,7 +228,12 @@ def cmd_predict(args) -> int:
             proba = clf.predict_proba(source)
             for i, p in enumerate(proba):
                 order = p.argsort()[::-1][:k]
-                writer.writerow([source.name(i), clf.classes_[order[0]], f"{p[order[0]]:.4f}"] +
+                if getattr(clf, "multi_label_", False):
+                    chosen = [clf.classes_[j] for j in order if p[j] >= 0.5]
+                    top = ";".join(chosen)
+                else:
+                    top = clf.classes_[order[0]]
+                writer.writerow([source.name(i), top, f"{p[order[0]]:.4f}"] +
                                 [f"{clf.classes_[j]}:{p[j]:.4f}" for j in order[1:]])
     finally:
         if args.out:
@@ -212,12 +255,14 @@ def cmd_models(args) -> int:
         params = f"{m.params / 1e6:.2f}M" if m.params else "?"
         print(f"{m.id:<36} {m.modality:<8} {params:>10} {'yes' if m.offline else 'no':<7} "
               f"{m.licence:<12} {m.source_data} / {m.source_task}")
-    print("\nAlso: timm:<any timm model name> (hub weights, needs network) and the directory of "
-          "a run headstart wrote.")
+    print("\nAlso: timm:<any timm model name> and hf:<any hub text encoder> (hub weights, need "
+          "network) and the directory of a run headstart wrote.")
     return 0
 
 
 def cmd_datasets(args) -> int:
+    if args.name != "fashion-mnist":
+        return _text_dataset(args)
     from .datasets import export_image_folder, fashion_mnist, per_class_subset
 
     out = Path(args.out)
@@ -230,4 +275,37 @@ def cmd_datasets(args) -> int:
     export_image_folder(xt[tidx], yt[tidx], classes, out / "test")
     print(f"wrote {len(idx)} training images to {out / 'train'} and "
           f"{len(yt[tidx])} test images to {out / 'test'}")
+    return 0
+
+
+def _text_dataset(args) -> int:
+    """SpamAssassin: stratified 50/50 split (--seed), --per-class of the train half;
+    Fine Food: the official split. Written as train.csv / test.csv (text,label)."""
+    import numpy as np
+
+    from .datasets import export_text_csv, fine_foods, per_class_subset, spam_assassin
+
+    out = Path(args.out)
+    if args.name == "spam-assassin":
+        from sklearn.model_selection import train_test_split
+
+        texts, labels, _ = spam_assassin()
+        idx = np.arange(len(texts))
+        tr, te = train_test_split(idx, test_size=0.5, stratify=labels, random_state=args.seed)
+        train = ([texts[i] for i in tr], [labels[i] for i in tr])
+        test = ([texts[i] for i in te], [labels[i] for i in te])
+    else:
+        train, test = fine_foods("train"), fine_foods("test")
+    if args.per_class:
+        y = np.unique(train[1], return_inverse=True)[1]
+        keep = per_class_subset(y, args.per_class, args.seed)
+        train = ([train[0][i] for i in keep], [train[1][i] for i in keep])
+    if args.test_per_class:
+        y = np.unique(test[1], return_inverse=True)[1]
+        keep = per_class_subset(y, args.test_per_class, args.seed)
+        test = ([test[0][i] for i in keep], [test[1][i] for i in keep])
+    export_text_csv(*train, out / "train.csv")
+    export_text_csv(*test, out / "test.csv")
+    print(f"wrote {len(train[0])} training texts to {out / 'train.csv'} and {len(test[0])} "
+          f"test texts to {out / 'test.csv'}")
     return 0

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 CHOICES = {
-    "strategy": ("feature_extract", "finetune", "partial", "gradual", "lp_ft"),
+    "strategy": ("feature_extract", "finetune", "partial", "gradual", "lp_ft", "lora"),
+    "truncation": ("head", "head_tail", "chunks"),
     "augment": ("none", "light", "strong"),
     "schedule": ("cosine", "onecycle", "constant"),
     "bn": ("auto", "frozen", "train"),
@@ -30,8 +31,11 @@ class FitConfig:
     backbone: str = _f("packaged:efficientnet_lite0", "source model id (`headstart models`) "
                        "or the directory of a run headstart wrote")
     strategy: str = _f("lp_ft", "what trains: feature_extract | finetune | partial | gradual "
-                       "| lp_ft (linear probe, then fine-tune everything)")
+                       "| lp_ft (linear probe, then fine-tune everything) | lora (linear "
+                       "probe, then low-rank adapters via PEFT)")
     cut: int = _f(0, "remove this many trailing feature stages of the backbone")
+    keep_head: bool = _f(False, "chained transfer from a run directory: start from that run's "
+                         "head (same classes) instead of a new one")
     head_hidden: tuple[int, ...] = _f((), "hidden sizes of an MLP head; empty = linear head")
     dropout: float = _f(0.0, "dropout before each head layer")
     image_size: int | None = _f(None, "input side in pixels; default: the backbone's own, "
@@ -70,6 +74,26 @@ class FitConfig:
     channels_last: bool = _f(True, "channels_last memory format for conv nets (faster on CPU)")
     feature_cache: str | None = _f(None, "directory for cached backbone features (default: "
                                    "memory only)")
+    max_length: int | None = _f(None, "text: tokens per text (or per chunk); default: the "
+                                "weights' own limit (MiniLM: 256)")
+    truncation: str = _f("head", "text: what of a longer text reaches the encoder: head | "
+                         "head_tail (first quarter + last three quarters of the budget) | "
+                         "chunks (up to --max-chunks windows, features averaged)")
+    max_chunks: int = _f(4, "text: most windows per text with --truncation chunks")
+    length_bucketing: bool = _f(True, "text: batch texts of similar length together (less "
+                                "padding, faster)")
+    text_column: str = _f("text", "text: the column holding the text (CSV/JSONL/Parquet)")
+    label_column: str = _f("label", "the column holding the label(s)")
+    label_sep: str | None = _f(None, "text: separator of several labels in one CSV cell "
+                               "(multi-label); JSONL/Parquet lists need none")
+    baseline: bool = _f(True, "text: also fit TF-IDF + logistic regression on the same split "
+                        "and report it beside the transfer result")
+    lora_r: int = _f(8, "lora: rank of the adapters")
+    lora_alpha: float = _f(16.0, "lora: scaling numerator (update = alpha / r * B A)")
+    lora_dropout: float = _f(0.1, "lora: dropout on the adapters' input")
+    lora_lr: float = _f(1e-3, "lora: peak learning rate of the adapters")
+    lora_targets: str = _f("", "lora: comma-separated module names to adapt (default: PEFT's "
+                           "choice for the architecture; BERT: query,value)")
     skip_bad: bool = _f(False, "skip unreadable images (and report how many) instead of "
                         "stopping with an error")
 

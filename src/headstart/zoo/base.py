@@ -43,6 +43,49 @@ class PreprocessConfig:
         )
 
 
+TRUNCATION = ("head", "head_tail", "chunks")
+
+
+@dataclass(frozen=True)
+class TextPreprocess:
+    """How texts become token ids for a text encoder.
+
+    ``truncation`` decides what of a document longer than ``max_length`` tokens reaches
+    the encoder: ``head`` (its start), ``head_tail`` (its first quarter and last three
+    quarters of the budget, Sun et al. 2019), or ``chunks`` (consecutive windows, at most
+    ``max_chunks``, whose features are averaged).
+    """
+
+    max_length: int = 256
+    truncation: str = "head"
+    max_chunks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATION:
+            raise ValueError(f"truncation={self.truncation!r}: choose one of "
+                             f"{', '.join(TRUNCATION)}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}")
+
+    @property
+    def input_size(self) -> int:  # what logs and reports show as the input
+        return self.max_length
+
+    def to_dict(self) -> dict:
+        return {"kind": "text", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextPreprocess":
+        return cls(max_length=int(d["max_length"]), truncation=str(d["truncation"]),
+                   max_chunks=int(d.get("max_chunks", 1)))
+
+
+def preprocess_from_dict(d: dict):
+    """The preprocessing config a run saved, whatever its modality."""
+    return TextPreprocess.from_dict(d) if d.get("kind") == "text" else \
+        PreprocessConfig.from_dict(d)
+
+
 @dataclass(frozen=True)
 class SourceMeta:
     """What a user needs to judge a source model before using it."""
@@ -86,9 +129,44 @@ class Backbone(nn.Module):
     preprocess: PreprocessConfig
     feature_dim: int
     cut: int = 0  # how many trailing layer groups were removed
+    lora: dict | None = None  # LoRA settings once adapters were injected (``add_lora``)
 
     def groups(self) -> list[LayerGroup]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def lora_targets(self) -> list[str] | None:
+        """Module names LoRA adapts; None = PEFT's default for the model type."""
+        return ["conv_pw", "conv_pwl", "conv_dw"]
+
+    def add_lora(self, settings: dict) -> None:
+        """Inject LoRA adapters (PEFT) into the network; ``settings``: r, alpha, dropout,
+        targets (None = the family's default). The adapters start as a no-op (B = 0)."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        targets = settings.get("targets") or self.lora_targets()
+        config = LoraConfig(r=int(settings["r"]), lora_alpha=float(settings["alpha"]),
+                            lora_dropout=float(settings["dropout"]),
+                            target_modules=list(targets) if targets else None, bias="none")
+        inner = getattr(self, "model", self)
+        inject_adapter_in_model(config, inner)
+        n = sum(p.numel() for name, p in self.named_parameters() if "lora_" in name)
+        if n == 0:
+            raise ZooError(f"{self.id}: LoRA found no module named {targets} to adapt")
+        self.lora = {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                     "targets": sorted(config.target_modules)}
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the weights they adapt and remove them (PEFT ``merge``)."""
+        from peft.tuners.lora import LoraLayer
+
+        inner = getattr(self, "model", self)
+        for name, module in list(inner.named_modules()):
+            if isinstance(module, LoraLayer):
+                module.merge()
+                parent_name, _, attr = name.rpartition(".")
+                parent = inner.get_submodule(parent_name) if parent_name else inner
+                setattr(parent, attr, module.get_base_layer())
+        self.lora = None
 
     def architecture(self) -> dict:
         """What rebuilds this network without downloading anything: the id of the family

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from .base import Backbone, PreprocessConfig, ZooError
+from .base import Backbone, ZooError, preprocess_from_dict
 
 RUN_CONFIG = "config.json"
 RUN_WEIGHTS = "model.safetensors"
@@ -32,7 +32,7 @@ def create_local_backbone(path: str | Path, cut: int = 0) -> Backbone:
     """Rebuild the run's backbone architecture offline and load its fine-tuned weights."""
     from safetensors.torch import load_file
 
-    from . import create_backbone
+    from . import rebuild_backbone
 
     path = Path(path)
     if not is_run_dir(path):
@@ -44,17 +44,21 @@ def create_local_backbone(path: str | Path, cut: int = 0) -> Backbone:
         raise ZooError(f"{path}: cutting layers of a fine-tuned run is not supported; use cut=0")
     config = read_run_config(path)
     arch = config["backbone"]["architecture"]
-    backbone = create_backbone(arch["id"], pretrained=False, cut=int(arch.get("cut", 0)))
+    backbone = rebuild_backbone(arch, path)
+    if config.get("adapter"):
+        backbone.add_lora(config["adapter"])
     state = load_file(str(path / RUN_WEIGHTS))
     own = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     result = backbone.load_state_dict(own, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ZooError(f"{path}: weights do not match its architecture {arch}: missing "
                        f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    if config.get("adapter"):
+        backbone.merge_lora()  # the next transfer starts from the adapted weights
     parent = config["backbone"]["meta"]
     backbone.arch_id = arch["id"]
     backbone.id = str(path)
-    backbone.preprocess = PreprocessConfig.from_dict(config["preprocess"])
+    backbone.preprocess = preprocess_from_dict(config["preprocess"])
     backbone.meta = replace(
         backbone.meta,
         id=str(path),

@@ -1,0 +1,290 @@
+"""Text sources (CSV, JSONL, Parquet, lists), tokenisation with a truncation policy, and
+batches with dynamic padding.
+
+Every text is checked when the source is built: an empty text, a non-UTF-8 byte, a
+missing column or an unknown label is reported with its file, row and column before any
+training starts. Labels are one per row, or several per row (multi-label: a list in JSONL /
+Parquet, or ``label_sep``-separated in CSV).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..zoo.base import TextPreprocess
+from .images import DataError
+
+log = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pq")
+
+
+@dataclass
+class TextSource:
+    """Texts with labels: ``(N,)`` class indices, or ``(N, C)`` 0/1 rows when multi-label."""
+
+    texts: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    origin: str
+    rows: list[int] = field(default_factory=list)  # 1-based rows in the origin file
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
+
+    def name(self, i: int) -> str:
+        row = self.rows[i] if self.rows else i + 1
+        return f"{self.origin}:row {row}"
+
+    def subset(self, indices) -> "TextSource":
+        indices = np.asarray(indices, dtype=np.int64)
+        return TextSource([self.texts[i] for i in indices], self.labels[indices], self.classes,
+                          self.origin, [self.rows[i] for i in indices] if self.rows else [])
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for t in self.texts:
+            h.update(t.encode("utf-8", "surrogatepass"))
+            h.update(b"\x00")
+        return h.hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------- reading
+def read_table(path: str | Path):
+    """A CSV/TSV (UTF-8), JSONL or Parquet file as a DataFrame; bad bytes are named."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path)
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(f"{path}: unsupported table format {suffix!r}; use CSV, TSV, JSONL "
+                        "or Parquet")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} "
+                        f"at offset {exc.start}); re-save the file as UTF-8 (e.g. `iconv -f "
+                        "latin1 -t utf-8`)") from None
+    from io import StringIO
+
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {i} is not valid JSON ({exc.msg}); JSONL "
+                                "needs one JSON object per line") from None
+        return pd.DataFrame(rows)
+    try:
+        return pd.read_csv(StringIO(text), sep="\t" if suffix == ".tsv" else ",",
+                           dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: not a valid CSV ({exc})") from None
+
+
+def _cell_labels(value, label_sep: str | None) -> list[str] | str | None:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(v) for v in value]
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    value = str(value).strip()
+    if not value:
+        return None
+    if label_sep and label_sep in value:
+        return [v.strip() for v in value.split(label_sep) if v.strip()]
+    return value
+
+
+def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
+                 text_column: str = "text", label_column: str = "label",
+                 label_sep: str | None = None, rows: list[int] | None = None) -> TextSource:
+    """Check texts and labels, and map labels onto ``classes`` (sorted, if not given)."""
+    rows = rows or list(range(1, len(texts) + 1))
+    clean = []
+    for text, row in zip(texts, rows):
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{origin}: row {row}, column {text_column!r}: not valid "
+                                "UTF-8; decode the text first or re-save as UTF-8") from None
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{origin}: row {row}, column {text_column!r}: empty text; "
+                            "remove the row or fill in its text")
+        clean.append(text)
+    if raw_labels is None:
+        return TextSource(clean, np.full(len(clean), -1), list(classes or []), origin, rows)
+    cells = [_cell_labels(v, label_sep) for v in raw_labels]
+    for cell, row in zip(cells, rows):
+        if cell is None:
+            raise DataError(f"{origin}: row {row}, column {label_column!r}: empty label")
+    multi = any(isinstance(c, list) for c in cells)
+    as_lists = [c if isinstance(c, list) else [c] for c in cells]
+    if classes is None:
+        classes = sorted({c for cell in as_lists for c in cell})
+    index = {c: i for i, c in enumerate(classes)}
+    for cell, row in zip(as_lists, rows):
+        for c in cell:
+            if c not in index:
+                raise DataError(f"{origin}: row {row}, column {label_column!r}: unknown label "
+                                f"{c!r}; the model knows {', '.join(map(str, classes))}")
+    if multi:
+        labels = np.zeros((len(clean), len(classes)), dtype=np.float32)
+        for i, cell in enumerate(as_lists):
+            labels[i, [index[c] for c in cell]] = 1.0
+    else:
+        labels = np.array([index[c[0]] for c in as_lists], dtype=np.int64)
+    return TextSource(clean, labels, list(classes), origin, rows)
+
+
+def open_text_source(data, y=None, *, classes: list[str] | None = None,
+                     text_column: str = "text", label_column: str = "label",
+                     label_sep: str | None = None, labeled: bool = True) -> TextSource:
+    """Texts from a table file, a DataFrame, a list of strings (+ ``y``) or a TextSource."""
+    import pandas as pd
+
+    if isinstance(data, TextSource):
+        if classes is not None and list(classes) != data.classes and labeled:
+            names = [data.classes[i] for i in data.labels] if not data.multi_label else \
+                [[data.classes[j] for j in np.flatnonzero(r)] for r in data.labels]
+            return build_source(data.texts, names, list(classes), data.origin,
+                                rows=data.rows)
+        return data
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        frame, origin = read_table(path), str(path)
+    elif isinstance(data, pd.DataFrame):
+        frame, origin = data, "DataFrame"
+    else:
+        texts = list(data)
+        if labeled and y is None:
+            raise DataError("labels are missing: pass y (one label, or a list of labels, per "
+                            "text) or a table with a label column")
+        return build_source(texts, list(y) if (labeled and y is not None) else None,
+                            classes, "texts", label_sep=label_sep)
+    for col in [text_column] + ([label_column] if labeled else []):
+        if col not in frame.columns:
+            raise DataError(f"{origin}: no column {col!r}; the columns are "
+                            f"{', '.join(map(str, frame.columns))}. Name the right one with "
+                            f"--{'text' if col == text_column else 'label'}-column")
+    header = 2 if origin.endswith((".csv", ".tsv")) else 1
+    rows = [i + header for i in range(len(frame))] if origin != "DataFrame" else None
+    labels = frame[label_column].tolist() if labeled else None
+    return build_source(frame[text_column].tolist(), labels, classes, origin, text_column,
+                        label_column, label_sep, rows)
+
+
+# ---------------------------------------------------------------------- tokens
+def encode_texts(tokenizer, texts: list[str], pre: TextPreprocess,
+                 batch: int = 256) -> list[list[list[int]]]:
+    """Token ids per text, as a list of chunks (each with the model's special tokens).
+
+    Only what the truncation policy keeps is tokenised in full: a long document's head
+    and tail are cut from the string first (with a wide margin, then checked)."""
+    prefix, suffix = special_tokens(tokenizer)
+    body = pre.max_length - len(prefix) - len(suffix)
+    if body < 1:
+        raise ValueError(f"max_length {pre.max_length} leaves no room for tokens")
+    chunks_wanted = pre.max_chunks if pre.truncation == "chunks" else 1
+    budget = body * chunks_wanted
+    margin = budget * 12  # characters: >= 12 per kept token is a very safe bound
+    head_tail = pre.truncation == "head_tail"
+    heads = [t[:margin] for t in texts]
+    # A long document's tail is tokenised from its own slice of the string.
+    tails = [t[-margin:] if head_tail and len(t) > 2 * margin else "" for t in texts]
+    head_ids = _tokenize(tokenizer, heads, batch)
+    tail_ids = _tokenize(tokenizer, tails, batch) if head_tail else [[] for _ in texts]
+    n_head = body // 4
+    out = []
+    for i, ids in enumerate(head_ids):
+        if len(texts[i]) > margin and len(ids) < budget:  # dense text: tokenise it all
+            ids, tail_ids[i] = _tokenize(tokenizer, [texts[i]], 1)[0], []
+        if head_tail:
+            if tail_ids[i]:
+                ids = ids[:n_head] + tail_ids[i][-(body - n_head):]
+            elif len(ids) > body:
+                ids = ids[:n_head] + ids[-(body - n_head):]
+            pieces = [ids]
+        elif pre.truncation == "chunks":
+            pieces = [ids[j:j + body] for j in range(0, max(len(ids), 1), body)][:chunks_wanted]
+        else:
+            pieces = [ids[:body]]
+        out.append([prefix + p + suffix for p in pieces])
+    return out
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single text (BERT: [CLS] / [SEP])."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[:start], full[start + len(plain):]
+    raise ValueError(f"{type(tokenizer).__name__}: cannot locate its special tokens")
+
+
+def _tokenize(tokenizer, texts: list[str], batch: int) -> list[list[int]]:
+    ids: list[list[int]] = []
+    for j in range(0, len(texts), batch):
+        enc = tokenizer(texts[j:j + batch], add_special_tokens=False, truncation=False,
+                        verbose=False)
+        ids.extend(enc["input_ids"])
+    return ids
+
+
+class TextDataset(Dataset):
+    """Tokenised once; items are ``(chunks of ids, label)``; ``lengths`` drive bucketing."""
+
+    def __init__(self, source: TextSource, tokenizer, pre: TextPreprocess,
+                 encoded: list | None = None):
+        self.source = source
+        self.encoded = encoded if encoded is not None else encode_texts(tokenizer, source.texts,
+                                                                        pre)
+        self.lengths = np.array([sum(len(c) for c in doc) for doc in self.encoded])
+        self.labels = torch.as_tensor(source.labels)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, i: int):
+        return self.encoded[i], self.labels[i]
+
+
+def collate_text(batch, pad_id: int = 0):
+    """Dynamic padding to the longest chunk of the batch; ``doc_index`` for chunked docs."""
+    docs, labels = zip(*batch)
+    chunks = [c for doc in docs for c in doc]
+    width = max(len(c) for c in chunks)
+    ids = torch.full((len(chunks), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunks), width), dtype=torch.long)
+    for r, c in enumerate(chunks):
+        ids[r, : len(c)] = torch.as_tensor(c, dtype=torch.long)
+        mask[r, : len(c)] = 1
+    x = {"input_ids": ids, "attention_mask": mask}
+    if len(chunks) != len(docs):
+        x["doc_index"] = torch.repeat_interleave(
+            torch.arange(len(docs)), torch.as_tensor([len(d) for d in docs]))
+        x["n_docs"] = torch.tensor(len(docs))
+    return x, torch.stack(list(labels))

@@ -1,0 +1,90 @@
+"""Text classification (one label or several per text) on any text encoder of the zoo."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ..config import FitConfig
+from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
+                         open_text_source)
+from ..zoo.base import Backbone, TextPreprocess
+from .base import TransferEstimator
+
+# Defaults for text (all other settings: FitConfig's). Transformers fine-tune at far
+# smaller rates than convnets, and their LayerNorm has no statistics to freeze.
+TEXT_DEFAULTS = {
+    "backbone": "packaged:minilm-l6",
+    "strategy": "lp_ft",
+    "epochs": 8,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "lr": 1e-4,
+    "head_lr": 1e-2,
+    "lr_decay": 0.9,
+    "weight_decay": 0.01,
+    "channels_last": False,
+}
+
+
+class TextClassifier(TransferEstimator):
+    """Fine-tune a pre-trained text encoder for new classes.
+
+    >>> clf = TextClassifier("packaged:minilm-l6", strategy="lp_ft")
+    >>> clf.fit("train.csv")          # columns text,label (or JSONL / Parquet / lists + y)
+    >>> clf.predict(["free money!!!", "meeting at 3"])
+    >>> clf.evaluate("test.csv")["baseline"]   # TF-IDF + logistic regression, same split
+    """
+
+    task = "text"
+    defaults = TEXT_DEFAULTS
+
+    def _open_labeled(self, X, y, classes, cfg: FitConfig) -> TextSource:
+        return open_text_source(X, y, classes=classes, text_column=cfg.text_column,
+                                label_column=cfg.label_column, label_sep=cfg.label_sep)
+
+    def _open_unlabeled(self, X) -> TextSource:
+        cfg = self.config_
+        if isinstance(X, str) and not X.lower().endswith((".csv", ".tsv", ".jsonl", ".json",
+                                                           ".parquet", ".pq")):
+            X = [X]  # one text
+        return open_text_source(X, classes=self.classes_, text_column=cfg.text_column,
+                                labeled=False)
+
+    def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> TextPreprocess:
+        own = backbone.preprocess.max_length
+        length = min(cfg.max_length or own, getattr(backbone, "max_positions", 512))
+        return TextPreprocess(max_length=length, truncation=cfg.truncation,
+                              max_chunks=cfg.max_chunks if cfg.truncation == "chunks" else 1)
+
+    def _dataset(self, source, preprocess: TextPreprocess, train: bool,
+                 cfg: FitConfig) -> TextDataset:
+        cache = self.__dict__.setdefault("_encoded", {})
+        key = (source.fingerprint(), preprocess)
+        if key not in cache:  # tokenise each text once per fit
+            cache[key] = encode_texts(self.model_.backbone.tokenizer, source.texts, preprocess)
+        return TextDataset(source, self.model_.backbone.tokenizer, preprocess,
+                           encoded=cache[key])
+
+    def _collate(self):
+        tokenizer = self.model_.backbone.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return partial(collate_text, pad_id=int(pad))
+
+    def _after_fit(self, train_src: TextSource, val_src, cfg: FitConfig) -> None:
+        if not cfg.baseline:
+            return
+        from ..baselines import TfidfBaseline
+
+        self.baseline_ = TfidfBaseline(seed=cfg.seed).fit(train_src.texts, train_src.labels)
+        self.metrics_["baseline_name"] = "TF-IDF (word 1-2-grams) + logistic regression"
+
+    def _extra_metrics(self, source: TextSource, metrics: dict) -> None:
+        baseline = getattr(self, "baseline_", None)
+        if baseline is None or len(source) == 0:
+            return
+        from ..metrics import classification_metrics, multilabel_metrics
+
+        proba = baseline.predict_proba(source.texts)
+        fn = multilabel_metrics if source.multi_label else classification_metrics
+        m = fn(source.labels, proba, self.classes_)
+        metrics["baseline"] = {k: m[k] for k in ("accuracy", "macro_f1", "auroc", "n")}

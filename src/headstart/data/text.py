@@ -86,7 +86,7 @@ def read_table(path: str | Path):
     from io import StringIO
 
     if suffix in (".jsonl", ".json"):
-        rows = []
+        rows, lines = [], []
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -95,7 +95,10 @@ def read_table(path: str | Path):
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: line {i} is not valid JSON ({exc.msg}); JSONL "
                                 "needs one JSON object per line") from None
-        return pd.DataFrame(rows)
+            lines.append(i)
+        frame = pd.DataFrame(rows)
+        frame.attrs["rows"] = lines  # file line of each record, for error messages
+        return frame
     try:
         return pd.read_csv(StringIO(text), sep="\t" if suffix == ".tsv" else ",",
                            dtype=str, keep_default_na=False)
@@ -189,7 +192,8 @@ def open_text_source(data, y=None, *, classes: list[str] | None = None,
                             f"{', '.join(map(str, frame.columns))}. Name the right one with "
                             f"--{'text' if col == text_column else 'label'}-column")
     header = 2 if origin.endswith((".csv", ".tsv")) else 1
-    rows = [i + header for i in range(len(frame))] if origin != "DataFrame" else None
+    rows = frame.attrs.get("rows") or ([i + header for i in range(len(frame))]
+                                       if origin != "DataFrame" else None)
     labels = frame[label_column].tolist() if labeled else None
     return build_source(frame[text_column].tolist(), labels, classes, origin, text_column,
                         label_column, label_sep, rows)
@@ -210,15 +214,17 @@ def encode_texts(tokenizer, texts: list[str], pre: TextPreprocess,
     budget = body * chunks_wanted
     margin = budget * 12  # characters: >= 12 per kept token is a very safe bound
     head_tail = pre.truncation == "head_tail"
-    heads = [t[:margin] for t in texts]
-    # A long document's tail is tokenised from its own slice of the string.
-    tails = [t[-margin:] if head_tail and len(t) > 2 * margin else "" for t in texts]
+    # A long document's head and tail are tokenised from their own slices of the string;
+    # a shorter one (head_tail: up to two slices long) is tokenised whole.
+    long = [len(t) > (2 * margin if head_tail else margin) for t in texts]
+    heads = [t[:margin] if is_long else t for t, is_long in zip(texts, long)]
+    tails = [t[-margin:] if head_tail and is_long else "" for t, is_long in zip(texts, long)]
     head_ids = _tokenize(tokenizer, heads, batch)
     tail_ids = _tokenize(tokenizer, tails, batch) if head_tail else [[] for _ in texts]
     n_head = body // 4
     out = []
     for i, ids in enumerate(head_ids):
-        if len(texts[i]) > margin and len(ids) < budget:  # dense text: tokenise it all
+        if long[i] and len(ids) < budget:  # dense text: tokenise it all
             ids, tail_ids[i] = _tokenize(tokenizer, [texts[i]], 1)[0], []
         if head_tail:
             if tail_ids[i]:

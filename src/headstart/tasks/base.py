@@ -111,6 +111,7 @@ class TransferEstimator:
 
         cfg = self.resolved_config()
         t0 = time.perf_counter()
+        self.__dict__.pop("_encoded", None)  # tokenised texts of an earlier fit's tokenizer
         torch.manual_seed(cfg.seed)
         source = self._open_labeled(X, y, None, cfg)
         if validation is not None:
@@ -237,6 +238,9 @@ class TransferEstimator:
         """Accuracy, macro-F1, AUROC, per-class precision/recall, confusion matrix."""
         self._check_fitted()
         source = self._open_labeled(X, y, self.classes_, self.config_)
+        if getattr(self, "multi_label_", False) and source.labels.ndim == 1:
+            source = source.subset(np.arange(len(source)))  # a copy, labels as 0/1 rows
+            source.labels = np.eye(len(self.classes_), dtype=np.float32)[source.labels]
         proba = self.predict_proba(source)
         if source.labels.ndim == 2:
             metrics = multilabel_metrics(source.labels, proba, self.classes_)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import partial
+from pathlib import Path
 
 from ..config import FitConfig
 from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
@@ -44,9 +46,8 @@ class TextClassifier(TransferEstimator):
 
     def _open_unlabeled(self, X) -> TextSource:
         cfg = self.config_
-        if isinstance(X, str) and not X.lower().endswith((".csv", ".tsv", ".jsonl", ".json",
-                                                           ".parquet", ".pq")):
-            X = [X]  # one text
+        if isinstance(X, str) and not Path(X).is_file():
+            X = [X]  # one text, not a file
         return open_text_source(X, classes=self.classes_, text_column=cfg.text_column,
                                 labeled=False)
 
@@ -58,12 +59,14 @@ class TextClassifier(TransferEstimator):
 
     def _dataset(self, source, preprocess: TextPreprocess, train: bool,
                  cfg: FitConfig) -> TextDataset:
-        cache = self.__dict__.setdefault("_encoded", {})
-        key = (source.fingerprint(), preprocess)
-        if key not in cache:  # tokenise each text once per fit
-            cache[key] = encode_texts(self.model_.backbone.tokenizer, source.texts, preprocess)
-        return TextDataset(source, self.model_.backbone.tokenizer, preprocess,
-                           encoded=cache[key])
+        tokenizer = self.model_.backbone.tokenizer
+        cache = self.__dict__.setdefault("_encoded", OrderedDict())
+        key = (source.fingerprint(), preprocess, id(tokenizer), len(tokenizer))
+        if key not in cache:  # tokenise each text once per model (train, val, test)
+            cache[key] = encode_texts(tokenizer, source.texts, preprocess)
+            while len(cache) > 4:
+                cache.popitem(last=False)
+        return TextDataset(source, tokenizer, preprocess, encoded=cache[key])
 
     def _collate(self):
         tokenizer = self.model_.backbone.tokenizer

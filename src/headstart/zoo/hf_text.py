@@ -47,7 +47,7 @@ MINILM_META = SourceMeta(
 TINY_BERT_META = SourceMeta(
     id="tiny:bert", modality="text", source_data="none (random init)",
     source_task="none: plumbing tests only", domain="-", licence="Apache-2.0",
-    params=None, input="character WordPiece tokens, up to 64", offline=True,
+    params=23_776, input="character WordPiece tokens, up to 64", offline=True,
     description="2-layer 32-d BERT with a character vocabulary, random weights")
 
 
@@ -285,7 +285,5 @@ def create_tiny_bert(pretrained: bool, cut: int, seed: int = 0) -> HFTextBackbon
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = BertModel(config, add_pooling_layer=False)
-    backbone = HFTextBackbone(model, tokenizer, TINY_BERT_META.id, TINY_BERT_META,
-                              max_length=64, cut=cut)
-    backbone.meta = _with_params(TINY_BERT_META, backbone)
-    return backbone
+    return HFTextBackbone(model, tokenizer, TINY_BERT_META.id, TINY_BERT_META, max_length=64,
+                          cut=cut)

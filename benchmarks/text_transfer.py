@@ -65,7 +65,10 @@ def main() -> None:
     settings = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        settings[key] = json.loads(value) if value[:1] in "0123456789[-tfn" else value
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
     train, test = corpus(args.corpus)
     results = defaultdict(list)
     for size in args.sizes.split(","):

@@ -1034,3 +1034,62 @@ def test_refit_with_another_backbone_tokenises_again(text_data):
     clf.set_params(backbone="packaged:minilm-l6")
     clf.fit(X, y)
     np.testing.assert_allclose(clf.predict_proba(Xt), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- baseline on disk
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
+def test_tfidf_baseline_saved_and_loaded_predicts_the_same(tmp_path, kind):
+    from headstart.baselines import TfidfBaseline
+
+    rng = np.random.default_rng(0)
+    words = LETTER_WORDS + DIGIT_WORDS
+    texts = [" ".join(rng.choice(words, 5)) for _ in range(60)]
+    if kind == "binary":
+        y = rng.integers(0, 2, 60)
+    elif kind == "multiclass":
+        y = rng.integers(0, 3, 60)
+    else:
+        y = rng.integers(0, 2, (60, 3))
+    base = TfidfBaseline().fit(texts[:40], y[:40])
+    base.save(tmp_path / "b")
+    assert not list((tmp_path / "b").glob("*.pkl"))
+    loaded = TfidfBaseline.load(tmp_path / "b")
+    np.testing.assert_allclose(loaded.predict_proba(texts[40:]), base.predict_proba(texts[40:]),
+                               atol=1e-6)
+
+
+def test_loaded_text_run_reports_its_baseline(fitted, text_data):
+    clf, run_dir = fitted["feature_extract"]
+    _, (Xt, yt) = text_data
+    loaded = TextClassifier.load(run_dir)
+    assert loaded.evaluate(Xt, yt)["baseline"] == clf.evaluate(Xt, yt)["baseline"]
+
+
+# ---------------------------------------------------------------------- contrastive loss
+def test_supervised_contrastive_loss_matches_a_naive_loop():
+    from headstart.heads import supervised_contrastive_loss
+
+    torch.manual_seed(0)
+    feats = torch.randn(7, 5)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0, 3])  # class 2 and 3 have no positive
+    t = 0.1
+    z = torch.nn.functional.normalize(feats, dim=-1)
+    losses = []
+    for i in range(7):
+        pos = [j for j in range(7) if j != i and labels[j] == labels[i]]
+        if not pos:
+            continue
+        denom = sum(torch.exp(z[i] @ z[k] / t) for k in range(7) if k != i)
+        losses.append(-sum(torch.log(torch.exp(z[i] @ z[j] / t) / denom) for j in pos) / len(pos))
+    expected = torch.stack(losses).mean()
+    assert torch.allclose(supervised_contrastive_loss(feats, labels, t), expected, atol=1e-5)
+    assert float(supervised_contrastive_loss(feats, torch.arange(7))) == 0.0
+
+
+def test_contrastive_fine_tuning_runs_and_changes_the_result(text_data):
+    (X, y), _ = text_data
+    plain = TextClassifier("tiny:bert", strategy="finetune", **TEXT_FAST).fit(X, y)
+    con = TextClassifier("tiny:bert", strategy="finetune", contrastive=1.0,
+                         **TEXT_FAST).fit(X, y)
+    assert not np.allclose(plain.predict_proba(X[:5]), con.predict_proba(X[:5]))
+    assert con.config_.contrastive == 1.0

@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "filelock", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.verbose:  # the app, not the library, quiets transformers' loading bars
+        import os
+
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "models": cmd_models, "datasets": cmd_datasets}[args.command]
     from .data.images import DataError

@@ -56,6 +56,9 @@ class FitConfig:
                        "| constant")
     warmup: float = _f(0.1, "fraction of each stage's steps spent warming the LR up")
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy loss")
+    contrastive: float = _f(0.0, "weight of a supervised contrastive loss (SupCon) on the "
+                            "backbone features while backbone layers train, added to the "
+                            "classification loss: pulls each class together (few-shot text)")
     bn: str = _f("auto", "BatchNorm statistics in trained layers: frozen | train | auto "
                  "(the strategy's default)")
     partial_groups: int = _f(3, "`partial`: how many of the last layer groups train")

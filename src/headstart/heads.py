@@ -62,5 +62,25 @@ class TransferModel(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def forward(self, x, return_features: bool = False):
+        features = self.backbone(x)
+        logits = self.head(features)
+        return (logits, features) if return_features else logits
+
+
+def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor,
+                                temperature: float = 0.1) -> torch.Tensor:
+    """SupCon (Khosla et al. 2020) on L2-normalised features: each item is pulled towards
+    the other items of its class in the batch and pushed from the rest. Items without a
+    positive in the batch are left out; a batch without any positive gives 0."""
+    z = nn.functional.normalize(features.float(), dim=-1)
+    sim = z @ z.T / temperature
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(eye, float("-inf"))
+    positives = (labels[:, None] == labels[None, :]) & ~eye
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    has = positives.any(1)
+    if not has.any():
+        return features.sum() * 0.0
+    mean_pos = (log_prob.masked_fill(~positives, 0.0).sum(1) / positives.sum(1).clamp(min=1))
+    return -mean_pos[has].mean()

@@ -32,7 +32,7 @@ from .artifacts import (atomic_save_tensors, atomic_write_bytes, load_checkpoint
                         state_dict_tensors)
 from .config import FitConfig
 from .features import length_sorted_batches, to_device
-from .heads import TransferModel
+from .heads import TransferModel, supervised_contrastive_loss
 from .strategies import Stage, Strategy, configure_stage, set_bn_mode
 from .zoo.base import LayerGroup
 
@@ -286,7 +286,12 @@ class Trainer:
         for x, y in bar:
             x, y = self._to_device(x), y.to(self.device)
             with self.accelerator.autocast():
-                loss = self.loss(module(x), y)
+                if self.cfg.contrastive and not stage.head_only and not y.dtype.is_floating_point:
+                    logits, feats = module(x, return_features=True)
+                    loss = self.loss(logits, y) + self.cfg.contrastive * \
+                        supervised_contrastive_loss(feats, y)
+                else:
+                    loss = self.loss(module(x), y)
             self.accelerator.backward(loss)
             optimizer.step()
             scheduler.step()

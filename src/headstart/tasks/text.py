@@ -81,6 +81,21 @@ class TextClassifier(TransferEstimator):
         self.baseline_ = TfidfBaseline(seed=cfg.seed).fit(train_src.texts, train_src.labels)
         self.metrics_["baseline_name"] = "TF-IDF (word 1-2-grams) + logistic regression"
 
+    def save(self, run_dir):
+        run_dir = super().save(run_dir)
+        if getattr(self, "baseline_", None) is not None:
+            self.baseline_.save(run_dir / "baseline")
+        return run_dir
+
+    @classmethod
+    def load(cls, run_dir, device: str = "cpu"):
+        from ..baselines import TfidfBaseline
+
+        est = super().load(run_dir, device=device)
+        if (Path(run_dir) / "baseline" / "tfidf.json").is_file():
+            est.baseline_ = TfidfBaseline.load(Path(run_dir) / "baseline")
+        return est
+
     def _extra_metrics(self, source: TextSource, metrics: dict) -> None:
         baseline = getattr(self, "baseline_", None)
         if baseline is None or len(source) == 0:

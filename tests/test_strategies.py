@@ -218,3 +218,17 @@ def test_mlp_head_counts_and_zero_init_last_layer(arrays):
                           **{**FAST, "epochs": 1, "head_epochs": 1, "val_fraction": 0.0})
     clf.fit(*arrays)
     assert [s["trainable_params"] for s in clf.stages_] == [n_head, BACKBONE + n_head]
+
+
+def test_min_steps_lengthens_training_stages_on_tiny_datasets():
+    cfg = FitConfig(epochs=8, head_epochs=60, min_steps=60)
+    epochs = lambda name, steps: [(s.name, s.epochs) for s in  # noqa: E731
+                                  build_strategy(cfg.replace(strategy=name), 7, steps).stages]
+    assert epochs("lp_ft", 1) == [("linear_probe", 60), ("finetune", 60)]
+    assert epochs("lp_ft", 4) == [("linear_probe", 60), ("finetune", 15)]
+    assert epochs("lp_ft", 100) == [("linear_probe", 60), ("finetune", 8)]
+    assert epochs("finetune", 7) == [("finetune", 9)]
+    assert epochs("lora", 30) == [("linear_probe", 60), ("lora", 8)]
+    assert epochs("gradual", 1)[1] == ("unfreeze_1", cfg.gradual_epochs)  # per-stage count kept
+    assert epochs("lp_ft", None) == [("linear_probe", 60), ("finetune", 8)]
+    assert build_strategy(cfg.replace(min_steps=0), 7, 1).stages[1].epochs == 8

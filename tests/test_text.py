@@ -43,7 +43,7 @@ CLASSES = ["digits", "letters"]
 # Settings that make tiny:bert fit the letters/digits data in about a second.
 TEXT_FAST = dict(epochs=3, head_epochs=8, batch_size=8, eval_batch_size=32, lr=1e-3,
                  head_lr=5e-2, lora_lr=5e-3, early_stopping=0, num_workers=0, device="cpu",
-                 seed=0, val_fraction=0.2)
+                 seed=0, val_fraction=0.2, truncation="head", contrastive=0.0, min_steps=0)
 STRATEGIES = ["feature_extract", "finetune", "partial", "gradual", "lp_ft", "lora"]
 
 
@@ -1089,7 +1089,7 @@ def test_supervised_contrastive_loss_matches_a_naive_loop():
 def test_contrastive_fine_tuning_runs_and_changes_the_result(text_data):
     (X, y), _ = text_data
     plain = TextClassifier("tiny:bert", strategy="finetune", **TEXT_FAST).fit(X, y)
-    con = TextClassifier("tiny:bert", strategy="finetune", contrastive=1.0,
-                         **TEXT_FAST).fit(X, y)
+    con = TextClassifier("tiny:bert", strategy="finetune",
+                         **{**TEXT_FAST, "contrastive": 1.0}).fit(X, y)
     assert not np.allclose(plain.predict_proba(X[:5]), con.predict_proba(X[:5]))
     assert con.config_.contrastive == 1.0

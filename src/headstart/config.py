@@ -44,6 +44,8 @@ class FitConfig:
     augment: str = _f("light", "training augmentation: none | light (random resized crop "
                       "0.7-1, flip) | strong (crop 0.35-1, flip, colour jitter)")
     epochs: int = _f(12, "epochs of each stage that trains backbone layers")
+    min_steps: int = _f(0, "stages that train backbone layers run at least this many "
+                        "optimizer steps (more epochs on tiny datasets); 0 = off")
     head_epochs: int = _f(60, "epochs of head-only stages (on cached features: fast)")
     batch_size: int = _f(32, "training batch size")
     eval_batch_size: int = _f(128, "batch size for feature extraction and evaluation")

@@ -70,10 +70,22 @@ class Strategy:
         return "\n".join(lines)
 
 
-def build_strategy(cfg: FitConfig, n_groups: int) -> Strategy:
-    """The named strategy of ``cfg`` for a backbone with ``n_groups`` layer groups."""
+def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = None
+                   ) -> Strategy:
+    """The named strategy of ``cfg`` for a backbone with ``n_groups`` layer groups.
+
+    With ``steps_per_epoch`` known, a stage that trains backbone layers runs at least
+    ``cfg.min_steps`` optimizer steps: on a few-shot dataset an epoch is one or two steps,
+    and a fixed epoch count would barely move the weights."""
+    import math
+
     def bn(default: str) -> str:
         return default if cfg.bn == "auto" else cfg.bn
+
+    def ft_epochs() -> int:
+        if not steps_per_epoch or not cfg.min_steps:
+            return cfg.epochs
+        return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
 
     def stage(name, groups, epochs, bn_default, lr=cfg.lr, head_lr=cfg.head_lr):
         return Stage(name, groups, epochs, lr, head_lr, cfg.lr_decay, bn(bn_default))
@@ -83,12 +95,12 @@ def build_strategy(cfg: FitConfig, n_groups: int) -> Strategy:
     if name == "feature_extract":
         stages = (probe,)
     elif name == "finetune":
-        stages = (stage("finetune", ALL, cfg.epochs, "train"),)
+        stages = (stage("finetune", ALL, ft_epochs(), "train"),)
     elif name == "partial":
         if not 1 <= cfg.partial_groups <= n_groups:
             raise ValueError(f"partial_groups={cfg.partial_groups} must be between 1 and the "
                              f"backbone's {n_groups} layer groups")
-        stages = (stage("partial", cfg.partial_groups, cfg.epochs, "train"),)
+        stages = (stage("partial", cfg.partial_groups, ft_epochs(), "train"),)
     elif name == "gradual":
         stages = (probe,) + tuple(
             stage(f"unfreeze_{k}", k, cfg.gradual_epochs, "train") for k in range(1, n_groups + 1)
@@ -97,11 +109,11 @@ def build_strategy(cfg: FitConfig, n_groups: int) -> Strategy:
         # LP-FT (Kumar et al. 2022): a fitted head first, so fine-tuning does not distort
         # the pretrained features with gradients from a random head; the whole network
         # then trains with the head at the backbone's (small) rate, BN statistics kept.
-        stages = (probe, stage("finetune", ALL, cfg.epochs, "frozen", head_lr=cfg.lr))
+        stages = (probe, stage("finetune", ALL, ft_epochs(), "frozen", head_lr=cfg.lr))
     elif name == "lora":
         # LoRA (Hu et al. 2021) after a linear probe: the adapters start as a no-op (B = 0),
         # the fitted head gives them a useful gradient from the first step.
-        stages = (probe, Stage("lora", 0, cfg.epochs, cfg.lora_lr, cfg.lora_lr, 1.0, "frozen",
+        stages = (probe, Stage("lora", 0, ft_epochs(), cfg.lora_lr, cfg.lora_lr, 1.0, "frozen",
                                adapters=True))
     else:
         raise ValueError(f"unknown strategy {name!r}")

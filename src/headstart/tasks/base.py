@@ -134,7 +134,8 @@ class TransferEstimator:
         if cfg.keep_head:
             self._reuse_head(head, cfg.backbone, list(source.classes))
         model = TransferModel(backbone, head)
-        strategy = build_strategy(cfg, len(groups))
+        steps = -(-len(train_src) // cfg.batch_size)
+        strategy = build_strategy(cfg, len(groups), steps_per_epoch=steps)
         log.info("%s on %s: %d train / %d validation items, %d classes, input %s\n%s",
                  cfg.backbone, source.origin, len(train_src), len(val_src) if val_src else 0,
                  len(source.classes), preprocess.input_size, strategy.describe())

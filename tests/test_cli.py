@@ -70,7 +70,7 @@ def test_fit_prints_metrics_and_writes_the_run(fitted_run):
     assert code == 0
     assert "validation" in stdout and "test" in stdout
     assert stdout.count("accuracy") >= 2
-    assert "stage finetune: trainable 6,154 / 6,154 params, BN train" in stdout
+    assert "stage finetune: trainable 6,154 / 6,154 params (100.00%), BN train" in stdout
     config = json.loads((out / "config.json").read_text())
     assert config["fit_config"]["backbone"] == "tiny:cnn"
     assert config["fit_config"]["strategy"] == "finetune"

@@ -169,12 +169,19 @@ def cmd_fit(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    unit = "tokens" if args.task == "text" else "px"
-    print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, "
-          f"{clf.preprocess_.input_size}{unit}, fit {m['fit_seconds']:.0f}s, best at {m['best']})")
+    pre = clf.preprocess_
+    if args.task == "text":
+        chunks = f"{pre.max_chunks}x" if pre.truncation == "chunks" else ""
+        size = f"{chunks}{pre.max_length} tokens ({pre.truncation})"
+    else:
+        size = f"{pre.input_size}px"
+    print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, {size}, "
+          f"fit {m['fit_seconds']:.0f}s, best at {m['best']})")
     for s in clf.stages_:
+        bn = f", BN {s['bn']}" if args.task == "image" else ""
         print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
-              f"{s['total_params']:,} params, BN {s['bn']}")
+              f"{s['total_params']:,} params "
+              f"({100 * s['trainable_params'] / s['total_params']:.2f}%){bn}")
     for split in ("validation", "test"):
         if split in m:
             print(f"  {split:<10} {format_metrics(m[split])}")

@@ -740,7 +740,7 @@ def test_cli_fit_evaluate_predict_text(cli_run, capsys):
                  str(root / "test.csv")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "tiny:bert, strategy feature_extract, 64tokens" in out
+    assert "tiny:bert, strategy feature_extract, 4x64 tokens (chunks)" in out
     baseline_lines = [line for line in out.splitlines() if "baseline TF-IDF" in line]
     assert len(baseline_lines) == 2  # validation and test
     assert "accuracy" in baseline_lines[-1] and "(n=12)" in baseline_lines[-1]

@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--strategies", default="feature_extract,lp_ft")
     parser.add_argument("--sizes", default="8,32,128,all")
     parser.add_argument("--draws", type=int, default=3, help="draws per size (1 for 'all')")
+    parser.add_argument("--first-draw", type=int, default=0)
     parser.add_argument("--out", default=None, help="append JSON lines here")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="FitConfig settings, e.g. epochs=4 truncation=head_tail")
@@ -72,7 +73,7 @@ def main() -> None:
     train, test = corpus(args.corpus)
     results = defaultdict(list)
     for size in args.sizes.split(","):
-        for d in range(1 if size == "all" else args.draws):
+        for d in range(args.first_draw, args.first_draw + (1 if size == "all" else args.draws)):
             x, y = draw(train, size, d)
             for strategy in args.strategies.split(","):
                 t0 = time.perf_counter()

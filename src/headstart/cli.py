@@ -128,14 +128,10 @@ def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
     from .tasks import ESTIMATORS
 
     task_defaults = dict(ESTIMATORS[getattr(args, "task", "image")].defaults)
-    base = FitConfig.from_yaml(args.config).to_dict() if args.config else {}
-    if args.config:  # only the keys the YAML file sets override the task's defaults
-        import yaml
-
-        keys = {k.replace("-", "_") for k in (yaml.safe_load(open(args.config)) or {})}
-        base = {k: v for k, v in base.items() if k in keys}
+    base = FitConfig.read_yaml(args.config) if args.config else {}  # overrides the task's
     given = {f: getattr(args, f) for f in FitConfig.field_names() if hasattr(args, f)}
-    return FitConfig.from_dict({**task_defaults, **base, **given}, "command line")
+    return FitConfig.from_dict({**task_defaults, **base, **given},
+                               args.config or "command line")
 
 
 def _open(task: str, data, cfg: FitConfig, args, classes=None):

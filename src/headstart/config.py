@@ -135,6 +135,11 @@ class FitConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "FitConfig":
+        return cls.from_dict(cls.read_yaml(path), str(path))
+
+    @staticmethod
+    def read_yaml(path: str | Path) -> dict:
+        """The settings a YAML file sets (``head-lr`` or ``head_lr``), unvalidated."""
         import yaml
 
         path = Path(path)
@@ -144,4 +149,4 @@ class FitConfig:
             raise ValueError(f"{path}: cannot read the YAML config: {exc}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config must be a mapping of field: value")
-        return cls.from_dict({k.replace("-", "_"): v for k, v in data.items()}, str(path))
+        return {k.replace("-", "_"): v for k, v in data.items()}

@@ -172,7 +172,7 @@ def cmd_fit(args) -> int:
     else:
         size = f"{pre.input_size}px"
     print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, {size}, "
-          f"fit {m['fit_seconds']:.0f}s, best at {m['best']})")
+          f"fit {m['fit_seconds']:.0f}s, kept {m['best'] or 'the last epoch (no validation)'})")
     for s in clf.stages_:
         bn = f", BN {s['bn']}" if args.task == "image" else ""
         print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "

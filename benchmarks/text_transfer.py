@@ -18,7 +18,6 @@ import json
 import logging
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 

@@ -6,8 +6,9 @@ a small target dataset, and measure that transfer paid off.
 
 from .config import FitConfig
 from .tasks import ImageClassifier, NotFittedError, TextClassifier
+from .select import rank
 from .zoo import create_backbone, list_models
 
 __version__ = "0.1.0"
 __all__ = ["FitConfig", "ImageClassifier", "NotFittedError", "TextClassifier", "create_backbone",
-           "list_models"]
+           "list_models", "rank"]

@@ -1,4 +1,4 @@
-"""``headstart`` command line: fit | evaluate | predict | models | datasets.
+"""``headstart`` command line: fit | rank | evaluate | predict | models | datasets.
 
 ``fit`` flags are generated from :class:`headstart.config.FitConfig` (``--head-lr`` sets
 ``head_lr``); a YAML file given with ``--config`` uses the same names, and flags given on
@@ -24,10 +24,21 @@ TASKS = ("image", "text")
 log = logging.getLogger("headstart")
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+# The fit settings that decide what a frozen backbone computes: `rank` takes these, so its
+# cached features are the ones a later `fit` with the same settings looks up.
+FEATURE_SETTINGS = ("image_size", "seed", "val_fraction", "eval_batch_size", "num_workers",
+                    "device", "channels_last", "feature_cache", "max_length", "truncation",
+                    "max_chunks", "length_bucketing", "text_column", "label_column",
+                    "label_sep", "skip_bad")
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
+                      title: str = "fit settings (also valid as keys of --config YAML)") -> None:
     hints = typing.get_type_hints(FitConfig)
-    group = parser.add_argument_group("fit settings (also valid as keys of --config YAML)")
+    group = parser.add_argument_group(title)
     for f in fields(FitConfig):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         default = f.default if f.default is not MISSING else f.default_factory()
@@ -69,6 +80,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
     _add_config_flags(p)
+
+    p = sub.add_parser("rank", help="score candidate source models (and cut points) on your "
+                       "labeled data before any training: LogME, LEEP, NCE, H-score, kNN, "
+                       "linear probe")
+    p.add_argument("data", help="labeled data, as for fit")
+    p.add_argument("--models", required=True, help="comma-separated backbone ids or run "
+                   "directories; ID@N removes the last N stages (e.g. "
+                   "packaged:efficientnet_lite0@2)")
+    p.add_argument("--layers", default=None, help="comma-separated cut points tried for every "
+                   "model, e.g. 0,1,2 (stages removed from the end)")
+    p.add_argument("--task", choices=TASKS, default="image")
+    p.add_argument("--scores", default=None, help="comma-separated scores to compute "
+                   "(default: all of logme, leep, nce, h_score, knn, linear)")
+    p.add_argument("--score", default=None, help="the score that orders the table (default: "
+                   "logme)")
+    p.add_argument("--max-items", type=int, default=1000, help="rank a stratified sample of at "
+                   "most this many items (default: 1000)")
+    p.add_argument("--config", default=None, help="YAML file of fit settings")
+    p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
+    p.add_argument("--write-config", default=None, metavar="YAML", help="write the winner's "
+                   "backbone, cut and these feature settings as a fit config: `headstart fit "
+                   "DATA --config YAML` trains it (and reuses the cached features)")
+    p.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    _add_config_flags(p, only=FEATURE_SETTINGS, title="feature settings (as for fit; with the "
+                      "same values a later fit reuses the cached features)")
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on labeled data")
     p.add_argument("run", help="run directory written by `headstart fit`")
@@ -112,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    handler = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict,
+    handler = {"fit": cmd_fit, "rank": cmd_rank, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "models": cmd_models, "datasets": cmd_datasets}[args.command]
     from .data.images import DataError
     from .zoo.base import ZooError
@@ -184,6 +220,52 @@ def cmd_fit(args) -> int:
             if "baseline" in m[split]:
                 print(f"  {'':<10} baseline {m.get('baseline_name', '')}: "
                       f"{format_metrics(m[split]['baseline'])}")
+    return 0
+
+
+def cmd_rank(args) -> int:
+    from .features import default_cache_dir
+    from .select import Candidate, rank
+
+    cfg = fit_config_from_args(args)
+    given = {f: getattr(args, f) for f in FEATURE_SETTINGS if hasattr(args, f)}
+    if cfg.feature_cache is None:  # rank's features are worth keeping for the fit after it
+        cfg = cfg.replace(feature_cache=str(default_cache_dir()))
+    models = [m for m in args.models.split(",") if m.strip()]
+    cands = [Candidate.parse(m) for m in models]
+    if args.layers:
+        cuts = [int(c) for c in args.layers.split(",") if c.strip()]
+        cands = [Candidate(c.backbone, k) for c in cands for k in cuts]
+    scores = [s.strip() for s in args.scores.split(",")] if args.scores else None
+    data = _open(args.task, args.data, cfg, args)
+    result = rank(data, cands, task=args.task, scores=scores, score=args.score,
+                  max_items=args.max_items, config=cfg)
+    if args.write_config and any(r.error is None for r in result.rows):
+        import yaml
+
+        from .artifacts import atomic_write_bytes
+
+        settings = {**{k: v for k, v in cfg.to_dict().items() if k in FEATURE_SETTINGS
+                       and (k in given or k == "feature_cache")}, **result.fit_params()}
+        atomic_write_bytes(Path(args.write_config), ("# written by headstart rank\n" +
+                           yaml.safe_dump(settings, sort_keys=False)).encode())
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0 if any(r.error is None for r in result.rows) else 2
+    sample = f"a stratified sample of {result.n_items}" if result.sampled else \
+        f"all {result.n_items}"
+    print(f"ranked {len(result.rows)} candidates on {sample} items, {result.n_classes} classes, "
+          f"by {result.score} ({result.seconds:.1f} s); higher is better for every score")
+    print(result.table())
+    if not any(r.error is None for r in result.rows):
+        print("no candidate could be scored", file=sys.stderr)
+        return 2
+    best = result.best.candidate
+    cut = f" --cut {best.cut}" if best.cut else ""
+    task = f" --task {args.task}" if args.task != "image" else ""
+    how = f"--config {args.write_config}" if args.write_config else \
+        f"--backbone {best.backbone}{cut} --feature-cache {cfg.feature_cache}"
+    print(f"\nbest: {best.label}. Train it with:\n  headstart fit {args.data}{task} {how}")
     return 0
 
 

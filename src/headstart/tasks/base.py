@@ -68,10 +68,12 @@ class TransferEstimator:
         return backbone.preprocess
 
     def _dataset(self, source, preprocess: PreprocessConfig, train: bool,
-                 cfg: FitConfig) -> Dataset:
+                 cfg: FitConfig, backbone: Backbone | None = None) -> Dataset:
+        """``backbone``: the one the items are for (default: the fitted model's)."""
         raise NotImplementedError
 
-    def _collate(self):  # batches of variable-size items (texts) need their own collate
+    def _collate(self, backbone: Backbone | None = None):
+        """Batches of variable-size items (texts) need their own collate."""
         return None
 
     def _after_fit(self, train_src, val_src, cfg: FitConfig) -> None:
@@ -107,20 +109,11 @@ class TransferEstimator:
     def fit(self, X, y=None, *, validation=None, resume: bool = False):
         """Fit on ``X`` (folder / CSV / arrays + ``y``); hold out a stratified validation
         share unless ``validation`` (same kinds, or ``(X_val, y_val)``) is given."""
-        from ..data.images import stratified_split
-
         cfg = self.resolved_config()
         t0 = time.perf_counter()
         self.__dict__.pop("_encoded", None)  # tokenised texts of an earlier fit's tokenizer
         torch.manual_seed(cfg.seed)
-        source = self._open_labeled(X, y, None, cfg)
-        if validation is not None:
-            vx, vy = validation if isinstance(validation, tuple) else (validation, None)
-            train_src, val_src = source, self._open_labeled(vx, vy, source.classes, cfg)
-        else:
-            strata = source.labels.argmax(1) if source.labels.ndim == 2 else source.labels
-            tr, va = stratified_split(strata, cfg.val_fraction, cfg.seed)
-            train_src, val_src = source.subset(tr), (source.subset(va) if len(va) else None)
+        source, train_src, val_src = self._split(X, y, validation, cfg)
         backbone = create_backbone(cfg.backbone, pretrained=True, cut=cfg.cut)
         groups = backbone.groups()
         if cfg.strategy == "lora":
@@ -201,19 +194,36 @@ class TransferEstimator:
             raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit() or "
                                  f"{type(self).__name__}.load(run_dir) first")
 
+    def _split(self, X, y, validation, cfg: FitConfig):
+        """(all labeled data, train part, validation part or None), as ``fit`` splits it."""
+        from ..data.images import stratified_split
+
+        source = self._open_labeled(X, y, None, cfg)
+        if validation is not None:
+            vx, vy = validation if isinstance(validation, tuple) else (validation, None)
+            return source, source, self._open_labeled(vx, vy, source.classes, cfg)
+        strata = source.labels.argmax(1) if source.labels.ndim == 2 else source.labels
+        tr, va = stratified_split(strata, cfg.val_fraction, cfg.seed)
+        return source, source.subset(tr), (source.subset(va) if len(va) else None)
+
     def _features(self, source) -> torch.Tensor:
         """Backbone features of ``source`` (eval mode), cached by weights + input + data."""
-        cfg = self.config_
-        backbone = self.model_.backbone
-        device = next(self.model_.parameters()).device
+        return self._backbone_features(self.model_.backbone, self.preprocess_, source,
+                                       self.config_)
+
+    def _backbone_features(self, backbone: Backbone, preprocess, source,
+                           cfg: FitConfig) -> torch.Tensor:
+        """What ``_features`` computes, for any backbone: ``rank`` shares fit's cache keys,
+        so a ranked candidate's features are not computed again by its fit."""
+        device = next(backbone.parameters()).device
         key = cache_key(task=self.task, arch=backbone.architecture(),
-                        weights=weights_hash(backbone), preprocess=self.preprocess_.to_dict(),
+                        weights=weights_hash(backbone), preprocess=preprocess.to_dict(),
                         data=source.fingerprint())
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
         return cached_features(key, lambda: compute_features(
-            backbone, self._dataset(source, self.preprocess_, False, cfg), cfg.eval_batch_size,
-            device, cfg.channels_last, workers, desc=f"features {source.origin}",
-            collate_fn=self._collate(), bucketing=cfg.length_bucketing), cfg.feature_cache)
+            backbone, self._dataset(source, preprocess, False, cfg, backbone),
+            cfg.eval_batch_size, device, cfg.channels_last, workers,
+            desc=f"features {source.origin}", collate_fn=self._collate(backbone), bucketing=cfg.length_bucketing), cfg.feature_cache)
 
     @torch.inference_mode()
     def predict_proba(self, X) -> np.ndarray:

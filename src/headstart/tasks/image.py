@@ -33,7 +33,7 @@ class ImageClassifier(TransferEstimator):
         return replace(backbone.preprocess, input_size=size)
 
     def _dataset(self, source, preprocess: PreprocessConfig, train: bool,
-                 cfg: FitConfig) -> ImageDataset:
+                 cfg: FitConfig, backbone: Backbone | None = None) -> ImageDataset:
         augment = cfg.augment if train else "none"
         return ImageDataset(source, ImageTransform(preprocess.input_size, preprocess, augment),
                             seed=cfg.seed, train=train)

@@ -61,8 +61,8 @@ class TextClassifier(TransferEstimator):
                               max_chunks=cfg.max_chunks if cfg.truncation == "chunks" else 1)
 
     def _dataset(self, source, preprocess: TextPreprocess, train: bool,
-                 cfg: FitConfig) -> TextDataset:
-        tokenizer = self.model_.backbone.tokenizer
+                 cfg: FitConfig, backbone: Backbone | None = None) -> TextDataset:
+        tokenizer = (backbone or self.model_.backbone).tokenizer
         cache = self.__dict__.setdefault("_encoded", OrderedDict())
         key = (source.fingerprint(), preprocess, id(tokenizer), len(tokenizer))
         if key not in cache:  # tokenise each text once per model (train, val, test)
@@ -71,8 +71,8 @@ class TextClassifier(TransferEstimator):
                 cache.popitem(last=False)
         return TextDataset(source, tokenizer, preprocess, encoded=cache[key])
 
-    def _collate(self):
-        tokenizer = self.model_.backbone.tokenizer
+    def _collate(self, backbone: Backbone | None = None):
+        tokenizer = (backbone or self.model_.backbone).tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return partial(collate_text, pad_id=int(pad))
 

@@ -134,6 +134,17 @@ class Backbone(nn.Module):
     def groups(self) -> list[LayerGroup]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def source_head(self) -> nn.Module | None:
+        """The source task's classifier, mapping ``forward``'s features to source-class
+        logits (ImageNet's 1000 for the packaged weights, the parent run's classes for a
+        headstart run), or None (a sentence encoder, a cut network). ``rank``'s LEEP and
+        NCE use it; it is not part of the weights a run saves."""
+        held = self.__dict__.get("_source_head")
+        return held[0] if held else None
+
+    def set_source_head(self, head: nn.Module | None) -> None:
+        self.__dict__["_source_head"] = (head.eval(),) if head is not None else None
+
     def lora_targets(self) -> list[str] | None:
         """Module names LoRA adapts; None = PEFT's default for the model type."""
         return ["conv_pw", "conv_pwl", "conv_dw"]

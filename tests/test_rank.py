@@ -331,3 +331,34 @@ def test_real_rank_puts_imagenet_weights_above_random_init():
     assert math.isfinite(lite0["leep"]) and math.isnan(by["packaged:efficientnet_lite0@2"]["leep"])
     for name in ("logme", "leep", "nce", "knn", "linear"):
         assert lite0[name] > by["scratch:packaged:efficientnet_lite0"][name], name
+
+
+@pytest.mark.slow
+def test_cut_points_of_one_backbone_share_one_pass(tmp_path, monkeypatch):
+    """Lite0 at cuts 0, 1 and 2: one forward pass per data part, features identical to
+    ranking each cut alone, cached under the keys each cut's own fit uses."""
+    from headstart.datasets import fashion_mnist, per_class_subset
+
+    x, y, classes = fashion_mnist("train")
+    idx = per_class_subset(y, 10, 0)
+    labels = [classes[i] for i in y[idx]]
+    settings = dict(image_size=32, num_workers=0, scores=["logme", "knn"])
+    calls = counting_compute(monkeypatch)
+    cache = str(tmp_path / "cache")
+    together = rank(x[idx], ["packaged:efficientnet_lite0@0", "packaged:efficientnet_lite0@1",
+                             "packaged:efficientnet_lite0@2"], y=labels, feature_cache=cache,
+                    **settings)
+    assert len(calls) == 2  # train and validation parts: one pass each for three cuts
+    assert [r.error for r in together.rows] == [None] * 3
+    by = {r.candidate.cut: r for r in together.rows}
+    assert [by[c].feature_dim for c in (0, 1, 2)] == [1280, 320, 112]
+    clear_memory_cache()
+    for cut in (0, 2):
+        alone = rank(x[idx], [f"packaged:efficientnet_lite0@{cut}"], y=labels, **settings)
+        assert alone.rows[0].scores == pytest.approx(by[cut].scores, rel=1e-6)
+    clear_memory_cache()
+    calls.clear()
+    ImageClassifier("packaged:efficientnet_lite0", cut=1, strategy="feature_extract",
+                    image_size=32, num_workers=0, feature_cache=cache, head_epochs=2).fit(
+        x[idx], labels)
+    assert calls == []  # the cut-1 fit found rank's shared-pass features under its keys

@@ -32,6 +32,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -404,8 +406,6 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
     A candidate that cannot be loaded becomes a row with its error, not an exception."""
     import time
 
-    import torch
-
     from .tasks import ESTIMATORS
     from .zoo import create_backbone
 
@@ -437,38 +437,38 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
     labels = np.concatenate([np.asarray(p.labels) for p in parts])
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and
                           torch.cuda.is_available() else "cpu")
+    groups: dict[str, list[Candidate]] = {}
+    for cand in candidates:  # the cut points of one backbone share its forward pass
+        groups.setdefault(cand.backbone, []).append(cand)
     rows = []
-    for cand in candidates:
+    for model_id, group in groups.items():
         t0 = time.perf_counter()
         try:
             torch.manual_seed(cfg.seed)  # a random-init candidate gets the weights fit starts from
-            backbone = create_backbone(cand.backbone, pretrained=True, cut=cand.cut).to(device)
-            preprocess = est._input_spec(backbone, train_src, cfg)
-            feats = torch.cat([est._backbone_features(backbone, preprocess, p, cfg)
-                               for p in parts])
+            base = create_backbone(model_id, pretrained=True,
+                                   cut=group[0].cut if len(group) == 1 else 0).to(device)
+            preprocess = est._input_spec(base, train_src, cfg)
         except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the ranking
-            log.warning("rank: %s could not be scored: %s", cand.label, exc)
-            rows.append(RankRow(cand, {}, seconds=time.perf_counter() - t0,
-                                error=f"{type(exc).__name__}: {exc}"))
+            log.warning("rank: %s could not be loaded: %s", model_id, exc)
+            rows += [RankRow(c, {}, seconds=time.perf_counter() - t0,
+                             error=f"{type(exc).__name__}: {exc}") for c in group]
             continue
-        probs = None
-        head = backbone.source_head()
-        if head is not None:
-            with torch.inference_mode():
-                head = head.to(device)
-                probs = torch.softmax(head(feats.to(device)).double(), 1).cpu().numpy()
-        f = feats.double().numpy()
-        values = {}
-        for name in names:
-            spec = SCORES[name]
-            if spec.needs_source and probs is None:
-                values[name] = float("nan")  # no source head: the score does not apply
-                continue
-            values[name] = spec.fn(f, labels, probs)
-        rows.append(RankRow(cand, values, feature_dim=int(feats.shape[1]),
-                            params=sum(p.numel() for p in backbone.parameters()),
-                            seconds=time.perf_counter() - t0))
-        del backbone
+        variants, errors = _variants(base, group, device, cfg.seed)
+        rows += [RankRow(c, {}, error=e) for c, e in errors.items()]
+        try:
+            feats = _variant_features(est, base, variants, preprocess, parts, cfg)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("rank: %s: the forward pass failed: %s", model_id, exc)
+            rows += [RankRow(c, {}, error=f"{type(exc).__name__}: {exc}") for c in variants]
+            continue
+        seconds = (time.perf_counter() - t0) / max(1, len(variants))
+        for cand, backbone in variants.items():
+            t1 = time.perf_counter()
+            values = _scores(names, feats[cand], labels, backbone.source_head(), device)
+            rows.append(RankRow(cand, values, feature_dim=int(feats[cand].shape[1]),
+                                params=sum(p.numel() for p in backbone.parameters()),
+                                seconds=seconds + time.perf_counter() - t1))
+        del base, variants
 
     def order(row: RankRow):
         v = row.scores.get(score, float("nan"))
@@ -479,3 +479,83 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
                       n_classes=len(np.unique(labels)), sampled=sampled,
                       seconds=time.perf_counter() - t_start)
 
+
+def _variants(base, group: list[Candidate], device, seed: int):
+    """The backbone of each candidate of one model id: ``base`` itself, or copies of it
+    cut as asked (no second load). Families without ``with_cut`` are built again."""
+    from .zoo import create_backbone
+
+    if len(group) == 1:
+        return {group[0]: base}, {}
+    variants, errors = {}, {}
+    for cand in group:
+        try:
+            if cand.cut == 0:
+                variants[cand] = base
+            elif hasattr(base, "with_cut"):
+                variants[cand] = base.with_cut(cand.cut).to(device)
+            else:
+                torch.manual_seed(seed)
+                variants[cand] = create_backbone(cand.backbone, pretrained=True,
+                                                 cut=cand.cut).to(device)
+        except Exception as exc:  # noqa: BLE001 - e.g. a cut out of range
+            log.warning("rank: %s could not be built: %s", cand.label, exc)
+            errors[cand] = f"{type(exc).__name__}: {exc}"
+    return variants, errors
+
+
+class _AtCuts(nn.Module):
+    """``base`` whose forward returns the features of every cut point, concatenated: one
+    pass serves all the cut candidates of a backbone."""
+
+    def __init__(self, base, cuts: list[int]):
+        super().__init__()
+        self.base = base
+        self.cuts = list(cuts)
+        self.feature_dim = 0
+
+    def forward(self, x):
+        return torch.cat(self.base.features_at_cuts(x, self.cuts), 1)
+
+
+def _variant_features(est, base, variants: dict, preprocess, parts, cfg) -> dict:
+    """Features of each variant over ``parts``, each cached under the key its own fit
+    would use; uncached ones come from one shared pass where the family allows it."""
+    from .features import cached_features
+
+    out = {c: [] for c in variants}
+    shared = hasattr(base, "features_at_cuts") and len(variants) > 1
+    for part in parts:
+        computed: dict = {}
+
+        def compute(cand, part=part, computed=computed):
+            if not shared:
+                return est._compute_features(variants[cand], variants[cand], preprocess, part,
+                                             cfg)
+            if not computed:
+                cuts = [c.cut for c in variants]
+                feats = est._compute_features(_AtCuts(base, cuts), base, preprocess, part, cfg)
+                dims = [b.feature_dim for b in variants.values()]
+                computed.update(zip(variants, (f.contiguous() for f in feats.split(dims, 1))))
+            return computed[cand]
+
+        for cand, backbone in variants.items():
+            key = est._feature_key(backbone, preprocess, part)
+            out[cand].append(cached_features(key, lambda c=cand: compute(c), cfg.feature_cache))
+    return {c: torch.cat(v) for c, v in out.items()}
+
+
+def _scores(names: list[str], feats, labels: np.ndarray, head, device) -> dict:
+    probs = None
+    if head is not None and any(SCORES[n].needs_source for n in names):
+        with torch.inference_mode():
+            probs = torch.softmax(head.to(device)(feats.to(device)).double(), 1).cpu().numpy()
+    f = feats.double().numpy()
+    values = {}
+    for name in names:
+        spec = SCORES[name]
+        if spec.needs_source and probs is None:
+            values[name] = float("nan")  # no source head: the score does not apply
+        else:
+            values[name] = spec.fn(f, labels, probs)
+    return values

@@ -215,15 +215,26 @@ class TransferEstimator:
                            cfg: FitConfig) -> torch.Tensor:
         """What ``_features`` computes, for any backbone: ``rank`` shares fit's cache keys,
         so a ranked candidate's features are not computed again by its fit."""
-        device = next(backbone.parameters()).device
-        key = cache_key(task=self.task, arch=backbone.architecture(),
-                        weights=weights_hash(backbone), preprocess=preprocess.to_dict(),
-                        data=source.fingerprint())
+        key = self._feature_key(backbone, preprocess, source)
+        return cached_features(key, lambda: self._compute_features(
+            backbone, backbone, preprocess, source, cfg), cfg.feature_cache)
+
+    def _feature_key(self, backbone: Backbone, preprocess, source) -> str:
+        return cache_key(task=self.task, arch=backbone.architecture(),
+                         weights=weights_hash(backbone), preprocess=preprocess.to_dict(),
+                         data=source.fingerprint())
+
+    def _compute_features(self, network, backbone: Backbone, preprocess, source,
+                          cfg: FitConfig) -> torch.Tensor:
+        """One frozen pass of ``network`` (``backbone`` or a module around it) over
+        ``source``, read as ``backbone`` reads its inputs."""
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
-        return cached_features(key, lambda: compute_features(
-            backbone, self._dataset(source, preprocess, False, cfg, backbone),
+        device = next(backbone.parameters()).device
+        return compute_features(
+            network, self._dataset(source, preprocess, False, cfg, backbone),
             cfg.eval_batch_size, device, cfg.channels_last, workers,
-            desc=f"features {source.origin}", collate_fn=self._collate(backbone), bucketing=cfg.length_bucketing), cfg.feature_cache)
+            desc=f"features {source.origin}", collate_fn=self._collate(backbone),
+            bucketing=cfg.length_bucketing)
 
     @torch.inference_mode()
     def predict_proba(self, X) -> np.ndarray:

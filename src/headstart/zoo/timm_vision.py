@@ -63,20 +63,54 @@ class TimmBackbone(Backbone):
                 f"{self.id}: this timm architecture does not support cutting layers "
                 "(no feature_info / prune_intermediate_layers); use cut=0"
             )
+        index = self._cut_index(self.cut)
+        self.model.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
+        self._stage_index = index
+        self.feature_dim = int(info[index]["num_chs"])
+
+    def _cut_index(self, cut: int) -> int:
+        """The feature_info index of the last stage kept when ``cut`` stages go."""
+        info = self.model.feature_info
         n_stages = len(info)
         # Nets with a final projection after the last stage (EfficientNet's conv_head) lose
         # that first; nets whose features are the last stage's (ResNet) lose that stage.
         has_projection = int(self.model.num_features) != int(info[-1]["num_chs"])
         last = n_stages if has_projection else n_stages - 1
-        if not 0 < self.cut <= last:
+        if not 0 < cut <= last:
             raise ZooError(
-                f"{self.id}: cut={self.cut} is out of range; this backbone has {n_stages} "
+                f"{self.id}: cut={cut} is out of range; this backbone has {n_stages} "
                 f"feature stages, so cut must be between 0 and {last}"
             )
-        index = last - self.cut  # feature_info index of the last stage kept
-        self.model.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
-        self._stage_index = index
-        self.feature_dim = int(info[index]["num_chs"])
+        return last - cut
+
+    def with_cut(self, cut: int) -> "TimmBackbone":
+        """A copy of this uncut network with its last ``cut`` stages removed: what
+        ``create_backbone(id, cut=cut)`` builds, without loading the weights again."""
+        import copy
+
+        if self.cut:
+            raise ZooError(f"{self.id}: with_cut needs the uncut network (this one has cut="
+                           f"{self.cut})")
+        other = TimmBackbone(copy.deepcopy(self.model), self.id, self.meta, cut=cut)
+        other.preprocess = self.preprocess
+        for name in ("arch_id",):
+            if name in self.__dict__:
+                setattr(other, name, self.__dict__[name])
+        return other
+
+    def features_at_cuts(self, x: torch.Tensor, cuts: list[int]) -> list[torch.Tensor]:
+        """The features of this network cut at each of ``cuts`` (0 = uncut), from ONE
+        forward pass: ``rank`` scores every cut point of a backbone for the price of one."""
+        if self.cut:
+            raise ZooError(f"{self.id}: features_at_cuts needs the uncut network")
+        if not any(cuts):
+            return [self(x)] * len(cuts)
+        index = {c: self._cut_index(c) for c in cuts if c}
+        wanted = sorted(set(index.values()))
+        final, inter = self.model.forward_intermediates(x, indices=wanted, norm=False)
+        by_index = dict(zip(wanted, inter))
+        return [self.model.forward_head(final) if c == 0 else
+                self.pool(by_index[index[c]]).flatten(1) for c in cuts]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._stage_index is None:

@@ -162,14 +162,17 @@ def summary(work: Path) -> None:
                 if len(ok) >= 3 else float("nan")
             last = min(ok, key=lambda i: vals[i]) if ok else None
             random_last = last is not None and labels[last] == RANDOM
-            taus.setdefault((n, m), []).append((tau, random_last, fit_time / rr["seconds"]))
-            line.append(f"{n}: tau {tau:+.2f}{' (random last)' if random_last else ''}")
+            taus.setdefault((n, m), []).append((tau, random_last, fit_time / rr["seconds"],
+                                                len(ok)))
+            line.append(f"{n}: tau {tau:+.2f} over {len(ok)}"
+                        f"{' (random last)' if random_last else ''}")
         print("  " + "; ".join(line))
     print("\n== mean Kendall tau over targets (random-init ranked last on how many)")
     for (n, m), vals in sorted(taus.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         t = [v[0] for v in vals if v[0] == v[0]]
-        print(f"  max_items {m:5d}  {n:8s} tau {np.mean(t):+.3f} over {len(t)} targets; random "
-              f"last {sum(v[1] for v in vals)}/{len(vals)}; speed ratio "
+        print(f"  max_items {m:5d}  {n:8s} tau {np.mean(t):+.3f} over {len(t)} targets "
+              f"({'/'.join(str(v[3]) for v in vals)} candidates); random last "
+              f"{sum(v[1] for v in vals)}/{len(vals)}; speed ratio "
               f"{np.median([v[2] for v in vals]):.1f}x (median)")
 
 

@@ -228,6 +228,18 @@ def test_text_candidates_rank_on_token_features():
     assert all(math.isnan(r.scores["leep"]) for r in res.rows)  # an encoder has no source head
 
 
+def test_a_score_that_cannot_be_computed_is_nan_not_a_crash(caplog):
+    x, y = make_arrays(n=60, n_classes=3)
+    y = list(y)
+    y[0] = "lonely"  # a class of one item: no cross-validation fold can hold it
+    res = rank(x, ["tiny:cnn"], y=y, scores=["logme", "knn"], val_fraction=0.0, **{
+        k: v for k, v in FAST.items()})
+    row = res.rows[0]
+    assert row.error is None and math.isfinite(row.scores["logme"])
+    assert math.isnan(row.scores["knn"])
+    assert "knn not computed" in caplog.text
+
+
 def test_unknown_task():
     with pytest.raises(ValueError, match="task="):
         rank([], ["tiny:cnn"], task="audio")

@@ -557,5 +557,9 @@ def _scores(names: list[str], feats, labels: np.ndarray, head, device) -> dict:
         if spec.needs_source and probs is None:
             values[name] = float("nan")  # no source head: the score does not apply
         else:
-            values[name] = spec.fn(f, labels, probs)
+            try:
+                values[name] = spec.fn(f, labels, probs)
+            except ScoreError as exc:  # e.g. a class too small for cross-validation
+                log.warning("rank: %s not computed: %s", name, exc)
+                values[name] = float("nan")
     return values

@@ -374,3 +374,14 @@ def test_cut_points_of_one_backbone_share_one_pass(tmp_path, monkeypatch):
                     image_size=32, num_workers=0, feature_cache=cache, head_epochs=2).fit(
         x[idx], labels)
     assert calls == []  # the cut-1 fit found rank's shared-pass features under its keys
+
+
+def test_sample_keeps_every_class_with_at_least_five_items():
+    from headstart.select import _sample
+
+    labels = np.array([0] * 80 + [1] * 80 + [2] * 10 + [3] * 3)
+    idx = _sample(labels, 20, seed=0)
+    counts = np.bincount(labels[idx], minlength=4)
+    assert counts.tolist() == [9, 9, 5, 3]  # proportional, but >= 5 (all 3 of class 3)
+    assert len(set(idx.tolist())) == len(idx)
+    assert (idx == _sample(labels, 20, seed=0)).all()

@@ -95,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: all of logme, leep, nce, h_score, knn, linear)")
     p.add_argument("--score", default=None, help="the score that orders the table (default: "
                    "logme)")
-    p.add_argument("--max-items", type=int, default=1000, help="rank a stratified sample of at "
-                   "most this many items (default: 1000)")
+    p.add_argument("--max-items", type=int, default=None, help="rank a stratified sample of "
+                   "about this many items, at least 5 per class (default: 300); data this "
+                   "small or smaller is ranked whole and its features serve the next fit")
     p.add_argument("--config", default=None, help="YAML file of fit settings")
     p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
     p.add_argument("--write-config", default=None, metavar="YAML", help="write the winner's "
@@ -225,7 +226,7 @@ def cmd_fit(args) -> int:
 
 def cmd_rank(args) -> int:
     from .features import default_cache_dir
-    from .select import Candidate, rank
+    from .select import DEFAULT_MAX_ITEMS, Candidate, rank
 
     cfg = fit_config_from_args(args)
     given = {f: getattr(args, f) for f in FEATURE_SETTINGS if hasattr(args, f)}
@@ -239,7 +240,7 @@ def cmd_rank(args) -> int:
     scores = [s.strip() for s in args.scores.split(",")] if args.scores else None
     data = _open(args.task, args.data, cfg, args)
     result = rank(data, cands, task=args.task, scores=scores, score=args.score,
-                  max_items=args.max_items, config=cfg)
+                  max_items=args.max_items or DEFAULT_MAX_ITEMS, config=cfg)
     if args.write_config and any(r.error is None for r in result.rows):
         import yaml
 

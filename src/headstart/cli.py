@@ -1,4 +1,4 @@
-"""``headstart`` command line: fit | rank | evaluate | predict | models | datasets.
+"""``headstart`` command line: fit | rank | study | evaluate | predict | models | datasets.
 
 ``fit`` flags are generated from :class:`headstart.config.FitConfig` (``--head-lr`` sets
 ``head_lr``); a YAML file given with ``--config`` uses the same names, and flags given on
@@ -107,6 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, only=FEATURE_SETTINGS, title="feature settings (as for fit; with the "
                       "same values a later fit reuses the cached features)")
 
+    p = sub.add_parser("study", help="prove the transfer: transfer strategies against the same "
+                       "network trained from scratch, over nested fractions of your data, "
+                       "with an HTML report")
+    p.add_argument("data", help="labeled data, as for fit")
+    p.add_argument("--model", required=True, help="source model id or run directory")
+    p.add_argument("--test", default=None, help="test data (default: hold out --test-fraction "
+                   "of DATA, stratified)")
+    p.add_argument("--task", choices=TASKS, default="image")
+    p.add_argument("--out", default=None, help="study folder (default: studies/<model>); "
+                   "rerunning into it skips the finished runs")
+    p.add_argument("--fractions", default="0.05,0.1,0.25,0.5,1", help="nested, stratified "
+                   "fractions of the training pool")
+    p.add_argument("--strategies", default="feature_extract,partial,finetune,lp_ft")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (spread shown)")
+    p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--config", default=None, help="YAML file of fit settings (the budget)")
+    p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
+    p.add_argument("--json", action="store_true", help="print the gains as JSON")
+    _add_config_flags(p, only=tuple(f for f in FitConfig.field_names()
+                                    if f not in ("backbone", "strategy")),
+                      title="fit settings shared by every run (the budget)")
+
     p = sub.add_parser("evaluate", help="metrics of a trained run on labeled data")
     p.add_argument("run", help="run directory written by `headstart fit`")
     p.add_argument("data", help="labeled data: image class folders or CSV; text table")
@@ -149,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    handler = {"fit": cmd_fit, "rank": cmd_rank, "evaluate": cmd_evaluate, "predict": cmd_predict,
+    handler = {"fit": cmd_fit, "rank": cmd_rank, "study": cmd_study, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "models": cmd_models, "datasets": cmd_datasets}[args.command]
     from .data.images import DataError
     from .zoo.base import ZooError
@@ -267,6 +290,56 @@ def cmd_rank(args) -> int:
     how = f"--config {args.write_config}" if args.write_config else \
         f"--backbone {best.backbone}{cut} --feature-cache {cfg.feature_cache}"
     print(f"\nbest: {best.label}. Train it with:\n  headstart fit {args.data}{task} {how}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .study import run_study
+
+    if not args.verbose:  # one line per run, not every epoch of every run
+        for name in ("headstart.tasks", "headstart.train", "headstart.strategies",
+                     "headstart.data", "headstart.zoo"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    cfg = fit_config_from_args(args)
+    given = {f: getattr(cfg, f) for f in FitConfig.field_names()
+             if hasattr(args, f) or (args.config and f in FitConfig.read_yaml(args.config))}
+    out = Path(args.out or f"studies/{Path(args.model).name.replace(':', '-')}")
+    data = _open(args.task, args.data, cfg, args)
+    test = _open(args.task, args.test, cfg, args, data.classes) if args.test else None
+    bar = tqdm(total=None, desc="study", unit="run", disable=None)
+
+    def progress(done: int, total: int, name: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(name)
+        bar.update(done - bar.n)
+
+    try:
+        result = run_study(
+            data, model=args.model, out=out, test=test, task=args.task,
+            fractions=[float(f) for f in args.fractions.split(",") if f.strip()],
+            strategies=[s.strip() for s in args.strategies.split(",") if s.strip()],
+            seeds=[int(x) for x in args.seeds.split(",") if x.strip()],
+            scratch=not args.no_scratch, test_fraction=args.test_fraction,
+            progress=progress, **given)
+    finally:
+        bar.close()
+    gains = result.gains()
+    if args.json:
+        print(json.dumps(gains, indent=2))
+        return 0
+    print(f"study: {out}  ({args.model}, {len(result.runs)} runs)")
+    for g in gains:
+        flag = "NEGATIVE TRANSFER" if g["negative_transfer"] else "transfer wins"
+        match = g["scratch_items_to_match"]
+        need = f"scratch needs ~{match:.0f} items to match" if match else \
+            "scratch never matches it here"
+        print(f"  {g['n_train']:>6} items: {g['best_strategy']:<15} "
+              f"{100 * g['transfer_accuracy']:5.1f}% vs scratch "
+              f"{100 * g['scratch_accuracy']:5.1f}%  {g['gain_points']:+5.1f} pts  {flag}; "
+              f"{need}")
+    print(f"report: {out / 'report.html'}  (also results.csv, study.json)")
     return 0
 
 

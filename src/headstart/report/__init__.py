@@ -1,0 +1,113 @@
+"""A self-contained HTML report of a study: inline SVG plots (matplotlib, text as paths),
+inline CSS, no script, no external fetch. Opens from disk, mails as one file."""
+
+from __future__ import annotations
+
+import html
+import math
+
+from .plots import confusion_svg, learning_curve_svg, time_svg, training_curves_svg
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
+max-width:1100px;padding:0 1rem;color:#1b1f24}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;
+border-bottom:1px solid #d0d7de;padding-bottom:.2rem}
+table{border-collapse:collapse;font-size:13px;margin:.5rem 0}
+td,th{border:1px solid #d0d7de;padding:3px 7px;text-align:right}
+th{background:#f6f8fa}td.l,th.l{text-align:left}
+.verdict{padding:.6rem .9rem;border-radius:6px;margin:.6rem 0}
+.good{background:#dafbe1}.bad{background:#ffebe9;border:1px solid #cf222e}
+.muted{color:#57606a}figure{margin:.5rem 0}figure svg{max-width:100%;height:auto}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
+"""
+
+
+def _e(v) -> str:
+    return html.escape(str(v))
+
+
+def _pct(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
+def _table(rows: list[list], head: list[str], left: int = 1) -> str:
+    out = ["<table><tr>" + "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
+                                   for i, h in enumerate(head)) + "</tr>"]
+    for r in rows:
+        out.append("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>'
+                                    for i, c in enumerate(r)) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def build_report(result) -> str:
+    """The report of a :class:`~headstart.study.StudyResult` as one HTML string."""
+    from ..study import SCRATCH
+
+    s = result.settings
+    gains = result.gains()
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+             f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+             f"<title>headstart study: {_e(result.model)}</title><style>{CSS}</style></head>"
+             f"<body><h1>Did transfer pay off? {_e(result.model)}</h1>"
+             f"<p class=muted>{len(result.classes)} classes; training pool "
+             f"{s.get('n_pool')} items (fractions {', '.join(f'{f:g}' for f in s['fractions'])}"
+             f"), validation {s.get('n_val')}, test {s.get('n_test')}; seeds "
+             f"{', '.join(map(str, s['seeds']))}; {len(result.runs)} runs.</p>"]
+    parts.append("<h2>Verdict</h2>")
+    for g in gains:
+        cls = "bad" if g["negative_transfer"] else "good"
+        words = "NEGATIVE TRANSFER: training from scratch beat every transfer strategy" \
+            if g["negative_transfer"] else "transfer beat training from scratch"
+        match = g["scratch_items_to_match"]
+        need = (f"scratch needed about {match:.0f} items to match it"
+                if match is not None else "scratch never matched it with the data available")
+        noise = " (one seed: run more seeds to tell it from noise)" \
+            if g["beyond_seed_spread"] is None else (
+            " (beyond the seeds' spread)" if g["beyond_seed_spread"] else
+            " (within the seeds' spread)")
+        parts.append(f"<div class='verdict {cls}'><b>{g['n_train']} training items "
+                     f"({g['fraction']:g}):</b> {words}: {_e(g['best_strategy'])} "
+                     f"{_pct(g['transfer_accuracy'])} vs scratch {_pct(g['scratch_accuracy'])}"
+                     f", {g['gain_points']:+.1f} points{noise}; {need}.</div>")
+    if not gains:
+        parts.append("<p>No scratch baseline in this study: no verdict.</p>")
+
+    curves = {st: result.curve(st) for st in [*result.strategies(), SCRATCH]}
+    curves = {k: v for k, v in curves.items() if v}
+    parts.append("<h2>Learning curves</h2><figure>" + learning_curve_svg(curves) +
+                 "<figcaption class=muted>Test accuracy against training items (log scale); "
+                 "bars: spread over seeds.</figcaption></figure>")
+    top = max(s["fractions"])
+    parts.append("<div class=grid><div><h2>Training curves</h2><figure>" +
+                 training_curves_svg([r for r in result.runs if r["fraction"] == top
+                                      and r["seed"] == min(s["seeds"])]) +
+                 f"<figcaption class=muted>Validation accuracy per epoch at fraction {top:g}."
+                 "</figcaption></figure></div><div><h2>Time per strategy</h2><figure>" +
+                 time_svg(curves) + "<figcaption class=muted>Mean fit seconds at each "
+                 "fraction.</figcaption></figure></div></div>")
+    best = result.best_run()
+    parts.append(f"<h2>Best model: {_e(best['name'])} ({_pct(best['test']['accuracy'])})</h2>"
+                 "<div class=grid><figure>" + confusion_svg(best["test"]["confusion_matrix"],
+                                                            result.classes) +
+                 "<figcaption class=muted>Confusion matrix on the test set (rows: true)."
+                 "</figcaption></figure><div>")
+    per = best["test"]["per_class"]
+    parts.append(_table([[_e(c), f"{v['precision']:.3f}", f"{v['recall']:.3f}",
+                          f"{v['f1']:.3f}", v["support"]] for c, v in per.items()],
+                        ["class", "precision", "recall", "F1", "support"]) + "</div></div>")
+    parts.append("<h2>Every run</h2>" + _table(
+        [[_e(r["name"]), _e(r["strategy"]), f"{r['fraction']:g}", r["n_train"], r["seed"],
+          _pct(r["test_accuracy"]), f"{r['test_macro_f1']:.3f}", _pct(r["train_accuracy"]),
+          _pct(r["val_accuracy"]), f"{100 * r['gap']:+.1f}", r["epochs_to_best"] or "-",
+          r["epochs"], f"{r['fit_seconds']:.1f}"] for r in result.table_rows()],
+        ["run", "strategy", "fraction", "items", "seed", "test acc", "test F1", "train acc",
+         "val acc", "gap (pts)", "best epoch", "epochs", "seconds"], left=2))
+    parts.append("<p class=muted>gap: accuracy on the run's own training items minus on the "
+                 "validation set (overfitting). Scratch baseline: "
+                 f"{_e(s.get('scratch'))}. Also in results.csv and study.json.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+__all__ = ["build_report"]

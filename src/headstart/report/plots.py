@@ -1,0 +1,102 @@
+"""The study's plots as inline SVG strings (matplotlib, Agg, text drawn as paths so the
+file needs no font and fetches nothing)."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+
+COLORS = {"feature_extract": "#0969da", "partial": "#8250df", "finetune": "#bf8700",
+          "lp_ft": "#1a7f37", "scratch": "#cf222e"}
+
+
+def _figure(width: float = 6.4, height: float = 4.0):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.fonttype"] = "path"
+    return plt, plt.subplots(figsize=(width, height), dpi=100)
+
+
+def _svg(plt, fig) -> str:
+    buf = io.StringIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]  # drop the XML prolog and DOCTYPE (an external DTD)
+    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
+
+
+def learning_curve_svg(curves: dict[str, list[dict]]) -> str:
+    plt, (fig, ax) = _figure()
+    for name, rows in curves.items():
+        x = [r["n_train"] for r in rows]
+        y = [100 * r["accuracy"] for r in rows]
+        err = [100 * r["std"] for r in rows]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name,
+                    color=COLORS.get(name), linestyle="--" if name == "scratch" else "-")
+    ax.set_xscale("log")
+    ticks = sorted({r["n_train"] for rows in curves.values() for r in rows})
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("training items")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _svg(plt, fig)
+
+
+def training_curves_svg(runs: list[dict]) -> str:
+    plt, (fig, ax) = _figure(5.2, 3.6)
+    for r in runs:
+        h = [e for e in r["history"] if e.get("val_accuracy") is not None]
+        ax.plot([e["global_epoch"] for e in h], [100 * e["val_accuracy"] for e in h],
+                marker=".", label=r["strategy"], color=COLORS.get(r["strategy"]))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    if runs:
+        ax.legend(fontsize=8)
+    return _svg(plt, fig)
+
+
+def time_svg(curves: dict[str, list[dict]]) -> str:
+    plt, (fig, ax) = _figure(5.2, 3.6)
+    names = list(curves)
+    fractions = sorted({r["fraction"] for rows in curves.values() for r in rows})
+    width = 0.8 / max(1, len(fractions))
+    for j, f in enumerate(fractions):
+        secs = [next((r["seconds"] for r in curves[n] if r["fraction"] == f), 0.0)
+                for n in names]
+        ax.bar(np.arange(len(names)) + j * width, secs, width, label=f"{f:g}")
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
+    ax.set_xticklabels(names, rotation=20)
+    ax.set_ylabel("fit seconds")
+    ax.legend(title="fraction", fontsize=7)
+    return _svg(plt, fig)
+
+
+def confusion_svg(matrix: list[list[int]], classes: list[str]) -> str:
+    m = np.asarray(matrix)
+    side = max(3.6, 0.45 * len(classes) + 1.5)
+    plt, (fig, ax) = _figure(side, side)
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(classes)))
+    ax.set_yticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticklabels(classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(classes) <= 20:
+        top = m.max() if m.size else 0
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if m[i, j] > top / 2 else "black")
+    return _svg(plt, fig)

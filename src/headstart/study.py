@@ -1,0 +1,298 @@
+"""Prove the transfer on the user's own data: a study of strategies against training from
+scratch, over nested fractions of the training data.
+
+Every run uses the same seed policy and budget: the training pool is split once into a
+fixed validation set and the rest; fractions of the rest are nested (the 10% subset holds
+the 5% subset) and stratified; each (strategy, fraction, seed) is one ``fit`` scored on the
+same test set. The same architecture with random weights, fine-tuned end to end at a
+from-scratch learning rate, is the baseline. Finished runs are appended to
+``results.jsonl``: a killed study rerun with the same settings skips them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("feature_extract", "partial", "finetune", "lp_ft")
+FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
+SCRATCH = "scratch"
+# The from-scratch baseline: every layer trains from the first step, one learning rate for
+# all (discriminative rates only make sense for pretrained layers), BN statistics learnt.
+SCRATCH_SETTINGS = {"strategy": "finetune", "lr": 3e-3, "lr_decay": 1.0, "bn": "train"}
+RESULTS = "results.jsonl"
+
+
+def nested_fractions(labels: np.ndarray, fractions, seed: int) -> dict[float, np.ndarray]:
+    """Stratified, nested subsets: for each fraction, the first ceil(f * n_c) items of one
+    fixed shuffle of every class c (at least one per class)."""
+    rng = np.random.default_rng(seed)
+    order = {c: rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
+    out = {}
+    for f in sorted(fractions):
+        if not 0 < f <= 1:
+            raise ValueError(f"fractions must be in (0, 1], got {f}")
+        out[f] = np.sort(np.concatenate([idx[:max(1, math.ceil(f * len(idx)))]
+                                         for idx in order.values()]))
+    return out
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    strategy: str  # a transfer strategy, or "scratch"
+    fraction: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy}-f{self.fraction:g}-s{self.seed}"
+
+    @property
+    def scratch(self) -> bool:
+        return self.strategy == SCRATCH
+
+
+@dataclass
+class StudyResult:
+    """Every finished run (dicts, as in results.jsonl) and what they add up to."""
+
+    runs: list[dict]
+    model: str
+    task: str
+    classes: list[str]
+    settings: dict = field(default_factory=dict)
+
+    def curve(self, strategy: str) -> list[dict]:
+        """Per fraction: n_train, mean and std test accuracy over seeds, mean seconds."""
+        rows = []
+        for f in sorted({r["fraction"] for r in self.runs}):
+            rs = [r for r in self.runs if r["strategy"] == strategy and r["fraction"] == f]
+            if rs:
+                acc = [r["test"]["accuracy"] for r in rs]
+                rows.append({"fraction": f, "n_train": rs[0]["n_train"],
+                             "accuracy": float(np.mean(acc)), "std": float(np.std(acc)),
+                             "seeds": len(rs),
+                             "seconds": float(np.mean([r["fit_seconds"] for r in rs]))})
+        return rows
+
+    def strategies(self) -> list[str]:
+        return [s for s in dict.fromkeys(r["strategy"] for r in self.runs) if s != SCRATCH]
+
+    def gains(self) -> list[dict]:
+        """Per fraction: the best transfer strategy against scratch, the gain in points,
+        the training data scratch needed to match it, and a negative-transfer flag."""
+        scratch = {c["fraction"]: c for c in self.curve(SCRATCH)}
+        curves = {s: {c["fraction"]: c for c in self.curve(s)} for s in self.strategies()}
+        out = []
+        for f in sorted({r["fraction"] for r in self.runs}):
+            cands = [(c[f]["accuracy"], s, c[f]) for s, c in curves.items() if f in c]
+            if not cands or f not in scratch:
+                continue
+            acc, best, cell = max(cands)
+            sc = scratch[f]
+            spread = max(cell["std"], sc["std"])
+            out.append({
+                "fraction": f, "n_train": cell["n_train"], "best_strategy": best,
+                "transfer_accuracy": acc, "scratch_accuracy": sc["accuracy"],
+                "gain_points": 100 * (acc - sc["accuracy"]),
+                "scratch_items_to_match": self._scratch_to_match(acc),
+                "negative_transfer": bool(sc["accuracy"] > acc),
+                "beyond_seed_spread": bool(abs(acc - sc["accuracy"]) > 2 * spread)
+                if spread > 0 else None,
+            })
+        return out
+
+    def _scratch_to_match(self, accuracy: float) -> float | None:
+        """Training items scratch needs to reach ``accuracy`` (linear in log n between the
+        measured fractions); None when it never does within the data."""
+        curve = self.curve(SCRATCH)
+        for a, b in zip(curve, curve[1:]):
+            if a["accuracy"] >= accuracy:
+                return float(a["n_train"])
+            if b["accuracy"] >= accuracy:
+                t = (accuracy - a["accuracy"]) / max(b["accuracy"] - a["accuracy"], 1e-12)
+                return float(math.exp(math.log(a["n_train"]) +
+                                      t * (math.log(b["n_train"]) - math.log(a["n_train"]))))
+        if curve and curve[-1]["accuracy"] >= accuracy:
+            return float(curve[-1]["n_train"])
+        return None
+
+    def best_run(self) -> dict:
+        """The run with the highest test accuracy at the largest fraction."""
+        top = max(r["fraction"] for r in self.runs)
+        return max((r for r in self.runs if r["fraction"] == top),
+                   key=lambda r: r["test"]["accuracy"])
+
+    def table_rows(self) -> list[dict]:
+        keys = ("name", "strategy", "fraction", "n_train", "seed", "fit_seconds",
+                "epochs", "epochs_to_best", "train_accuracy", "val_accuracy", "gap")
+        return [{**{k: r.get(k) for k in keys},
+                 "test_accuracy": r["test"]["accuracy"], "test_macro_f1": r["test"]["macro_f1"]}
+                for r in sorted(self.runs, key=lambda r: (r["fraction"], r["strategy"],
+                                                          r["seed"]))]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "task": self.task, "classes": self.classes,
+                "settings": self.settings, "gains": self.gains(),
+                "curves": {s: self.curve(s) for s in [*self.strategies(), SCRATCH]},
+                "runs": self.runs}
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """results.csv (one row per run), study.json (everything), report.html."""
+        import csv
+        import io
+
+        from .artifacts import atomic_write_bytes, atomic_write_json
+        from .report import build_report
+
+        out = Path(out)
+        rows = self.table_rows()
+        buf = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+        atomic_write_json(out / "study.json", self.to_dict())
+        atomic_write_bytes(out / "report.html", build_report(self).encode())
+        return {"csv": out / "results.csv", "json": out / "study.json",
+                "report": out / "report.html"}
+
+
+def _fingerprint(parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str = "image",
+              strategies=STRATEGIES, fractions=FRACTIONS, seeds=(0,), scratch: bool = True,
+              val_fraction: float = 0.1, test_fraction: float = 0.2, progress=None,
+              **settings) -> StudyResult:
+    """Run (or finish) a study and write its results and report under ``out``.
+
+    ``settings`` are FitConfig fields shared by every run (the budget: ``epochs``,
+    ``head_epochs``, ``image_size``, ...). Without ``test``, a stratified ``test_fraction``
+    of ``data`` is held out. ``progress(done, total, name)`` is called after each run."""
+    from .data.images import stratified_split
+    from .tasks import ESTIMATORS
+
+    if task not in ESTIMATORS:
+        raise ValueError(f"task={task!r}: choose one of {', '.join(ESTIMATORS)}")
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise ValueError(f"unknown strategy {bad[0]!r} for a study; choose from "
+                         f"{', '.join(STRATEGIES)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    est = ESTIMATORS[task](backbone=model, **settings)
+    cfg = est.resolved_config()
+    source = est._open_labeled(data, y, None, cfg)
+    if source.labels.ndim != 1:
+        raise ValueError("a study needs single-label data")
+    if test is None:
+        pool_idx, test_idx = stratified_split(source.labels, test_fraction, cfg.seed)
+        pool, test_src = source.subset(pool_idx), source.subset(test_idx)
+    else:
+        pool, test_src = source, est._open_labeled(test, None, source.classes, cfg)
+    tr_idx, va_idx = stratified_split(pool.labels, val_fraction, cfg.seed)
+    train_pool, val_src = pool.subset(tr_idx), pool.subset(va_idx)
+    subsets = nested_fractions(np.asarray(train_pool.labels), fractions, cfg.seed)
+    specs = [RunSpec(s, f, seed) for f in sorted(fractions) for seed in seeds
+             for s in [*strategies, *([SCRATCH] if scratch else [])]]
+    key = _fingerprint([model, task, {k: v for k, v in cfg.to_dict().items()
+                                      if k not in ("num_workers", "device")},
+                        train_pool.fingerprint(), val_src.fingerprint(),
+                        test_src.fingerprint()])
+    results = out / RESULTS
+    done = _finished(results, key)
+    total = len(specs)
+    log.info("study of %s: %d runs (%d finished), %d training items in the pool, %d "
+             "validation, %d test", model, total, sum(s.name in done for s in specs),
+             len(train_pool), len(val_src), len(test_src))
+    for i, spec in enumerate(specs, 1):
+        if spec.name not in done:
+            record = _one_run(ESTIMATORS[task], spec, model, cfg, train_pool.subset(
+                subsets[spec.fraction]), val_src, test_src, out / "work" / spec.name)
+            record["study"] = key
+            _append(results, record)
+            done[spec.name] = record
+            log.info("study %d/%d %s: test accuracy %.4f (%.0f s)", i, total, spec.name,
+                     record["test"]["accuracy"], record["fit_seconds"])
+        if progress is not None:
+            progress(i, total, spec.name)
+    shutil.rmtree(out / "work", ignore_errors=True)
+    result = StudyResult([done[s.name] for s in specs], model, task, list(source.classes),
+                         settings={"fractions": sorted(fractions), "strategies":
+                                   list(strategies), "seeds": list(seeds),
+                                   "scratch": SCRATCH_SETTINGS if scratch else None,
+                                   "fit": {k: v for k, v in cfg.to_dict().items()
+                                           if k in settings},
+                                   "n_pool": len(train_pool), "n_val": len(val_src),
+                                   "n_test": len(test_src)})
+    result.write(out)
+    return result
+
+
+def _append(results: Path, record: dict) -> None:
+    """One JSON line, flushed to disk; a line torn by an earlier kill is closed first so
+    it cannot swallow this one."""
+    import os
+
+    torn = results.is_file() and results.stat().st_size > 0 and \
+        results.read_bytes()[-1:] != b"\n"
+    with results.open("a") as f:
+        f.write(("\n" if torn else "") + json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _finished(results: Path, key: str) -> dict[str, dict]:
+    """Runs of this study (same data, model and settings) already in results.jsonl; a
+    torn last line (killed mid-write) is ignored."""
+    done = {}
+    if results.is_file():
+        for line in results.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r.get("study") == key:
+                done[r["name"]] = r
+    return done
+
+
+def _one_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src,
+             work: Path) -> dict:
+    changes = dict(SCRATCH_SETTINGS, backbone=f"scratch:{model}") if spec.scratch else \
+        {"strategy": spec.strategy, "backbone": model}
+    run_cfg = cfg.replace(seed=spec.seed, **changes)
+    clf = cls(config=run_cfg, run_dir=work)
+    t0 = time.perf_counter()
+    clf.fit(train_src, validation=val_src,
+            resume=(work / "checkpoints" / "last").is_dir())
+    seconds = time.perf_counter() - t0
+    history = clf.history_
+    val_acc = [h.get("val_accuracy", float("nan")) for h in history]
+    best_epoch = int(np.nanargmax(val_acc)) + 1 if history and not np.all(np.isnan(val_acc)) \
+        else None
+    train_acc = clf.evaluate(train_src)["accuracy"]
+    val = clf.metrics_.get("validation") or clf.evaluate(val_src)
+    test = clf.evaluate(test_src)
+    return {"name": spec.name, "strategy": spec.strategy, "fraction": spec.fraction,
+            "seed": spec.seed, "n_train": len(train_src), "backbone": run_cfg.backbone,
+            "fit_seconds": seconds, "epochs": len(history), "epochs_to_best": best_epoch,
+            "best": clf.best_, "train_accuracy": train_acc, "val_accuracy": val["accuracy"],
+            "gap": train_acc - val["accuracy"],
+            "test": {k: test[k] for k in ("accuracy", "macro_f1", "auroc", "n", "per_class",
+                                          "confusion_matrix") if k in test},
+            "history": [{k: h[k] for k in ("stage", "global_epoch", "train_loss", "val_loss",
+                                           "val_accuracy") if k in h} for h in history]}

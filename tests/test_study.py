@@ -221,3 +221,17 @@ def test_report_in_headless_chromium(small_study, tmp_path):
         browser.close()
     assert console == [] and errors == []
     assert requests == [url]
+
+
+def test_study_checks_the_advice_at_every_fraction(small_study):
+    out, res = small_study
+    check = res.advice_check()
+    assert [c["fraction"] for c in check] == [0.5, 1.0]
+    for c in check:
+        assert c["advised"] in ("feature_extract", "finetune", "lp_ft")
+        assert c["best"] in ("feature_extract", "finetune")
+        assert c["hit"] == (c["advised"] == c["best"])
+        assert c["reasons"]
+    page = (out / "report.html").read_text()
+    assert "Advice, checked" in page and "won in" in page
+    assert json.loads((out / "study.json").read_text())["advice"] == check

@@ -1,4 +1,5 @@
-"""``headstart`` command line: fit | rank | study | evaluate | predict | models | datasets.
+"""``headstart`` command line: fit | rank | study | advise | evaluate | predict | models |
+datasets.
 
 ``fit`` flags are generated from :class:`headstart.config.FitConfig` (``--head-lr`` sets
 ``head_lr``); a YAML file given with ``--config`` uses the same names, and flags given on
@@ -130,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     if f not in ("backbone", "strategy")),
                       title="fit settings shared by every run (the budget)")
 
+    p = sub.add_parser("advise", help="which strategy and settings for this model on this data, "
+                       "and why (dataset facts + one cheap probe)")
+    p.add_argument("data", help="labeled data, as for fit")
+    p.add_argument("--model", required=True, help="source model id or run directory")
+    p.add_argument("--task", choices=TASKS, default="image")
+    p.add_argument("--config", default=None, help="YAML file of fit settings")
+    p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
+    p.add_argument("--json", action="store_true")
+    _add_config_flags(p, only=FEATURE_SETTINGS, title="feature settings (as for fit)")
+
     p = sub.add_parser("evaluate", help="metrics of a trained run on labeled data")
     p.add_argument("run", help="run directory written by `headstart fit`")
     p.add_argument("data", help="labeled data: image class folders or CSV; text table")
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    handler = {"fit": cmd_fit, "rank": cmd_rank, "study": cmd_study, "evaluate": cmd_evaluate, "predict": cmd_predict,
+    handler = {"fit": cmd_fit, "rank": cmd_rank, "study": cmd_study, "advise": cmd_advise, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "models": cmd_models, "datasets": cmd_datasets}[args.command]
     from .data.images import DataError
     from .zoo.base import ZooError
@@ -300,7 +311,8 @@ def cmd_study(args) -> int:
 
     if not args.verbose:  # one line per run, not every epoch of every run
         for name in ("headstart.tasks", "headstart.train", "headstart.strategies",
-                     "headstart.data", "headstart.zoo"):
+                     "headstart.data", "headstart.zoo", "headstart.features",
+                     "headstart.select"):
             logging.getLogger(name).setLevel(logging.WARNING)
     cfg = fit_config_from_args(args)
     given = {f: getattr(cfg, f) for f in FitConfig.field_names()
@@ -340,6 +352,29 @@ def cmd_study(args) -> int:
               f"{100 * g['scratch_accuracy']:5.1f}%  {g['gain_points']:+5.1f} pts  {flag}; "
               f"{need}")
     print(f"report: {out / 'report.html'}  (also results.csv, study.json)")
+    return 0
+
+
+def cmd_advise(args) -> int:
+    from .advise import advise
+
+    cfg = fit_config_from_args(args)
+    data = _open(args.task, args.data, cfg, args)
+    given = {f: getattr(cfg, f) for f in FEATURE_SETTINGS}
+    advice = advise(data, model=args.model, task=args.task, **given)
+    if args.json:
+        print(json.dumps(advice.to_dict(), indent=2))
+        return 0
+    f = advice.facts
+    print(f"{args.model} on {args.data}: {f['n_items']} items, {f['n_classes']} classes "
+          f"({f['smallest_class']}-{f['largest_class']} per class); probe on "
+          f"{f['probe_items']} items: linear {100 * f['probe_linear']:.1f}%, kNN "
+          f"{100 * f['probe_knn']:.1f}%")
+    print(advice.text())
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in advice.settings.items())
+    task = f" --task {args.task}" if args.task != "image" else ""
+    print(f"\n  headstart fit {args.data}{task} --backbone {args.model} --strategy "
+          f"{advice.strategy} {flags}".rstrip())
     return 0
 
 

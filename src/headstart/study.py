@@ -31,6 +31,10 @@ SCRATCH = "scratch"
 # all (discriminative rates only make sense for pretrained layers), BN statistics learnt.
 SCRATCH_SETTINGS = {"strategy": "finetune", "lr": 3e-3, "lr_decay": 1.0, "bn": "train"}
 RESULTS = "results.jsonl"
+# Settings that shape a probe's features (the rest of the budget does not concern advise).
+_FEATURE_KEYS = ("image_size", "seed", "eval_batch_size", "num_workers", "device",
+                 "channels_last", "max_length", "truncation", "max_chunks", "length_bucketing",
+                 "text_column", "label_column", "label_sep", "skip_bad")
 
 
 def nested_fractions(labels: np.ndarray, fractions, seed: int) -> dict[float, np.ndarray]:
@@ -71,6 +75,24 @@ class StudyResult:
     task: str
     classes: list[str]
     settings: dict = field(default_factory=dict)
+    advice: dict = field(default_factory=dict)  # fraction -> Advice.to_dict()
+
+    def advice_check(self) -> list[dict]:
+        """Per fraction: what ``advise`` recommended for that much data, what won, and the
+        points the advice left on the table."""
+        out = []
+        for f, adv in sorted(self.advice.items()):
+            scores = {s: c["accuracy"] for s in self.strategies()
+                      for c in self.curve(s) if c["fraction"] == f}
+            if not scores:
+                continue
+            best = max(scores, key=scores.get)
+            got = scores.get(adv["strategy"])
+            out.append({"fraction": f, "advised": adv["strategy"], "best": best,
+                        "hit": adv["strategy"] == best,
+                        "points_lost": None if got is None else 100 * (scores[best] - got),
+                        "reasons": adv["reasons"]})
+        return out
 
     def curve(self, strategy: str) -> list[dict]:
         """Per fraction: n_train, mean and std test accuracy over seeds, mean seconds."""
@@ -144,6 +166,7 @@ class StudyResult:
     def to_dict(self) -> dict:
         return {"model": self.model, "task": self.task, "classes": self.classes,
                 "settings": self.settings, "gains": self.gains(),
+                "advice": self.advice_check(),
                 "curves": {s: self.curve(s) for s in [*self.strategies(), SCRATCH]},
                 "runs": self.runs}
 
@@ -176,7 +199,7 @@ def _fingerprint(parts) -> str:
 def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str = "image",
               strategies=STRATEGIES, fractions=FRACTIONS, seeds=(0,), scratch: bool = True,
               val_fraction: float = 0.1, test_fraction: float = 0.2, progress=None,
-              **settings) -> StudyResult:
+              advise: bool = True, **settings) -> StudyResult:
     """Run (or finish) a study and write its results and report under ``out``.
 
     ``settings`` are FitConfig fields shared by every run (the budget: ``epochs``,
@@ -230,6 +253,17 @@ def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str
         if progress is not None:
             progress(i, total, spec.name)
     shutil.rmtree(out / "work", ignore_errors=True)
+    advice = {}
+    if advise:  # what advise says for each amount of data, checked against what won
+        from .advise import advise as advise_fn
+
+        feature = {k: v for k, v in settings.items() if k in _FEATURE_KEYS}
+        for f in sorted(fractions):
+            subset = train_pool.subset(subsets[f])
+            try:
+                advice[f] = advise_fn(subset, model=model, task=task, **feature).to_dict()
+            except Exception as exc:  # noqa: BLE001 - the study stands without its advice
+                log.warning("advice for fraction %g failed: %s", f, exc)
     result = StudyResult([done[s.name] for s in specs], model, task, list(source.classes),
                          settings={"fractions": sorted(fractions), "strategies":
                                    list(strategies), "seeds": list(seeds),
@@ -237,7 +271,7 @@ def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str
                                    "fit": {k: v for k, v in cfg.to_dict().items()
                                            if k in settings},
                                    "n_pool": len(train_pool), "n_val": len(val_src),
-                                   "n_test": len(test_src)})
+                                   "n_test": len(test_src)}, advice=advice)
     result.write(out)
     return result
 

@@ -96,6 +96,17 @@ def build_report(result) -> str:
     parts.append(_table([[_e(c), f"{v['precision']:.3f}", f"{v['recall']:.3f}",
                           f"{v['f1']:.3f}", v["support"]] for c, v in per.items()],
                         ["class", "precision", "recall", "F1", "support"]) + "</div></div>")
+    check = result.advice_check()
+    if check:
+        hits = sum(c["hit"] for c in check)
+        parts.append(f"<h2>Advice, checked</h2><p>headstart advise picked the strategy that "
+                     f"won in {hits} of {len(check)} fractions.</p>" + _table(
+                         [[f"{c['fraction']:g}", _e(c["advised"]), _e(c["best"]),
+                           "yes" if c["hit"] else "no",
+                           "-" if c["points_lost"] is None else f"{c['points_lost']:.1f}",
+                           "<br>".join(_e(r) for r in c["reasons"])] for c in check],
+                         ["fraction", "advised", "won", "right", "points lost", "why"],
+                         left=0))
     parts.append("<h2>Every run</h2>" + _table(
         [[_e(r["name"]), _e(r["strategy"]), f"{r['fraction']:g}", r["n_train"], r["seed"],
           _pct(r["test_accuracy"]), f"{r['test_macro_f1']:.3f}", _pct(r["train_accuracy"]),

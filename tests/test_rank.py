@@ -385,3 +385,19 @@ def test_sample_keeps_every_class_with_at_least_five_items():
     assert counts.tolist() == [9, 9, 5, 3]  # proportional, but >= 5 (all 3 of class 3)
     assert len(set(idx.tolist())) == len(idx)
     assert (idx == _sample(labels, 20, seed=0)).all()
+
+
+def test_scratch_of_a_run_directory_has_random_weights(tmp_path, data3):
+    """scratch:<run dir> is the run's architecture with fresh weights, not its weights."""
+    from headstart.zoo import create_backbone
+
+    x, y = data3
+    run = tmp_path / "run"
+    ImageClassifier("tiny:cnn", strategy="finetune", run_dir=run, **FAST).fit(x, y)
+    trained = create_backbone(str(run)).state_dict()
+    torch.manual_seed(123)
+    fresh = create_backbone(f"scratch:{run}")
+    assert fresh.id == f"scratch:{run}" and "random" in fresh.meta.source_data
+    assert fresh.state_dict().keys() == trained.keys()
+    assert any(not torch.equal(fresh.state_dict()[k], trained[k]) for k in trained
+               if trained[k].is_floating_point() and trained[k].numel() > 1)

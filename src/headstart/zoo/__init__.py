@@ -80,6 +80,14 @@ def create_backbone(model_id: str, pretrained: bool = True, cut: int = 0) -> Bac
         from .hf_text import create_hf_backbone
 
         return create_hf_backbone(model_id.removeprefix("hf:"), pretrained, cut)
+    if is_run_dir(model_id) and not pretrained:  # the run's architecture, random weights
+        from .local import read_run_config
+
+        backbone = rebuild_backbone(read_run_config(model_id)["backbone"]["architecture"],
+                                    model_id)
+        if cut:
+            raise ZooError(f"{model_id}: cutting layers of a run is not supported; use cut=0")
+        return backbone
     if is_run_dir(model_id) or Path(model_id).is_dir():
         return create_local_backbone(model_id, cut)
     known = ", ".join(sorted(_REGISTRY))

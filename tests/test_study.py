@@ -96,7 +96,8 @@ def test_report_flags_negative_transfer_and_is_self_contained():
 def small_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     x, y = make_arrays(n=90, n_classes=3)
-    res = run_study(x, y, model="tiny:cnn", out=out,
+    xt, yt = make_arrays(n=30, n_classes=3, seed=7)
+    res = run_study(x, y, model="tiny:cnn", out=out, test=(xt, yt),
                     fractions=(0.5, 1.0), strategies=("feature_extract", "finetune"),
                     **SETTINGS)
     return out, res
@@ -111,7 +112,7 @@ def test_study_runs_every_strategy_and_scratch_at_every_fraction(small_study):
     assert by["scratch-f1-s0"]["backbone"] == "scratch:tiny:cnn"
     assert by["feature_extract-f0.5-s0"]["n_train"] < by["feature_extract-f1-s0"]["n_train"]
     for r in res.runs:
-        assert 0 <= r["test"]["accuracy"] <= 1 and r["test"]["n"] == 18  # 20% of 90 held out
+        assert 0 <= r["test"]["accuracy"] <= 1 and r["test"]["n"] == 30  # the given test set
         assert r["epochs"] == len(r["history"]) >= 1
         assert r["epochs_to_best"] is None or 1 <= r["epochs_to_best"] <= r["epochs"]
         assert r["gap"] == pytest.approx(r["train_accuracy"] - r["val_accuracy"])

@@ -225,7 +225,8 @@ def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str
         pool_idx, test_idx = stratified_split(source.labels, test_fraction, cfg.seed)
         pool, test_src = source.subset(pool_idx), source.subset(test_idx)
     else:
-        pool, test_src = source, est._open_labeled(test, None, source.classes, cfg)
+        tx, ty = test if isinstance(test, tuple) else (test, None)  # data, or (X, y)
+        pool, test_src = source, est._open_labeled(tx, ty, source.classes, cfg)
     tr_idx, va_idx = stratified_split(pool.labels, val_fraction, cfg.seed)
     train_pool, val_src = pool.subset(tr_idx), pool.subset(va_idx)
     subsets = nested_fractions(np.asarray(train_pool.labels), fractions, cfg.seed)

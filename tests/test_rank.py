@@ -401,3 +401,9 @@ def test_scratch_of_a_run_directory_has_random_weights(tmp_path, data3):
     assert fresh.state_dict().keys() == trained.keys()
     assert any(not torch.equal(fresh.state_dict()[k], trained[k]) for k in trained
                if trained[k].is_floating_point() and trained[k].numel() > 1)
+
+
+def test_data_too_small_for_a_validation_split_is_ranked_whole():
+    x, y = make_arrays(n=12, n_classes=3)  # 10% would hold out 1 item for 3 classes
+    res = rank(x, ["tiny:cnn"], y=y, scores=["logme"], **FAST)
+    assert res.rows[0].error is None and res.n_items == 12

@@ -435,7 +435,13 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
         raise ValueError("no candidate models given")
     est = ESTIMATORS[task](config=config, **settings)
     cfg = est.resolved_config()
-    source, train_src, val_src = est._split(data, y, None, cfg)
+    from .data.images import DataError
+
+    try:
+        source, train_src, val_src = est._split(data, y, None, cfg)
+    except DataError:  # too few items for fit's validation split: rank them all as one part
+        source = est._open_labeled(data, y, None, cfg)
+        train_src, val_src = source, None
     if source.labels.ndim != 1:
         raise ValueError("rank needs single-label data (one class per item); multi-label "
                          "rows cannot be ranked yet")

@@ -20,6 +20,7 @@ th{background:#f6f8fa}td.l,th.l{text-align:left}
 .good{background:#dafbe1}.bad{background:#ffebe9;border:1px solid #cf222e}
 .muted{color:#57606a}figure{margin:.5rem 0}figure svg{max-width:100%;height:auto}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
+table.why td:last-child{text-align:left}
 """
 
 
@@ -31,8 +32,8 @@ def _pct(v) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
 
-def _table(rows: list[list], head: list[str], left: int = 1) -> str:
-    out = ["<table><tr>" + "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
+def _table(rows: list[list], head: list[str], left: int = 1, cls: str = "") -> str:
+    out = [f"<table class='{cls}'><tr>" + "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
                                    for i, h in enumerate(head)) + "</tr>"]
     for r in rows:
         out.append("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>'
@@ -106,7 +107,7 @@ def build_report(result) -> str:
                            "-" if c["points_lost"] is None else f"{c['points_lost']:.1f}",
                            "<br>".join(_e(r) for r in c["reasons"])] for c in check],
                          ["fraction", "advised", "won", "right", "points lost", "why"],
-                         left=0))
+                         left=0, cls="why"))
     parts.append("<h2>Every run</h2>" + _table(
         [[_e(r["name"]), _e(r["strategy"]), f"{r['fraction']:g}", r["n_train"], r["seed"],
           _pct(r["test_accuracy"]), f"{r['test_macro_f1']:.3f}", _pct(r["train_accuracy"]),

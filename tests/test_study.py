@@ -43,7 +43,7 @@ def _run(run, strategy, fraction, acc, seed=0, n=100):
             "fraction": fraction, "seed": seed, "n_train": int(n * fraction),
             "fit_seconds": 1.0 + run, "epochs": 3, "epochs_to_best": 2, "best": "x",
             "train_accuracy": min(1.0, acc + 0.1), "val_accuracy": acc, "gap": 0.1,
-            "test": {"accuracy": acc, "macro_f1": acc, "auroc": None, "n": 50,
+            "test": {"accuracy": acc, "macro_f1": acc, "auroc": None, "n": 5000,
                      "per_class": {"a": {"precision": 1.0, "recall": 1.0, "f1": 1.0,
                                          "support": 25},
                                    "b": {"precision": 1.0, "recall": 1.0, "f1": 1.0,
@@ -77,8 +77,20 @@ def test_gains_data_to_match_and_negative_transfer():
     assert g[1.0]["scratch_items_to_match"] == pytest.approx(  # scratch passes 0.95 earlier
         float(np.exp(np.log(50) + (0.95 - 0.85) / 0.12 * (np.log(100) - np.log(50)))))
     assert g[0.1]["beyond_seed_spread"] is None  # one seed: no spread to judge
+    assert [g[f]["verdict"] for f in (0.1, 0.5, 1.0)] == ["transfer", "transfer",
+                                                          "negative transfer"]
     never = _result({"lp_ft": [0.9, 0.95, 0.99], SCRATCH: [0.5, 0.6, 0.7]}).gains()
     assert never[0]["scratch_items_to_match"] is None
+
+
+def test_a_difference_within_the_test_noise_is_a_tie():
+    res = _result({"lp_ft": [0.800, 0.900, 0.950], SCRATCH: [0.802, 0.85, 0.90]})
+    g = res.gains()[0]
+    assert g["verdict"] == "tie" and not g["negative_transfer"]
+    assert g["margin_points"] == pytest.approx(200 * np.sqrt(0.801 * 0.199 * 2 / 5000))
+    from headstart.report import build_report
+
+    assert "a tie" in build_report(res)
 
 
 def test_report_flags_negative_transfer_and_is_self_contained():

@@ -343,7 +343,8 @@ def cmd_study(args) -> int:
         return 0
     print(f"study: {out}  ({args.model}, {len(result.runs)} runs)")
     for g in gains:
-        flag = "NEGATIVE TRANSFER" if g["negative_transfer"] else "transfer wins"
+        flag = {"negative transfer": "NEGATIVE TRANSFER", "transfer": "transfer wins"}.get(
+            g["verdict"], f"tie (within +-{g['margin_points']:.1f} pts)")
         match = g["scratch_items_to_match"]
         need = f"scratch needs ~{match:.0f} items to match" if match else \
             "scratch never matches it here"

@@ -112,7 +112,9 @@ class StudyResult:
 
     def gains(self) -> list[dict]:
         """Per fraction: the best transfer strategy against scratch, the gain in points,
-        the training data scratch needed to match it, and a negative-transfer flag."""
+        the training data scratch needed to match it, and the verdict: transfer, negative
+        transfer (scratch better by more than two standard errors of the test-set
+        difference), or a tie."""
         scratch = {c["fraction"]: c for c in self.curve(SCRATCH)}
         curves = {s: {c["fraction"]: c for c in self.curve(s)} for s in self.strategies()}
         out = []
@@ -123,12 +125,20 @@ class StudyResult:
             acc, best, cell = max(cands)
             sc = scratch[f]
             spread = max(cell["std"], sc["std"])
+            # two standard errors of the difference of two accuracies on this test set:
+            # a smaller gap either way is a tie, not a verdict
+            n_test = min(r["test"]["n"] for r in self.runs if r["fraction"] == f)
+            p = (acc + sc["accuracy"]) / 2
+            margin = 2 * math.sqrt(max(p * (1 - p), 1e-12) * 2 / max(n_test, 1))
+            diff = acc - sc["accuracy"]
             out.append({
                 "fraction": f, "n_train": cell["n_train"], "best_strategy": best,
                 "transfer_accuracy": acc, "scratch_accuracy": sc["accuracy"],
-                "gain_points": 100 * (acc - sc["accuracy"]),
+                "gain_points": 100 * diff, "margin_points": 100 * margin,
+                "verdict": "transfer" if diff > margin else
+                           "negative transfer" if -diff > margin else "tie",
                 "scratch_items_to_match": self._scratch_to_match(acc),
-                "negative_transfer": bool(sc["accuracy"] > acc),
+                "negative_transfer": bool(-diff > margin),
                 "beyond_seed_spread": bool(abs(acc - sc["accuracy"]) > 2 * spread)
                 if spread > 0 else None,
             })

@@ -18,6 +18,7 @@ td,th{border:1px solid #d0d7de;padding:3px 7px;text-align:right}
 th{background:#f6f8fa}td.l,th.l{text-align:left}
 .verdict{padding:.6rem .9rem;border-radius:6px;margin:.6rem 0}
 .good{background:#dafbe1}.bad{background:#ffebe9;border:1px solid #cf222e}
+.tie{background:#fff8c5}
 .muted{color:#57606a}figure{margin:.5rem 0}figure svg{max-width:100%;height:auto}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
 table.why td:last-child{text-align:left}
@@ -57,9 +58,12 @@ def build_report(result) -> str:
              f"{', '.join(map(str, s['seeds']))}; {len(result.runs)} runs.</p>"]
     parts.append("<h2>Verdict</h2>")
     for g in gains:
-        cls = "bad" if g["negative_transfer"] else "good"
-        words = "NEGATIVE TRANSFER: training from scratch beat every transfer strategy" \
-            if g["negative_transfer"] else "transfer beat training from scratch"
+        cls = {"negative transfer": "bad", "transfer": "good"}.get(g["verdict"], "tie")
+        words = {"negative transfer": "NEGATIVE TRANSFER: training from scratch beat every "
+                                      "transfer strategy",
+                 "transfer": "transfer beat training from scratch"}.get(
+            g["verdict"], f"a tie: the difference is within the test set's noise "
+                          f"(+-{g['margin_points']:.1f} points)")
         match = g["scratch_items_to_match"]
         need = (f"scratch needed about {match:.0f} items to match it"
                 if match is not None else "scratch never matched it with the data available")

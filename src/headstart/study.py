@@ -31,6 +31,8 @@ SCRATCH = "scratch"
 # all (discriminative rates only make sense for pretrained layers), BN statistics learnt.
 SCRATCH_SETTINGS = {"strategy": "finetune", "lr": 3e-3, "lr_decay": 1.0, "bn": "train"}
 RESULTS = "results.jsonl"
+# The study's budget where the user sets none: 5 strategies x 5 fractions are 25 fits.
+STUDY_BUDGET = {"epochs": 8, "early_stopping": 3}
 # Settings that shape a probe's features (the rest of the budget does not concern advise).
 _FEATURE_KEYS = ("image_size", "seed", "eval_batch_size", "num_workers", "device",
                  "channels_last", "max_length", "truncation", "max_chunks", "length_bucketing",
@@ -213,7 +215,8 @@ def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str
     """Run (or finish) a study and write its results and report under ``out``.
 
     ``settings`` are FitConfig fields shared by every run (the budget: ``epochs``,
-    ``head_epochs``, ``image_size``, ...). Without ``test``, a stratified ``test_fraction``
+    ``head_epochs``, ``image_size``, ...; default ``STUDY_BUDGET``: 8 epochs, early stop
+    after 3). Without ``test``, a stratified ``test_fraction``
     of ``data`` is held out. ``progress(done, total, name)`` is called after each run."""
     from .data.images import stratified_split
     from .tasks import ESTIMATORS
@@ -226,6 +229,7 @@ def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str
                          f"{', '.join(STRATEGIES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {**STUDY_BUDGET, **settings}
     est = ESTIMATORS[task](backbone=model, **settings)
     cfg = est.resolved_config()
     source = est._open_labeled(data, y, None, cfg)

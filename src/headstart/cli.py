@@ -18,19 +18,11 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import CHOICES, FitConfig
+from .config import CHOICES, FEATURE_SETTINGS, FitConfig
 
 TASKS = ("image", "text")
 
 log = logging.getLogger("headstart")
-
-
-# The fit settings that decide what a frozen backbone computes: `rank` takes these, so its
-# cached features are the ones a later `fit` with the same settings looks up.
-FEATURE_SETTINGS = ("image_size", "seed", "val_fraction", "eval_batch_size", "num_workers",
-                    "device", "channels_last", "feature_cache", "max_length", "truncation",
-                    "max_chunks", "length_bucketing", "text_column", "label_column",
-                    "label_sep", "skip_bad")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
@@ -315,8 +307,9 @@ def cmd_study(args) -> int:
                      "headstart.select"):
             logging.getLogger(name).setLevel(logging.WARNING)
     cfg = fit_config_from_args(args)
+    from_yaml = FitConfig.read_yaml(args.config) if args.config else {}
     given = {f: getattr(cfg, f) for f in FitConfig.field_names()
-             if hasattr(args, f) or (args.config and f in FitConfig.read_yaml(args.config))}
+             if hasattr(args, f) or f in from_yaml}
     out = Path(args.out or f"studies/{Path(args.model).name.replace(':', '-')}")
     data = _open(args.task, args.data, cfg, args)
     test = _open(args.task, args.test, cfg, args, data.classes) if args.test else None

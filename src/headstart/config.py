@@ -20,6 +20,15 @@ CHOICES = {
 }
 
 
+# The fit settings that decide what a frozen backbone computes for an item (not how a model
+# trains): `rank`, `advise` and the study's probes take these, so their cached features are
+# the ones a later fit with the same settings looks up.
+FEATURE_SETTINGS = ("image_size", "seed", "val_fraction", "eval_batch_size", "num_workers",
+                    "device", "channels_last", "feature_cache", "max_length", "truncation",
+                    "max_chunks", "length_bucketing", "text_column", "label_column",
+                    "label_sep", "skip_bad")
+
+
 def _f(default: Any, help: str, **kw) -> Any:
     if isinstance(default, (list, tuple, dict)):
         return field(default_factory=lambda: default, metadata={"help": help, **kw})

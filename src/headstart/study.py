@@ -33,10 +33,6 @@ SCRATCH_SETTINGS = {"strategy": "finetune", "lr": 3e-3, "lr_decay": 1.0, "bn": "
 RESULTS = "results.jsonl"
 # The study's budget where the user sets none: 5 strategies x 5 fractions are 25 fits.
 STUDY_BUDGET = {"epochs": 8, "early_stopping": 3}
-# Settings that shape a probe's features (the rest of the budget does not concern advise).
-_FEATURE_KEYS = ("image_size", "seed", "eval_batch_size", "num_workers", "device",
-                 "channels_last", "max_length", "truncation", "max_chunks", "length_bucketing",
-                 "text_column", "label_column", "label_sep", "skip_bad")
 
 
 def nested_fractions(labels: np.ndarray, fractions, seed: int) -> dict[float, np.ndarray]:
@@ -272,7 +268,9 @@ def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str
     if advise:  # what advise says for each amount of data, checked against what won
         from .advise import advise as advise_fn
 
-        feature = {k: v for k, v in settings.items() if k in _FEATURE_KEYS}
+        from .config import FEATURE_SETTINGS
+
+        feature = {k: v for k, v in settings.items() if k in FEATURE_SETTINGS}
         for f in sorted(fractions):
             subset = train_pool.subset(subsets[f])
             try:

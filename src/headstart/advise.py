@@ -102,16 +102,14 @@ def advise_from_facts(n_items: int, n_classes: int, smallest: int, largest: int,
 def advise(data, y=None, *, model: str, task: str = "image", **settings) -> Advice:
     """Advice for fine-tuning ``model`` on ``data``: the facts, one cheap probe, the rules."""
     from .select import rank
-
-    result = rank(data, [model], y=y, task=task, scores=["linear", "knn", "logme"],
-                  **settings)
-    row = result.rows[0]
-    if row.error:
-        raise ValueError(f"advise: {model} could not be probed: {row.error}")
     from .tasks import ESTIMATORS
 
     est = ESTIMATORS[task](backbone=model, **settings)
-    source = est._open_labeled(data, y, None, est.resolved_config())
+    source = est._open_labeled(data, y, None, est.resolved_config())  # read once
+    result = rank(source, [model], task=task, scores=["linear", "knn", "logme"], **settings)
+    row = result.rows[0]
+    if row.error:
+        raise ValueError(f"advise: {model} could not be probed: {row.error}")
     counts = np.bincount(np.asarray(source.labels), minlength=len(source.classes))
     advice = advise_from_facts(len(source), len(source.classes), int(counts.min()),
                                int(counts.max()), row.scores.get("linear"),

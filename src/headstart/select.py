@@ -437,10 +437,10 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
     cfg = est.resolved_config()
     from .data.images import DataError
 
+    source = est._open_labeled(data, y, None, cfg)  # read once; _split takes the source
     try:
-        source, train_src, val_src = est._split(data, y, None, cfg)
+        _, train_src, val_src = est._split(source, None, None, cfg)
     except DataError:  # too few items for fit's validation split: rank them all as one part
-        source = est._open_labeled(data, y, None, cfg)
         train_src, val_src = source, None
     if source.labels.ndim != 1:
         raise ValueError("rank needs single-label data (one class per item); multi-label "

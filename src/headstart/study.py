@@ -294,8 +294,11 @@ def _append(results: Path, record: dict) -> None:
     it cannot swallow this one."""
     import os
 
-    torn = results.is_file() and results.stat().st_size > 0 and \
-        results.read_bytes()[-1:] != b"\n"
+    torn = False
+    if results.is_file() and results.stat().st_size > 0:
+        with results.open("rb") as f:  # the last byte only, not the whole file
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
     with results.open("a") as f:
         f.write(("\n" if torn else "") + json.dumps(record) + "\n")
         f.flush()

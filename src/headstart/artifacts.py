@@ -17,10 +17,25 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (0o666 less the umask); mkstemp's
+    temporary files are 0o600, which would make every result readable by its owner only."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temp_sibling(path: Path) -> tuple[int, str]:
+    """An open temporary file beside ``path`` (to be renamed onto it), with normal mode."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, default_file_mode())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_sibling(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -40,7 +55,7 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_sibling(path)
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,

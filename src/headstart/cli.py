@@ -9,7 +9,6 @@ the command line override it.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import sys
@@ -138,12 +137,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="labeled data: image class folders or CSV; text table")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("predict", help="predict classes for images or texts")
+    p = sub.add_parser("predict", help="predict classes for images or texts, streamed to a CSV")
     p.add_argument("run", help="run directory written by `headstart fit`")
-    p.add_argument("inputs", nargs="+", help="image files, folders, or a CSV with a path column; "
-                   "text: table files (the run's text column) or texts in quotes")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively), or a "
+                   "CSV with a path column; text: table files (the run's text column) or texts "
+                   "in quotes")
     p.add_argument("--out", default=None, help="write predictions to this CSV (default: stdout)")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                   help="onnx: run RUN/export/model.onnx with ONNX Runtime")
+
+    p = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked for parity")
+    p.add_argument("run", help="run directory written by `headstart fit`")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", default=None, help="model file (default: RUN/export/model.onnx or "
+                   "model.torchscript.pt)")
+    p.add_argument("--check", default=None, help="real items for the parity check (image "
+                   "folder/CSV, text table; default: the run's training data)")
+    p.add_argument("--n-check", type=int, default=32, help="items the parity check predicts")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest allowed probability difference")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("serve", help="serve runs over HTTP: API, OpenAPI docs and a web page")
+    p.add_argument("runs", nargs="+", help="run directories, or NAME=RUN to name them; the "
+                   "first is the default model")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--max-upload-mb", type=float, default=10.0)
+    p.add_argument("--max-pixels", type=int, default=40_000_000)
+    p.add_argument("--max-batch", type=int, default=32, help="items per model call")
+    p.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="how long a batch waits for more requests")
+    p.add_argument("--preload", action="store_true", help="load every model at start")
 
     p = sub.add_parser("models", help="list the source models of the zoo")
     p.add_argument("--modality", default=None)
@@ -176,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     handler = {"fit": cmd_fit, "rank": cmd_rank, "study": cmd_study, "advise": cmd_advise, "evaluate": cmd_evaluate, "predict": cmd_predict,
+               "export": cmd_export, "serve": cmd_serve,
                "models": cmd_models, "datasets": cmd_datasets}[args.command]
     from .data.images import DataError
     from .zoo.base import ZooError
@@ -183,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args) or 0
     except (DataError, ZooError, ValueError, FileNotFoundError) as exc:
+        print(f"headstart {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        from .export import ExportError
+
+        if not isinstance(exc, ExportError):
+            raise
         print(f"headstart {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -394,44 +429,55 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _prediction_sources(clf, inputs: list[str]):
-    if clf.task != "text":
-        from .data.images import open_inputs
-
-        return [open_inputs(i) for i in inputs]
-    files = [i for i in inputs if Path(i).is_file()]
-    texts = [i for i in inputs if not Path(i).is_file()]
-    sources = [clf._open_unlabeled(f) for f in files]
-    if texts:
-        sources.append(clf._open_unlabeled(texts))
-    return sources
-
-
 def cmd_predict(args) -> int:
-    from .tasks import load_estimator
+    from .inference import Predictor
+    from .predict import write_predictions
 
-    clf = load_estimator(args.run)
-    sources = _prediction_sources(clf, args.inputs)
-    k = max(1, min(args.top_k, len(clf.classes_)))
-    stream = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        writer = csv.writer(stream)
-        writer.writerow(["item", "prediction", "probability"] +
-                        [f"top{j + 1}" for j in range(1, k)])
-        for source in sources:
-            proba = clf.predict_proba(source)
-            for i, p in enumerate(proba):
-                order = p.argsort()[::-1][:k]
-                if getattr(clf, "multi_label_", False):
-                    chosen = [clf.classes_[j] for j in order if p[j] >= 0.5]
-                    top = ";".join(chosen)
-                else:
-                    top = clf.classes_[order[0]]
-                writer.writerow([source.name(i), top, f"{p[order[0]]:.4f}"] +
-                                [f"{clf.classes_[j]}:{p[j]:.4f}" for j in order[1:]])
-    finally:
-        if args.out:
-            stream.close()
+    predictor = Predictor.from_run(args.run, engine=args.engine)
+    counts = write_predictions(predictor, args.inputs, args.out, batch_size=args.batch_size,
+                               progress=not args.quiet,
+                               text_column=predictor.estimator.config_.text_column)
+    if args.out:
+        print(f"wrote {counts['predicted']} predictions to {args.out}"
+              + (f"; {counts['errors']} item(s) failed, see their 'error' column"
+                 if counts["errors"] else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_model
+
+    result = export_model(args.run, args.format, out=args.out, check=args.check,
+                          n_check=args.n_check, tolerance=args.tolerance)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"exported {result.path} ({result.format}, {result.size_bytes / 1e6:.1f} MB) in "
+          f"{result.seconds:.1f}s\nparity: max |probability difference| "
+          f"{result.max_abs_diff:.2e} (limit {result.tolerance:g}) on {result.checked_items} "
+          f"items of {result.checked_on}, batch sizes {result.batch_sizes}\n"
+          f"inputs, classes and preprocessing: {result.sidecar}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import ServeSettings, serve
+
+    runs: dict[str, str] = {}
+    for entry in args.runs:
+        name, sep, run = entry.partition("=")
+        if not sep:
+            name, run = Path(entry).resolve().name, entry
+        if name in runs:
+            raise ValueError(f"two models are named {name!r}; name them: NAME=RUN")
+        runs[name] = run
+    settings = ServeSettings(engine=args.engine,
+                             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                             max_pixels=args.max_pixels, max_batch=args.max_batch,
+                             max_wait_ms=args.max_wait_ms)
+    print(f"serving {', '.join(runs)} on http://{args.host}:{args.port}/ (API docs: /docs)",
+          file=sys.stderr)
+    serve(runs, host=args.host, port=args.port, settings=settings, preload=args.preload)
     return 0
 
 

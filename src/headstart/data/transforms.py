@@ -81,13 +81,13 @@ class ImageTransform:
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         if self.augment is None or rng is None:
-            img = self._center(img)
+            img = self.center_crop(img)
         else:
             img = self._random(img, rng)
         t = F.pil_to_tensor(img).float().div_(255.0)
         return t.sub_(self.mean).div_(self.std)
 
-    def _center(self, img: Image.Image) -> Image.Image:
+    def center_crop(self, img: Image.Image) -> Image.Image:
         scale_size = int(math.floor(self.size / self.preprocess.crop_pct))
         w, h = img.size
         if w <= h:

@@ -134,6 +134,7 @@ class TransferEstimator:
                  len(source.classes), preprocess.input_size, strategy.describe())
         self.model_, self.classes_, self.preprocess_ = model, list(source.classes), preprocess
         self.config_ = cfg
+        self.data_origin_ = str(source.origin)
         self.multi_label_ = bool(source.labels.ndim == 2)
         train_set = self._dataset(train_src, preprocess, True, cfg)
         val_set = self._dataset(val_src, preprocess, False, cfg) if val_src else None
@@ -301,6 +302,7 @@ class TransferEstimator:
             "strategy": self.strategy_.to_dict() if hasattr(self, "strategy_") else None,
             "stages": getattr(self, "stages_", []),
             "metrics": getattr(self, "metrics_", {}),
+            "data": {"origin": getattr(self, "data_origin_", None)},
             "fit_config": self.config_.to_dict(),
             "versions": versions,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -364,5 +366,6 @@ class TransferEstimator:
         est.multi_label_ = bool(config.get("multi_label", False))
         est.config_ = fit_cfg
         est.metrics_ = config.get("metrics", {})
+        est.data_origin_ = (config.get("data") or {}).get("origin")
         est.stages_ = config.get("stages", [])
         return est

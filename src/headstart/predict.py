@@ -1,0 +1,136 @@
+"""Batch prediction over thousands of items, streamed to a CSV.
+
+Inputs are listed without being opened (image files, folders searched recursively, CSVs
+with a path column; for texts, table files and literal texts), then read, predicted and
+written batch by batch, so memory stays flat whatever the count. A bad item (a corrupt
+image, a missing file, an empty text) gets its row with the reason in ``error`` and the
+rest go on. A CSV written to a file appears atomically when the run ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from .artifacts import temp_sibling
+from .data.images import IMAGE_EXTENSIONS, DataError, _csv_path, _image_files
+from .inference import Predictor
+
+log = logging.getLogger(__name__)
+
+
+def list_inputs(task: str, inputs: list, text_column: str = "text") -> list[tuple[str, object]]:
+    """``(name, item)`` for every input, in order; nothing is decoded yet."""
+    out: list[tuple[str, object]] = []
+    for entry in inputs:
+        if task == "text":
+            out.extend(_text_entries(entry, text_column))
+        else:
+            out.extend(_image_entries(entry))
+    return out
+
+
+def _image_entries(entry) -> list[tuple[str, object]]:
+    if not isinstance(entry, (str, Path)):
+        return [(f"item[{id(entry)}]", entry)]
+    p = Path(entry)
+    if p.is_dir():
+        files = _image_files(p)
+        if not files:
+            raise DataError(f"{p}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+        return [(f, f) for f in files]
+    if p.suffix.lower() == ".csv" and p.is_file():
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if "path" not in (reader.fieldnames or []):
+                raise DataError(f"{p}: no column 'path' (columns: "
+                                f"{', '.join(reader.fieldnames or [])}); name each image's "
+                                "file in a 'path' column")
+            rows = [(line, r["path"]) for line, r in enumerate(reader, 2)]
+        return [(str(_csv_path(p, v)) if v else f"{p}:row {line}",
+                 str(_csv_path(p, v)) if v else "") for line, v in rows]
+    return [(str(p), str(p))]  # a missing file is reported in its own row
+
+
+def _text_entries(entry, text_column: str) -> list[tuple[str, object]]:
+    from .data.text import TABLE_SUFFIXES, read_table
+
+    p = Path(entry) if isinstance(entry, str) and len(entry) < 4096 else None
+    table = p is not None and p.is_file() and p.suffix.lower() in (*TABLE_SUFFIXES, ".parquet",
+                                                                    ".pq")
+    if not table:
+        text = str(entry)
+        return [(text if len(text) <= 60 else text[:57] + "...", text) if text.strip()
+                else ("(empty text)", text)]
+    frame = read_table(p)
+    if text_column not in frame.columns:
+        raise DataError(f"{p}: no column {text_column!r}; the columns are "
+                        f"{', '.join(map(str, frame.columns))}")
+    header = 2 if p.suffix.lower() in (".csv", ".tsv") else 1
+    rows = frame.attrs.get("rows") or [i + header for i in range(len(frame))]
+    return [(f"{p}:row {r}", v if isinstance(v, str) else ("" if v is None else str(v)))
+            for r, v in zip(rows, frame[text_column].tolist())]
+
+
+def iter_predictions(predictor: Predictor, entries: list[tuple[str, object]],
+                     batch_size: int = 64) -> Iterator:
+    """:class:`~headstart.inference.Prediction` per entry, batch by batch."""
+    for start in range(0, len(entries), batch_size):
+        part = entries[start:start + batch_size]
+        yield from predictor.predict([item for _, item in part], names=[n for n, _ in part],
+                                     batch_size=batch_size)
+
+
+def write_predictions(predictor: Predictor, inputs: list, out: str | Path | None = None,
+                      batch_size: int = 64, progress: bool = True,
+                      text_column: str = "text") -> dict:
+    """Predict ``inputs`` and write ``item, prediction, probability, error, p_<class>...``
+    to ``out`` (default: stdout). Returns counts: items, predicted, errors."""
+    from tqdm.auto import tqdm
+
+    entries = list_inputs(predictor.task, inputs, text_column)
+    header = ["item", "prediction", "probability", "error"] + [f"p_{c}" for c in
+                                                               predictor.classes]
+    tmp = None
+    if out is None:
+        stream = sys.stdout
+    else:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temp_sibling(out)
+        stream = os.fdopen(fd, "w", newline="", encoding="utf-8")
+    counts = {"items": len(entries), "predicted": 0, "errors": 0}
+    try:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        bar = tqdm(total=len(entries), desc="predict", unit="item", disable=not progress)
+        for r in iter_predictions(predictor, entries, batch_size):
+            if r.error is not None:
+                counts["errors"] += 1
+                writer.writerow([r.item, "", "", r.error] + [""] * len(predictor.classes))
+            else:
+                counts["predicted"] += 1
+                label = predictor.labels(r.probabilities)
+                top = float(r.probabilities.max())
+                writer.writerow([r.item, ";".join(label) if isinstance(label, list) else label,
+                                 f"{top:.4f}", ""] + [f"{p:.6f}" for p in r.probabilities])
+            bar.update(1)
+        bar.close()
+        stream.flush()
+        if tmp is not None:
+            os.fsync(stream.fileno())
+            stream.close()
+            os.replace(tmp, out)
+    except BaseException:
+        if tmp is not None:
+            stream.close()
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    if counts["errors"]:
+        log.warning("%d of %d items could not be predicted; their rows say why",
+                    counts["errors"], counts["items"])
+    return counts

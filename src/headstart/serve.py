@@ -1,0 +1,445 @@
+"""Serve fitted models over HTTP: a FastAPI app (run by uvicorn) and a small web page.
+
+``create_app({"fashion": "runs/fm", "spam": "runs/spam"})`` serves several runs from one
+process; each is loaded on its first request. Endpoints:
+
+* ``GET /``                         the web page: drop an image or type a text, see the top classes
+* ``POST /predict``                 the first (default) model; ``POST /models/{name}/predict``
+                                     any other. Body: a multipart form with ``file`` (an image;
+                                     for a text model, a UTF-8 text file) or ``text``; JSON
+                                     ``{"text": ...}``; or the raw image bytes (``image/*``).
+* ``GET /models``, ``GET /models/{name}``, ``GET /model``   classes, backbone, source metadata,
+                                     metrics, preprocessing
+* ``GET /health``                   liveness and which models are loaded
+* ``GET /docs``                     the OpenAPI page (FastAPI)
+
+Bad input is a 4xx with a message saying what was wrong, never a 500: a body over the
+upload limit (413), an image over the pixel limit (413, refused from its header), a file
+that is no image or is truncated (422), an empty or non-UTF-8 text (422), a missing or
+wrong form field (422), an unsupported content type (415), a malformed body (400), an
+unknown model (404). Uploads are read into memory and decoded from there: nothing a
+request sends (file names included) is ever used as a path.
+
+Requests arriving together are predicted together: each model has a micro-batcher that
+runs everything queued (up to ``max_batch`` items, waiting at most ``max_wait_ms`` for
+more) in one call of the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
+from starlette.datastructures import UploadFile
+
+from .inference import MAX_PIXELS, ItemError, ItemTooLarge, Predictor
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_TEXT_CHARS = 200_000
+DEFAULT_TOP_K = 5
+
+
+@dataclass
+class ServeSettings:
+    """Limits and batching of one server; the CLI flags of `headstart serve`."""
+
+    engine: str = "torch"                    # torch, or onnx (RUN/export/model.onnx)
+    max_upload_bytes: int = MAX_UPLOAD_BYTES  # request bodies larger than this: 413
+    max_pixels: int = MAX_PIXELS             # images larger than this: 413, from the header
+    max_text_chars: int = MAX_TEXT_CHARS     # longer texts: 413
+    max_batch: int = 32                      # items per model call
+    max_wait_ms: float = 2.0                 # how long a batch waits for more items
+    device: str = "cpu"
+
+
+# ---------------------------------------------------------------------- models
+@dataclass
+class ServedModel:
+    name: str
+    run_dir: Path
+    config: dict
+    predictor: Predictor | None = None
+    batcher: "Batcher | None" = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def task(self) -> str:
+        return self.config.get("task", "image")
+
+    def load(self, settings: "ServeSettings") -> Predictor:
+        """The model's predictor, loaded on first use (once, whatever the concurrency)."""
+        with self.lock:
+            if self.predictor is None:
+                t0 = time.perf_counter()
+                predictor = Predictor.from_run(self.run_dir, engine=settings.engine,
+                                               device=settings.device,
+                                               max_pixels=settings.max_pixels)
+                self.batcher = Batcher(predictor, settings.max_batch, settings.max_wait_ms)
+                self.predictor = predictor
+                log.info("loaded %s from %s in %.1fs (%s engine)", self.name, self.run_dir,
+                         time.perf_counter() - t0, predictor.engine.name)
+        return self.predictor
+
+    def describe(self) -> dict:
+        """What `/models/{name}` shows; read from the run's config, no loading needed."""
+        c = self.config
+        meta = c["backbone"].get("meta", {})
+        return {
+            "name": self.name,
+            "task": self.task,
+            "classes": c["classes"],
+            "multi_label": bool(c.get("multi_label")),
+            "loaded": self.predictor is not None,
+            "engine": self.predictor.engine.name if self.predictor else None,
+            "backbone": {"id": c["backbone"]["id"], "feature_dim": c["backbone"].get(
+                "feature_dim")},
+            "source": {k: meta.get(k) for k in ("id", "source_data", "source_task", "domain",
+                                                 "licence", "params")},
+            "strategy": (c.get("strategy") or {}).get("name") if isinstance(
+                c.get("strategy"), dict) else c.get("strategy"),
+            "metrics": _plain_metrics(c.get("metrics", {})),
+            "preprocess": c.get("preprocess"),
+            "saved_at": c.get("saved_at"),
+        }
+
+
+def _plain_metrics(metrics: dict) -> dict:
+    """The headline numbers (no confusion matrices or per-class tables)."""
+    out = {}
+    for split, values in metrics.items():
+        if isinstance(values, dict):
+            out[split] = {k: v for k, v in values.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        elif isinstance(values, (int, float, str)):
+            out[split] = values
+    return out
+
+
+class Batcher:
+    """Collects prepared items of one model and predicts them in shared calls."""
+
+    def __init__(self, predictor: Predictor, max_batch: int, max_wait_ms: float):
+        self.predictor = predictor
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait = max(0.0, float(max_wait_ms)) / 1000.0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.queue: asyncio.Queue | None = None
+        self.worker: asyncio.Task | None = None
+        self.calls = 0
+        self.items = 0
+
+    async def submit(self, prepared):
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # first use, or a new event loop (tests start one per call)
+            self.loop, self.queue, self.worker = loop, asyncio.Queue(), None
+        if self.worker is None or self.worker.done():
+            self.worker = loop.create_task(self._work())
+        future = loop.create_future()
+        await self.queue.put((prepared, future))
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                if not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                    continue
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except TimeoutError:
+                    break
+            batch = [(p, f) for p, f in batch if not f.done()]  # clients that gave up
+            if not batch:
+                continue
+            try:
+                proba = await asyncio.to_thread(self.predictor.run, [p for p, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            self.calls += 1
+            self.items += len(batch)
+            for (_, f), row in zip(batch, proba):
+                if not f.done():
+                    f.set_result(row)
+
+
+# ---------------------------------------------------------------------- body limit
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies over ``max_bytes`` get a 413 (by Content-Length
+    before reading, or while streaming a chunked body)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes
+            except ValueError:
+                return await _send_json(send, 400, "Content-Length is not a number")
+            if too_big:
+                return await _send_json(send, 413, self._message(int(length)))
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_json(send, 413, self._message(seen))
+
+    def _message(self, size: int) -> str:
+        return (f"the request body ({size:,} bytes or more) is larger than the upload limit "
+                f"of {self.max_bytes:,} bytes; send a smaller file (the server's "
+                "--max-upload-mb sets the limit)")
+
+
+async def _send_json(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---------------------------------------------------------------------- the app
+_PREDICT_DOC = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "an image (image models) or a UTF-8 text file"},
+                "text": {"type": "string", "description": "a text (text models)"}}}},
+            "application/json": {"schema": {"type": "object", "properties": {
+                "text": {"type": "string"}}, "required": ["text"]}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+        "required": True,
+    }
+}
+
+
+def create_app(models, settings: ServeSettings | None = None):
+    """A FastAPI app serving ``models``: ``{name: run_dir}`` or a list of run dirs (named
+    after their folders). The first is the default of ``/predict`` and ``/model``."""
+    from .zoo.local import is_run_dir, read_run_config
+
+    settings = settings or ServeSettings()
+    if not isinstance(models, dict):
+        named: dict = {}
+        for run in models:
+            name = Path(run).resolve().name
+            if name in named:
+                raise ValueError(f"two runs are named {name!r}; give names: name=RUN")
+            named[name] = run
+        models = named
+    if not models:
+        raise ValueError("nothing to serve: give at least one run directory")
+    served: dict[str, ServedModel] = {}
+    for name, run in models.items():
+        if not is_run_dir(run):
+            raise ValueError(f"{run}: not a headstart run directory (config.json and "
+                             "model.safetensors written by `headstart fit`)")
+        served[name] = ServedModel(name, Path(run), read_run_config(run))
+    default = next(iter(served))
+
+    app = FastAPI(title="headstart", version=_version(),
+                  description="Predictions of models fine-tuned with headstart. "
+                  f"Serving: {', '.join(served)} (default {default}).")
+    app.state.served = served
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    page = resources.files("headstart").joinpath("static/index.html").read_text("utf-8")
+
+    def lookup(name: str) -> ServedModel:
+        if name not in served:
+            raise HTTPException(404, f"no model named {name!r}; served: {', '.join(served)}")
+        return served[name]
+
+    async def loaded(model: ServedModel) -> Predictor:
+        if model.predictor is None:
+            await run_in_threadpool(model.load, settings)
+        return model.predictor
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page, headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+            "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"})
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": {n: m.predictor is not None
+                                           for n, m in served.items()}}
+
+    @app.get("/models")
+    async def list_models():
+        return [{"name": m.name, "task": m.task, "classes": m.config["classes"],
+                 "loaded": m.predictor is not None, "default": m.name == default}
+                for m in served.values()]
+
+    @app.get("/model")
+    async def default_model():
+        return served[default].describe()
+
+    @app.get("/models/{name}")
+    async def model_info(name: str):
+        return lookup(name).describe()
+
+    async def predict(model: ServedModel, request: Request, top_k: int):
+        item = await _read_item(request, model.task, settings)
+        predictor = await loaded(model)
+        t0 = time.perf_counter()
+        try:
+            prepared = await run_in_threadpool(predictor.prepare, item)
+        except ItemTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except ItemError as exc:
+            raise HTTPException(422, str(exc)) from None
+        t1 = time.perf_counter()
+        proba = await model.batcher.submit(prepared)
+        t2 = time.perf_counter()
+        order = proba.argsort()[::-1][:max(1, min(top_k, len(proba)))]
+        label = predictor.labels(proba)
+        return {
+            "model": model.name,
+            "task": model.task,
+            "prediction": label,
+            "predictions": [{"label": predictor.classes[i], "probability": float(proba[i])}
+                            for i in order],
+            "timing_ms": {"prepare": round((t1 - t0) * 1e3, 2),
+                          "model": round((t2 - t1) * 1e3, 2)},
+        }
+
+    @app.post("/predict", openapi_extra=_PREDICT_DOC)
+    async def predict_default(request: Request,
+                              top_k: int = Query(DEFAULT_TOP_K, ge=1, le=1000)):
+        return await predict(served[default], request, top_k)
+
+    @app.post("/models/{name}/predict", openapi_extra=_PREDICT_DOC)
+    async def predict_named(name: str, request: Request,
+                            top_k: int = Query(DEFAULT_TOP_K, ge=1, le=1000)):
+        return await predict(lookup(name), request, top_k)
+
+    return app
+
+
+async def _read_item(request, task: str, settings: ServeSettings):
+    """The one item a request carries: image bytes, or a text."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=4,
+                                  max_part_size=settings.max_text_chars * 4)
+        upload, text = form.get("file"), form.get("text")
+        if isinstance(upload, UploadFile):
+            data = await upload.read()
+            if task == "image":
+                return data
+            return _text_of(data, settings)
+        if task == "text" and isinstance(text, str):
+            return _check_text(text, settings)
+        wanted = "'file' (the image)" if task == "image" else "'text' (or 'file', a text file)"
+        given = ", ".join(sorted(form.keys())) or "none"
+        raise HTTPException(422, f"this {task} model needs a form field {wanted}; the form "
+                                 f"has: {given}")
+    if ctype == "application/json":
+        if task != "text":
+            raise HTTPException(415, "an image model takes a multipart upload (field 'file') "
+                                     "or the raw image bytes (Content-Type image/...), not JSON")
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPException(400, f"the body is not valid JSON ({exc})") from None
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            raise HTTPException(422, 'send {"text": "..."}: a JSON object with a string '
+                                     "field 'text'")
+        return _check_text(body["text"], settings)
+    if ctype.startswith("image/") or ctype == "application/octet-stream":
+        if task != "image":
+            raise HTTPException(415, "a text model takes JSON {\"text\": ...} or a form field "
+                                     "'text', not image bytes")
+        return await request.body()
+    if ctype == "text/plain" and task == "text":
+        return _text_of(await request.body(), settings)
+    how = ("a multipart form with field 'file', or the image bytes with Content-Type image/*"
+           if task == "image" else "JSON {\"text\": ...}, a form field 'text', or text/plain")
+    raise HTTPException(415, f"unsupported Content-Type {ctype or '(none)'!r}: send {how}")
+
+
+def _text_of(data: bytes, settings: ServeSettings) -> str:
+    try:
+        return _check_text(data.decode("utf-8-sig"), settings)
+    except UnicodeDecodeError as exc:
+        raise HTTPException(422, f"the text is not UTF-8 (byte {exc.start}); send UTF-8 "
+                                 "text") from None
+
+
+def _check_text(text: str, settings: ServeSettings) -> str:
+    if len(text) > settings.max_text_chars:
+        raise HTTPException(413, f"the text has {len(text):,} characters, more than the limit "
+                                 f"of {settings.max_text_chars:,}")
+    return text
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("headstart")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def serve(models, host: str = "127.0.0.1", port: int = 8000,
+          settings: ServeSettings | None = None, preload: bool = False) -> None:
+    """Run the app with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(models, settings)
+    if preload:
+        for model in app.state.served.values():
+            model.load(app.state.settings)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

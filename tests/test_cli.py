@@ -143,12 +143,13 @@ def test_predict_writes_one_row_per_image(fitted_run, folders, tmp_path, capsys)
         rows = list(csv.DictReader(f))
     assert len(rows) == 12 + 1
     assert all(r["prediction"] in ("a", "b") for r in rows)
-    assert all(0.0 <= float(r["probability"]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r["probability"]) <= 1.0 and r["error"] == "" for r in rows)
+    assert all(abs(float(r["p_a"]) + float(r["p_b"]) - 1) < 1e-4 for r in rows)
     assert rows[-1]["item"] == str(single)
     assert len({r["item"] for r in rows[:-1]}) == 12
     assert main(["-q", "predict", str(out), str(single)]) == 0  # to stdout
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("item,prediction,probability") and len(lines) == 2
+    assert lines[0] == "item,prediction,probability,error,p_a,p_b" and len(lines) == 2
 
 
 def test_bad_data_folder(tmp_path, capsys):

@@ -758,12 +758,15 @@ def test_cli_fit_evaluate_predict_text(cli_run, capsys):
     pd.DataFrame({"text": ["abc cafe", "123 456 789"]}).to_csv(to_predict, index=False)
     assert main(["-q", "predict", str(run), "some text", str(to_predict)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "item,prediction,probability,top2"
+    assert lines[0] == "item,prediction,probability,error," + ",".join(
+        f"p_{c}" for c in sorted(CLASSES))
     rows = [line.split(",") for line in lines[1:]]
-    assert [r[0] for r in rows] == [f"{to_predict}:row 2", f"{to_predict}:row 3",
-                                    "texts:row 1"]
-    assert all(r[1] in CLASSES and 0.5 <= float(r[2]) <= 1.0 for r in rows)
-    assert all(r[3].split(":")[0] in CLASSES and r[3].split(":")[0] != r[1] for r in rows)
+    # input order: the literal text first, then the table's rows
+    assert [r[0] for r in rows] == ["some text", f"{to_predict}:row 2", f"{to_predict}:row 3"]
+    assert all(r[1] in CLASSES and 0.5 <= float(r[2]) <= 1.0 and r[3] == "" for r in rows)
+    probs = [[float(v) for v in r[4:]] for r in rows]
+    assert all(abs(sum(p) - 1) < 1e-4 and abs(max(p) - float(r[2])) < 1e-4
+               for p, r in zip(probs, rows))
 
 
 def test_cli_missing_text_column_exits_2(cli_run, tmp_path, capsys):

@@ -141,10 +141,12 @@ def _check_items(est, check, n: int) -> tuple[list, str]:
     """Real items for the parity check, and where they came from."""
     source = check if check is not None else getattr(est, "data_origin_", None)
     if source is None or (isinstance(source, (str, Path)) and not Path(source).exists()):
-        where = f" (the run read {source}, which is gone)" if source else ""
-        raise ExportError("the parity check needs real items and the run's training data "
-                          f"cannot be found{where}: pass check=... (--check PATH), a folder "
-                          "or CSV of images, or a table of texts")
+        if source is None or source in ("array", "texts", "DataFrame"):
+            where = "the run was fitted on in-memory data"
+        else:
+            where = f"the run's training data {source} is gone"
+        raise ExportError(f"the parity check needs real items and {where}: pass check=... "
+                          "(--check PATH), a folder or CSV of images, or a table of texts")
     if est.task == "text":
         from .data.text import open_text_source
 

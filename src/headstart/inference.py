@@ -307,22 +307,6 @@ class Predictor:
             return [c for c, p in zip(self.classes, proba) if p >= 0.5]
         return self.classes[int(np.argmax(proba))]
 
-    def info(self) -> dict:
-        """What `/model` and exports say about the model."""
-        est = self.estimator
-        cfg = est.run_config() if hasattr(est, "strategy_") else None
-        backbone = est.model_.backbone
-        return {
-            "task": self.task,
-            "classes": self.classes,
-            "multi_label": self.multi_label,
-            "backbone": {"id": est.config_.backbone, "meta": backbone.meta.to_dict()},
-            "preprocess": est.preprocess_.to_dict(),
-            "strategy": (cfg or {}).get("strategy") or est.config_.strategy,
-            "metrics": getattr(est, "metrics_", {}),
-            "engine": self.engine.name,
-        }
-
 
 def _item_name(item, i: int) -> str:
     if isinstance(item, (str, Path)):

@@ -66,14 +66,22 @@ def _text_entries(entry, text_column: str) -> list[tuple[str, object]]:
         text = str(entry)
         return [(text if len(text) <= 60 else text[:57] + "...", text) if text.strip()
                 else ("(empty text)", text)]
-    frame = read_table(p)
+    frame = read_table(p, blank_lines=True)
     if text_column not in frame.columns:
         raise DataError(f"{p}: no column {text_column!r}; the columns are "
                         f"{', '.join(map(str, frame.columns))}")
     header = 2 if p.suffix.lower() in (".csv", ".tsv") else 1
     rows = frame.attrs.get("rows") or [i + header for i in range(len(frame))]
-    return [(f"{p}:row {r}", v if isinstance(v, str) else ("" if v is None else str(v)))
-            for r, v in zip(rows, frame[text_column].tolist())]
+    return [(f"{p}:row {r}", _cell_text(v)) for r, v in zip(rows, frame[text_column].tolist())]
+
+
+def _cell_text(value) -> str:
+    """A table cell as a text; a missing one (None, NaN, a blank line) as empty."""
+    if isinstance(value, str):
+        return value
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
 
 
 def iter_predictions(predictor: Predictor, entries: list[tuple[str, object]],

@@ -283,6 +283,9 @@ def create_app(models, settings: ServeSettings | None = None):
         if not is_run_dir(run):
             raise ValueError(f"{run}: not a headstart run directory (config.json and "
                              "model.safetensors written by `headstart fit`)")
+        if settings.engine == "onnx" and not (Path(run) / "export" / "model.onnx").is_file():
+            raise ValueError(f"{run}: no ONNX export to serve with --engine onnx; run "
+                             f"`headstart export {run} --format onnx` first")
         served[name] = ServedModel(name, Path(run), read_run_config(run))
     default = next(iter(served))
 
@@ -370,7 +373,7 @@ def create_app(models, settings: ServeSettings | None = None):
 async def _read_item(request, task: str, settings: ServeSettings):
     """The one item a request carries: image bytes, or a text."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
+    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.form(max_files=1, max_fields=4,
                                   max_part_size=settings.max_text_chars * 4)
         upload, text = form.get("file"), form.get("text")
@@ -393,6 +396,9 @@ async def _read_item(request, task: str, settings: ServeSettings):
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HTTPException(400, f"the body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise HTTPException(400, "the JSON body is nested too deeply; send "
+                                     '{"text": "..."}') from None
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             raise HTTPException(422, 'send {"text": "..."}: a JSON object with a string '
                                      "field 'text'")

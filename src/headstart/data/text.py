@@ -62,8 +62,11 @@ class TextSource:
 
 
 # ---------------------------------------------------------------------- reading
-def read_table(path: str | Path):
-    """A CSV/TSV (UTF-8), JSONL or Parquet file as a DataFrame; bad bytes are named."""
+def read_table(path: str | Path, blank_lines: bool = False):
+    """A CSV/TSV (UTF-8), JSONL or Parquet file as a DataFrame; bad bytes are named.
+
+    ``blank_lines``: keep a CSV's blank lines as rows of empty cells (prediction, where
+    every line is an item) instead of skipping them (training)."""
     import pandas as pd
 
     path = Path(path)
@@ -101,7 +104,8 @@ def read_table(path: str | Path):
         return frame
     try:
         return pd.read_csv(StringIO(text), sep="\t" if suffix == ".tsv" else ",",
-                           dtype=str, keep_default_na=False)
+                           dtype=str, keep_default_na=False,
+                           skip_blank_lines=not blank_lines)
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: not a valid CSV ({exc})") from None
 

@@ -132,6 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_config_flags(p, only=FEATURE_SETTINGS, title="feature settings (as for fit)")
 
+    p = sub.add_parser("tune", help="hyperparameter search on Optuna: strategy, learning "
+                       "rates, weight decay, dropout, unfrozen depth; pruned, resumable")
+    p.add_argument("data", help="labeled data, as for fit")
+    p.add_argument("--model", default=None, help="source model id or run directory (default: "
+                   "the task's default backbone)")
+    p.add_argument("--task", choices=TASKS, default="image")
+    p.add_argument("--trials", type=int, default=20, help="trials in all (a rerun adds only "
+                   "the missing ones)")
+    p.add_argument("--out", default=None, help="folder for optuna.db, the trial table, the "
+                   "report and the best run (default: tunes/<model>)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in "
+                   "OUT; a shared RDB URL lets several machines work on one study)")
+    p.add_argument("--study-name", default=None, help="default: derived from the model, data "
+                   "and settings")
+    p.add_argument("--strategies", default="feature_extract,lp_ft,partial,finetune")
+    p.add_argument("--timeout", type=float, default=None, help="stop starting trials after "
+                   "this many seconds")
+    p.add_argument("--no-refit", action="store_true", help="do not refit the best trial")
+    p.add_argument("--config", default=None, help="YAML file of fit settings (the budget)")
+    p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
+    _add_config_flags(p, only=tuple(f for f in FitConfig.field_names()
+                                    if f not in ("backbone", "strategy")),
+                      title="fit settings shared by every trial (the budget)")
+
     p = sub.add_parser("evaluate", help="metrics of a trained run on labeled data")
     p.add_argument("run", help="run directory written by `headstart fit`")
     p.add_argument("data", help="labeled data: image class folders or CSV; text table")
@@ -203,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     handler = {"fit": cmd_fit, "rank": cmd_rank, "study": cmd_study, "advise": cmd_advise, "evaluate": cmd_evaluate, "predict": cmd_predict,
-               "export": cmd_export, "serve": cmd_serve,
+               "export": cmd_export, "serve": cmd_serve, "tune": cmd_tune,
                "models": cmd_models, "datasets": cmd_datasets}[args.command]
     from .data.images import DataError
     from .zoo.base import ZooError
@@ -381,6 +405,47 @@ def cmd_study(args) -> int:
               f"{100 * g['scratch_accuracy']:5.1f}%  {g['gain_points']:+5.1f} pts  {flag}; "
               f"{need}")
     print(f"report: {out / 'report.html'}  (also results.csv, study.json)")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    import optuna
+
+    from .tune import tune
+
+    optuna.logging.disable_default_handler()  # Optuna's lines go through our logging
+    optuna.logging.enable_propagation()
+    if not args.verbose:  # one line per trial, not every epoch of every trial
+        for name in ("headstart.tasks", "headstart.train", "headstart.strategies",
+                     "headstart.data", "headstart.zoo", "headstart.features"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    cfg = fit_config_from_args(args)
+    from_yaml = FitConfig.read_yaml(args.config) if args.config else {}
+    given = {f: getattr(cfg, f) for f in FitConfig.field_names()
+             if (hasattr(args, f) or f in from_yaml) and f not in ("backbone", "strategy")}
+    seed = given.pop("seed", 0)
+    model = args.model or cfg.backbone
+    out = Path(args.out or f"tunes/{Path(model).name.replace(':', '-')}")
+    data = _open(args.task, args.data, cfg, args)
+    result = tune(data, model=model, task=args.task, trials=args.trials, out=out,
+                  storage=args.storage, study_name=args.study_name,
+                  strategies=[x.strip() for x in args.strategies.split(",") if x.strip()],
+                  timeout=args.timeout, refit=not args.no_refit, seed=seed, **given)
+    best, default = result.best, result.default
+    states = {}
+    for t in result.trials:
+        states[t["state"].lower()] = states.get(t["state"].lower(), 0) + 1
+    print(f"tune: {out}  ({model}, {len(result.trials)} trials: "
+          + ", ".join(f"{n} {k}" for k, n in sorted(states.items())) + f"; {result.seconds:.0f} s)")
+    print(f"best trial {best['number']}: validation {result.monitor} {best['value']:.4f}  "
+          + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in best["params"].items()))
+    if default is not None and default["value"] is not None:
+        print(f"default settings (trial {default['number']}): {default['value']:.4f}  "
+              f"({best['value'] - default['value']:+.4f} for the search)")
+    if result.best_run:
+        print(f"best refit saved: {result.best_run}")
+    print(f"report: {out / 'report.html'}  (trials also in tune.csv, tune.json)")
     return 0
 
 

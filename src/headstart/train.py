@@ -142,7 +142,7 @@ class Trainer:
     def __init__(self, model: TransferModel, groups: list[LayerGroup], strategy: Strategy,
                  cfg: FitConfig, *, train_set: Dataset, val_set: Dataset | None, features,
                  run_dir: str | Path | None = None, accelerator=None, collate_fn=None,
-                 fingerprint: str = ""):
+                 fingerprint: str = "", callbacks=()):
         from accelerate import Accelerator
 
         self.model = model
@@ -155,6 +155,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else None
         self.collate_fn = collate_fn
         self.fingerprint = fingerprint
+        self.callbacks = list(callbacks)  # each called with every epoch's row, in order
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         self.accelerator = accelerator or Accelerator(cpu=cpu, mixed_precision=cfg.precision)
         self.device = self.accelerator.device
@@ -229,6 +230,8 @@ class Trainer:
             state.epoch = epoch + 1
             stop = self._track_best(state, row, stage)
             self._log_epoch(row)
+            for callback in self.callbacks:  # may raise to stop the fit (tune's pruning)
+                callback(row)
             self._save(state, optimizer, scheduler)
             if stop:
                 log.info("stage %s: early stop after epoch %d (%d epochs without improvement)",

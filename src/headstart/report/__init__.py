@@ -6,7 +6,8 @@ from __future__ import annotations
 import html
 import math
 
-from .plots import confusion_svg, learning_curve_svg, time_svg, training_curves_svg
+from .plots import (confusion_svg, learning_curve_svg, time_svg, training_curves_svg,
+                    tune_svg)
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -126,4 +127,47 @@ def build_report(result) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["build_report"]
+def build_tune_report(result) -> str:
+    """The report of a :class:`~headstart.tune.TuneResult`: what the search bought over the
+    default settings, every trial's score, and the table of trials."""
+    s = result.settings
+    best, default = result.best, result.default
+    head = (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+            f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+            f"<title>headstart tune</title><style>{CSS}</style></head><body>"
+            f"<h1>Hyperparameter search: {_e(s.get('fit', {}).get('backbone', ''))}</h1>"
+            f"<p class=muted>Optuna study {_e(result.study_name)} ({_e(result.storage)}); "
+            f"{len(result.trials)} trials, {s.get('n_train')} training and {s.get('n_val')} "
+            f"validation items; strategies {', '.join(map(_e, s.get('strategies', [])))}; "
+            f"{result.seconds:.0f} s this call.</p>")
+    parts = [head, "<h2>Verdict</h2>"]
+    if default is not None and default["value"] is not None:
+        gain = best["value"] - default["value"]
+        cls = "good" if gain > 0 else "tie"
+        parts.append(f"<div class='verdict {cls}'>Best trial {best['number']} "
+                     f"({_e(best['params'].get('strategy'))}): validation {result.monitor} "
+                     f"{best['value']:.4f} against {default['value']:.4f} for the default "
+                     f"settings (trial {default['number']}), {gain:+.4f}.</div>")
+    else:
+        parts.append(f"<div class='verdict tie'>Best trial {best['number']}: validation "
+                     f"{result.monitor} {best['value']:.4f} (the default trial did not "
+                     "finish).</div>")
+    if result.best_run:
+        parts.append(f"<p>Refit and saved: <code>{_e(result.best_run)}</code></p>")
+    parts.append("<h2>Trials</h2><figure>" + tune_svg(result.trials, result.monitor) +
+                 "<figcaption class=muted>Validation score per trial; hollow: pruned at its "
+                 "last reported epoch.</figcaption></figure>")
+    keys = sorted({k for t in result.trials for k in t["params"]})
+    fmt = (lambda v: f"{v:.3g}" if isinstance(v, float) else _e(v))
+    parts.append(_table(
+        [[t["number"], _e(t["state"].lower()) + (" (default)" if t["default"] else ""),
+          "-" if t["value"] is None else f"{t['value']:.4f}",
+          "-" if t["seconds"] is None else f"{t['seconds']:.1f}",
+          *[fmt(t["params"][k]) if k in t["params"] else "-" for k in keys]]
+         for t in result.trials],
+        ["trial", "state", f"val {result.monitor}", "seconds", *keys], left=2))
+    parts.append("<p class=muted>Also in tune.csv and tune.json.</p></body></html>")
+    return "\n".join(parts)
+
+
+__all__ = ["build_report", "build_tune_report"]

@@ -100,3 +100,31 @@ def confusion_svg(matrix: list[list[int]], classes: list[str]) -> str:
                 ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if m[i, j] > top / 2 else "black")
     return _svg(plt, fig)
+
+
+def tune_svg(trials: list[dict], monitor: str) -> str:
+    """Each finished trial's validation score by trial number (colour: strategy; hollow:
+    pruned, at its last reported score), and the best so far."""
+    plt, (fig, ax) = _figure(7.2, 3.8)
+    best, xs, ys = -np.inf, [], []
+    for strategy in sorted({t["params"].get("strategy", "?") for t in trials}):
+        done = [t for t in trials if t["state"] == "COMPLETE"
+                and t["params"].get("strategy") == strategy]
+        ax.scatter([t["number"] for t in done], [t["value"] for t in done], s=28,
+                   color=COLORS.get(strategy, "#57606a"), label=strategy, zorder=3)
+    pruned = [t for t in trials if t["state"] == "PRUNED" and t.get("pruned_at") is not None]
+    if pruned:
+        ax.scatter([t["number"] for t in pruned], [t["pruned_at"] for t in pruned], s=28,
+                   facecolors="none", edgecolors="#57606a", label="pruned", zorder=3)
+    for t in sorted(trials, key=lambda t: t["number"]):
+        if t["state"] == "COMPLETE" and t["value"] is not None:
+            best = max(best, t["value"])
+        if np.isfinite(best):
+            xs.append(t["number"])
+            ys.append(best)
+    ax.step(xs, ys, where="post", color="#1b1f24", linewidth=1, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"validation {monitor}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _svg(plt, fig)

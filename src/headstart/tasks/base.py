@@ -106,9 +106,12 @@ class TransferEstimator:
             raise TypeError(f"unknown setting(s) {', '.join(unknown)}; see FitConfig fields")
         return cfg.replace(**changes)
 
-    def fit(self, X, y=None, *, validation=None, resume: bool = False):
+    def fit(self, X, y=None, *, validation=None, resume: bool = False, callbacks=()):
         """Fit on ``X`` (folder / CSV / arrays + ``y``); hold out a stratified validation
-        share unless ``validation`` (same kinds, or ``(X_val, y_val)``) is given."""
+        share unless ``validation`` (same kinds, or ``(X_val, y_val)``) is given.
+
+        ``callbacks``: functions called with each epoch's row (stage, epoch, global_epoch,
+        train_loss, val_loss, val_accuracy, ...); an exception they raise ends the fit."""
         cfg = self.resolved_config()
         t0 = time.perf_counter()
         self.__dict__.pop("_encoded", None)  # tokenised texts of an earlier fit's tokenizer
@@ -151,7 +154,7 @@ class TransferEstimator:
         run_dir = Path(self.run_dir) if self.run_dir else None
         trainer = Trainer(model, groups, strategy, cfg, train_set=train_set, val_set=val_set,
                           features=features, run_dir=run_dir, fingerprint=fingerprint,
-                          collate_fn=self._collate())
+                          collate_fn=self._collate(), callbacks=callbacks)
         state = trainer.run(resume=resume)
         model.eval()
         self.strategy_ = strategy

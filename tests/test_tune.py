@@ -67,6 +67,8 @@ def test_a_rerun_continues_the_same_study(data, tmp_path):
     assert again.study_name == first.study_name
     assert len(again.trials) == 5
     assert again.trials[:3] == first.trials  # kept as they were, not rerun
+    seen = [t["params"] for t in first.trials[1:]]
+    assert all(t["params"] not in seen for t in again.trials[3:])  # new points, not repeats
     same = tune(X, y, model="tiny:cnn", trials=5, out=tmp_path, refit=False,
                 strategies=("feature_extract",), num_workers=0, **{
                     k: v for k, v in SETTINGS.items() if k != "num_workers"})

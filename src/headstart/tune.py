@@ -109,8 +109,11 @@ def _run(optuna, cls, base, train_src, val_src, strategies, n_groups, name, stor
     monitor = base.monitor
     study = optuna.create_study(
         study_name=name, storage=_storage(storage), direction="maximize",
-        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed),
+        load_if_exists=True,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+    # seeded, but by how far the study has come: a resumed search must not draw the same
+    # first points again (TPE's start-up trials come straight from its random generator)
+    study.sampler = optuna.samplers.TPESampler(seed=seed + 7919 * len(study.trials))
     if not study.trials:  # a new study: the default settings come first
         study.enqueue_trial(_default_params(base, strategies, n_groups),
                             user_attrs={"default": True})

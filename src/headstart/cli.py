@@ -280,6 +280,8 @@ def cmd_fit(args) -> int:
     val = _open(args.task, args.val, cfg, args, data.classes) if args.val else None
     clf = ESTIMATORS[args.task](config=cfg, run_dir=out).fit(data, validation=val,
                                                              resume=args.resume)
+    if not clf.is_main_process_:  # torchrun / accelerate launch: the first process reports
+        return 0
     if args.test:
         clf.metrics_["test"] = clf.evaluate(_open(args.task, args.test, cfg, args, clf.classes_))
         clf.save(out)

@@ -64,6 +64,42 @@ class EpochSampler(Sampler[int]):
         return math.ceil(self.n / self.world)
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Batches for one process of a data-parallel run in which every item is seen exactly
+    once per epoch: a seeded permutation is cut into global batches of ``batch_size *
+    world`` items, each split across the processes (sizes differ by at most one); a last
+    global batch too small to give every process two items joins the one before it. Every
+    process gets the same number of batches, so none waits for a step that never comes."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        if n < 2 * world:
+            raise ValueError(f"{n} training items cannot be shared by {world} processes "
+                             "(each needs at least two); use fewer processes")
+        self.n, self.batch_size, self.seed = n, int(batch_size), seed
+        self.rank, self.world = rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        size = self.batch_size * self.world
+        starts = list(range(0, self.n, size))
+        bounds = [(a, min(a + size, self.n)) for a in starts]
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * self.world:
+            bounds[-2:] = [(bounds[-2][0], self.n)]
+        return bounds
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        for a, b in self._bounds():
+            yield order[a:b][self.rank::self.world]
+
+    def __len__(self) -> int:
+        return len(self._bounds())
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Length bucketing for training: shuffle, sort within pools of ``pool`` batches by
     length, cut batches, shuffle the batches. Similar lengths share a batch (little
@@ -191,9 +227,23 @@ class Trainer:
             state.stage, state.epoch, state.bad_epochs = s + 1, 0, 0
             self._save(state, optimizer=None, scheduler=None)
         self._restore_best()
+        if self.accelerator.num_processes > 1:
+            self._check_replicas()
         if self._tb is not None:
             self._tb.close()
         return state
+
+    def _check_replicas(self) -> None:
+        """Data-parallel: every process must end with the same weights (gradients were
+        averaged at each step and every process picked the same best epoch)."""
+        total = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
+        sums = self.accelerator.gather(total.sum().reshape(1).to(self.device))
+        if not bool((sums == sums[0]).all()):
+            raise RuntimeError(f"data-parallel processes ended with different weights "
+                               f"(checksums {sums.tolist()}); please report this")
+        log.info("data-parallel fit over %d processes (%s): identical weights on every "
+                 "process", self.accelerator.num_processes,
+                 self.accelerator.state.distributed_type.value)
 
     # ---------------------------------------------------------------- stages
     def _run_stage(self, s: int, state: LoopState, opt_state) -> None:
@@ -222,7 +272,8 @@ class Trainer:
             train_loss = self._train_epoch(prepared, stage, s, epoch, train_loader, optimizer,
                                            scheduler)
             row = {"stage": stage.name, "epoch": epoch + 1, "global_epoch": len(state.history) + 1,
-                   "train_loss": train_loss, "lr": scheduler.get_last_lr()[-1]}
+                   "train_loss": train_loss, "train_items": self.items_seen,
+                   "lr": scheduler.get_last_lr()[-1]}
             if val_loader is not None:
                 row.update(self.evaluate_loader(prepared, val_loader))
             row["seconds"] = time.perf_counter() - t0
@@ -256,6 +307,10 @@ class Trainer:
                                          drop_last=len(train) > cfg.batch_size * world)
             train_loader = DataLoader(train, batch_sampler=batches, num_workers=workers,
                                       collate_fn=collate)
+        elif world > 1:  # data-parallel: every item once per epoch, same steps everywhere
+            batches = ShardedBatchSampler(len(train), cfg.batch_size, cfg.seed, rank, world)
+            train_loader = DataLoader(train, batch_sampler=batches, num_workers=workers,
+                                      collate_fn=collate)
         else:
             sampler = EpochSampler(len(train), cfg.seed, rank, world)
             drop_last = len(sampler) > cfg.batch_size
@@ -275,8 +330,8 @@ class Trainer:
 
     def _train_epoch(self, module, stage: Stage, s: int, epoch: int, loader, optimizer,
                      scheduler) -> float:
-        sampler = loader.batch_sampler if isinstance(loader.batch_sampler, BucketBatchSampler) \
-            else loader.sampler
+        sampler = loader.batch_sampler if isinstance(
+            loader.batch_sampler, (BucketBatchSampler, ShardedBatchSampler)) else loader.sampler
         sampler.set_epoch(s * 100_000 + epoch)
         if hasattr(loader.dataset, "set_epoch"):
             loader.dataset.set_epoch(s * 100_000 + epoch)
@@ -301,6 +356,11 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             total += float(loss.detach()) * len(y)
             count += len(y)
+        if self.accelerator.num_processes > 1:  # the epoch's loss over every process's items
+            both = self.accelerator.reduce(torch.tensor([total, float(count)],
+                                                        device=self.device), "sum")
+            total, count = float(both[0]), int(both[1])
+        self.items_seen = count
         return total / max(count, 1)
 
     def _to_device(self, x):

@@ -166,7 +166,8 @@ class TransferEstimator:
         self._after_fit(train_src, val_src, cfg)
         if val_src is not None:
             self.metrics_["validation"] = self.evaluate(val_src)
-        if run_dir is not None:
+        self.is_main_process_ = trainer.accelerator.is_main_process
+        if run_dir is not None and self.is_main_process_:  # one writer in a parallel run
             self.save(run_dir)
         return self
 

@@ -1,0 +1,106 @@
+"""Data-parallel fits: the same `headstart fit` under torchrun with 2 CPU processes (gloo)
+against 1 process, and the sampler that shares an epoch between processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_arrays, write_folder
+
+
+@pytest.mark.parametrize("n,batch,world", [(43, 16, 2), (100, 8, 3), (33, 16, 2), (5, 4, 2),
+                                           (64, 16, 4), (16, 16, 2)])
+def test_sharded_batches_cover_every_item_once_per_epoch(n, batch, world):
+    from headstart.train import ShardedBatchSampler
+
+    for epoch in range(3):
+        per_rank = []
+        for rank in range(world):
+            s = ShardedBatchSampler(n, batch, seed=7, rank=rank, world=world)
+            s.set_epoch(epoch)
+            per_rank.append(list(s))
+        lengths = {len(b) for b in per_rank}
+        assert len(lengths) == 1, "every process must take the same number of steps"
+        seen = sorted(i for batches in per_rank for b in batches for i in b)
+        assert seen == list(range(n)), "each item exactly once per epoch"
+        for step in zip(*per_rank):  # a step's batches differ in size by at most one
+            sizes = [len(b) for b in step]
+            assert min(sizes) >= 2 and max(sizes) - min(sizes) <= 1
+    first = ShardedBatchSampler(n, batch, seed=7, rank=0, world=world)
+    second = ShardedBatchSampler(n, batch, seed=7, rank=0, world=world)
+    second.set_epoch(1)
+    assert list(first) != list(second)  # a new order each epoch
+
+
+def test_too_few_items_for_the_processes_is_a_clear_error():
+    from headstart.train import ShardedBatchSampler
+
+    with pytest.raises(ValueError, match="fewer processes"):
+        ShardedBatchSampler(3, 8, seed=0, rank=0, world=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fit(folder: Path, out: Path, strategy: str, procs: int, batch: int) -> subprocess.CompletedProcess:
+    args = ["-m", "headstart", "fit", str(folder), "--backbone", "tiny:cnn",
+            "--strategy", strategy, "--epochs", "3", "--head-epochs", "3", "--lr", "0.01",
+            "--head-lr", "0.01", "--batch-size", str(batch), "--early-stopping", "0",
+            "--num-workers", "0", "--device", "cpu", "--val-fraction", "0.25",
+            "--partial-groups", "2", "--out", str(out)]
+    if procs > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    else:
+        cmd = [sys.executable, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _history(run: Path) -> list[dict]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("strategy", ["lp_ft", "partial", "gradual"])
+def test_two_processes_train_like_one(strategy, tmp_path):
+    """2 processes with half the batch each: the same global batch and steps as 1 process.
+    Both train; the 2-process run sees every training item once per epoch (its history
+    counts the items over both processes); frozen groups cause no DDP error; one process
+    writes the run; the validation metrics agree."""
+    X, y = make_arrays(96, n_classes=3, seed=1)
+    folder = write_folder(tmp_path / "train", X, y)
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = _fit(folder, one, strategy, 1, 16)
+    r2 = _fit(folder, two, strategy, 2, 8)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert r2.stdout.count("run: ") == 1, r2.stdout  # one process reports
+    # gradients were averaged: both processes end with the same weights (checked in fit)
+    assert "data-parallel fit over 2 processes (MULTI_CPU): identical weights" in r2.stderr, \
+        r2.stderr[-3000:]
+    n_train = 96 - 24
+    h1, h2 = _history(one), _history(two)
+    assert len(h1) == len(h2) >= 3
+    assert all(int(row["train_items"]) == n_train for row in h2), \
+        [row["train_items"] for row in h2]
+    m1 = json.loads((one / "config.json").read_text())["metrics"]["validation"]
+    m2 = json.loads((two / "config.json").read_text())["metrics"]["validation"]
+    assert m1["accuracy"] >= 0.9 and m2["accuracy"] >= 0.9
+    assert abs(m1["accuracy"] - m2["accuracy"]) <= 0.1
+    assert abs(float(h1[-1]["val_loss"]) - float(h2[-1]["val_loss"])) <= 0.25
+    stages = json.loads((two / "config.json").read_text())["stages"]
+    if strategy == "partial":
+        assert stages[0]["trainable_params"] < stages[0]["total_params"]
+    assert not list(two.glob(".*.tmp")) and (two / "model.safetensors").is_file()

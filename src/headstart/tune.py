@@ -6,7 +6,8 @@ stratified split, so features cached by one trial are reused by the next: a
 ``feature_extract`` trial after the first costs seconds). The first trial of a new study
 is the default settings, so the table always shows what the search bought. Each epoch's
 validation score is reported to Optuna; the median pruner stops trials that trail the
-others at the same epoch. The best trial is fitted again and saved as a run
+others at the same epoch of a stage that trains the backbone (head-only epochs cost
+milliseconds, and a probe still converging is no reason to stop). The best trial is fitted again and saved as a run
 (``OUT/best``), and the trial table is written as CSV, JSON and an HTML report.
 
 The study lives in ``OUT/optuna.db`` (SQLite) unless ``storage`` names another Optuna
@@ -32,6 +33,8 @@ from .artifacts import atomic_write_bytes, atomic_write_json
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("feature_extract", "lp_ft", "partial", "finetune")
+# Stages that train only the head on cached features (see strategies.build_strategy).
+HEAD_ONLY_STAGES = ("linear_probe",)
 # What every trial trains for: the study's budget (early stopping also ends hopeless runs).
 TUNE_BUDGET = {"epochs": 8, "early_stopping": 3}
 # Search ranges: (low, high), sampled on a log scale except dropout.
@@ -213,7 +216,9 @@ def _objective(cls, base, train_src, val_src, strategies, n_groups: int, monitor
             if score is None:
                 return
             trial.report(float(score), step=int(row["global_epoch"]))
-            if trial.should_prune():
+            # head-only epochs run on cached features in milliseconds: pruning pays (and is
+            # fair) only where the backbone trains
+            if row["stage"] not in HEAD_ONLY_STAGES and trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {row['global_epoch']}: {monitor} {score:.4f}")
 
         t0 = time.perf_counter()

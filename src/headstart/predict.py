@@ -26,17 +26,17 @@ log = logging.getLogger(__name__)
 def list_inputs(task: str, inputs: list, text_column: str = "text") -> list[tuple[str, object]]:
     """``(name, item)`` for every input, in order; nothing is decoded yet."""
     out: list[tuple[str, object]] = []
-    for entry in inputs:
+    for i, entry in enumerate(inputs):
         if task == "text":
             out.extend(_text_entries(entry, text_column))
-        else:
+        elif isinstance(entry, (str, Path)):
             out.extend(_image_entries(entry))
+        else:  # an array or image object, named by its position
+            out.append((f"item[{i}]", entry))
     return out
 
 
-def _image_entries(entry) -> list[tuple[str, object]]:
-    if not isinstance(entry, (str, Path)):
-        return [(f"item[{id(entry)}]", entry)]
+def _image_entries(entry: str | Path) -> list[tuple[str, object]]:
     p = Path(entry)
     if p.is_dir():
         files = _image_files(p)

@@ -18,6 +18,7 @@ finished trials are kept, and only the missing ones run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -101,25 +102,18 @@ def tune(data, y=None, *, model: str | None = None, task: str = "image", trials:
          sorted(strategies), train_src.fingerprint(),
          val_src.fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:16]
     storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
-    with warnings.catch_warnings():  # heartbeats and enqueued user attrs are "experimental"
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _run(optuna, cls, base, train_src, val_src, strategies, n_groups, name,
-                    storage, trials, timeout, refit, seed, out, settings, t0)
-
-
-def _run(optuna, cls, base, train_src, val_src, strategies, n_groups, name, storage, trials,
-         timeout, refit, seed, out, settings, t0) -> TuneResult:
     monitor = base.monitor
-    study = optuna.create_study(
-        study_name=name, storage=_storage(storage), direction="maximize",
-        load_if_exists=True,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
-    # seeded, but by how far the study has come: a resumed search must not draw the same
-    # first points again (TPE's start-up trials come straight from its random generator)
-    study.sampler = optuna.samplers.TPESampler(seed=seed + 7919 * len(study.trials))
-    if not study.trials:  # a new study: the default settings come first
-        study.enqueue_trial(_default_params(base, strategies, n_groups),
-                            user_attrs={"default": True})
+    with _quiet_experimental(optuna):
+        study = optuna.create_study(
+            study_name=name, storage=_storage(storage), direction="maximize",
+            load_if_exists=True,
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+        # seeded, but by how far the study has come: a resumed search must not draw the
+        # same first points again (TPE's start-up trials come from its random generator)
+        study.sampler = optuna.samplers.TPESampler(seed=seed + 7919 * len(study.trials))
+        if not study.trials:  # a new study: the default settings come first
+            study.enqueue_trial(_default_params(base, strategies, n_groups),
+                                user_attrs={"default": True})
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = [t for t in study.trials if t.state in states]
     todo = max(0, trials - len(finished))
@@ -127,10 +121,11 @@ def _run(optuna, cls, base, train_src, val_src, strategies, n_groups, name, stor
              "validation items", base.backbone, name, storage, len(finished), trials, todo,
              len(train_src), len(val_src))
     if todo:
-        study.optimize(_objective(cls, base, train_src, val_src, strategies, n_groups,
-                                  monitor),
-                       n_trials=todo, timeout=timeout, gc_after_trial=True,
-                       catch=(RuntimeError, ValueError))
+        with _quiet_experimental(optuna):
+            study.optimize(_objective(cls, base, train_src, val_src, strategies, n_groups,
+                                      monitor),
+                           n_trials=todo, timeout=timeout, gc_after_trial=True,
+                           catch=(RuntimeError, ValueError))
     table = [_trial_row(t) for t in study.trials]
     done = [r for r in table if r["state"] == "COMPLETE"]
     if not done:
@@ -155,6 +150,15 @@ def _run(optuna, cls, base, train_src, val_src, strategies, n_groups, name, stor
                                           if k in settings}})
     write_results(result, out)
     return result
+
+
+@contextlib.contextmanager
+def _quiet_experimental(optuna):
+    """Heartbeats and enqueued user attributes are marked experimental in Optuna; they
+    are what makes resuming safe here, so their warnings are noise for our users."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 def _storage(url: str):

@@ -74,6 +74,31 @@ def write_csv(root: Path, images, labels, name: str = "labels.csv") -> Path:
     return csv_path
 
 
+LETTER_WORDS = ["abc", "bad", "cafe", "dead", "face", "bead", "fade", "aged", "ebb", "gag"]
+DIGIT_WORDS = ["123", "456", "789", "2024", "314", "999", "1010", "42", "777", "808"]
+# tiny:bert settings for the texts below: chunks of 16 tokens (14 + [CLS]/[SEP]), up to 3
+# per text, so the longer texts have several
+TEXT_FIT = dict(epochs=2, head_epochs=6, batch_size=8, eval_batch_size=32, lr=1e-3,
+                head_lr=5e-2, early_stopping=0, num_workers=0, device="cpu", seed=0,
+                val_fraction=0.2, truncation="chunks", max_length=16, max_chunks=3,
+                contrastive=0.0, min_steps=0, baseline=False)
+
+
+def make_texts(n: int, seed: int, max_words: int = 8, letters=LETTER_WORDS,
+               digits=DIGIT_WORDS) -> tuple[list[str], list[str]]:
+    """Alternately letter words ("letters") and digit words ("digits"), 1..max_words each."""
+    import random
+
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = "letters" if i % 2 == 0 else "digits"
+        words = letters if label == "letters" else digits
+        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, max_words))))
+        labels.append(label)
+    return texts, labels
+
+
 @pytest.fixture
 def arrays():
     """48 separable 16x16 RGB images, 2 classes ("a", "b")."""

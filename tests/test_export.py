@@ -27,18 +27,14 @@ from headstart.data.images import DataError
 from headstart.export import FILENAMES, FORMATS, ExportError, export_model
 from headstart.inference import Predictor
 
-from conftest import FAST, make_arrays, write_folder
+from conftest import FAST, TEXT_FIT, make_arrays, write_folder
+from conftest import make_texts as _make_texts
 
 LETTER_WORDS = ["abc", "bad", "cafe", "dead", "face", "bead", "fade", "aged", "ebb", "gag",
                 "hag", "deaf", "beef", "head", "chef", "edge"]
 DIGIT_WORDS = ["123", "456", "789", "2024", "314", "999", "1010", "42", "777", "808",
                "5150", "31337", "606", "2718", "1618", "90210"]
-TEXT_CLASSES = ["digits", "letters"]
-# chunks of 16 tokens (14 + [CLS]/[SEP]), up to 3 per text: the longer texts have several
-TEXT_FIT = dict(epochs=2, head_epochs=6, batch_size=8, eval_batch_size=32, lr=1e-3,
-                head_lr=5e-2, lora_lr=5e-3, early_stopping=0, num_workers=0, device="cpu",
-                seed=0, val_fraction=0.2, truncation="chunks", max_length=16, max_chunks=3,
-                contrastive=0.0, min_steps=0, baseline=False)
+TEXT_FIT = {**TEXT_FIT, "lora_lr": 5e-3}
 TOL = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 BLOCKED = ["headstart", "torch", "torchvision", "timm", "transformers", "tokenizers", "PIL",
@@ -46,15 +42,8 @@ BLOCKED = ["headstart", "torch", "torchvision", "timm", "transformers", "tokeniz
 
 
 def make_texts(n: int, seed: int, max_words: int = 12) -> tuple[list[str], list[str]]:
-    """Alternately letter words ("letters") and digit words ("digits"), 1..max_words words."""
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = TEXT_CLASSES[1 - i % 2]
-        words = LETTER_WORDS if label == "letters" else DIGIT_WORDS
-        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, max_words))))
-        labels.append(label)
-    return texts, labels
+    """The shared letters/digits texts, with this file's longer word lists."""
+    return _make_texts(n, seed, max_words, LETTER_WORDS, DIGIT_WORDS)
 
 
 def make_multi_label_texts(n: int, seed: int) -> tuple[list[str], list[list[str]]]:

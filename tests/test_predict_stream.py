@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import shutil
 from types import SimpleNamespace
 
@@ -23,26 +22,9 @@ from headstart.export import export_model
 from headstart.inference import Predictor
 from headstart.predict import write_predictions
 
-from conftest import FAST, make_arrays, write_folder
+from conftest import FAST, TEXT_FIT, make_arrays, make_texts, write_folder
 
-LETTER_WORDS = ["abc", "bad", "cafe", "dead", "face", "bead", "fade", "aged", "ebb", "gag"]
-DIGIT_WORDS = ["123", "456", "789", "2024", "314", "999", "1010", "42", "777", "808"]
-TEXT_FIT = dict(epochs=2, head_epochs=6, batch_size=8, eval_batch_size=32, lr=1e-3,
-                head_lr=5e-2, early_stopping=0, num_workers=0, device="cpu", seed=0,
-                val_fraction=0.2, truncation="chunks", max_length=16, max_chunks=3,
-                contrastive=0.0, min_steps=0, baseline=False)
 HEADER = ["item", "prediction", "probability", "error"]
-
-
-def make_texts(n: int, seed: int) -> tuple[list[str], list[str]]:
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = "letters" if i % 2 == 0 else "digits"
-        words = LETTER_WORDS if label == "letters" else DIGIT_WORDS
-        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, 8))))
-        labels.append(label)
-    return texts, labels
 
 
 def read_rows(path) -> tuple[list[str], list[dict]]:

@@ -12,6 +12,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+# DeepForest's tree-crown images (Pascal VOC boxes) ship inside its wheel; headstart reads only
+# that data, so none of its dependencies (Lightning, GDAL, ...) are installed.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps deepforest==2.1.0
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"

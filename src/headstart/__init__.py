@@ -5,10 +5,10 @@ a small target dataset, and measure that transfer paid off.
 """
 
 from .config import FitConfig
-from .tasks import ImageClassifier, NotFittedError, TextClassifier
+from .tasks import ImageClassifier, NotFittedError, ObjectDetector, TextClassifier
 from .select import rank
 from .zoo import create_backbone, list_models
 
 __version__ = "0.1.0"
-__all__ = ["FitConfig", "ImageClassifier", "NotFittedError", "TextClassifier", "create_backbone",
-           "list_models", "rank"]
+__all__ = ["FitConfig", "ImageClassifier", "NotFittedError", "ObjectDetector", "TextClassifier",
+           "create_backbone", "list_models", "rank"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from .config import CHOICES, FEATURE_SETTINGS, FitConfig
 
 TASKS = ("image", "text")
+FIT_TASKS = (*TASKS, "detect")
 
 log = logging.getLogger("headstart")
 
@@ -56,12 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fit", help="fine-tune a pre-trained backbone on your images or texts")
+    p = sub.add_parser("fit", help="fine-tune a pre-trained backbone on your images or texts, "
+                       "or a detector on your boxes")
     p.add_argument("data", help="training data. image: a folder with one subfolder per class, "
                    "or a CSV of path,label; text: a CSV/TSV/JSONL/Parquet table with text and "
-                   "label columns")
-    p.add_argument("--task", choices=TASKS, default="image",
-                   help="image or text classification (default: image)")
+                   "label columns; detect: a COCO .json, a folder of Pascal VOC .xml, or a "
+                   "YOLO folder (images/, labels/, classes.txt)")
+    p.add_argument("--task", choices=FIT_TASKS, default="image",
+                   help="image or text classification, or detect (object detection) "
+                   "(default: image)")
+    p.add_argument("--fix-boxes", choices=["error", "clip", "drop"], default="error",
+                   help="detect: what a bad box does: stop with an error naming it (default), "
+                   "clip boxes that stick out of their image, or drop bad boxes")
     p.add_argument("--out", default=None, help="run directory (default: runs/<strategy>)")
     p.add_argument("--val", default=None, help="validation data (default: hold out "
                    "--val-fraction of the training data, stratified)")
@@ -158,8 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on labeled data")
     p.add_argument("run", help="run directory written by `headstart fit`")
-    p.add_argument("data", help="labeled data: image class folders or CSV; text table")
+    p.add_argument("data", help="labeled data: image class folders or CSV; text table; "
+                   "annotated boxes (COCO/VOC/YOLO) for a detector")
+    p.add_argument("--fix-boxes", choices=["error", "clip", "drop"], default="error")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("convert-boxes", help="convert box annotations between COCO JSON, "
+                       "Pascal VOC XML and YOLO txt (checking every box)")
+    p.add_argument("source", help="a COCO .json, a folder of VOC .xml, or a YOLO folder")
+    p.add_argument("--to", choices=["coco", "voc", "yolo"], required=True)
+    p.add_argument("--out", required=True, help="COCO: the .json to write; VOC/YOLO: a folder")
+    p.add_argument("--images", default=None, help="folder of the images, when not beside the "
+                   "annotations")
+    p.add_argument("--fix-boxes", choices=["error", "clip", "drop"], default="error")
 
     p = sub.add_parser("predict", help="predict classes for images or texts, streamed to a CSV")
     p.add_argument("run", help="run directory written by `headstart fit`")
@@ -170,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                    help="onnx: run RUN/export/model.onnx with ONNX Runtime")
+    p.add_argument("--min-score", type=float, default=0.5,
+                   help="detect: the lowest score of a box written (default: 0.5)")
 
     p = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked for parity")
     p.add_argument("run", help="run directory written by `headstart fit`")
@@ -204,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="export a real offline dataset: image folders, or "
                        "train.csv/test.csv for text")
-    p.add_argument("name", choices=["fashion-mnist", "spam-assassin", "fine-foods"])
+    p.add_argument("name", choices=["fashion-mnist", "spam-assassin", "fine-foods",
+                                     "tree-crowns"])
     p.add_argument("--out", required=True, help="folder to write train and test data into")
     p.add_argument("--per-class", type=int, default=100, help="training items per class "
                    "(0: all; fine-foods: the official 4000 when 0)")
@@ -228,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     handler = {"fit": cmd_fit, "rank": cmd_rank, "study": cmd_study, "advise": cmd_advise, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "export": cmd_export, "serve": cmd_serve, "tune": cmd_tune,
-               "models": cmd_models, "datasets": cmd_datasets}[args.command]
+               "models": cmd_models, "datasets": cmd_datasets,
+               "convert-boxes": cmd_convert_boxes}[args.command]
     from .data.images import DataError
     from .zoo.base import ZooError
 
@@ -276,6 +298,8 @@ def cmd_fit(args) -> int:
     out = Path(args.out or f"runs/{cfg.strategy}")
     if (out / "config.json").exists() and not args.resume:
         log.warning("%s already holds a run: it will be overwritten", out)
+    if args.task == "detect":
+        return _fit_detect(args, cfg, out)
     data = _open(args.task, args.data, cfg, args)
     val = _open(args.task, args.val, cfg, args, data.classes) if args.val else None
     clf = ESTIMATORS[args.task](config=cfg, run_dir=out).fit(data, validation=val,
@@ -308,6 +332,48 @@ def cmd_fit(args) -> int:
             if "baseline" in m[split]:
                 print(f"  {'':<10} baseline {m.get('baseline_name', '')}: "
                       f"{format_metrics(m[split]['baseline'])}")
+    return 0
+
+
+def _fit_detect(args, cfg: FitConfig, out: Path) -> int:
+    from .data.boxes import read_boxes
+    from .tasks.detect import ObjectDetector, format_detection_metrics
+
+    det = ObjectDetector(config=cfg, run_dir=out).fit(args.data, validation=args.val,
+                                                      resume=args.resume, fix=args.fix_boxes)
+    test = None
+    if args.test:
+        test = read_boxes(args.test, classes=det.classes_, fix=args.fix_boxes)
+        det.metrics_["test"] = det.evaluate(test)
+        det.save(out)
+    report = det.write_report(out, test if test is not None else None)
+    m = det.metrics_
+    if args.json:
+        print(json.dumps(m, indent=2, default=str))
+        return 0
+    best = m["best"]
+    kept = (f"epoch {best['epoch']} of {best['stage']}" if best else
+            "the last epoch (no validation)")
+    print(f"run: {out}  ({cfg.detector} on {cfg.backbone}, strategy {cfg.strategy}, "
+          f"{m['tile_size']}px tiles, fit {m['fit_seconds']:.0f}s, kept {kept})")
+    for s in det.stage_summaries_:
+        print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
+              f"{s['total_params']:,} params, BN {s['bn']}")
+    for split in ("validation", "test"):
+        if split in m:
+            print(f"  {split:<10} {format_detection_metrics(m[split])}")
+    print(f"  report: {report}")
+    return 0
+
+
+def cmd_convert_boxes(args) -> int:
+    from .data.boxes import read_boxes, write_boxes
+
+    source = read_boxes(args.source, fix=args.fix_boxes, images=args.images)
+    out = write_boxes(source, args.out, args.to)
+    print(f"wrote {len(source)} images, {source.num_boxes} boxes, classes "
+          f"{', '.join(source.classes)} as {args.to} to {out}"
+          + (f"; dropped {len(source.dropped)} bad box(es)" if source.dropped else ""))
     return 0
 
 
@@ -479,6 +545,8 @@ def cmd_evaluate(args) -> int:
     from .tasks import load_estimator
 
     clf = load_estimator(args.run)
+    if clf.task == "detect":
+        return _evaluate_detect(clf, args)
     m = clf.evaluate(args.data)
     if args.json:
         print(json.dumps(m, indent=2))
@@ -496,9 +564,38 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _evaluate_detect(det, args) -> int:
+    from .tasks.detect import format_detection_metrics
+
+    m = det.evaluate(args.data, fix=args.fix_boxes)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(format_detection_metrics(m))
+    width = max(5, *(len(c) for c in det.classes_))
+    print(f"{'class':<{width}}     AP  precision  recall  true boxes  predicted")
+    for c, v in m["per_class"].items():
+        print(f"{c:<{width}}  {v['ap']:5.3f}  {v['precision']:9.3f}  {v['recall']:6.3f}  "
+              f"{v['support']:10d}  {v['predicted']:9d}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .inference import Predictor
     from .predict import write_predictions
+    from .zoo.local import read_run_config
+
+    if read_run_config(args.run).get("task") == "detect":
+        from .predict import write_detections
+        from .tasks.detect import ObjectDetector
+
+        counts = write_detections(ObjectDetector.load(args.run), args.inputs, args.out,
+                                  min_score=args.min_score, progress=not args.quiet)
+        if args.out:
+            print(f"wrote {counts['boxes']} boxes of {counts['images']} image(s) to {args.out}"
+                  + (f"; {counts['errors']} image(s) failed, see their 'error' column"
+                     if counts["errors"] else ""), file=sys.stderr)
+        return 0
 
     predictor = Predictor.from_run(args.run, engine=args.engine)
     counts = write_predictions(predictor, args.inputs, args.out, batch_size=args.batch_size,
@@ -568,6 +665,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_datasets(args) -> int:
+    if args.name == "tree-crowns":
+        return _tree_dataset(args)
     if args.name != "fashion-mnist":
         return _text_dataset(args)
     from .datasets import export_image_folder, fashion_mnist, per_class_subset
@@ -615,4 +714,28 @@ def _text_dataset(args) -> int:
     export_text_csv(*test, out / "test.csv")
     print(f"wrote {len(train[0])} training texts to {out / 'train.csv'} and {len(test[0])} "
           f"test texts to {out / 'test.csv'}")
+    return 0
+
+
+def _tree_dataset(args) -> int:
+    """The DeepForest tree crowns as Pascal VOC folders (images copied): train/ (one large
+    scene) and test/ (two held-out images)."""
+    import shutil
+
+    from .data.boxes import BoxSource, write_voc
+    from .datasets import tree_crowns
+
+    out = Path(args.out)
+    for split in ("train", "test"):
+        source = tree_crowns(split)
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        copied = []
+        for s in source.samples:
+            target = folder / Path(s.path).name
+            if not target.exists():
+                shutil.copyfile(s.path, target)
+            copied.append(type(s)(str(target), s.width, s.height, s.boxes, s.labels))
+        write_voc(BoxSource(copied, source.classes, source.origin), folder)
+        print(f"wrote {split}: {len(source)} image(s), {source.num_boxes} tree crowns to {folder}")
     return 0

@@ -17,6 +17,7 @@ CHOICES = {
     "monitor": ("accuracy", "macro_f1", "loss"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("no", "bf16", "fp16"),
+    "detector": ("fasterrcnn", "retinanet", "fcos"),
 }
 
 
@@ -108,6 +109,11 @@ class FitConfig:
     lora_lr: float = _f(1e-3, "lora: peak learning rate of the adapters")
     lora_targets: str = _f("", "lora: comma-separated module names to adapt (default: PEFT's "
                            "choice for the architecture; BERT: query,value)")
+    detector: str = _f("fasterrcnn", "detect: the torchvision architecture put on the backbone's "
+                       "multi-scale features: fasterrcnn (two-stage, FPN) | retinanet | fcos")
+    fpn_channels: int = _f(128, "detect: channels of the feature pyramid and the new heads")
+    tile_overlap: float = _f(0.25, "detect: share of a tile its neighbours overlap (images larger "
+                             "than --image-size are cut into tiles for training and inference)")
     skip_bad: bool = _f(False, "skip unreadable images (and report how many) instead of "
                         "stopping with an error")
 

@@ -227,3 +227,42 @@ def export_text_csv(texts: list[str], labels: list[str], path: str | Path) -> Pa
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
     return path
+
+
+# DeepForest tree crowns (NEON aerial RGB, 0.1 m/px; Pascal VOC boxes; MIT): the images and
+# boxes ship inside the deepforest wheel (`pip install --no-deps deepforest==2.1.0`).
+TREE_CROWNS = {
+    # one large Yellowstone scene (2299x2472 px, 574 crowns): tiles of it train the detector
+    "train": ("2019_YELL_2_528000_4978000_image_crop2.xml",),
+    # held-out images: another Yellowstone scene (1249x1035, 279 crowns) and a Florida plot
+    # (OSBS, 400x400, 61 crowns) of another forest type
+    "test": ("2019_YELL_2_541000_4977000_image_crop.xml", "OSBS_029.xml"),
+}
+
+
+def deepforest_data_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("deepforest")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the DeepForest tree-crown images ship in the deepforest "
+                                "wheel: pip install --no-deps deepforest==2.1.0 (or run "
+                                "scripts/setup.sh)")
+    return Path(spec.origin).parent / "data"
+
+
+def tree_crowns(split: str = "train"):
+    """The DeepForest tree crowns as a :class:`~headstart.data.boxes.BoxSource` (class
+    "Tree"): ``train`` = one large scene, ``test`` = two held-out images."""
+    from PIL import Image
+
+    from .data.boxes import BoxSource, read_voc
+
+    if split not in TREE_CROWNS:
+        raise ValueError(f"split={split!r}: choose train or test")
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 40_000_000)
+    root = deepforest_data_dir()
+    samples = []
+    for name in TREE_CROWNS[split]:
+        samples += read_voc(root / name, classes=["Tree"]).samples
+    return BoxSource(samples, ["Tree"], f"DeepForest tree crowns ({split})")

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .artifacts import temp_sibling
@@ -93,6 +94,30 @@ def iter_predictions(predictor: Predictor, entries: list[tuple[str, object]],
                                      batch_size=batch_size)
 
 
+@contextmanager
+def _csv_out(out: str | Path | None):
+    """A csv writer on stdout, or on a temporary file renamed onto ``out`` only when the
+    block finishes (an interrupted run leaves no half-written CSV)."""
+    if out is None:
+        yield csv.writer(sys.stdout)
+        sys.stdout.flush()
+        return
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_sibling(out)
+    stream = os.fdopen(fd, "w", newline="", encoding="utf-8")
+    try:
+        yield csv.writer(stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+        stream.close()
+        os.replace(tmp, out)
+    except BaseException:
+        stream.close()
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_predictions(predictor: Predictor, inputs: list, out: str | Path | None = None,
                       batch_size: int = 64, progress: bool = True,
                       text_column: str = "text") -> dict:
@@ -103,17 +128,8 @@ def write_predictions(predictor: Predictor, inputs: list, out: str | Path | None
     entries = list_inputs(predictor.task, inputs, text_column)
     header = ["item", "prediction", "probability", "error"] + [f"p_{c}" for c in
                                                                predictor.classes]
-    tmp = None
-    if out is None:
-        stream = sys.stdout
-    else:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = temp_sibling(out)
-        stream = os.fdopen(fd, "w", newline="", encoding="utf-8")
     counts = {"items": len(entries), "predicted": 0, "errors": 0}
-    try:
-        writer = csv.writer(stream)
+    with _csv_out(out) as writer:
         writer.writerow(header)
         bar = tqdm(total=len(entries), desc="predict", unit="item", disable=not progress)
         for r in iter_predictions(predictor, entries, batch_size):
@@ -128,17 +144,35 @@ def write_predictions(predictor: Predictor, inputs: list, out: str | Path | None
                                  f"{top:.4f}", ""] + [f"{p:.6f}" for p in r.probabilities])
             bar.update(1)
         bar.close()
-        stream.flush()
-        if tmp is not None:
-            os.fsync(stream.fileno())
-            stream.close()
-            os.replace(tmp, out)
-    except BaseException:
-        if tmp is not None:
-            stream.close()
-            Path(tmp).unlink(missing_ok=True)
-        raise
     if counts["errors"]:
         log.warning("%d of %d items could not be predicted; their rows say why",
                     counts["errors"], counts["items"])
+    return counts
+
+
+def write_detections(detector, inputs: list, out: str | Path | None = None,
+                     min_score: float = 0.5, progress: bool = True) -> dict:
+    """Detect objects in ``inputs`` (image files, folders) and write one row per box,
+    ``item, xmin, ymin, xmax, ymax, label, score, error``, to ``out`` (default: stdout).
+    An image without boxes gets one row with empty box columns; an image that cannot be
+    read gets its row with the reason in ``error``. Returns counts: images, boxes, errors."""
+    from tqdm.auto import tqdm
+
+    entries = [name for name, _ in list_inputs("image", inputs)]
+    counts = {"images": len(entries), "boxes": 0, "errors": 0}
+    with _csv_out(out) as writer:
+        writer.writerow(["item", "xmin", "ymin", "xmax", "ymax", "label", "score", "error"])
+        for name in tqdm(entries, desc="detect", unit="image", disable=not progress):
+            try:
+                det = detector.predict([name], score_threshold=min_score)[0]
+            except DataError as exc:
+                counts["errors"] += 1
+                writer.writerow([name, "", "", "", "", "", "", str(exc)])
+                continue
+            if not len(det["boxes"]):
+                writer.writerow([name, "", "", "", "", "", "", ""])
+            for box, score, label in zip(det["boxes"], det["scores"], det["labels"]):
+                writer.writerow([name, *(f"{float(v):.1f}" for v in box), label,
+                                 f"{float(score):.4f}", ""])
+                counts["boxes"] += 1
     return counts

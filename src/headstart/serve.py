@@ -286,7 +286,11 @@ def create_app(models, settings: ServeSettings | None = None):
         if settings.engine == "onnx" and not (Path(run) / "export" / "model.onnx").is_file():
             raise ValueError(f"{run}: no ONNX export to serve with --engine onnx; run "
                              f"`headstart export {run} --format onnx` first")
-        served[name] = ServedModel(name, Path(run), read_run_config(run))
+        config = read_run_config(run)
+        if config.get("task") == "detect":
+            raise ValueError(f"{run}: serving detectors is not supported yet; predict with "
+                             f"`headstart predict {run} IMAGES`")
+        served[name] = ServedModel(name, Path(run), config)
     default = next(iter(served))
 
     app = FastAPI(title="headstart", version=_version(),

@@ -170,4 +170,70 @@ def build_tune_report(result) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["build_report", "build_tune_report"]
+def build_detection_report(config: dict, pictures: list[tuple[str, bytes]],
+                           compare: dict | None = None) -> str:
+    """The report of a detection run (its config.json): settings, held-out metrics with
+    per-class AP, the training curves, and images with predicted (blue) and true (red)
+    boxes, embedded as JPEG so the file stands alone. ``compare``: optional label ->
+    test metrics of other runs (the same detector from scratch) shown beside it."""
+    import base64
+
+    from .plots import detection_curves_svg
+
+    m, det, fit = config.get("metrics", {}), config["detector"], config["fit_config"]
+    bb = config["backbone"]
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+             f"<meta name=viewport content='width=device-width,initial-scale=1'>"
+             f"<title>headstart detector: {_e(bb['id'])}</title><style>{CSS}</style></head>"
+             f"<body><h1>Detector: {_e(det['arch'])} on {_e(bb['id'])}</h1>"
+             f"<p class=muted>Classes {', '.join(map(_e, config['classes']))}; "
+             f"{m.get('train_tiles', '?')} training tiles of {det['tile_size']} px "
+             f"(overlap {det['tile_overlap']:g}) holding {m.get('train_boxes', '?')} boxes; "
+             f"strategy {_e(fit['strategy'])}, {fit['epochs']} epochs, batch "
+             f"{fit['batch_size']}; fit {m.get('fit_seconds', 0):.0f} s. Source: "
+             f"{_e(bb['meta'].get('source_data', '?'))}.</p>"]
+    rows = []
+    for name in ("validation", "test"):
+        if name in m:
+            v = m[name]
+            rows.append([name, f"{v['map_50']:.3f}", f"{v['map']:.3f}", f"{v['map_75']:.3f}",
+                         f"{v['precision']:.3f}", f"{v['recall']:.3f}", v["images"],
+                         v["boxes"]])
+    for label, v in (compare or {}).items():
+        rows.append([_e(label), f"{v['map_50']:.3f}", f"{v['map']:.3f}", f"{v['map_75']:.3f}",
+                     f"{v['precision']:.3f}", f"{v['recall']:.3f}", v["images"], v["boxes"]])
+    if rows:
+        parts.append("<h2>Held-out results</h2>" + _table(
+            rows, ["data", "mAP@0.5", "mAP@0.5:0.95", "mAP@0.75", "precision", "recall",
+                   "images", "boxes"]))
+        final = m.get("test") or m.get("validation")
+        parts.append("<p class=muted>COCO mAP (torchmetrics, pycocotools; up to 1000 boxes "
+                     "an image); precision and recall of the boxes scoring &ge; "
+                     f"{final['score_threshold']:g}, matched at IoU 0.5.</p>")
+        parts.append(_table([[_e(c), f"{v['ap']:.3f}", f"{v['precision']:.3f}",
+                              f"{v['recall']:.3f}", v["support"], v["predicted"]]
+                             for c, v in final["per_class"].items()],
+                            ["class", "AP", "precision", "recall", "true boxes",
+                             "predicted boxes"]))
+    if config.get("history"):
+        parts.append("<h2>Training</h2><figure>" + detection_curves_svg(config["history"]) +
+                     "</figure>")
+        parts.append(_table([[_e(s["stage"]), s["epochs"], f"{s['trainable_params']:,}",
+                              f"{s['total_params']:,}", _e(s["bn"]),
+                              _e(", ".join(s["trainable_groups"]) or "none")]
+                             for s in config.get("stages", [])],
+                            ["stage", "epochs", "trainable", "parameters", "BatchNorm",
+                             "backbone groups trained"]))
+    if pictures:
+        parts.append("<h2>Predictions</h2><p class=muted>Blue: predicted boxes (score "
+                     "&ge; 0.5); red: the true boxes.</p>")
+        for title, data in pictures:
+            b64 = base64.b64encode(data).decode()
+            parts.append(f"<figure><img style='max-width:100%' alt='{_e(title)}' "
+                         f"src='data:image/jpeg;base64,{b64}'><figcaption class=muted>"
+                         f"{_e(title)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+__all__ = ["build_detection_report", "build_report", "build_tune_report"]

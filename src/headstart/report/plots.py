@@ -128,3 +128,24 @@ def tune_svg(trials: list[dict], monitor: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return _svg(plt, fig)
+
+
+def detection_curves_svg(history: list[dict]) -> str:
+    """Training loss (left axis) and validation mAP@0.5 (right axis) per epoch."""
+    plt, (fig, ax) = _figure(6.0, 3.4)
+    x = [r["global_epoch"] for r in history]
+    ax.plot(x, [r["train_loss"] for r in history], marker=".", color="#57606a",
+            label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    val = [(r["global_epoch"], r["val_map_50"]) for r in history if "val_map_50" in r]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([v[0] for v in val], [v[1] for v in val], marker="o", color="#1a7f37",
+                 label="validation mAP@0.5")
+        ax2.set_ylabel("validation mAP@0.5")
+        ax2.set_ylim(0, 1)
+        lines = ax.get_lines() + ax2.get_lines()
+        ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="center right")
+    return _svg(plt, fig)

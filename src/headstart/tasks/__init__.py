@@ -1,10 +1,11 @@
 """Task estimators (scikit-learn contract)."""
 
 from .base import NotFittedError, TransferEstimator
+from .detect import ObjectDetector
 from .image import ImageClassifier
 from .text import TextClassifier
 
-ESTIMATORS = {"image": ImageClassifier, "text": TextClassifier}
+ESTIMATORS = {"image": ImageClassifier, "text": TextClassifier, "detect": ObjectDetector}
 
 
 def load_estimator(run_dir, device: str = "cpu") -> TransferEstimator:
@@ -17,5 +18,5 @@ def load_estimator(run_dir, device: str = "cpu") -> TransferEstimator:
     return ESTIMATORS[task].load(run_dir, device=device)
 
 
-__all__ = ["ESTIMATORS", "ImageClassifier", "NotFittedError", "TextClassifier",
+__all__ = ["ESTIMATORS", "ImageClassifier", "NotFittedError", "ObjectDetector", "TextClassifier",
            "TransferEstimator", "load_estimator"]

@@ -145,6 +145,19 @@ class Backbone(nn.Module):
     def set_source_head(self, head: nn.Module | None) -> None:
         self.__dict__["_source_head"] = (head.eval(),) if head is not None else None
 
+    def pyramid_spec(self) -> list[tuple[int, int]]:
+        """(channels, stride) of each feature map a detector can take, early -> late."""
+        raise ZooError(f"{self.id}: this backbone gives no multi-scale feature maps, so it "
+                       "cannot carry a detector; use an image backbone (e.g. "
+                       "packaged:efficientnet_lite0)")
+
+    def pyramid(self, x, indices: list[int]) -> list:
+        """The feature maps ``indices`` (into :meth:`pyramid_spec`) of a batch ``x``."""
+        raise ZooError(f"{self.id}: this backbone gives no multi-scale feature maps")
+
+    def drop_after(self, index: int) -> None:
+        """Remove the layers after feature map ``index`` (a detector never runs them)."""
+
     def lora_targets(self) -> list[str] | None:
         """Module names LoRA adapts; None = PEFT's default for the model type."""
         return ["conv_pw", "conv_pwl", "conv_dw"]

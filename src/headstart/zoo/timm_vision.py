@@ -120,6 +120,18 @@ class TimmBackbone(Backbone):
         )[-1]
         return self.pool(fmap).flatten(1)
 
+    def pyramid_spec(self) -> list[tuple[int, int]]:
+        if self.cut:
+            raise ZooError(f"{self.id}: a detector takes the uncut network (cut=0)")
+        return [(int(i["num_chs"]), int(i["reduction"])) for i in self.model.feature_info]
+
+    def pyramid(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=list(indices),
+                                                intermediates_only=True)
+
+    def drop_after(self, index: int) -> None:
+        self.model.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
+
     def groups(self) -> list[LayerGroup]:
         from timm.models import group_modules
 

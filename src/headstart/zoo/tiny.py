@@ -55,6 +55,17 @@ class TinyCNN(Backbone):
             x = getattr(self, name)(x)
         return self.pool(x).flatten(1)
 
+    def pyramid_spec(self) -> list[tuple[int, int]]:
+        return [(w, s) for w, s, _ in zip(self.widths, (1, 2, 4), self._names)]
+
+    def pyramid(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
+        out = []
+        for i, name in enumerate(self._names[: max(indices) + 1]):
+            x = getattr(self, name)(x)
+            if i in indices:
+                out.append(x)
+        return out
+
     def groups(self) -> list[LayerGroup]:
         return [LayerGroup(name, [getattr(self, name)]) for name in self._names]
 

@@ -329,6 +329,22 @@ def test_tiled_inference_on_a_larger_scene(detector, tmp_path):
     assert m["map_50"] > 0.5 and m["recall"] >= 0.8
 
 
+def test_nms_iou_setting_thins_overlapping_boxes(detector, source):
+    paths = [s.path for s in source.samples[:6]]
+    loose = detector.predict(paths, score_threshold=0.0)
+    before = detector.config_.nms_iou
+    try:
+        detector.config_.nms_iou = 0.1
+        tight = detector.predict(paths, score_threshold=0.0)
+    finally:
+        detector.config_.nms_iou = before
+    assert sum(len(p["boxes"]) for p in tight) < sum(len(p["boxes"]) for p in loose)
+    for p in tight:
+        pairs = [(a, c) for i, (a, la) in enumerate(zip(p["boxes"], p["labels"]))
+                 for c, lc in zip(p["boxes"][i + 1:], p["labels"][i + 1:]) if la == lc]
+        assert all(iou(a, c) <= 0.1 + 1e-6 for a, c in pairs)
+
+
 def test_fit_on_large_images_uses_tiles(tmp_path):
     width, height = 200, 150
     rng = np.random.default_rng(5)

@@ -661,6 +661,11 @@ def cmd_models(args) -> int:
               f"{m.licence:<12} {m.source_data} / {m.source_task}")
     print("\nAlso: timm:<any timm model name> and hf:<any hub text encoder> (hub weights, need "
           "network) and the directory of a run headstart wrote.")
+    from .tasks.detect import TORCHVISION_DETECTORS
+
+    print("Detection (--task detect): --detector fasterrcnn | retinanet | fcos on any image "
+          "backbone above, or a whole COCO-pretrained detector (needs network): "
+          + ", ".join(f"torchvision:{n}" for n in TORCHVISION_DETECTORS) + ".")
     return 0
 
 

@@ -114,6 +114,9 @@ class FitConfig:
     fpn_channels: int = _f(128, "detect: channels of the feature pyramid and the new heads")
     tile_overlap: float = _f(0.25, "detect: share of a tile its neighbours overlap (images larger "
                              "than --image-size are cut into tiles for training and inference)")
+    nms_iou: float = _f(0.5, "detect: of two boxes of a class overlapping more than this IoU "
+                        "only the higher-scoring one is kept; lower it for crowded objects "
+                        "that rarely overlap (tree crowns, cells)")
     skip_bad: bool = _f(False, "skip unreadable images (and report how many) instead of "
                         "stopping with an error")
 

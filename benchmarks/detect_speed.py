@@ -18,21 +18,14 @@ decoding; it buys boxes on images of any size at the scale the model was trained
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_time  # noqa: E402
 
 
 def main() -> None:

@@ -760,6 +760,7 @@ def test_metrics_perfect_predictions():
     assert m["images"] == 2 and m["boxes"] == 3
     assert m["per_class"]["square"]["support"] == 2 and m["per_class"]["circle"]["support"] == 1
     assert m["per_class"]["square"]["ap"] == pytest.approx(1.0)
+    assert m["per_class"]["square"]["ap_50"] == pytest.approx(1.0)
 
 
 def test_metrics_missing_box_lowers_recall():
@@ -771,6 +772,8 @@ def test_metrics_missing_box_lowers_recall():
     assert m["per_class"]["square"]["recall"] == pytest.approx(0.5)
     assert m["per_class"]["circle"]["recall"] == 1.0
     assert m["map_50"] < 1.0
+    assert m["per_class"]["square"]["ap_50"] == pytest.approx(0.5, abs=0.02)  # 1 of 2 found
+    assert m["per_class"]["circle"]["ap_50"] == pytest.approx(1.0)
 
 
 def test_metrics_false_positive_lowers_precision():

@@ -573,10 +573,10 @@ def _evaluate_detect(det, args) -> int:
         return 0
     print(format_detection_metrics(m))
     width = max(5, *(len(c) for c in det.classes_))
-    print(f"{'class':<{width}}     AP  precision  recall  true boxes  predicted")
+    print(f"{'class':<{width}}  AP@0.5  AP@0.5:0.95  precision  recall  true boxes  predicted")
     for c, v in m["per_class"].items():
-        print(f"{c:<{width}}  {v['ap']:5.3f}  {v['precision']:9.3f}  {v['recall']:6.3f}  "
-              f"{v['support']:10d}  {v['predicted']:9d}")
+        print(f"{c:<{width}}  {v['ap_50']:6.3f}  {v['ap']:11.3f}  {v['precision']:9.3f}  "
+              f"{v['recall']:6.3f}  {v['support']:10d}  {v['predicted']:9d}")
     return 0
 
 

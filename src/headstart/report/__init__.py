@@ -210,11 +210,12 @@ def build_detection_report(config: dict, pictures: list[tuple[str, bytes]],
         parts.append("<p class=muted>COCO mAP (torchmetrics, pycocotools; up to 1000 boxes "
                      "an image); precision and recall of the boxes scoring &ge; "
                      f"{final['score_threshold']:g}, matched at IoU 0.5.</p>")
-        parts.append(_table([[_e(c), f"{v['ap']:.3f}", f"{v['precision']:.3f}",
-                              f"{v['recall']:.3f}", v["support"], v["predicted"]]
+        parts.append(_table([[_e(c), f"{v.get('ap_50', float('nan')):.3f}", f"{v['ap']:.3f}",
+                              f"{v['precision']:.3f}", f"{v['recall']:.3f}", v["support"],
+                              v["predicted"]]
                              for c, v in final["per_class"].items()],
-                            ["class", "AP", "precision", "recall", "true boxes",
-                             "predicted boxes"]))
+                            ["class", "AP@0.5", "AP@0.5:0.95", "precision", "recall",
+                             "true boxes", "predicted boxes"]))
     if config.get("history"):
         parts.append("<h2>Training</h2><figure>" + detection_curves_svg(config["history"]) +
                      "</figure>")

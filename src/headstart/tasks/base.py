@@ -39,6 +39,21 @@ class NotFittedError(RuntimeError):
     pass
 
 
+def resolve_config(est) -> FitConfig:
+    """An estimator's settings: its ``config`` (default: the task's ``defaults``), then its
+    ``backbone``, ``strategy`` and keyword settings on top."""
+    cfg = est.config or FitConfig.from_dict(dict(est.defaults))
+    changes = dict(est.params)
+    if est.backbone is not None:
+        changes["backbone"] = est.backbone
+    if est.strategy is not None:
+        changes["strategy"] = est.strategy
+    unknown = sorted(set(changes) - set(FitConfig.field_names()))
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; see FitConfig fields")
+    return cfg.replace(**changes)
+
+
 class TransferEstimator:
     """Base of the task estimators. ``__init__`` only stores arguments.
 
@@ -95,16 +110,7 @@ class TransferEstimator:
         return self
 
     def resolved_config(self) -> FitConfig:
-        cfg = self.config or FitConfig.from_dict(dict(self.defaults))
-        changes = dict(self.params)
-        if self.backbone is not None:
-            changes["backbone"] = self.backbone
-        if self.strategy is not None:
-            changes["strategy"] = self.strategy
-        unknown = sorted(set(changes) - set(FitConfig.field_names()))
-        if unknown:
-            raise TypeError(f"unknown setting(s) {', '.join(unknown)}; see FitConfig fields")
-        return cfg.replace(**changes)
+        return resolve_config(self)
 
     def fit(self, X, y=None, *, validation=None, resume: bool = False, callbacks=()):
         """Fit on ``X`` (folder / CSV / arrays + ``y``); hold out a stratified validation

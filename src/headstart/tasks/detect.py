@@ -36,7 +36,7 @@ from ..data.images import IMAGE_EXTENSIONS, DataError
 from ..zoo import create_backbone, rebuild_backbone
 from ..zoo.base import Backbone, OfflineError, ZooError
 from ..zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
-from .base import FORMAT_VERSION, NotFittedError
+from .base import FORMAT_VERSION, NotFittedError, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +339,8 @@ def _list_images(X) -> list[str]:
 # ----------------------------------------------------------------------------- metrics
 def detection_metrics(preds: list[dict], truths: list[BoxSample], classes: list[str],
                       score_threshold: float = 0.5) -> dict:
-    """COCO mAP@0.5:0.95, mAP@0.5, mAP@0.75 and per-class AP (torchmetrics on
-    pycocotools), and precision / recall / F1 of the boxes scoring >= ``score_threshold``
+    """COCO mAP@0.5:0.95, mAP@0.5, mAP@0.75 and per-class AP (``ap``: 0.5:0.95,
+    ``ap_50``: at IoU 0.5; torchmetrics on pycocotools), and precision / recall / F1 of the boxes scoring >= ``score_threshold``
     (matched greedily at IoU 0.5)."""
     from torchmetrics.detection import MeanAveragePrecision
     from torchvision.ops import box_iou
@@ -348,6 +348,9 @@ def detection_metrics(preds: list[dict], truths: list[BoxSample], classes: list[
     index = {c: i + 1 for i, c in enumerate(classes)}
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
                                   max_detection_thresholds=[1, 100, MAX_DETECTIONS])
+    metric_50 = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True,
+                                     iou_thresholds=[0.5],
+                                     max_detection_thresholds=[1, 100, MAX_DETECTIONS])
     tp = {c: 0 for c in classes}
     n_pred = {c: 0 for c in classes}
     n_true = {c: 0 for c in classes}
@@ -357,8 +360,9 @@ def detection_metrics(preds: list[dict], truths: list[BoxSample], classes: list[
         pl = torch.tensor([index[c] for c in p["labels"]], dtype=torch.int64)
         tb = torch.as_tensor(t.boxes, dtype=torch.float32).reshape(-1, 4)
         tl = torch.tensor([index[c] for c in t.labels], dtype=torch.int64)
-        metric.update([{"boxes": pb, "scores": ps, "labels": pl}],
-                      [{"boxes": tb, "labels": tl}])
+        for m in (metric, metric_50):
+            m.update([{"boxes": pb, "scores": ps, "labels": pl}],
+                     [{"boxes": tb, "labels": tl}])
         for k, c in enumerate(classes, start=1):
             keep = (pl == k) & (ps >= score_threshold)
             b, s = pb[keep], ps[keep]
@@ -376,13 +380,16 @@ def detection_metrics(preds: list[dict], truths: list[BoxSample], classes: list[
                         tp[c] += 1
     r = metric.compute()
     per_class_ap = r["map_per_class"].reshape(-1).tolist()
+    per_class_ap50 = metric_50.compute()["map_per_class"].reshape(-1).tolist()
     ids = r["classes"].reshape(-1).tolist()
     per_class = {}
     for c in classes:
         prec = tp[c] / n_pred[c] if n_pred[c] else 0.0
         rec = tp[c] / n_true[c] if n_true[c] else 0.0
-        ap = per_class_ap[ids.index(index[c])] if index[c] in ids else float("nan")
-        per_class[c] = {"ap": ap, "precision": prec, "recall": rec,
+        k = ids.index(index[c]) if index[c] in ids else None
+        per_class[c] = {"ap": per_class_ap[k] if k is not None else float("nan"),
+                        "ap_50": per_class_ap50[k] if k is not None else float("nan"),
+                        "precision": prec, "recall": rec,
                         "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
                         "support": n_true[c], "predicted": n_pred[c]}
     total_tp, total_pred, total_true = sum(tp.values()), sum(n_pred.values()), \
@@ -429,16 +436,7 @@ class ObjectDetector:
 
     # ------------------------------------------------------------ settings
     def resolved_config(self) -> FitConfig:
-        cfg = self.config or FitConfig.from_dict(dict(self.defaults))
-        changes = dict(self.params)
-        if self.backbone is not None:
-            changes["backbone"] = self.backbone
-        if self.strategy is not None:
-            changes["strategy"] = self.strategy
-        unknown = sorted(set(changes) - set(FitConfig.field_names()))
-        if unknown:
-            raise TypeError(f"unknown setting(s) {', '.join(unknown)}; see FitConfig fields")
-        cfg = cfg.replace(**changes)
+        cfg = resolve_config(self)
         if cfg.strategy not in DETECT_STRATEGIES:
             raise ValueError(f"strategy={cfg.strategy!r} is not available for detection; "
                              f"choose one of {', '.join(DETECT_STRATEGIES)}")
@@ -750,7 +748,7 @@ class ObjectDetector:
         return detection_metrics(preds, source.samples, self.classes_)
 
     def evaluate(self, X, fix: str = "error") -> dict:
-        """mAP@0.5, mAP@0.5:0.95, per-class AP, precision/recall on annotated images."""
+        """mAP@0.5, mAP@0.5:0.95, per-class AP (at 0.5 and 0.5:0.95), precision/recall on annotated images."""
         self._check_fitted()
         source = read_boxes(X, classes=self.classes_, fix=fix)
         m = self._evaluate_source(source)

@@ -261,10 +261,15 @@ def test_logme_speed_one_decomposition_for_all_classes():
     f = rng.normal(size=(2000, 1280))
     y = np.arange(2000) % 10
     start = time.perf_counter()
+    np.linalg.svd(f, full_matrices=False)  # the reference: ONE decomposition of f
+    reference = time.perf_counter() - start
+    start = time.perf_counter()
     got = logme(f, y)
     elapsed = time.perf_counter() - start
     assert math.isfinite(got)
-    assert elapsed < 5.0, f"logme took {elapsed:.2f} s on 2000 x 1280, 10 classes"
+    # a ratio, not seconds: the machine may be busy; ten decompositions would be ~10x
+    assert elapsed < 4 * reference + 0.5, (f"logme took {elapsed:.2f} s on 2000 x 1280, 10 "
+                                           f"classes; one SVD takes {reference:.2f} s")
 
 
 # ======================================================================== LEEP / NCE

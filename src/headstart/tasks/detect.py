@@ -32,11 +32,11 @@ from ..artifacts import (atomic_save_tensors, atomic_write_bytes, atomic_write_j
 from ..config import FitConfig
 from ..data.boxes import (BoxSample, BoxSource, merge_tile_detections, read_boxes,
                           spatial_split, tile_source, tile_windows)
-from ..data.images import IMAGE_EXTENSIONS, DataError
+from ..data.images import DataError, _image_files, load_image
 from ..zoo import create_backbone, rebuild_backbone
 from ..zoo.base import Backbone, OfflineError, ZooError
 from ..zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
-from .base import FORMAT_VERSION, NotFittedError, resolve_config
+from .base import _RESUME_NEUTRAL, FORMAT_VERSION, NotFittedError, resolve_config
 
 log = logging.getLogger(__name__)
 
@@ -307,11 +307,12 @@ def _collate(batch):
 
 
 def load_rgb(path: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """An image file as HxWx3 uint8 (the classifiers' decoding: grey, 16-bit, RGBA on
+    white); a missing or corrupt file is a DataError naming it."""
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        return np.asarray(load_image(path))
     except FileNotFoundError:
         raise DataError(f"{path}: no such image") from None
     except (UnidentifiedImageError, OSError) as exc:
@@ -325,7 +326,7 @@ def _list_images(X) -> list[str]:
     for item in X:
         p = Path(item)
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = _image_files(p)
             if not found:
                 raise DataError(f"{p}: no images found in this folder")
             out += found
@@ -518,15 +519,14 @@ class ObjectDetector:
                     decay_groups.append({**g, "params": ps, "weight_decay": wd})
         return decay_groups, [name for name, _ in trainable]
 
-    def _train_mode(self, model: nn.Module, cfg: FitConfig) -> None:
+    @staticmethod
+    def _train_mode(model: nn.Module) -> None:
+        """Training mode, but a backbone BatchNorm whose weights do not train (``bn``
+        frozen, or a frozen group) keeps its running statistics too."""
         model.train()
-        if self._bn_mode(cfg) == "frozen":
-            for m in _bn_layers(model.backbone):
+        for m in _bn_layers(model.backbone):
+            if m.weight is None or not m.weight.requires_grad:
                 m.eval()
-        for name, params in _backbone_groups(model, self.zoo_body_):
-            if not any(p.requires_grad for p in params):  # a frozen group: BN stats too
-                for m in _bn_layers(nn.ModuleList(_modules_of(model, params))):
-                    m.eval()
 
     # ------------------------------------------------------------ fit
     def fit(self, X, y=None, *, validation=None, resume: bool = False, callbacks=(),
@@ -564,7 +564,7 @@ class ObjectDetector:
         run_dir = Path(self.run_dir) if self.run_dir else None
         fingerprint = hashlib.sha256(json.dumps(
             [{k: v for k, v in cfg.to_dict().items()
-              if k not in ("num_workers", "device", "eval_batch_size", "feature_cache")},
+              if k not in _RESUME_NEUTRAL},
              train_src.fingerprint(), val_src.fingerprint() if val_src else None],
             sort_keys=True).encode()).hexdigest()[:24]
         ckpt = load_checkpoint(run_dir / "checkpoint") if (run_dir and resume) else None
@@ -611,7 +611,7 @@ class ObjectDetector:
                 loader = torch.utils.data.DataLoader(
                     data, batch_size=cfg.batch_size, shuffle=True, collate_fn=_collate,
                     generator=torch.Generator().manual_seed(cfg.seed + 31 * len(history)))
-                self._train_mode(model, cfg)
+                self._train_mode(model)
                 te, total, parts, n = time.perf_counter(), 0.0, {}, 0
                 for images, targets in loader:
                     images = [im.to(device) for im in images]
@@ -693,8 +693,6 @@ class ObjectDetector:
     def _detect(self, image: np.ndarray, region: tuple[int, int, int, int],
                 batch_size: int) -> dict:
         """Tiled inference on ``region`` of an HxWx3 uint8 image; boxes in image pixels."""
-        from torchvision.ops import batched_nms
-
         model = self.model_
         model.eval()
         device = next(model.parameters()).device
@@ -708,16 +706,10 @@ class ObjectDetector:
                        .float().div_(255).to(device) for a, b, c, d in chunk]
             for w, out in zip(chunk, model(tensors)):
                 parts.append((w, {k: v.cpu() for k, v in out.items()}))
-        merged = merge_tile_detections(parts, region) if len(parts) > 1 else {
-            "boxes": torch.as_tensor(parts[0][1]["boxes"]) +
-            torch.tensor([x0, y0, x0, y0], dtype=torch.float32),
-            "scores": parts[0][1]["scores"], "labels": parts[0][1]["labels"]}
+        merged = merge_tile_detections(parts, region, iou=self.config_.nms_iou)
         b = merged["boxes"]
         real = ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)  # no zero-area boxes
         merged = {k: v[real] for k, v in merged.items()}
-        keep = batched_nms(merged["boxes"], merged["scores"], merged["labels"],
-                           float(getattr(self.config_, "nms_iou", 0.5)))
-        merged = {k: v[keep] for k, v in merged.items()}
         order = merged["scores"].argsort(descending=True)[:MAX_DETECTIONS]
         return {"boxes": merged["boxes"][order].numpy(), "scores": merged["scores"][order]
                 .numpy(), "labels": [self.classes_[int(k) - 1] for k in merged["labels"][order]]}
@@ -898,13 +890,6 @@ class ObjectDetector:
                                       pictures, compare)
         atomic_write_bytes(path, html.encode())
         return path
-
-
-def _modules_of(model: nn.Module, params: list) -> list[nn.Module]:
-    """The modules of ``model`` that own any of ``params`` directly."""
-    ids = {id(p) for p in params}
-    return [m for m in model.modules()
-            if any(id(p) in ids for p in m.parameters(recurse=False))]
 
 
 def _device(name: str) -> torch.device:

@@ -85,8 +85,9 @@ TEXT_FIT = dict(epochs=2, head_epochs=6, batch_size=8, eval_batch_size=32, lr=1e
 
 
 def make_texts(n: int, seed: int, max_words: int = 8, letters=LETTER_WORDS,
-               digits=DIGIT_WORDS) -> tuple[list[str], list[str]]:
-    """Alternately letter words ("letters") and digit words ("digits"), 1..max_words each."""
+               digits=DIGIT_WORDS, min_words: int = 1) -> tuple[list[str], list[str]]:
+    """Alternately letter words ("letters") and digit words ("digits"),
+    min_words..max_words each."""
     import random
 
     rng = random.Random(seed)
@@ -94,8 +95,28 @@ def make_texts(n: int, seed: int, max_words: int = 8, letters=LETTER_WORDS,
     for i in range(n):
         label = "letters" if i % 2 == 0 else "digits"
         words = letters if label == "letters" else digits
-        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(1, max_words))))
+        texts.append(" ".join(rng.choice(words)
+                              for _ in range(rng.randint(min_words, max_words))))
         labels.append(label)
+    return texts, labels
+
+
+def make_multi_label_texts(n: int, seed: int, min_words: int = 1, max_words: int = 5,
+                           letters=LETTER_WORDS, digits=DIGIT_WORDS
+                           ) -> tuple[list[str], list[list[str]]]:
+    """Letter words ("letters"), digit words ("digits"), or both (both labels), in turn;
+    min_words..max_words of each kind."""
+    import random
+
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        kind = [["letters"], ["digits"], ["digits", "letters"]][i % 3]
+        words = [rng.choice(letters if k == "letters" else digits)
+                 for k in kind for _ in range(rng.randint(min_words, max_words))]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(kind)
     return texts, labels
 
 

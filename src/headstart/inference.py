@@ -8,6 +8,9 @@ that holds everything of the preprocessing a graph can express.
   way training did it (decoding, PIL's antialiased resize of the shorter side to
   ``S / crop_pct``, the centre crop) happens in :meth:`Predictor.prepare`, the exact
   steps ``fit`` and ``evaluate`` use.
+* audio: ``float32 [N, samples]`` mono waveforms at the run's rate, cropped or padded to
+  its clip -> backbone (its spectral front end is part of it), head, softmax. Decoding,
+  mix-down and resampling happen in :meth:`Predictor.prepare`, as in training.
 * texts: token ids ``int64 [D, C, L]`` and their attention mask (documents x chunks x
   tokens; a chunk whose mask is all zero is padding) -> encoder, pooling, the mean over
   a document's chunks, head, softmax. Tokenisation (the run's own tokenizer and
@@ -94,6 +97,19 @@ class TextGraph(nn.Module):
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
 
+class AudioGraph(nn.Module):
+    """``waveform: float32 [N, samples]`` -> probabilities ``[N, classes]``."""
+
+    def __init__(self, model: nn.Module, multi_label: bool = False):
+        super().__init__()
+        self.model = model
+        self.multi_label = bool(multi_label)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        logits = self.model(waveform.to(torch.float32)).float()
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+
+
 def inference_graph(estimator, merge_adapters: bool = False) -> nn.Module:
     """The fitted ``estimator``'s inference graph (eval mode, CPU copy when merging).
 
@@ -106,6 +122,8 @@ def inference_graph(estimator, merge_adapters: bool = False) -> nn.Module:
     multi = bool(getattr(estimator, "multi_label_", False))
     if estimator.task == "text":
         graph = TextGraph(model, multi)
+    elif estimator.task == "audio":
+        graph = AudioGraph(model, multi)
     else:
         pre = estimator.preprocess_
         graph = ImageGraph(model, pre.mean, pre.std, multi)
@@ -186,7 +204,7 @@ class Predictor:
 
             pre = estimator.preprocess_
             self._transform = ImageTransform(pre.input_size, pre, "none")
-        else:
+        elif self.task != "audio":
             tok = estimator.model_.backbone.tokenizer
             self._pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
 
@@ -233,7 +251,41 @@ class Predictor:
                 except ItemError as exc:
                     out.append(exc)
             return out
+        if self.task == "audio":
+            return [self._prepare_audio(item) for item in items]
         return self._prepare_texts(items)
+
+    def _prepare_audio(self, item):
+        """A path, bytes (an uploaded file) or a waveform at the run's rate -> the run's
+        clip, or the :class:`ItemError` that stops it."""
+        import soundfile as sf
+
+        from .data.audio import fit_length, read_audio
+        from .data.images import DataError
+
+        pre = self.estimator.preprocess_
+        try:
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                if len(item) == 0:
+                    raise ItemError("empty file: no audio bytes were sent")
+                try:
+                    data, rate = sf.read(io.BytesIO(bytes(item)), dtype="float32",
+                                         always_2d=True)
+                except Exception as exc:  # noqa: BLE001 - libsndfile's errors vary
+                    raise ItemError(f"the upload is not audio libsndfile can read (WAV, FLAC, "
+                                    f"OGG, MP3, ...): {exc}") from exc
+                wave = read_audio(data, pre.sample_rate, rate, "the upload")
+            elif isinstance(item, (str, Path)):
+                if not Path(item).is_file():
+                    raise ItemError(f"{item}: no such file")
+                wave = read_audio(item, pre.sample_rate)
+            else:
+                wave = read_audio(item, pre.sample_rate, pre.sample_rate, "the waveform")
+        except DataError as exc:
+            return ItemError(str(exc))
+        except ItemError as exc:
+            return exc
+        return fit_length(wave, pre.samples, None)
 
     def _prepare_texts(self, items: list) -> list:
         from .data.text import encode_texts
@@ -265,6 +317,8 @@ class Predictor:
         """Prepared items (no errors) -> the graph's named inputs."""
         if self.task == "image":
             return {"image": np.stack(prepared)}
+        if self.task == "audio":
+            return {"waveform": np.stack(prepared).astype(np.float32)}
         chunks = max(len(doc) for doc in prepared)
         length = max(len(c) for doc in prepared for c in doc)
         ids = np.full((len(prepared), chunks, length), self._pad_id, dtype=np.int64)

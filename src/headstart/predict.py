@@ -31,18 +31,24 @@ def list_inputs(task: str, inputs: list, text_column: str = "text") -> list[tupl
         if task == "text":
             out.extend(_text_entries(entry, text_column))
         elif isinstance(entry, (str, Path)):
-            out.extend(_image_entries(entry))
+            out.extend(_image_entries(entry, task))
         else:  # an array or image object, named by its position
             out.append((f"item[{i}]", entry))
     return out
 
 
-def _image_entries(entry: str | Path) -> list[tuple[str, object]]:
+def _image_entries(entry: str | Path, task: str = "image") -> list[tuple[str, object]]:
+    """Files of a folder, a CSV's path column, or one path (images, or recordings)."""
     p = Path(entry)
     if p.is_dir():
-        files = _image_files(p)
+        if task == "audio":
+            from .data.audio import AUDIO_EXTENSIONS, _audio_files
+
+            files, kinds = _audio_files(p), ("recordings", AUDIO_EXTENSIONS)
+        else:
+            files, kinds = _image_files(p), ("images", IMAGE_EXTENSIONS)
         if not files:
-            raise DataError(f"{p}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"{p}: no {kinds[0]} found ({', '.join(kinds[1])})")
         return [(f, f) for f in files]
     if p.suffix.lower() == ".csv" and p.is_file():
         with open(p, newline="", encoding="utf-8") as f:
@@ -175,4 +181,30 @@ def write_detections(detector, inputs: list, out: str | Path | None = None,
                 writer.writerow([name, *(f"{float(v):.1f}" for v in box), label,
                                  f"{float(score):.4f}", ""])
                 counts["boxes"] += 1
+    return counts
+
+
+def write_transcripts(recognizer, inputs: list, out: str | Path | None = None,
+                      batch_size: int = 64) -> dict:
+    """Transcribe ``inputs`` (recordings, folders, CSVs with a path column) and write
+    ``item, transcript, error`` rows to ``out`` (default: stdout); a recording that cannot
+    be read gets its row with the reason. Returns counts: items, transcribed, errors."""
+    from .data.audio import _check_file
+
+    entries = [name for name, _ in list_inputs("audio", inputs)]
+    counts = {"items": len(entries), "transcribed": 0, "errors": 0}
+    with _csv_out(out) as writer:
+        writer.writerow(["item", "transcript", "error"])
+        for start in range(0, len(entries), batch_size):
+            part = entries[start:start + batch_size]
+            problems = [_check_file(p) if Path(p).is_file() else "no such file" for p in part]
+            good = [p for p, why in zip(part, problems) if not why]
+            texts = iter(recognizer.transcribe(good) if good else [])
+            for p, why in zip(part, problems):
+                if why:
+                    counts["errors"] += 1
+                    writer.writerow([p, "", f"{p}: {why}"])
+                else:
+                    counts["transcribed"] += 1
+                    writer.writerow([p, next(texts), ""])
     return counts

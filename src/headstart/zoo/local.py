@@ -55,7 +55,8 @@ def create_local_backbone(path: str | Path, cut: int = 0) -> Backbone:
                        f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
     if config.get("adapter"):
         backbone.merge_lora()  # the next transfer starts from the adapted weights
-    backbone.set_source_head(_run_head(config, state))
+    if config.get("task", "image") in ("image", "text", "audio"):  # a classifier's head
+        backbone.set_source_head(_run_head(config, state))
     parent = config["backbone"]["meta"]
     backbone.arch_id = arch["id"]
     backbone.id = str(path)

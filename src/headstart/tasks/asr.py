@@ -1,0 +1,269 @@
+"""Speech recognition of short utterances: an audio backbone's frame features, a new CTC
+head over the characters of the training transcripts, greedy decoding.
+
+Everything else is the core's: strategies (a head-only stage trains on cached frame
+features), the training loop with checkpoints and resume, the run directory, chained
+transfer (a recogniser pretrained on one accent is the backbone of the next fit).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import FitConfig
+from ..data.audio import AudioSource, open_audio_inputs, open_audio_source
+from ..data.images import DataError
+from ..heads import HeadSpec, TransferModel
+from ..train import Trainer
+from ..zoo.base import Backbone
+from .audio import AudioClassifier
+
+BLANK = 0  # CTC's blank is output 0; character k of the vocabulary is output k + 1
+
+ASR_DEFAULTS = {
+    "backbone": "packaged:ge2e",
+    "strategy": "finetune",
+    "epochs": 30,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "lr": 1e-3,
+    "head_lr": 3e-3,
+    "lr_decay": 0.8,
+    "weight_decay": 0.01,
+    "head_hidden": (128,),
+    "label_smoothing": 0.0,
+    "channels_last": False,
+}
+
+
+def normalise(text: str) -> str:
+    """Lower case, one space between words."""
+    return re.sub(r"\s+", " ", str(text).lower()).strip()
+
+
+def encode(texts: list[str], vocab: list[str], origin: str = "") -> np.ndarray:
+    """Transcripts -> (N, longest) character ids (1-based; 0 pads). A character outside
+    ``vocab`` raises, naming the row."""
+    index = {c: i + 1 for i, c in enumerate(vocab)}
+    rows = []
+    for r, text in enumerate(texts):
+        unknown = sorted({c for c in text if c not in index})
+        if unknown:
+            raise DataError(f"{origin} row {r + 1}: character(s) {unknown} are not in the "
+                            f"model's alphabet {''.join(vocab)!r}; remove them from the "
+                            "transcript")
+        if not text:
+            raise DataError(f"{origin} row {r + 1}: empty transcript; every recording needs "
+                            "the words spoken")
+        rows.append([index[c] for c in text])
+    out = np.zeros((len(rows), max((len(r) for r in rows), default=1)), dtype=np.int64)
+    for r, ids in enumerate(rows):
+        out[r, :len(ids)] = ids
+    return out
+
+
+def greedy_decode(log_probs: torch.Tensor, vocab: list[str]) -> list[str]:
+    """Best path: the likeliest output per frame, repeats merged, blanks dropped."""
+    best = log_probs.argmax(-1).cpu().numpy()
+    out = []
+    for row in best:
+        chars, prev = [], BLANK
+        for k in row:
+            if k != prev and k != BLANK:
+                chars.append(vocab[k - 1])
+            prev = k
+        out.append(re.sub(r" +", " ", "".join(chars)).strip())
+    return out
+
+
+class CTCHead(nn.Module):
+    """Frame features (batch, frames, dim) -> log-probabilities (batch, frames, 1 + chars).
+    ``hidden=(h,)`` puts a bidirectional GRU of ``h`` units a direction before the linear
+    layer (context across frames); ``hidden=()`` is a linear layer per frame."""
+
+    def __init__(self, in_features: int, num_outputs: int, spec: HeadSpec = HeadSpec()):
+        super().__init__()
+        if len(spec.hidden) > 1:
+            raise ValueError("a CTC head takes at most one hidden size (its GRU's width)")
+        self.spec, self.in_features, self.num_classes = spec, in_features, num_outputs
+        self.dropout = nn.Dropout(spec.dropout)
+        width = in_features
+        self.rnn = None
+        if spec.hidden:
+            self.rnn = nn.GRU(in_features, spec.hidden[0], batch_first=True, bidirectional=True)
+            width = 2 * spec.hidden[0]
+        self.out = nn.Linear(width, num_outputs)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(frames.float())
+        if self.rnn is not None:
+            x, _ = self.rnn(x)
+        return torch.log_softmax(self.out(self.dropout(x)), dim=-1)
+
+
+class CTCModel(TransferModel):
+    """Backbone frame features -> CTC head."""
+
+    def forward(self, x, return_features: bool = False):
+        frames = self.backbone.sequence(x)
+        out = self.head(frames)
+        return (out, frames) if return_features else out
+
+
+class _Frames(nn.Module):
+    """A backbone read through ``sequence`` (what the head-only stages' cache holds)."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x):
+        return self.backbone.sequence(x)
+
+
+class CTCTrainer(Trainer):
+    """The core loop with the CTC loss; validation reports character and word error rates
+    and ``val_accuracy`` = 1 - CER (character accuracy: what picks the best epoch)."""
+
+    vocab: list[str] = []
+
+    def loss(self, log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        lengths = (y > 0).sum(1)
+        frames = torch.full((len(y),), log_probs.shape[1], dtype=torch.long)
+        return nn.functional.ctc_loss(log_probs.float().transpose(0, 1), y, frames, lengths,
+                                      blank=BLANK, zero_infinity=True)
+
+    def evaluate_loader(self, module, loader) -> dict:
+        from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+        log_probs, y = self.predict_logits(module, loader)
+        vocab = self.vocab
+        hyp = greedy_decode(log_probs, vocab)
+        ref = ["".join(vocab[k - 1] for k in row if k > 0) for row in y.tolist()]
+        cer = float(char_error_rate(hyp, ref))
+        return {"val_loss": float(self.loss(log_probs, y)), "val_accuracy": max(0.0, 1 - cer),
+                "val_cer": cer, "val_wer": float(word_error_rate(hyp, ref))}
+
+
+class SpeechRecognizer(AudioClassifier):
+    """Fine-tune an audio backbone to transcribe short utterances (commands, digit strings)
+    with a CTC head over characters.
+
+    >>> asr = SpeechRecognizer("runs/source-asr", strategy="finetune")
+    >>> asr.fit("train.csv")            # columns path,transcript
+    >>> asr.transcribe(["a.wav"])       # -> ["three one four"]
+    >>> asr.evaluate("test.csv")        # CER, WER, sentence accuracy
+    """
+
+    task = "asr"
+    defaults = ASR_DEFAULTS
+
+    @staticmethod
+    def _new_head(backbone: Backbone, n_out: int, spec: HeadSpec) -> CTCHead:
+        if not hasattr(backbone, "sequence_dim"):
+            from ..zoo.base import ZooError
+
+            raise ZooError(f"{backbone.id}: speech recognition needs an audio backbone with "
+                           "frame features (audio:cnn and its runs, packaged:crepe-*, "
+                           "packaged:ge2e)")
+        return CTCHead(backbone.sequence_dim, n_out + 1, spec)
+
+    @staticmethod
+    def _new_model(backbone: Backbone, head) -> CTCModel:
+        return CTCModel(backbone, head)
+
+    def trainer(self, *args, **kwargs) -> CTCTrainer:
+        t = CTCTrainer(*args, **kwargs)
+        t.vocab = list(self.classes_)
+        return t
+
+    def _open_labeled(self, X, y, classes, cfg: FitConfig) -> AudioSource:
+        source = open_audio_source(X, y, rate=cfg.array_rate, skip_bad=cfg.skip_bad,
+                                   label_column=cfg.label_column
+                                   if cfg.label_column != "label" else "transcript",
+                                   transcripts=True)
+        texts = [normalise(t) for t in source.transcripts]
+        vocab = classes if classes is not None else sorted({c for t in texts for c in t})
+        source.transcripts = texts
+        source.labels = encode(texts, vocab, source.origin)
+        source.classes = list(vocab)
+        return source
+
+    def _split(self, X, y, validation, cfg: FitConfig):
+        """Random (not stratified) validation share: a transcript is no class."""
+        source = self._open_labeled(X, y, None, cfg)
+        if validation is not None:
+            vx, vy = validation if isinstance(validation, tuple) else (validation, None)
+            return source, source, self._open_labeled(vx, vy, source.classes, cfg)
+        n_val = int(round(cfg.val_fraction * len(source)))
+        if n_val == 0:
+            return source, source, None
+        order = np.random.default_rng(cfg.seed).permutation(len(source))
+        return source, source.subset(np.sort(order[n_val:])), source.subset(np.sort(order[:n_val]))
+
+    def _compute_features(self, network, backbone: Backbone, preprocess, source,
+                          cfg: FitConfig) -> torch.Tensor:
+        return super()._compute_features(_Frames(backbone), backbone, preprocess, source, cfg)
+
+    def fit(self, X, y=None, **kwargs):
+        """Fit on recordings with transcripts: a CSV of path,transcript (or
+        ``label_column``), or waveforms + texts with ``array_rate``."""
+        cfg = self.resolved_config()
+        if cfg.keep_head:
+            raise ValueError("keep_head is for classifiers; a recogniser's CTC head is "
+                             "rebuilt for the new alphabet")
+        if cfg.strategy == "lora":
+            raise ValueError("strategy lora is not supported for speech recognition yet; use "
+                             "finetune, partial, gradual, lp_ft or feature_extract")
+        return super().fit(X, y, **kwargs)
+
+    def run_config(self) -> dict:
+        self.multi_label_ = False  # the base fit reads 2-D labels (character ids) as such
+        return {**super().run_config(), "alphabet": "".join(self.classes_), "blank": BLANK}
+
+    # ------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def _log_probs(self, source: AudioSource) -> torch.Tensor:
+        head = self.model_.head.eval()
+        frames = self._features(source).to(next(head.parameters()).device)
+        if not len(frames):
+            return torch.empty(0, 0, head.num_classes)
+        return torch.cat([head(chunk) for chunk in frames.split(256)])
+
+    def transcribe(self, X) -> list[str]:
+        """The words in each recording (paths, a folder, a CSV with a path column, or
+        waveforms with ``array_rate``)."""
+        self._check_fitted()
+        return greedy_decode(self._log_probs(open_audio_inputs(X, rate=self.config_.array_rate)),
+                             self.classes_)
+
+    def predict(self, X) -> list[str]:
+        return self.transcribe(X)
+
+    def predict_proba(self, X):
+        raise TypeError("a speech recogniser gives transcripts: use transcribe() / predict()")
+
+    def evaluate(self, X, y=None) -> dict:
+        """Character and word error rates (torchmetrics), sentence accuracy, and a few
+        transcripts beside their references."""
+        from torchmetrics.functional.text import char_error_rate, word_error_rate
+
+        self._check_fitted()
+        source = open_audio_source(X, y, rate=self.config_.array_rate,
+                                   label_column=self.config_.label_column
+                                   if self.config_.label_column != "label" else "transcript",
+                                   transcripts=True)
+        refs = [normalise(t) for t in source.transcripts]
+        hyp = greedy_decode(self._log_probs(source), self.classes_)
+        return {"cer": float(char_error_rate(hyp, refs)), "wer": float(word_error_rate(hyp, refs)),
+                "sentence_accuracy": float(np.mean([h == r for h, r in zip(hyp, refs)])),
+                "n": len(refs),
+                "examples": [{"reference": r, "transcript": h}
+                             for r, h in list(zip(refs, hyp))[:10]]}
+
+    def score(self, X, y=None) -> float:
+        return 1.0 - self.evaluate(X, y)["cer"]

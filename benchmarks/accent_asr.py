@@ -23,8 +23,9 @@ from headstart.data.speech import build_accent_corpus
 RECIPES = {
     "pretrain": dict(strategy="finetune", epochs=20, lr=3e-3, head_lr=3e-3, lr_decay=1.0,
                      bn="train", batch_size=32, early_stopping=0, val_fraction=0.1),
-    "adapt": dict(strategy="finetune", epochs=40, lr=1e-3, head_lr=1e-3, lr_decay=1.0,
-                  batch_size=16, val_fraction=0.2, early_stopping=0),
+    # the source's CTC head is kept (same alphabet); scratch gets the same budget and rates
+    "adapt": dict(strategy="finetune", keep_head=True, epochs=40, lr=3e-3, head_lr=3e-3,
+                  lr_decay=1.0, batch_size=16, val_fraction=0.2, early_stopping=0),
     "scratch": dict(strategy="finetune", epochs=40, lr=3e-3, head_lr=3e-3, lr_decay=1.0,
                     bn="train", batch_size=16, val_fraction=0.2, early_stopping=0),
 }

@@ -447,6 +447,15 @@ def test_speech_recognizer_fit_save_load_transcribe(tmp_path):
     # chained: the recogniser is the backbone of the next (its CTC head is not reused)
     child = SpeechRecognizer(str(run), strategy="lp_ft", **{**FAST, "epochs": 1}).fit(str(csv_path))
     assert child.model_.backbone.meta.notes["lineage"] == ["scratch:audio:cnn"]
+    # keep_head: the parent's alphabet and CTC head, even if these transcripts use fewer letters
+    lines = csv_path.read_text().splitlines()
+    only_yes = tmp_path / "spoken" / "yes.csv"
+    only_yes.write_text("\n".join([lines[0]] + [x for x in lines[1:] if "NO" not in x]) + "\n")
+    kept = SpeechRecognizer(str(run), keep_head=True, strategy="feature_extract",
+                            **{**FAST, "head_epochs": 1, "val_fraction": 0}).fit(str(only_yes))
+    assert kept.classes_ == asr.classes_
+    with pytest.raises(ValueError, match="speech-recogniser run"):
+        SpeechRecognizer("scratch:audio:cnn", keep_head=True, **FAST).fit(str(csv_path))
     out = tmp_path / "t.csv"
     (tmp_path / "spoken" / "broken.wav").write_bytes(b"xx")
     assert main(["predict", str(run), str(tmp_path / "spoken"), "--out", str(out)]) == 0
@@ -464,3 +473,46 @@ def test_speech_recognizer_needs_an_audio_backbone(tmp_path):
     with pytest.raises(ZooError, match="--task asr needs an audio backbone"):
         SpeechRecognizer("tiny:cnn", **FAST).set_params(val_fraction=0).fit(
             str(tmp_path / "t.csv"))
+
+
+def test_onnx_export_and_onnx_engine(fitted, tones):
+    """The spectral front end exports with the network (ONNX STFT): same probabilities."""
+    from headstart.export import export_model
+    from headstart.inference import Predictor
+
+    clf, run = fitted
+    result = export_model(run, "onnx", check=str(tones), n_check=6)
+    assert result.max_abs_diff < 1e-4
+    meta = json.loads(Path(result.sidecar).read_text())
+    assert meta["inputs"][0] == {"name": "waveform", "dtype": "float32", "shape": ["batch", RATE]}
+    files = sorted(str(p) for p in tones.rglob("*.wav"))[:4]
+    onnx = Predictor.from_run(run, engine="onnx").predict(files)
+    np.testing.assert_allclose(np.stack([r.probabilities for r in onnx]),
+                               clf.predict_proba(files), atol=1e-4)
+
+
+def test_hf_speech_encoder_adapter_roundtrip(tones, tmp_path):
+    """The wav2vec2-family adapter (random tiny:wav2vec2): contract, fit, save with its
+    config as an asset, reload with no hub; a local folder with a hub layout loads too."""
+    from headstart.zoo.hf_audio import from_audio_folder
+    from headstart.zoo.base import SourceMeta
+
+    b = create_backbone("tiny:wav2vec2")
+    assert sum(g.num_params() for g in b.groups()) == sum(p.numel() for p in b.parameters())
+    assert [g.name for g in b.groups()][-2:] == ["layer.0", "layer.1"]
+    x = torch.from_numpy(tone(300, 1.0))[None]
+    assert b.sequence(x).shape == (1, 49, 32) and b(x).shape == (1, 32)
+    run = tmp_path / "w2v"
+    clf = AudioClassifier("tiny:wav2vec2", strategy="finetune", run_dir=run, **FAST).fit(str(tones))
+    assert (run / "backbone" / "config.json").is_file()
+    files = sorted(str(p) for p in tones.rglob("*.wav"))[:4]
+    np.testing.assert_allclose(AudioClassifier.load(run).predict_proba(files),
+                               clf.predict_proba(files), atol=1e-5)
+    folder = tmp_path / "hub"
+    b.model.save_pretrained(str(folder))
+    (folder / "preprocessor_config.json").write_text('{"do_normalize": false, '
+                                                     '"sampling_rate": 16000}')
+    meta = SourceMeta(id="hf:x", modality="audio", source_data="-", source_task="-",
+                      domain="-", licence="-")
+    again = from_audio_folder(folder, "hf:x", meta, pretrained=True, cut=1).eval()
+    assert not again.normalize and len(again.model.encoder.layers) == 1

@@ -242,7 +242,7 @@ def test_a_score_that_cannot_be_computed_is_nan_not_a_crash(caplog):
 
 def test_unknown_task():
     with pytest.raises(ValueError, match="task="):
-        rank([], ["tiny:cnn"], task="audio")
+        rank([], ["tiny:cnn"], task="sonar")
 
 
 # ------------------------------------------------------------------------------ CLI

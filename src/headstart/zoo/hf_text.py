@@ -210,20 +210,15 @@ def create_minilm(pretrained: bool, cut: int) -> HFTextBackbone:
     return backbone
 
 
-def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> HFTextBackbone:
-    """``hf:<repo id>``: an encoder from the Hugging Face hub (or its local cache)."""
+def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> Backbone:
+    """``hf:<repo id>``: an encoder from the Hugging Face hub (or its local cache); a speech
+    encoder (wav2vec2, HuBERT, WavLM, ...) becomes an audio backbone."""
     from huggingface_hub import snapshot_download
 
     from .timm_vision import _hub_reachable, _is_network_failure
 
     backbone_id = f"hf:{repo_id}"
     online = _hub_reachable()
-    if _looks_like_audio(repo_id):
-        if not online:
-            raise _offline_error(backbone_id)
-        raise ZooError(f"{backbone_id}: hub speech encoders (wav2vec2, HuBERT, Whisper) are not "
-                       "supported yet; use packaged:crepe-tiny, packaged:ge2e or a model "
-                       "pretrained with `headstart pretrain`")
     patterns = ["*.json", "*.txt", "*.model", "*.safetensors"] if pretrained else \
         ["*.json", "*.txt", "*.model"]
     try:
@@ -232,6 +227,26 @@ def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> HFTextBackbo
         if not online or _is_network_failure(exc):
             raise _offline_error(backbone_id) from exc
         raise ZooError(f"{backbone_id}: cannot fetch it from the hub: {exc}") from exc
+    from .hf_audio import AUDIO_MODEL_TYPES, from_audio_folder
+
+    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type") \
+        if (Path(folder) / "config.json").is_file() else None
+    if model_type in AUDIO_MODEL_TYPES:
+        if pretrained and not list(Path(folder).glob("*.safetensors")):
+            folder = snapshot_download(repo_id, allow_patterns=["*.json", "pytorch_model.bin"],
+                                       local_files_only=not online)
+        meta = SourceMeta(id=backbone_id, modality="audio", source_data="see the hub model card",
+                          source_task="see the hub model card", domain="speech",
+                          licence="see the hub model card", offline=False,
+                          input="mono 16 kHz waveform",
+                          description=f"Hugging Face hub speech encoder {repo_id}")
+        backbone = from_audio_folder(folder, backbone_id, meta, pretrained=pretrained, cut=cut)
+        backbone.meta = _with_params(meta, backbone)
+        return backbone
+    if model_type in ("whisper", "speech_to_text", "seamless_m4t"):
+        raise ZooError(f"{backbone_id}: {model_type} encoders are not supported yet (they take "
+                       "their own log-mel input); use a wav2vec2 / HuBERT / WavLM model, "
+                       "packaged:ge2e, or a model of your own (`headstart pretrain`)")
     meta = SourceMeta(id=backbone_id, modality="text", source_data="see the hub model card",
                       source_task="see the hub model card", domain="text",
                       licence="see the hub model card", offline=False,

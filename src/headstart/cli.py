@@ -49,6 +49,18 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
             group.add_argument(flag, type=kind, choices=CHOICES.get(f.name), **kw)
 
 
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """What ``fit`` and ``pretrain`` share besides the fit settings."""
+    p.add_argument("--val", default=None, help="validation data (default: hold out "
+                   "--val-fraction of the training data, stratified)")
+    p.add_argument("--test", default=None, help="test data, evaluated after training")
+    p.add_argument("--config", default=None, help="YAML file of fit settings")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its "
+                   "last checkpoint in --out")
+    p.add_argument("--path-column", default="path", help="CSV: the column of file paths")
+    p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headstart", description="Transfer learning: pre-trained model in, measured "
@@ -71,14 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detect: what a bad box does: stop with an error naming it (default), "
                    "clip boxes that stick out of their image, or drop bad boxes")
     p.add_argument("--out", default=None, help="run directory (default: runs/<strategy>)")
-    p.add_argument("--val", default=None, help="validation data (default: hold out "
-                   "--val-fraction of the training data, stratified)")
-    p.add_argument("--test", default=None, help="test data, evaluated after training")
-    p.add_argument("--config", default=None, help="YAML file of fit settings")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its "
-                   "last checkpoint in --out")
-    p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
-    p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
+    _add_run_flags(p)
     _add_config_flags(p)
 
     p = sub.add_parser("pretrain", help="train a source model from random weights on a large "
@@ -88,13 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, help="the architecture (default: audio:cnn for "
                    "audio, the task's default backbone otherwise)")
     p.add_argument("--out", required=True, help="run directory of the source model")
-    p.add_argument("--val", default=None, help="validation data (default: hold out "
-                   "--val-fraction of the corpus, stratified)")
-    p.add_argument("--test", default=None, help="test data, evaluated after training")
-    p.add_argument("--config", default=None, help="YAML file of fit settings")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--path-column", default="path", help="CSV: the column of file paths")
-    p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
+    _add_run_flags(p)
     _add_config_flags(p, title="training settings (defaults: strategy finetune, lr 3e-3, "
                       "same LR in every layer, BatchNorm trains)")
 

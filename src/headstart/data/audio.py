@@ -10,7 +10,6 @@ No torchaudio is needed.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -23,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import DataError, ImageSource, _check_classes, _csv_path
+from .images import (DataError, ImageSource, _check_classes, _csv_path, class_folders, csv_files,
+                     read_csv_rows)
 
 log = logging.getLogger(__name__)
 
@@ -155,37 +155,8 @@ def _labeled(paths, labels, origin, skip_bad, classes, skipped=()) -> AudioSourc
 def audio_from_folder(root: str | Path, skip_bad: bool = False,
                       classes: list[str] | None = None) -> AudioSource:
     """``root/<class>/<recording>``: one subfolder per class."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such directory (expected one subfolder per class)")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not subdirs:
-        raise DataError(f"{root}: no class subfolders; put each class's recordings in "
-                        f"{root}/<class name>/")
-    paths, labels = [], []
-    for d in subdirs:
-        files = _audio_files(d)
-        if not files:
-            raise DataError(f"{d}: class folder '{d.name}' has no recordings "
-                            f"({', '.join(AUDIO_EXTENSIONS)}); add some or remove the folder")
-        paths += files
-        labels += [d.name] * len(files)
+    paths, labels = class_folders(root, _audio_files, "recordings", AUDIO_EXTENSIONS)
     return _labeled(paths, labels, str(root), skip_bad, classes)
-
-
-def _read_csv_rows(csv_path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            have = reader.fieldnames or []
-            for col in columns:
-                if col not in have:
-                    raise DataError(f"{csv_path}: no column {col!r} (columns: "
-                                    f"{', '.join(have) or 'none'}); name the columns with "
-                                    "--path-column / --label-column")
-            return list(enumerate(reader, start=2))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{csv_path}: not UTF-8 text ({exc}); save the CSV as UTF-8") from exc
 
 
 def audio_from_csv(csv_path: str | Path, path_column: str = "path",
@@ -196,23 +167,8 @@ def audio_from_csv(csv_path: str | Path, path_column: str = "path",
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such CSV file")
-    paths, labels, missing = [], [], []
-    for line, row in _read_csv_rows(csv_path, (path_column, label_column)):
-        rel, label = (row.get(path_column) or "").strip(), (row.get(label_column) or "").strip()
-        if not rel or (not label and not transcripts):
-            raise DataError(f"{csv_path}, line {line}: empty {path_column!r} or "
-                            f"{label_column!r}; every row needs both")
-        p = _csv_path(csv_path, rel)
-        if not p.is_file():
-            missing.append(f"line {line}: {p}")
-            continue
-        paths.append(str(p))
-        labels.append(label)
-    if missing and not skip_bad:
-        listed = "\n".join(f"  {m}" for m in missing[:10])
-        raise DataError(f"{csv_path}: {len(missing)} row(s) name a file that does not exist:\n"
-                        f"{listed}\nFix the paths (relative paths are read from the CSV's "
-                        "folder), or pass skip_bad=True (--skip-bad) to leave them out.")
+    paths, labels, missing = csv_files(csv_path, path_column, label_column, skip_bad,
+                                       need_label=not transcripts)
     if transcripts:
         keep, bad = check_audio_files(paths, skip_bad, str(csv_path))
         return AudioSource([paths[i] for i in keep], np.zeros(len(keep), dtype=np.int64), [],
@@ -280,7 +236,7 @@ def open_audio_inputs(data, *, rate: int | None = None,
                 raise DataError(f"{p}: no recordings found ({', '.join(AUDIO_EXTENSIONS)})")
         elif p.suffix.lower() == ".csv" and p.is_file():
             paths = [str(_csv_path(p, r[path_column]))
-                     for _, r in _read_csv_rows(p, (path_column,))]
+                     for _, r in read_csv_rows(p, (path_column,))]
         elif p.is_file():
             paths = [str(p)]
         else:

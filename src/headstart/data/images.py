@@ -165,47 +165,53 @@ def _check_classes(labels: list[str], what: str) -> list[str]:
     return classes
 
 
-def from_folder(root: str | Path, skip_bad: bool = False,
-                classes: list[str] | None = None) -> ImageSource:
-    """``root/<class>/<image>``: one subfolder per class, images anywhere below it."""
+def class_folders(root: str | Path, list_files, kind: str,
+                  extensions: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """``root/<class>/<file>``: (paths, class names) of the files ``list_files(folder)``
+    finds in each class subfolder; an empty class folder raises, named."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such directory (expected one subfolder per class)")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
-        raise DataError(f"{root}: no class subfolders; put each class's images in "
+        raise DataError(f"{root}: no class subfolders; put each class's {kind} in "
                         f"{root}/<class name>/")
     paths, labels = [], []
     for d in subdirs:
-        files = _image_files(d)
+        files = list_files(d)
         if not files:
-            raise DataError(f"{d}: class folder '{d.name}' has no images "
-                            f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+            raise DataError(f"{d}: class folder '{d.name}' has no {kind} "
+                            f"({', '.join(extensions)}); add {kind} or remove the folder")
         paths += files
         labels += [d.name] * len(files)
-    return _make_source(paths, labels, str(root), skip_bad, classes)
+    return paths, labels
 
 
-def from_csv(csv_path: str | Path, path_column: str = "path", label_column: str = "label",
-             skip_bad: bool = False, classes: list[str] | None = None) -> ImageSource:
-    """A CSV with a path column (relative to the CSV's folder, or absolute) and a label."""
-    csv_path = Path(csv_path)
+def read_csv_rows(csv_path: Path, columns: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, row) of a UTF-8 CSV that must have ``columns``."""
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            for col in (path_column, label_column):
-                if col not in columns:
+            have = reader.fieldnames or []
+            for col in columns:
+                if col not in have:
                     raise DataError(f"{csv_path}: no column {col!r} (columns: "
-                                    f"{', '.join(columns) or 'none'}); name the columns with "
+                                    f"{', '.join(have) or 'none'}); name the columns with "
                                     "path_column= / label_column= (--path-column/--label-column)")
-            rows = list(reader)
+            return list(enumerate(reader, start=2))
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: not UTF-8 text ({exc}); save the CSV as UTF-8") from exc
+
+
+def csv_files(csv_path: Path, path_column: str, label_column: str, skip_bad: bool,
+              need_label: bool = True) -> tuple[list[str], list[str], list[str]]:
+    """(paths, labels, missing) of a CSV of file paths (relative to the CSV's folder, or
+    absolute) and labels; rows naming a missing file raise, named by line, unless
+    ``skip_bad``."""
     paths, labels, missing = [], [], []
-    for line, row in enumerate(rows, start=2):
+    for line, row in read_csv_rows(csv_path, (path_column, label_column)):
         rel, label = (row.get(path_column) or "").strip(), (row.get(label_column) or "").strip()
-        if not rel or not label:
+        if not rel or (need_label and not label):
             raise DataError(f"{csv_path}, line {line}: empty {path_column!r} or "
                             f"{label_column!r}; every row needs both")
         p = _csv_path(csv_path, rel)
@@ -219,6 +225,21 @@ def from_csv(csv_path: str | Path, path_column: str = "path", label_column: str 
         raise DataError(f"{csv_path}: {len(missing)} row(s) name a file that does not exist:\n"
                         f"{listed}\nFix the paths (relative paths are read from the CSV's "
                         "folder), or pass skip_bad=True (--skip-bad) to leave them out.")
+    return paths, labels, missing
+
+
+def from_folder(root: str | Path, skip_bad: bool = False,
+                classes: list[str] | None = None) -> ImageSource:
+    """``root/<class>/<image>``: one subfolder per class, images anywhere below it."""
+    paths, labels = class_folders(root, _image_files, "images", IMAGE_EXTENSIONS)
+    return _make_source(paths, labels, str(root), skip_bad, classes)
+
+
+def from_csv(csv_path: str | Path, path_column: str = "path", label_column: str = "label",
+             skip_bad: bool = False, classes: list[str] | None = None) -> ImageSource:
+    """A CSV with a path column (relative to the CSV's folder, or absolute) and a label."""
+    csv_path = Path(csv_path)
+    paths, labels, missing = csv_files(csv_path, path_column, label_column, skip_bad)
     source = _make_source(paths, labels, str(csv_path), skip_bad, classes)
     source.skipped = missing + source.skipped
     return source

@@ -101,6 +101,98 @@ def test_two_processes_train_like_one(strategy, tmp_path):
     assert abs(m1["accuracy"] - m2["accuracy"]) <= 0.1
     assert abs(float(h1[-1]["val_loss"]) - float(h2[-1]["val_loss"])) <= 0.25
     stages = json.loads((two / "config.json").read_text())["stages"]
+    if strategy == "lp_ft":  # the probe's frozen feature pass is shared between processes
+        assert "this process computed 36 of 72 items (2 processes)" in r2.stderr
+        assert "this process computed 12 of 24 items (2 processes)" in r2.stderr
     if strategy == "partial":
         assert stages[0]["trainable_params"] < stages[0]["total_params"]
     assert not list(two.glob(".*.tmp")) and (two / "model.safetensors").is_file()
+
+
+def _sharded_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import TensorDataset
+
+    from headstart.features import compute_features, sharded_passes
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(5, 3)
+    data = TensorDataset(torch.arange(35.0).reshape(7, 5), torch.zeros(7))
+    whole = compute_features(net, data, 2, "cpu", False, 0)
+    with sharded_passes():
+        shared = compute_features(net, data, 2, "cpu", False, 0)
+    torch.save({"whole": whole, "shared": shared}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_sharded_feature_pass_equals_the_whole_pass(tmp_path):
+    """Inside sharded_passes each of 2 processes computes every other item (7 items: 4 and
+    3); the gathered features equal one process's whole pass, in dataset order."""
+    import torch
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "feats")
+    mp.spawn(_sharded_worker, args=(2, f"file://{tmp_path / 'rdzv'}", out), nprocs=2)
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}")
+        assert got["shared"].shape == (7, 3)
+        assert torch.allclose(got["shared"], got["whole"], atol=1e-6)
+
+
+def test_data_parallel_fit_resumes_after_a_kill(tmp_path):
+    """SIGKILL a 2-process fit after some epochs were checkpointed, rerun it with --resume:
+    it continues from the last checkpoint (no epoch run twice, none lost) to the end."""
+    import signal
+    import time
+
+    X, y = make_arrays(64, n_classes=2, seed=3)
+    folder = write_folder(tmp_path / "train", X, y)
+    run = tmp_path / "run"
+    epochs = 40
+    args = ["-m", "headstart", "fit", str(folder), "--backbone", "tiny:cnn", "--strategy",
+            "finetune", "--epochs", str(epochs), "--lr", "0.01", "--batch-size", "8",
+            "--early-stopping", "0", "--num-workers", "0", "--device", "cpu",
+            "--val-fraction", "0.25", "--out", str(run)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    done_before_kill = 0
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "history.csv").is_file():
+            done_before_kill = len(_history(run))
+            if done_before_kill >= 3:
+                break
+        time.sleep(0.05)
+    import psutil  # torchrun's workers may leave its process group: kill the whole tree
+
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    for p in [psutil.Process(proc.pid), *tree]:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)
+    assert 3 <= done_before_kill < epochs, "the fit must be killed midway"
+    killed_at = len(_history(run))
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    import re
+
+    found = re.search(r"resuming from .*last: stage 0, epoch (\d+)", again.stderr)
+    assert found, again.stderr[-3000:]
+    # the checkpoint is written just before history.csv: the kill may fall between them
+    assert int(found.group(1)) in (killed_at, killed_at + 1)
+    history = _history(run)
+    assert [int(r["epoch"]) for r in history] == list(range(1, epochs + 1))
+    assert all(int(r["train_items"]) == 48 for r in history)
+    assert "identical weights" in again.stderr
+    assert json.loads((run / "config.json").read_text())["metrics"]["validation"][
+        "accuracy"] >= 0.9

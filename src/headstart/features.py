@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -76,6 +77,47 @@ def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     return [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
 
 
+class _Shard(Dataset):
+    """Items ``rank, rank + world, ...`` of a dataset (its ``lengths`` too)."""
+
+    def __init__(self, dataset: Dataset, rank: int, world: int):
+        self.dataset, self.indices = dataset, list(range(rank, len(dataset), world))
+        lengths = getattr(dataset, "lengths", None)
+        self.lengths = [lengths[i] for i in self.indices] if lengths is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.indices[i]]
+
+
+_SHARDED = [False]
+
+
+@contextmanager
+def sharded_passes():
+    """Within this block, in a data-parallel job, feature passes are shared between the
+    processes. Every process must run the same passes in the same order (the training loop
+    does); a pass only one process runs (a test evaluation on rank 0) stays whole."""
+    before = _SHARDED[0]
+    _SHARDED[0] = True
+    try:
+        yield
+    finally:
+        _SHARDED[0] = before
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of a running data-parallel job inside :func:`sharded_passes`,
+    else (0, 1)."""
+    import torch.distributed as dist
+
+    if _SHARDED[0] and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @torch.inference_mode()
 def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int, device,
                      channels_last: bool, num_workers: int, desc: str = "features",
@@ -83,7 +125,37 @@ def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int, dev
     """One pass of the frozen backbone (eval mode) over ``dataset`` -> (N, D) float32.
 
     A dataset with ``lengths`` (texts) is read in batches of similar length and the
-    features are put back in dataset order."""
+    features are put back in dataset order. Inside :func:`sharded_passes` in a data-parallel
+    job (torchrun, accelerate launch), each of the W processes computes every W-th item and
+    the shares are gathered, so every process ends with all N features in dataset order."""
+    rank, world = _process_group()
+    if world > 1 and len(dataset) >= world:
+        import torch.distributed as dist
+
+        shard = _Shard(dataset, rank, world)
+        local = _compute(backbone, shard, batch_size, device, channels_last, num_workers,
+                         desc, collate_fn, bucketing)
+        n, per = len(dataset), -(-len(dataset) // world)
+        on_device = dist.get_backend() == "nccl"
+        padded = local.new_zeros((per, *local.shape[1:]))
+        padded[:len(local)] = local
+        padded = padded.to(device) if on_device else padded
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        out = local.new_empty((n, *local.shape[1:]))
+        for r, part in enumerate(parts):
+            count = len(range(r, n, world))
+            out[r::world] = part[:count].cpu()
+        log.info("%s: this process computed %d of %d items (%d processes)", desc, len(local),
+                 n, world)
+        return out
+    return _compute(backbone, dataset, batch_size, device, channels_last, num_workers, desc,
+                    collate_fn, bucketing)
+
+
+def _compute(backbone: nn.Module, dataset: Dataset, batch_size: int, device,
+             channels_last: bool, num_workers: int, desc: str, collate_fn,
+             bucketing: bool) -> torch.Tensor:
     was_training = backbone.training
     backbone.eval()
     if channels_last:

@@ -31,7 +31,7 @@ from .artifacts import (atomic_save_tensors, atomic_write_bytes, load_checkpoint
                         optimizer_from_flat, optimizer_to_flat, save_checkpoint,
                         state_dict_tensors)
 from .config import FitConfig
-from .features import length_sorted_batches, to_device
+from .features import length_sorted_batches, sharded_passes, to_device
 from .heads import TransferModel, supervised_contrastive_loss
 from .strategies import Stage, Strategy, configure_stage, set_bn_mode
 from .zoo.base import LayerGroup
@@ -293,9 +293,10 @@ class Trainer:
     def _loaders(self, stage: Stage):
         cfg = self.cfg
         if stage.head_only:
-            x, y = self.features("train")
+            with sharded_passes():  # every process runs these passes: each computes a share
+                x, y = self.features("train")
+                val = TensorDataset(*self.features("val")) if self.val_set is not None else None
             train = TensorDataset(x, y)
-            val = TensorDataset(*self.features("val")) if self.val_set is not None else None
             workers, collate = 0, None
         else:
             train, val, workers, collate = (self.train_set, self.val_set, self.num_workers,

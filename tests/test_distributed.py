@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_arrays, write_folder
+from conftest import TEXT_FIT, make_arrays, make_texts, write_folder
 
 
 @pytest.mark.parametrize("n,batch,world", [(43, 16, 2), (100, 8, 3), (33, 16, 2), (5, 4, 2),
@@ -38,6 +38,35 @@ def test_sharded_batches_cover_every_item_once_per_epoch(n, batch, world):
     second = ShardedBatchSampler(n, batch, seed=7, rank=0, world=world)
     second.set_epoch(1)
     assert list(first) != list(second)  # a new order each epoch
+
+
+@pytest.mark.parametrize("n,batch,world", [(43, 4, 2), (100, 8, 3), (9, 16, 2), (500, 8, 4)])
+def test_length_buckets_under_data_parallel_cover_every_item_once(n, batch, world):
+    """Text length bucketing with several processes: every item once per epoch, the same
+    number of steps on every process, and a step's items of similar length."""
+    import random
+
+    from headstart.train import BucketBatchSampler
+
+    lengths = [random.Random(i).randint(5, 500) for i in range(n)]
+    for epoch in range(3):
+        per_rank = []
+        for rank in range(world):
+            s = BucketBatchSampler(lengths, batch, seed=1, rank=rank, world=world, pool=4)
+            s.set_epoch(epoch)
+            per_rank.append(list(s))
+            assert len(s) == len(per_rank[-1])
+        assert len({len(b) for b in per_rank}) == 1
+        seen = sorted(i for batches in per_rank for b in batches for i in b)
+        assert seen == list(range(n))
+        spread = []
+        for step in zip(*per_rank):
+            sizes = [len(b) for b in step]
+            assert min(sizes) >= 2 and max(sizes) - min(sizes) <= 1
+            items = [lengths[i] for b in step for i in b]
+            spread.append(max(items) - min(items))
+        if n >= 100:  # pools sorted by length: a step spans far less than the whole range
+            assert sum(spread) / len(spread) < 0.5 * (max(lengths) - min(lengths))
 
 
 def test_too_few_items_for_the_processes_is_a_clear_error():
@@ -196,3 +225,29 @@ def test_data_parallel_fit_resumes_after_a_kill(tmp_path):
     assert "identical weights" in again.stderr
     assert json.loads((run / "config.json").read_text())["metrics"]["validation"][
         "accuracy"] >= 0.9
+
+
+def test_two_process_text_fit_buckets_by_length_and_sees_every_text_once(tmp_path):
+    """Text (tiny:bert) under 2 processes: the length-bucketing sampler shares each epoch,
+    so both processes together train on every text exactly once per epoch."""
+    import pandas as pd
+
+    texts, labels = make_texts(60, seed=4)
+    data = tmp_path / "train.csv"
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(data, index=False)
+    run = tmp_path / "run"
+    flags = []
+    for key, value in {**TEXT_FIT, "epochs": 3}.items():
+        flag = "--" + key.replace("_", "-")
+        flags += ([flag] if value is True else [f"--no-{key.replace('_', '-')}"]
+                  if value is False else [flag, str(value)])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "headstart",
+           "fit", str(data), "--task", "text", "--backbone", "tiny:bert", "--strategy",
+           "finetune", *flags, "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = _history(run)
+    assert len(history) == 3 and all(int(r["train_items"]) == 48 for r in history)
+    assert "identical weights" in done.stderr

@@ -116,6 +116,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def _batches(self) -> list[list[int]]:
+        if self.world > 1:
+            return self._sharded_batches()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         size = self.batch_size * self.pool
@@ -130,6 +132,30 @@ class BucketBatchSampler(Sampler[list[int]]):
         per_rank = math.ceil(len(batches) / self.world)
         batches += batches[: per_rank * self.world - len(batches)]
         return batches[self.rank::self.world]
+
+    def _sharded_batches(self) -> list[list[int]]:
+        """Data-parallel: global batches of ``batch_size * world`` items of similar length,
+        each split across the processes (like :class:`ShardedBatchSampler`): every item
+        once per epoch, the same number of steps everywhere, no padding or dropping."""
+        n, world = len(self.lengths), self.world
+        if n < 2 * world:
+            raise ValueError(f"{n} training items cannot be shared by {world} processes "
+                             "(each needs at least two); use fewer processes")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=g).tolist()
+        size = self.batch_size * world
+        pooled = size * self.pool
+        batches: list[list[int]] = []
+        for j in range(0, n, pooled):
+            pool = sorted(order[j:j + pooled], key=lambda i: self.lengths[i])
+            for k in range(0, len(pool), size):
+                piece = pool[k:k + size]
+                if len(piece) < 2 * world and batches:  # too few to give each process two
+                    batches[-1] += piece
+                else:
+                    batches.append(piece)
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        return [batches[i][self.rank::world] for i in perm]
 
     def __iter__(self):
         return iter(self._batches())

@@ -722,8 +722,9 @@ def cmd_models(args) -> int:
         params = f"{m.params / 1e6:.2f}M" if m.params else "?"
         print(f"{m.id:<36} {m.modality:<8} {params:>10} {'yes' if m.offline else 'no':<7} "
               f"{m.licence:<12} {m.source_data} / {m.source_task}")
-    print("\nAlso: timm:<any timm model name> and hf:<any hub text encoder> (hub weights, need "
-          "network) and the directory of a run headstart wrote.")
+    print("\nAlso: timm:<any timm model name> and hf:<any hub text encoder, or wav2vec2 / "
+          "HuBERT / WavLM speech encoder> (hub weights, need network) and the directory of a "
+          "run headstart wrote (`headstart pretrain` makes one from your own source data).")
     from .tasks.detect import TORCHVISION_DETECTORS
 
     print("Detection (--task detect): --detector fasterrcnn | retinanet | fcos on any image "

@@ -516,3 +516,65 @@ def test_hf_speech_encoder_adapter_roundtrip(tones, tmp_path):
                       domain="-", licence="-")
     again = from_audio_folder(folder, "hf:x", meta, pretrained=True, cut=1).eval()
     assert not again.normalize and len(again.model.encoder.layers) == 1
+
+
+def test_web_page_takes_a_recording_in_headless_chromium(fitted, tones):
+    """The served page offers a recording picker for an audio model, plays the file back and
+    shows the same top class as the API, with no console errors and no outside request."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from headstart.serve import create_app
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("Chromium is needed for the page test: apt-get install -y chromium "
+                    "(scripts/setup.sh installs it)")
+    _, run = fitted
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app({"kw": str(run)}), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{base}/health", timeout=2, trust_env=False).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    recording = str(sorted(tones.rglob("*.wav"))[5])
+    try:
+        with open(recording, "rb") as f:
+            api = httpx.post(f"{base}/predict", files={"file": ("r.wav", f, "audio/wav")},
+                             trust_env=False).json()
+        errors, console, requests = [], [], []
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.on("console", lambda m: console.append(m.text))
+                page.on("request", lambda r: requests.append(r.url))
+                page.goto(base + "/")
+                page.wait_for_selector("body[data-state='ready']", state="attached")
+                assert "recording" in page.inner_text("#drop-text")
+                assert page.get_attribute("#file", "accept") == "audio/*"
+                page.set_input_files("#file", recording)
+                page.wait_for_selector("body[data-state='predicted']", state="attached")
+                assert page.inner_text("#verdict") == f"Prediction: {api['prediction']}"
+                assert page.is_visible("#player") and not page.is_visible("#preview")
+            finally:
+                browser.close()
+        assert errors == [] and console == []
+        assert all(u.startswith((base, "blob:", "data:")) for u in requests), requests
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

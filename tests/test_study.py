@@ -248,3 +248,17 @@ def test_study_checks_the_advice_at_every_fraction(small_study):
     page = (out / "report.html").read_text()
     assert "Advice, checked" in page and "won in" in page
     assert json.loads((out / "study.json").read_text())["advice"] == check
+
+
+def test_study_enlarges_small_images_at_most_3x():
+    """The study's budget: 28 px images go in at 96 px (fit alone would use 160), photos at
+    the backbone's own size."""
+    from headstart.config import FitConfig
+    from headstart.data.images import from_arrays
+    from headstart.study import _study_image_size
+
+    cfg = FitConfig(backbone="packaged:efficientnet_lite0")
+    small = from_arrays(np.zeros((4, 28, 28), np.uint8), ["a", "b", "a", "b"])
+    large = from_arrays(np.zeros((4, 400, 300, 3), np.uint8), ["a", "b", "a", "b"])
+    assert _study_image_size(cfg, small) == 96
+    assert _study_image_size(cfg, large) == 224

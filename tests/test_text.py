@@ -357,11 +357,12 @@ def test_bucket_sampler_ranks_share_the_work():
     lengths = np.random.default_rng(2).integers(1, 100, size=37).tolist()
     ranks = [list(BucketBatchSampler(lengths, batch_size=4, seed=0, rank=r, world=2))
              for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1]) == 5  # 10 batches, 5 per rank
-    covered = {i for batches in ranks for b in batches for i in b}
-    assert covered == set(range(37))
-    single = list(BucketBatchSampler(lengths, batch_size=4, seed=0))
-    assert sorted(map(tuple, ranks[0] + ranks[1])) == sorted(map(tuple, single))
+    # global batches of 2 x 4 texts of similar length, each split between the ranks
+    assert len(ranks[0]) == len(ranks[1]) == 5
+    covered = sorted(i for batches in ranks for b in batches for i in b)
+    assert covered == list(range(37))  # every text once: nothing padded, nothing dropped
+    for a, b in zip(*ranks):
+        assert abs(len(a) - len(b)) <= 1
 
 
 def test_bucket_sampler_drop_last_keeps_only_full_batches():

@@ -578,3 +578,37 @@ def test_web_page_takes_a_recording_in_headless_chromium(fitted, tones):
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def test_whisper_encoder_adapter(tones, tmp_path):
+    """Whisper's encoder (random tiny:whisper, 2 s window): its log-mel input equals
+    transformers' WhisperFeatureExtractor; a clip keeps only its own frames; it fits, saves
+    its config as an asset and reloads; a hub-layout folder of a whole Whisper model loads
+    as its encoder."""
+    from transformers import WhisperFeatureExtractor, WhisperModel
+
+    from headstart.zoo.base import SourceMeta
+    from headstart.zoo.hf_audio import WhisperEncoderBackbone, from_audio_folder
+
+    b = create_backbone("tiny:whisper").eval()
+    extractor = WhisperFeatureExtractor(feature_size=80, sampling_rate=RATE, hop_length=160,
+                                        chunk_length=2, n_fft=400)
+    wave = tone(440, 1.3)
+    reference = extractor(wave, sampling_rate=RATE, return_tensors="np").input_features[0]
+    np.testing.assert_allclose(b.log_mel(torch.from_numpy(wave)[None])[0].numpy(), reference,
+                               atol=1e-4)
+    with torch.no_grad():
+        assert b.sequence(torch.from_numpy(tone(300, 1.0))[None]).shape == (1, 50, 32)
+    assert sum(g.num_params() for g in b.groups()) == sum(p.numel() for p in b.parameters())
+    run = tmp_path / "whisper"
+    clf = AudioClassifier("tiny:whisper", strategy="lp_ft", run_dir=run, **FAST).fit(str(tones))
+    files = sorted(str(p) for p in tones.rglob("*.wav"))[:3]
+    np.testing.assert_allclose(AudioClassifier.load(run).predict_proba(files),
+                               clf.predict_proba(files), atol=1e-5)
+    whole = WhisperModel(b.model.config)
+    whole.save_pretrained(str(tmp_path / "hub"))
+    meta = SourceMeta(id="hf:w", modality="audio", source_data="-", source_task="-",
+                      domain="-", licence="-")
+    loaded = from_audio_folder(tmp_path / "hub", "hf:w", meta, pretrained=True)
+    assert isinstance(loaded, WhisperEncoderBackbone)
+    assert torch.equal(loaded.model.conv1.weight, whole.get_encoder().conv1.weight)

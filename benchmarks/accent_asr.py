@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart import SpeechRecognizer
-from headstart.data.speech import build_accent_corpus
+from common import accent_corpus
 
 RECIPES = {
     "pretrain": dict(strategy="finetune", epochs=20, lr=3e-3, head_lr=3e-3, lr_decay=1.0,
@@ -52,12 +52,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("headstart.train").setLevel(logging.INFO)  # one line per epoch
     out = Path(args.out)
-    corpus = out / f"corpus-{args.source}-{args.target}"
-    if not (corpus / "corpus.json").is_file():
-        t0 = time.perf_counter()
-        build_accent_corpus(corpus, source=args.source, target=args.target, task="digits")
-        print(f"corpus built in {time.perf_counter() - t0:.0f}s: {corpus}")
-    print(json.dumps(json.loads((corpus / "corpus.json").read_text())["splits"]))
+    corpus = accent_corpus(out, args.source, args.target, task="digits")
     source_run = out / f"source-{args.source}"
     if not (source_run / "config.json").is_file():
         r = fit_eval("scratch:audio:cnn", corpus / "source.csv", corpus / "source-test.csv",

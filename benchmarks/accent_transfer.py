@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart import AudioClassifier
-from headstart.data.speech import build_accent_corpus
+from common import accent_corpus
 
 # One recipe per family, the same for transfer and scratch (only the weights differ).
 RECIPES = {
@@ -63,13 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
-    corpus = out / f"corpus-{args.source}-{args.target}"
-    if not (corpus / "corpus.json").is_file():
-        t0 = time.perf_counter()
-        build_accent_corpus(corpus, source=args.source, target=args.target)
-        print(f"corpus built in {time.perf_counter() - t0:.0f}s: {corpus}")
-    summary = json.loads((corpus / "corpus.json").read_text())
-    print(json.dumps(summary["splits"]))
+    corpus = accent_corpus(out, args.source, args.target)
     source_run = out / f"source-{args.source}"
     if not (source_run / "config.json").is_file():
         r = fit_eval("scratch:audio:cnn", corpus / "source", corpus / "source-test", "pretrain",

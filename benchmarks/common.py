@@ -37,3 +37,19 @@ def report(name: str, figures: dict, ratio_name: str, ratio: float, goal: str) -
     for k, v in figures.items():
         print(f"  {k}: {v}")
     print(f"  {ratio_name}: {ratio:.3f}  (goal {goal})")
+
+
+def accent_corpus(out: Path, source: str, target: str, task: str = "commands") -> Path:
+    """``out/corpus-<source>-<target>``, built with espeak-ng unless it is already there;
+    prints its splits."""
+    import json
+
+    from headstart.data.speech import build_accent_corpus
+
+    corpus = Path(out) / f"corpus-{source}-{target}"
+    if not (corpus / "corpus.json").is_file():
+        t0 = time.perf_counter()
+        build_accent_corpus(corpus, source=source, target=target, task=task)
+        print(f"corpus built in {time.perf_counter() - t0:.0f}s: {corpus}")
+    print(json.dumps(json.loads((corpus / "corpus.json").read_text())["splits"]))
+    return corpus

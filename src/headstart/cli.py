@@ -301,11 +301,9 @@ def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
 
 def _open(task: str, data, cfg: FitConfig, args, classes=None):
     if task == "asr":
-        from .data.audio import open_audio_source
+        from .tasks.asr import open_transcribed
 
-        column = cfg.label_column if cfg.label_column != "label" else "transcript"
-        return open_audio_source(data, skip_bad=cfg.skip_bad, path_column=args.path_column,
-                                 label_column=column, transcripts=True)
+        return open_transcribed(data, None, cfg, path_column=args.path_column)
     if task == "audio":
         from .data.audio import open_audio_source
 
@@ -345,16 +343,10 @@ def cmd_fit(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    if args.task == "asr":
-        print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, "
-              f"{clf.preprocess_.clip_seconds:g} s clips, alphabet {''.join(clf.classes_)!r}, "
-              f"fit {m['fit_seconds']:.0f}s, kept {m['best'] or 'the last epoch'})")
-        for split in ("validation", "test"):
-            if split in m:
-                print(f"  {split:<10} {_format_asr(m[split])}")
-        return 0
     pre = clf.preprocess_
-    if args.task == "text":
+    if args.task == "asr":
+        size = f"{pre.clip_seconds:g} s clips, alphabet {''.join(clf.classes_)!r}"
+    elif args.task == "text":
         chunks = f"{pre.max_chunks}x" if pre.truncation == "chunks" else ""
         size = f"{chunks}{pre.max_length} tokens ({pre.truncation})"
     elif args.task == "audio":
@@ -368,9 +360,10 @@ def cmd_fit(args) -> int:
         print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
               f"{s['total_params']:,} params "
               f"({100 * s['trainable_params'] / s['total_params']:.2f}%){bn}")
+    show = _format_asr if args.task == "asr" else format_metrics
     for split in ("validation", "test"):
         if split in m:
-            print(f"  {split:<10} {format_metrics(m[split])}")
+            print(f"  {split:<10} {show(m[split])}")
             if "baseline" in m[split]:
                 print(f"  {'':<10} baseline {m.get('baseline_name', '')}: "
                       f"{format_metrics(m[split]['baseline'])}")

@@ -31,13 +31,13 @@ def list_inputs(task: str, inputs: list, text_column: str = "text") -> list[tupl
         if task == "text":
             out.extend(_text_entries(entry, text_column))
         elif isinstance(entry, (str, Path)):
-            out.extend(_image_entries(entry, task))
+            out.extend(_file_entries(entry, task))
         else:  # an array or image object, named by its position
             out.append((f"item[{i}]", entry))
     return out
 
 
-def _image_entries(entry: str | Path, task: str = "image") -> list[tuple[str, object]]:
+def _file_entries(entry: str | Path, task: str = "image") -> list[tuple[str, object]]:
     """Files of a folder, a CSV's path column, or one path (images, or recordings)."""
     p = Path(entry)
     if p.is_dir():

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import (DataError, ImageSource, _check_classes, _csv_path, class_folders, csv_files,
-                     read_csv_rows)
+from .images import (DataError, ImageSource, _check_classes, _csv_path, check_files,
+                     class_folders, csv_files, read_csv_rows)
 
 log = logging.getLogger(__name__)
 
@@ -112,21 +110,8 @@ def _check_file(path: str) -> str | None:
 
 
 def check_audio_files(paths: list[str], skip_bad: bool, what: str) -> tuple[list[int], list[str]]:
-    """Read every file's header (threads); kept indices and skipped names, or raise."""
-    workers = min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(workers) as pool:
-        problems = list(pool.map(_check_file, paths, chunksize=64))
-    bad = [(p, why) for p, why in zip(paths, problems) if why]
-    if bad and not skip_bad:
-        listed = "\n".join(f"  {p}: {why}" for p, why in bad[:10])
-        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise DataError(f"{len(bad)} bad recording(s) in {what}:\n{listed}{more}\nFix or "
-                        "remove these files, or pass skip_bad=True (--skip-bad) to leave them "
-                        "out and report the count.")
-    if bad:
-        log.warning("skipped %d bad recording(s) in %s (first: %s: %s)", len(bad), what,
-                    *bad[0])
-    return [i for i, why in enumerate(problems) if not why], [p for p, _ in bad]
+    """Read every file's header; kept indices and skipped names, or raise naming them."""
+    return check_files(paths, skip_bad, what, check=_check_file, kind="bad recording(s)")
 
 
 def _audio_files(folder: Path) -> list[str]:

@@ -126,22 +126,24 @@ def _check_file(path: str) -> str | None:
     return None
 
 
-def check_files(paths: list[str], skip_bad: bool, what: str) -> tuple[list[int], list[str]]:
-    """Decode every file (threads); return kept indices and skipped names, or raise."""
+def check_files(paths: list[str], skip_bad: bool, what: str, check=None,
+                kind: str = "unreadable image(s)") -> tuple[list[int], list[str]]:
+    """Run ``check`` (default: decode as an image; it returns None or the reason) on every
+    file (threads); return kept indices and skipped names, or raise naming the bad ones."""
     workers = min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        problems = list(pool.map(_check_file, paths, chunksize=64))
+        problems = list(pool.map(check or _check_file, paths, chunksize=64))
     bad = [(p, why) for p, why in zip(paths, problems) if why]
     if bad and not skip_bad:
         listed = "\n".join(f"  {p}: {why}" for p, why in bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise DataError(
-            f"{len(bad)} unreadable image(s) in {what}:\n{listed}{more}\n"
+            f"{len(bad)} {kind} in {what}:\n{listed}{more}\n"
             "Fix or remove these files, or pass skip_bad=True (--skip-bad) to leave them out "
             "and report the count."
         )
     if bad:
-        log.warning("skipped %d unreadable image(s) in %s (first: %s)", len(bad), what, bad[0][0])
+        log.warning("skipped %d %s in %s (first: %s: %s)", len(bad), kind, what, *bad[0])
     keep = [i for i, why in enumerate(problems) if not why]
     return keep, [p for p, _ in bad]
 

@@ -226,20 +226,21 @@ def build_accent_corpus(out: str | Path, source: str = "us", target: str = "scot
 
 
 def _subset(out: Path, split: str, name: str, k: int, task: str) -> None:
-    """``name/``: the first ``k`` recordings per label of ``split`` (copied), and its CSV."""
+    """``name/``: the first ``k`` recordings per word of ``split`` (digit strings: the
+    first ``10 k``), copied, and its CSV."""
     import csv
 
     with open(out / f"{split}.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    seen: dict[str, int] = {}
-    kept = []
-    for i, row in enumerate(rows):
-        key = row.get("label") or str(i // 10)
-        if seen.get(key, 0) < k:
-            seen[key] = seen.get(key, 0) + 1
-            kept.append(row)
     if task == "digits":
         kept = rows[: k * 10]
+    else:
+        seen: dict[str, int] = {}
+        kept = []
+        for row in rows:
+            if seen.get(row["label"], 0) < k:
+                seen[row["label"]] = seen.get(row["label"], 0) + 1
+                kept.append(row)
     with open(out / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

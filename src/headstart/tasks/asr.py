@@ -66,6 +66,14 @@ def encode(texts: list[str], vocab: list[str], origin: str = "") -> np.ndarray:
     return out
 
 
+def open_transcribed(X, y, cfg: FitConfig, path_column: str = "path") -> AudioSource:
+    """Recordings with their transcripts; the transcript column is ``label_column`` when
+    set, else ``transcript``."""
+    column = cfg.label_column if cfg.label_column != "label" else "transcript"
+    return open_audio_source(X, y, rate=cfg.array_rate, skip_bad=cfg.skip_bad,
+                             path_column=path_column, label_column=column, transcripts=True)
+
+
 def greedy_decode(log_probs: torch.Tensor, vocab: list[str]) -> list[str]:
     """Best path: the likeliest output per frame, repeats merged, blanks dropped."""
     best = log_probs.argmax(-1).cpu().numpy()
@@ -192,10 +200,7 @@ class SpeechRecognizer(AudioClassifier):
         return t
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> AudioSource:
-        source = open_audio_source(X, y, rate=cfg.array_rate, skip_bad=cfg.skip_bad,
-                                   label_column=cfg.label_column
-                                   if cfg.label_column != "label" else "transcript",
-                                   transcripts=True)
+        source = open_transcribed(X, y, cfg)
         texts = [normalise(t) for t in source.transcripts]
         if classes is None and cfg.keep_head:  # the parent's alphabet, so its head fits
             classes = _parent_alphabet(cfg.backbone)
@@ -262,10 +267,7 @@ class SpeechRecognizer(AudioClassifier):
         from torchmetrics.functional.text import char_error_rate, word_error_rate
 
         self._check_fitted()
-        source = open_audio_source(X, y, rate=self.config_.array_rate,
-                                   label_column=self.config_.label_column
-                                   if self.config_.label_column != "label" else "transcript",
-                                   transcripts=True)
+        source = open_transcribed(X, y, self.config_)
         refs = [normalise(t) for t in source.transcripts]
         hyp = greedy_decode(self._log_probs(source), self.classes_)
         return {"cer": float(char_error_rate(hyp, refs)), "wer": float(word_error_rate(hyp, refs)),

@@ -351,13 +351,5 @@ def create_ge2e(pretrained: bool, cut: int) -> GE2EBackbone:
     return GE2EBackbone(GE2E_META, pretrained, cut)
 
 
-def frames_per_second(backbone: AudioBackbone) -> float:
-    """How many ``sequence`` frames one second of audio gives."""
-    rate = backbone.preprocess.sample_rate
-    with torch.no_grad():
-        n = backbone.sequence(torch.zeros(1, rate)).shape[1]
-    return float(n)
-
-
 __all__ = ["AudioBackbone", "AudioCNN", "CrepeBackbone", "GE2EBackbone", "LogMel",
            "crepe_bin_to_hz", "spec_augment"]

@@ -40,23 +40,48 @@ TINY_WAV2VEC2_META = SourceMeta(
     description="2-layer 32-d wav2vec2 with a 7-layer 16-channel feature encoder, random")
 
 
-class HFAudioBackbone(AudioBackbone):
+class _HubSpeechEncoder(AudioBackbone):
+    """What the hub speech encoders share: the cut of trailing transformer layers, the
+    pooled feature (mean of the frame states), the config saved as the run's asset."""
+
+    def _adopt(self, model: nn.Module, owner: nn.Module, layers_key: str, backbone_id: str,
+               meta: SourceMeta, cut: int, arch_id: str | None) -> None:
+        """Keep ``model``; ``owner.layers`` are its transformer layers (``cut`` of them
+        removed from the end, and ``config.<layers_key>`` told so)."""
+        layers = owner.layers
+        self.cut = int(cut)
+        if self.cut:
+            if not 0 < self.cut < len(layers):
+                raise ZooError(f"{backbone_id}: cut must be between 0 and {len(layers) - 1} "
+                               f"(it has {len(layers)} transformer layers)")
+            owner.layers = nn.ModuleList(list(layers)[: len(layers) - self.cut])
+            setattr(model.config, layers_key, len(owner.layers))
+        self.model = model
+        self.id, self.arch_id, self.meta = backbone_id, arch_id or backbone_id, meta
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.sequence(wave).mean(dim=1)
+
+    def architecture(self) -> dict:
+        return {"id": self.arch_id, "cut": self.cut, "assets": "backbone"}
+
+    def lora_targets(self) -> list[str]:
+        return ["q_proj", "v_proj"]
+
+    def save_assets(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(str(folder))
+
+
+class HFAudioBackbone(_HubSpeechEncoder):
     """A transformers speech encoder (``AutoModel``) on raw waveforms."""
 
     def __init__(self, model: nn.Module, backbone_id: str, meta: SourceMeta, *,
                  normalize: bool = True, rate: int = 16000, cut: int = 0,
                  arch_id: str | None = None):
         super().__init__()
-        layers = model.encoder.layers
-        self.cut = int(cut)
-        if self.cut:
-            if not 0 < self.cut < len(layers):
-                raise ZooError(f"{backbone_id}: cut must be between 0 and {len(layers) - 1} "
-                               f"(it has {len(layers)} transformer layers)")
-            model.encoder.layers = nn.ModuleList(list(layers)[: len(layers) - self.cut])
-            model.config.num_hidden_layers = len(layers) - self.cut
-        self.model = model
-        self.id, self.arch_id, self.meta = backbone_id, arch_id or backbone_id, meta
+        self._adopt(model, model.encoder, "num_hidden_layers", backbone_id, meta, cut, arch_id)
         self.normalize = bool(normalize)
         self.feature_dim = self.sequence_dim = int(model.config.hidden_size)
         self.preprocess = AudioPreprocess(sample_rate=int(rate), clip_seconds=1.0)
@@ -71,9 +96,6 @@ class HFAudioBackbone(AudioBackbone):
                 x.var(dim=1, keepdim=True, unbiased=False) + 1e-7)
         return self.model(x).last_hidden_state
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.sequence(wave).mean(dim=1)
-
     def groups(self) -> list[LayerGroup]:
         m = self.model
         early = [getattr(m, name) for name in ("feature_extractor", "feature_projection")
@@ -84,36 +106,20 @@ class HFAudioBackbone(AudioBackbone):
                 LayerGroup("projection", early[1:] + outside)] + [
             LayerGroup(f"layer.{i}", [block]) for i, block in enumerate(m.encoder.layers)]
 
-    def architecture(self) -> dict:
-        return {"id": self.arch_id, "cut": self.cut, "assets": "backbone"}
-
-    def lora_targets(self) -> list[str]:
-        return ["q_proj", "v_proj"]
-
     def save_assets(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.config.save_pretrained(str(folder))
-        (folder / ASSET_SETTINGS).write_text(json.dumps(
+        super().save_assets(folder)
+        (Path(folder) / ASSET_SETTINGS).write_text(json.dumps(
             {"normalize": self.normalize, "sample_rate": self.preprocess.sample_rate}))
 
 
-class WhisperEncoderBackbone(AudioBackbone):
+class WhisperEncoderBackbone(_HubSpeechEncoder):
     """Whisper's audio encoder (its decoder, the old head, is not kept)."""
 
     def __init__(self, encoder: nn.Module, backbone_id: str, meta: SourceMeta, *, cut: int = 0,
                  arch_id: str | None = None):
         super().__init__()
+        self._adopt(encoder, encoder, "encoder_layers", backbone_id, meta, cut, arch_id)
         config = encoder.config
-        self.cut = int(cut)
-        if self.cut:
-            if not 0 < self.cut < len(encoder.layers):
-                raise ZooError(f"{backbone_id}: cut must be between 0 and "
-                               f"{len(encoder.layers) - 1}")
-            encoder.layers = nn.ModuleList(list(encoder.layers)[: len(encoder.layers) - self.cut])
-            config.encoder_layers = len(encoder.layers)
-        self.model = encoder
-        self.id, self.arch_id, self.meta = backbone_id, arch_id or backbone_id, meta
         self.frames = 2 * int(config.max_source_positions)  # mel frames of the window
         self.frontend = LogMel(16000, 400, 160, int(config.num_mel_bins), fmin=0.0,
                                fmax=8000.0, log=False)
@@ -135,25 +141,11 @@ class WhisperEncoderBackbone(AudioBackbone):
         keep = max(1, min(self.frames // 2, math.ceil(wave.shape[1] / 320)))
         return self.model(self.log_mel(wave)).last_hidden_state[:, :keep]
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.sequence(wave).mean(dim=1)
-
     def groups(self) -> list[LayerGroup]:
         m = self.model
         return ([LayerGroup("stem", [m.conv1, m.conv2, m.embed_positions])]
                 + [LayerGroup(f"layer.{i}", [block]) for i, block in enumerate(m.layers)]
                 + [LayerGroup("norm", [m.layer_norm])])
-
-    def architecture(self) -> dict:
-        return {"id": self.arch_id, "cut": self.cut, "assets": "backbone"}
-
-    def lora_targets(self) -> list[str]:
-        return ["q_proj", "v_proj"]
-
-    def save_assets(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.config.save_pretrained(str(folder))
 
 
 def is_audio_folder(folder: str | Path) -> bool:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import (DataError, ImageSource, _check_classes, _csv_path, check_files,
-                     class_folders, csv_files, read_csv_rows)
+                     class_folders, csv_files, read_csv_rows, resolve_labels)
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,6 @@ def audio_from_arrays(waves, labels, rate: int, classes: list[str] | None = None
                       origin: str = "array", transcripts: bool = False) -> AudioSource:
     """In-memory waveforms (a list of 1-D arrays at ``rate`` Hz) and labels (class names or
     integer positions in ``classes``), or transcripts."""
-    from .images import from_arrays
-
     items = [np.asarray(w, dtype=np.float32) for w in waves]
     if len(items) != len(labels):
         raise DataError(f"{origin}: {len(items)} recordings but {len(labels)} labels")
@@ -179,9 +177,8 @@ def audio_from_arrays(waves, labels, rate: int, classes: list[str] | None = None
     if transcripts:
         return AudioSource(items, np.zeros(len(items), dtype=np.int64), [], origin, rate=rate,
                            transcripts=[str(t) for t in labels])
-    # labels resolved exactly as for images (names first, then positions)
-    dummy = from_arrays([np.zeros((1, 1), np.uint8)] * len(items), labels, classes, origin)
-    return AudioSource(items, dummy.labels, dummy.classes, origin, rate=rate)
+    y, classes = resolve_labels(labels, classes, origin)
+    return AudioSource(items, y, classes, origin, rate=rate)
 
 
 def open_audio_source(data, labels=None, *, classes=None, rate: int | None = None,

@@ -276,9 +276,20 @@ def from_arrays(images, labels, classes: list[str] | None = None,
     name is that class, else an integer label is a position in ``classes``.
     """
     items = list(images)
-    labels = list(np.asarray(labels).tolist())
     if len(items) != len(labels):
         raise DataError(f"{origin}: {len(items)} images but {len(labels)} labels")
+    y, classes = resolve_labels(labels, classes, origin)
+    if items:
+        array_to_image(np.asarray(items[0]))  # shape/dtype check names the problem early
+    return ImageSource(items, y, classes, origin)
+
+
+def resolve_labels(labels, classes: list[str] | None, origin: str) -> tuple[np.ndarray,
+                                                                            list[str]]:
+    """In-memory labels -> (positions into the classes, the classes). Without ``classes``
+    they are the sorted distinct labels (at least two); with them, a label matching a class
+    name is that class, else an integer label is a position in ``classes``."""
+    labels = list(np.asarray(labels).tolist())
     given_classes = classes
     if classes is None:
         classes = [str(c) for c in sorted(set(labels))]
@@ -296,9 +307,7 @@ def from_arrays(images, labels, classes: list[str] | None = None,
                             f"the {len(classes)} classes {classes}")
     if given_classes is None:
         _check_classes(classes, origin)
-    if items:
-        array_to_image(np.asarray(items[0]))  # shape/dtype check names the problem early
-    return ImageSource(items, y, classes, origin)
+    return y, classes
 
 
 def open_source(data, labels=None, *, classes=None, skip_bad: bool = False,

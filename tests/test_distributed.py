@@ -170,9 +170,12 @@ def test_sharded_feature_pass_equals_the_whole_pass(tmp_path):
         assert torch.allclose(got["shared"], got["whole"], atol=1e-6)
 
 
-def test_data_parallel_fit_resumes_after_a_kill(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_data_parallel_fit_resumes_after_a_kill(parallel, tmp_path):
     """SIGKILL a 2-process fit after some epochs were checkpointed, rerun it with --resume:
-    it continues from the last checkpoint (no epoch run twice, none lost) to the end."""
+    it continues from the last checkpoint (no epoch run twice, none lost) to the end. Under
+    FSDP the checkpoint holds the gathered weights and optimizer moments, cut into shards
+    again on resume."""
     import signal
     import time
 
@@ -183,7 +186,7 @@ def test_data_parallel_fit_resumes_after_a_kill(tmp_path):
     args = ["-m", "headstart", "fit", str(folder), "--backbone", "tiny:cnn", "--strategy",
             "finetune", "--epochs", str(epochs), "--lr", "0.01", "--batch-size", "8",
             "--early-stopping", "0", "--num-workers", "0", "--device", "cpu",
-            "--val-fraction", "0.25", "--out", str(run)]
+            "--val-fraction", "0.25", "--parallel", parallel, "--out", str(run)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -223,8 +226,19 @@ def test_data_parallel_fit_resumes_after_a_kill(tmp_path):
     assert [int(r["epoch"]) for r in history] == list(range(1, epochs + 1))
     assert all(int(r["train_items"]) == 48 for r in history)
     assert "identical weights" in again.stderr
+    assert ("FSDP: this process holds" in again.stderr) == (parallel == "fsdp")
     assert json.loads((run / "config.json").read_text())["metrics"]["validation"][
         "accuracy"] >= 0.9
+    # the killed and resumed fit ends with the weights of one never interrupted
+    whole = tmp_path / "whole"
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    cmd[cmd.index("--out") + 1] = str(whole)
+    subprocess.run(cmd, capture_output=True, env=env, timeout=600, check=True)
+    import torch
+    from safetensors.torch import load_file
+
+    resumed, reference = (load_file(str(d / "model.safetensors")) for d in (run, whole))
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
 def test_two_process_text_fit_buckets_by_length_and_sees_every_text_once(tmp_path):
@@ -251,3 +265,85 @@ def test_two_process_text_fit_buckets_by_length_and_sees_every_text_once(tmp_pat
     history = _history(run)
     assert len(history) == 3 and all(int(r["train_items"]) == 48 for r in history)
     assert "identical weights" in done.stderr
+
+
+def _launch(args: list[str], procs: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "headstart",
+           *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.parametrize("task,strategy", [("image", "lp_ft"), ("image", "gradual"),
+                                           ("text", "lora")])
+def test_fsdp_trains_exactly_like_ddp(task, strategy, tmp_path):
+    """--parallel fsdp shards every layer group and the head across 2 processes (each
+    holds about half the weights while the backbone trains) and computes what DDP computes:
+    the same losses every epoch and the same final weights, with frozen groups (the probe,
+    gradual unfreezing), BN statistics that train, and LoRA adapters in frozen layers."""
+    import torch
+    from safetensors.torch import load_file
+
+    if task == "image":
+        X, y = make_arrays(96, n_classes=3, seed=1)
+        data = write_folder(tmp_path / "train", X, y)
+        args = ["fit", str(data), "--backbone", "tiny:cnn", "--strategy", strategy,
+                "--epochs", "2", "--head-epochs", "2", "--lr", "0.01", "--head-lr", "0.01",
+                "--batch-size", "8", "--early-stopping", "0", "--num-workers", "0",
+                "--device", "cpu", "--val-fraction", "0.25", "--bn", "train"]
+    else:
+        import pandas as pd
+
+        texts, labels = make_texts(60, seed=4)
+        data = tmp_path / "train.csv"
+        pd.DataFrame({"text": texts, "label": labels}).to_csv(data, index=False)
+        args = ["fit", str(data), "--task", "text", "--backbone", "tiny:bert", "--strategy",
+                strategy, "--epochs", "2", "--head-epochs", "2", "--batch-size", "8",
+                "--num-workers", "0", "--device", "cpu", "--early-stopping", "0",
+                "--no-baseline", "--max-length", "16"]
+    ddp = _launch([*args, "--out", str(tmp_path / "ddp")])
+    fsdp = _launch([*args, "--parallel", "fsdp", "--out", str(tmp_path / "fsdp")])
+    import re
+
+    held = [tuple(int(n.replace(",", "")) for n in m) for m in re.findall(
+        r"FSDP: this process holds ([\d,]+) of ([\d,]+) parameters", fsdp.stderr)]
+    assert held and not re.search("FSDP: this process", ddp.stderr), fsdp.stderr[-3000:]
+    total = held[0][1]  # per stage that trains the backbone, the 2 shards make the whole
+    assert all(t == total and 0 < h < total for h, t in held)
+    assert sum(h for h, _ in held[:2]) == total
+    assert "(MULTI_CPU, FSDP): identical weights" in fsdp.stderr
+    h_ddp, h_fsdp = _history(tmp_path / "ddp"), _history(tmp_path / "fsdp")
+    assert len(h_ddp) == len(h_fsdp)
+    for a, b in zip(h_ddp, h_fsdp):
+        assert a["stage"] == b["stage"] and a["train_items"] == b["train_items"]
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert abs(float(a[key]) - float(b[key])) <= 1e-5, (key, a, b)
+    w_ddp = load_file(str(tmp_path / "ddp" / "model.safetensors"))
+    w_fsdp = load_file(str(tmp_path / "fsdp" / "model.safetensors"))
+    assert w_ddp.keys() == w_fsdp.keys()
+    for k in w_ddp:
+        assert torch.allclose(w_ddp[k].float(), w_fsdp[k].float(), atol=1e-5), k
+
+
+def test_fsdp_refuses_fp16_and_warns_on_one_process(tmp_path, caplog):
+    from headstart.config import FitConfig
+    from headstart.train import Trainer
+
+    class FakeAccelerator:  # what Trainer reads of a 2-process Accelerator
+        num_processes = 2
+        device = "cpu"
+
+        class distributed_type:
+            value = "MULTI_CPU"
+
+    cfg = FitConfig(parallel="fsdp", precision="fp16", device="cpu")
+    with pytest.raises(ValueError, match="bf16"):
+        Trainer(None, [], None, cfg, train_set=None, val_set=None, features=None,
+                accelerator=FakeAccelerator())
+    with caplog.at_level("WARNING"):
+        Trainer(None, [], None, FitConfig(parallel="fsdp", device="cpu"), train_set=None,
+                val_set=None, features=None)
+    assert "one process, nothing to shard" in caplog.text

@@ -17,6 +17,7 @@ CHOICES = {
     "monitor": ("accuracy", "macro_f1", "loss"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("no", "bf16", "fp16"),
+    "parallel": ("ddp", "fsdp"),
     "detector": ("fasterrcnn", "retinanet", "fcos"),
 }
 
@@ -88,6 +89,11 @@ class FitConfig:
                                  "else min(4, cores - 1)")
     device: str = _f("auto", "auto | cpu | cuda | mps")
     precision: str = _f("no", "mixed precision: no | bf16 | fp16")
+    parallel: str = _f("ddp", "several processes (torchrun / accelerate launch): ddp (each "
+                       "process holds the whole model, gradients averaged) | fsdp (FSDP2: "
+                       "the weights, gradients and optimizer state of each layer group and "
+                       "the head are sharded across the processes; for backbones too large "
+                       "for one device)")
     channels_last: bool = _f(True, "channels_last memory format for conv nets (faster on CPU)")
     feature_cache: str | None = _f(None, "directory for cached backbone features (default: "
                                    "memory only)")

@@ -221,6 +221,16 @@ class Trainer:
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         self.accelerator = accelerator or Accelerator(cpu=cpu, mixed_precision=cfg.precision)
         self.device = self.accelerator.device
+        self.fsdp = self.accelerator.num_processes > 1 and (
+            cfg.parallel == "fsdp" or self.accelerator.distributed_type.value == "FSDP")
+        if cfg.parallel == "fsdp" and self.accelerator.num_processes == 1:
+            log.warning("parallel fsdp: one process, nothing to shard; training as usual "
+                        "(launch with torchrun / accelerate launch to shard)")
+        if self.fsdp and cfg.precision == "fp16":
+            raise ValueError("parallel fsdp with precision fp16 is not supported (its loss "
+                             "scaler is not shard-aware): use --precision bf16 or no")
+        self._mesh = None
+        self._live = None  # FSDP: (sharded copy of the model, its layer groups) while it trains
         self.num_workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self._best_state: dict[str, torch.Tensor] | None = None
@@ -267,9 +277,9 @@ class Trainer:
         if not bool((sums == sums[0]).all()):
             raise RuntimeError(f"data-parallel processes ended with different weights "
                                f"(checksums {sums.tolist()}); please report this")
-        log.info("data-parallel fit over %d processes (%s): identical weights on every "
+        log.info("data-parallel fit over %d processes (%s%s): identical weights on every "
                  "process", self.accelerator.num_processes,
-                 self.accelerator.state.distributed_type.value)
+                 self.accelerator.state.distributed_type.value, ", FSDP" if self.fsdp else "")
 
     # ---------------------------------------------------------------- stages
     def _run_stage(self, s: int, state: LoopState, opt_state) -> None:
@@ -279,15 +289,23 @@ class Trainer:
         if len(state.stage_summaries) <= s:
             state.stage_summaries.append(summary)
         module = self.model.head if stage.head_only else self.model
+        sharded = self.fsdp and not stage.head_only
+        if sharded:  # train a sharded copy; self.model gets its full weights every epoch
+            module, params = self._shard(params)
         train_loader, val_loader = self._loaders(stage)
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.cfg.weight_decay)
         scheduler = make_scheduler(optimizer, self.cfg.schedule,
                                    stage.epochs * len(train_loader), self.cfg.warmup)
         if opt_state is not None and state.epoch > 0:
             tensors, meta = opt_state
-            optimizer.load_state_dict(optimizer_from_flat(tensors, meta["optimizer"]))
+            full = optimizer_from_flat(tensors, meta["optimizer"])
+            optimizer.load_state_dict(self._shard_optimizer_state(optimizer, full)
+                                      if sharded else full)
             scheduler.load_state_dict(meta["scheduler"])
-        prepared, optimizer = self.accelerator.prepare(module, optimizer)
+        if sharded:
+            prepared = module
+        else:
+            prepared, optimizer = self.accelerator.prepare(module, optimizer)
         if state.epoch == 0:
             # Each stage starts a new selection: the result is the best epoch of the LAST
             # stage (a probe is where fine-tuning starts, not a candidate against it; on a
@@ -300,6 +318,8 @@ class Trainer:
             row = {"stage": stage.name, "epoch": epoch + 1, "global_epoch": len(state.history) + 1,
                    "train_loss": train_loss, "train_items": self.items_seen,
                    "lr": scheduler.get_last_lr()[-1]}
+            if sharded:
+                self._gather_full(prepared)
             if val_loader is not None:
                 row.update(self.evaluate_loader(prepared, val_loader))
             row["seconds"] = time.perf_counter() - t0
@@ -314,6 +334,9 @@ class Trainer:
                 log.info("stage %s: early stop after epoch %d (%d epochs without improvement)",
                          stage.name, epoch + 1, state.bad_epochs)
                 break
+        if sharded:
+            self._live = None
+            self.model.to(self.device)
         self.accelerator.free_memory()
 
     def _loaders(self, stage: Stage):
@@ -364,7 +387,8 @@ class Trainer:
             loader.dataset.set_epoch(s * 100_000 + epoch)
         module.train()
         if not stage.head_only:
-            set_bn_mode(self.model.backbone, self.groups, stage)
+            model, groups = self._live or (self.model, self.groups)
+            set_bn_mode(model.backbone, groups, stage)
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
                    disable=None)
@@ -434,6 +458,80 @@ class Trainer:
                                            zero_division=0)),
         }
 
+    # ---------------------------------------------------------------- FSDP
+    def _shard(self, params: list[dict]) -> tuple[nn.Module, list[dict]]:
+        """FSDP2 (``torch.distributed.fsdp.fully_shard``): a copy of the model in which each
+        layer group, the head and the rest (the root) are sharded across the processes, and
+        the stage's AdamW param groups mapped onto the copy's sharded parameters. The whole
+        model stays in host memory (for checkpoints, the best epoch and the result)."""
+        import copy
+
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        if self._mesh is None:
+            self._mesh = init_device_mesh(self.device.type, (self.accelerator.num_processes,))
+        self.model.to("cpu")
+        live, groups = copy.deepcopy((self.model, self.groups))  # groups point into the copy
+        live.to(memory_format=torch.contiguous_format)  # FSDP shards contiguous weights only
+        for group in groups:
+            if any(True for _ in group.parameters()):
+                fully_shard(group.modules if len(group.modules) > 1 else group.modules[0],
+                            mesh=self._mesh)
+        fully_shard(live.head, mesh=self._mesh)
+        fully_shard(live, mesh=self._mesh)  # the rest: stems, norms, poolers not in a group
+        live.to(self.device)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        sharded = dict(live.named_parameters())
+        mapped = [{**g, "params": [sharded[names[id(p)]] for p in g["params"]]} for g in params]
+        self._live = (live, groups)
+        shards = sum(p.to_local().numel() for p in sharded.values())
+        log.info("FSDP: this process holds %s of %s parameters (%d processes)",
+                 f"{shards:,}", f"{sum(p.numel() for p in sharded.values()):,}",
+                 self.accelerator.num_processes)
+        return live, mapped
+
+    def _gather_full(self, live: nn.Module) -> None:
+        """FSDP, after an epoch: every process takes the first process's buffers (BN
+        statistics, as DDP does) so validation agrees everywhere, and the full weights are
+        gathered, one tensor at a time, into the unsharded model."""
+        import torch.distributed as dist
+        from torch.distributed.tensor import DTensor
+
+        full = {}
+        for name, t in live.state_dict().items():
+            if isinstance(t, DTensor):
+                t = t.full_tensor()
+            else:
+                dist.broadcast(t, src=0)
+            full[name] = t.detach().to("cpu")
+        self.model.load_state_dict(full)
+
+    def _full_optimizer_state(self, optimizer) -> dict:
+        """``optimizer.state_dict()`` with every sharded moment gathered whole (FSDP)."""
+        from torch.distributed.tensor import DTensor
+
+        sd = optimizer.state_dict()
+        if not self.fsdp:
+            return sd
+        state = {pid: {k: (v.full_tensor().cpu() if isinstance(v, DTensor) else v)
+                       for k, v in entries.items()} for pid, entries in sd["state"].items()}
+        return {"state": state, "param_groups": sd["param_groups"]}
+
+    def _shard_optimizer_state(self, optimizer, full: dict) -> dict:
+        """Resume under FSDP: cut the checkpoint's whole moments like their parameters."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        state = {}
+        for pid, entries in full["state"].items():
+            p = params[int(pid)]
+            state[pid] = {k: (distribute_tensor(v.to(self.device), p.device_mesh, p.placements)
+                              if isinstance(p, DTensor) and torch.is_tensor(v)
+                              and v.shape == p.shape else v)
+                          for k, v in entries.items()}
+        return {"state": state, "param_groups": full["param_groups"]}
+
     # ---------------------------------------------------------------- bookkeeping
     def _track_best(self, state: LoopState, row: dict, stage: Stage) -> bool:
         """Update the best weights; True when the stage should stop early."""
@@ -472,14 +570,18 @@ class Trainer:
         return self.run_dir / "checkpoints" / "last" if self.run_dir else None
 
     def _save(self, state: LoopState, optimizer, scheduler) -> None:
-        if self.run_dir is None or not self.accelerator.is_main_process:
+        if self.run_dir is None:
+            return
+        # under FSDP every process takes part in gathering the optimizer's shards
+        opt_sd = self._full_optimizer_state(optimizer) if optimizer is not None else None
+        if not self.accelerator.is_main_process:
             return
         tensors = {f"model.{k}": v for k, v in
                    state_dict_tensors(self.accelerator.unwrap_model(self.model)).items()}
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"fingerprint": self.fingerprint, "loop": asdict(state)}
         if optimizer is not None:
-            opt_tensors, opt_meta = optimizer_to_flat(optimizer.state_dict())
+            opt_tensors, opt_meta = optimizer_to_flat(opt_sd)
             tensors.update(opt_tensors)
             meta["optimizer"] = opt_meta
             meta["scheduler"] = scheduler.state_dict()

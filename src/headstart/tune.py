@@ -214,16 +214,23 @@ def _objective(cls, base, train_src, val_src, strategies, n_groups: int, monitor
 
     def objective(trial) -> float:
         params = _suggest(trial, strategies, n_groups)
+        trained = [0]  # epochs so far that trained backbone layers
 
         def report(row: dict) -> None:
+            # Only epochs that train the backbone are reported, at step k = the k-th such
+            # epoch, so trials of every strategy are compared at the same point: step 3 is
+            # the third fine-tuning epoch of `lp_ft` (after its probe) and of `finetune`.
+            # (Numbered by the global epoch, a `finetune` trial's 3rd epoch met the
+            # medians of `lp_ft` probes on cached features, and lost to them.) Head-only
+            # epochs run in milliseconds: nothing to save by pruning them.
             score = _score(row, monitor)
-            if score is None:
+            if score is None or row["stage"] in HEAD_ONLY_STAGES:
                 return
-            trial.report(float(score), step=int(row["global_epoch"]))
-            # head-only epochs run on cached features in milliseconds: pruning pays (and is
-            # fair) only where the backbone trains
-            if row["stage"] not in HEAD_ONLY_STAGES and trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {row['global_epoch']}: {monitor} {score:.4f}")
+            trained[0] += 1
+            trial.report(float(score), step=trained[0])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"fine-tuning epoch {trained[0]}: {monitor} "
+                                         f"{score:.4f}")
 
         t0 = time.perf_counter()
         clf = cls(config=base.replace(**params))

@@ -347,3 +347,35 @@ def test_fsdp_refuses_fp16_and_warns_on_one_process(tmp_path, caplog):
         Trainer(None, [], None, FitConfig(parallel="fsdp", device="cpu"), train_set=None,
                 val_set=None, features=None)
     assert "one process, nothing to shard" in caplog.text
+
+
+def test_rank_shares_its_feature_passes_between_processes(tmp_path):
+    """`torchrun ... -m headstart rank`: each of 2 processes computes half of every
+    candidate's forward pass (a random-init one and two cut points of one backbone); the
+    one table printed equals the single-process ranking."""
+    X, y = make_arrays(60, n_classes=3, seed=2)
+    folder = write_folder(tmp_path / "train", X, y)
+    args = ["rank", str(folder), "--models", "tiny:cnn,tiny:cnn@1,scratch:tiny:cnn",
+            "--device", "cpu", "--num-workers", "0", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    one = subprocess.run([sys.executable, "-m", "headstart", *args, "--feature-cache",
+                          str(tmp_path / "cache1")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _launch([*args, "--feature-cache", str(tmp_path / "cache2")])
+    assert "this process computed 27 of 54 items (2 processes)" in two.stderr, \
+        two.stderr[-3000:]
+    assert two.stdout.count('"label"') == 3  # one process printed the table
+
+    def scores(out: str) -> dict:
+        return {r["label"]: r["scores"] for r in json.loads(out)["rows"] if not r["error"]}
+
+    whole, shared = scores(one.stdout), scores(two.stdout)
+    assert whole.keys() == shared.keys() and len(whole) == 3
+    for name, values in whole.items():
+        assert values == pytest.approx(shared[name], rel=1e-5, abs=1e-6, nan_ok=True), name
+    again = _launch([*args, "--feature-cache", str(tmp_path / "cache2")])  # all cached
+    assert "this process computed" not in again.stderr
+    cached = scores(again.stdout)
+    for name, values in shared.items():
+        assert values == pytest.approx(cached[name], nan_ok=True), name

@@ -417,6 +417,21 @@ def cmd_convert_boxes(args) -> int:
     return 0
 
 
+def _join_process_group(cfg: FitConfig) -> bool:
+    """Under torchrun / accelerate launch (WORLD_SIZE > 1), join the job's process group
+    (gloo on CPU, NCCL on GPUs, through Accelerate) so feature passes are shared; True on
+    the process that reports."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    import torch
+    from accelerate import PartialState
+
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    return PartialState(cpu=cpu).is_main_process
+
+
 def cmd_rank(args) -> int:
     from .features import default_cache_dir
     from .select import DEFAULT_MAX_ITEMS, Candidate, rank
@@ -431,9 +446,12 @@ def cmd_rank(args) -> int:
         cuts = [int(c) for c in args.layers.split(",") if c.strip()]
         cands = [Candidate(c.backbone, k) for c in cands for k in cuts]
     scores = [s.strip() for s in args.scores.split(",")] if args.scores else None
+    main_process = _join_process_group(cfg)
     data = _open(args.task, args.data, cfg, args)
     result = rank(data, cands, task=args.task, scores=scores, score=args.score,
                   max_items=args.max_items or DEFAULT_MAX_ITEMS, config=cfg)
+    if not main_process:  # every process has the result; the first one reports it
+        return 0
     if args.write_config and any(r.error is None for r in result.rows):
         import yaml
 

@@ -183,13 +183,24 @@ def _compute(backbone: nn.Module, dataset: Dataset, batch_size: int, device,
 
 
 def cached_features(key: str, compute, cache_dir: str | Path | None = None) -> torch.Tensor:
-    """Features for ``key`` from memory, then disk, else ``compute()`` and store."""
-    if key in _MEMORY:
+    """Features for ``key`` from memory, then disk, else ``compute()`` and store.
+
+    In a sharded data-parallel pass the processes decide together: all of them compute
+    (the pass is a collective) unless every one of them has the features already."""
+    path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
+    have = key in _MEMORY or (path is not None and path.is_file())
+    _, world = _process_group()
+    if world > 1:
+        import torch.distributed as dist
+
+        everyone: list = [None] * world
+        dist.all_gather_object(everyone, have)
+        have = all(everyone)
+    if have and key in _MEMORY:
         log.info("features %s: from memory", key[:12])
         _MEMORY.move_to_end(key)
         return _MEMORY[key]
-    path = Path(cache_dir) / f"{key}.safetensors" if cache_dir else None
-    if path is not None and path.is_file():
+    if have:
         from safetensors.torch import load_file
 
         feats = load_file(str(path))["features"]

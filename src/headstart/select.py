@@ -413,9 +413,12 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
     its source head). ``settings`` are FitConfig fields that shape the features (image
     size, text truncation, ``feature_cache``, ``seed``, ``val_fraction``): with the same
     values and no sampling, a later ``feature_extract`` fit reuses the cached features.
-    A candidate that cannot be loaded becomes a row with its error, not an exception."""
+    A candidate that cannot be loaded becomes a row with its error, not an exception.
+    In a data-parallel job (``torchrun ... -m headstart rank``, or a process group the
+    caller initialised) the processes share each forward pass; all get the same result."""
     import time
 
+    from .features import sharded_passes
     from .tasks import ESTIMATORS
     from .zoo import create_backbone
 
@@ -472,7 +475,8 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
         variants, errors = _variants(base, group, device, cfg.seed)
         rows += [RankRow(c, {}, error=e) for c, e in errors.items()]
         try:
-            feats = _variant_features(est, base, variants, preprocess, parts, cfg)
+            with sharded_passes():  # under torchrun: each process computes a share
+                feats = _variant_features(est, base, variants, preprocess, parts, cfg)
         except Exception as exc:  # noqa: BLE001
             log.warning("rank: %s: the forward pass failed: %s", model_id, exc)
             rows += [RankRow(c, {}, error=f"{type(exc).__name__}: {exc}") for c in variants]

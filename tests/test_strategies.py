@@ -232,3 +232,25 @@ def test_min_steps_lengthens_training_stages_on_tiny_datasets():
     assert epochs("gradual", 1)[1] == ("unfreeze_1", cfg.gradual_epochs)  # per-stage count kept
     assert epochs("lp_ft", None) == [("linear_probe", 60), ("finetune", 8)]
     assert build_strategy(cfg.replace(min_steps=0), 7, 1).stages[1].epochs == 8
+
+
+def test_bf16_mixed_precision_on_cpu(arrays):
+    """--precision bf16: the backbone computes in bfloat16 under autocast while it trains
+    (here on CPU), the weights stay float32 and the fit still learns."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    dtypes = set()
+
+    def spy(module, args, output):
+        if isinstance(module, torch.nn.Conv2d) and torch.is_grad_enabled():
+            dtypes.add(output.dtype)
+
+    handle = register_module_forward_hook(spy)
+    try:
+        clf = ImageClassifier("tiny:cnn", strategy="finetune", precision="bf16",
+                              **{**FAST, "epochs": 4}).fit(*arrays)
+    finally:
+        handle.remove()
+    assert torch.bfloat16 in dtypes
+    assert all(p.dtype == torch.float32 for p in clf.model_.parameters())
+    assert clf.score(*arrays) >= 0.9

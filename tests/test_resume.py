@@ -244,3 +244,41 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     assert _rows(victim_dir) == _rows(ref_dir) == 16
     files = [p for p in (victim_dir / "checkpoints").rglob("*") if p.is_file()]
     assert all(p.suffix in (".safetensors", ".json") for p in files), files
+
+
+@pytest.mark.parametrize("task", ["text", "audio"])
+def test_text_and_audio_fits_resume_exactly(task, tmp_path, monkeypatch):
+    """The same promise for the other tasks' data paths: a text fit (tokenised chunks,
+    length-bucketed batches, the contrastive term) and an audio fit (random shifts, gain,
+    noise and SpecAugment masks per epoch), crashed in the 2nd fine-tuning epoch and
+    resumed, end with the weights of the uninterrupted fit."""
+    if task == "text":
+        import pandas as pd
+
+        from headstart import TextClassifier as Estimator
+
+        from conftest import TEXT_FIT, make_texts
+
+        texts, labels = make_texts(40, seed=5)
+        data = tmp_path / "train.csv"
+        pd.DataFrame({"text": texts, "label": labels}).to_csv(data, index=False)
+        settings = {**TEXT_FIT, "epochs": 3, "head_epochs": 2, "contrastive": 1.0}
+        backbone = "tiny:bert"
+    else:
+        from headstart import AudioClassifier as Estimator
+
+        from test_audio import FAST as AUDIO_FAST, write_tones
+
+        data = write_tones(tmp_path / "tones", per_class=6)
+        settings = {**AUDIO_FAST, "epochs": 3, "head_epochs": 2, "augment": "strong"}
+        backbone = "scratch:audio:cnn"
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    Estimator(backbone, strategy="lp_ft", run_dir=ref, **settings).fit(str(data))
+    crash_on_call(monkeypatch, Trainer, "_train_epoch", 4)  # probe 1-2, fine-tune 1, crash
+    with pytest.raises(Crash):
+        Estimator(backbone, strategy="lp_ft", run_dir=run, **settings).fit(str(data))
+    monkeypatch.undo()
+    Estimator(backbone, strategy="lp_ft", run_dir=run, **settings).fit(str(data), resume=True)
+    assert_same_weights(weights(ref), weights(run))
+    assert [r["train_loss"] for r in history_rows(ref)] == \
+        [r["train_loss"] for r in history_rows(run)]

@@ -7,9 +7,10 @@ weights kept, and a resumable checkpoint after every epoch. Stages that train on
 head run on cached backbone features.
 
 Determinism: the shuffling of epoch ``e`` of stage ``s`` comes from a generator seeded by
-(seed, s, e), augmentation from (seed, epoch, item), and the global torch RNG state is
-checkpointed; so a run killed at any point and resumed ends with the same weights as one
-that was never interrupted.
+(seed, s, e), augmentation from (seed, epoch, item), and torch's global generator (dropout,
+SpecAugment) is reseeded from (seed, s, e) at the start of every epoch (and checkpointed);
+so a run killed at any point and resumed ends with the same weights as one that was never
+interrupted, and a fit does not depend on what ran before it in the process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
@@ -385,6 +387,12 @@ class Trainer:
         sampler.set_epoch(s * 100_000 + epoch)
         if hasattr(loader.dataset, "set_epoch"):
             loader.dataset.set_epoch(s * 100_000 + epoch)
+        # What the epoch draws from torch's global generator (dropout, SpecAugment masks)
+        # depends on (seed, stage, epoch) only, not on what ran before in this process: a
+        # fit whose probe features came from the cache (no loader drew a seed) then trains
+        # exactly like one that computed them, and a resumed epoch like the original.
+        torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, s, epoch, 17])
+                              .generate_state(1)[0]))
         module.train()
         if not stage.head_only:
             model, groups = self._live or (self.model, self.groups)

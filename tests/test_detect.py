@@ -807,3 +807,12 @@ def test_metrics_duplicates_match_once():
     preds = [_pred([box, box + 1], [0.9, 0.8], ["square", "square"])]
     m = detection_metrics(preds, truths, CLASSES)
     assert m["recall"] == 1.0 and m["precision"] == pytest.approx(0.5)
+
+
+def test_detection_under_a_launcher_is_refused(source, monkeypatch):
+    """torchrun would start N detectors each training alone on the same run: refused."""
+    from headstart.tasks.detect import ObjectDetector
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="one process"):
+        ObjectDetector("tiny:cnn").fit(source)

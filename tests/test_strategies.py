@@ -236,21 +236,30 @@ def test_min_steps_lengthens_training_stages_on_tiny_datasets():
 
 def test_bf16_mixed_precision_on_cpu(arrays):
     """--precision bf16: the backbone computes in bfloat16 under autocast while it trains
-    (here on CPU), the weights stay float32 and the fit still learns."""
+    (here on CPU), the weights stay float32 and the fit still learns; fits of either
+    precision may follow each other in one process (Accelerate keeps one state per
+    process, which refused a second precision)."""
     from torch.nn.modules.module import register_module_forward_hook
 
-    dtypes = set()
+    def fit(precision: str):
+        dtypes = set()
 
-    def spy(module, args, output):
-        if isinstance(module, torch.nn.Conv2d) and torch.is_grad_enabled():
-            dtypes.add(output.dtype)
+        def spy(module, args, output):
+            if isinstance(module, torch.nn.Conv2d) and torch.is_grad_enabled():
+                dtypes.add(output.dtype)
 
-    handle = register_module_forward_hook(spy)
-    try:
-        clf = ImageClassifier("tiny:cnn", strategy="finetune", precision="bf16",
-                              **{**FAST, "epochs": 4}).fit(*arrays)
-    finally:
-        handle.remove()
-    assert torch.bfloat16 in dtypes
+        handle = register_module_forward_hook(spy)
+        try:
+            clf = ImageClassifier("tiny:cnn", strategy="finetune", precision=precision,
+                                  **{**FAST, "epochs": 4}).fit(*arrays)
+        finally:
+            handle.remove()
+        return clf, dtypes
+
+    _, before = fit("no")
+    clf, during = fit("bf16")
+    _, after = fit("no")
+    assert before == after == {torch.float32}
+    assert torch.bfloat16 in during
     assert all(p.dtype == torch.float32 for p in clf.model_.parameters())
     assert clf.score(*arrays) >= 0.9

@@ -221,6 +221,13 @@ class Trainer:
         self.fingerprint = fingerprint
         self.callbacks = list(callbacks)  # each called with every epoch's row, in order
         cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+        if accelerator is None:
+            # Accelerate keeps one state per process and refuses another precision later
+            # (a notebook's fp32 fit, then a bf16 one; tune and study fit many times): each
+            # fit starts that state afresh. The process group (PartialState) stays.
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = accelerator or Accelerator(cpu=cpu, mixed_precision=cfg.precision)
         self.device = self.accelerator.device
         self.fsdp = self.accelerator.num_processes > 1 and (

@@ -421,15 +421,13 @@ def _join_process_group(cfg: FitConfig) -> bool:
     """Under torchrun / accelerate launch (WORLD_SIZE > 1), join the job's process group
     (gloo on CPU, NCCL on GPUs, through Accelerate) so feature passes are shared; True on
     the process that reports."""
-    import os
+    from .train import launched_processes, use_cpu
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if launched_processes() <= 1:
         return True
-    import torch
     from accelerate import PartialState
 
-    cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
-    return PartialState(cpu=cpu).is_main_process
+    return PartialState(cpu=use_cpu(cfg)).is_main_process
 
 
 def cmd_rank(args) -> int:

@@ -220,7 +220,6 @@ class Trainer:
         self.collate_fn = collate_fn
         self.fingerprint = fingerprint
         self.callbacks = list(callbacks)  # each called with every epoch's row, in order
-        cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
         if accelerator is None:
             # Accelerate keeps one state per process and refuses another precision later
             # (a notebook's fp32 fit, then a bf16 one; tune and study fit many times): each
@@ -228,7 +227,8 @@ class Trainer:
             from accelerate.state import AcceleratorState
 
             AcceleratorState._reset_state(reset_partial_state=False)
-        self.accelerator = accelerator or Accelerator(cpu=cpu, mixed_precision=cfg.precision)
+        self.accelerator = accelerator or Accelerator(cpu=use_cpu(cfg),
+                                                      mixed_precision=cfg.precision)
         self.device = self.accelerator.device
         self.fsdp = self.accelerator.num_processes > 1 and (
             cfg.parallel == "fsdp" or self.accelerator.distributed_type.value == "FSDP")
@@ -628,6 +628,18 @@ class Trainer:
             if isinstance(v, float):
                 self._tb.add_scalar(k, v, row["global_epoch"])
         self._tb.flush()
+
+
+def use_cpu(cfg: FitConfig) -> bool:
+    """Accelerate's ``cpu`` flag for a fit's ``device`` setting."""
+    return cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+
+
+def launched_processes() -> int:
+    """How many processes a launcher (torchrun, accelerate launch) started: 1 without one."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def default_workers() -> int:

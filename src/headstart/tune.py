@@ -214,9 +214,10 @@ def _objective(cls, base, train_src, val_src, strategies, n_groups: int, monitor
 
     def objective(trial) -> float:
         params = _suggest(trial, strategies, n_groups)
-        trained = [0]  # epochs so far that trained backbone layers
+        trained = 0  # epochs so far that trained backbone layers
 
         def report(row: dict) -> None:
+            nonlocal trained
             # Only epochs that train the backbone are reported, at step k = the k-th such
             # epoch, so trials of every strategy are compared at the same point: step 3 is
             # the third fine-tuning epoch of `lp_ft` (after its probe) and of `finetune`.
@@ -226,11 +227,10 @@ def _objective(cls, base, train_src, val_src, strategies, n_groups: int, monitor
             score = _score(row, monitor)
             if score is None or row["stage"] in HEAD_ONLY_STAGES:
                 return
-            trained[0] += 1
-            trial.report(float(score), step=trained[0])
+            trained += 1
+            trial.report(float(score), step=trained)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"fine-tuning epoch {trained[0]}: {monitor} "
-                                         f"{score:.4f}")
+                raise optuna.TrialPruned(f"fine-tuning epoch {trained}: {monitor} {score:.4f}")
 
         t0 = time.perf_counter()
         clf = cls(config=base.replace(**params))

@@ -534,9 +534,9 @@ class ObjectDetector:
         """Fit on annotated images (COCO JSON / VOC folder / YOLO folder / BoxSource).
         Without ``validation``, ``val_fraction`` is held out spatially (see
         :func:`~headstart.data.boxes.spatial_split`): no pixel is in both."""
-        import os
+        from ..train import launched_processes
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would train alone
+        if launched_processes() > 1:  # each process would train alone
             raise RuntimeError("detection fits run in one process: data-parallel detection "
                                "(torchrun / accelerate launch) is not supported yet; run "
                                "`headstart fit --task detect` without a launcher")

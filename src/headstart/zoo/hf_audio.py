@@ -30,6 +30,8 @@ from .base import AudioPreprocess, LayerGroup, SourceMeta, ZooError
 
 AUDIO_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "unispeech",
                      "unispeech-sat", "wav2vec2-conformer", "sew", "sew-d")
+# every transformers speech encoder headstart adapts: the wav2vec2 family, and Whisper's
+SPEECH_MODEL_TYPES = (*AUDIO_MODEL_TYPES, "whisper")
 ASSET_SETTINGS = "headstart_audio.json"
 NO_MASKING = {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "apply_spec_augment": False}
 
@@ -152,7 +154,7 @@ def is_audio_folder(folder: str | Path) -> bool:
     config = Path(folder) / "config.json"
     if not config.is_file():
         return False
-    return json.loads(config.read_text()).get("model_type") in (*AUDIO_MODEL_TYPES, "whisper")
+    return json.loads(config.read_text()).get("model_type") in SPEECH_MODEL_TYPES
 
 
 def _settings(folder: Path) -> dict:
@@ -182,7 +184,7 @@ def from_audio_folder(folder: str | Path, backbone_id: str, meta: SourceMeta, *,
                                       arch_id=arch_id)
     if config.model_type not in AUDIO_MODEL_TYPES:
         raise ZooError(f"{backbone_id}: a {config.model_type!r} model is not a supported speech "
-                       f"encoder ({', '.join(AUDIO_MODEL_TYPES)})")
+                       f"encoder ({', '.join(SPEECH_MODEL_TYPES)})")
     model = AutoModel.from_pretrained(str(folder), config=config) if pretrained else \
         AutoModel.from_config(config)
     settings = _settings(folder)

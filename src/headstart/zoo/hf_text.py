@@ -227,11 +227,11 @@ def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> Backbone:
         if not online or _is_network_failure(exc):
             raise _offline_error(backbone_id) from exc
         raise ZooError(f"{backbone_id}: cannot fetch it from the hub: {exc}") from exc
-    from .hf_audio import AUDIO_MODEL_TYPES, from_audio_folder
+    from .hf_audio import SPEECH_MODEL_TYPES, from_audio_folder
 
     model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type") \
         if (Path(folder) / "config.json").is_file() else None
-    if model_type in (*AUDIO_MODEL_TYPES, "whisper"):
+    if model_type in SPEECH_MODEL_TYPES:
         if pretrained and not list(Path(folder).glob("*.safetensors")):
             folder = snapshot_download(repo_id, allow_patterns=["*.json", "pytorch_model.bin"],
                                        local_files_only=not online)

@@ -189,3 +189,16 @@ def test_resume_with_other_settings_is_a_clean_cli_error(folders, tmp_path, caps
     code = main(["-q", "fit", *flags, "--resume", "--weight-decay", "0.3"])
     err = capsys.readouterr().err
     assert code == 2 and "checkpoint" in err and "Traceback" not in err
+
+
+def test_a_commands_log_quieting_ends_with_it(tmp_path, capsys):
+    """study and tune quiet the library's per-epoch loggers for their many fits; that must
+    not outlive the command (a later fit in the same process logged nothing)."""
+    import logging
+
+    train_log = logging.getLogger("headstart.train")
+    before = train_log.level
+    code = main(["study", str(tmp_path / "missing"), "--model", "tiny:cnn",
+                 "--out", str(tmp_path / "study")])
+    assert code == 2 and "error" in capsys.readouterr().err
+    assert train_log.level == before

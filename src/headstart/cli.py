@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.images import DataError
     from .zoo.base import ZooError
 
+    levels = {name: logging.getLogger(name).level for name in _LIBRARY_LOGS}
     try:
         return handler(args) or 0
     except (DataError, ZooError, ValueError, FileNotFoundError) as exc:
@@ -287,6 +288,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"headstart {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:  # a command's quieting ends with it (main() may run again in one process)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+# the library's per-epoch loggers, quieted by commands that run many fits
+_LIBRARY_LOGS = ("headstart.tasks", "headstart.train", "headstart.strategies",
+                 "headstart.data", "headstart.zoo", "headstart.features", "headstart.select")
+
+
+def _quiet_library_logs() -> None:
+    for name in _LIBRARY_LOGS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
@@ -485,10 +499,7 @@ def cmd_study(args) -> int:
     from .study import run_study
 
     if not args.verbose:  # one line per run, not every epoch of every run
-        for name in ("headstart.tasks", "headstart.train", "headstart.strategies",
-                     "headstart.data", "headstart.zoo", "headstart.features",
-                     "headstart.select"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_library_logs()
     cfg = fit_config_from_args(args)
     from_yaml = FitConfig.read_yaml(args.config) if args.config else {}
     given = {f: getattr(cfg, f) for f in FitConfig.field_names()
@@ -540,9 +551,7 @@ def cmd_tune(args) -> int:
     optuna.logging.disable_default_handler()  # Optuna's lines go through our logging
     optuna.logging.enable_propagation()
     if not args.verbose:  # one line per trial, not every epoch of every trial
-        for name in ("headstart.tasks", "headstart.train", "headstart.strategies",
-                     "headstart.data", "headstart.zoo", "headstart.features"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        _quiet_library_logs()
     cfg = fit_config_from_args(args)
     from_yaml = FitConfig.read_yaml(args.config) if args.config else {}
     given = {f: getattr(cfg, f) for f in FitConfig.field_names()

@@ -1,5 +1,6 @@
 """Oracle, invariance, sanity and error tests for the transferability scores in
-``headstart.select`` (logme, leep, nce, h_score, knn_accuracy, linear_probe_accuracy).
+``headstart.select`` (logme, leep, nce, nleep, h_score, knn_accuracy,
+linear_probe_accuracy).
 
 Every score is compared with a deliberately plain reference implementation written here
 from the papers' formulas (loops over classes / items, explicit d x d inverses and
@@ -25,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from headstart import select
 from headstart.select import (SCORES, ScoreError, h_score, knn_accuracy, leep, linear_probe_accuracy,
-                              logme, nce)
+                              logme, nce, nleep)
 
 RTOL = 1e-6
 
@@ -137,6 +138,34 @@ def ref_nce(theta, labels) -> float:
     p_z = Counter(z)
     return sum(count / n * math.log((count / n) / (p_z[zz] / n))
                for (_, zz), count in joint.items())
+
+
+def ref_nleep(features, labels, variance=0.8, per_class=5, covariance="diag", fits=3,
+              seed=0) -> float:
+    """N-LEEP (Li et al. 2021) the plain way: PCA from the eigendecomposition of the d x d
+    covariance (components sorted by eigenvalue, counted until their share of the trace
+    reaches ``variance``), scaled by the root of the trace; sklearn's Gaussian mixture on
+    that; LEEP of its posteriors by the loop reference, averaged over ``fits`` seeds."""
+    from sklearn.mixture import GaussianMixture
+
+    f = np.asarray(features, dtype=np.float64)
+    f = f - f.mean(0)
+    cov = f.T @ f / len(f)
+    lam, vec = np.linalg.eigh(cov)
+    order = np.argsort(lam)[::-1]
+    lam, vec = lam[order], vec[:, order]
+    total, k, acc = float(np.trace(cov)), 0, 0.0
+    while k < len(lam) and acc < variance * total:
+        acc += lam[k]
+        k += 1
+    z = f @ vec[:, :max(k, 1)] / math.sqrt(total)
+    n_comp = min(per_class * len(np.unique(labels)), len(f))
+    values = []
+    for i in range(fits):
+        gmm = GaussianMixture(n_components=n_comp, covariance_type=covariance, reg_covar=1e-4,
+                              random_state=seed + i).fit(z)
+        values.append(ref_leep(gmm.predict_proba(z), labels))
+    return sum(values) / len(values)
 
 
 def _between(f_centred, labels):
@@ -316,6 +345,38 @@ def test_nce_matches_reference_digits(digits, digits_source_probs):
         ref_nce(digits_source_probs, y), rel=RTOL)
 
 
+# ============================================================================ N-LEEP
+@pytest.mark.parametrize("n,d,seed,covariance", [(60, 10, 0, "diag"), (90, 30, 1, "diag"),
+                                                 (40, 100, 2, "diag"), (60, 10, 3, "full")])
+def test_nleep_matches_reference_random(n, d, seed, covariance):
+    f, y = clustered(n, d, 3, seed, sep=0.8)
+    assert nleep(f, y, covariance=covariance) == pytest.approx(
+        ref_nleep(f, y, covariance=covariance), rel=RTOL)
+
+
+@pytest.mark.parametrize("variance", [0.5, 0.8, 0.95])
+def test_nleep_matches_reference_digits(digits, variance):
+    f, y = digits
+    assert nleep(f, y, variance=variance) == pytest.approx(
+        ref_nleep(f, y, variance=variance), rel=RTOL)
+
+
+def test_nleep_is_a_log_likelihood_near_zero_for_separated_classes():
+    f, y = clustered(100, 10, 5, seed=0, sep=8.0)
+    good = nleep(f, y)
+    assert -0.05 < good <= 0.0
+    noise, yn = pure_noise(100, 10, 5, seed=0)
+    assert nleep(noise, yn) < math.log(0.5)  # near log(1/5): mixture components say nothing
+
+
+def test_nleep_needs_no_source_head_and_constant_features_score_the_label_prior():
+    y = np.array([0, 0, 0, 1])
+    got = nleep(np.ones((4, 3)), y)
+    assert got == pytest.approx(0.75 * math.log(0.75) + 0.25 * math.log(0.25), rel=1e-9)
+    with pytest.raises(ScoreError, match="variance"):
+        nleep(np.ones((4, 3)), y, variance=0.0)
+
+
 # =========================================================================== H-score
 @pytest.mark.parametrize("n,d,seed", [(60, 10, 0), (60, 10, 1), (40, 100, 2), (40, 100, 3)])
 def test_h_score_ledoit_wolf_matches_reference_random(n, d, seed):
@@ -419,7 +480,7 @@ def test_linear_probe_matches_reference_digits(digits):
 
 
 # ======================================================================== invariances
-FEATURE_SCORES = ["logme", "h_score", "knn", "linear"]
+FEATURE_SCORES = ["logme", "nleep", "h_score", "knn", "linear"]
 SOURCE_SCORES = ["leep", "nce"]
 EXACT = {"knn", "linear"}  # accuracies: identical predictions give identical numbers
 
@@ -468,7 +529,7 @@ def test_scores_invariant_to_relabelling_classes_digits(name, digits, digits_sou
 @pytest.mark.parametrize("scale", [7.5, 0.01])
 @pytest.mark.parametrize("name", FEATURE_SCORES)
 def test_scores_invariant_to_feature_scale(name, scale, digits):
-    rtol = {"logme": RTOL, "h_score": 1e-9}.get(name)
+    rtol = {"logme": RTOL, "nleep": RTOL, "h_score": 1e-9}.get(name)
     for f, y in (clustered(60, 10, 5, seed=0, sep=0.7), digits):
         got, want = _call(name, f * scale, y, None), _call(name, f, y, None)
         if rtol is None:
@@ -531,8 +592,8 @@ def test_perfect_source_mapping_has_maximal_nce_and_leep():
         assert leep(f, y, _source(kind, seed, z)) <= 0.0
 
 
-def test_registry_lists_the_six_scores():
-    assert set(SCORES) == {"logme", "leep", "nce", "h_score", "knn", "linear"}
+def test_registry_lists_the_seven_scores():
+    assert set(SCORES) == {"logme", "leep", "nce", "nleep", "h_score", "knn", "linear"}
     assert {n for n, s in SCORES.items() if s.needs_source} == {"leep", "nce"}
     assert SCORES["logme"].fn is select.logme and SCORES["knn"].fn is select.knn_accuracy
 

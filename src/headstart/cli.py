@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "model, e.g. 0,1,2 (stages removed from the end)")
     p.add_argument("--task", choices=TASKS, default="image")
     p.add_argument("--scores", default=None, help="comma-separated scores to compute "
-                   "(default: all of logme, leep, nce, h_score, knn, linear)")
+                   "(default: all of logme, leep, nce, nleep, h_score, knn, linear)")
     p.add_argument("--score", default=None, help="the score that orders the table (default: "
                    "logme)")
     p.add_argument("--max-items", type=int, default=None, help="rank a stratified sample of "

@@ -137,7 +137,7 @@ def run_target(name: str, work: Path, max_items: list[int], seeds: list[int],
                              "macro_f1": m["macro_f1"], "n_test": len(yte)})
 
 
-def summary(work: Path) -> None:
+def summary(work: Path, exclude: tuple = ()) -> None:
     from scipy.stats import kendalltau
 
     records = [json.loads(l) for l in (work / "results.jsonl").read_text().splitlines()]
@@ -154,7 +154,7 @@ def summary(work: Path) -> None:
     # How well does one fine-tuning run predict another? Kendall tau between the seeds'
     # accuracies: the ceiling any transferability score can be expected to reach.
     for t in sorted({k[0] for k in fits}):
-        cands = sorted(c for (tt, c) in fits if tt == t)
+        cands = sorted(c for (tt, c) in fits if tt == t and c not in exclude)
         per = np.array([fits[(t, c)]["per_seed"] for c in cands])  # (candidates, seeds)
         pairs = [kendalltau(per[:, i], per[:, j]).statistic
                  for i in range(seeds) for j in range(i + 1, seeds)]
@@ -167,7 +167,8 @@ def summary(work: Path) -> None:
     taus: dict = {}
     for rr in ranks:
         t, m = rr["target"], rr["max_items"]
-        rows = [row for row in rr["rows"] if row["error"] is None]
+        rows = [row for row in rr["rows"]
+                if row["error"] is None and row["label"] not in exclude]
         labels = [row["label"] for row in rows]
         if not all((t, l) in fits for l in labels):
             continue
@@ -224,12 +225,16 @@ def main() -> None:
                         "ranking is recorded (e.g. after a score was added); fits are kept")
     parser.add_argument("--source-only", action="store_true")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--exclude", default="", help="candidates the summary leaves out "
+                        "(comma-separated labels), e.g. packaged:efficientnet_lite0@3 for "
+                        "the issue's set of two cuts")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    exclude = tuple(c for c in args.exclude.split(",") if c)
     if args.summary:
-        summary(work)
+        summary(work, exclude)
         return
     if args.source_only:
         source_run(work)
@@ -237,7 +242,7 @@ def main() -> None:
     for t in args.targets.split(","):
         run_target(t, work, [int(m) for m in args.max_items.split(",")],
                    [int(x) for x in args.seeds.split(",")], args.rerank)
-    summary(work)
+    summary(work, exclude)
 
 
 if __name__ == "__main__":

@@ -64,14 +64,15 @@ def test_rank_scores_every_candidate_and_orders_best_first(data3):
     x, y = data3
     res = rank(x, ["tiny:cnn", "tiny:cnn@1", "scratch:tiny:cnn"], y=y, **FAST)
     assert [r.error for r in res.rows] == [None] * 3
-    assert res.score == "logme" and res.n_items == 60 and res.n_classes == 3
+    assert res.score == "nleep" and res.n_items == 60 and res.n_classes == 3
     assert not res.sampled
-    values = [r.scores["logme"] for r in res.rows]
+    values = [r.scores["nleep"] for r in res.rows]
     assert values == sorted(values, reverse=True)
     for r in res.rows:
         assert set(r.scores) == set(SCORE_NAMES)
         assert math.isnan(r.scores["leep"]) and math.isnan(r.scores["nce"])  # no source head
-        assert all(math.isfinite(r.scores[k]) for k in ("logme", "h_score", "knn", "linear"))
+        assert all(math.isfinite(r.scores[k])
+                   for k in ("logme", "nleep", "h_score", "knn", "linear"))
         assert 0.0 <= r.scores["knn"] <= 1.0 and 0.0 <= r.scores["linear"] <= 1.0
         assert r.seconds > 0
     dims = {r.candidate.label: r.feature_dim for r in res.rows}
@@ -263,8 +264,8 @@ def test_cli_rank_table_json_and_write_config(tmp_path, monkeypatch):
                            "--layers", "0,1", *RANK_FLAGS])
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith("ranked 4 candidates on all 60 items, 3 classes, by logme")
-    assert "logme" in lines[1] and "leep" in lines[1] and "dim" in lines[1]
+    assert lines[0].startswith("ranked 4 candidates on all 60 items, 3 classes, by nleep")
+    assert "logme" in lines[1] and "nleep" in lines[1] and "leep" in lines[1] and "dim" in lines[1]
     assert sum("error: ZooError" in line for line in lines) == 2
     assert "headstart fit" in out and "--feature-cache" in out
     assert list((tmp_path / "hcache" / "features").glob("*.safetensors"))  # default disk cache
@@ -341,7 +342,7 @@ def test_real_rank_puts_imagenet_weights_above_random_init():
     by = {r.candidate.label: r.scores for r in res.rows}
     lite0 = by["packaged:efficientnet_lite0"]
     assert math.isfinite(lite0["leep"]) and math.isnan(by["packaged:efficientnet_lite0@2"]["leep"])
-    for name in ("logme", "leep", "nce", "knn", "linear"):
+    for name in ("logme", "nleep", "leep", "nce", "knn", "linear"):
         assert lite0[name] > by["scratch:packaged:efficientnet_lite0"][name], name
 
 

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", default=None, help="comma-separated scores to compute "
                    "(default: all of logme, leep, nce, nleep, h_score, knn, linear)")
     p.add_argument("--score", default=None, help="the score that orders the table (default: "
-                   "logme)")
+                   "nleep)")
     p.add_argument("--max-items", type=int, default=None, help="rank a stratified sample of "
                    "about this many items, at least 5 per class (default: 300); data this "
                    "small or smaller is ranked whole and its features serve the next fit")

@@ -159,8 +159,13 @@ def summary(work: Path, exclude: tuple = ()) -> None:
         pairs = [kendalltau(per[:, i], per[:, j]).statistic
                  for i in range(seeds) for j in range(i + 1, seeds)]
         if pairs:
+            # one fine-tuning run as the "score" of the mean of the others: what actually
+            # fine-tuning every candidate once would reach against this ground truth
+            loo = [kendalltau(per[:, i], np.delete(per, i, 1).mean(1)).statistic
+                   for i in range(seeds)]
             print(f"  {t}: seed-vs-seed Kendall tau of the fine-tuned accuracies "
-                  f"{np.mean(pairs):+.2f} (mean of {len(pairs)} pairs); mean seed spread "
+                  f"{np.mean(pairs):+.2f} (mean of {len(pairs)} pairs); one seed against the "
+                  f"mean of the others {np.mean(loo):+.2f}; mean seed spread "
                   f"(max - min) {100 * np.mean(per.max(1) - per.min(1)):.1f} points")
     latest = {(r["target"], r["max_items"]): r for r in records if r["kind"] == "rank"}
     ranks = list(latest.values())  # a rerun's ranking (--rerank) replaces the earlier one

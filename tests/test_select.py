@@ -25,8 +25,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from headstart import select
-from headstart.select import (SCORES, ScoreError, h_score, knn_accuracy, leep, linear_probe_accuracy,
-                              logme, nce, nleep)
+from headstart.select import (SCORES, ScoreError, h_score, knn_accuracy, leep,
+                              linear_probe_accuracy, logme, nce, nleep)
 
 RTOL = 1e-6
 

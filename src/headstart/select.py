@@ -180,10 +180,10 @@ def nleep(features, labels, source_probs=None, *, variance: float = 0.8,
     them (no labels); its posterior over components plays the source head's class
     probabilities in LEEP. So it needs no source head and scores cut points and
     random-init networks like any backbone. The mixture depends on its k-means start: the
-    score is the mean over ``fits`` mixtures (seeds ``seed``, ``seed + 1``, ...): with 3, its
-    spread over seeds on real features fell from 0.028 to 0.017 (median std). The paper uses full covariances;
-    ``covariance="diag"`` (the default here) ranked our benchmark candidates the same and
-    fits 2-5x faster."""
+    score is the mean over ``fits`` mixtures (seeds ``seed``, ``seed + 1``, ...); with 3,
+    its spread over seeds on real features fell from 0.028 to 0.017 (median std). The paper
+    uses full covariances; ``covariance="diag"`` (the default here) fits 2-5x faster and
+    ranked our benchmark candidates about as well (Kendall tau 0.56 against 0.59)."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
@@ -306,7 +306,6 @@ def linear_probe_accuracy(features, labels, source_probs=None, *, c: float = 1.0
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
     from threadpoolctl import threadpool_limits
 
     f, y, _ = _check(features, labels, source_probs)

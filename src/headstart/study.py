@@ -217,7 +217,8 @@ def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str
     ``settings`` are FitConfig fields shared by every run (the budget: ``epochs``,
     ``head_epochs``, ``image_size``, ...; default ``STUDY_BUDGET``: 8 epochs, early stop
     after 3, and images enlarged at most 3x (:data:`STUDY_UPSCALE_CAP`)). Without ``test``,
-    a stratified ``test_fraction`` of ``data`` is held out. ``progress(done, total, name)`` is called after each run."""
+    a stratified ``test_fraction`` of ``data`` is held out. ``progress(done, total, name)``
+    is called after each run."""
     from .data.images import stratified_split
     from .tasks import ESTIMATORS
 

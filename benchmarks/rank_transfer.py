@@ -12,7 +12,10 @@ Targets (all offline):
 Candidates: packaged Lite0, packaged Lite2, Lite0 cut 1, 2 and 3 stages, random-init Lite0, and a
 source model headstart fine-tunes itself (Lite0, lp_ft, on 200 Fashion-MNIST training images per
 class disjoint from the fmnist target's).
-Recipe: ImageClassifier(strategy="lp_ft", image_size=96), every other setting at its default.
+Recipe: ImageClassifier(strategy="lp_ft", image_size=96), every other setting at its default;
+``--set KEY=VALUE`` changes settings, e.g. ``--set val_fraction=0`` trains on every training image
+for the full epochs instead of early stopping on a 10% validation split (3-10 images per class
+here, so which epoch is kept is mostly chance). One recipe per WORK folder.
 
     python benchmarks/rank_transfer.py --work /tmp/rankbench --targets fmnist,mnist,digits
     python benchmarks/rank_transfer.py --work /tmp/rankbench --summary
@@ -98,7 +101,8 @@ def append(results: Path, record: dict) -> None:
 
 
 def run_target(name: str, work: Path, max_items: list[int], seeds: list[int],
-               rerank: bool = False) -> None:
+               rerank: bool = False, settings: dict | None = None,
+               only: tuple = ()) -> None:
     from headstart import ImageClassifier, rank
     from headstart.features import clear_memory_cache
     from headstart.select import Candidate
@@ -109,7 +113,8 @@ def run_target(name: str, work: Path, max_items: list[int], seeds: list[int],
     labels = [classes[i] for i in ytr]
     test_labels = [classes[i] for i in yte]
     source = source_run(work)
-    cands = [source if c == "SOURCE" else c for c in CANDIDATES]
+    cands = [source if c == "SOURCE" else c for c in CANDIDATES
+             if not only or c in only or (c == "SOURCE" and "SOURCE" in only)]
     for m in max_items:
         if (name, "rank", None, m, 0) in finished and not rerank:
             continue
@@ -129,7 +134,8 @@ def run_target(name: str, work: Path, max_items: list[int], seeds: list[int],
             cand = Candidate.parse(c)
             t0 = time.perf_counter()
             clf = ImageClassifier(cand.backbone, cut=cand.cut, strategy="lp_ft",
-                                  image_size=IMAGE_SIZE, seed=seed).fit(xtr, labels)
+                                  image_size=IMAGE_SIZE, seed=seed,
+                                  **(settings or {})).fit(xtr, labels)
             fit_seconds = time.perf_counter() - t0
             m = clf.evaluate(xte, test_labels)
             append(results, {"target": name, "kind": "fit", "candidate": c, "seed": seed,
@@ -141,6 +147,10 @@ def summary(work: Path, exclude: tuple = ()) -> None:
     from scipy.stats import kendalltau
 
     records = [json.loads(l) for l in (work / "results.jsonl").read_text().splitlines()]
+    kept = work / "recipe.json"
+    print("fine-tuning recipe: lp_ft at 96 px, default settings"
+          + (f" and {json.loads(kept.read_text())}" if kept.is_file() and json.loads(
+              kept.read_text()) else ""))
     fits: dict = {}  # (target, candidate) -> accuracy averaged over the fine-tuning seeds
     for r in records:
         if r["kind"] == "fit":
@@ -218,6 +228,29 @@ def summary(work: Path, exclude: tuple = ()) -> None:
               f"{np.median([v[2] for v in vals]):.1f}x (median)")
 
 
+def recipe(work: Path, items: list[str]) -> dict:
+    """The recipe's settings (KEY=VALUE, values as JSON); one recipe per WORK folder."""
+    settings = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    path = work / "recipe.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept != settings:
+            raise SystemExit(f"{work} holds fits of the recipe {kept}, not {settings}: "
+                             "use another --work folder for another recipe")
+    elif settings and any(key[1] == "fit" for key in done(work / "results.jsonl")):
+        raise SystemExit(f"{work} holds fits of the default recipe: use another --work "
+                         "folder for another recipe")
+    else:
+        path.write_text(json.dumps(settings))
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="/tmp/headstart-rankbench")
@@ -228,6 +261,12 @@ def main() -> None:
                         "judges the ranking is their mean)")
     parser.add_argument("--rerank", action="store_true", help="rank again even where a "
                         "ranking is recorded (e.g. after a score was added); fits are kept")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="fine-tuning recipe settings on top of the default one, e.g. "
+                        "val_fraction=0 (a WORK folder holds one recipe: it is recorded in "
+                        "WORK/recipe.json and a different one is refused)")
+    parser.add_argument("--candidates", default="", help="fit only these candidates "
+                        "(comma-separated, SOURCE for the self-pretrained one), e.g. a pilot")
     parser.add_argument("--source-only", action="store_true")
     parser.add_argument("--summary", action="store_true")
     parser.add_argument("--exclude", default="", help="candidates the summary leaves out "
@@ -244,9 +283,11 @@ def main() -> None:
     if args.source_only:
         source_run(work)
         return
+    settings = recipe(work, args.set)
+    only = tuple(c for c in args.candidates.split(",") if c)
     for t in args.targets.split(","):
         run_target(t, work, [int(m) for m in args.max_items.split(",")],
-                   [int(x) for x in args.seeds.split(",")], args.rerank)
+                   [int(x) for x in args.seeds.split(",")], args.rerank, settings, only)
     summary(work, exclude)
 
 

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``KEY=VALUE`` items (from ``--set``) as a dict; values are parsed as JSON where they
+    are JSON (``4``, ``0.5``, ``true``), else kept as strings (``head_tail``)."""
+    settings = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
 
 
 def median_time(fn, repeats: int = 3, warmup: int = 1) -> float:

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import parse_settings
+
 IMAGE_SIZE = 96
 CANDIDATES = ["packaged:efficientnet_lite0", "packaged:efficientnet_lite2",
               "packaged:efficientnet_lite0@1", "packaged:efficientnet_lite0@2",
@@ -113,8 +115,7 @@ def run_target(name: str, work: Path, max_items: list[int], seeds: list[int],
     labels = [classes[i] for i in ytr]
     test_labels = [classes[i] for i in yte]
     source = source_run(work)
-    cands = [source if c == "SOURCE" else c for c in CANDIDATES
-             if not only or c in only or (c == "SOURCE" and "SOURCE" in only)]
+    cands = [source if c == "SOURCE" else c for c in CANDIDATES if not only or c in only]
     for m in max_items:
         if (name, "rank", None, m, 0) in finished and not rerank:
             continue
@@ -148,9 +149,9 @@ def summary(work: Path, exclude: tuple = ()) -> None:
 
     records = [json.loads(l) for l in (work / "results.jsonl").read_text().splitlines()]
     kept = work / "recipe.json"
+    settings = json.loads(kept.read_text()) if kept.is_file() else {}
     print("fine-tuning recipe: lp_ft at 96 px, default settings"
-          + (f" and {json.loads(kept.read_text())}" if kept.is_file() and json.loads(
-              kept.read_text()) else ""))
+          + (f" and {settings}" if settings else ""))
     fits: dict = {}  # (target, candidate) -> accuracy averaged over the fine-tuning seeds
     for r in records:
         if r["kind"] == "fit":
@@ -230,13 +231,7 @@ def summary(work: Path, exclude: tuple = ()) -> None:
 
 def recipe(work: Path, items: list[str]) -> dict:
     """The recipe's settings (KEY=VALUE, values as JSON); one recipe per WORK folder."""
-    settings = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
+    settings = parse_settings(items)
     path = work / "recipe.json"
     if path.is_file():
         kept = json.loads(path.read_text())

@@ -21,6 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from common import parse_settings
+
 
 def corpus(name: str, seed: int = 0):
     from sklearn.model_selection import train_test_split
@@ -62,13 +64,7 @@ def main() -> None:
 
     from headstart import TextClassifier
 
-    settings = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            settings[key] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[key] = value
+    settings = parse_settings(args.set)
     train, test = corpus(args.corpus)
     results = defaultdict(list)
     for size in args.sizes.split(","):

@@ -144,8 +144,9 @@ def ref_nleep(features, labels, variance=0.8, per_class=5, covariance="diag", fi
               seed=0) -> float:
     """N-LEEP (Li et al. 2021) the plain way: PCA from the eigendecomposition of the d x d
     covariance (components sorted by eigenvalue, counted until their share of the trace
-    reaches ``variance``), scaled by the root of the trace; sklearn's Gaussian mixture on
-    that; LEEP of its posteriors by the loop reference, averaged over ``fits`` seeds."""
+    reaches ``variance``), scaled by the root of the trace, rounded to 9 decimals; sklearn's
+    Gaussian mixture on that; LEEP of its posteriors by the loop reference, averaged over
+    ``fits`` seeds."""
     from sklearn.mixture import GaussianMixture
 
     f = np.asarray(features, dtype=np.float64)
@@ -158,7 +159,7 @@ def ref_nleep(features, labels, variance=0.8, per_class=5, covariance="diag", fi
     while k < len(lam) and acc < variance * total:
         acc += lam[k]
         k += 1
-    z = f @ vec[:, :max(k, 1)] / math.sqrt(total)
+    z = np.round(f @ vec[:, :max(k, 1)] / math.sqrt(total), 9)  # as the score defines
     n_comp = min(per_class * len(np.unique(labels)), len(f))
     values = []
     for i in range(fits):

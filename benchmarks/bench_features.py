@@ -4,7 +4,9 @@ headstart side: PNG files on disk -> decode -> preprocessing derived from the we
 config -> frozen backbone -> pooled features (``headstart.features.compute_features``,
 what ``feature_extract``, ``lp_ft`` and ``predict`` run).
 Reference: the same backbone's forward on tensors already preprocessed in memory, in its
-fastest setting here (channels_last, inference_mode), same batch size and resolution.
+fastest setting here (channels_last, inference_mode), same batch size and resolution. Also
+printed: that forward with BatchNorm folded into the convolutions (what headstart's frozen
+passes run, ``features.fold_batchnorm``), to show what the fold is worth by itself.
 
     python benchmarks/bench_features.py [--n 1000] [--size 128] [--batch 128]
 Goal: ratio (headstart images/s / reference images/s) >= 0.85.
@@ -18,7 +20,7 @@ import torch
 
 from common import fashion_mnist_pngs, median_time, report
 from headstart.data import ImageDataset, ImageTransform, from_folder
-from headstart.features import compute_features
+from headstart.features import compute_features, fold_batchnorm
 from headstart.train import default_workers
 from headstart.zoo import create_backbone
 
@@ -49,22 +51,27 @@ def main() -> None:
                for s in range(0, len(dataset), args.batch)]
     ref_model = create_backbone(args.backbone).eval().to(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
-    def raw_pass():
-        for b in batches:
-            ref_model(b)
+    folded = fold_batchnorm(ref_model) or ref_model
+    folded.to(memory_format=torch.channels_last)
 
-    # interleave the two so machine noise hits both alike
-    t_raw, t_hs = [], []
+    @torch.inference_mode()
+    def raw_pass(model=ref_model):
+        for b in batches:
+            model(b)
+
+    # interleave the three so machine noise hits all alike
+    t_raw, t_fold, t_hs = [], [], []
     for _ in range(args.repeats):
         t_raw.append(median_time(raw_pass, repeats=1, warmup=0 if t_raw else 1))
+        t_fold.append(median_time(lambda: raw_pass(folded), repeats=1,
+                                  warmup=0 if t_fold else 1))
         t_hs.append(median_time(headstart_pass, repeats=1, warmup=0 if t_hs else 1))
-    raw = len(dataset) / sorted(t_raw)[len(t_raw) // 2]
-    hs = len(dataset) / sorted(t_hs)[len(t_hs) // 2]
+    raw, fold, hs = (len(dataset) / sorted(t)[len(t) // 2] for t in (t_raw, t_fold, t_hs))
     report("feature extraction", {
         "backbone": args.backbone, "images": len(dataset), "size": args.size,
         "batch": args.batch, "threads": torch.get_num_threads(), "loader workers": workers,
         "reference (raw forward, channels_last, preloaded)": f"{raw:.1f} images/s",
+        "raw forward with BatchNorm folded": f"{fold:.1f} images/s ({fold / raw:.2f}x)",
         "headstart (decode + preprocess + forward)": f"{hs:.1f} images/s",
     }, "ratio headstart/reference", hs / raw, ">= 0.85")
 

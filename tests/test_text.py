@@ -139,6 +139,19 @@ def test_empty_text_names_file_row_and_column(tmp_path, ext, row):
     assert str(path) in msg and f"row {row}," in msg and "'body'" in msg and "empty text" in msg
 
 
+def test_csv_rows_are_named_by_their_file_line(tmp_path):
+    """A quoted cell over several lines (an email body) and a blank line: the bad record
+    is named by the line it starts on, where an editor shows it."""
+    path = tmp_path / "mails.csv"
+    path.write_text('text,label\n"Dear friend,\n\nWIN a cruise\n",spam\n\nhello,ham\n'
+                    '" ",ham\nlast,spam\n')
+    with pytest.raises(DataError) as info:
+        open_text_source(path)
+    assert f"{path}: row 8," in str(info.value) and "empty text" in str(info.value)
+    path.write_text('text,label\n"Dear friend,\n\nWIN a cruise\n",spam\n\nhello,ham\n')
+    assert open_text_source(path).rows == [2, 7]
+
+
 def test_latin1_byte_names_the_line(tmp_path):
     path = tmp_path / "d.csv"
     path.write_bytes("text,label\nfine,a\nalso fine,b\ncaf".encode() + b"\xe9,a\n")

@@ -102,12 +102,32 @@ def read_table(path: str | Path, blank_lines: bool = False):
         frame = pd.DataFrame(rows)
         frame.attrs["rows"] = lines  # file line of each record, for error messages
         return frame
+    sep = "\t" if suffix == ".tsv" else ","
     try:
-        return pd.read_csv(StringIO(text), sep="\t" if suffix == ".tsv" else ",",
-                           dtype=str, keep_default_na=False,
-                           skip_blank_lines=not blank_lines)
+        frame = pd.read_csv(StringIO(text), sep=sep, dtype=str, keep_default_na=False,
+                            skip_blank_lines=not blank_lines)
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: not a valid CSV ({exc})") from None
+    starts = _record_lines(text, sep, blank_lines)
+    if len(starts) == len(frame):  # the two parsers agree: name rows by their file line
+        frame.attrs["rows"] = starts
+    return frame
+
+
+def _record_lines(text: str, sep: str, blank_lines: bool) -> list[int]:
+    """The file line on which each data record of a CSV starts (after the header): a quoted
+    cell over several lines (an email body) or a skipped blank line shifts the records
+    after it, so counting records would name the wrong line."""
+    import csv
+    from io import StringIO
+
+    reader = csv.reader(StringIO(text), delimiter=sep)
+    starts, end = [], 0
+    for record in reader:
+        start, end = end + 1, reader.line_num
+        if record or blank_lines:
+            starts.append(start)
+    return starts[1:]
 
 
 def _cell_labels(value, label_sep: str | None) -> list[str] | str | None:

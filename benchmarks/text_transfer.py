@@ -59,7 +59,20 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="FitConfig settings, e.g. epochs=4 truncation=head_tail")
     parser.add_argument("--cache", default="/tmp/headstart-text-features")
+    parser.add_argument("--summary", nargs="*", default=None, metavar="JSONL",
+                        help="only summarise these result files (e.g. several --out files)")
     args = parser.parse_args()
+    if args.summary is not None:
+        results = defaultdict(list)
+        for path in args.summary:
+            for line in open(path):
+                if not line.strip() or line.startswith("#"):  # results files: comments
+                    continue
+                row = json.loads(line)
+                if row["corpus"] == args.corpus:
+                    results[(row["size"], row["strategy"])].append(row)
+        summary(results)
+        return
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
 
     from headstart import TextClassifier
@@ -86,12 +99,24 @@ def main() -> None:
                     with open(args.out, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                 results[(size, strategy)].append(row)
-    print(f"\n{'size':>6} {'strategy':<16} {'acc':>7} {'F1':>7} {'tfidf acc':>9} {'tfidf F1':>8}")
+    summary(results)
+
+
+def summary(results: dict) -> None:
+    """Means over draws, and the transfer-minus-TF-IDF accuracy difference per draw (the
+    same training texts for both): its mean and standard error, since which few texts are
+    drawn moves both by several points."""
+    print(f"\n{'size':>6} {'strategy':<16} {'acc':>7} {'F1':>7} {'tfidf acc':>9} {'tfidf F1':>8}"
+          f"  {'acc - tfidf (mean +- SE over draws)':>36}")
     for (size, strategy), rows in results.items():
         mean = {k: 100 * np.mean([r[k] for r in rows]) for k in
                 ("accuracy", "macro_f1", "tfidf_accuracy", "tfidf_macro_f1")}
+        diff = 100 * np.array([r["accuracy"] - r["tfidf_accuracy"] for r in rows])
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
         print(f"{size:>6} {strategy:<16} {mean['accuracy']:7.2f} {mean['macro_f1']:7.2f} "
-              f"{mean['tfidf_accuracy']:9.2f} {mean['tfidf_macro_f1']:8.2f}  (n={len(rows)})")
+              f"{mean['tfidf_accuracy']:9.2f} {mean['tfidf_macro_f1']:8.2f}  "
+              f"{diff.mean():+8.2f} +- {se:.2f} (n={len(rows)}: "
+              f"{' '.join(f'{d:+.2f}' for d in diff)})")
 
 
 if __name__ == "__main__":

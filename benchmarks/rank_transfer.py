@@ -156,15 +156,20 @@ def summary(work: Path, exclude: tuple = ()) -> None:
     for r in records:
         if r["kind"] == "fit":
             fits.setdefault((r["target"], r["candidate"]), []).append(r)
-    seeds = min(len(v) for v in fits.values()) if fits else 0
-    fits = {k: {"accuracy": float(np.mean([r["accuracy"] for r in v[:seeds]])),
-                "per_seed": [r["accuracy"] for r in v[:seeds]],
+    # per target, the seeds every candidate has (a target may have run more seeds)
+    per_target = {}
+    for (t, _), v in fits.items():
+        per_target[t] = min(per_target.get(t, len(v)), len(v))
+    fits = {k: {"accuracy": float(np.mean([r["accuracy"] for r in v[:per_target[k[0]]]])),
+                "per_seed": [r["accuracy"] for r in v[:per_target[k[0]]]],
                 "fit_seconds": v[0]["fit_seconds"]}  # seed 0's time: the timed run
             for k, v in fits.items()}
-    print(f"fine-tuned test accuracy: mean over {seeds} seed(s) per candidate")
+    print("fine-tuned test accuracy: mean over the seeds per candidate ("
+          + ", ".join(f"{t} {n}" for t, n in sorted(per_target.items())) + ")")
     # How well does one fine-tuning run predict another? Kendall tau between the seeds'
     # accuracies: the ceiling any transferability score can be expected to reach.
     for t in sorted({k[0] for k in fits}):
+        seeds = per_target[t]
         cands = sorted(c for (tt, c) in fits if tt == t and c not in exclude)
         per = np.array([fits[(t, c)]["per_seed"] for c in cands])  # (candidates, seeds)
         pairs = [kendalltau(per[:, i], per[:, j]).statistic

@@ -408,3 +408,43 @@ def test_data_too_small_for_a_validation_split_is_ranked_whole():
     x, y = make_arrays(n=12, n_classes=3)  # 10% would hold out 1 item for 3 classes
     res = rank(x, ["tiny:cnn"], y=y, scores=["logme"], **FAST)
     assert res.rows[0].error is None and res.n_items == 12
+
+
+def test_benchmark_summary_averages_each_target_over_its_own_seeds(tmp_path, capsys,
+                                                                     monkeypatch):
+    """benchmarks/rank_transfer.py --summary (the issue's evidence): targets may run
+    different numbers of seeds; each is averaged over the seeds all its candidates have,
+    and tau, the random-init checks and the speed ratio follow from the records."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    sys.modules.pop("rank_transfer", None)
+    rt = importlib.import_module("rank_transfer")
+    cands = ["a", "b", rt.RANDOM]
+    records = []
+    for target, accs in {"t1": {"a": [0.9, 0.92], "b": [0.8, 0.7], rt.RANDOM: [0.5, 0.6]},
+                         "t2": {"a": [0.6, 0.99], "b": [0.7], rt.RANDOM: [0.4]}}.items():
+        scores = {"a": 3.0, "b": 2.0, rt.RANDOM: 1.0} if target == "t1" else \
+            {"a": 1.5, "b": 2.0, rt.RANDOM: 1.0}
+        records.append({"target": target, "kind": "rank", "max_items": 300, "seconds": 2.0,
+                        "n_items": 300, "rows": [
+                            {"label": c, "error": None, "scores": {"s": scores[c]}}
+                            for c in cands]})
+        for c in cands:
+            for seed, acc in enumerate(accs[c]):
+                records.append({"target": target, "kind": "fit", "candidate": c,
+                                "seed": seed, "fit_seconds": 100.0, "accuracy": acc})
+    (tmp_path / "results.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
+    rt.summary(tmp_path)
+    out = capsys.readouterr().out
+    assert "(t1 2, t2 1)" in out  # t2's second seed of "a" alone is left out
+    # t1: a (0.91) > b (0.75) > random (0.55), scored in that order: tau 1, random last
+    assert "s: tau +1.00 over 3, top pick -0.0 pts (random last)" in out
+    # t2 over seed 0 only: b (0.7) > a (0.6) > random, scored b > a > random: tau 1 too
+    assert out.count("s: tau +1.00 over 3") == 2
+    assert "ratio 150.0x" in out  # 3 fits of 100 s against 2 s of ranking
+    assert "random last 2/2, below every better one 2/2; speed ratio 150.0x" in out
+    assert "t1: seed-vs-seed Kendall tau" in out and "t2: seed-vs-seed" not in out

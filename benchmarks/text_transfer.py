@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def main() -> None:
     if args.summary is not None:
         results = defaultdict(list)
         for path in args.summary:
-            for line in open(path):
+            for line in Path(path).read_text().splitlines():
                 if not line.strip() or line.startswith("#"):  # results files: comments
                     continue
                 row = json.loads(line)

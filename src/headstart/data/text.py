@@ -9,10 +9,12 @@ Parquet, or ``label_sep``-separated in CSV).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +88,6 @@ def read_table(path: str | Path, blank_lines: bool = False):
         raise DataError(f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} "
                         f"at offset {exc.start}); re-save the file as UTF-8 (e.g. `iconv -f "
                         "latin1 -t utf-8`)") from None
-    from io import StringIO
 
     if suffix in (".jsonl", ".json"):
         rows, lines = [], []
@@ -118,9 +119,6 @@ def _record_lines(text: str, sep: str, blank_lines: bool) -> list[int]:
     """The file line on which each data record of a CSV starts (after the header): a quoted
     cell over several lines (an email body) or a skipped blank line shifts the records
     after it, so counting records would name the wrong line."""
-    import csv
-    from io import StringIO
-
     reader = csv.reader(StringIO(text), delimiter=sep)
     starts, end = [], 0
     for record in reader:

@@ -8,7 +8,8 @@ scored on the whole test half. Fine Food: the official 4000 / 1000 split (``--si
         --sizes 8,32,128,all --draws 3 --out spam.jsonl
 
 Each fit appends one JSON line (strategy, size, draw, accuracy, macro-F1, the TF-IDF
-baseline's on the same split, seconds); a summary table of means closes the run.
+baseline's on the same split, the blend's (mean of the two models' probabilities, what
+``--blend`` predicts), seconds); a summary table of means closes the run.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="FitConfig settings, e.g. epochs=4 truncation=head_tail")
     parser.add_argument("--cache", default="/tmp/headstart-text-features")
+    parser.add_argument("--save-proba", default=None, metavar="DIR",
+                        help="write each fit's encoder and TF-IDF probabilities on the train "
+                             "and test texts to DIR/CORPUS_STRATEGY_SIZE_DRAW.npz")
     parser.add_argument("--summary", nargs="*", default=None, metavar="JSONL",
                         help="only summarise these result files (e.g. several --out files)")
     args = parser.parse_args()
@@ -93,14 +97,29 @@ def main() -> None:
                        "n_train": len(x), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                        "tfidf_accuracy": m["baseline"]["accuracy"],
                        "tfidf_macro_f1": m["baseline"]["macro_f1"],
+                       "blend_accuracy": m["blend"]["accuracy"],
+                       "blend_macro_f1": m["blend"]["macro_f1"],
                        "trainable": [s["trainable_params"] for s in clf.stages_],
                        "seconds": round(time.perf_counter() - t0, 1), "settings": settings}
                 print(json.dumps(row), flush=True)
+                if args.save_proba:  # every item's probabilities: other fusion rules offline
+                    save_proba(clf, Path(args.save_proba) /
+                               f"{args.corpus}_{strategy}_{size}_{d}.npz", (x, y), test)
                 if args.out:
                     with open(args.out, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
                 results[(size, strategy)].append(row)
     summary(results)
+
+
+def save_proba(clf, path: Path, train, test) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = {"classes": np.array(clf.classes_)}
+    for name, (texts, labels) in (("train", train), ("test", test)):
+        out[f"{name}_encoder"] = clf._model_proba(clf._open_unlabeled(list(texts)))
+        out[f"{name}_tfidf"] = clf.baseline_.predict_proba(list(texts))
+        out[f"{name}_labels"] = np.array([clf.classes_.index(c) for c in labels])
+    np.savez(path, **out)
 
 
 def summary(results: dict) -> None:
@@ -118,6 +137,15 @@ def summary(results: dict) -> None:
               f"{mean['tfidf_accuracy']:9.2f} {mean['tfidf_macro_f1']:8.2f}  "
               f"{diff.mean():+8.2f} +- {se:.2f} (n={len(rows)}: "
               f"{' '.join(f'{d:+.2f}' for d in diff)})")
+        blended = [r for r in rows if "blend_accuracy" in r]
+        if blended:  # the encoder and TF-IDF averaged (--blend), against TF-IDF alone
+            diff = 100 * np.array([r["blend_accuracy"] - r["tfidf_accuracy"] for r in blended])
+            se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            acc = 100 * np.mean([r["blend_accuracy"] for r in blended])
+            f1 = 100 * np.mean([r["blend_macro_f1"] for r in blended])
+            print(f"{'':>6} {'+ TF-IDF blend':<16} {acc:7.2f} {f1:7.2f} {'':>9} {'':>8}  "
+                  f"{diff.mean():+8.2f} +- {se:.2f} (n={len(blended)}: "
+                  f"{' '.join(f'{d:+.2f}' for d in diff)})")
 
 
 if __name__ == "__main__":

@@ -218,6 +218,24 @@ def test_dynamic_batch_matches_predict_proba(task, fmt, image_run, text_run, ima
     np.testing.assert_allclose(got, run.est.predict_proba(run.items), atol=TOL, rtol=0)
 
 
+def test_blended_text_run_exports_its_encoder_and_onnx_predictions_blend(tmp_path):
+    """A --blend run: the file is the encoder (parity with the network alone), and the
+    ONNX-engine predictor averages the TF-IDF baseline in as the estimator does."""
+    texts, labels = make_texts(40, seed=0)
+    est = TextClassifier("tiny:bert", strategy="finetune", run_dir=tmp_path / "run",
+                         **{**TEXT_FIT, "baseline": True, "blend": True}).fit(texts, labels)
+    items = [a + " " + b for a, b in zip(*[make_texts(12, seed=s)[0] for s in (1, 2)])]
+    result = export_model(tmp_path / "run", "onnx", check=items)
+    assert result.max_abs_diff < TOL
+    assert any("blend" in note for note in result.notes)
+    expected = est.predict_proba(items)
+    own = est._model_proba(est._open_unlabeled(items))
+    assert np.abs(expected - own).max() > 1e-3  # the blend moves the probabilities
+    onnx = Predictor.from_run(tmp_path / "run", engine="onnx")
+    got = np.stack([r.probabilities for r in onnx.predict(items, batch_size=5)])
+    np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+
+
 def test_text_sidecar_recipe_reproduces_the_prepared_inputs(text_run, text_exports):
     """The exported tokenizer and the sidecar's numbers are enough to build the inputs."""
     from tokenizers import Tokenizer

@@ -576,6 +576,67 @@ def test_tfidf_baseline_separates_trivial_classes():
     assert multi.predict_proba(Xt).shape == (30, 2)
 
 
+# ---------------------------------------------------------------------- blend (--blend)
+def _blend_fixture_texts():
+    """Letters/digits texts whose test half mixes both kinds of words, so the encoder and
+    TF-IDF disagree on some texts (the trivial data make both certain)."""
+    (X, y), (Xt, yt) = make_texts(40, seed=0), make_texts(20, seed=1)
+    Xt = [a + " " + b for a, b in zip(Xt, Xt[1:] + Xt[:1])]
+    return (X, y), (Xt, yt)
+
+
+def test_blend_predicts_the_mean_of_encoder_and_tfidf_probabilities(tmp_path):
+    from headstart.inference import Predictor
+    from headstart.metrics import classification_metrics
+
+    (X, y), (Xt, yt) = _blend_fixture_texts()
+    clf = TextClassifier("tiny:bert", strategy="feature_extract", blend=True,
+                         run_dir=tmp_path / "run", **TEXT_FAST).fit(X, y)
+    own = clf._model_proba(clf._open_unlabeled(Xt))
+    tfidf = clf.baseline_.predict_proba(Xt)
+    assert np.abs(own - tfidf).max() > 0.05  # two different models
+    proba = clf.predict_proba(Xt)
+    np.testing.assert_allclose(proba, (own + tfidf) / 2, atol=1e-7)
+    assert [clf.classes_[i] for i in proba.argmax(1)] == clf.predict(Xt)
+
+    m = clf.evaluate(Xt, yt)  # its own metrics are the blend's; the parts beside them
+    labels = [clf.classes_.index(c) for c in yt]
+    for key, p in ((None, proba), ("encoder", own), ("baseline", tfidf)):
+        ref = classification_metrics(labels, p, clf.classes_)
+        got = m if key is None else m[key]
+        assert got["accuracy"] == pytest.approx(ref["accuracy"])
+        assert got["macro_f1"] == pytest.approx(ref["macro_f1"])
+    assert "blend" not in m
+    assert "_baseline_memo" not in clf.__dict__  # no test set kept alive after evaluate
+
+    loaded = TextClassifier.load(tmp_path / "run")  # the setting and the baseline persist
+    assert loaded.config_.blend
+    np.testing.assert_allclose(loaded.predict_proba(Xt), proba, atol=1e-6)
+    served = Predictor(loaded).predict(Xt, batch_size=7)
+    np.testing.assert_allclose(np.stack([r.probabilities for r in served]), proba, atol=1e-5)
+
+
+def test_evaluate_reports_what_blending_would_give(fitted):
+    from headstart.metrics import classification_metrics
+
+    clf, _ = fitted["feature_extract"]  # fitted without --blend
+    _, (Xt, yt) = _blend_fixture_texts()
+    m = clf.evaluate(Xt, yt)
+    own = clf.predict_proba(Xt)
+    np.testing.assert_array_equal(own, clf._model_proba(clf._open_unlabeled(Xt)))
+    mean = (own + clf.baseline_.predict_proba(Xt)) / 2
+    ref = classification_metrics([clf.classes_.index(c) for c in yt], mean, clf.classes_)
+    assert m["blend"]["accuracy"] == pytest.approx(ref["accuracy"])
+    assert m["blend"]["macro_f1"] == pytest.approx(ref["macro_f1"])
+    assert "encoder" not in m
+
+
+def test_blend_needs_the_baseline():
+    with pytest.raises(ValueError, match="blend=True .*baseline=False"):
+        TextClassifier("tiny:bert", blend=True, baseline=False, **TEXT_FAST).fit(
+            *make_texts(10))
+
+
 # ====================================================================== 7. chained transfer
 def test_chained_transfer_to_new_classes(fitted, text_data, tmp_path):
     (X, y), (Xt, yt) = text_data
@@ -745,6 +806,7 @@ def test_cli_fit_evaluate_predict_text(cli_run, capsys):
     baseline_lines = [line for line in out.splitlines() if "baseline TF-IDF" in line]
     assert len(baseline_lines) == 2  # validation and test
     assert "accuracy" in baseline_lines[-1] and "(n=12)" in baseline_lines[-1]
+    assert sum("blend (mean of encoder and baseline" in line for line in out.splitlines()) == 2
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "text" and config["fit_config"]["head_epochs"] == 3
     assert config["metrics"]["test"]["n"] == 12 and "baseline" in config["metrics"]["test"]
@@ -752,8 +814,10 @@ def test_cli_fit_evaluate_predict_text(cli_run, capsys):
     assert main(["-q", "evaluate", str(run), str(root / "test.csv")]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "(n=12)" in out and "confusion matrix" in out
+    assert "baseline TF-IDF" in out and "blend (mean of encoder and baseline" in out
     assert main(["-q", "evaluate", str(run), str(root / "test.csv"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["n"] == 12
+    as_json = json.loads(capsys.readouterr().out)
+    assert as_json["n"] == 12 and as_json["blend"]["n"] == 12
 
     to_predict = root / "texts.csv"
     pd.DataFrame({"text": ["abc cafe", "123 456 789"]}).to_csv(to_predict, index=False)

@@ -378,10 +378,26 @@ def cmd_fit(args) -> int:
     for split in ("validation", "test"):
         if split in m:
             print(f"  {split:<10} {show(m[split])}")
-            if "baseline" in m[split]:
-                print(f"  {'':<10} baseline {m.get('baseline_name', '')}: "
-                      f"{format_metrics(m[split]['baseline'])}")
+            for line in _text_extras(m[split], m.get("baseline_name", "")):
+                print(f"  {'':<10} {line}")
     return 0
+
+
+def _text_extras(m: dict, baseline_name: str = "") -> list[str]:
+    """A text model's metrics beside its own: the TF-IDF baseline, the blend of the two
+    (or, for a --blend model, the encoder alone)."""
+    from .metrics import format_metrics
+
+    lines = []
+    if "encoder" in m:
+        lines.append(f"(the above blends in TF-IDF) encoder alone: {format_metrics(m['encoder'])}")
+    if "baseline" in m:
+        name = f" {baseline_name}" if baseline_name else ""
+        lines.append(f"baseline{name}: {format_metrics(m['baseline'])}")
+    if "blend" in m:
+        lines.append(f"blend (mean of encoder and baseline probabilities, --blend): "
+                     f"{format_metrics(m['blend'])}")
+    return lines
 
 
 def _format_asr(m: dict) -> str:
@@ -622,6 +638,8 @@ def cmd_evaluate(args) -> int:
             print(f"  {ex['reference']!r:<32} -> {ex['transcript']!r}")
         return 0
     print(format_metrics(m))
+    for line in _text_extras(m, getattr(clf, "metrics_", {}).get("baseline_name", "")):
+        print(f"  {line}")
     width = max(len(c) for c in clf.classes_)
     print(f"{'class':<{width}}  precision  recall     f1  support")
     for c, v in m["per_class"].items():

@@ -111,6 +111,10 @@ class FitConfig:
                                "(multi-label); JSONL/Parquet lists need none")
     baseline: bool = _f(True, "text: also fit TF-IDF + logistic regression on the same split "
                         "and report it beside the transfer result")
+    blend: bool = _f(False, "text: predict with the mean of the encoder's and the TF-IDF "
+                     "baseline's probabilities (needs --baseline). The two make different "
+                     "mistakes, so the blend can beat both; `fit --test` and `evaluate` "
+                     "report the blend's metrics either way: measure, then switch it on")
     lora_r: int = _f(8, "lora: rank of the adapters")
     lora_alpha: float = _f(16.0, "lora: scaling numerator (update = alpha / r * B A)")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapters' input")
@@ -146,6 +150,9 @@ class FitConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.blend and not self.baseline:
+            raise ValueError("blend=True averages in the TF-IDF baseline, but baseline=False: "
+                             "drop --no-baseline, or --blend")
 
     def replace(self, **changes) -> "FitConfig":
         return dataclasses.replace(self, **changes)

@@ -92,7 +92,8 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     bad = [(items[i], p) for i, p in enumerate(prepared) if isinstance(p, Exception)]
     if bad:
         raise ExportError(f"check item {bad[0][0]!r}: {bad[0][1]}")
-    reference = est.predict_proba(_as_source(est, items))
+    # the graph is the network: a text run's TF-IDF blend (if any) is applied outside it
+    reference = est._model_proba(est._open_unlabeled(_as_source(est, items)))
     graph = inference_graph(est, merge_adapters=True)
 
     out = Path(out) if out else run_dir / "export" / FILENAMES[format]
@@ -131,6 +132,11 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     if est.task == "text":
         est.model_.backbone.tokenizer.save_pretrained(str(out.parent / "tokenizer"))
         notes.append("tokenizer saved in tokenizer/")
+        if getattr(est.config_, "blend", False):
+            notes.append("this run blends its TF-IDF baseline in (--blend): the file is the "
+                         "encoder alone; `headstart predict/serve --engine onnx` average its "
+                         "probabilities with the baseline's (RUN/baseline/), as should any "
+                         "other runtime")
     result = ExportResult(
         path=str(out), format=format, max_abs_diff=diff, tolerance=tolerance,
         checked_items=len(prepared), checked_on=checked_on, batch_sizes=sizes,

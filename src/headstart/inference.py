@@ -182,6 +182,15 @@ class Prediction:
     error: str | None = None
 
 
+class PreparedText(list):
+    """A text's token windows (what the graph takes), keeping the text for a run that
+    blends its TF-IDF baseline in."""
+
+    def __init__(self, chunks, text: str):
+        super().__init__(chunks)
+        self.text = text
+
+
 class Predictor:
     """A fitted estimator, ready for raw items: ``predict(items)`` -> one
     :class:`Prediction` per item, errors per item; ``engine`` runs the graph.
@@ -197,6 +206,7 @@ class Predictor:
         self.classes = list(estimator.classes_)
         self.multi_label = bool(getattr(estimator, "multi_label_", False))
         self.max_pixels = max_pixels
+        self.blend = self.task == "text" and estimator._blends()
         self._graph = None
         self.engine = engine or TorchEngine(self.graph)
         if self.task == "image":
@@ -309,8 +319,8 @@ class Predictor:
         if texts:
             encoded = encode_texts(self.estimator.model_.backbone.tokenizer, texts,
                                    self.estimator.preprocess_)
-            for i, chunks in zip(good, encoded):
-                out[i] = chunks
+            for i, chunks, text in zip(good, encoded, texts):
+                out[i] = PreparedText(chunks, text)
         return out
 
     def collate(self, prepared: list) -> dict[str, np.ndarray]:
@@ -333,7 +343,13 @@ class Predictor:
         """Probabilities ``[len(prepared), classes]`` of prepared items."""
         if not prepared:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return self.engine(self.collate(prepared))
+        proba = self.engine(self.collate(prepared))
+        if self.blend:  # the run's TF-IDF baseline, averaged in outside the graph
+            from .tasks.text import blend_proba
+
+            texts = [p.text for p in prepared]
+            proba = blend_proba(proba, self.estimator.baseline_.predict_proba(texts))
+        return proba
 
     # -------------------------------------------------------------- predicting
     def predict(self, items: list, names: list[str] | None = None,

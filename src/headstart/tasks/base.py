@@ -94,8 +94,9 @@ class TransferEstimator:
     def _after_fit(self, train_src, val_src, cfg: FitConfig) -> None:
         """Task extras once the model is trained (text: the TF-IDF baseline)."""
 
-    def _extra_metrics(self, source, metrics: dict) -> None:
-        """Task extras reported beside the model's metrics on ``source``."""
+    def _extra_metrics(self, source, metrics: dict, proba: np.ndarray) -> None:
+        """Task extras reported beside the metrics on ``source`` (``proba``: the
+        network's own probabilities)."""
 
     trainer = Trainer  # the training loop (speech recognition: CTC loss and error rates)
 
@@ -258,10 +259,19 @@ class TransferEstimator:
             desc=f"features {source.origin}", collate_fn=self._collate(backbone),
             bucketing=cfg.length_bucketing)
 
-    @torch.inference_mode()
     def predict_proba(self, X) -> np.ndarray:
         self._check_fitted()
         source = self._open_unlabeled(X)
+        return self._output_proba(source, self._model_proba(source))
+
+    def _output_proba(self, source, proba: np.ndarray) -> np.ndarray:
+        """What the estimator predicts, from its network's ``proba`` (text: may blend in
+        the TF-IDF baseline)."""
+        return proba
+
+    @torch.inference_mode()
+    def _model_proba(self, source) -> np.ndarray:
+        """The network's probabilities on ``source``."""
         head = self.model_.head
         head.eval()
         feats = self._features(source).to(next(head.parameters()).device)
@@ -285,12 +295,13 @@ class TransferEstimator:
         if getattr(self, "multi_label_", False) and source.labels.ndim == 1:
             source = source.subset(np.arange(len(source)))  # a copy, labels as 0/1 rows
             source.labels = np.eye(len(self.classes_), dtype=np.float32)[source.labels]
-        proba = self.predict_proba(source)
+        own = self._model_proba(source)
+        proba = self._output_proba(source, own)
         if source.labels.ndim == 2:
             metrics = multilabel_metrics(source.labels, proba, self.classes_)
         else:
             metrics = classification_metrics(source.labels, proba, self.classes_)
-        self._extra_metrics(source, metrics)
+        self._extra_metrics(source, metrics, own)
         return metrics
 
     def score(self, X, y=None) -> float:

@@ -6,6 +6,8 @@ from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
 from ..config import FitConfig
 from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
                          open_text_source)
@@ -99,13 +101,58 @@ class TextClassifier(TransferEstimator):
             est.baseline_ = TfidfBaseline.load(Path(run_dir) / "baseline")
         return est
 
-    def _extra_metrics(self, source: TextSource, metrics: dict) -> None:
+    def _blends(self) -> bool:
+        return bool(getattr(self.config_, "blend", False)) and \
+            getattr(self, "baseline_", None) is not None
+
+    def _baseline_proba(self, source: TextSource) -> np.ndarray:
+        memo = self.__dict__.get("_baseline_memo")
+        if memo is not None and memo[0] is source:  # evaluate asks twice for one source
+            return memo[1]
+        proba = self.baseline_.predict_proba(source.texts)
+        self._baseline_memo = (source, proba)
+        return proba
+
+    def predict_proba(self, X) -> np.ndarray:
+        try:
+            return super().predict_proba(X)
+        finally:
+            self.__dict__.pop("_baseline_memo", None)
+
+    def evaluate(self, X, y=None) -> dict:
+        try:
+            return super().evaluate(X, y)
+        finally:
+            self.__dict__.pop("_baseline_memo", None)
+
+    def _output_proba(self, source: TextSource, proba: np.ndarray) -> np.ndarray:
+        if not self._blends() or len(source) == 0:
+            return proba
+        return blend_proba(proba, self._baseline_proba(source))
+
+    def _extra_metrics(self, source: TextSource, metrics: dict, proba: np.ndarray) -> None:
+        """``baseline``: TF-IDF alone; ``blend``: the mean of its and the encoder's
+        probabilities; ``encoder``: the encoder alone (when the estimator blends, its own
+        metrics are the blend's)."""
         baseline = getattr(self, "baseline_", None)
         if baseline is None or len(source) == 0:
             return
         from ..metrics import classification_metrics, multilabel_metrics
 
-        proba = baseline.predict_proba(source.texts)
         fn = multilabel_metrics if source.multi_label else classification_metrics
-        m = fn(source.labels, proba, self.classes_)
-        metrics["baseline"] = {k: m[k] for k in ("accuracy", "macro_f1", "auroc", "n")}
+        keys = ("accuracy", "macro_f1", "auroc", "n")
+        pb = self._baseline_proba(source)
+        metrics["baseline"] = {k: v for k, v in fn(source.labels, pb, self.classes_).items()
+                               if k in keys}
+        if self._blends():
+            metrics["encoder"] = {k: v for k, v in
+                                  fn(source.labels, proba, self.classes_).items() if k in keys}
+        else:
+            metrics["blend"] = {k: v for k, v in fn(source.labels, blend_proba(proba, pb),
+                                                    self.classes_).items() if k in keys}
+
+
+def blend_proba(encoder: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """The mean of two models' probabilities (softmax rows stay rows summing to 1;
+    multi-label: per class)."""
+    return (np.asarray(encoder, dtype=np.float64) + np.asarray(baseline, dtype=np.float64)) / 2

@@ -62,8 +62,8 @@ def main() -> None:
                         help="FitConfig settings, e.g. epochs=4 truncation=head_tail")
     parser.add_argument("--cache", default="/tmp/headstart-text-features")
     parser.add_argument("--save-proba", default=None, metavar="DIR",
-                        help="write each fit's encoder and TF-IDF probabilities on the train "
-                             "and test texts to DIR/CORPUS_STRATEGY_SIZE_DRAW.npz")
+                        help="write each fit's features, encoder and TF-IDF probabilities on "
+                             "the train and test texts to DIR/CORPUS_STRATEGY_SIZE_DRAW.npz")
     parser.add_argument("--summary", nargs="*", default=None, metavar="JSONL",
                         help="only summarise these result files (e.g. several --out files)")
     args = parser.parse_args()
@@ -116,7 +116,9 @@ def save_proba(clf, path: Path, train, test) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     out = {"classes": np.array(clf.classes_)}
     for name, (texts, labels) in (("train", train), ("test", test)):
-        out[f"{name}_encoder"] = clf._model_proba(clf._open_unlabeled(list(texts)))
+        source = clf._open_unlabeled(list(texts))
+        out[f"{name}_features"] = clf._features(source).float().numpy()  # the head's input
+        out[f"{name}_encoder"] = clf._model_proba(source)
         out[f"{name}_tfidf"] = clf.baseline_.predict_proba(list(texts))
         out[f"{name}_labels"] = np.array([clf.classes_.index(c) for c in labels])
     np.savez(path, **out)

@@ -638,7 +638,7 @@ def cmd_evaluate(args) -> int:
             print(f"  {ex['reference']!r:<32} -> {ex['transcript']!r}")
         return 0
     print(format_metrics(m))
-    for line in _text_extras(m, getattr(clf, "metrics_", {}).get("baseline_name", "")):
+    for line in _text_extras(m, clf.metrics_.get("baseline_name", "")):
         print(f"  {line}")
     width = max(len(c) for c in clf.classes_)
     print(f"{'class':<{width}}  precision  recall     f1  support")

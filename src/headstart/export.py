@@ -132,7 +132,7 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     if est.task == "text":
         est.model_.backbone.tokenizer.save_pretrained(str(out.parent / "tokenizer"))
         notes.append("tokenizer saved in tokenizer/")
-        if getattr(est.config_, "blend", False):
+        if est._blends():
             notes.append("this run blends its TF-IDF baseline in (--blend): the file is the "
                          "encoder alone; `headstart predict/serve --engine onnx` average its "
                          "probabilities with the baseline's (RUN/baseline/), as should any "

@@ -102,28 +102,22 @@ class TextClassifier(TransferEstimator):
         return est
 
     def _blends(self) -> bool:
-        return bool(getattr(self.config_, "blend", False)) and \
-            getattr(self, "baseline_", None) is not None
-
-    def _baseline_proba(self, source: TextSource) -> np.ndarray:
-        memo = self.__dict__.get("_baseline_memo")
-        if memo is not None and memo[0] is source:  # evaluate asks twice for one source
-            return memo[1]
-        proba = self.baseline_.predict_proba(source.texts)
-        self._baseline_memo = (source, proba)
-        return proba
-
-    def predict_proba(self, X) -> np.ndarray:
-        try:
-            return super().predict_proba(X)
-        finally:
-            self.__dict__.pop("_baseline_memo", None)
+        return self.config_.blend and getattr(self, "baseline_", None) is not None
 
     def evaluate(self, X, y=None) -> dict:
+        self._baseline_memo = {}  # evaluate needs one source's baseline twice: score it once
         try:
             return super().evaluate(X, y)
         finally:
-            self.__dict__.pop("_baseline_memo", None)
+            del self._baseline_memo
+
+    def _baseline_proba(self, source: TextSource) -> np.ndarray:
+        memo = self.__dict__.get("_baseline_memo")
+        if memo is None:
+            return self.baseline_.predict_proba(source.texts)
+        if id(source) not in memo:
+            memo[id(source)] = self.baseline_.predict_proba(source.texts)
+        return memo[id(source)]
 
     def _output_proba(self, source: TextSource, proba: np.ndarray) -> np.ndarray:
         if not self._blends() or len(source) == 0:
@@ -140,16 +134,17 @@ class TextClassifier(TransferEstimator):
         from ..metrics import classification_metrics, multilabel_metrics
 
         fn = multilabel_metrics if source.multi_label else classification_metrics
-        keys = ("accuracy", "macro_f1", "auroc", "n")
+
+        def summary(p: np.ndarray) -> dict:
+            m = fn(source.labels, p, self.classes_)
+            return {k: m[k] for k in ("accuracy", "macro_f1", "auroc", "n")}
+
         pb = self._baseline_proba(source)
-        metrics["baseline"] = {k: v for k, v in fn(source.labels, pb, self.classes_).items()
-                               if k in keys}
+        metrics["baseline"] = summary(pb)
         if self._blends():
-            metrics["encoder"] = {k: v for k, v in
-                                  fn(source.labels, proba, self.classes_).items() if k in keys}
+            metrics["encoder"] = summary(proba)
         else:
-            metrics["blend"] = {k: v for k, v in fn(source.labels, blend_proba(proba, pb),
-                                                    self.classes_).items() if k in keys}
+            metrics["blend"] = summary(blend_proba(proba, pb))
 
 
 def blend_proba(encoder: np.ndarray, baseline: np.ndarray) -> np.ndarray:

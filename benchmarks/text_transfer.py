@@ -9,7 +9,10 @@ scored on the whole test half. Fine Food: the official 4000 / 1000 split (``--si
 
 Each fit appends one JSON line (strategy, size, draw, accuracy, macro-F1, the TF-IDF
 baseline's on the same split, the blend's (mean of the two models' probabilities, what
-``--blend`` predicts), seconds); a summary table of means closes the run.
+``--blend`` predicts), seconds); a summary table of means closes the run. ``--joint`` fits
+with ``--blend --blend-mode joint`` and records that model too (``joint_accuracy``: one
+logistic regression on TF-IDF + the trained encoder's features); ``accuracy`` stays the
+encoder's alone.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def main() -> None:
     parser.add_argument("--save-proba", default=None, metavar="DIR",
                         help="write each fit's features, encoder and TF-IDF probabilities on "
                              "the train and test texts to DIR/CORPUS_STRATEGY_SIZE_DRAW.npz")
+    parser.add_argument("--joint", action="store_true",
+                        help="fit with --blend --blend-mode joint and record that model too")
     parser.add_argument("--summary", nargs="*", default=None, metavar="JSONL",
                         help="only summarise these result files (e.g. several --out files)")
     args = parser.parse_args()
@@ -83,6 +88,8 @@ def main() -> None:
     from headstart import TextClassifier
 
     settings = parse_settings(args.set)
+    if args.joint:
+        settings.update(blend=True, blend_mode="joint")
     train, test = corpus(args.corpus)
     results = defaultdict(list)
     for size in args.sizes.split(","):
@@ -93,12 +100,16 @@ def main() -> None:
                 clf = TextClassifier(strategy=strategy, val_fraction=0.0, seed=d,
                                      feature_cache=args.cache, **settings).fit(x, y)
                 m = clf.evaluate(*test)
+                encoder = m.get("encoder", m)  # a blending model's own metrics: the blend's
+                mean = m["blend"] if "blend" in m else m
                 row = {"corpus": args.corpus, "strategy": strategy, "size": size, "draw": d,
-                       "n_train": len(x), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                       "n_train": len(x), "accuracy": encoder["accuracy"],
+                       "macro_f1": encoder["macro_f1"],
                        "tfidf_accuracy": m["baseline"]["accuracy"],
                        "tfidf_macro_f1": m["baseline"]["macro_f1"],
-                       "blend_accuracy": m["blend"]["accuracy"],
-                       "blend_macro_f1": m["blend"]["macro_f1"],
+                       "blend_accuracy": mean["accuracy"], "blend_macro_f1": mean["macro_f1"],
+                       **({"joint_accuracy": m["accuracy"], "joint_macro_f1": m["macro_f1"]}
+                          if clf._joint() else {}),
                        "trainable": [s["trainable_params"] for s in clf.stages_],
                        "seconds": round(time.perf_counter() - t0, 1), "settings": settings}
                 print(json.dumps(row), flush=True)
@@ -139,13 +150,17 @@ def summary(results: dict) -> None:
               f"{mean['tfidf_accuracy']:9.2f} {mean['tfidf_macro_f1']:8.2f}  "
               f"{diff.mean():+8.2f} +- {se:.2f} (n={len(rows)}: "
               f"{' '.join(f'{d:+.2f}' for d in diff)})")
-        blended = [r for r in rows if "blend_accuracy" in r]
-        if blended:  # the encoder and TF-IDF averaged (--blend), against TF-IDF alone
-            diff = 100 * np.array([r["blend_accuracy"] - r["tfidf_accuracy"] for r in blended])
+        # the encoder and TF-IDF averaged (--blend), and in one logistic regression
+        # (--blend-mode joint), against TF-IDF alone
+        for key, name in (("blend", "+ TF-IDF blend"), ("joint", "+ TF-IDF joint")):
+            blended = [r for r in rows if f"{key}_accuracy" in r]
+            if not blended:
+                continue
+            diff = 100 * np.array([r[f"{key}_accuracy"] - r["tfidf_accuracy"] for r in blended])
             se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-            acc = 100 * np.mean([r["blend_accuracy"] for r in blended])
-            f1 = 100 * np.mean([r["blend_macro_f1"] for r in blended])
-            print(f"{'':>6} {'+ TF-IDF blend':<16} {acc:7.2f} {f1:7.2f} {'':>9} {'':>8}  "
+            acc = 100 * np.mean([r[f"{key}_accuracy"] for r in blended])
+            f1 = 100 * np.mean([r[f"{key}_macro_f1"] for r in blended])
+            print(f"{'':>6} {name:<16} {acc:7.2f} {f1:7.2f} {'':>9} {'':>8}  "
                   f"{diff.mean():+8.2f} +- {se:.2f} (n={len(blended)}: "
                   f"{' '.join(f'{d:+.2f}' for d in diff)})")
 

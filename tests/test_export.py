@@ -236,6 +236,34 @@ def test_blended_text_run_exports_its_encoder_and_onnx_predictions_blend(tmp_pat
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
 
 
+def test_joint_blend_run_exports_features_and_onnx_predictions_match(tmp_path):
+    """A --blend-mode joint run: the file also outputs the features its TF-IDF + features
+    model reads; the ONNX-engine predictor gives what the estimator gives."""
+    texts, labels = make_texts(40, seed=0)
+    est = TextClassifier("tiny:bert", strategy="finetune", run_dir=tmp_path / "run",
+                         **{**TEXT_FIT, "baseline": True, "blend": True,
+                            "blend_mode": "joint"}).fit(texts, labels)
+    items = [a + " " + b for a, b in zip(*[make_texts(12, seed=s)[0] for s in (1, 2)])]
+    result = export_model(tmp_path / "run", "onnx", check=items)
+    assert result.max_abs_diff < TOL
+    assert any("--blend-mode joint" in note for note in result.notes)
+    meta = json.loads(Path(result.sidecar).read_text())
+    assert meta["features_output"]["name"] == "features"
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(result.path, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "features"]
+    expected = est.predict_proba(items)
+    own = est._model_proba(est._open_unlabeled(items))
+    assert np.abs(expected - own).max() > 1e-3  # the joint model moves the probabilities
+    for engine in ("onnx", "torch"):
+        predictor = Predictor.from_run(tmp_path / "run", engine=engine)
+        got = np.stack([r.probabilities for r in predictor.predict(items, batch_size=5)])
+        np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+    ts = export_model(tmp_path / "run", "torchscript", check=items)  # a tuple out: checked
+    assert ts.max_abs_diff < TOL
+
+
 def test_text_sidecar_recipe_reproduces_the_prepared_inputs(text_run, text_exports):
     """The exported tokenizer and the sidecar's numbers are enough to build the inputs."""
     from tokenizers import Tokenizer

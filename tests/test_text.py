@@ -631,6 +631,68 @@ def test_evaluate_reports_what_blending_would_give(fitted):
     assert "encoder" not in m
 
 
+def test_joint_blend_is_one_logistic_regression_on_tfidf_and_encoder_features(tmp_path):
+    """--blend-mode joint: the TF-IDF vector and the (unit, scaled) encoder features of the
+    training texts side by side in one logistic regression; predicted, evaluated, saved,
+    loaded and served alike."""
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+
+    from headstart.inference import Predictor
+    from headstart.metrics import classification_metrics
+
+    (X, y), (Xt, yt) = _blend_fixture_texts()
+    clf = TextClassifier("tiny:bert", strategy="feature_extract", blend=True,
+                         blend_mode="joint", run_dir=tmp_path / "run",
+                         **{**TEXT_FAST, "val_fraction": 0.0}).fit(X, y)
+    assert clf.joint_.n_features_ == clf.model_.head.in_features
+    # the same model by hand: sklearn on [tfidf, 0.5 * f / |f|] of the training texts
+    vec = clf.joint_.vectorizer_
+    unit = lambda f: 0.5 * f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731
+    feats = clf._features(clf._open_unlabeled(X)).numpy()
+    ref = LogisticRegression(C=10.0, max_iter=2000, random_state=0).fit(
+        sp.hstack([vec.transform(X), unit(feats)]).tocsr(),
+        [clf.classes_.index(c) for c in y])
+    test_feats = clf._features(clf._open_unlabeled(Xt)).numpy()
+    want = ref.predict_proba(sp.hstack([vec.transform(Xt), unit(test_feats)]).tocsr())
+    proba = clf.predict_proba(Xt)
+    np.testing.assert_allclose(proba, want, atol=1e-6)
+    own = clf._model_proba(clf._open_unlabeled(Xt))
+    tfidf = clf.baseline_.predict_proba(Xt)
+    assert np.abs(proba - (own + tfidf) / 2).max() > 1e-3  # not the mean blend
+
+    m = clf.evaluate(Xt, yt)  # own = joint; encoder, baseline and the mean blend beside
+    labels = [clf.classes_.index(c) for c in yt]
+    for key, p in ((None, proba), ("encoder", own), ("baseline", tfidf),
+                   ("blend", (own + tfidf) / 2)):
+        got = m if key is None else m[key]
+        assert got["accuracy"] == pytest.approx(
+            classification_metrics(labels, p, clf.classes_)["accuracy"])
+    assert clf.metrics_["blend_mode"] == "joint"
+
+    loaded = TextClassifier.load(tmp_path / "run")
+    assert loaded._joint() and (tmp_path / "run" / "joint" / "tfidf.json").is_file()
+    np.testing.assert_allclose(loaded.predict_proba(Xt), proba, atol=1e-6)
+    served = Predictor(loaded).predict(Xt, batch_size=7)
+    np.testing.assert_allclose(np.stack([r.probabilities for r in served]), proba, atol=1e-5)
+
+
+def test_tfidf_with_features_asks_for_them_by_shape():
+    from headstart.baselines import TfidfBaseline
+
+    (X, y), _ = make_texts(20, seed=0), None
+    labels = np.array([CLASSES.index(c) for c in y])
+    feats = np.random.default_rng(0).normal(size=(20, 6))
+    joint = TfidfBaseline().fit(X, labels, features=feats)
+    assert joint.predict_proba(X[:3], feats[:3]).shape == (3, 2)
+    with pytest.raises(ValueError, match="pass them"):
+        joint.predict_proba(X[:3])
+    with pytest.raises(ValueError, match=r"expected \(3, 6\), one row per text"):
+        joint.predict_proba(X[:3], feats[:3, :4])
+    with pytest.raises(ValueError, match="TF-IDF alone"):
+        TfidfBaseline().fit(X, labels).predict_proba(X[:3], feats[:3])
+
+
 def test_blend_needs_the_baseline():
     with pytest.raises(ValueError, match="blend=True .*baseline=False"):
         TextClassifier("tiny:bert", blend=True, baseline=False, **TEXT_FAST).fit(
@@ -832,6 +894,25 @@ def test_cli_fit_evaluate_predict_text(cli_run, capsys):
     probs = [[float(v) for v in r[4:]] for r in rows]
     assert all(abs(sum(p) - 1) < 1e-4 and abs(max(p) - float(r[2])) < 1e-4
                for p, r in zip(probs, rows))
+
+
+def test_cli_joint_blend_says_what_its_metrics_are(cli_run, tmp_path, capsys):
+    root = cli_run
+    run = tmp_path / "joint"
+    code = main(["-q", "fit", str(root / "train.csv"), *CLI_FLAGS, "--strategy",
+                 "feature_extract", "--head-epochs", "3", "--blend", "--blend-mode", "joint",
+                 "--out", str(run), "--test", str(root / "test.csv")])
+    out = capsys.readouterr().out
+    assert code == 0
+    joint_line = "(the above is one logistic regression on TF-IDF + encoder features) encoder"
+    assert sum(joint_line in line for line in out.splitlines()) == 2  # validation, test
+    assert sum("blend (mean of encoder and baseline" in line for line in out.splitlines()) == 2
+    assert main(["-q", "evaluate", str(run), str(root / "test.csv")]) == 0
+    assert joint_line in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", str(root / "train.csv"), *CLI_FLAGS, "--blend-mode", "stacked",
+              "--out", str(tmp_path / "bad")])
+    assert exit_.value.code == 2 and "'mean', 'joint'" in capsys.readouterr().err
 
 
 def test_cli_missing_text_column_exits_2(cli_run, tmp_path, capsys):
@@ -1105,8 +1186,9 @@ def test_refit_with_another_backbone_tokenises_again(text_data):
 
 
 # ---------------------------------------------------------------------- baseline on disk
+@pytest.mark.parametrize("with_features", [False, True])
 @pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
-def test_tfidf_baseline_saved_and_loaded_predicts_the_same(tmp_path, kind):
+def test_tfidf_baseline_saved_and_loaded_predicts_the_same(tmp_path, kind, with_features):
     from headstart.baselines import TfidfBaseline
 
     rng = np.random.default_rng(0)
@@ -1118,12 +1200,20 @@ def test_tfidf_baseline_saved_and_loaded_predicts_the_same(tmp_path, kind):
         y = rng.integers(0, 3, 60)
     else:
         y = rng.integers(0, 2, (60, 3))
-    base = TfidfBaseline().fit(texts[:40], y[:40])
+    feats = rng.normal(size=(60, 5)) + y.reshape(60, -1)[:, :1] if with_features else None
+    base = TfidfBaseline().fit(texts[:40], y[:40],
+                               features=feats[:40] if with_features else None)
     base.save(tmp_path / "b")
     assert not list((tmp_path / "b").glob("*.pkl"))
     loaded = TfidfBaseline.load(tmp_path / "b")
-    np.testing.assert_allclose(loaded.predict_proba(texts[40:]), base.predict_proba(texts[40:]),
-                               atol=1e-6)
+    rest = feats[40:] if with_features else None
+    np.testing.assert_allclose(loaded.predict_proba(texts[40:], rest),
+                               base.predict_proba(texts[40:], rest), atol=1e-6)
+    # the same model as scikit-learn's own prediction
+    design = base._design(base.vectorizer_.transform(texts[40:]), rest, 20)
+    want = base.clf_.predict_proba(design)
+    np.testing.assert_allclose(base.predict_proba(texts[40:], rest)[:, :want.shape[1]], want,
+                               atol=1e-6)  # float32 TF-IDF rows
 
 
 def test_loaded_text_run_reports_its_baseline(fitted, text_data):

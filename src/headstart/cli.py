@@ -378,19 +378,22 @@ def cmd_fit(args) -> int:
     for split in ("validation", "test"):
         if split in m:
             print(f"  {split:<10} {show(m[split])}")
-            for line in _text_extras(m[split], m.get("baseline_name", "")):
+            for line in _text_extras(m[split], m.get("baseline_name", ""),
+                                     m.get("blend_mode", "mean")):
                 print(f"  {'':<10} {line}")
     return 0
 
 
-def _text_extras(m: dict, baseline_name: str = "") -> list[str]:
+def _text_extras(m: dict, baseline_name: str = "", blend_mode: str = "mean") -> list[str]:
     """A text model's metrics beside its own: the TF-IDF baseline, the blend of the two
     (or, for a --blend model, the encoder alone)."""
     from .metrics import format_metrics
 
     lines = []
     if "encoder" in m:
-        lines.append(f"(the above blends in TF-IDF) encoder alone: {format_metrics(m['encoder'])}")
+        how = ("is one logistic regression on TF-IDF + encoder features"
+               if blend_mode == "joint" else "blends in TF-IDF")
+        lines.append(f"(the above {how}) encoder alone: {format_metrics(m['encoder'])}")
     if "baseline" in m:
         name = f" {baseline_name}" if baseline_name else ""
         lines.append(f"baseline{name}: {format_metrics(m['baseline'])}")
@@ -638,7 +641,8 @@ def cmd_evaluate(args) -> int:
             print(f"  {ex['reference']!r:<32} -> {ex['transcript']!r}")
         return 0
     print(format_metrics(m))
-    for line in _text_extras(m, clf.metrics_.get("baseline_name", "")):
+    for line in _text_extras(m, clf.metrics_.get("baseline_name", ""),
+                             clf.metrics_.get("blend_mode", "mean")):
         print(f"  {line}")
     width = max(len(c) for c in clf.classes_)
     print(f"{'class':<{width}}  precision  recall     f1  support")

@@ -19,6 +19,7 @@ CHOICES = {
     "precision": ("no", "bf16", "fp16"),
     "parallel": ("ddp", "fsdp"),
     "detector": ("fasterrcnn", "retinanet", "fcos"),
+    "blend_mode": ("mean", "joint"),
 }
 
 
@@ -115,6 +116,11 @@ class FitConfig:
                      "baseline's probabilities (needs --baseline). The two make different "
                      "mistakes, so the blend can beat both; `fit --test` and `evaluate` "
                      "report the blend's metrics either way: measure, then switch it on")
+    blend_mode: str = _f("mean", "text: how --blend combines the two: mean (of the encoder's "
+                         "and TF-IDF's probabilities) | joint (one logistic regression on "
+                         "the TF-IDF vector and the encoder's features side by side, fitted "
+                         "on the training texts after the encoder trains; costs one pass "
+                         "over them)")
     lora_r: int = _f(8, "lora: rank of the adapters")
     lora_alpha: float = _f(16.0, "lora: scaling numerator (update = alpha / r * B A)")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapters' input")

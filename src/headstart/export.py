@@ -92,8 +92,26 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     bad = [(items[i], p) for i, p in enumerate(prepared) if isinstance(p, Exception)]
     if bad:
         raise ExportError(f"check item {bad[0][0]!r}: {bad[0][1]}")
-    # the graph is the network: a text run's TF-IDF blend (if any) is applied outside it
-    reference = est._model_proba(est._open_unlabeled(_as_source(est, items)))
+    # the graph is the network: a text run's TF-IDF blend (if any) is applied outside it;
+    # a --blend-mode joint run's graph also gives the features its TF-IDF model reads, so
+    # what it predicts from them is checked too
+    source = est._open_unlabeled(_as_source(est, items))
+    reference = est._model_proba(source)
+    joint = est.task == "text" and est._joint()
+    if joint:
+        joint_reference = est.joint_.predict_proba(source.texts,
+                                                   est._features(source).float().numpy())
+
+    def difference(got, rows: list[int]) -> float:
+        """Largest probability difference of the file's outputs for the items ``rows``."""
+        proba, feats = got if isinstance(got, tuple) else (got, None)
+        diff = np.abs(proba - reference[rows]).max()
+        if joint:
+            texts = [source.texts[i] for i in rows]
+            diff = max(diff, np.abs(est.joint_.predict_proba(texts, feats)
+                                    - joint_reference[rows]).max())
+        return float(diff)
+
     graph = inference_graph(est, merge_adapters=True)
 
     out = Path(out) if out else run_dir / "export" / FILENAMES[format]
@@ -111,14 +129,13 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
             _to_torchscript(graph, example, tmp)
             run = _torchscript_runner(tmp)
         # dynamic batch: the whole set at once, then one item alone (or three at once)
-        got = run(predictor.collate(prepared))
-        diffs = [np.abs(got - reference).max()]
+        diffs = [difference(run(predictor.collate(prepared)), list(range(len(prepared))))]
         if len(prepared) > 1:
             sizes = [len(prepared), 1]
-            diffs.append(np.abs(run(predictor.collate(prepared[:1])) - reference[:1]).max())
+            diffs.append(difference(run(predictor.collate(prepared[:1])), [0]))
         else:
             sizes = [1, 3]
-            diffs.append(np.abs(run(predictor.collate(prepared * 3)) - reference).max())
+            diffs.append(difference(run(predictor.collate(prepared * 3)), [0, 0, 0]))
         diff = float(max(diffs))
         if not np.isfinite(diff) or diff >= tolerance:
             raise ExportError(f"{format} export does not match the fitted model: largest "
@@ -132,7 +149,13 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     if est.task == "text":
         est.model_.backbone.tokenizer.save_pretrained(str(out.parent / "tokenizer"))
         notes.append("tokenizer saved in tokenizer/")
-        if est._blends():
+        if joint:
+            notes.append("this run predicts with one logistic regression on TF-IDF and the "
+                         "encoder's features (--blend-mode joint): the file gives the "
+                         "encoder's probabilities and, as its second output, those features; "
+                         "`headstart predict/serve --engine onnx` feed them with the texts to "
+                         "RUN/joint/, as should any other runtime")
+        elif est._blends():
             notes.append("this run blends its TF-IDF baseline in (--blend): the file is the "
                          "encoder alone; `headstart predict/serve --engine onnx` average its "
                          "probabilities with the baseline's (RUN/baseline/), as should any "
@@ -215,7 +238,8 @@ def _to_onnx(graph, example: dict, path: Path, opset: int, meta: dict) -> None:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(graph, args, dynamo=True, external_data=False,
                                     verbose=False, input_names=names,
-                                    output_names=["probabilities"],
+                                    output_names=["probabilities", "features"][
+                                        :2 if getattr(graph, "features", False) else 1],
                                     dynamic_shapes=dynamic, opset_version=opset)
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
@@ -230,7 +254,11 @@ def _onnx_runner(path: Path):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return lambda inputs: session.run(None, inputs)[0]
+    def run(inputs: dict):
+        outputs = session.run(None, inputs)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    return run
 
 
 # ---------------------------------------------------------------------- TorchScript
@@ -250,7 +278,8 @@ def _torchscript_runner(path: Path):
 
     def run(inputs: dict) -> np.ndarray:
         with torch.no_grad():
-            return module(*[torch.from_numpy(v) for v in inputs.values()]).numpy()
+            out = module(*[torch.from_numpy(v) for v in inputs.values()])
+        return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()
 
     return run
 
@@ -321,6 +350,12 @@ def export_metadata(predictor: Predictor, format: str) -> dict:
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", "classes"],
                    "activation": "sigmoid" if predictor.multi_label else "softmax"},
         "inputs": inputs,
+        **({"features_output": {
+            "name": "features", "dtype": "float32", "shape": ["batch", "dim"],
+            "use": "with the text, the input of the run's joint TF-IDF + features logistic "
+                   "regression (RUN/joint/: vocabulary, idf, weights; the features enter L2-"
+                   "normalised, times feature_weight, after the TF-IDF columns)"}}
+           if est.task == "text" and est._joint() else {}),
         "preprocess": recipe,
         "backbone": est.config_.backbone,
         "validation_accuracy": (getattr(est, "metrics_", {}).get("validation") or {}).get(

@@ -75,12 +75,15 @@ class ImageGraph(nn.Module):
 
 class TextGraph(nn.Module):
     """``input_ids, attention_mask: int64 [D, C, L]`` -> probabilities ``[D, classes]``;
-    a document's chunks are averaged (all-zero mask rows are padding chunks)."""
+    a document's chunks are averaged (all-zero mask rows are padding chunks). With
+    ``features``, also the averaged features ``[D, dim]`` (the head's input) as a second
+    output: what a ``--blend-mode joint`` run's TF-IDF + features model reads."""
 
-    def __init__(self, model: nn.Module, multi_label: bool = False):
+    def __init__(self, model: nn.Module, multi_label: bool = False, features: bool = False):
         super().__init__()
         self.model = model
         self.multi_label = bool(multi_label)
+        self.features = bool(features)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         docs, chunks, length = input_ids.shape
@@ -94,7 +97,8 @@ class TextGraph(nn.Module):
         feats = feats.reshape(docs, chunks, -1).float()
         pooled = (feats * valid).sum(1) / valid.sum(1).clamp(min=1.0)
         logits = self.model.head(pooled).float()
-        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+        proba = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+        return (proba, pooled) if self.features else proba
 
 
 class AudioGraph(nn.Module):
@@ -121,7 +125,7 @@ def inference_graph(estimator, merge_adapters: bool = False) -> nn.Module:
         model.backbone.merge_lora()
     multi = bool(getattr(estimator, "multi_label_", False))
     if estimator.task == "text":
-        graph = TextGraph(model, multi)
+        graph = TextGraph(model, multi, features=estimator._joint())
     elif estimator.task == "audio":
         graph = AudioGraph(model, multi)
     else:
@@ -343,11 +347,18 @@ class Predictor:
         """Probabilities ``[len(prepared), classes]`` of prepared items."""
         if not prepared:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        proba = self.engine(self.collate(prepared))
-        if self.blend:  # the run's TF-IDF baseline, averaged in outside the graph
+        out = self.engine(self.collate(prepared))
+        proba, feats = out if isinstance(out, tuple) else (out, None)
+        if self.blend:  # the run's TF-IDF model, applied outside the graph
+            texts = [p.text for p in prepared]
+            if self.estimator._joint():
+                if feats is None:
+                    raise ValueError("this run blends TF-IDF with the encoder's features "
+                                     "(--blend-mode joint) but the graph gives no features: "
+                                     "export it again with this headstart")
+                return self.estimator.joint_.predict_proba(texts, feats)
             from .tasks.text import blend_proba
 
-            texts = [p.text for p in prepared]
             proba = blend_proba(proba, self.estimator.baseline_.predict_proba(texts))
         return proba
 
@@ -408,7 +419,10 @@ class TorchEngine:
                 for v in inputs.values()]
         if self._folded is not None:
             self.graph, self._folded = checked_fold(self._folded, self.graph, *args), None
-        return self.graph(*args).cpu().numpy()
+        out = self.graph(*args)
+        if isinstance(out, tuple):  # probabilities, then features (--blend-mode joint)
+            return tuple(o.cpu().numpy() for o in out)
+        return out.cpu().numpy()
 
 
 class OnnxEngine:
@@ -426,5 +440,6 @@ class OnnxEngine:
                                             providers=["CPUExecutionProvider"])
         self.path = Path(path)
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(None, inputs)[0]
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray | tuple:
+        outputs = self.session.run(None, inputs)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)

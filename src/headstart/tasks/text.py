@@ -85,11 +85,19 @@ class TextClassifier(TransferEstimator):
 
         self.baseline_ = TfidfBaseline(seed=cfg.seed).fit(train_src.texts, train_src.labels)
         self.metrics_["baseline_name"] = "TF-IDF (word 1-2-grams) + logistic regression"
+        if cfg.blend:
+            self.metrics_["blend_mode"] = cfg.blend_mode
+        if cfg.blend and cfg.blend_mode == "joint":  # early fusion on the trained encoder
+            feats = self._features(train_src).float().numpy()
+            self.joint_ = TfidfBaseline(seed=cfg.seed).fit(train_src.texts, train_src.labels,
+                                                           features=feats)
 
     def save(self, run_dir):
         run_dir = super().save(run_dir)
         if getattr(self, "baseline_", None) is not None:
             self.baseline_.save(run_dir / "baseline")
+        if getattr(self, "joint_", None) is not None:
+            self.joint_.save(run_dir / "joint")
         return run_dir
 
     @classmethod
@@ -99,10 +107,17 @@ class TextClassifier(TransferEstimator):
         est = super().load(run_dir, device=device)
         if (Path(run_dir) / "baseline" / "tfidf.json").is_file():
             est.baseline_ = TfidfBaseline.load(Path(run_dir) / "baseline")
+        if (Path(run_dir) / "joint" / "tfidf.json").is_file():
+            est.joint_ = TfidfBaseline.load(Path(run_dir) / "joint")
         return est
 
     def _blends(self) -> bool:
         return self.config_.blend and getattr(self, "baseline_", None) is not None
+
+    def _joint(self) -> bool:
+        """Blends by one logistic regression on TF-IDF + encoder features (``--blend-mode
+        joint``), which needs the encoder's features of every text it predicts."""
+        return self._blends() and getattr(self, "joint_", None) is not None
 
     def evaluate(self, X, y=None) -> dict:
         self._baseline_memo = {}  # evaluate needs one source's baseline twice: score it once
@@ -122,12 +137,15 @@ class TextClassifier(TransferEstimator):
     def _output_proba(self, source: TextSource, proba: np.ndarray) -> np.ndarray:
         if not self._blends() or len(source) == 0:
             return proba
+        if self._joint():  # the features are those _model_proba just computed (memory)
+            return self.joint_.predict_proba(source.texts,
+                                             self._features(source).float().numpy())
         return blend_proba(proba, self._baseline_proba(source))
 
     def _extra_metrics(self, source: TextSource, metrics: dict, proba: np.ndarray) -> None:
         """``baseline``: TF-IDF alone; ``blend``: the mean of its and the encoder's
-        probabilities; ``encoder``: the encoder alone (when the estimator blends, its own
-        metrics are the blend's)."""
+        probabilities (unless that is what the estimator predicts); ``encoder``: the
+        encoder alone (when the estimator blends, its own metrics are the blend's)."""
         baseline = getattr(self, "baseline_", None)
         if baseline is None or len(source) == 0:
             return
@@ -143,7 +161,7 @@ class TextClassifier(TransferEstimator):
         metrics["baseline"] = summary(pb)
         if self._blends():
             metrics["encoder"] = summary(proba)
-        else:
+        if not self._blends() or self._joint():
             metrics["blend"] = summary(blend_proba(proba, pb))
 
 

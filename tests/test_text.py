@@ -906,7 +906,7 @@ def test_cli_joint_blend_says_what_its_metrics_are(cli_run, tmp_path, capsys):
     assert code == 0
     joint_line = "(the above is one logistic regression on TF-IDF + encoder features) encoder"
     assert sum(joint_line in line for line in out.splitlines()) == 2  # validation, test
-    assert sum("blend (mean of encoder and baseline" in line for line in out.splitlines()) == 2
+    assert sum("probabilities, --blend-mode mean)" in line for line in out.splitlines()) == 2
     assert main(["-q", "evaluate", str(run), str(root / "test.csv")]) == 0
     assert joint_line in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:

@@ -223,7 +223,8 @@ def test_blended_text_run_exports_its_encoder_and_onnx_predictions_blend(tmp_pat
     ONNX-engine predictor averages the TF-IDF baseline in as the estimator does."""
     texts, labels = make_texts(40, seed=0)
     est = TextClassifier("tiny:bert", strategy="finetune", run_dir=tmp_path / "run",
-                         **{**TEXT_FIT, "baseline": True, "blend": True}).fit(texts, labels)
+                         **{**TEXT_FIT, "baseline": True, "blend": True,
+                            "blend_mode": "mean"}).fit(texts, labels)
     items = [a + " " + b for a, b in zip(*[make_texts(12, seed=s)[0] for s in (1, 2)])]
     result = export_model(tmp_path / "run", "onnx", check=items)
     assert result.max_abs_diff < TOL

@@ -591,7 +591,7 @@ def test_blend_predicts_the_mean_of_encoder_and_tfidf_probabilities(tmp_path):
 
     (X, y), (Xt, yt) = _blend_fixture_texts()
     clf = TextClassifier("tiny:bert", strategy="feature_extract", blend=True,
-                         run_dir=tmp_path / "run", **TEXT_FAST).fit(X, y)
+                         blend_mode="mean", run_dir=tmp_path / "run", **TEXT_FAST).fit(X, y)
     own = clf._model_proba(clf._open_unlabeled(Xt))
     tfidf = clf.baseline_.predict_proba(Xt)
     assert np.abs(own - tfidf).max() > 0.05  # two different models
@@ -614,6 +614,13 @@ def test_blend_predicts_the_mean_of_encoder_and_tfidf_probabilities(tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(Xt), proba, atol=1e-6)
     served = Predictor(loaded).predict(Xt, batch_size=7)
     np.testing.assert_allclose(np.stack([r.probabilities for r in served]), proba, atol=1e-5)
+    # a run saved before --blend-mode existed (no key: the default is joint) blends by the mean
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    del config["fit_config"]["blend_mode"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    older = TextClassifier.load(tmp_path / "run")
+    assert older.config_.blend_mode == "mean" and not older._joint()
+    np.testing.assert_allclose(older.predict_proba(Xt), proba, atol=1e-6)
 
 
 def test_evaluate_reports_what_blending_would_give(fitted):
@@ -900,13 +907,14 @@ def test_cli_joint_blend_says_what_its_metrics_are(cli_run, tmp_path, capsys):
     root = cli_run
     run = tmp_path / "joint"
     code = main(["-q", "fit", str(root / "train.csv"), *CLI_FLAGS, "--strategy",
-                 "feature_extract", "--head-epochs", "3", "--blend", "--blend-mode", "joint",
+                 "feature_extract", "--head-epochs", "3", "--blend",  # joint: the default
                  "--out", str(run), "--test", str(root / "test.csv")])
     out = capsys.readouterr().out
     assert code == 0
     joint_line = "(the above is one logistic regression on TF-IDF + encoder features) encoder"
     assert sum(joint_line in line for line in out.splitlines()) == 2  # validation, test
-    assert sum("probabilities, --blend-mode mean)" in line for line in out.splitlines()) == 2
+    assert sum("probabilities, --blend --blend-mode mean)" in line
+               for line in out.splitlines()) == 2
     assert main(["-q", "evaluate", str(run), str(root / "test.csv")]) == 0
     assert joint_line in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_:

@@ -398,8 +398,8 @@ def _text_extras(m: dict, baseline_name: str = "", blend_mode: str = "mean") -> 
         name = f" {baseline_name}" if baseline_name else ""
         lines.append(f"baseline{name}: {format_metrics(m['baseline'])}")
     if "blend" in m:
-        flag = "--blend-mode mean" if blend_mode == "joint" else "--blend"
-        lines.append(f"blend (mean of encoder and baseline probabilities, {flag}): "
+        lines.append(f"blend (mean of encoder and baseline probabilities, --blend "
+                     f"--blend-mode mean): "
                      f"{format_metrics(m['blend'])}")
     return lines
 

@@ -112,15 +112,15 @@ class FitConfig:
                                "(multi-label); JSONL/Parquet lists need none")
     baseline: bool = _f(True, "text: also fit TF-IDF + logistic regression on the same split "
                         "and report it beside the transfer result")
-    blend: bool = _f(False, "text: predict with the mean of the encoder's and the TF-IDF "
-                     "baseline's probabilities (needs --baseline). The two make different "
-                     "mistakes, so the blend can beat both; `fit --test` and `evaluate` "
-                     "report the blend's metrics either way: measure, then switch it on")
-    blend_mode: str = _f("mean", "text: how --blend combines the two: mean (of the encoder's "
-                         "and TF-IDF's probabilities) | joint (one logistic regression on "
-                         "the TF-IDF vector and the encoder's features side by side, fitted "
-                         "on the training texts after the encoder trains; costs one pass "
-                         "over them)")
+    blend: bool = _f(False, "text: predict with the encoder and the TF-IDF baseline "
+                     "together (needs --baseline; how: --blend-mode). The two make "
+                     "different mistakes, so the blend can beat both; `fit --test` and "
+                     "`evaluate` report the mean blend's metrics either way")
+    blend_mode: str = _f("joint", "text: how --blend combines the two: joint (one logistic "
+                         "regression on the TF-IDF vector and the trained encoder's features "
+                         "side by side, fitted on the training texts after the encoder "
+                         "trains; costs one pass over them) | mean (of the encoder's and "
+                         "TF-IDF's probabilities)")
     lora_r: int = _f(8, "lora: rank of the adapters")
     lora_alpha: float = _f(16.0, "lora: scaling numerator (update = alpha / r * B A)")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapters' input")

@@ -109,6 +109,9 @@ class TextClassifier(TransferEstimator):
             est.baseline_ = TfidfBaseline.load(Path(run_dir) / "baseline")
         if (Path(run_dir) / "joint" / "tfidf.json").is_file():
             est.joint_ = TfidfBaseline.load(Path(run_dir) / "joint")
+        elif est.config_.blend and est.config_.blend_mode == "joint":
+            # a run saved before --blend-mode existed blended by the mean
+            est.config_ = est.config_.replace(blend_mode="mean")
         return est
 
     def _blends(self) -> bool:

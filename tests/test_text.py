@@ -683,6 +683,12 @@ def test_joint_blend_is_one_logistic_regression_on_tfidf_and_encoder_features(tm
     served = Predictor(loaded).predict(Xt, batch_size=7)
     np.testing.assert_allclose(np.stack([r.probabilities for r in served]), proba, atol=1e-5)
 
+    clf.set_params(blend_mode="mean", run_dir=None).fit(X, y)  # refit: no stale joint model
+    assert "joint_" not in clf.__dict__
+    np.testing.assert_allclose(clf.predict_proba(Xt), (own + tfidf) / 2, atol=1e-6)
+    clf.set_params(baseline=False, blend=False).fit(X, y)  # nor a stale baseline
+    assert "baseline_" not in clf.__dict__ and "baseline" not in clf.evaluate(Xt, yt)
+
 
 def test_tfidf_with_features_asks_for_them_by_shape():
     from headstart.baselines import TfidfBaseline

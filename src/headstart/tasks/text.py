@@ -79,6 +79,8 @@ class TextClassifier(TransferEstimator):
         return partial(collate_text, pad_id=int(pad))
 
     def _after_fit(self, train_src: TextSource, val_src, cfg: FitConfig) -> None:
+        for stale in ("baseline_", "joint_"):  # an earlier fit's, on other settings
+            self.__dict__.pop(stale, None)
         if not cfg.baseline:
             return
         from ..baselines import TfidfBaseline
@@ -120,7 +122,8 @@ class TextClassifier(TransferEstimator):
     def _joint(self) -> bool:
         """Blends by one logistic regression on TF-IDF + encoder features (``--blend-mode
         joint``), which needs the encoder's features of every text it predicts."""
-        return self._blends() and getattr(self, "joint_", None) is not None
+        return (self._blends() and self.config_.blend_mode == "joint"
+                and getattr(self, "joint_", None) is not None)
 
     def evaluate(self, X, y=None) -> dict:
         self._baseline_memo = {}  # evaluate needs one source's baseline twice: score it once

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .artifacts import atomic_write_json, temp_sibling
-from .inference import Predictor, inference_graph
+from .inference import OnnxEngine, Predictor, inference_graph
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     reference = est._model_proba(source)
     joint = est.task == "text" and est._joint()
     if joint:
-        joint_reference = est.joint_.predict_proba(source.texts,
-                                                   est._features(source).float().numpy())
+        joint_reference = est._output_proba(source, reference)  # what the run predicts
 
     def difference(got, rows: list[int]) -> float:
         """Largest probability difference of the file's outputs for the items ``rows``."""
@@ -124,7 +123,7 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
         example = predictor.collate(_example_items(prepared))
         if format == "onnx":
             _to_onnx(graph, example, tmp, opset, meta)
-            run = _onnx_runner(tmp)
+            run = OnnxEngine(tmp)
         else:
             _to_torchscript(graph, example, tmp)
             run = _torchscript_runner(tmp)
@@ -248,17 +247,6 @@ def _to_onnx(graph, example: dict, path: Path, opset: int, meta: dict) -> None:
     entry.key, entry.value = "headstart", json.dumps(meta)
     onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))
-
-
-def _onnx_runner(path: Path):
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    def run(inputs: dict):
-        outputs = session.run(None, inputs)
-        return outputs[0] if len(outputs) == 1 else tuple(outputs)
-
-    return run
 
 
 # ---------------------------------------------------------------------- TorchScript

@@ -676,6 +676,13 @@ def test_joint_blend_is_one_logistic_regression_on_tfidf_and_encoder_features(tm
         assert got["accuracy"] == pytest.approx(
             classification_metrics(labels, p, clf.classes_)["accuracy"])
     assert clf.metrics_["blend_mode"] == "joint"
+    lookups = []  # the encoder's features of a call serve its head and the joint model
+    real = clf._features
+    clf._features = lambda source: lookups.append(source) or real(source)
+    np.testing.assert_allclose(clf.predict_proba(Xt), proba, atol=1e-7)
+    assert clf.evaluate(Xt, yt)["accuracy"] == pytest.approx(m["accuracy"])
+    assert len(lookups) == 2, "each of predict_proba and evaluate looks the features up once"
+    del clf._features
 
     loaded = TextClassifier.load(tmp_path / "run")
     assert loaded._joint() and (tmp_path / "run" / "joint" / "tfidf.json").is_file()

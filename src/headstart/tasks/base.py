@@ -262,19 +262,26 @@ class TransferEstimator:
     def predict_proba(self, X) -> np.ndarray:
         self._check_fitted()
         source = self._open_unlabeled(X)
-        return self._output_proba(source, self._model_proba(source))
+        feats = self._features(source)
+        return self._output_proba(source, self._head_proba(feats), feats)
 
-    def _output_proba(self, source, proba: np.ndarray) -> np.ndarray:
+    def _output_proba(self, source, proba: np.ndarray, feats: torch.Tensor | None = None
+                      ) -> np.ndarray:
         """What the estimator predicts, from its network's ``proba`` (text: may blend in
-        the TF-IDF baseline)."""
+        the TF-IDF baseline); ``feats``: the backbone features ``proba`` came from, when the
+        caller has them (else an override that needs them looks them up)."""
         return proba
 
-    @torch.inference_mode()
     def _model_proba(self, source) -> np.ndarray:
         """The network's probabilities on ``source``."""
+        return self._head_proba(self._features(source))
+
+    @torch.inference_mode()
+    def _head_proba(self, feats: torch.Tensor) -> np.ndarray:
+        """The head's probabilities from backbone features."""
         head = self.model_.head
         head.eval()
-        feats = self._features(source).to(next(head.parameters()).device)
+        feats = feats.to(next(head.parameters()).device)
         logits = torch.cat([head(chunk) for chunk in feats.split(4096)]) if len(feats) else \
             torch.empty(0, len(self.classes_))
         if getattr(self, "multi_label_", False):
@@ -295,8 +302,9 @@ class TransferEstimator:
         if getattr(self, "multi_label_", False) and source.labels.ndim == 1:
             source = source.subset(np.arange(len(source)))  # a copy, labels as 0/1 rows
             source.labels = np.eye(len(self.classes_), dtype=np.float32)[source.labels]
-        own = self._model_proba(source)
-        proba = self._output_proba(source, own)
+        feats = self._features(source)
+        own = self._head_proba(feats)
+        proba = self._output_proba(source, own, feats)
         if source.labels.ndim == 2:
             metrics = multilabel_metrics(source.labels, proba, self.classes_)
         else:

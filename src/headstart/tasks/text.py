@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config import FitConfig
 from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
@@ -140,12 +141,13 @@ class TextClassifier(TransferEstimator):
             memo[id(source)] = self.baseline_.predict_proba(source.texts)
         return memo[id(source)]
 
-    def _output_proba(self, source: TextSource, proba: np.ndarray) -> np.ndarray:
+    def _output_proba(self, source: TextSource, proba: np.ndarray,
+                      feats: torch.Tensor | None = None) -> np.ndarray:
         if not self._blends() or len(source) == 0:
             return proba
-        if self._joint():  # the features are those _model_proba just computed (memory)
-            return self.joint_.predict_proba(source.texts,
-                                             self._features(source).float().numpy())
+        if self._joint():
+            feats = self._features(source) if feats is None else feats
+            return self.joint_.predict_proba(source.texts, feats.float().numpy())
         return blend_proba(proba, self._baseline_proba(source))
 
     def _extra_metrics(self, source: TextSource, metrics: dict, proba: np.ndarray) -> None:

@@ -107,6 +107,44 @@ def test_order_by_another_score_and_a_subset_of_scores(data3):
         rank(x, ["tiny:cnn"], y=y, scores=["knn"], score="logme", **FAST)
 
 
+def test_your_own_score_ranks_beside_the_built_in_ones(data3):
+    """rank(scores=[...]) takes named functions and Score objects: each gets the same float64
+    features and labels the built-in scores get, and can order the rows."""
+    from headstart.select import Score, linear_probe_accuracy, logme
+
+    x, y = data3
+    seen = {}
+
+    def spread(features, labels, source_probs=None):
+        """Mean feature standard deviation."""
+        assert features.dtype == np.float64 and labels.dtype.kind == "i"
+        seen[features.shape[1]] = (features, labels)
+        return float(features.std(0).mean())
+
+    def needs_head(features, labels, source_probs):
+        return float(source_probs.max(1).mean())
+
+    strict = Score("strict_probe", lambda f, y, p=None: linear_probe_accuracy(f, y, c=0.01))
+    res = rank(x, ["tiny:cnn", "tiny:cnn@1"], y=y, scores=["logme", spread, strict,
+               Score("head", needs_head, needs_source=True)], score="spread", **FAST)
+    assert res.score == "spread"
+    assert [list(r.scores) for r in res.rows] == [["logme", "spread", "strict_probe",
+                                                   "head"]] * 2
+    values = [r.scores["spread"] for r in res.rows]
+    assert values == sorted(values, reverse=True)  # ordered by the score asked for
+    for r in res.rows:  # the same features as the built-in score's
+        f, labels = seen[r.feature_dim]
+        assert r.scores["logme"] == pytest.approx(logme(f, labels), rel=1e-12)
+        assert r.scores["strict_probe"] == pytest.approx(
+            linear_probe_accuracy(f, labels, c=0.01))
+        assert math.isnan(r.scores["head"])  # tiny:cnn has no source head
+    assert "spread" in res.table() and "strict_probe" in res.to_dict()["rows"][0]["scores"]
+    with pytest.raises(ValueError, match="needs a name"):
+        rank(x, ["tiny:cnn"], y=y, scores=[lambda f, y, p: 0.0], **FAST)
+    with pytest.raises(ValueError, match="two scores are named 'knn'"):
+        rank(x, ["tiny:cnn"], y=y, scores=["knn", Score("knn", spread)], **FAST)
+
+
 def test_bad_and_offline_candidates_are_rows_not_crashes(data3, no_network, empty_hf_cache):
     x, y = data3
     res = rank(x, ["nope:thing", "timm:resnet50.a1_in1k", "tiny:cnn", "tiny:cnn@9",

@@ -328,10 +328,15 @@ def linear_probe_accuracy(features, labels, source_probs=None, *, c: float = 1.0
 
 @dataclass(frozen=True)
 class Score:
+    """A transferability score: ``fn(features, labels, source_probs) -> float``, higher is
+    better. ``needs_source``: it reads the source head's probabilities (a candidate without
+    a source head gets NaN). Pass one, or a named function, in ``rank(scores=...)`` to rank
+    by a score of your own beside the built-in ones."""
+
     name: str
     fn: object
-    needs_source: bool
-    summary: str
+    needs_source: bool = False
+    summary: str = ""
 
 
 SCORES: dict[str, Score] = {s.name: s for s in (
@@ -478,7 +483,10 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
     three real targets the scores ranked as well from 200 items as from 1000, see
     benchmarks/rank_transfer.py),
     then every score of ``scores`` (default: all; LEEP and NCE only where the backbone has
-    its source head). ``settings`` are FitConfig fields that shape the features (image
+    its source head): built-in names, and your own as named functions
+    ``fn(features, labels, source_probs) -> float`` (higher is better; float64 features of
+    the sample, labels 0..C-1) or :class:`Score` objects; ``score`` names the one that
+    orders the rows. ``settings`` are FitConfig fields that shape the features (image
     size, text truncation, ``feature_cache``, ``seed``, ``val_fraction``): with the same
     values and no sampling, a later ``feature_extract`` fit reuses the cached features.
     A candidate that cannot be loaded becomes a row with its error, not an exception.
@@ -493,11 +501,8 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
     t_start = time.perf_counter()
     if task not in ESTIMATORS:
         raise ValueError(f"task={task!r}: choose one of {', '.join(ESTIMATORS)}")
-    names = list(scores) if scores else list(SCORES)
-    unknown = [s for s in names if s not in SCORES]
-    if unknown:
-        raise ValueError(f"unknown score(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(SCORES)}")
+    specs = _score_specs(scores)
+    names = list(specs)
     score = score or (DEFAULT_SCORE if DEFAULT_SCORE in names else names[0])
     if score not in names:
         raise ValueError(f"score={score!r} is not among the computed scores {names}")
@@ -552,7 +557,7 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
         seconds = (time.perf_counter() - t0) / max(1, len(variants))
         for cand, backbone in variants.items():
             t1 = time.perf_counter()
-            values = _scores(names, feats[cand], labels, backbone.source_head(), device)
+            values = _scores(specs, feats[cand], labels, backbone.source_head(), device)
             rows.append(RankRow(cand, values, feature_dim=int(feats[cand].shape[1]),
                                 params=sum(p.numel() for p in backbone.parameters()),
                                 seconds=seconds + time.perf_counter() - t1))
@@ -633,20 +638,52 @@ def _variant_features(est, base, variants: dict, preprocess, parts, cfg) -> dict
     return {c: torch.cat(v) for c, v in out.items()}
 
 
-def _scores(names: list[str], feats, labels: np.ndarray, head, device) -> dict:
+def _score_specs(scores) -> dict[str, Score]:
+    """name -> Score for ``rank(scores=...)``: built-in names, :class:`Score` objects and
+    named functions ``fn(features, labels, source_probs) -> float``; default: every
+    built-in score."""
+    if not scores:
+        return dict(SCORES)
+    if isinstance(scores, str):
+        scores = [scores]
+    specs: dict[str, Score] = {}
+    unknown = []
+    for item in scores:
+        if isinstance(item, Score):
+            spec = item
+        elif callable(item):
+            name = getattr(item, "__name__", "")
+            if not name.isidentifier():  # a lambda or a partial
+                raise ValueError(f"the score function {item!r} needs a name for its column: "
+                                 "define it with def, or pass Score('name', fn)")
+            spec = Score(name, item, False, (item.__doc__ or "").strip().split("\n")[0])
+        elif item in SCORES:
+            spec = SCORES[item]
+        else:
+            unknown.append(str(item))
+            continue
+        if spec.name in specs:
+            raise ValueError(f"two scores are named {spec.name!r}: give one another name")
+        specs[spec.name] = spec
+    if unknown:
+        raise ValueError(f"unknown score(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(SCORES)}, or pass a function or a Score")
+    return specs
+
+
+def _scores(specs: dict[str, Score], feats, labels: np.ndarray, head, device) -> dict:
     probs = None
-    if head is not None and any(SCORES[n].needs_source for n in names):
+    if head is not None and any(spec.needs_source for spec in specs.values()):
         with torch.inference_mode():
             probs = torch.softmax(head.to(device)(feats.to(device)).double(), 1).cpu().numpy()
     f = feats.double().numpy()
     values = {}
-    for name in names:
-        spec = SCORES[name]
+    for name, spec in specs.items():
         if spec.needs_source and probs is None:
             values[name] = float("nan")  # no source head: the score does not apply
         else:
             try:
-                values[name] = spec.fn(f, labels, probs)
+                values[name] = float(spec.fn(f, labels, probs))
             except ScoreError as exc:  # e.g. a class too small for cross-validation
                 log.warning("rank: %s not computed: %s", name, exc)
                 values[name] = float("nan")

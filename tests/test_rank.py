@@ -486,3 +486,23 @@ def test_benchmark_summary_averages_each_target_over_its_own_seeds(tmp_path, cap
     assert "ratio 150.0x" in out  # 3 fits of 100 s against 2 s of ranking
     assert "random last 2/2, below every better one 2/2; speed ratio 150.0x" in out
     assert "t1: seed-vs-seed Kendall tau" in out and "t2: seed-vs-seed" not in out
+    # resampling t1's two seeds never swaps a candidate pair (a > b > random in every draw),
+    # and t2 has one seed: the interval is the point; one fine-tuning run agrees with the other
+    assert "s        tau +1.000 [+1.00, +1.00]; P(>= 0.6) 1.00" in out
+    assert "one fine-tuning run against the mean of the others: +1.000" in out
+
+
+def test_resampled_taus_cover_the_orders_other_seeds_give(monkeypatch):
+    import importlib
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.modules.pop("rank_transfer", None)
+    rt = importlib.import_module("rank_transfer")
+    # c is clearly last; a and b swap with the seeds: seed 0 says a > b, seed 1 b > a
+    per = [np.array([0.75, 0.5]), np.array([0.5, 0.75]), np.array([0.125, 0.125])]  # exact
+    taus = rt._resampled_taus([3.0, 2.0, 1.0], per, np.random.default_rng(0), draws=400)
+    # draws of (0, 0) -> tau 1; (1, 1) -> 1/3; mixed draws -> a 0.625 = b 0.625, a tie
+    assert set(np.round(taus, 6)) <= {1.0, round(1 / 3, 6), round(2 / np.sqrt(6), 6)}
+    assert 0.15 < np.mean(taus == 1.0) < 0.35  # (0, 0) is one draw in four

@@ -139,6 +139,9 @@ def test_your_own_score_ranks_beside_the_built_in_ones(data3):
             linear_probe_accuracy(f, labels, c=0.01))
         assert math.isnan(r.scores["head"])  # tiny:cnn has no source head
     assert "spread" in res.table() and "strict_probe" in res.to_dict()["rows"][0]["scores"]
+    by_object = rank(x, ["tiny:cnn", "tiny:cnn@1"], y=y, scores=[spread, strict],
+                     score=strict, **FAST)  # the score itself names the order too
+    assert by_object.score == "strict_probe"
     with pytest.raises(ValueError, match="needs a name"):
         rank(x, ["tiny:cnn"], y=y, scores=[lambda f, y, p: 0.0], **FAST)
     with pytest.raises(ValueError, match="two scores are named 'knn'"):

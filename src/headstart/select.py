@@ -473,7 +473,7 @@ def _sample(labels: np.ndarray, max_items: int, seed: int) -> np.ndarray:
 DEFAULT_MAX_ITEMS = 300
 
 
-def rank(data, models, y=None, *, task: str = "image", scores=None, score: str | None = None,
+def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
          max_items: int = DEFAULT_MAX_ITEMS, config=None, **settings) -> RankResult:
     """Score candidate backbones on labeled target data before any training.
 
@@ -485,8 +485,8 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
     then every score of ``scores`` (default: all; LEEP and NCE only where the backbone has
     its source head): built-in names, and your own as named functions
     ``fn(features, labels, source_probs) -> float`` (higher is better; float64 features of
-    the sample, labels 0..C-1) or :class:`Score` objects; ``score`` names the one that
-    orders the rows. ``settings`` are FitConfig fields that shape the features (image
+    the sample, labels 0..C-1) or :class:`Score` objects; ``score`` (a name, or the
+    function or Score itself) is the one that orders the rows. ``settings`` are FitConfig fields that shape the features (image
     size, text truncation, ``feature_cache``, ``seed``, ``val_fraction``): with the same
     values and no sampling, a later ``feature_extract`` fit reuses the cached features.
     A candidate that cannot be loaded becomes a row with its error, not an exception.
@@ -503,6 +503,8 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score: str |
         raise ValueError(f"task={task!r}: choose one of {', '.join(ESTIMATORS)}")
     specs = _score_specs(scores)
     names = list(specs)
+    if score is not None and not isinstance(score, str):  # the Score or function itself
+        score = score.name if isinstance(score, Score) else getattr(score, "__name__", score)
     score = score or (DEFAULT_SCORE if DEFAULT_SCORE in names else names[0])
     if score not in names:
         raise ValueError(f"score={score!r} is not among the computed scores {names}")

@@ -96,10 +96,11 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     # a --blend-mode joint run's graph also gives the features its TF-IDF model reads, so
     # what it predicts from them is checked too
     source = est._open_unlabeled(_as_source(est, items))
-    reference = est._model_proba(source)
+    backbone_feats = est._features(source)
+    reference = est._head_proba(backbone_feats)
     joint = est.task == "text" and est._joint()
-    if joint:
-        joint_reference = est._output_proba(source, reference)  # what the run predicts
+    if joint:  # what the run predicts, from the same features
+        joint_reference = est._output_proba(source, reference, backbone_feats)
 
     def difference(got, rows: list[int]) -> float:
         """Largest probability difference of the file's outputs for the items ``rows``."""

@@ -486,9 +486,10 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
     its source head): built-in names, and your own as named functions
     ``fn(features, labels, source_probs) -> float`` (higher is better; float64 features of
     the sample, labels 0..C-1) or :class:`Score` objects; ``score`` (a name, or the
-    function or Score itself) is the one that orders the rows. ``settings`` are FitConfig fields that shape the features (image
-    size, text truncation, ``feature_cache``, ``seed``, ``val_fraction``): with the same
-    values and no sampling, a later ``feature_extract`` fit reuses the cached features.
+    function or Score itself) is the one that orders the rows. ``settings`` are FitConfig
+    fields that shape the features (image size, text truncation, ``feature_cache``,
+    ``seed``, ``val_fraction``): with the same values and no sampling, a later
+    ``feature_extract`` fit reuses the cached features.
     A candidate that cannot be loaded becomes a row with its error, not an exception.
     In a data-parallel job (``torchrun ... -m headstart rank``, or a process group the
     caller initialised) the processes share each forward pass; all get the same result."""

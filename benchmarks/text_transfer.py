@@ -128,8 +128,9 @@ def save_proba(clf, path: Path, train, test) -> None:
     out = {"classes": np.array(clf.classes_)}
     for name, (texts, labels) in (("train", train), ("test", test)):
         source = clf._open_unlabeled(list(texts))
-        out[f"{name}_features"] = clf._features(source).float().numpy()  # the head's input
-        out[f"{name}_encoder"] = clf._model_proba(source)
+        feats = clf._features(source)  # the head's input
+        out[f"{name}_features"] = feats.float().numpy()
+        out[f"{name}_encoder"] = clf._head_proba(feats)
         out[f"{name}_tfidf"] = clf.baseline_.predict_proba(list(texts))
         out[f"{name}_labels"] = np.array([clf.classes_.index(c) for c in labels])
     np.savez(path, **out)

@@ -244,7 +244,7 @@ def test_blended_text_run_exports_its_encoder_and_predictors_blend(tmp_path, mod
     else:
         assert "features_output" not in meta and outputs == ["probabilities"]
     expected = est.predict_proba(items)
-    own = est._model_proba(est._open_unlabeled(items))
+    own = est._head_proba(est._features(est._open_unlabeled(items)))
     assert np.abs(expected - own).max() > 1e-3  # the blend moves the probabilities
     for engine in ("onnx", "torch"):
         predictor = Predictor.from_run(tmp_path / "run", engine=engine)

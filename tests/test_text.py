@@ -592,7 +592,7 @@ def test_blend_predicts_the_mean_of_encoder_and_tfidf_probabilities(tmp_path):
     (X, y), (Xt, yt) = _blend_fixture_texts()
     clf = TextClassifier("tiny:bert", strategy="feature_extract", blend=True,
                          blend_mode="mean", run_dir=tmp_path / "run", **TEXT_FAST).fit(X, y)
-    own = clf._model_proba(clf._open_unlabeled(Xt))
+    own = clf._head_proba(clf._features(clf._open_unlabeled(Xt)))
     tfidf = clf.baseline_.predict_proba(Xt)
     assert np.abs(own - tfidf).max() > 0.05  # two different models
     proba = clf.predict_proba(Xt)
@@ -630,7 +630,7 @@ def test_evaluate_reports_what_blending_would_give(fitted):
     _, (Xt, yt) = _blend_fixture_texts()
     m = clf.evaluate(Xt, yt)
     own = clf.predict_proba(Xt)
-    np.testing.assert_array_equal(own, clf._model_proba(clf._open_unlabeled(Xt)))
+    np.testing.assert_array_equal(own, clf._head_proba(clf._features(clf._open_unlabeled(Xt))))
     mean = (own + clf.baseline_.predict_proba(Xt)) / 2
     ref = classification_metrics([clf.classes_.index(c) for c in yt], mean, clf.classes_)
     assert m["blend"]["accuracy"] == pytest.approx(ref["accuracy"])
@@ -664,7 +664,7 @@ def test_joint_blend_is_one_logistic_regression_on_tfidf_and_encoder_features(tm
     want = ref.predict_proba(sp.hstack([vec.transform(Xt), unit(test_feats)]).tocsr())
     proba = clf.predict_proba(Xt)
     np.testing.assert_allclose(proba, want, atol=1e-6)
-    own = clf._model_proba(clf._open_unlabeled(Xt))
+    own = clf._head_proba(clf._features(clf._open_unlabeled(Xt)))
     tfidf = clf.baseline_.predict_proba(Xt)
     assert np.abs(proba - (own + tfidf) / 2).max() > 1e-3  # not the mean blend
 

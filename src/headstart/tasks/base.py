@@ -272,10 +272,6 @@ class TransferEstimator:
         caller has them (else an override that needs them looks them up)."""
         return proba
 
-    def _model_proba(self, source) -> np.ndarray:
-        """The network's probabilities on ``source``."""
-        return self._head_proba(self._features(source))
-
     @torch.inference_mode()
     def _head_proba(self, feats: torch.Tensor) -> np.ndarray:
         """The head's probabilities from backbone features."""

@@ -12,12 +12,14 @@ from contextlib import redirect_stderr, redirect_stdout
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from headstart import ImageClassifier, rank
 from headstart import features as features_mod
 from headstart.cli import main
 from headstart.features import clear_memory_cache
 from headstart.select import SCORES, Candidate, logme
+from headstart.zoo import create_backbone
 
 from conftest import FAST, make_arrays, write_folder
 
@@ -190,6 +192,29 @@ def test_a_later_feature_extract_fit_reuses_the_ranked_features(tmp_path, data3,
     ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache,
                     **FAST).fit(x, y)
     assert calls == []  # nothing recomputed: rank's features served the fit
+
+
+def test_rank_reads_both_parts_in_one_pass_and_caches_each_under_its_fit_key(tmp_path,
+                                                                              data3,
+                                                                              monkeypatch):
+    x, y = data3
+    cache = tmp_path / "cache"
+    calls = counting_compute(monkeypatch)
+    rank(x, ["tiny:cnn"], y=y, scores=["logme"], feature_cache=str(cache), **FAST)
+    assert len(calls) == 1  # one pass (one BatchNorm fold) for train and validation
+    # each part's features are what a pass over that part alone gives, under fit's key
+    est = ImageClassifier("tiny:cnn", **FAST)
+    cfg = est.resolved_config()
+    source = est._open_labeled(x, y, None, cfg)
+    _, train, val = est._split(source, None, None, cfg)
+    torch.manual_seed(cfg.seed)  # the random init rank's candidate gets
+    base = create_backbone("tiny:cnn", pretrained=True)
+    pre = est._input_spec(base, train, cfg)
+    for part in (train, val):
+        saved = load_file(str(cache / f"{est._feature_key(base, pre, part)}.safetensors"))
+        alone = est._compute_features(base, base, pre, part, cfg)
+        torch.testing.assert_close(saved["features"], alone, rtol=1e-5, atol=1e-6)
+        assert len(alone) == len(part)
 
 
 def test_rank_is_deterministic(data3):
@@ -389,8 +414,8 @@ def test_real_rank_puts_imagenet_weights_above_random_init():
 
 @pytest.mark.slow
 def test_cut_points_of_one_backbone_share_one_pass(tmp_path, monkeypatch):
-    """Lite0 at cuts 0, 1 and 2: one forward pass per data part, features identical to
-    ranking each cut alone, cached under the keys each cut's own fit uses."""
+    """Lite0 at cuts 0, 1 and 2: one forward pass over both data parts, features
+    identical to ranking each cut alone, cached under the keys each cut's own fit uses."""
     from headstart.datasets import fashion_mnist, per_class_subset
 
     x, y, classes = fashion_mnist("train")
@@ -402,7 +427,7 @@ def test_cut_points_of_one_backbone_share_one_pass(tmp_path, monkeypatch):
     together = rank(x[idx], ["packaged:efficientnet_lite0@0", "packaged:efficientnet_lite0@1",
                              "packaged:efficientnet_lite0@2"], y=labels, feature_cache=cache,
                     **settings)
-    assert len(calls) == 2  # train and validation parts: one pass each for three cuts
+    assert len(calls) == 1  # train and validation parts together, for three cuts
     assert [r.error for r in together.rows] == [None] * 3
     by = {r.candidate.cut: r for r in together.rows}
     assert [by[c].feature_dim for c in (0, 1, 2)] == [1280, 320, 112]

@@ -132,6 +132,22 @@ def checked_fold(folded: nn.Module, original: nn.Module, *inputs) -> nn.Module:
     return original
 
 
+class _Concat(torch.utils.data.ConcatDataset):
+    """Datasets read as one; their ``lengths`` (texts) too."""
+
+    def __init__(self, datasets: list):
+        super().__init__(datasets)
+        if all(getattr(d, "lengths", None) is not None for d in datasets):
+            self.lengths = [n for d in datasets for n in d.lengths]
+
+
+def concat_datasets(datasets: list) -> Dataset:
+    """One dataset of ``datasets`` in order (the dataset itself when there is one), so
+    one frozen pass serves several parts: the BatchNorm fold and the loader are set up
+    once, and the last batch of one part is not a small batch of its own."""
+    return datasets[0] if len(datasets) == 1 else _Concat(datasets)
+
+
 def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     """Batches of similar length (longest first): padding is paid once per batch."""
     order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))

@@ -616,28 +616,37 @@ class _AtCuts(nn.Module):
 
 def _variant_features(est, base, variants: dict, preprocess, parts, cfg) -> dict:
     """Features of each variant over ``parts``, each cached under the key its own fit
-    would use; uncached ones come from one shared pass where the family allows it."""
+    would use; uncached ones come from one pass over the parts together (one BatchNorm
+    fold, no small last batch per part), shared by the cut points where the family
+    allows it."""
     from .features import cached_features
 
     out = {c: [] for c in variants}
     shared = hasattr(base, "features_at_cuts") and len(variants) > 1
-    for part in parts:
-        computed: dict = {}
+    computed: dict = {}  # (candidate, part index) -> features of the passes run
 
-        def compute(cand, part=part, computed=computed):
-            if not shared:
-                return est._compute_features(variants[cand], variants[cand], preprocess, part,
-                                             cfg)
-            if not computed:
+    def compute(cand, i):
+        if (cand, i) not in computed:  # one pass over this part and those after it (the
+            rest = parts[i:]           # ones before came from the cache)
+            sizes = [len(p) for p in rest]
+            if shared:
                 cuts = [c.cut for c in variants]
-                feats = est._compute_features(_AtCuts(base, cuts), base, preprocess, part, cfg)
+                feats = est._compute_features(_AtCuts(base, cuts), base, preprocess, rest, cfg)
                 dims = [b.feature_dim for b in variants.values()]
-                computed.update(zip(variants, (f.contiguous() for f in feats.split(dims, 1))))
-            return computed[cand]
+                per = dict(zip(variants, feats.split(dims, 1)))
+            else:
+                per = {cand: est._compute_features(variants[cand], variants[cand], preprocess,
+                                                   rest, cfg)}
+            for c, f in per.items():
+                for j, chunk in enumerate(f.split(sizes), start=i):
+                    computed[(c, j)] = chunk.contiguous()
+        return computed[(cand, i)]
 
-        for cand, backbone in variants.items():
+    for cand, backbone in variants.items():
+        for i, part in enumerate(parts):
             key = est._feature_key(backbone, preprocess, part)
-            out[cand].append(cached_features(key, lambda c=cand: compute(c), cfg.feature_cache))
+            out[cand].append(cached_features(key, lambda c=cand, i=i: compute(c, i),
+                                             cfg.feature_cache))
     return {c: torch.cat(v) for c, v in out.items()}
 
 

@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 
 from ..artifacts import atomic_save_tensors, atomic_write_json, state_dict_tensors
 from ..config import FitConfig
-from ..features import cache_key, cached_features, compute_features, weights_hash
+from ..features import (cache_key, cached_features, compute_features, concat_datasets,
+                        weights_hash)
 from ..heads import Head, HeadSpec, TransferModel
 from ..metrics import classification_metrics, multilabel_metrics
 from ..strategies import build_strategy
@@ -250,13 +251,16 @@ class TransferEstimator:
     def _compute_features(self, network, backbone: Backbone, preprocess, source,
                           cfg: FitConfig) -> torch.Tensor:
         """One frozen pass of ``network`` (``backbone`` or a module around it) over
-        ``source``, read as ``backbone`` reads its inputs."""
+        ``source``, read as ``backbone`` reads its inputs. ``source`` may be a list of
+        sources, read in one pass: their features come back concatenated in order."""
+        sources = list(source) if isinstance(source, (list, tuple)) else [source]
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
         device = next(backbone.parameters()).device
         return compute_features(
-            network, self._dataset(source, preprocess, False, cfg, backbone),
+            network, concat_datasets([self._dataset(s, preprocess, False, cfg, backbone)
+                                      for s in sources]),
             cfg.eval_batch_size, device, cfg.channels_last, workers,
-            desc=f"features {source.origin}", collate_fn=self._collate(backbone),
+            desc=f"features {sources[0].origin}", collate_fn=self._collate(backbone),
             bucketing=cfg.length_bucketing)
 
     def predict_proba(self, X) -> np.ndarray:

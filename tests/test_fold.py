@@ -127,3 +127,69 @@ def test_packaged_lite0_folded_pass_matches_the_network():
     with torch.inference_mode():
         want = backbone(x)
     torch.testing.assert_close(_passes(backbone, x, batch=4), want, rtol=1e-4, atol=1e-4)
+
+
+class _Recorder(nn.Module):
+    """Items through unchanged (pooled), noting the batch size of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return x.mean((2, 3)) * self.w
+
+
+def test_cpu_image_batches_run_in_chunks_of_about_the_pixel_budget(monkeypatch):
+    from headstart import features
+
+    net = _Recorder()
+    monkeypatch.setattr(features, "CPU_CHUNK_PIXELS", 4 * 16 * 16)
+    monkeypatch.setattr(features, "CPU_CHUNK_MIN", 1)
+    x = torch.randn(10, 3, 16, 16)
+    with torch.inference_mode():
+        got = features.forward_in_chunks(net, x)
+        assert net.sizes == [4, 4, 2]  # 4 images of 16x16 per call
+        torch.testing.assert_close(got, net(x))
+        net.sizes.clear()
+        monkeypatch.setattr(features, "CPU_CHUNK_MIN", 3)
+        features.forward_in_chunks(net, torch.randn(7, 3, 64, 64))  # the minimum holds
+        assert net.sizes == [3, 3, 1]
+        monkeypatch.setattr(features, "CPU_CHUNK_MIN", 1)
+        net.sizes.clear()
+        features.forward_in_chunks(net, torch.randn(3, 3, 16, 16))  # fits: one call
+        features.forward_in_chunks(net, torch.randn(2, 3, 64, 64))  # over budget: 1 a call
+        assert net.sizes == [3, 1, 1]
+        net.sizes.clear()
+        feats = _passes(net, torch.randn(10, 3, 16, 16), batch=8)  # what frozen passes run
+    assert net.sizes == [4, 4, 2] and feats.shape == (10, 3)
+
+
+def test_inputs_that_are_not_image_batches_go_through_whole(monkeypatch):
+    from headstart import features
+
+    monkeypatch.setattr(features, "CPU_CHUNK_PIXELS", 1)
+    seen = []
+
+    def net(x):
+        seen.append(x if isinstance(x, dict) else x.shape)
+        return x
+
+    features.forward_in_chunks(net, torch.randn(6, 40))  # token ids, waveforms
+    features.forward_in_chunks(net, {"input_ids": torch.ones(6, 4)})
+    assert seen[0] == (6, 40) and isinstance(seen[1], dict)
+
+
+@pytest.mark.slow
+def test_packaged_lite0_in_chunks_gives_the_whole_batch_outputs():
+    from headstart import features
+
+    backbone = create_backbone("packaged:efficientnet_lite0").eval()
+    folded = fold_batchnorm(backbone).to(memory_format=torch.channels_last)
+    x = torch.randn(40, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    assert max(features.CPU_CHUNK_MIN, features.CPU_CHUNK_PIXELS // (96 * 96)) < 40  # chunks
+    with torch.inference_mode():
+        torch.testing.assert_close(features.forward_in_chunks(folded, x), folded(x),
+                                   rtol=1e-4, atol=1e-5)

@@ -626,8 +626,9 @@ def _variant_features(est, base, variants: dict, preprocess, parts, cfg) -> dict
     computed: dict = {}  # (candidate, part index) -> features of the passes run
 
     def compute(cand, i):
-        if (cand, i) not in computed:  # one pass over this part and those after it (the
-            rest = parts[i:]           # ones before came from the cache)
+        # one pass over part i and the parts after it (the ones before came from the cache)
+        if (cand, i) not in computed:
+            rest = parts[i:]
             sizes = [len(p) for p in rest]
             if shared:
                 cuts = [c.cut for c in variants]

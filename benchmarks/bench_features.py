@@ -6,7 +6,9 @@ what ``feature_extract``, ``lp_ft`` and ``predict`` run).
 Reference: the same backbone's forward on tensors already preprocessed in memory, in its
 fastest setting here (channels_last, inference_mode), same batch size and resolution. Also
 printed: that forward with BatchNorm folded into the convolutions (what headstart's frozen
-passes run, ``features.fold_batchnorm``), to show what the fold is worth by itself.
+passes run, ``features.fold_batchnorm``), to show what the fold is worth by itself, and a
+90/10 train/validation split read in one pass (what ``fit`` and ``rank`` run) against one
+pass per part (what they ran before).
 
     python benchmarks/bench_features.py [--n 1000] [--size 128] [--batch 128]
 Goal: ratio (headstart images/s / reference images/s) >= 0.85.
@@ -20,7 +22,7 @@ import torch
 
 from common import fashion_mnist_pngs, median_time, report
 from headstart.data import ImageDataset, ImageTransform, from_folder
-from headstart.features import compute_features, fold_batchnorm
+from headstart.features import compute_features, concat_datasets, fold_batchnorm
 from headstart.train import default_workers
 from headstart.zoo import create_backbone
 
@@ -67,12 +69,27 @@ def main() -> None:
                                   warmup=0 if t_fold else 1))
         t_hs.append(median_time(headstart_pass, repeats=1, warmup=0 if t_hs else 1))
     raw, fold, hs = (len(dataset) / sorted(t)[len(t) // 2] for t in (t_raw, t_fold, t_hs))
+
+    cut = len(source) * 9 // 10
+    parts = [ImageDataset(source.subset(range(cut)), transform),
+             ImageDataset(source.subset(range(cut, len(source))), transform)]
+    t_two, t_one = [], []
+    for _ in range(args.repeats):
+        t_two.append(median_time(lambda: [compute_features(backbone, p, args.batch, "cpu", True,
+                                                           workers) for p in parts],
+                                 repeats=1, warmup=0))
+        t_one.append(median_time(lambda: compute_features(backbone, concat_datasets(parts),
+                                                          args.batch, "cpu", True, workers),
+                                 repeats=1, warmup=0))
+    two, one = (sorted(t)[len(t) // 2] for t in (t_two, t_one))
     report("feature extraction", {
         "backbone": args.backbone, "images": len(dataset), "size": args.size,
         "batch": args.batch, "threads": torch.get_num_threads(), "loader workers": workers,
         "reference (raw forward, channels_last, preloaded)": f"{raw:.1f} images/s",
         "raw forward with BatchNorm folded": f"{fold:.1f} images/s ({fold / raw:.2f}x)",
         "headstart (decode + preprocess + forward)": f"{hs:.1f} images/s",
+        "90/10 split: one pass per part / one pass over both": f"{two:.2f} s / {one:.2f} s "
+                                                               f"({two / one:.2f}x)",
     }, "ratio headstart/reference", hs / raw, ">= 0.85")
 
 

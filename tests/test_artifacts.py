@@ -270,6 +270,36 @@ def test_feature_cache_on_disk_is_safetensors_and_reused(tmp_path, caplog):
     assert len(list(cache.iterdir())) > len(files)
 
 
+def test_fit_reads_train_and_validation_in_one_frozen_pass(tmp_path, monkeypatch):
+    """A head-only stage gets both parts' features from one pass (one BatchNorm fold, one
+    loader); each part is cached under its own key, equal to a pass over it alone."""
+    import headstart.tasks.base as base
+
+    x, y = make_arrays(n=40)
+    cache = tmp_path / "cache"
+    passes = []
+    real = base.compute_features
+
+    def counted(*args, **kwargs):
+        passes.append(len(args[1]))  # items in the pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(base, "compute_features", counted)
+    clear_memory_cache()
+    clf = ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache,
+                          **{**FAST, "val_fraction": 0.25}).fit(x, y)
+    assert passes == [40]  # not [30, 10]; evaluating the validation part found it cached
+    cfg = clf.config_
+    _, train, val = clf._split(clf._open_labeled(x, y, None, cfg), None, None, cfg)
+    net = clf.model_.backbone
+    for part in (train, val):
+        saved = load_file(str(cache / f"{clf._feature_key(net, clf.preprocess_, part)}"
+                                      ".safetensors"))["features"]
+        alone = clf._compute_features(net, net, clf.preprocess_, part, cfg)
+        torch.testing.assert_close(saved, alone, rtol=1e-5, atol=1e-6)
+        assert len(saved) == len(part)
+
+
 def test_estimator_follows_the_sklearn_contract():
     from sklearn.base import clone
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -552,7 +551,8 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
         rows += [RankRow(c, {}, error=e) for c, e in errors.items()]
         try:
             with sharded_passes():  # under torchrun: each process computes a share
-                feats = _variant_features(est, base, variants, preprocess, parts, cfg)
+                feats = {c: torch.cat(f) for c, f in
+                         est._parts_features(base, variants, preprocess, parts, cfg).items()}
         except Exception as exc:  # noqa: BLE001
             log.warning("rank: %s: the forward pass failed: %s", model_id, exc)
             rows += [RankRow(c, {}, error=f"{type(exc).__name__}: {exc}") for c in variants]
@@ -598,57 +598,6 @@ def _variants(base, group: list[Candidate], device, seed: int):
             log.warning("rank: %s could not be built: %s", cand.label, exc)
             errors[cand] = f"{type(exc).__name__}: {exc}"
     return variants, errors
-
-
-class _AtCuts(nn.Module):
-    """``base`` whose forward returns the features of every cut point, concatenated: one
-    pass serves all the cut candidates of a backbone."""
-
-    def __init__(self, base, cuts: list[int]):
-        super().__init__()
-        self.base = base
-        self.cuts = list(cuts)
-        self.feature_dim = 0
-
-    def forward(self, x):
-        return torch.cat(self.base.features_at_cuts(x, self.cuts), 1)
-
-
-def _variant_features(est, base, variants: dict, preprocess, parts, cfg) -> dict:
-    """Features of each variant over ``parts``, each cached under the key its own fit
-    would use; uncached ones come from one pass over the parts together (one BatchNorm
-    fold, no small last batch per part), shared by the cut points where the family
-    allows it."""
-    from .features import cached_features
-
-    out = {c: [] for c in variants}
-    shared = hasattr(base, "features_at_cuts") and len(variants) > 1
-    computed: dict = {}  # (candidate, part index) -> features of the passes run
-
-    def compute(cand, i):
-        # one pass over part i and the parts after it (the ones before came from the cache)
-        if (cand, i) not in computed:
-            rest = parts[i:]
-            sizes = [len(p) for p in rest]
-            if shared:
-                cuts = [c.cut for c in variants]
-                feats = est._compute_features(_AtCuts(base, cuts), base, preprocess, rest, cfg)
-                dims = [b.feature_dim for b in variants.values()]
-                per = dict(zip(variants, feats.split(dims, 1)))
-            else:
-                per = {cand: est._compute_features(variants[cand], variants[cand], preprocess,
-                                                   rest, cfg)}
-            for c, f in per.items():
-                for j, chunk in enumerate(f.split(sizes), start=i):
-                    computed[(c, j)] = chunk.contiguous()
-        return computed[(cand, i)]
-
-    for cand, backbone in variants.items():
-        for i, part in enumerate(parts):
-            key = est._feature_key(backbone, preprocess, part)
-            out[cand].append(cached_features(key, lambda c=cand, i=i: compute(c, i),
-                                             cfg.feature_cache))
-    return {c: torch.cat(v) for c, v in out.items()}
 
 
 def _score_specs(scores) -> dict[str, Score]:

@@ -40,6 +40,20 @@ class NotFittedError(RuntimeError):
     pass
 
 
+class _AtCuts(torch.nn.Module):
+    """``base`` whose forward returns the features of every cut point, concatenated: one
+    pass serves all the cut variants of a backbone."""
+
+    def __init__(self, base, cuts: list[int]):
+        super().__init__()
+        self.base = base
+        self.cuts = list(cuts)
+        self.feature_dim = 0
+
+    def forward(self, x):
+        return torch.cat(self.base.features_at_cuts(x, self.cuts), 1)
+
+
 def resolve_config(est) -> FitConfig:
     """An estimator's settings: its ``config`` (default: the task's ``defaults``), then its
     ``backbone``, ``strategy`` and keyword settings on top."""
@@ -160,11 +174,14 @@ class TransferEstimator:
         self.multi_label_ = bool(source.labels.ndim == 2)
         train_set = self._dataset(train_src, preprocess, True, cfg)
         val_set = self._dataset(val_src, preprocess, False, cfg) if val_src else None
-        sources = {"train": train_src, "val": val_src}
+        parts = [p for p in (train_src, val_src) if p is not None]
 
         def features(split: str):
-            src = sources[split]
-            return self._features(src), torch.as_tensor(src.labels)
+            # one frozen pass reads both parts; the second call finds its part cached
+            i = 0 if split == "train" else 1
+            feats = self._parts_features(self.model_.backbone, {0: self.model_.backbone},
+                                         self.preprocess_, parts, cfg)[0]
+            return feats[i], torch.as_tensor(parts[i].labels)
 
         fingerprint = hashlib.sha256(json.dumps(
             [{k: v for k, v in cfg.to_dict().items() if k not in _RESUME_NEUTRAL},
@@ -243,10 +260,49 @@ class TransferEstimator:
         return cached_features(key, lambda: self._compute_features(
             backbone, backbone, preprocess, source, cfg), cfg.feature_cache)
 
-    def _feature_key(self, backbone: Backbone, preprocess, source) -> str:
+    def _feature_key(self, backbone: Backbone, preprocess, source, weights: str | None = None
+                     ) -> str:
+        """``weights``: ``weights_hash(backbone)``, when the caller has it already."""
         return cache_key(task=self.task, arch=backbone.architecture(),
-                         weights=weights_hash(backbone), preprocess=preprocess.to_dict(),
-                         data=source.fingerprint())
+                         weights=weights or weights_hash(backbone),
+                         preprocess=preprocess.to_dict(), data=source.fingerprint())
+
+    def _parts_features(self, base: Backbone, variants: dict, preprocess, parts: list,
+                        cfg: FitConfig) -> dict:
+        """``{name: [features of each part]}`` for ``variants`` (name -> a backbone made
+        from ``base``: itself or a cut of it), each part cached under the key ``_features``
+        gives it. The uncached ones come from one pass over the parts together (one
+        BatchNorm fold, one loader, no small last batch per part), shared by the cut points
+        where the family allows it (``features_at_cuts``)."""
+        out: dict = {name: [] for name in variants}
+        shared = hasattr(base, "features_at_cuts") and len(variants) > 1
+        computed: dict = {}  # (name, part index) -> features of the passes run
+
+        def compute(name, i):
+            # one pass over part i and the parts after it (the ones before came from cache)
+            if (name, i) not in computed:
+                rest = parts[i:]
+                if shared:
+                    feats = self._compute_features(_AtCuts(base, [b.cut for b in
+                                                                  variants.values()]),
+                                                   base, preprocess, rest, cfg)
+                    per = dict(zip(variants, feats.split(
+                        [b.feature_dim for b in variants.values()], 1)))
+                else:
+                    per = {name: self._compute_features(variants[name], variants[name],
+                                                        preprocess, rest, cfg)}
+                for n, f in per.items():
+                    for j, chunk in enumerate(f.split([len(p) for p in rest]), start=i):
+                        computed[(n, j)] = chunk.contiguous()
+            return computed[(name, i)]
+
+        for name, backbone in variants.items():
+            weights = weights_hash(backbone)
+            for i, part in enumerate(parts):
+                key = self._feature_key(backbone, preprocess, part, weights)
+                out[name].append(cached_features(key, lambda n=name, i=i: compute(n, i),
+                                                 cfg.feature_cache))
+        return out
 
     def _compute_features(self, network, backbone: Backbone, preprocess, source,
                           cfg: FitConfig) -> torch.Tensor:

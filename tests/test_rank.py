@@ -161,6 +161,10 @@ def test_bad_and_offline_candidates_are_rows_not_crashes(data3, no_network, empt
     assert "packaged:efficientnet_lite0" in errors["timm:resnet50.a1_in1k"]  # the alternative
     assert "cut" in errors["tiny:cnn@9"]
     assert errors["/no/such/run"]
+    # a backbone of another modality is a row that says which backbones fit, not a TypeError
+    text = rank(x, ["tiny:cnn", "tiny:bert"], y=y, scores=["logme"], **FAST).rows[1]
+    assert text.error == ("ZooError: tiny:bert is a text model; --task image needs an image "
+                          "backbone (`headstart models --modality image`)")
     assert res.fit_params() == {"backbone": "tiny:cnn", "cut": 0}
     table = res.table()
     assert "error: OfflineError" in table and table.splitlines()[1].split()[1] == "tiny:cnn"

@@ -157,3 +157,21 @@ def test_scratch_baseline_metadata():
     assert b.meta.id == "scratch:tiny:cnn" and b.meta.offline
     assert "random init" in b.meta.source_data
     assert b.feature_dim == 32
+
+
+@pytest.mark.parametrize("task, backbone, message", [
+    ("image", "tiny:bert", "tiny:bert is a text model; --task image needs an image backbone"),
+    ("text", "tiny:cnn", "tiny:cnn is an image model; --task text needs a text backbone"),
+    ("image", "tiny:wav2vec2", "tiny:wav2vec2 is an audio model; --task image needs an image"),
+])
+def test_a_backbone_of_another_modality_is_refused_by_name(task, backbone, message):
+    """Not a TypeError from deep in preprocessing: the error names the backbone, what it
+    reads, and the command that lists the ones that fit."""
+    from conftest import FAST, make_arrays, make_texts
+
+    from headstart.tasks import ESTIMATORS
+
+    data = make_arrays(n=24) if task == "image" else make_texts(24, seed=0)
+    with pytest.raises(ZooError, match=message) as err:
+        ESTIMATORS[task](backbone, **FAST).fit(*data)
+    assert f"headstart models --modality {task}" in str(err.value)

@@ -541,6 +541,7 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
             torch.manual_seed(cfg.seed)  # a random-init candidate gets the weights fit starts from
             base = create_backbone(model_id, pretrained=True,
                                    cut=group[0].cut if len(group) == 1 else 0).to(device)
+            est._check_backbone(base)
             preprocess = est._input_spec(base, train_src, cfg)
         except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the ranking
             log.warning("rank: %s could not be loaded: %s", model_id, exc)

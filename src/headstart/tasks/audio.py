@@ -63,6 +63,7 @@ class AudioClassifier(TransferEstimator):
     """
 
     task = "audio"
+    modality = "audio"
     defaults = AUDIO_DEFAULTS
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> AudioSource:
@@ -73,10 +74,10 @@ class AudioClassifier(TransferEstimator):
         return open_audio_inputs(X, rate=self.config_.array_rate)
 
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> AudioPreprocess:
-        if backbone.meta.modality != "audio" or not hasattr(backbone, "set_augment"):
-            raise ZooError(f"{cfg.backbone} is a {backbone.meta.modality} model; --task "
-                           f"{self.task} needs an audio backbone (`headstart models --modality "
-                           "audio`)")
+        if not hasattr(backbone, "set_augment"):
+            raise ZooError(f"{backbone.id} cannot be fine-tuned for --task {self.task}: it has "
+                           "no spectrogram augmentation hook; choose another audio backbone "
+                           "(`headstart models --modality audio`)")
         backbone.set_augment(cfg.augment)  # SpecAugment while backbone layers train
         return AudioPreprocess(sample_rate=backbone.preprocess.sample_rate,
                                clip_seconds=resolve_clip(cfg, backbone, train_source))

@@ -26,7 +26,7 @@ from ..metrics import classification_metrics, multilabel_metrics
 from ..strategies import build_strategy
 from ..train import Trainer, default_workers
 from ..zoo import create_backbone, rebuild_backbone
-from ..zoo.base import Backbone, PreprocessConfig, preprocess_from_dict
+from ..zoo.base import Backbone, PreprocessConfig, ZooError, preprocess_from_dict
 from ..zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class TransferEstimator:
     """
 
     task = "base"
+    modality: str | None = None  # what the task's backbones read: image, text or audio
     defaults: dict = {}  # the task's own FitConfig defaults (text: MiniLM, its LRs, ...)
 
     def __init__(self, backbone: str | None = None, strategy: str | None = None,
@@ -86,6 +87,18 @@ class TransferEstimator:
         self.config = config
         self.run_dir = run_dir
         self.params = params
+
+    def _check_backbone(self, backbone: Backbone) -> None:
+        """A clear error for a backbone of another modality than the task's data (an image
+        task given a text encoder, ...), before anything reads data with it."""
+        got = backbone.meta.modality
+        if self.modality and got != self.modality:
+            def a(word):
+                return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+            raise ZooError(f"{backbone.id} is {a(got)} model; --task {self.task} needs "
+                           f"{a(self.modality)} backbone (`headstart models --modality "
+                           f"{self.modality}`)")
 
     # ------------------------------------------------------------ task hooks
     def _open_labeled(self, X, y, classes, cfg: FitConfig):  # -> source with .labels/.classes
@@ -151,6 +164,7 @@ class TransferEstimator:
         torch.manual_seed(cfg.seed)
         source, train_src, val_src = self._split(X, y, validation, cfg)
         backbone = create_backbone(cfg.backbone, pretrained=True, cut=cfg.cut)
+        self._check_backbone(backbone)
         groups = backbone.groups()
         if cfg.strategy == "lora":
             backbone.add_lora({"r": cfg.lora_r, "alpha": cfg.lora_alpha,

@@ -21,6 +21,7 @@ class ImageClassifier(TransferEstimator):
     """
 
     task = "image"
+    modality = "image"
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> ImageSource:
         return open_source(X, y, classes=classes, skip_bad=cfg.skip_bad)

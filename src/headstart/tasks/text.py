@@ -44,6 +44,7 @@ class TextClassifier(TransferEstimator):
     """
 
     task = "text"
+    modality = "text"
     defaults = TEXT_DEFAULTS
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> TextSource:

@@ -102,6 +102,8 @@ def test_weight_standardised_convs_and_models_without_bn_are_left_alone():
     assert fold_batchnorm(ws) is None  # its forward rescales the weight: not foldable
     assert fold_batchnorm(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))) is None
     assert fold_batchnorm(create_backbone("tiny:bert")) is None
+    # CREPE's BatchNorms follow a ReLU: it says so, and is not folded (nor warned about)
+    assert fold_batchnorm(create_backbone("packaged:crepe-tiny", pretrained=False)) is None
 
 
 def test_bn_act_of_timm_keeps_its_activation():

@@ -75,11 +75,15 @@ def _foldable_pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
     """(parent, conv name, BN name) of every Conv2d whose next sibling is a BatchNorm2d
     over its outputs, the way CNN blocks are written (conv_pw, bn1, conv_dw, bn2, ...).
     Only convolutions that use their weight as it is (not weight-standardised ones) and
-    plain BatchNorm2d / timm's BatchNormAct2d qualify."""
+    plain BatchNorm2d / timm's BatchNormAct2d qualify. A module whose BatchNorms do not
+    follow their convolution directly (CREPE: conv, ReLU, BN) says so with
+    ``fold_bn = False``; its children are not paired."""
     from timm.layers import BatchNormAct2d, Conv2dSame
 
     pairs = []
     for parent in module.modules():
+        if getattr(parent, "fold_bn", True) is False:
+            continue
         names = list(parent._modules)
         for a, b in zip(names, names[1:]):
             conv, bn = parent._modules[a], parent._modules[b]

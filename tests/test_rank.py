@@ -373,6 +373,27 @@ def test_cli_rank_all_failed_exits_2(tmp_path):
     code, _, err = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn", "--scores", "zzz",
                          "--feature-cache", str(tmp_path / "c"), *RANK_FLAGS])
     assert code == 2 and "unknown score" in err
+    code, out, _ = _cli(["-q", "rank", str(folder), "--models", "nope:a", "--feature-cache",
+                         str(tmp_path / "c"), *RANK_FLAGS])
+    assert out.startswith("ranked 1 candidate on all 30 items")  # not "1 candidates"
+
+
+def test_one_class_is_refused_naming_the_data_by_rank_and_fit(tmp_path):
+    """Texts of one class: not sklearn's "needs samples of at least 2 classes" from a score
+    (rank) or from the TF-IDF baseline after training (fit), but the readers' error before
+    any pass, naming the data and the class, as for images."""
+    x, _ = make_arrays(n=20)
+    message = r"found only 1 class \(a\); a classifier needs items of at least two classes"
+    with pytest.raises(ValueError, match=message):
+        rank(x, ["tiny:cnn"], y=["a"] * 20, **FAST)
+    with pytest.raises(ValueError, match=message):
+        ImageClassifier("tiny:cnn", **FAST).fit(x, ["a"] * 20)
+    texts = tmp_path / "one.csv"
+    texts.write_text("text,label\n" + "".join(f"text number {i},a\n" for i in range(12)))
+    for command in (["rank", str(texts), "--models", "tiny:bert"],
+                    ["fit", str(texts), "--backbone", "tiny:bert", "--out", str(tmp_path / "r")]):
+        code, _, err = _cli(["-q", *command, "--task", "text", *RANK_FLAGS])
+        assert code == 2 and f"{texts}: found only 1 class (a); a classifier" in err, err
 
 
 # ------------------------------------------------------------------ real weights (slow)

@@ -268,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    handler = {"fit": cmd_fit, "rank": cmd_rank, "study": cmd_study, "advise": cmd_advise, "evaluate": cmd_evaluate, "predict": cmd_predict,
-               "export": cmd_export, "serve": cmd_serve, "tune": cmd_tune,
-               "models": cmd_models, "datasets": cmd_datasets, "pretrain": cmd_pretrain,
+    handler = {"fit": cmd_fit, "rank": cmd_rank, "study": cmd_study, "advise": cmd_advise,
+               "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export,
+               "serve": cmd_serve, "tune": cmd_tune, "models": cmd_models,
+               "datasets": cmd_datasets, "pretrain": cmd_pretrain,
                "convert-boxes": cmd_convert_boxes}[args.command]
     from .data.images import DataError
     from .zoo.base import ZooError
@@ -498,8 +499,10 @@ def cmd_rank(args) -> int:
         return 0 if any(r.error is None for r in result.rows) else 2
     sample = f"a stratified sample of {result.n_items}" if result.sampled else \
         f"all {result.n_items}"
-    print(f"ranked {len(result.rows)} candidates on {sample} items, {result.n_classes} classes, "
-          f"by {result.score} ({result.seconds:.1f} s); higher is better for every score")
+    n = len(result.rows)
+    print(f"ranked {n} candidate{'s' if n != 1 else ''} on {sample} items, "
+          f"{result.n_classes} classes, by {result.score} ({result.seconds:.1f} s); higher is "
+          "better for every score")
     print(result.table())
     if not any(r.error is None for r in result.rows):
         print("no candidate could be scored", file=sys.stderr)

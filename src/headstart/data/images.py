@@ -163,7 +163,7 @@ def _check_classes(labels: list[str], what: str) -> list[str]:
     classes = sorted(set(labels))
     if len(classes) < 2:
         raise DataError(f"{what}: found only {len(classes)} class ({', '.join(classes) or 'none'})"
-                        "; a classifier needs at least two classes with images")
+                        "; a classifier needs items of at least two classes")
     return classes
 
 

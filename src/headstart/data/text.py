@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..zoo.base import TextPreprocess
-from .images import DataError
+from .images import DataError, _check_classes
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,8 @@ def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
     as_lists = [c if isinstance(c, list) else [c] for c in cells]
     if classes is None:
         classes = sorted({c for cell in as_lists for c in cell})
+        if not multi:  # (a test set, opened with the model's classes, may hold one)
+            _check_classes(classes, origin)
     index = {c: i for i, c in enumerate(classes)}
     for cell, row in zip(as_lists, rows):
         for c in cell:

@@ -129,6 +129,17 @@ def test_csv_missing_label_column(tmp_path, arrays):
     assert source.classes == ["a", "b"]
 
 
+def test_csv_of_texts_read_as_images_points_to_the_text_task(tmp_path):
+    csv_path = tmp_path / "texts.csv"
+    csv_path.write_text("text,label\ngood film,pos\nbad film,neg\n")
+    with pytest.raises(DataError, match="no column 'path'.*for a CSV of texts, use --task text"):
+        from_csv(csv_path)
+    (tmp_path / "paths.csv").write_text("file,label\na.png,x\n")  # no hint without texts
+    with pytest.raises(DataError) as info:
+        from_csv(tmp_path / "paths.csv")
+    assert "--task text" not in str(info.value)
+
+
 def test_csv_empty_label_names_the_line(image_csv):
     lines = image_csv.read_text().splitlines()
     lines[4] = lines[4].split(",")[0] + ","

@@ -197,9 +197,12 @@ def read_csv_rows(csv_path: Path, columns: tuple[str, ...]) -> list[tuple[int, d
             have = reader.fieldnames or []
             for col in columns:
                 if col not in have:
+                    hint = ("; or, for a CSV of texts, use --task text (TextClassifier)"
+                            if "text" in have and "text" not in columns else "")
                     raise DataError(f"{csv_path}: no column {col!r} (columns: "
                                     f"{', '.join(have) or 'none'}); name the columns with "
-                                    "path_column= / label_column= (--path-column/--label-column)")
+                                    "path_column= / label_column= (--path-column/--label-column)"
+                                    + hint)
             return list(enumerate(reader, start=2))
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: not UTF-8 text ({exc}); save the CSV as UTF-8") from exc

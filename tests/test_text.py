@@ -529,6 +529,26 @@ def test_loaded_lora_model_keeps_its_adapters(fitted):
     assert any("lora_" in n for n, _ in loaded.model_.backbone.named_parameters())
 
 
+def test_a_long_text_is_a_text_and_a_folder_is_refused(fitted, tmp_path):
+    """A text longer than a file name can be (255 bytes) is predicted, not an OSError from
+    checking whether it names a file; a folder is an error naming what a text model reads."""
+    from headstart.data.images import DataError
+    from headstart.predict import list_inputs
+
+    clf, _ = fitted["feature_extract"]
+    long = " ".join(["alpha"] * 120)  # 719 characters, no slash: one "file name"
+    assert clf.predict(long) == clf.predict([long]) and len(clf.predict(long)) == 1
+    assert clf.predict("a\x00b")  # a NUL byte: a text too
+    assert list_inputs("text", [long])[0][1] == long
+    for refused in (lambda: clf.predict(str(tmp_path)),
+                    lambda: list_inputs("text", [str(tmp_path)])):
+        with pytest.raises(DataError, match="a folder; a text model reads texts"):
+            refused()
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="notes.txt: unsupported table format '.txt'"):
+        list_inputs("text", [str(tmp_path / "notes.txt")])
+
+
 def test_features_are_cached_per_fit(fitted, text_data, monkeypatch):
     """A second predict on the same texts reads the feature cache, not the backbone."""
     clf, _ = fitted["feature_extract"]

@@ -64,12 +64,12 @@ def _file_entries(entry: str | Path, task: str = "image") -> list[tuple[str, obj
 
 
 def _text_entries(entry, text_column: str) -> list[tuple[str, object]]:
-    from .data.text import TABLE_SUFFIXES, read_table
+    from .data.text import existing_path, folder_of_texts_error, read_table
 
-    p = Path(entry) if isinstance(entry, str) and len(entry) < 4096 else None
-    table = p is not None and p.is_file() and p.suffix.lower() in (*TABLE_SUFFIXES, ".parquet",
-                                                                    ".pq")
-    if not table:
+    p = existing_path(entry) if isinstance(entry, str) else None
+    if p is not None and p.is_dir():
+        raise folder_of_texts_error(p, text_column)
+    if p is None:  # a text (a file is a table, or read_table says which formats are)
         text = str(entry)
         return [(text if len(text) <= 60 else text[:57] + "...", text) if text.strip()
                 else ("(empty text)", text)]

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from ..config import FitConfig
-from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
-                         open_text_source)
+from ..data.text import (TextDataset, TextSource, collate_text, encode_texts, existing_path,
+                         folder_of_texts_error, open_text_source)
 from ..zoo.base import Backbone, TextPreprocess
 from .base import TransferEstimator
 
@@ -53,8 +53,12 @@ class TextClassifier(TransferEstimator):
 
     def _open_unlabeled(self, X) -> TextSource:
         cfg = self.config_
-        if isinstance(X, str) and not Path(X).is_file():
-            X = [X]  # one text, not a file
+        if isinstance(X, str):
+            path = existing_path(X)
+            if path is None:
+                X = [X]  # one text, not a file
+            elif path.is_dir():
+                raise folder_of_texts_error(path, cfg.text_column)
         return open_text_source(X, classes=self.classes_, text_column=cfg.text_column,
                                 labeled=False)
 

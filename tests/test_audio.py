@@ -262,11 +262,13 @@ def test_predictor_takes_paths_bytes_and_reports_bad_items(fitted, tones, tmp_pa
     path = sorted(tones.rglob("*.wav"))[0]
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"nope")
-    results = predictor.predict([str(path), path.read_bytes(), str(bad), b""])
+    too_long = str(tmp_path / ("n" * 300 + ".wav"))  # no filesystem holds the name
+    results = predictor.predict([str(path), path.read_bytes(), str(bad), b"", too_long])
     np.testing.assert_allclose(results[0].probabilities, clf.predict_proba([str(path)])[0],
                                atol=1e-5)
     np.testing.assert_allclose(results[1].probabilities, results[0].probabilities, atol=1e-5)
     assert "bad.wav" in results[2].error and "empty" in results[3].error
+    assert results[4].error == f"{too_long}: no such file"
 
 
 def test_serve_takes_an_uploaded_recording(fitted, tones):

@@ -81,17 +81,19 @@ def test_folder_missing_file_and_corrupt_image(image_run, tmp_path, capsys):
     missing = tmp_path / "missing.png"
     corrupt = tmp_path / "x.png"
     corrupt.write_bytes(os.urandom(64) + b"not a png at all")
+    too_long = tmp_path / ("n" * 300 + ".png")  # a name no filesystem holds: a row, no OSError
     out = tmp_path / "preds.csv"
     code = main(["-q", "predict", str(image_run.run), str(image_run.test), str(missing),
-                 str(corrupt), "--out", str(out), "--batch-size", "5"])
+                 str(corrupt), str(too_long), "--out", str(out), "--batch-size", "5"])
     assert code == 0
     assert "wrote 12 predictions" in capsys.readouterr().err
     header, rows = read_rows(out)
     assert header == HEADER + ["p_a", "p_b"]
-    assert len(rows) == 12 + 2
-    assert [r["item"] for r in rows] == image_run.files + [str(missing), str(corrupt)]
+    assert len(rows) == 12 + 3
+    assert [r["item"] for r in rows] == image_run.files + [str(missing), str(corrupt),
+                                                           str(too_long)]
     check_good_rows(rows[:12], image_run.est, image_run.files)
-    for row, path in zip(rows[12:], (missing, corrupt)):
+    for row, path in zip(rows[12:], (missing, corrupt, too_long)):
         assert row["prediction"] == "" and row["probability"] == ""
         assert str(path) in row["error"]
         assert row["p_a"] == row["p_b"] == ""

@@ -275,7 +275,7 @@ class Predictor:
         import soundfile as sf
 
         from .data.audio import fit_length, read_audio
-        from .data.images import DataError
+        from .data.images import DataError, existing_path
 
         pre = self.estimator.preprocess_
         try:
@@ -290,7 +290,7 @@ class Predictor:
                                     f"OGG, MP3, ...): {exc}") from exc
                 wave = read_audio(data, pre.sample_rate, rate, "the upload")
             elif isinstance(item, (str, Path)):
-                if not Path(item).is_file():
+                if existing_path(item) is None or not Path(item).is_file():
                     raise ItemError(f"{item}: no such file")
                 wave = read_audio(item, pre.sample_rate)
             else:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .artifacts import temp_sibling
-from .data.images import IMAGE_EXTENSIONS, DataError, _csv_path, _image_files
+from .data.images import IMAGE_EXTENSIONS, DataError, _csv_path, _image_files, existing_path
 from .inference import Predictor
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ def list_inputs(task: str, inputs: list, text_column: str = "text") -> list[tupl
 def _file_entries(entry: str | Path, task: str = "image") -> list[tuple[str, object]]:
     """Files of a folder, a CSV's path column, or one path (images, or recordings)."""
     p = Path(entry)
+    if existing_path(p) is None:
+        return [(str(p), str(p))]  # a missing file (or an impossible name): its own row
     if p.is_dir():
         if task == "audio":
             from .data.audio import AUDIO_EXTENSIONS, _audio_files
@@ -60,11 +62,11 @@ def _file_entries(entry: str | Path, task: str = "image") -> list[tuple[str, obj
             rows = [(line, r["path"]) for line, r in enumerate(reader, 2)]
         return [(str(_csv_path(p, v)) if v else f"{p}:row {line}",
                  str(_csv_path(p, v)) if v else "") for line, v in rows]
-    return [(str(p), str(p))]  # a missing file is reported in its own row
+    return [(str(p), str(p))]
 
 
 def _text_entries(entry, text_column: str) -> list[tuple[str, object]]:
-    from .data.text import existing_path, folder_of_texts_error, read_table
+    from .data.text import folder_of_texts_error, read_table
 
     p = existing_path(entry) if isinstance(entry, str) else None
     if p is not None and p.is_dir():
@@ -197,7 +199,8 @@ def write_transcripts(recognizer, inputs: list, out: str | Path | None = None,
         writer.writerow(["item", "transcript", "error"])
         for start in range(0, len(entries), batch_size):
             part = entries[start:start + batch_size]
-            problems = [_check_file(p) if Path(p).is_file() else "no such file" for p in part]
+            problems = [_check_file(p) if existing_path(p) and Path(p).is_file() else
+                        "no such file" for p in part]
             good = [p for p, why in zip(part, problems) if not why]
             texts = iter(recognizer.transcribe(good) if good else [])
             for p, why in zip(part, problems):

@@ -154,6 +154,19 @@ def _image_files(folder: Path) -> list[str]:
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def existing_path(entry) -> Path | None:
+    """``entry`` as a Path when it is a str/Path naming an existing file or folder, else
+    None: a text that cannot be a path (a word over 255 bytes, a NUL byte) is None, not
+    the OSError a filesystem check raises (a missing file is then its own error row)."""
+    if not isinstance(entry, (str, Path)):
+        return None
+    try:
+        path = Path(entry)
+        return path if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
 def _csv_path(csv_path: Path, value: str) -> Path:
     """A path from a CSV cell: absolute as is, relative to the CSV's folder otherwise."""
     return Path(value) if Path(value).is_absolute() else csv_path.parent / value

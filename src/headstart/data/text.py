@@ -64,19 +64,6 @@ class TextSource:
 
 
 # ---------------------------------------------------------------------- reading
-def existing_path(entry) -> Path | None:
-    """``entry`` as a Path when it is a str/Path naming an existing file or folder, else
-    None: a text that cannot be a path (a word over 255 bytes, a NUL byte) is None, not
-    the OSError a filesystem check raises."""
-    if not isinstance(entry, (str, Path)):
-        return None
-    try:
-        path = Path(entry)
-        return path if path.exists() else None
-    except (OSError, ValueError):
-        return None
-
-
 def folder_of_texts_error(path: Path, text_column: str) -> DataError:
     return DataError(f"{path}: a folder; a text model reads texts (in quotes on the command "
                      "line, or a list of str), or table files (CSV, TSV, JSONL, Parquet) with "

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from ..config import FitConfig
-from ..data.text import (TextDataset, TextSource, collate_text, encode_texts, existing_path,
+from ..data.images import existing_path
+from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
                          folder_of_texts_error, open_text_source)
 from ..zoo.base import Backbone, TextPreprocess
 from .base import TransferEstimator

@@ -544,6 +544,8 @@ def test_a_long_text_is_a_text_and_a_folder_is_refused(fitted, tmp_path):
                     lambda: list_inputs("text", [str(tmp_path)])):
         with pytest.raises(DataError, match="a folder; a text model reads texts"):
             refused()
+    with pytest.raises(DataError, match="a folder; texts are read from a table file"):
+        clf.evaluate(str(tmp_path))  # labeled data: not "no such file"
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="notes.txt: unsupported table format '.txt'"):
         list_inputs("text", [str(tmp_path / "notes.txt")])

@@ -78,6 +78,9 @@ def read_table(path: str | Path, blank_lines: bool = False):
     import pandas as pd
 
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder; texts are read from a table file (CSV, TSV, "
+                        "JSONL, Parquet) with a text and a label column")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()

@@ -373,6 +373,9 @@ def test_cli_rank_all_failed_exits_2(tmp_path):
     code, _, err = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn", "--scores", "zzz",
                          "--feature-cache", str(tmp_path / "c"), *RANK_FLAGS])
     assert code == 2 and "unknown score" in err
+    code, _, err = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn", "--max-items", "0",
+                         *RANK_FLAGS])
+    assert code == 2 and "max_items must be >= 1" in err  # not the default 300 instead
     code, out, _ = _cli(["-q", "rank", str(folder), "--models", "nope:a", "--feature-cache",
                          str(tmp_path / "c"), *RANK_FLAGS])
     assert out.startswith("ranked 1 candidate on all 30 items")  # not "1 candidates"

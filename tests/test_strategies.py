@@ -105,6 +105,19 @@ def test_invalid_strategy_name_is_rejected_by_the_config():
         FitConfig(strategy="everything")
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"lr": -1.0}, "lr must be > 0, got -1.0"),
+    ({"head_lr": 0.0}, "head_lr must be > 0"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+    ({"image_size": 0}, "image_size must be at least 8 pixels"),
+])
+def test_out_of_range_settings_are_named_by_the_config(bad, message):
+    """Before a model is built: not torch's "Invalid learning rate" from the optimizer, and
+    not a silent fallback to the backbone's image size for 0."""
+    with pytest.raises(ValueError, match=message):
+        FitConfig(**bad)
+
+
 @pytest.mark.parametrize("strategy", ["finetune", "partial2", "lp_ft"])
 def test_discriminative_learning_rates(strategy):
     kwargs, _ = EXPECTED[strategy]

@@ -156,6 +156,15 @@ class FitConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("lr", "head_lr", "lora_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("dropout", "lora_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels (or unset for the "
+                             f"backbone's own), got {self.image_size}")
         if self.blend and not self.baseline:
             raise ValueError("blend=True averages in the TF-IDF baseline, but baseline=False: "
                              "drop --no-baseline, or --blend")

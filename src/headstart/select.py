@@ -501,6 +501,8 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
     t_start = time.perf_counter()
     if task not in ESTIMATORS:
         raise ValueError(f"task={task!r}: choose one of {', '.join(ESTIMATORS)}")
+    if max_items < 1:
+        raise ValueError(f"max_items must be >= 1 (items ranked), got {max_items}")
     specs = _score_specs(scores)
     names = list(specs)
     if score is not None and not isinstance(score, str):  # the Score or function itself

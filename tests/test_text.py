@@ -540,6 +540,7 @@ def test_a_long_text_is_a_text_and_a_folder_is_refused(fitted, tmp_path):
     assert clf.predict(long) == clf.predict([long]) and len(clf.predict(long)) == 1
     assert clf.predict("a\x00b")  # a NUL byte: a text too
     assert list_inputs("text", [long])[0][1] == long
+    assert list_inputs("text", [""]) == [("(empty text)", "")]  # not Path("") = the cwd
     for refused in (lambda: clf.predict(str(tmp_path)),
                     lambda: list_inputs("text", [str(tmp_path)])):
         with pytest.raises(DataError, match="a folder; a text model reads texts"):

@@ -482,7 +482,8 @@ def cmd_rank(args) -> int:
     main_process = _join_process_group(cfg)
     data = _open(args.task, args.data, cfg, args)
     result = rank(data, cands, task=args.task, scores=scores, score=args.score,
-                  max_items=DEFAULT_MAX_ITEMS if args.max_items is None else args.max_items, config=cfg)
+                  max_items=DEFAULT_MAX_ITEMS if args.max_items is None else args.max_items,
+                  config=cfg)
     if not main_process:  # every process has the result; the first one reports it
         return 0
     if args.write_config and any(r.error is None for r in result.rows):

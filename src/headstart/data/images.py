@@ -158,8 +158,8 @@ def existing_path(entry) -> Path | None:
     """``entry`` as a Path when it is a str/Path naming an existing file or folder, else
     None: a text that cannot be a path (a word over 255 bytes, a NUL byte) is None, not
     the OSError a filesystem check raises (a missing file is then its own error row)."""
-    if not isinstance(entry, (str, Path)):
-        return None
+    if not isinstance(entry, (str, Path)) or (isinstance(entry, str) and not entry.strip()):
+        return None  # "" is Path("."), the working folder: an empty text, not a folder
     try:
         path = Path(entry)
         return path if path.exists() else None

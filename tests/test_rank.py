@@ -170,6 +170,14 @@ def test_bad_and_offline_candidates_are_rows_not_crashes(data3, no_network, empt
     assert "error: OfflineError" in table and table.splitlines()[1].split()[1] == "tiny:cnn"
 
 
+@pytest.mark.parametrize("task", ["detect", "asr", "video"])
+def test_rank_names_the_tasks_it_ranks(data3, task):
+    x, y = data3  # not ObjectDetector's AttributeError, or a speech reader's complaint
+    with pytest.raises(ValueError, match="rank scores classifier backbones, choose one of "
+                                         "image, text, audio"):
+        rank(x, ["tiny:cnn"], y=y, task=task, **FAST)
+
+
 def test_no_candidate_scored_raises_on_best(data3):
     x, y = data3
     res = rank(x, ["nope:a"], y=y, scores=["logme"], **FAST)

@@ -470,6 +470,7 @@ def _sample(labels: np.ndarray, max_items: int, seed: int) -> np.ndarray:
 
 
 DEFAULT_MAX_ITEMS = 300
+RANK_TASKS = ("image", "text", "audio")  # classification: single-label classes to score by
 
 
 def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
@@ -499,8 +500,11 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
     from .zoo import create_backbone
 
     t_start = time.perf_counter()
-    if task not in ESTIMATORS:
-        raise ValueError(f"task={task!r}: choose one of {', '.join(ESTIMATORS)}")
+    if task not in RANK_TASKS:
+        raise ValueError(f"task={task!r}: rank scores classifier backbones, choose one of "
+                         f"{', '.join(RANK_TASKS)}" + (" (detection and speech-recognition "
+                                                       "backbones are not ranked yet)"
+                                                       if task in ESTIMATORS else ""))
     if max_items < 1:
         raise ValueError(f"max_items must be >= 1 (items ranked), got {max_items}")
     specs = _score_specs(scores)

@@ -268,11 +268,9 @@ class TransferEstimator:
 
     def _backbone_features(self, backbone: Backbone, preprocess, source,
                            cfg: FitConfig) -> torch.Tensor:
-        """What ``_features`` computes, for any backbone: ``rank`` shares fit's cache keys,
-        so a ranked candidate's features are not computed again by its fit."""
-        key = self._feature_key(backbone, preprocess, source)
-        return cached_features(key, lambda: self._compute_features(
-            backbone, backbone, preprocess, source, cfg), cfg.feature_cache)
+        """What ``_features`` computes, for any backbone: one part of ``_parts_features``
+        (the keys ``rank`` and ``fit`` cache their parts under)."""
+        return self._parts_features(backbone, {0: backbone}, preprocess, [source], cfg)[0][0]
 
     def _feature_key(self, backbone: Backbone, preprocess, source, weights: str | None = None
                      ) -> str:

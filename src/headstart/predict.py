@@ -66,11 +66,9 @@ def _file_entries(entry: str | Path, task: str = "image") -> list[tuple[str, obj
 
 
 def _text_entries(entry, text_column: str) -> list[tuple[str, object]]:
-    from .data.text import folder_of_texts_error, read_table
+    from .data.text import read_table, table_path
 
-    p = existing_path(entry) if isinstance(entry, str) else None
-    if p is not None and p.is_dir():
-        raise folder_of_texts_error(p, text_column)
+    p = table_path(entry, text_column) if isinstance(entry, str) else None
     if p is None:  # a text (a file is a table, or read_table says which formats are)
         text = str(entry)
         return [(text if len(text) <= 60 else text[:57] + "...", text) if text.strip()

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..zoo.base import TextPreprocess
-from .images import DataError, _check_classes
+from .images import DataError, _check_classes, existing_path
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,15 @@ class TextSource:
 
 
 # ---------------------------------------------------------------------- reading
-def folder_of_texts_error(path: Path, text_column: str) -> DataError:
-    return DataError(f"{path}: a folder; a text model reads texts (in quotes on the command "
-                     "line, or a list of str), or table files (CSV, TSV, JSONL, Parquet) with "
-                     f"a {text_column!r} column")
+def table_path(entry: str, text_column: str = "text") -> Path | None:
+    """The file ``entry`` names when it names one (a table to read texts from), or None
+    when ``entry`` is a text itself; a folder is an error."""
+    path = existing_path(entry)
+    if path is not None and path.is_dir():
+        raise DataError(f"{path}: a folder; a text model reads texts (in quotes on the "
+                        "command line, or a list of str), or table files (CSV, TSV, JSONL, "
+                        f"Parquet) with a {text_column!r} column")
+    return path
 
 
 def read_table(path: str | Path, blank_lines: bool = False):

@@ -10,9 +10,8 @@ import numpy as np
 import torch
 
 from ..config import FitConfig
-from ..data.images import existing_path
 from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
-                         folder_of_texts_error, open_text_source)
+                         open_text_source, table_path)
 from ..zoo.base import Backbone, TextPreprocess
 from .base import TransferEstimator
 
@@ -54,12 +53,8 @@ class TextClassifier(TransferEstimator):
 
     def _open_unlabeled(self, X) -> TextSource:
         cfg = self.config_
-        if isinstance(X, str):
-            path = existing_path(X)
-            if path is None:
-                X = [X]  # one text, not a file
-            elif path.is_dir():
-                raise folder_of_texts_error(path, cfg.text_column)
+        if isinstance(X, str) and table_path(X, cfg.text_column) is None:
+            X = [X]  # one text, not a file
         return open_text_source(X, classes=self.classes_, text_column=cfg.text_column,
                                 labeled=False)
 

@@ -172,6 +172,46 @@ def test_checkpoints_are_safetensors_and_json_only(reference):
     assert "rng.torch" in tensors and any(k.startswith("model.") for k in tensors)
 
 
+
+def test_checkpoints_hold_only_what_training_changed(data, reference):
+    """A frozen parameter is the built model's: the linear probe's best epoch and checkpoint
+    hold the head and the buffers, not the backbone's weights; fine-tuning's hold everything
+    it trained. Writing the whole model at every head epoch made a MiniLM probe 6x slower."""
+    run_dir = reference("feature_extract")
+    model = weights(run_dir)
+    backbone_params = {n for n in model if n.startswith("backbone.")
+                       and not n.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    best = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
+    assert backbone_params and not backbone_params & set(best)
+    assert {n for n in model if n.startswith("head.")} <= set(best)
+    for name, tensor in best.items():  # the saved tensors are the final model's
+        assert torch.equal(tensor, model[name]), name
+    meta = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
+    assert meta["fixed"]["tensors"] == len(backbone_params)
+    lp_ft = reference("lp_ft")  # the fine-tuning stage trained every group
+    assert set(load_file(str(lp_ft / "checkpoints" / "best.safetensors"))) == set(weights(lp_ft))
+
+
+def test_resume_over_other_frozen_weights_is_refused(data, tmp_path, monkeypatch):
+    """The backbone is an earlier run; it is refitted with other weights before the resume:
+    the checkpoint's frozen weights would be wrong, so the resume says so."""
+    source = tmp_path / "source"
+    ImageClassifier("tiny:cnn", strategy="finetune", run_dir=source,
+                    **{**SETTINGS, "epochs": 1}).fit(*data)
+    run_dir = tmp_path / "run"
+    settings = {**SETTINGS, "head_epochs": 3}
+    crash_on_call(monkeypatch, Trainer, "_train_epoch", 2)
+    with pytest.raises(Crash):
+        ImageClassifier(str(source), strategy="feature_extract", run_dir=run_dir,
+                        **settings).fit(*data)
+    monkeypatch.undo()
+    ImageClassifier("tiny:cnn", strategy="finetune", run_dir=source,
+                    **{**SETTINGS, "epochs": 1, "seed": 4}).fit(*data)
+    with pytest.raises(ValueError, match="frozen ones of this model differ") as info:
+        ImageClassifier(str(source), strategy="feature_extract", run_dir=run_dir,
+                        **settings).fit(*data, resume=True)
+    assert str(run_dir / "checkpoints" / "last") in str(info.value)
+
 # ---------------------------------------------------------------- a real kill -9
 SCRIPT = textwrap.dedent("""
     import sys

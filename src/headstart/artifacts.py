@@ -66,9 +66,10 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
         raise
 
 
-def state_dict_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A module's state dict with shared storage broken (safetensors refuses aliases)."""
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+def state_dict_tensors(module: torch.nn.Module, skip=()) -> dict[str, torch.Tensor]:
+    """A module's state dict with shared storage broken (safetensors refuses aliases),
+    without the keys in ``skip``."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k not in skip}
 
 
 def optimizer_to_flat(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

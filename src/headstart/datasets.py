@@ -72,6 +72,7 @@ def digits_upscaled(side: int = 32):
 def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
     """Indices of ``per_class`` items of every class, drawn without replacement (seeded)."""
     rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)  # a list compared with == to a class is one False
     out = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)

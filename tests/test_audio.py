@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -426,6 +427,34 @@ def test_ctc_pieces():
     path = [2, 2, 0, 2, 3, 3, 0, 1, 3]
     log_probs = torch.log(torch.nn.functional.one_hot(torch.tensor([path]), 4).float() + 1e-4)
     assert greedy_decode(log_probs, vocab) == ["aab b"]
+
+
+def test_a_transcript_the_clip_cannot_hold_is_named_and_long_recordings_set_the_clip(caplog):
+    """CTC needs a frame per character (and a blank between equal neighbours): a transcript
+    longer than that was skipped by zero_infinity without a word. The auto clip of a
+    recogniser covers every training recording (a cut recording loses its last words)."""
+    from headstart import SpeechRecognizer
+    from headstart.tasks.asr import ctc_frames_needed
+
+    assert ctc_frames_needed([1, 2, 2, 2, 3, 0, 0]) == 7  # a b b b c: two blanks
+    rng = np.random.default_rng(0)
+    waves = [rng.normal(0, 0.1, int(RATE * s)).astype(np.float32)
+             for s in [0.5] * 11 + [2.34]]
+    texts = ["ab"] * 6 + ["ba"] * 5 + ["abab"]
+    settings = {**FAST, "epochs": 1, "array_rate": RATE, "val_fraction": 0}
+    asr = SpeechRecognizer("scratch:audio:cnn", **settings).fit(waves, texts)
+    assert asr.preprocess_.clip_seconds == pytest.approx(2.4)  # the longest, not the 95th pc
+    # audio:cnn gives 25 frames a second: 1 s holds 25 characters, "abab..." of 30 does not
+    long_text = texts[:-1] + ["ab" * 15]
+    with pytest.raises(DataError, match=r"recording 12: its transcript 'abab.*needs 30 "
+                                        r"frames.*gives 25 for a 1 s clip.*--clip-seconds"):
+        SpeechRecognizer("scratch:audio:cnn", **{**settings, "clip_seconds": 1.0}).fit(
+            waves, long_text)
+    with caplog.at_level(logging.WARNING, logger="headstart.tasks.asr"):
+        SpeechRecognizer("scratch:audio:cnn", **{**settings, "clip_seconds": 1.0}).fit(
+            waves, texts)
+    assert "1 recording(s) last longer than the 1 s clip" in caplog.text
+    assert "recording 12" in caplog.text
 
 
 @needs_espeak

@@ -8,7 +8,10 @@ transfer (a recogniser pretrained on one accent is the backbone of the next fit)
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,8 +22,10 @@ from ..data.audio import AudioSource, open_audio_inputs, open_audio_source
 from ..data.images import DataError
 from ..heads import HeadSpec, TransferModel
 from ..train import Trainer
-from ..zoo.base import Backbone
-from .audio import AudioClassifier
+from ..zoo.base import AudioPreprocess, Backbone
+from .audio import MAX_AUTO_CLIP, AudioClassifier, durations
+
+log = logging.getLogger(__name__)
 
 BLANK = 0  # CTC's blank is output 0; character k of the vocabulary is output k + 1
 
@@ -64,6 +69,52 @@ def encode(texts: list[str], vocab: list[str], origin: str = "") -> np.ndarray:
     for r, ids in enumerate(rows):
         out[r, :len(ids)] = ids
     return out
+
+
+def ctc_frames_needed(ids) -> int:
+    """Frames CTC needs to emit ``ids``: one per character, and a blank between each pair
+    of equal neighbours ("ll" is l, blank, l)."""
+    ids = [int(i) for i in ids if i > 0]
+    return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+
+
+def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
+                          sources: list[AudioSource], clip_given: bool) -> int:
+    """Every transcript must fit the frames the backbone gives for one clip, or CTC cannot
+    align it (its loss is infinite, and ``zero_infinity`` would skip the recording without
+    a word). Recordings longer than the clip lose their end, and the words there: said.
+    Returns the frames per clip."""
+    was = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            frames = int(backbone.sequence(torch.zeros(1, preprocess.samples)).shape[1])
+    finally:
+        backbone.train(was)
+    for source in sources:
+        items = [str(i) if not isinstance(i, np.ndarray) else f"recording {k + 1}"
+                 for k, i in enumerate(source.items)]
+        too_long = [(items[k], ctc_frames_needed(row), source.transcripts[k])
+                    for k, row in enumerate(source.labels) if ctc_frames_needed(row) > frames]
+        if too_long:
+            name, need, text = too_long[0]
+            more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
+            raise DataError(
+                f"{source.origin}: {name}{more}: its transcript {text[:60]!r}"
+                f"{'...' if len(text) > 60 else ''} needs {need} frames, and {backbone.id} "
+                f"gives {frames} for a {preprocess.clip_seconds:g} s clip, so CTC cannot align "
+                "it; check that the transcript belongs to the recording, split the recording, "
+                "or raise --clip-seconds")
+        seconds = durations(source)
+        cut = [items[k] for k in np.flatnonzero(seconds > preprocess.clip_seconds + 1e-6)]
+        if cut:
+            log.warning("%s: %d recording(s) last longer than the %g s clip and lose their "
+                        "end, with the words there (%s%s)%s", source.origin, len(cut),
+                        preprocess.clip_seconds, ", ".join(cut[:3]),
+                        ", ..." if len(cut) > 3 else "",
+                        "" if clip_given else f"; auto clips stop at {MAX_AUTO_CLIP:g} s: "
+                        "set --clip-seconds")
+    return frames
 
 
 def open_transcribed(X, y, cfg: FitConfig, path_column: str = "path") -> AudioSource:
@@ -194,7 +245,20 @@ class SpeechRecognizer(AudioClassifier):
     def _new_model(backbone: Backbone, head) -> CTCModel:
         return CTCModel(backbone, head)
 
+    def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> AudioPreprocess:
+        """A transcript is the whole recording: the auto clip covers every training
+        recording (a classifier's covers 95%), up to the auto clips' cap."""
+        preprocess = super()._input_spec(backbone, train_source, cfg)
+        if cfg.clip_seconds or train_source is None or not len(train_source):
+            return preprocess
+        longest = math.ceil(float(durations(train_source).max()) * 10 - 1e-6) / 10
+        return replace(preprocess, clip_seconds=max(preprocess.clip_seconds,
+                                                    min(MAX_AUTO_CLIP, longest)))
+
     def trainer(self, *args, **kwargs) -> CTCTrainer:
+        check_transcripts_fit(self.model_.backbone, self.preprocess_,
+                              [d.source for d in (kwargs["train_set"], kwargs["val_set"]) if d],
+                              bool(self.config_.clip_seconds))
         t = CTCTrainer(*args, **kwargs)
         t.vocab = list(self.classes_)
         return t

@@ -455,6 +455,13 @@ def test_a_transcript_the_clip_cannot_hold_is_named_and_long_recordings_set_the_
             waves, texts)
     assert "1 recording(s) last longer than the 1 s clip" in caplog.text
     assert "recording 12" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="headstart.tasks.asr"):
+        asr.transcribe(waves[:2])
+        assert not caplog.text
+        asr.transcribe([np.zeros(RATE * 3, np.float32)])
+    assert "1 recording(s) last longer than the model's 2.4 s clip: only their first" in \
+        caplog.text
 
 
 @needs_espeak

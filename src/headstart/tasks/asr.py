@@ -307,6 +307,16 @@ class SpeechRecognizer(AudioClassifier):
     @torch.inference_mode()
     def _log_probs(self, source: AudioSource) -> torch.Tensor:
         head = self.model_.head.eval()
+        if len(source):
+            clip = self.preprocess_.clip_seconds
+            long = np.flatnonzero(durations(source) > clip + 1e-6)
+            if len(long):
+                names = [str(source.items[k]) if not isinstance(source.items[k], np.ndarray)
+                         else f"recording {k + 1}" for k in long[:3]]
+                log.warning("%d recording(s) last longer than the model's %g s clip: only their "
+                            "first %g s are transcribed (%s%s); split them into shorter ones",
+                            len(long), clip, clip, ", ".join(names),
+                            ", ..." if len(long) > 3 else "")
         frames = self._features(source).to(next(head.parameters()).device)
         if not len(frames):
             return torch.empty(0, 0, head.num_classes)

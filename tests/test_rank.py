@@ -168,6 +168,11 @@ def test_bad_and_offline_candidates_are_rows_not_crashes(data3, no_network, empt
     assert res.fit_params() == {"backbone": "tiny:cnn", "cut": 0}
     table = res.table()
     assert "error: OfflineError" in table and table.splitlines()[1].split()[1] == "tiny:cnn"
+    # an unloadable model's cut points share its error: the table prints it once
+    cuts = rank(x, ["tiny:cnn", "nope:thing@0", "nope:thing@1"], y=y, scores=["logme"], **FAST)
+    lines = cuts.table().splitlines()
+    assert "unknown backbone" in lines[2] and lines[3].endswith("error: as row 2")
+    assert cuts.rows[2].error == cuts.rows[1].error  # --json keeps each row whole
 
 
 @pytest.mark.parametrize("task", ["detect", "asr", "video"])

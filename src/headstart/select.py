@@ -428,10 +428,12 @@ class RankResult:
     def table(self) -> str:
         names = list(dict.fromkeys(k for r in self.rows for k in r.scores))
         head = ["#", "candidate", *names, "dim", "params", "seconds"]
-        lines = []
+        lines, said = [], {}
         for i, r in enumerate(self.rows, 1):
-            if r.error:
-                lines.append([str(i), r.candidate.label, f"error: {r.error}"])
+            if r.error:  # each cut point of an unloadable model has its error: printed once
+                first = said.setdefault(r.error, i)
+                lines.append([str(i), r.candidate.label, f"error: {r.error}" if first == i
+                              else f"error: as row {first}"])
                 continue
             cells = [_fmt(r.scores.get(k)) for k in names]
             lines.append([str(i), r.candidate.label, *cells, str(r.feature_dim),

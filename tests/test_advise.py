@@ -77,3 +77,26 @@ def test_cli_advise(tmp_path):
                      "--num-workers", "0", "--device", "cpu"])
     data = json.loads(out.getvalue())
     assert code == 0 and data["strategy"] and data["reasons"] and data["facts"]["n_items"] == 60
+
+
+def test_cli_advise_and_study_default_to_the_tasks_backbone_as_fit_does(tmp_path, monkeypatch):
+    """`headstart advise DATA` without --model (it was required, unlike fit's --backbone):
+    the task's default backbone, named in the output and the suggested fit command."""
+    from headstart import ImageClassifier
+
+    monkeypatch.setitem(ImageClassifier.defaults, "backbone", "tiny:cnn")  # no real weights
+    folder = write_folder(tmp_path / "data", *make_arrays(n=60, n_classes=3))
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(["-q", "advise", str(folder), "--num-workers", "0", "--device", "cpu"])
+    assert code == 0, err.getvalue()
+    assert out.getvalue().startswith("tiny:cnn on ") and "--backbone tiny:cnn" in out.getvalue()
+    assert advise(*make_arrays(n=30, n_classes=3), num_workers=0, device="cpu").facts[
+        "n_items"] == 30
+    out = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(io.StringIO()):
+        code = main(["-q", "study", str(folder), "--fractions", "1", "--strategies",
+                     "feature_extract", "--no-scratch", "--epochs", "1", "--head-epochs", "1",
+                     "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "st")])
+    assert code == 0 and "(tiny:cnn, 1 runs)" in out.getvalue()
+    assert json.loads((tmp_path / "st" / "study.json").read_text())["model"] == "tiny:cnn"

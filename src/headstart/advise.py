@@ -99,12 +99,15 @@ def advise_from_facts(n_items: int, n_classes: int, smallest: int, largest: int,
     return Advice(strategy, settings, reasons, facts)
 
 
-def advise(data, y=None, *, model: str, task: str = "image", **settings) -> Advice:
-    """Advice for fine-tuning ``model`` on ``data``: the facts, one cheap probe, the rules."""
+def advise(data, y=None, *, model: str | None = None, task: str = "image",
+           **settings) -> Advice:
+    """Advice for fine-tuning ``model`` (default: the task's default backbone, as for fit)
+    on ``data``: the facts, one cheap probe, the rules."""
     from .select import rank
     from .tasks import ESTIMATORS
 
     est = ESTIMATORS[task](backbone=model, **settings)
+    model = est.resolved_config().backbone
     source = est._open_labeled(data, y, None, est.resolved_config())  # read once
     result = rank(source, [model], task=task, scores=["linear", "knn", "logme"], **settings)
     row = result.rows[0]

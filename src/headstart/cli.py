@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "network trained from scratch, over nested fractions of your data, "
                        "with an HTML report")
     p.add_argument("data", help="labeled data, as for fit")
-    p.add_argument("--model", required=True, help="source model id or run directory")
+    p.add_argument("--model", default=None, help="source model id or run directory (default: "
+                   "the task's default backbone, as for fit)")
     p.add_argument("--test", default=None, help="test data (default: hold out --test-fraction "
                    "of DATA, stratified)")
     p.add_argument("--task", choices=TASKS, default="image")
@@ -149,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("advise", help="which strategy and settings for this model on this data, "
                        "and why (dataset facts + one cheap probe)")
     p.add_argument("data", help="labeled data, as for fit")
-    p.add_argument("--model", required=True, help="source model id or run directory")
+    p.add_argument("--model", default=None, help="source model id or run directory (default: "
+                   "the task's default backbone, as for fit)")
     p.add_argument("--task", choices=TASKS, default="image")
     p.add_argument("--config", default=None, help="YAML file of fit settings")
     p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
@@ -525,6 +527,7 @@ def cmd_study(args) -> int:
     if not args.verbose:  # one line per run, not every epoch of every run
         _quiet_library_logs()
     cfg = fit_config_from_args(args)
+    args.model = args.model or cfg.backbone
     from_yaml = FitConfig.read_yaml(args.config) if args.config else {}
     given = {f: getattr(cfg, f) for f in FitConfig.field_names()
              if hasattr(args, f) or f in from_yaml}
@@ -610,6 +613,7 @@ def cmd_advise(args) -> int:
     from .advise import advise
 
     cfg = fit_config_from_args(args)
+    args.model = args.model or cfg.backbone
     data = _open(args.task, args.data, cfg, args)
     given = {f: getattr(cfg, f) for f in FEATURE_SETTINGS}
     advice = advise(data, model=args.model, task=args.task, **given)

@@ -208,7 +208,8 @@ def _fingerprint(parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str = "image",
+def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=None,
+              task: str = "image",
               strategies=STRATEGIES, fractions=FRACTIONS, seeds=(0,), scratch: bool = True,
               val_fraction: float = 0.1, test_fraction: float = 0.2, progress=None,
               advise: bool = True, **settings) -> StudyResult:
@@ -233,6 +234,7 @@ def run_study(data, y=None, *, model: str, out: str | Path, test=None, task: str
     settings = {**STUDY_BUDGET, **settings}
     est = ESTIMATORS[task](backbone=model, **settings)
     cfg = est.resolved_config()
+    model = cfg.backbone  # None: the task's default backbone, as for fit
     source = est._open_labeled(data, y, None, cfg)
     if source.labels.ndim != 1:
         raise ValueError("a study needs single-label data")

@@ -9,9 +9,7 @@ transfer (a recogniser pretrained on one accent is the backbone of the next fit)
 from __future__ import annotations
 
 import logging
-import math
 import re
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -112,8 +110,10 @@ def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
                         "end, with the words there (%s%s)%s", source.origin, len(cut),
                         preprocess.clip_seconds, ", ".join(cut[:3]),
                         ", ..." if len(cut) > 3 else "",
-                        "" if clip_given else f"; auto clips stop at {MAX_AUTO_CLIP:g} s: "
-                        "set --clip-seconds")
+                        "; raise --clip-seconds if words are lost there" if clip_given else
+                        f"; the auto clip covers 95% of the training recordings (at most "
+                        f"{MAX_AUTO_CLIP:g} s): if words are lost at their ends, set "
+                        "--clip-seconds")
     return frames
 
 
@@ -244,16 +244,6 @@ class SpeechRecognizer(AudioClassifier):
     @staticmethod
     def _new_model(backbone: Backbone, head) -> CTCModel:
         return CTCModel(backbone, head)
-
-    def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> AudioPreprocess:
-        """A transcript is the whole recording: the auto clip covers every training
-        recording (a classifier's covers 95%), up to the auto clips' cap."""
-        preprocess = super()._input_spec(backbone, train_source, cfg)
-        if cfg.clip_seconds or train_source is None or not len(train_source):
-            return preprocess
-        longest = math.ceil(float(durations(train_source).max()) * 10 - 1e-6) / 10
-        return replace(preprocess, clip_seconds=max(preprocess.clip_seconds,
-                                                    min(MAX_AUTO_CLIP, longest)))
 
     def trainer(self, *args, **kwargs) -> CTCTrainer:
         check_transcripts_fit(self.model_.backbone, self.preprocess_,

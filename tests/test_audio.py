@@ -464,7 +464,7 @@ def test_a_transcript_the_clip_cannot_hold_is_named_and_cut_recordings_are_said(
         asr.transcribe(waves[:2])
         assert not caplog.text
         asr.transcribe([np.zeros(RATE * 3, np.float32)])
-    assert "1 recording(s) last longer than the model's 1.4 s clip: only their first" in \
+    assert "1 recording(s) last longer than the model's 1.4 s clip: only their middle" in \
         caplog.text
 
 

@@ -80,7 +80,8 @@ def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
                           sources: list[AudioSource], clip_given: bool) -> int:
     """Every transcript must fit the frames the backbone gives for one clip, or CTC cannot
     align it (its loss is infinite, and ``zero_infinity`` would skip the recording without
-    a word). Recordings longer than the clip lose their end, and the words there: said.
+    a word). Recordings longer than the clip are cropped (a random window in training, the
+    middle in evaluation), losing words: said.
     Returns the frames per clip."""
     was = backbone.training
     backbone.eval()
@@ -106,14 +107,14 @@ def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
         seconds = durations(source)
         cut = [items[k] for k in np.flatnonzero(seconds > preprocess.clip_seconds + 1e-6)]
         if cut:
-            log.warning("%s: %d recording(s) last longer than the %g s clip and lose their "
-                        "end, with the words there (%s%s)%s", source.origin, len(cut),
+            log.warning("%s: %d recording(s) last longer than the %g s clip and are cropped "
+                        "to it, losing the words at their start or end (%s%s)%s",
+                        source.origin, len(cut),
                         preprocess.clip_seconds, ", ".join(cut[:3]),
                         ", ..." if len(cut) > 3 else "",
-                        "; raise --clip-seconds if words are lost there" if clip_given else
+                        "; raise --clip-seconds if words are lost" if clip_given else
                         f"; the auto clip covers 95% of the training recordings (at most "
-                        f"{MAX_AUTO_CLIP:g} s): if words are lost at their ends, set "
-                        "--clip-seconds")
+                        f"{MAX_AUTO_CLIP:g} s): if words are lost, set --clip-seconds")
     return frames
 
 
@@ -303,9 +304,9 @@ class SpeechRecognizer(AudioClassifier):
             if len(long):
                 names = [str(source.items[k]) if not isinstance(source.items[k], np.ndarray)
                          else f"recording {k + 1}" for k in long[:3]]
-                log.warning("%d recording(s) last longer than the model's %g s clip: only their "
-                            "first %g s are transcribed (%s%s); split them into shorter ones",
-                            len(long), clip, clip, ", ".join(names),
+                log.warning("%d recording(s) last longer than the model's %g s clip: only "
+                            "their middle %g s are transcribed (%s%s); split them into shorter "
+                            "ones", len(long), clip, clip, ", ".join(names),
                             ", ..." if len(long) > 3 else "")
         frames = self._features(source).to(next(head.parameters()).device)
         if not len(frames):

@@ -349,7 +349,9 @@ def test_cli_rank_table_json_and_write_config(tmp_path, monkeypatch):
     lines = out.splitlines()
     assert lines[0].startswith("ranked 4 candidates on all 60 items, 3 classes, by nleep")
     assert "logme" in lines[1] and "nleep" in lines[1] and "leep" in lines[1] and "dim" in lines[1]
-    assert sum("error: ZooError" in line for line in lines) == 2
+    # nope:x at both cut points: its error once, then "as row N"
+    assert sum("error: ZooError" in line for line in lines) == 1
+    assert sum("error: as row 3" in line for line in lines) == 1
     assert "headstart fit" in out and "--feature-cache" in out
     assert list((tmp_path / "hcache" / "features").glob("*.safetensors"))  # default disk cache
 

@@ -249,7 +249,6 @@ class Trainer:
         # fit of a 90 MB MiniLM wrote 90 MB twice per head epoch, 6x the fit's own time)
         self._trained: set[str] = set()
         self._fixed_sums: dict[str, tuple[float, float]] = {}
-        self._fixed_total: dict | None = None
         self._names: set[str] | None = None
 
     # ---------------------------------------------------------------- public
@@ -609,19 +608,15 @@ class Trainer:
         """Float64 sum and sum of squares of the parameters no stage has trained (cached: they
         never change), so a resume can tell that its freshly built model holds the same ones."""
         names = sorted(self._param_names() - self._trained)
-        if self._fixed_total is not None and self._fixed_total["tensors"] == len(names):
-            return self._fixed_total  # no stage has unfrozen anything since
-        sd = self.model.state_dict(keep_vars=False)
-        total, norm = 0.0, 0.0
-        for k in names:
-            if k not in self._fixed_sums:
-                t = sd[k].detach()
+        new = [k for k in names if k not in self._fixed_sums]
+        if new:
+            params = dict(self.model.named_parameters(remove_duplicate=False))
+            for k in new:
+                t = params[k].detach()
                 self._fixed_sums[k] = (float(t.sum(dtype=torch.float64)), float(
                     torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2)
-            total += self._fixed_sums[k][0]
-            norm += self._fixed_sums[k][1]
-        self._fixed_total = {"tensors": len(names), "sum": total, "sumsq": norm}
-        return self._fixed_total
+        return {"tensors": len(names), "sum": sum(self._fixed_sums[k][0] for k in names),
+                "sumsq": sum(self._fixed_sums[k][1] for k in names)}
 
     def _check_fixed(self, saved: dict | None, where) -> None:
         if saved is None:  # a checkpoint that holds every tensor

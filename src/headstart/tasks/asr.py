@@ -76,6 +76,17 @@ def ctc_frames_needed(ids) -> int:
     return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
 
 
+def _item_name(source: AudioSource, k: int) -> str:
+    item = source.items[k]
+    return f"recording {k + 1}" if isinstance(item, np.ndarray) else str(item)
+
+
+def cropped(source: AudioSource, clip_seconds: float) -> list[str]:
+    """Names of the recordings longer than the clip (cropped to it, losing words)."""
+    return [_item_name(source, k)
+            for k in np.flatnonzero(durations(source) > clip_seconds + 1e-6)]
+
+
 def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
                           sources: list[AudioSource], clip_given: bool) -> int:
     """Every transcript must fit the frames the backbone gives for one clip, or CTC cannot
@@ -91,12 +102,11 @@ def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
     finally:
         backbone.train(was)
     for source in sources:
-        items = [str(i) if not isinstance(i, np.ndarray) else f"recording {k + 1}"
-                 for k, i in enumerate(source.items)]
-        too_long = [(items[k], ctc_frames_needed(row), source.transcripts[k])
-                    for k, row in enumerate(source.labels) if ctc_frames_needed(row) > frames]
+        needs = [ctc_frames_needed(row) for row in source.labels]
+        too_long = [k for k, need in enumerate(needs) if need > frames]
         if too_long:
-            name, need, text = too_long[0]
+            k = too_long[0]
+            name, need, text = _item_name(source, k), needs[k], source.transcripts[k]
             more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
             raise DataError(
                 f"{source.origin}: {name}{more}: its transcript {text[:60]!r}"
@@ -104,8 +114,7 @@ def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
                 f"gives {frames} for a {preprocess.clip_seconds:g} s clip, so CTC cannot align "
                 "it; check that the transcript belongs to the recording, split the recording, "
                 "or raise --clip-seconds")
-        seconds = durations(source)
-        cut = [items[k] for k in np.flatnonzero(seconds > preprocess.clip_seconds + 1e-6)]
+        cut = cropped(source, preprocess.clip_seconds)
         if cut:
             log.warning("%s: %d recording(s) last longer than the %g s clip and are cropped "
                         "to it, losing the words at their start or end (%s%s)%s",
@@ -300,13 +309,11 @@ class SpeechRecognizer(AudioClassifier):
         head = self.model_.head.eval()
         if len(source):
             clip = self.preprocess_.clip_seconds
-            long = np.flatnonzero(durations(source) > clip + 1e-6)
-            if len(long):
-                names = [str(source.items[k]) if not isinstance(source.items[k], np.ndarray)
-                         else f"recording {k + 1}" for k in long[:3]]
+            long = cropped(source, clip)
+            if long:
                 log.warning("%d recording(s) last longer than the model's %g s clip: only "
                             "their middle %g s are transcribed (%s%s); split them into shorter "
-                            "ones", len(long), clip, clip, ", ".join(names),
+                            "ones", len(long), clip, clip, ", ".join(long[:3]),
                             ", ..." if len(long) > 3 else "")
         frames = self._features(source).to(next(head.parameters()).device)
         if not len(frames):

@@ -61,7 +61,8 @@ def main() -> None:
     rest = np.setdiff1d(np.arange(len(y)), pool)
     test = rest[per_class_subset(y[rest], 100, 0)]
     t0 = time.perf_counter()
-    res = run_study(x[pool], [classes[i] for i in y[pool]], model=source, out=work / f"study-{Path(source).name}",
+    res = run_study(x[pool], [classes[i] for i in y[pool]], model=source,
+                    out=work / f"study-{Path(source).name}",
                     test=(x[test], [classes[i] for i in y[test]]), image_size=64,
                     fractions=(0.2, 1.0), strategies=args.strategies.split(","), epochs=8,
                     early_stopping=3)
@@ -70,7 +71,8 @@ def main() -> None:
     for g in res.gains():
         print(f"  {g['n_train']:4d} items: {g['best_strategy']} "
               f"{100 * g['transfer_accuracy']:.1f}% vs scratch {100 * g['scratch_accuracy']:.1f}%"
-              f" {g['gain_points']:+.1f} pts{'  NEGATIVE TRANSFER' if g['negative_transfer'] else ''}")
+              f" {g['gain_points']:+.1f} pts"
+              f"{'  NEGATIVE TRANSFER' if g['negative_transfer'] else ''}")
 
 
 if __name__ == "__main__":

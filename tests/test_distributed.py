@@ -82,7 +82,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _fit(folder: Path, out: Path, strategy: str, procs: int, batch: int) -> subprocess.CompletedProcess:
+def _fit(folder: Path, out: Path, strategy: str, procs: int,
+         batch: int) -> subprocess.CompletedProcess:
     args = ["-m", "headstart", "fit", str(folder), "--backbone", "tiny:cnn",
             "--strategy", strategy, "--epochs", "3", "--head-epochs", "3", "--lr", "0.01",
             "--head-lr", "0.01", "--batch-size", str(batch), "--early-stopping", "0",

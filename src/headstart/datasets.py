@@ -28,7 +28,8 @@ def fashion_mnist(split: str = "train", root: str | Path | None = None):
         raise ValueError("split must be 'train' or 'test'")
     root = Path(root) if root else FASHION_MNIST_DIR
     prefix = "train" if split == "train" else "t10k"
-    images, labels = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    images = root / f"{prefix}-images-idx3-ubyte.gz"
+    labels = root / f"{prefix}-labels-idx1-ubyte.gz"
     if not images.is_file() or not labels.is_file():
         raise DatasetMissing(
             f"Fashion-MNIST not found in {root}. Install it offline with: apt-get update && "

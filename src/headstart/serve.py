@@ -315,7 +315,8 @@ def create_app(models, settings: ServeSettings | None = None):
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
         return HTMLResponse(page, headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src blob:; "
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+            "media-src blob:; "
             "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"})
 
     @app.get("/health")

@@ -7,8 +7,9 @@ stratified split, so features cached by one trial are reused by the next: a
 is the default settings, so the table always shows what the search bought. Each epoch's
 validation score is reported to Optuna; the median pruner stops trials that trail the
 others at the same epoch of a stage that trains the backbone (head-only epochs cost
-milliseconds, and a probe still converging is no reason to stop). The best trial is fitted again and saved as a run
-(``OUT/best``), and the trial table is written as CSV, JSON and an HTML report.
+milliseconds, and a probe still converging is no reason to stop). The best trial is fitted again
+and saved as a run (``OUT/best``), and the trial table is written as CSV, JSON and an HTML
+report.
 
 The study lives in ``OUT/optuna.db`` (SQLite) unless ``storage`` names another Optuna
 storage (any RDB URL lets several machines share one study); its name is derived from

@@ -35,8 +35,9 @@ def _pct(v) -> str:
 
 
 def _table(rows: list[list], head: list[str], left: int = 1, cls: str = "") -> str:
-    out = [f"<table class='{cls}'><tr>" + "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
-                                   for i, h in enumerate(head)) + "</tr>"]
+    heads = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
+                    for i, h in enumerate(head))
+    out = [f"<table class='{cls}'><tr>" + heads + "</tr>"]
     for r in rows:
         out.append("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>'
                                     for i, c in enumerate(r)) + "</tr>")

@@ -341,7 +341,8 @@ def _list_images(X) -> list[str]:
 def detection_metrics(preds: list[dict], truths: list[BoxSample], classes: list[str],
                       score_threshold: float = 0.5) -> dict:
     """COCO mAP@0.5:0.95, mAP@0.5, mAP@0.75 and per-class AP (``ap``: 0.5:0.95,
-    ``ap_50``: at IoU 0.5; torchmetrics on pycocotools), and precision / recall / F1 of the boxes scoring >= ``score_threshold``
+    ``ap_50``: at IoU 0.5; torchmetrics on pycocotools), and precision / recall / F1 of the
+    boxes scoring >= ``score_threshold``
     (matched greedily at IoU 0.5)."""
     from torchmetrics.detection import MeanAveragePrecision
     from torchvision.ops import box_iou
@@ -746,7 +747,8 @@ class ObjectDetector:
         return detection_metrics(preds, source.samples, self.classes_)
 
     def evaluate(self, X, fix: str = "error") -> dict:
-        """mAP@0.5, mAP@0.5:0.95, per-class AP (at 0.5 and 0.5:0.95), precision/recall on annotated images."""
+        """mAP@0.5, mAP@0.5:0.95, per-class AP (at 0.5 and 0.5:0.95), precision/recall on
+        annotated images."""
         self._check_fitted()
         source = read_boxes(X, classes=self.classes_, fix=fix)
         m = self._evaluate_source(source)

@@ -17,9 +17,9 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import CHOICES, FEATURE_SETTINGS, FitConfig
+from .config import CHOICES, CLASSIFY_TASKS, FEATURE_SETTINGS, FitConfig
 
-TASKS = ("image", "text", "audio")
+TASKS = CLASSIFY_TASKS
 FIT_TASKS = (*TASKS, "asr", "detect")
 
 log = logging.getLogger("headstart")

@@ -22,6 +22,9 @@ CHOICES = {
     "blend_mode": ("mean", "joint"),
 }
 
+# The tasks that classify single-label items: `rank`, `advise`, `study` and `tune` take these
+# (detection and speech recognition are `fit` tasks only).
+CLASSIFY_TASKS = ("image", "text", "audio")
 
 # The fit settings that decide what a frozen backbone computes for an item (not how a model
 # trains): `rank`, `advise` and the study's probes take these, so their cached features are

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import CLASSIFY_TASKS
+
 log = logging.getLogger(__name__)
 
 
@@ -472,7 +474,7 @@ def _sample(labels: np.ndarray, max_items: int, seed: int) -> np.ndarray:
 
 
 DEFAULT_MAX_ITEMS = 300
-RANK_TASKS = ("image", "text", "audio")  # classification: single-label classes to score by
+RANK_TASKS = CLASSIFY_TASKS  # single-label classes to score by
 
 
 def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,

@@ -7,10 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-# The virtualenv takes 6.9 GB (torch 2.14.1 is a CUDA build; it runs on the CPU). Where the
-# machine has no local copy of the wheels, pip downloads them from PyPI and holds them until
-# it has installed them all: 10.2 GB at the peak (measured). --no-cache-dir keeps pip from also
-# storing them in ~/.cache/pip. A CI run once stopped with 'No space left on device' there.
+# The virtualenv takes 6.9 GB (torch 2.14.1 is a CUDA build; it runs on the CPU), and pip
+# holds the wheels it fetched until it has installed them all: 10.2 GB at the peak (measured).
+# --no-cache-dir keeps pip from also storing them in ~/.cache/pip. A CI run once stopped with
+# 'No space left on device' there.
 free_gb=$(df -Pk . | awk 'NR == 2 {printf "%d", $4 / 1048576}')
 if [ ! -x .venv/bin/python ] && [ "$free_gb" -lt 11 ]; then
   echo "setup: only ${free_gb} GB free on $(df -P . | awk 'NR == 2 {print $6}'); installing" \

@@ -156,7 +156,14 @@ def test_not_an_index(tmp_path):
 
 # --- the real data set (Debian r-cran-modeldata), when installed or extracted --------------
 
-_MODELDATA = [Path(p) / "usr/lib/R/site-library/modeldata/data" for p in ("/", "/tmp/dl/ff")]
+def _modeldata_roots() -> list[Path]:
+    from headstart.datasets import data_home
+
+    # installed by apt, or extracted by scripts/setup.sh into $HEADSTART_DATA
+    return [Path("/"), data_home() / "r-cran-modeldata"]
+
+
+_MODELDATA = [p / "usr/lib/R/site-library/modeldata/data" for p in _modeldata_roots()]
 _FOUND = [d for d in _MODELDATA if (d / "Rdata.rdx").is_file()]
 
 

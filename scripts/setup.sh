@@ -11,13 +11,13 @@ PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # holds the wheels it fetched until it has installed them all: 10.2 GB at the peak (measured).
 # --no-cache-dir keeps pip from also storing them in ~/.cache/pip. A CI run once stopped with
 # 'No space left on device' there.
-free_gb=$(df -Pk . | awk 'NR == 2 {printf "%d", $4 / 1048576}')
-if [ ! -x .venv/bin/python ] && [ "$free_gb" -lt 11 ]; then
-  echo "setup: only ${free_gb} GB free on $(df -P . | awk 'NR == 2 {print $6}'); installing" \
-    "needs about 11 GB (10.2 GB while pip installs, then datasets, Chromium, test files)." \
-    "If pip stops with 'No space left on device', free some space and run it again." >&2
-fi
 if [ ! -x .venv/bin/python ]; then
+  read -r free_kb mount < <(df -Pk . | awk 'NR == 2 {print $4, $6}')
+  if [ "$free_kb" -lt $((11 * 1048576)) ]; then
+    echo "setup: only $((free_kb / 1048576)) GB free on $mount; installing needs about 11 GB" \
+      "(10.2 GB while pip installs, then datasets, Chromium, test files). If pip stops with" \
+      "'No space left on device', free some space and run it again." >&2
+  fi
   "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-dir)

@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("rdata")
 
 from headstart.data.rlazyload import read_lazyload_index, read_lazyload_object  # noqa: E402
+from headstart.datasets import fine_food_folders  # noqa: E402
 
 # --- a minimal R serializer (XDR, format version 3) ----------------------------------------
 
@@ -156,15 +157,7 @@ def test_not_an_index(tmp_path):
 
 # --- the real data set (Debian r-cran-modeldata), when installed or extracted --------------
 
-def _modeldata_roots() -> list[Path]:
-    from headstart.datasets import data_home
-
-    # installed by apt, or extracted by scripts/setup.sh into $HEADSTART_DATA
-    return [Path("/"), data_home() / "r-cran-modeldata"]
-
-
-_MODELDATA = [p / "usr/lib/R/site-library/modeldata/data" for p in _modeldata_roots()]
-_FOUND = [d for d in _MODELDATA if (d / "Rdata.rdx").is_file()]
+_FOUND = [d for d in fine_food_folders() if (d / "Rdata.rdx").is_file()]
 
 
 @pytest.mark.slow

@@ -193,6 +193,13 @@ def _html_text(html: str) -> str:
 FINE_FOOD_R_DIRS = ("/usr/lib/R/site-library/modeldata/data",)
 
 
+def fine_food_folders(root: str | Path | None = None) -> list[Path]:
+    """Where modeldata's lazy-load database may be: extracted by scripts/setup.sh under
+    ``root`` (default ``$HEADSTART_DATA/r-cran-modeldata``), or installed by apt."""
+    root = Path(root) if root else data_home() / "r-cran-modeldata"
+    return [root / "usr/lib/R/site-library/modeldata/data", *map(Path, FINE_FOOD_R_DIRS)]
+
+
 def fine_foods(split: str = "train", root: str | Path | None = None):
     """Amazon Fine Food reviews, great vs other: (texts, labels), official split
     (4000 train / 1000 test) from R's modeldata package (Debian r-cran-modeldata)."""
@@ -201,7 +208,7 @@ def fine_foods(split: str = "train", root: str | Path | None = None):
     if split not in ("train", "test"):
         raise ValueError("split must be 'train' or 'test'")
     root = Path(root) if root else data_home() / "r-cran-modeldata"
-    candidates = [root / "usr/lib/R/site-library/modeldata/data", *map(Path, FINE_FOOD_R_DIRS)]
+    candidates = fine_food_folders(root)
     folder = next((c for c in candidates if (c / "Rdata.rdx").is_file()), None)
     if folder is None:
         raise DatasetMissing(f"Amazon Fine Food reviews not found (looked in "

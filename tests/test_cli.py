@@ -202,3 +202,110 @@ def test_a_commands_log_quieting_ends_with_it(tmp_path, capsys):
                  "--out", str(tmp_path / "study")])
     assert code == 2 and "error" in capsys.readouterr().err
     assert train_log.level == before
+
+
+# ---------------------------------------------------------------- per-task defaults in --help
+def _help_defaults(command: str, monkeypatch, capsys) -> dict[str, tuple[str, dict[str, str]]]:
+    """``{field: (general default, {task: its default})}`` as `headstart COMMAND --help`
+    shows them at the end of each settings flag's help."""
+    import re
+
+    monkeypatch.setenv("COLUMNS", "100000")  # one line per flag (or flag, then its help)
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    entries: list[str] = []
+    for line in capsys.readouterr().out.splitlines():
+        if re.match(r"^  --", line):
+            entries.append(line.strip())
+        elif entries and line.startswith("   ") and line.strip():
+            entries[-1] += " " + line.strip()
+    shown = {}
+    for entry in entries:
+        m = re.search(r"\(default: ([^()]*)\)$", entry)
+        if not m:
+            continue
+        general, _, rest = m.group(1).partition("; ")
+        per_task = dict(part.split(": ", 1) for part in rest.split(", ")) if rest else {}
+        shown[entry.split()[0].rstrip(",").removeprefix("--").replace("-", "_")] = \
+            (general, per_task)
+    return shown
+
+
+def _parse_shown(text: str, name: str):
+    """A default as --help writes it, as the FitConfig value."""
+    import typing
+
+    from headstart.config import FitConfig
+
+    kind = typing.get_type_hints(FitConfig)[name]
+    if text == "None":
+        return None
+    if typing.get_origin(kind) is tuple:
+        return () if text == "empty" else tuple(int(x) for x in text.split())
+    if kind is bool:
+        return {"True": True, "False": False}[text]
+    inner = next(a for a in typing.get_args(kind) or (kind,) if a is not type(None))
+    return "" if text == '""' else inner(text)
+
+
+def test_fit_help_shows_text_defaults_for_task_text(monkeypatch, capsys):
+    shown = _help_defaults("fit", monkeypatch, capsys)
+    assert shown["epochs"][0] == "12" and shown["epochs"][1]["text"] == "8"
+    assert shown["truncation"] == ("head", {"text": "chunks"})
+    assert shown["batch_size"][1]["text"] == "16"
+    assert _parse_shown(shown["lr"][1]["text"], "lr") == 1e-4
+    assert "image" not in shown["epochs"][1]  # image takes the general defaults
+
+
+@pytest.mark.parametrize("task", ["image", "text", "audio", "asr", "detect"])
+def test_fit_help_defaults_are_the_ones_each_task_uses(task, monkeypatch, capsys):
+    """What `fit --help` shows for --task TASK is what the estimator resolves with no
+    settings given, and what `fit --task TASK` with no flags trains with."""
+    from headstart.cli import build_parser, fit_config_from_args
+    from headstart.config import FitConfig
+    from headstart.tasks import ESTIMATORS
+
+    shown = _help_defaults("fit", monkeypatch, capsys)
+    assert set(shown) >= set(FitConfig.field_names())
+    resolved = ESTIMATORS[task]().resolved_config()
+    from_cli = fit_config_from_args(build_parser().parse_args(["fit", "DATA", "--task", task]))
+    assert from_cli == resolved
+    for name in FitConfig.field_names():
+        general, per_task = shown[name]
+        assert _parse_shown(per_task.get(task, general), name) == getattr(resolved, name), \
+            f"--{name.replace('_', '-')} for --task {task}"
+
+
+def test_pretrain_help_shows_the_defaults_pretrain_uses(monkeypatch, capsys):
+    shown = _help_defaults("pretrain", monkeypatch, capsys)
+    assert shown["strategy"] == ("finetune", {})
+    assert shown["lr"] == ("0.003", {})
+    assert shown["lr_decay"] == ("1.0", {})
+    assert shown["bn"] == ("train", {})
+    assert "detect" not in shown["epochs"][1]  # pretrain has no --task detect
+
+
+def test_fit_resume_says_when_there_is_nothing_to_resume(folders, tmp_path, caplog, capsys):
+    """`fit --resume` into a run directory without a checkpoint says so on stderr (a real
+    process: the CLI's own logging), then `fit --resume` of the finished run changes no
+    file and reports the saved run."""
+    import logging
+
+    _, train, _ = folders
+    out = tmp_path / "run"
+    flags = ["fit", str(train), *FIT_FLAGS, "--strategy", "feature_extract",
+             "--head-epochs", "2", "--out", str(out), "--resume"]
+    proc = subprocess.run([sys.executable, "-m", "headstart", "-q", *flags],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"no checkpoint in {out / 'checkpoints' / 'last'}; starting a new fit" in proc.stderr
+    files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    saved = json.loads((out / "config.json").read_text())
+    with caplog.at_level(logging.INFO, logger="headstart"):
+        assert main(flags) == 0
+    assert "run already finished; nothing to do" in caplog.text
+    assert "no checkpoint" not in caplog.text
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == files
+    stdout = capsys.readouterr().out
+    assert f"fit {saved['metrics']['fit_seconds']:.0f}s" in stdout and "validation" in stdout

@@ -561,6 +561,18 @@ def test_resume_continues_where_it_stopped(small, tmp_path):
                        **dict(settings, lr=1e-3)).fit(small, resume=True)
 
 
+
+def test_resume_without_a_checkpoint_says_so(small, tmp_path, caplog):
+    import logging
+
+    run = tmp_path / "new"
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run, **QUICK).fit(
+            small, resume=True)
+    assert f"no checkpoint in {run / 'checkpoint'}; starting a new fit" in caplog.text
+    assert (run / "config.json").is_file()
+
+
 # ----------------------------------------------------------------------------- 7. CLI
 def cli(capsys, *argv) -> tuple[int, str, str]:
     from headstart.cli import main

@@ -4,6 +4,7 @@ exactly the weights of a run that was never interrupted."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -150,16 +151,89 @@ def test_resume_with_other_settings_is_refused(data, reference, tmp_path, monkey
     assert_same_weights(weights(ref_dir), weights(run_dir))
 
 
-def test_resume_of_a_finished_run_changes_nothing(data, reference, tmp_path):
+def files_of(run_dir: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of a run directory: its bytes and modification time."""
+    return {str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(Path(run_dir).rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_finished_run_changes_nothing(data, reference, tmp_path, caplog):
+    """Like a study's finished runs: the saved model is loaded, no file is written (the
+    fit_seconds and saved_at of config.json were overwritten), and the estimator is the
+    finished one, ready to predict."""
     import shutil
 
     ref_dir = reference("lp_ft")
     run_dir = tmp_path / "copy"
     shutil.copytree(ref_dir, run_dir)
+    before = files_of(run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
     clf = ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS)
-    clf.fit(*data, resume=True)
+    with caplog.at_level(logging.INFO, logger="headstart"):
+        assert clf.fit(*data, resume=True) is clf
+    assert "run already finished; nothing to do" in caplog.text
+    assert files_of(run_dir) == before  # config.json byte-identical, weights untouched
     assert_same_weights(weights(ref_dir), weights(run_dir))
     assert len(clf.history_) == SETTINGS["head_epochs"] + SETTINGS["epochs"]
+    assert clf.metrics_ == saved["metrics"] and clf.fit_seconds_ == saved["metrics"]["fit_seconds"]
+    assert clf.stages_ == saved["stages"] and clf.best_ == saved["metrics"]["best"]
+    assert clf.strategy_.to_dict() == saved["strategy"] and clf.is_main_process_
+    loaded = ImageClassifier.load(ref_dir)
+    images = data[0][:6]
+    assert clf.predict(images) == loaded.predict(images)
+    assert clf.evaluate(*data) == loaded.evaluate(*data)
+    model = {k: v for k, v in clf.model_.state_dict().items()}
+    assert_same_weights(weights(ref_dir), model)
+
+
+def test_resume_of_a_finished_run_with_other_settings_is_refused(data, reference, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(reference("lp_ft"), run_dir)
+    with pytest.raises(ValueError, match="checkpoint"):
+        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir,
+                        **{**SETTINGS, "lr": 2e-2}).fit(*data, resume=True)
+
+
+def test_resume_of_a_run_that_crashed_while_saving_completes_it(data, reference, tmp_path,
+                                                                monkeypatch):
+    """Every stage done, but config.json is missing (killed while saving) or another fit's:
+    the fit completes (loads the last checkpoint, saves) instead of loading a stale model."""
+    import shutil
+
+    ref_dir = reference("lp_ft")
+    run_dir = tmp_path / "copy"
+    shutil.copytree(ref_dir, run_dir)
+    (run_dir / "config.json").unlink()
+    ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(
+        *data, resume=True)
+    assert json.loads((run_dir / "config.json").read_text())["fingerprint"] == \
+        json.loads((ref_dir / "config.json").read_text())["fingerprint"]
+    assert_same_weights(weights(ref_dir), weights(run_dir))
+    config = json.loads((run_dir / "config.json").read_text())
+    config["fingerprint"] = "another fit"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(
+        *data, resume=True)
+    assert json.loads((run_dir / "config.json").read_text())["fingerprint"] != "another fit"
+
+
+def test_resume_without_a_checkpoint_says_so(data, tmp_path, caplog):
+    run_dir = tmp_path / "new"
+    settings = {**SETTINGS, "head_epochs": 1}
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        ImageClassifier("tiny:cnn", strategy="feature_extract", run_dir=run_dir,
+                        **settings).fit(*data, resume=True)
+    expected = f"no checkpoint in {run_dir / 'checkpoints' / 'last'}; starting a new fit"
+    assert [r.levelno for r in caplog.records if expected in r.getMessage()] == \
+        [logging.WARNING]
+    assert (run_dir / "model.safetensors").is_file()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="headstart"):  # nowhere to resume from
+        ImageClassifier("tiny:cnn", strategy="feature_extract", **settings).fit(
+            *data, resume=True)
+    assert "no checkpoint" in caplog.text and "run_dir" in caplog.text
 
 
 def test_checkpoints_are_safetensors_and_json_only(reference):

@@ -17,16 +17,35 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import CHOICES, CLASSIFY_TASKS, FEATURE_SETTINGS, FitConfig
+from .config import CHOICES, CLASSIFY_TASKS, FEATURE_SETTINGS, TASK_DEFAULTS, FitConfig
 
 TASKS = CLASSIFY_TASKS
 FIT_TASKS = (*TASKS, "asr", "detect")
+# `pretrain` trains from random weights: these settings over every task's defaults
+PRETRAIN_DEFAULTS = {"strategy": "finetune", "lr": 3e-3, "lr_decay": 1.0, "bn": "train"}
 
 log = logging.getLogger("headstart")
 
 
+def _show(value) -> str:
+    """A default as --help writes it (a tuple as its flag values)."""
+    if isinstance(value, tuple):
+        return " ".join(str(v) for v in value) or "empty"
+    return '""' if value == "" else str(value)
+
+
+def _default_help(name: str, default, tasks: tuple[str, ...]) -> str:
+    """``(default: 12; text: 8, audio: 15)``: FitConfig's default, then each task's own."""
+    own = [f"{task}: {_show(TASK_DEFAULTS[task][name])}" for task in tasks
+           if name in TASK_DEFAULTS[task] and TASK_DEFAULTS[task][name] != default]
+    return f"(default: {_show(default)}{'; ' + ', '.join(own) if own else ''})"
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
-                      title: str = "fit settings (also valid as keys of --config YAML)") -> None:
+                      title: str = "fit settings (also valid as keys of --config YAML)",
+                      tasks: tuple[str, ...] = FIT_TASKS, defaults: dict | None = None) -> None:
+    """One flag per FitConfig field; its help names the defaults of each of ``tasks`` (the
+    command's --task choices). ``defaults``: the command's own, over every task's."""
     hints = typing.get_type_hints(FitConfig)
     group = parser.add_argument_group(title)
     for f in fields(FitConfig):
@@ -35,7 +54,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | N
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         default = f.default if f.default is not MISSING else f.default_factory()
-        helptext = f"{f.metadata['help']} (default: {default})"
+        if defaults and f.name in defaults:
+            helptext = f"{f.metadata['help']} {_default_help(f.name, defaults[f.name], ())}"
+        else:
+            helptext = f"{f.metadata['help']} {_default_help(f.name, default, tasks)}"
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": helptext}
         args = typing.get_args(kind)
         if kind is bool:
@@ -56,7 +78,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", default=None, help="test data, evaluated after training")
     p.add_argument("--config", default=None, help="YAML file of fit settings")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its "
-                   "last checkpoint in --out")
+                   "last checkpoint in --out (a finished run: nothing to do, no file rewritten; "
+                   "no checkpoint there: says so and starts a new fit)")
     p.add_argument("--path-column", default="path", help="CSV: the column of file paths")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
 
@@ -95,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory of the source model")
     _add_run_flags(p)
     _add_config_flags(p, title="training settings (defaults: strategy finetune, lr 3e-3, "
-                      "same LR in every layer, BatchNorm trains)")
+                      "same LR in every layer, BatchNorm trains)", tasks=(*TASKS, "asr"),
+                      defaults=PRETRAIN_DEFAULTS)
 
     p = sub.add_parser("rank", help="score candidate source models (and cut points) on your "
                        "labeled data before any training: LogME, LEEP, NCE, H-score, kNN, "
@@ -121,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "DATA --config YAML` trains it (and reuses the cached features)")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON")
     _add_config_flags(p, only=FEATURE_SETTINGS, title="feature settings (as for fit; with the "
-                      "same values a later fit reuses the cached features)")
+                      "same values a later fit reuses the cached features)", tasks=TASKS)
 
     p = sub.add_parser("study", help="prove the transfer: transfer strategies against the same "
                        "network trained from scratch, over nested fractions of your data, "
@@ -145,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the gains as JSON")
     _add_config_flags(p, only=tuple(f for f in FitConfig.field_names()
                                     if f not in ("backbone", "strategy")),
-                      title="fit settings shared by every run (the budget)")
+                      title="fit settings shared by every run (the budget)", tasks=TASKS)
 
     p = sub.add_parser("advise", help="which strategy and settings for this model on this data, "
                        "and why (dataset facts + one cheap probe)")
@@ -156,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML file of fit settings")
     p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
     p.add_argument("--json", action="store_true")
-    _add_config_flags(p, only=FEATURE_SETTINGS, title="feature settings (as for fit)")
+    _add_config_flags(p, only=FEATURE_SETTINGS, title="feature settings (as for fit)",
+                      tasks=TASKS)
 
     p = sub.add_parser("tune", help="hyperparameter search on Optuna: strategy, learning "
                        "rates, weight decay, dropout, unfrozen depth; pruned, resumable")
@@ -180,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
     _add_config_flags(p, only=tuple(f for f in FitConfig.field_names()
                                     if f not in ("backbone", "strategy")),
-                      title="fit settings shared by every trial (the budget)")
+                      title="fit settings shared by every trial (the budget)", tasks=TASKS)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on labeled data")
     p.add_argument("run", help="run directory written by `headstart fit`")
@@ -307,9 +332,7 @@ def _quiet_library_logs() -> None:
 
 
 def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
-    from .tasks import ESTIMATORS
-
-    task_defaults = dict(ESTIMATORS[getattr(args, "task", "image")].defaults)
+    task_defaults = dict(TASK_DEFAULTS[getattr(args, "task", "image")])  # the estimator's
     base = FitConfig.read_yaml(args.config) if args.config else {}  # overrides the task's
     given = {f: getattr(args, f) for f in FitConfig.field_names() if hasattr(args, f)}
     return FitConfig.from_dict({**task_defaults, **base, **given},
@@ -784,13 +807,9 @@ def cmd_models(args) -> int:
 
 def cmd_pretrain(args) -> int:
     """``fit`` from random weights: strategy finetune, one LR everywhere, BN trains."""
-    from .tasks import ESTIMATORS
-
     arch = args.arch or ("audio:cnn" if args.task in ("audio", "asr")
-                         else ESTIMATORS[args.task].defaults.get("backbone",
-                                                                  FitConfig.backbone))
-    for key, value in (("strategy", "finetune"), ("lr", 3e-3), ("lr_decay", 1.0),
-                       ("bn", "train")):
+                         else TASK_DEFAULTS[args.task].get("backbone", FitConfig.backbone))
+    for key, value in PRETRAIN_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)
     args.backbone = arch if arch.startswith("scratch:") else f"scratch:{arch}"

@@ -207,3 +207,68 @@ class FitConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a config must be a mapping of field: value")
         return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+# Each task's own defaults, over FitConfig's (plain data here, so `headstart fit --help`
+# shows them without importing the tasks; each estimator's ``defaults`` is its dict).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "image": {},
+    # Transformers fine-tune at far smaller rates than convnets, and their LayerNorm has no
+    # statistics to freeze.
+    "text": {
+        "backbone": "packaged:minilm-l6",
+        "strategy": "lp_ft",
+        "epochs": 8,
+        "min_steps": 60,
+        "truncation": "chunks",
+        "contrastive": 1.0,
+        "batch_size": 16,
+        "eval_batch_size": 64,
+        "lr": 1e-4,
+        "head_lr": 1e-2,
+        "lr_decay": 0.9,
+        "weight_decay": 0.01,
+        "channels_last": False,
+    },
+    "audio": {
+        "backbone": "packaged:ge2e",
+        "strategy": "lp_ft",
+        "epochs": 15,
+        "batch_size": 32,
+        "eval_batch_size": 64,
+        "lr": 1e-3,
+        "head_lr": 3e-3,
+        "lr_decay": 0.8,
+        "weight_decay": 0.01,
+        "channels_last": False,
+    },
+    "asr": {
+        "backbone": "packaged:ge2e",
+        "strategy": "finetune",
+        "epochs": 30,
+        "batch_size": 16,
+        "eval_batch_size": 64,
+        "lr": 1e-3,
+        "head_lr": 3e-3,
+        "lr_decay": 0.8,
+        "weight_decay": 0.01,
+        "head_hidden": (128,),
+        "label_smoothing": 0.0,
+        "channels_last": False,
+    },
+    "detect": {
+        "strategy": "partial",
+        "partial_groups": 5,
+        "epochs": 24,
+        "head_epochs": 4,
+        "batch_size": 4,
+        "eval_batch_size": 8,
+        "lr": 2e-4,
+        "head_lr": 1e-3,
+        "weight_decay": 1e-4,
+        "warmup": 0.05,
+        "early_stopping": 8,
+        "augment": "light",
+        "val_fraction": 0.2,
+    },
+}

@@ -256,6 +256,9 @@ class Trainer:
         state = LoopState()
         ckpt = self._checkpoint_dir()
         loaded = load_checkpoint(ckpt) if (resume and ckpt) else None
+        if resume and not loaded:  # said, not a silent start from scratch
+            log.warning("no checkpoint in %s; starting a new fit",
+                        ckpt or "memory: resume needs a run_dir")
         opt_state = None
         if loaded:
             tensors, meta = loaded

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import FitConfig
+from ..config import TASK_DEFAULTS, FitConfig
 from ..data.audio import AudioSource, open_audio_inputs, open_audio_source
 from ..data.images import DataError
 from ..heads import HeadSpec, TransferModel
@@ -27,20 +27,7 @@ log = logging.getLogger(__name__)
 
 BLANK = 0  # CTC's blank is output 0; character k of the vocabulary is output k + 1
 
-ASR_DEFAULTS = {
-    "backbone": "packaged:ge2e",
-    "strategy": "finetune",
-    "epochs": 30,
-    "batch_size": 16,
-    "eval_batch_size": 64,
-    "lr": 1e-3,
-    "head_lr": 3e-3,
-    "lr_decay": 0.8,
-    "weight_decay": 0.01,
-    "head_hidden": (128,),
-    "label_smoothing": 0.0,
-    "channels_last": False,
-}
+ASR_DEFAULTS = TASK_DEFAULTS["asr"]  # all other settings: FitConfig's
 
 
 def normalise(text: str) -> str:

@@ -6,24 +6,13 @@ import math
 
 import numpy as np
 
-from ..config import FitConfig
+from ..config import TASK_DEFAULTS, FitConfig
 from ..data.audio import AudioDataset, AudioSource, open_audio_inputs, open_audio_source
 from ..zoo.base import AudioPreprocess, Backbone, ZooError
 from .base import TransferEstimator
 
-# Defaults for audio (all other settings: FitConfig's).
-AUDIO_DEFAULTS = {
-    "backbone": "packaged:ge2e",
-    "strategy": "lp_ft",
-    "epochs": 15,
-    "batch_size": 32,
-    "eval_batch_size": 64,
-    "lr": 1e-3,
-    "head_lr": 3e-3,
-    "lr_decay": 0.8,
-    "weight_decay": 0.01,
-    "channels_last": False,
-}
+# Defaults for audio (all other settings: FitConfig's): config.TASK_DEFAULTS.
+AUDIO_DEFAULTS = TASK_DEFAULTS["audio"]
 MAX_AUTO_CLIP = 10.0
 
 

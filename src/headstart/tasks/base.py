@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..features import (cache_key, cached_features, compute_features, concat_dat
 from ..heads import Head, HeadSpec, TransferModel
 from ..metrics import classification_metrics, multilabel_metrics
 from ..strategies import build_strategy
-from ..train import Trainer, default_workers
+from ..train import Trainer, default_workers, use_cpu
 from ..zoo import create_backbone, rebuild_backbone
 from ..zoo.base import Backbone, PreprocessConfig, ZooError, preprocess_from_dict
 from ..zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
@@ -202,6 +203,9 @@ class TransferEstimator:
              train_src.fingerprint(), val_src.fingerprint() if val_src else None],
             sort_keys=True, default=str).encode()).hexdigest()[:24]
         run_dir = Path(self.run_dir) if self.run_dir else None
+        self.fingerprint_ = fingerprint  # saved in config.json: a resume knows it is done
+        if resume and self._load_finished(run_dir, strategy, cfg):
+            return self
         trainer = self.trainer(model, groups, strategy, cfg, train_set=train_set, val_set=val_set,
                           features=features, run_dir=run_dir, fingerprint=fingerprint,
                           collate_fn=self._collate(), callbacks=callbacks)
@@ -243,6 +247,32 @@ class TransferEstimator:
             raise ValueError(f"keep_head: {parent}'s head has another shape (hidden sizes "
                              f"{config['head'].get('hidden')}); use the same head_hidden") from exc
         log.info("chained transfer: head initialised from %s", parent)
+
+    def _load_finished(self, run_dir: Path | None, strategy, cfg: FitConfig) -> bool:
+        """Resuming a finished run (its checkpoint has every stage done and its config.json
+        was saved by this same fit: same fingerprint) does nothing, as a study skips its
+        finished runs: this estimator becomes the saved one, and no file is written."""
+        if run_dir is None:
+            return False
+        try:
+            meta = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
+            saved = read_run_config(run_dir)
+        except (OSError, ValueError, ZooError):
+            return False
+        loop = meta.get("loop") or {}
+        if not (meta.get("fingerprint") == saved.get("fingerprint") == self.fingerprint_
+                and loop.get("stage", 0) >= len(strategy.stages)):
+            return False  # a fit to do or to complete (killed while saving), or refused
+        device = "cpu" if use_cpu(cfg) else "cuda" if cfg.device == "auto" else cfg.device
+        done = type(self).load(run_dir, device=device)
+        self.__dict__.update({k: v for k, v in vars(done).items()
+                              if k.endswith("_") and not k.startswith("_")})
+        self.config_, self.strategy_ = cfg, strategy  # cfg: the same but for _RESUME_NEUTRAL
+        self.history_, self.stages_ = loop["history"], loop["stage_summaries"]
+        self.best_, self.fit_seconds_ = loop["best_where"], self.metrics_.get("fit_seconds")
+        self.is_main_process_ = int(os.environ.get("RANK", "0")) == 0
+        log.info("%s: run already finished; nothing to do", run_dir)
+        return True
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -411,6 +441,7 @@ class TransferEstimator:
             "stages": getattr(self, "stages_", []),
             "metrics": getattr(self, "metrics_", {}),
             "data": {"origin": getattr(self, "data_origin_", None)},
+            "fingerprint": getattr(self, "fingerprint_", None),  # of the fit's settings + data
             "fit_config": self.config_.to_dict(),
             "versions": versions,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -476,4 +507,5 @@ class TransferEstimator:
         est.metrics_ = config.get("metrics", {})
         est.data_origin_ = (config.get("data") or {}).get("origin")
         est.stages_ = config.get("stages", [])
+        est.fingerprint_ = config.get("fingerprint")
         return est

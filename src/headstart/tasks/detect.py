@@ -29,7 +29,7 @@ from torch import nn
 from ..artifacts import (atomic_save_tensors, atomic_write_bytes, atomic_write_json,
                          load_checkpoint, optimizer_from_flat, optimizer_to_flat,
                          save_checkpoint, state_dict_tensors)
-from ..config import FitConfig
+from ..config import TASK_DEFAULTS, FitConfig
 from ..data.boxes import (BoxSample, BoxSource, merge_tile_detections, read_boxes,
                           spatial_split, tile_source, tile_windows)
 from ..data.images import DataError, _image_files, load_image
@@ -426,10 +426,7 @@ class ObjectDetector:
     """
 
     task = "detect"
-    defaults = {"strategy": "partial", "partial_groups": 5, "epochs": 24, "head_epochs": 4,
-                "batch_size": 4, "eval_batch_size": 8, "lr": 2e-4, "head_lr": 1e-3,
-                "weight_decay": 1e-4, "warmup": 0.05, "early_stopping": 8, "augment": "light",
-                "val_fraction": 0.2}
+    defaults = TASK_DEFAULTS["detect"]  # over FitConfig's
 
     def __init__(self, backbone: str | None = None, strategy: str | None = None,
                  config: FitConfig | None = None, run_dir: str | Path | None = None, **params):
@@ -575,6 +572,9 @@ class ObjectDetector:
              train_src.fingerprint(), val_src.fingerprint() if val_src else None],
             sort_keys=True).encode()).hexdigest()[:24]
         ckpt = load_checkpoint(run_dir / "checkpoint") if (run_dir and resume) else None
+        if resume and not ckpt:  # said, not a silent start from scratch
+            log.warning("no checkpoint in %s; starting a new fit",
+                        run_dir / "checkpoint" if run_dir else "memory: resume needs a run_dir")
         if ckpt and ckpt[1].get("fingerprint") != fingerprint:
             raise ValueError(f"{run_dir}: its checkpoint was written with other settings or "
                              "data; resume with the same ones, or start a new run without "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..config import FitConfig
+from ..config import TASK_DEFAULTS, FitConfig
 from ..data.images import ImageSource, open_inputs, open_source
 from ..data.transforms import ImageDataset, ImageTransform, median_side, resolve_image_size
 from ..zoo.base import Backbone, PreprocessConfig
@@ -22,6 +22,7 @@ class ImageClassifier(TransferEstimator):
 
     task = "image"
     modality = "image"
+    defaults = TASK_DEFAULTS["image"]  # none: FitConfig's are the image ones
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> ImageSource:
         return open_source(X, y, classes=classes, skip_bad=cfg.skip_bad)

@@ -9,29 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import FitConfig
+from ..config import TASK_DEFAULTS, FitConfig
 from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
                          open_text_source, table_path)
 from ..zoo.base import Backbone, TextPreprocess
 from .base import TransferEstimator
 
-# Defaults for text (all other settings: FitConfig's). Transformers fine-tune at far
-# smaller rates than convnets, and their LayerNorm has no statistics to freeze.
-TEXT_DEFAULTS = {
-    "backbone": "packaged:minilm-l6",
-    "strategy": "lp_ft",
-    "epochs": 8,
-    "min_steps": 60,
-    "truncation": "chunks",
-    "contrastive": 1.0,
-    "batch_size": 16,
-    "eval_batch_size": 64,
-    "lr": 1e-4,
-    "head_lr": 1e-2,
-    "lr_decay": 0.9,
-    "weight_decay": 0.01,
-    "channels_last": False,
-}
+# Defaults for text (all other settings: FitConfig's): config.TASK_DEFAULTS.
+TEXT_DEFAULTS = TASK_DEFAULTS["text"]
 
 
 class TextClassifier(TransferEstimator):

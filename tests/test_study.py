@@ -141,7 +141,9 @@ def test_study_writes_csv_json_and_report(small_study):
     assert set(data["curves"]) == {"feature_extract", "finetune", SCRATCH}
     assert len(data["gains"]) == 2
     page = (out / "report.html").read_text()
-    assert page.startswith("<!doctype html>") and page.count("<svg") == 4
+    # learning, training and time curves, confusion matrix, the best run's reliability diagram
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 5
+    assert "<h2>Calibration</h2>" in page and "Reliability diagram" in page
 
 
 def test_killed_study_resumes_and_skips_finished_runs(tmp_path, monkeypatch):
@@ -222,7 +224,7 @@ def test_report_in_headless_chromium(small_study, tmp_path):
         page.wait_for_load_state("load")
         page.screenshot(path=str(ARTIFACTS / "study_report.png"), full_page=True)
         figures = page.locator("figure svg")
-        assert figures.count() == 4
+        assert figures.count() == 5  # with the reliability diagram
         for i in range(figures.count()):
             box = figures.nth(i).bounding_box()
             assert box["width"] > 300 and box["height"] > 250, box

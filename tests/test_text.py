@@ -519,6 +519,7 @@ def test_lora_run_holds_a_peft_adapter(fitted):
     ours = {n: p for n, p in clf.model_.backbone.named_parameters() if "lora_" in n}
     assert sum(t.numel() for t in tensors.values()) == sum(p.numel() for p in ours.values())
     head = load_file(str(adapter / "head.safetensors"))
+    assert float(head.pop("temperature")) == float(clf.model_.head.temperature)  # calibration
     assert sum(t.numel() for t in head.values()) == 32 * 2 + 2
 
 

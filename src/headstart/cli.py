@@ -657,7 +657,7 @@ def cmd_advise(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .metrics import format_metrics
+    from .metrics import format_calibration, format_metrics
     from .tasks import load_estimator
 
     clf = load_estimator(args.run)
@@ -673,6 +673,8 @@ def cmd_evaluate(args) -> int:
             print(f"  {ex['reference']!r:<32} -> {ex['transcript']!r}")
         return 0
     print(format_metrics(m))
+    if "calibration" in m:
+        print(f"  {format_calibration(m['calibration'])}")
     for line in _text_extras(m, clf.metrics_.get("baseline_name", ""),
                              clf.metrics_.get("blend_mode", "mean")):
         print(f"  {line}")

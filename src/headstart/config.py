@@ -146,6 +146,9 @@ class FitConfig:
                                 "carry their own and are resampled to the backbone's rate")
     skip_bad: bool = _f(False, "skip unreadable images (and report how many) instead of "
                         "stopping with an error")
+    calibrate: bool = _f(True, "classification: after training, fit a temperature on the "
+                         "validation part that scales the logits (calibrated probabilities: "
+                         "lower NLL and ECE, the same predicted classes)")
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():

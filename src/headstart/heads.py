@@ -25,6 +25,11 @@ class Head(nn.Module):
     The last layer starts at zero weight and zero bias (uniform predictions, no random
     push on the backbone in the first fine-tuning steps); hidden layers use timm's
     trunc-normal init.
+
+    ``temperature`` (a buffer, not a parameter: nothing trains it) divides the logits: 1
+    while training, then fitted on the validation part (temperature scaling), so the saved
+    weights, ``predict_proba``, serving and every exported graph give calibrated
+    probabilities. :meth:`logits` gives the uncalibrated ones.
     """
 
     def __init__(self, in_features: int, num_classes: int, spec: HeadSpec = HeadSpec()):
@@ -40,6 +45,7 @@ class Head(nn.Module):
         self.spec = spec
         self.in_features = in_features
         self.num_classes = num_classes
+        self.register_buffer("temperature", torch.ones(()))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -49,9 +55,23 @@ class Head(nn.Module):
             nn.init.zeros_(m.bias)
         nn.init.zeros_(linears[-1].weight)
         nn.init.zeros_(linears[-1].bias)
+        self.temperature.fill_(1.0)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits before temperature scaling."""
+        return self.layers(features)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features)
+        # a 0-dim buffer: the logits keep their dtype (bf16 under autocast)
+        return self.layers(features) / self.temperature
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # weights saved before the head had a temperature: uncalibrated, T = 1
+        # (``load_state_dict`` hands each module its own copy of the dict)
+        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
 
 
 class TransferModel(nn.Module):

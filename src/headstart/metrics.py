@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .calibration import ece_from_bins, reliability
+
 
 def classification_metrics(y_true, proba, classes: list[str]) -> dict:
-    """accuracy, macro-F1, AUROC (one-vs-rest macro), per-class P/R/F1, confusion matrix."""
+    """accuracy, macro-F1, log loss (NLL), ECE (15 confidence bins) and the reliability
+    bins behind it, AUROC (one-vs-rest macro), per-class P/R/F1, confusion matrix."""
     from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_loss,
                                  precision_recall_fscore_support, roc_auc_score)
 
@@ -17,12 +20,15 @@ def classification_metrics(y_true, proba, classes: list[str]) -> dict:
     pred = proba.argmax(1)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, pred, labels=labels, zero_division=0)
+    bins = reliability(y_true, proba)
     out = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, pred)),
         "macro_f1": float(f1_score(y_true, pred, labels=labels, average="macro",
                                    zero_division=0)),
         "log_loss": float(log_loss(y_true, np.clip(proba, 1e-12, 1), labels=labels)),
+        "ece": ece_from_bins(bins),
+        "reliability": bins,
         "auroc": None,
         "per_class": {
             c: {"precision": float(precision[i]), "recall": float(recall[i]),
@@ -70,5 +76,17 @@ def multilabel_metrics(y_true, proba, classes: list[str], threshold: float = 0.5
 
 def format_metrics(m: dict) -> str:
     auroc = f"{m['auroc']:.4f}" if m.get("auroc") is not None else "n/a"
+    probs = (f"NLL {m['log_loss']:.4f}  ECE {m['ece']:.4f}  "
+             if m.get("log_loss") is not None and m.get("ece") is not None else "")
     return (f"accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  AUROC {auroc}  "
-            f"(n={m['n']})")
+            f"{probs}(n={m['n']})")
+
+
+def format_calibration(c: dict) -> str:
+    """One line of a ``calibration`` entry (``fit``'s on the validation part, or
+    ``evaluate``'s): the temperature, and NLL / ECE before -> after it."""
+    if c.get("reason"):
+        return f"calibration: none, temperature 1 ({c['reason']})"
+    return (f"calibration: temperature {c['temperature']:.3f}; NLL {c['nll_before']:.4f} -> "
+            f"{c['nll_after']:.4f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} "
+            f"(n={c['n']})")

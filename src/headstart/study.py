@@ -366,6 +366,7 @@ def _one_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src,
             "best": clf.best_, "train_accuracy": train_acc, "val_accuracy": val["accuracy"],
             "gap": train_acc - val["accuracy"],
             "test": {k: test[k] for k in ("accuracy", "macro_f1", "auroc", "n", "per_class",
-                                          "confusion_matrix") if k in test},
+                                          "confusion_matrix", "log_loss", "ece",
+                                          "reliability", "calibration") if k in test},
             "history": [{k: h[k] for k in ("stage", "global_epoch", "train_loss", "val_loss",
                                            "val_accuracy") if k in h} for h in history]}

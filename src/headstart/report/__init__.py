@@ -6,8 +6,8 @@ from __future__ import annotations
 import html
 import math
 
-from .plots import (confusion_svg, learning_curve_svg, time_svg, training_curves_svg,
-                    tune_svg)
+from .plots import (confusion_svg, learning_curve_svg, reliability_svg, time_svg,
+                    training_curves_svg, tune_svg)
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -103,6 +103,7 @@ def build_report(result) -> str:
     parts.append(_table([[_e(c), f"{v['precision']:.3f}", f"{v['recall']:.3f}",
                           f"{v['f1']:.3f}", v["support"]] for c, v in per.items()],
                         ["class", "precision", "recall", "F1", "support"]) + "</div></div>")
+    parts.append(_calibration_section(best["test"]))
     check = result.advice_check()
     if check:
         hits = sum(c["hit"] for c in check)
@@ -126,6 +127,31 @@ def build_report(result) -> str:
                  f"{_e(s.get('scratch'))}. Also in results.csv and study.json.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _calibration_section(m: dict) -> str:
+    """A reliability diagram of test metrics ``m`` (``reliability`` bins; ``calibration``:
+    the network's bins before and after temperature scaling), or nothing without bins."""
+    cal = m.get("calibration") or {}
+    fitted = bool(cal) and not cal.get("reason")
+    bins = cal.get("reliability_after") if fitted else m.get("reliability")
+    if not bins:
+        return ""
+    if fitted:
+        words = (f"Temperature scaling (T = {cal['temperature']:.3f}, fitted on the validation "
+                 f"part): on the test set NLL {cal['nll_before']:.4f} &rarr; "
+                 f"{cal['nll_after']:.4f}, ECE {cal['ece_before']:.4f} &rarr; "
+                 f"{cal['ece_after']:.4f}.")
+    else:
+        why = f" ({_e(cal['reason'])})" if cal.get("reason") else ""
+        words = "Not calibrated" + why + (f": ECE {m['ece']:.4f}" if m.get("ece") is not None
+                                          else "") + "."
+    return ("<h2>Calibration</h2><div class=grid><figure>" +
+            reliability_svg(bins, cal.get("reliability_before") if fitted else None) +
+            "<figcaption class=muted>Reliability diagram on the test set: accuracy of the items "
+            f"in each of {len(bins)} confidence bins (on the diagonal, a probability means what "
+            "it says); below, the share of items per bin.</figcaption></figure>"
+            f"<p>{words}</p></div>")
 
 
 def build_tune_report(result) -> str:

@@ -12,14 +12,14 @@ COLORS = {"feature_extract": "#0969da", "partial": "#8250df", "finetune": "#bf87
           "lp_ft": "#1a7f37", "scratch": "#cf222e"}
 
 
-def _figure(width: float = 6.4, height: float = 4.0):
+def _figure(width: float = 6.4, height: float = 4.0, **subplots):
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.fonttype"] = "path"
-    return plt, plt.subplots(figsize=(width, height), dpi=100)
+    return plt, plt.subplots(figsize=(width, height), dpi=100, **subplots)
 
 
 def _svg(plt, fig) -> str:
@@ -148,4 +148,37 @@ def detection_curves_svg(history: list[dict]) -> str:
         ax2.set_ylim(0, 1)
         lines = ax.get_lines() + ax2.get_lines()
         ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="center right")
+    return _svg(plt, fig)
+
+
+def reliability_svg(bins: list[dict], before: list[dict] | None = None) -> str:
+    """A reliability diagram: accuracy against confidence per equal-width confidence bin
+    (bars; the diagonal is perfect calibration), the uncalibrated bins (``before``) as
+    outlines over them, and below, the share of items in each bin of ``bins``."""
+    plt, (fig, (ax, share)) = _figure(5.2, 4.8, nrows=2, sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 1]})
+
+    def draw(rows, **style):
+        full = [b for b in rows if b["count"]]
+        ax.bar([b["lower"] for b in full], [b["accuracy"] for b in full],
+               [b["upper"] - b["lower"] for b in full], align="edge", **style)
+
+    draw(bins, color="#0969da", alpha=0.6, label="calibrated" if before else "model")
+    if before:  # outlines over the bars
+        draw(before, facecolor="none", edgecolor="#cf222e", linewidth=1.4, zorder=3,
+             label="before calibration")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#57606a", linewidth=1,
+            label="perfectly calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    total = max(1, sum(b["count"] for b in bins))
+    share.bar([b["lower"] for b in bins], [b["count"] / total for b in bins],
+              [b["upper"] - b["lower"] for b in bins], align="edge", color="#0969da",
+              alpha=0.75)
+    share.set_xlim(0, 1)
+    share.set_xlabel("confidence (top-class probability)")
+    share.set_ylabel("share")
     return _svg(plt, fig)

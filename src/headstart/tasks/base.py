@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # Settings that change nothing a checkpoint holds; a resumed run may differ in them.
-_RESUME_NEUTRAL = ("num_workers", "device", "feature_cache", "eval_batch_size")
+_RESUME_NEUTRAL = ("num_workers", "device", "feature_cache", "eval_batch_size",
+                   "calibrate")  # calibration comes after the loop
 
 
 class NotFittedError(RuntimeError):
@@ -217,6 +218,7 @@ class TransferEstimator:
         self.best_ = state.best_where
         self.fit_seconds_ = time.perf_counter() - t0
         self.metrics_ = {"fit_seconds": self.fit_seconds_, "best": state.best_where}
+        self._calibrate(val_src, cfg)
         self._after_fit(train_src, val_src, cfg)
         if val_src is not None:
             self.metrics_["validation"] = self.evaluate(val_src)
@@ -224,6 +226,34 @@ class TransferEstimator:
         if run_dir is not None and self.is_main_process_:  # one writer in a parallel run
             self.save(run_dir)
         return self
+
+    def _calibrate(self, val_src, cfg: FitConfig) -> None:
+        """Temperature scaling, once training is over: the head's ``temperature`` (1 while
+        it trained) fitted on the validation part's logits by NLL; ``metrics_["calibration"]``
+        says what it did, or why not."""
+        from ..calibration import before_after, temperature_or_reason
+
+        head = self.model_.head
+        if not isinstance(getattr(head, "temperature", None), torch.Tensor):
+            return  # a head without a temperature (speech recognition's CTC head)
+        head.temperature.fill_(1.0)
+        reason = ("multi-label: each class has its own sigmoid" if self.multi_label_
+                  else "calibrate=False" if not cfg.calibrate
+                  else "no validation part" if val_src is None or not len(val_src) else None)
+        if reason is None:
+            logits = self._head_logits(self._features(val_src)).double().numpy()
+            labels = np.asarray(val_src.labels)
+            t, reason = temperature_or_reason(logits, labels)
+        if reason:
+            self.metrics_["calibration"] = {"temperature": 1.0, "reason": reason}
+            log.info("calibration: none, temperature 1 (%s)", reason)
+            return
+        head.temperature.fill_(t)
+        c = before_after(logits, labels, t)
+        self.metrics_["calibration"] = {**c, "fitted_on": "validation"}
+        log.info("calibration: temperature %.3f fitted on %d validation items; NLL %.4f -> "
+                 "%.4f, ECE %.4f -> %.4f", t, c["n"], c["nll_before"], c["nll_after"],
+                 c["ece_before"], c["ece_after"])
 
     @staticmethod
     def _reuse_head(head: Head, parent: str, classes: list[str]) -> None:
@@ -241,6 +271,7 @@ class TransferEstimator:
                              "(drop keep_head for a new head)")
         state = load_file(str(Path(parent) / RUN_WEIGHTS))
         own = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+        own.pop("temperature", None)  # the parent's calibration: this head trains at T = 1
         try:
             head.load_state_dict(own)
         except RuntimeError as exc:
@@ -375,16 +406,23 @@ class TransferEstimator:
         return proba
 
     @torch.inference_mode()
-    def _head_proba(self, feats: torch.Tensor) -> np.ndarray:
-        """The head's probabilities from backbone features."""
+    def _head_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """The head's logits (float32, CPU) from backbone features: divided by its
+        temperature, as every prediction is."""
         head = self.model_.head
         head.eval()
         feats = feats.to(next(head.parameters()).device)
         logits = torch.cat([head(chunk) for chunk in feats.split(4096)]) if len(feats) else \
             torch.empty(0, len(self.classes_))
+        return logits.float().cpu()
+
+    def _head_proba(self, feats: torch.Tensor, logits: torch.Tensor | None = None
+                    ) -> np.ndarray:
+        """The head's probabilities from backbone features (or from their ``logits``)."""
+        logits = self._head_logits(feats) if logits is None else logits
         if getattr(self, "multi_label_", False):
-            return torch.sigmoid(logits.float()).cpu().numpy()
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            return torch.sigmoid(logits).numpy()
+        return torch.softmax(logits, dim=1).numpy()
 
     def predict(self, X) -> list:
         """One class per item; for a multi-label model, the list of classes >= 0.5."""
@@ -394,21 +432,51 @@ class TransferEstimator:
         return [self.classes_[i] for i in proba.argmax(1)]
 
     def evaluate(self, X, y=None) -> dict:
-        """Accuracy, macro-F1, AUROC, per-class precision/recall, confusion matrix."""
+        """Accuracy, macro-F1, AUROC, NLL (``log_loss``), ECE, reliability bins, per-class
+        precision/recall, confusion matrix; ``calibration``: the network's own NLL and ECE
+        before (T = 1) and after its temperature."""
         self._check_fitted()
         source = self._open_labeled(X, y, self.classes_, self.config_)
         if getattr(self, "multi_label_", False) and source.labels.ndim == 1:
             source = source.subset(np.arange(len(source)))  # a copy, labels as 0/1 rows
             source.labels = np.eye(len(self.classes_), dtype=np.float32)[source.labels]
         feats = self._features(source)
-        own = self._head_proba(feats)
+        logits = self._head_logits(feats)
+        own = self._head_proba(feats, logits)
         proba = self._output_proba(source, own, feats)
         if source.labels.ndim == 2:
             metrics = multilabel_metrics(source.labels, proba, self.classes_)
         else:
             metrics = classification_metrics(source.labels, proba, self.classes_)
+            calibration = self._calibration_metrics(logits, source.labels)
+            if calibration is not None:
+                metrics["calibration"] = calibration
         self._extra_metrics(source, metrics, own)
         return metrics
+
+    def _temperature(self) -> float | None:
+        """The head's fitted temperature; None for a head without one (CTC) or a
+        multi-label model."""
+        t = getattr(self.model_.head, "temperature", None)
+        if not isinstance(t, torch.Tensor) or getattr(self, "multi_label_", False):
+            return None
+        return float(t)
+
+    def _calibration_metrics(self, logits: torch.Tensor, labels) -> dict | None:
+        """NLL and ECE of the head's probabilities before (T = 1) and after its temperature
+        (``logits``: the calibrated ones)."""
+        from ..calibration import before_after
+
+        t = self._temperature()
+        if t is None or not len(logits):
+            return None
+        out = before_after(logits.double().numpy() * t, labels, t)
+        if t == 1.0:
+            fitted = getattr(self, "metrics_", {}).get("calibration")
+            reason = fitted.get("reason") if fitted else "the run has no fitted temperature"
+            if reason:
+                out["reason"] = reason
+        return out
 
     def score(self, X, y=None) -> float:
         return self.evaluate(X, y)["accuracy"]

@@ -201,10 +201,18 @@ class Predictor:
 
     >>> p = Predictor.from_run("runs/my-model")
     >>> [r.probabilities for r in p.predict(["a.jpg", "b.png"])]
+
+    ``tta`` (images): average the probabilities over test-time views, each run through the
+    graph (``flip``: the crop and its mirror image; ``flip+crops``: also four corner crops).
     """
 
-    def __init__(self, estimator, engine=None, max_pixels: int | None = MAX_PIXELS):
+    def __init__(self, estimator, engine=None, max_pixels: int | None = MAX_PIXELS,
+                 tta: str | None = None):
+        from .tasks.base import tta_views
+
         estimator._check_fitted()
+        views = tta_views(estimator, tta)  # a clear error where the task has none
+        self.views = len(views)  # 0: the evaluation crop alone
         self.estimator = estimator
         self.task = estimator.task
         self.classes = list(estimator.classes_)
@@ -217,7 +225,8 @@ class Predictor:
             from .data.transforms import ImageTransform
 
             pre = estimator.preprocess_
-            self._transform = ImageTransform(pre.input_size, pre, "none")
+            self._transforms = [ImageTransform(v.input_size, v, "none") for v in views or [pre]]
+            self._transform = self._transforms[0]
         elif self.task != "audio":
             tok = estimator.model_.backbone.tokenizer
             self._pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
@@ -261,7 +270,9 @@ class Predictor:
             for item in items:
                 try:
                     img = open_image(item, self.max_pixels)
-                    out.append(np.asarray(self._transform.center_crop(img), dtype=np.uint8))
+                    crops = [np.asarray(t.eval_image(img), dtype=np.uint8)
+                             for t in self._transforms]
+                    out.append(np.stack(crops) if self.views else crops[0])
                 except ItemError as exc:
                     out.append(exc)
             return out
@@ -329,8 +340,9 @@ class Predictor:
 
     def collate(self, prepared: list) -> dict[str, np.ndarray]:
         """Prepared items (no errors) -> the graph's named inputs."""
-        if self.task == "image":
-            return {"image": np.stack(prepared)}
+        if self.task == "image":  # test-time views: [N, V, S, S, 3] -> [N * V, S, S, 3]
+            images = np.stack(prepared)
+            return {"image": images.reshape(-1, *images.shape[-3:])}
         if self.task == "audio":
             return {"waveform": np.stack(prepared).astype(np.float32)}
         chunks = max(len(doc) for doc in prepared)
@@ -349,6 +361,8 @@ class Predictor:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         out = self.engine(self.collate(prepared))
         proba, feats = out if isinstance(out, tuple) else (out, None)
+        if self.views:  # the mean over each item's test-time views
+            proba = np.asarray(proba).reshape(len(prepared), self.views, -1).mean(1)
         if self.blend:  # the run's TF-IDF model, applied outside the graph
             texts = [p.text for p in prepared]
             if self.estimator._joint():

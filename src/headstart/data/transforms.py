@@ -1,12 +1,15 @@
 """Transforms derived from the backbone's preprocessing config, and the image dataset.
 
 Augmentation draws its randomness from a generator seeded by (seed, epoch, item), so an
-epoch's batches are identical whatever the number of workers and after a resume.
+epoch's batches are identical whatever the number of workers and after a resume (the
+torchvision policies run on torch's generator forked and seeded from it). Small sources get
+gentler crops; test-time views (``TTA_VIEWS``) are evaluation specs of their own.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -21,11 +24,55 @@ _RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Im
              "lanczos": Image.LANCZOS}
 
 AUGMENT = {
-    # scale range of random resized crops, flip, colour jitter strength
+    # scale range of random resized crops, flip, colour jitter strength, then a policy of
+    # torchvision.transforms.v2 (on the crop, at the input size)
     "none": None,
     "light": {"scale": (0.7, 1.0), "flip": True, "jitter": 0.0},
     "strong": {"scale": (0.35, 1.0), "flip": True, "jitter": 0.3},
+    "trivial": {"scale": (0.7, 1.0), "flip": True, "jitter": 0.0, "policy": "trivial"},
+    "randaugment": {"scale": (0.7, 1.0), "flip": True, "jitter": 0.0, "policy": "randaugment"},
 }
+ASPECT = (3 / 4, 4 / 3)  # aspect-ratio range of the random crops
+
+# Small sources (median shorter side below SMALL_SOURCE px: digits, MNIST, CIFAR) are
+# tightly framed: a crop of 0.7 of the area cuts 16% off a side, the stroke of a digit.
+# Their crops keep at least SMALL_CROP of the area (a translation of up to 8% of a side,
+# or a mild zoom) with a narrower aspect jitter, SMALL_ASPECT.
+SMALL_SOURCE = 64
+SMALL_CROP = 0.85
+SMALL_ASPECT = (0.9, 1 / 0.9)
+
+# Test-time augmentation: the views whose probabilities are averaged. ``centre`` is the
+# evaluation crop itself, ``flip`` its mirror image; the corners are crops of the same side
+# from the image resized to ``size / min(crop_pct, 0.875)``.
+TTA_VIEWS = {
+    "flip": ("centre", "flip"),
+    "flip+crops": ("centre", "flip", "top_left", "top_right", "bottom_left", "bottom_right"),
+}
+
+
+def augment_plan(augment: str, source_side: float | None = None, crop_min: float | None = None,
+                 flip: bool = True) -> dict | None:
+    """The random transforms of a training item: ``augment``'s preset, its crop's area range
+    raised to ``crop_min`` when given, else to SMALL_CROP for a small source (median side
+    ``source_side`` < SMALL_SOURCE px, with the narrower aspect range); no flip with
+    ``flip=False``. None: no augmentation."""
+    if augment not in AUGMENT:
+        raise ValueError(f"augment={augment!r}: choose one of {', '.join(AUGMENT)}")
+    preset = AUGMENT[augment]
+    if preset is None:
+        return None
+    plan = {"policy": None, **preset, "aspect": ASPECT, "flip": preset["flip"] and flip}
+    lo, hi = preset["scale"]
+    small = crop_min is None and source_side is not None and 0 < source_side < SMALL_SOURCE
+    if crop_min is not None:
+        if not 0 < crop_min <= 1:
+            raise ValueError(f"crop_min must be in (0, 1], got {crop_min}")
+        lo = crop_min
+    elif small:
+        lo, plan["aspect"] = max(lo, SMALL_CROP), SMALL_ASPECT
+    plan["scale"] = (lo, max(lo, hi))
+    return plan
 
 
 # Small images are enlarged at most this much (then rounded up to 32 px): enough for
@@ -61,51 +108,94 @@ def median_side(source: ImageSource, sample: int = 64) -> float:
     return float(np.median(sides)) if sides else 0.0
 
 
+@dataclass(frozen=True)
+class ViewPreprocess(PreprocessConfig):
+    """An evaluation input spec for one test-time view (``TTA_VIEWS``); its ``view`` is part
+    of ``to_dict``, so the features of each view are cached apart."""
+
+    view: str = "centre"
+
+
+def tta_preprocesses(preprocess: PreprocessConfig, tta: str) -> list[PreprocessConfig]:
+    """The input specs of ``tta``'s views; the centre view is ``preprocess`` itself (its
+    features are the ones evaluation has cached already)."""
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"tta={tta!r}: choose one of none, {', '.join(TTA_VIEWS)}")
+    base = {f.name: getattr(preprocess, f.name) for f in fields(PreprocessConfig)}
+    return [preprocess if v == "centre" else ViewPreprocess(**base, view=v)
+            for v in TTA_VIEWS[tta]]
+
+
 class ImageTransform:
     """PIL image -> normalised CHW float tensor at ``size``.
 
     Evaluation: resize the shorter side to ``size / crop_pct``, centre-crop ``size``
-    (the weights' own recipe). Training with augmentation: random resized crop with the
-    preset's scale range, horizontal flip, optional colour jitter.
+    (the weights' own recipe); a :class:`ViewPreprocess` gives another view of it (its
+    mirror image, a corner crop). Training with augmentation (:func:`augment_plan`): random
+    resized crop with the preset's scale range (narrower for small sources), horizontal
+    flip, optional colour jitter, then the preset's TrivialAugmentWide / RandAugment.
+    Every random draw comes from the ``rng`` given per item (the policies run on torch's
+    generator, forked and seeded from ``rng``).
     """
 
-    def __init__(self, size: int, preprocess: PreprocessConfig, augment: str = "none"):
-        if augment not in AUGMENT:
-            raise ValueError(f"augment={augment!r}: choose one of {', '.join(AUGMENT)}")
+    def __init__(self, size: int, preprocess: PreprocessConfig, augment: str = "none",
+                 source_side: float | None = None, crop_min: float | None = None,
+                 flip: bool = True):
         self.size = int(size)
         self.preprocess = preprocess
-        self.augment = AUGMENT[augment]
+        self.augment = augment_plan(augment, source_side, crop_min, flip)
+        self.view = getattr(preprocess, "view", "centre")
+        if self.view != "centre" and self.view not in TTA_VIEWS["flip+crops"]:
+            raise ValueError(f"view={self.view!r}: choose one of "
+                             f"{', '.join(TTA_VIEWS['flip+crops'])}")
         self.resample = _RESAMPLE.get(preprocess.interpolation, Image.BICUBIC)
         self.mean = torch.tensor(preprocess.mean).view(3, 1, 1)
         self.std = torch.tensor(preprocess.std).view(3, 1, 1)
+        self.policy = _policy(self.augment["policy"]) if self.augment else None
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         if self.augment is None or rng is None:
-            img = self.center_crop(img)
+            img = self.eval_image(img)
         else:
             img = self._random(img, rng)
         t = F.pil_to_tensor(img).float().div_(255.0)
         return t.sub_(self.mean).div_(self.std)
 
+    def eval_image(self, img: Image.Image) -> Image.Image:
+        """The evaluation crop (``size`` x ``size``) of this transform's view."""
+        if self.view in ("centre", "flip"):
+            img = self.center_crop(img)
+            return img.transpose(Image.FLIP_LEFT_RIGHT) if self.view == "flip" else img
+        img = self._resize_shorter(img, int(math.floor(
+            self.size / min(self.preprocess.crop_pct, 0.875))))
+        w, h = img.size
+        left = 0 if self.view.endswith("left") else w - self.size
+        top = 0 if self.view.startswith("top") else h - self.size
+        return img.crop((left, top, left + self.size, top + self.size))
+
     def center_crop(self, img: Image.Image) -> Image.Image:
-        scale_size = int(math.floor(self.size / self.preprocess.crop_pct))
+        img = self._resize_shorter(img, int(math.floor(self.size / self.preprocess.crop_pct)))
+        nw, nh = img.size
+        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        return img.crop((left, top, left + self.size, top + self.size))
+
+    def _resize_shorter(self, img: Image.Image, scale_size: int) -> Image.Image:
         w, h = img.size
         if w <= h:
             nw, nh = scale_size, max(1, int(round(h * scale_size / w)))
         else:
             nw, nh = max(1, int(round(w * scale_size / h))), scale_size
-        img = img.resize((nw, nh), self.resample)
-        left, top = (nw - self.size) // 2, (nh - self.size) // 2
-        return img.crop((left, top, left + self.size, top + self.size))
+        return img.resize((nw, nh), self.resample)
 
     def _random(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
         w, h = img.size
         area = w * h
         lo, hi = self.augment["scale"]
+        a_lo, a_hi = self.augment["aspect"]
         box = None
         for _ in range(10):
             target = area * rng.uniform(lo, hi)
-            ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            ratio = math.exp(rng.uniform(math.log(a_lo), math.log(a_hi)))
             cw = int(round(math.sqrt(target * ratio)))
             ch = int(round(math.sqrt(target / ratio)))
             if 0 < cw <= w and 0 < ch <= h:
@@ -126,7 +216,25 @@ class ImageTransform:
             t = F.adjust_contrast(t, 1 + rng.uniform(-jitter, jitter))
             t = F.adjust_saturation(t, 1 + rng.uniform(-jitter, jitter))
             img = F.to_pil_image(t)
+        if self.policy is not None:
+            # torchvision's policies draw from torch's global generator: fork it and seed it
+            # from the item's rng, so the draw is the item's whatever the process or worker
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(2 ** 62)))
+                img = self.policy(img)
         return img
+
+
+def _policy(name: str | None):
+    """The torchvision.transforms.v2 policy of an augment preset (None: none)."""
+    if name is None:
+        return None
+    from torchvision.transforms import v2
+
+    mode = v2.InterpolationMode.BILINEAR
+    if name == "trivial":
+        return v2.TrivialAugmentWide(interpolation=mode)
+    return v2.RandAugment(interpolation=mode)
 
 
 class ImageDataset(Dataset):

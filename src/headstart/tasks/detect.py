@@ -539,6 +539,10 @@ class ObjectDetector:
                                "(torchrun / accelerate launch) is not supported yet; run "
                                "`headstart fit --task detect` without a launcher")
         cfg = self.resolved_config()
+        if cfg.augment not in ("none", "light", "strong") or cfg.mix != "none":
+            raise ValueError(f"augment={cfg.augment}, mix={cfg.mix}: detection augments by "
+                             "flips (and colour jitter with strong): augment none | light | "
+                             "strong, mix none")
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)
         source = read_boxes(X, fix=fix)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from ..config import TASK_DEFAULTS, FitConfig
 from ..data.images import ImageSource, open_inputs, open_source
-from ..data.transforms import ImageDataset, ImageTransform, median_side, resolve_image_size
+from ..data.transforms import (AUGMENT, ImageDataset, ImageTransform, augment_plan, median_side,
+                               resolve_image_size, tta_preprocesses)
 from ..zoo.base import Backbone, PreprocessConfig
 from .base import TransferEstimator
+
+log = logging.getLogger(__name__)
 
 
 class ImageClassifier(TransferEstimator):
@@ -23,6 +27,8 @@ class ImageClassifier(TransferEstimator):
     task = "image"
     modality = "image"
     defaults = TASK_DEFAULTS["image"]  # none: FitConfig's are the image ones
+    augments = tuple(AUGMENT)
+    mixes = True
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> ImageSource:
         return open_source(X, y, classes=classes, skip_bad=cfg.skip_bad)
@@ -36,6 +42,16 @@ class ImageClassifier(TransferEstimator):
 
     def _dataset(self, source, preprocess: PreprocessConfig, train: bool,
                  cfg: FitConfig, backbone: Backbone | None = None) -> ImageDataset:
-        augment = cfg.augment if train else "none"
-        return ImageDataset(source, ImageTransform(preprocess.input_size, preprocess, augment),
-                            seed=cfg.seed, train=train)
+        augment, side = cfg.augment if train else "none", None
+        if augment != "none" and cfg.crop_min is None:
+            side = median_side(source)  # small sources get gentler crops
+            plan = augment_plan(augment, side, None, cfg.flip)
+            log.info("augmentation %s: crops keep %.2f-%.2f of the area (median image side "
+                     "%g px), aspect %.2f-%.2f, %s", augment, *plan["scale"], side,
+                     *plan["aspect"], "flips" if plan["flip"] else "no flips")
+        transform = ImageTransform(preprocess.input_size, preprocess, augment, source_side=side,
+                                   crop_min=cfg.crop_min, flip=cfg.flip)
+        return ImageDataset(source, transform, seed=cfg.seed, train=train)
+
+    def _tta_views(self, tta: str) -> list[PreprocessConfig]:
+        return tta_preprocesses(self.preprocess_, tta)

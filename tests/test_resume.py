@@ -131,6 +131,27 @@ def test_resume_after_crash_inside_an_epoch_is_exact(data, reference, tmp_path, 
     assert_same_weights(weights(ref_dir), weights(run_dir))
 
 
+@pytest.mark.parametrize("crash_at", [3, 7], ids=["after-the-probe", "after-fine-tuning"])
+def test_resume_after_a_crash_at_a_stage_end_is_exact(data, reference, tmp_path, monkeypatch,
+                                                      crash_at):
+    """A stage's end writes the weights it keeps (the choice among the probe, fine-tuning
+    and the WiSE-FT mixes), then the checkpoint: a crash between the two settles the stage
+    again, from the same weights, to the same result."""
+    ref_dir = reference("lp_ft")
+    run_dir = tmp_path / "run"
+    # _save calls: 2 probe epochs, the probe's end (3), 3 fine-tuning epochs, its end (7)
+    crash_on_call(monkeypatch, Trainer, "_save", crash_at)
+    with pytest.raises(Crash):
+        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(*data)
+    monkeypatch.undo()
+    assert (run_dir / "checkpoints" / "kept.safetensors").is_file()
+    clf = ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS)
+    clf.fit(*data, resume=True)
+    assert_same_weights(weights(ref_dir), weights(run_dir))
+    ref = json.loads((ref_dir / "config.json").read_text())["metrics"]
+    assert clf.metrics_["selection"] == ref["selection"] and clf.best_ == ref["best"]
+
+
 def test_resume_with_other_settings_is_refused(data, reference, tmp_path, monkeypatch):
     ref_dir = reference("lp_ft")
     run_dir = tmp_path / "run"
@@ -239,7 +260,10 @@ def test_resume_without_a_checkpoint_says_so(data, tmp_path, caplog):
 def test_checkpoints_are_safetensors_and_json_only(reference):
     run_dir = reference("lp_ft")
     files = [p for p in (run_dir / "checkpoints").rglob("*") if p.is_file()]
-    assert {p.name for p in files} == {"best.safetensors", "state.safetensors", "state.json"}
+    # best: this stage's best epoch; start: what it started from; kept: what the stages so
+    # far keep (headstart.choose)
+    assert {p.name for p in files} == {"best.safetensors", "start.safetensors",
+                                       "kept.safetensors", "state.safetensors", "state.json"}
     state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
     assert state["loop"]["stage"] == 2  # both stages finished
     tensors = load_file(str(run_dir / "checkpoints" / "last" / "state.safetensors"))

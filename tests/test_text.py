@@ -291,6 +291,33 @@ def test_text_preprocess_rejects_a_bad_truncation():
         FitConfig(truncation="tail")
 
 
+def test_train_chunks_draws_that_many_windows_per_epoch_in_order(tok):
+    """Training reads ``train_chunks`` of a long text's windows, drawn anew each epoch from
+    (seed, epoch, item) alone; short texts and evaluation datasets are untouched."""
+    pre = TextPreprocess(max_length=16, truncation="chunks", max_chunks=4)
+    texts = [random_text(150, seed=8), "short one", random_text(150, seed=9)]
+    source = open_text_source(texts, ["a", "b", "a"])
+    full = TextDataset(source, tok, pre)
+    one = TextDataset(source, tok, pre, train_chunks=1, seed=5)
+    assert [len(full[i][0]) for i in range(3)] == [4, 1, 4]
+    draws = []
+    for epoch in range(6):
+        one.set_epoch(epoch)
+        got = one[0][0]
+        assert len(got) == 1 and got[0] in full[0][0]
+        draws.append(full[0][0].index(got[0]))
+        assert one[1][0] == full[1][0]  # one window: nothing to draw
+    assert len(set(draws)) > 1  # epochs differ
+    again = TextDataset(source, tok, pre, train_chunks=1, seed=5)
+    again.set_epoch(3)
+    one.set_epoch(3)
+    assert again[0][0] == one[0][0] and again[2][0] == one[2][0]
+    two = TextDataset(source, tok, pre, train_chunks=2, seed=5)
+    picked = [full[0][0].index(c) for c in two[0][0]]
+    assert len(picked) == 2 and picked == sorted(picked)
+    assert two.lengths.tolist() == [32, len(full[1][0][0]), 32]  # bucketing: what is read
+
+
 # ====================================================================== 3. collate
 def test_collate_pads_to_the_longest_item_of_the_batch(tok):
     pre = TextPreprocess(max_length=64)

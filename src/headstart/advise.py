@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .imbalance import IMBALANCED  # largest / smallest class: the same rule as fit's
+
 FEW_PER_CLASS = 10
 MANY_PER_CLASS = 500
 PROBE_GOOD = 0.95
 PROBE_POOR = 0.70
-IMBALANCED = 3.0
 
 
 @dataclass

@@ -22,9 +22,10 @@ class TfidfBaseline:
     needs the same kind of features for its texts."""
 
     def __init__(self, C: float = 10.0, max_features: int = 200_000, seed: int = 0,
-                 feature_weight: float = 0.5):
+                 feature_weight: float = 0.5, class_weight: str | None = None):
         self.C, self.max_features, self.seed = C, max_features, seed
         self.feature_weight = feature_weight
+        self.class_weight = class_weight  # "balanced": n / (classes * count), as sklearn's
         self.n_features_ = 0  # dense features beside the TF-IDF vector
 
     def fit(self, texts: list[str], labels: np.ndarray,
@@ -34,7 +35,8 @@ class TfidfBaseline:
         from sklearn.multiclass import OneVsRestClassifier
 
         t0 = time.perf_counter()
-        logreg = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
+        logreg = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed,
+                                    class_weight=self.class_weight)
         labels = np.asarray(labels)
         self.multi_label_ = labels.ndim == 2
         self.vectorizer_ = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1,
@@ -119,7 +121,7 @@ class TfidfBaseline:
         atomic_write_json(folder / "tfidf.json", {
             "vocabulary": {t: int(i) for t, i in vec.vocabulary_.items()},
             "multi_label": bool(self.multi_label_), "n_classes": int(self.n_classes_),
-            "C": self.C, "n_features": int(self.n_features_),
+            "C": self.C, "class_weight": self.class_weight, "n_features": int(self.n_features_),
             "feature_weight": float(self.feature_weight),
             "params": json.loads(json.dumps(vec.get_params(), default=str))})
 
@@ -134,7 +136,8 @@ class TfidfBaseline:
         folder = Path(folder)
         meta = json.loads((folder / "tfidf.json").read_text())
         tensors = {k: v.numpy() for k, v in load_file(str(folder / "tfidf.safetensors")).items()}
-        self = cls(C=meta["C"], feature_weight=meta.get("feature_weight", 0.5))
+        self = cls(C=meta["C"], feature_weight=meta.get("feature_weight", 0.5),
+                   class_weight=meta.get("class_weight"))
         self.n_features_ = int(meta.get("n_features", 0))
         vec = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), strip_accents="unicode",
                               dtype=np.float32, vocabulary=meta["vocabulary"])

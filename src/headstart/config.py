@@ -11,15 +11,18 @@ from typing import Any
 CHOICES = {
     "strategy": ("feature_extract", "finetune", "partial", "gradual", "lp_ft", "lora"),
     "truncation": ("head", "head_tail", "chunks"),
-    "augment": ("none", "light", "strong"),
+    "augment": ("none", "light", "strong", "trivial", "randaugment"),
+    "mix": ("none", "mixup", "cutmix"),
     "schedule": ("cosine", "onecycle", "constant"),
     "bn": ("auto", "frozen", "train"),
-    "monitor": ("accuracy", "macro_f1", "loss"),
+    "monitor": ("auto", "accuracy", "macro_f1", "loss"),
+    "imbalance": ("auto", "weight", "sample", "none"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "precision": ("no", "bf16", "fp16"),
     "parallel": ("ddp", "fsdp"),
     "detector": ("fasterrcnn", "retinanet", "fcos"),
     "blend_mode": ("mean", "joint"),
+    "keep": ("best", "last_stage"),
 }
 
 # The tasks that classify single-label items: `rank`, `advise`, `study` and `tune` take these
@@ -33,6 +36,20 @@ FEATURE_SETTINGS = ("image_size", "seed", "val_fraction", "eval_batch_size", "nu
                     "device", "channels_last", "feature_cache", "max_length", "truncation",
                     "max_chunks", "length_bucketing", "text_column", "label_column",
                     "label_sep", "skip_bad", "clip_seconds", "array_rate")
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds of a duration written ``90``, ``90s``, ``10m``, ``1.5h``."""
+    value = str(text).strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        number = float(value[:-1]) * units[value[-1]] if value[-1:] in units else float(value)
+    except ValueError:
+        raise ValueError(f"time budget {text!r}: write it like 600, 90s, 10m or 1.5h") from None
+    if not number > 0:
+        raise ValueError(f"time budget {text!r} must be more than 0")
+    return number
+
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -58,9 +75,27 @@ class FitConfig:
                                 "(rounded up to 32) so small images are not blown up")
     augment: str = _f("light", "training augmentation (audio: time shift, gain, noise at "
                       "35-15 dB / 25-5 dB SNR and SpecAugment masks): none | light (random "
-                      "resized crop "
-                      "0.7-1, flip) | strong (crop 0.35-1, flip, colour jitter)")
+                      "resized crop 0.7-1 of the area, 0.85-1 for small images (median side "
+                      "< 64 px), flip) | strong (crop 0.35-1, flip, colour jitter) | trivial "
+                      "(light, then torchvision's TrivialAugmentWide) | randaugment (light, "
+                      "then RandAugment); trivial and randaugment: images only")
+    crop_min: float | None = _f(None, "images: the smallest share of the area a training crop "
+                                "keeps; default: the --augment preset's (light 0.7, strong "
+                                "0.35), raised to 0.85 for small images")
+    flip: bool = _f(True, "images: training augmentation mirrors images left-right at "
+                    "random (--no-flip where a mirror image is another class or none: "
+                    "digits, text)")
+    mix: str = _f("none", "images: mix training batches while backbone layers train: none | "
+                  "mixup (blend two images and their labels) | cutmix (paste a box of one "
+                  "image into another; labels by area)")
+    mix_alpha: float = _f(1.0, "--mix: the mixing weight is drawn from Beta(alpha, alpha) "
+                          "(1: uniform; smaller: most batches nearly unmixed)")
     epochs: int = _f(12, "epochs of each stage that trains backbone layers")
+    time_budget: str | None = _f(None, "wall time the training stages may take (600, 90s, "
+                                 "10m, 1.5h): after the first epoch of a stage that trains "
+                                 "backbone layers, its epochs are cut to fit what is left "
+                                 "(at least 1; the LR schedule is compressed) and the fit says "
+                                 "what it chose; the probe and calibration are not cut")
     min_steps: int = _f(0, "stages that train backbone layers run at least this many "
                         "optimizer steps (more epochs on tiny datasets); 0 = off")
     head_epochs: int = _f(60, "epochs of head-only stages (on cached features: fast)")
@@ -74,6 +109,10 @@ class FitConfig:
     schedule: str = _f("cosine", "LR schedule per stage: cosine (with warmup) | onecycle "
                        "| constant")
     warmup: float = _f(0.1, "fraction of each stage's steps spent warming the LR up")
+    warmup_steps: int = _f(20, "at least this many warm-up steps per stage (at most half of "
+                           "the stage): AdamW's first steps move every weight by the full "
+                           "rate, which wrecks pretrained features when a few-shot stage has "
+                           "only a handful of steps")
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy loss")
     contrastive: float = _f(0.0, "weight of a supervised contrastive loss (SupCon) on the "
                             "backbone features while backbone layers train, added to the "
@@ -84,10 +123,26 @@ class FitConfig:
     gradual_epochs: int = _f(1, "`gradual`: epochs per unfreezing stage")
     val_fraction: float = _f(0.1, "stratified share of the training data held out for "
                              "validation (when no validation set is given)")
+    keep: str = _f("best", "which weights the fit returns: best (the best validation epoch "
+                   "over all stages, differences within the validation set's noise decided by "
+                   "the validation loss; see headstart.choose) | last_stage (the last stage's "
+                   "best epoch, even when an earlier stage was better)")
+    wise_ft: bool = _f(True, "after a stage that trains backbone layers from an earlier "
+                       "stage's result (lp_ft, gradual, lora), also try mixes of the two "
+                       "weight sets (WiSE-FT: 0.25, 0.5, 0.75 of the way) on validation and "
+                       "keep the best by the same rule")
     early_stopping: int = _f(5, "stop a stage after this many epochs without improvement "
                              "(0 = off)")
-    monitor: str = _f("accuracy", "validation metric for early stopping and the best "
-                      "checkpoint: accuracy | macro_f1 | loss")
+    monitor: str = _f("auto", "validation metric for early stopping and the best "
+                      "checkpoint: auto (macro_f1 where the largest class has >= 3x the "
+                      "training items of the smallest, else accuracy) | accuracy | macro_f1 "
+                      "| loss")
+    imbalance: str = _f("auto", "classes of unequal size: auto (sample where the largest "
+                        "class has >= 3x the training items of the smallest, else none) | "
+                        "weight (class-weighted loss, n / (classes * count)) | sample "
+                        "(class-balanced sampler: items drawn with replacement, each class "
+                        "equally often) | none; the TF-IDF baseline is fitted class-balanced "
+                        "whenever the network is")
     seed: int = _f(0, "seed of the split, sampling, augmentation and init")
     num_workers: int | None = _f(None, "data loader workers; default: 0 on <= 2 cores, "
                                  "else min(4, cores - 1)")
@@ -107,6 +162,9 @@ class FitConfig:
                          "head_tail (first quarter + last three quarters of the budget) | "
                          "chunks (up to --max-chunks windows, features averaged)")
     max_chunks: int = _f(4, "text: most windows per text with --truncation chunks")
+    train_chunks: int = _f(0, "text: while backbone layers train, a text of more windows "
+                           "gives this many of them per epoch, drawn anew each epoch (less "
+                           "compute per step; evaluation and the probe read all); 0 = all")
     length_bucketing: bool = _f(True, "text: batch texts of similar length together (less "
                                 "padding, faster)")
     text_column: str = _f("text", "text: the column holding the text (CSV/JSONL/Parquet)")
@@ -160,6 +218,12 @@ class FitConfig:
         for name in ("epochs", "head_epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)  # a clear error now, not after the probe
+        if self.train_chunks < 0:
+            raise ValueError(f"train_chunks must be >= 0 (0: all), got {self.train_chunks}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("lr", "head_lr", "lora_lr"):
@@ -171,6 +235,13 @@ class FitConfig:
         if self.image_size is not None and self.image_size < 8:
             raise ValueError(f"image_size must be at least 8 pixels (or unset for the "
                              f"backbone's own), got {self.image_size}")
+        if not self.mix_alpha > 0:
+            raise ValueError(f"mix_alpha must be > 0, got {self.mix_alpha}")
+        if self.crop_min is not None and not 0.0 < self.crop_min <= 1.0:
+            raise ValueError(f"crop_min must be in (0, 1], got {self.crop_min}")
+        if self.mix != "none" and self.contrastive:
+            raise ValueError(f"mix={self.mix} blends images and labels, which the "
+                             "contrastive loss cannot compare: set contrastive=0 or mix=none")
         if self.blend and not self.baseline:
             raise ValueError("blend=True averages in the TF-IDF baseline, but baseline=False: "
                              "drop --no-baseline, or --blend")

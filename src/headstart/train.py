@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,10 @@ from tqdm.auto import tqdm
 from .artifacts import (atomic_save_tensors, atomic_write_bytes, load_checkpoint,
                         optimizer_from_flat, optimizer_to_flat, save_checkpoint,
                         state_dict_tensors)
-from .config import FitConfig
+from .config import FitConfig, parse_duration
 from .features import length_sorted_batches, sharded_passes, to_device
 from .heads import TransferModel, supervised_contrastive_loss
+from .mixing import batch_mixer
 from .strategies import Stage, Strategy, configure_stage, set_bn_mode
 from .zoo.base import LayerGroup
 
@@ -45,11 +47,26 @@ class CheckpointMismatch(ValueError):
     """A resume was asked with settings or data other than the checkpoint's."""
 
 
-class EpochSampler(Sampler[int]):
-    """A fresh permutation per epoch from a seeded generator; shards by process rank."""
+def epoch_order(n: int, generator: torch.Generator, weights: torch.Tensor | None = None
+                ) -> list[int]:
+    """The items of one epoch: a permutation of ``range(n)``; with per-item ``weights``
+    (``imbalance="sample"``), ``n`` draws with replacement in proportion to them. Every
+    process draws the same order from the same seed, then takes its share."""
+    if weights is None:
+        return torch.randperm(n, generator=generator).tolist()
+    if len(weights) != n:
+        raise ValueError(f"{len(weights)} sampling weights for {n} training items")
+    return torch.multinomial(weights.double(), n, replacement=True, generator=generator).tolist()
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+
+class EpochSampler(Sampler[int]):
+    """A fresh permutation per epoch from a seeded generator (or weighted draws: see
+    ``epoch_order``); shards by process rank."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1,
+                 weights: torch.Tensor | None = None):
         self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.weights = weights
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -57,7 +74,7 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        order = epoch_order(self.n, g, self.weights)
         per_rank = math.ceil(self.n / self.world)
         order += order[: per_rank * self.world - self.n]  # pad so every rank gets as many
         return iter(order[self.rank::self.world])
@@ -73,12 +90,13 @@ class ShardedBatchSampler(Sampler[list[int]]):
     global batch too small to give every process two items joins the one before it. Every
     process gets the same number of batches, so none waits for a step that never comes."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 weights: torch.Tensor | None = None):
         if n < 2 * world:
             raise ValueError(f"{n} training items cannot be shared by {world} processes "
                              "(each needs at least two); use fewer processes")
         self.n, self.batch_size, self.seed = n, int(batch_size), seed
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.weights = rank, world, weights
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -94,7 +112,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        order = epoch_order(self.n, g, self.weights)
         for a, b in self._bounds():
             yield order[a:b][self.rank::self.world]
 
@@ -108,10 +126,10 @@ class BucketBatchSampler(Sampler[list[int]]):
     padding) while the order stays random; seeded per epoch, sharded by rank."""
 
     def __init__(self, lengths, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 drop_last: bool = False, pool: int = 50):
+                 drop_last: bool = False, pool: int = 50, weights: torch.Tensor | None = None):
         self.lengths = [int(v) for v in lengths]
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
-        self.drop_last, self.pool = drop_last, pool
+        self.drop_last, self.pool, self.weights = drop_last, pool, weights
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -121,7 +139,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self.world > 1:
             return self._sharded_batches()
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        order = epoch_order(len(self.lengths), g, self.weights)
         size = self.batch_size * self.pool
         batches = []
         for j in range(0, len(order), size):
@@ -144,7 +162,7 @@ class BucketBatchSampler(Sampler[list[int]]):
             raise ValueError(f"{n} training items cannot be shared by {world} processes "
                              "(each needs at least two); use fewer processes")
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, generator=g).tolist()
+        order = epoch_order(n, g, self.weights)
         size = self.batch_size * world
         pooled = size * self.pool
         batches: list[list[int]] = []
@@ -166,13 +184,19 @@ class BucketBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
-def make_scheduler(optimizer, kind: str, total_steps: int, warmup: float):
+def warmup_length(total_steps: int, warmup: float, min_steps: int = 0) -> int:
+    """Warm-up steps of a stage: ``warmup`` of its steps, at least ``min_steps`` (at most
+    half the stage)."""
+    return max(int(round(warmup * total_steps)), min(int(min_steps), total_steps // 2))
+
+
+def make_scheduler(optimizer, kind: str, total_steps: int, warmup: float, min_warmup: int = 0):
     total_steps = max(1, total_steps)
+    warm = warmup_length(total_steps, warmup, min_warmup)
     if kind == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
-            pct_start=max(warmup, 1e-3), anneal_strategy="cos")
-    warm = int(round(warmup * total_steps))
+            pct_start=max(warm / total_steps, 1e-3), anneal_strategy="cos")
 
     def factor(step: int) -> float:
         if step < warm:
@@ -190,8 +214,12 @@ class LoopState:
     stage: int = 0
     epoch: int = 0  # next epoch to run within the stage
     bad_epochs: int = 0
-    best: list | None = None  # [score, -loss] compared lexicographically
+    best: list | None = None  # this stage's best: [score, -loss] compared lexicographically
     best_where: str = ""
+    kept: dict | None = None  # the candidate (choose.Candidate) the finished stages keep
+    selection: str = ""  # why it is kept, for the fit summary
+    val_items: int = 0
+    epoch_caps: dict = field(default_factory=dict)  # stage index -> epochs (time_budget)
     history: list[dict] = field(default_factory=list)
     stage_summaries: list[dict] = field(default_factory=list)
 
@@ -206,12 +234,15 @@ class Trainer:
     def __init__(self, model: TransferModel, groups: list[LayerGroup], strategy: Strategy,
                  cfg: FitConfig, *, train_set: Dataset, val_set: Dataset | None, features,
                  run_dir: str | Path | None = None, accelerator=None, collate_fn=None,
-                 fingerprint: str = "", callbacks=()):
+                 fingerprint: str = "", callbacks=(), class_weights: torch.Tensor | None = None,
+                 sample_weights: torch.Tensor | None = None):
         from accelerate import Accelerator
 
         self.model = model
         self.groups = groups
         self.strategy = strategy
+        if cfg.monitor == "auto":  # fit resolves it from the training labels (imbalance.plan)
+            cfg = cfg.replace(monitor="accuracy")
         self.cfg = cfg
         self.train_set = train_set
         self.val_set = val_set
@@ -242,7 +273,15 @@ class Trainer:
         self._live = None  # FSDP: (sharded copy of the model, its layer groups) while it trains
         self.num_workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self._best_state: dict[str, torch.Tensor] | None = None
+        # class imbalance (headstart.imbalance): per-class loss weights, or per-item
+        # sampling weights of the training items (the cached features' order is theirs)
+        self.class_weights = class_weights.to(self.device) if class_weights is not None \
+            else None
+        self.sample_weights = sample_weights
+        self._stored: dict[str, dict[str, torch.Tensor]] = {}  # without a run directory
+        self._estimated = False  # this stage's remaining time has been logged
+        self.budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
+        self._started, self._seconds_before = time.perf_counter(), 0.0
         self._tb = None
         # names of the parameters some stage trains: checkpoints hold these and the buffers;
         # every other tensor is the built model's, unchanged by training (a feature-extract
@@ -254,6 +293,7 @@ class Trainer:
     # ---------------------------------------------------------------- public
     def run(self, resume: bool = False) -> LoopState:
         state = LoopState()
+        self._started = time.perf_counter()
         ckpt = self._checkpoint_dir()
         loaded = load_checkpoint(ckpt) if (resume and ckpt) else None
         if resume and not loaded:  # said, not a silent start from scratch
@@ -277,12 +317,13 @@ class Trainer:
         self.model.to(self.device)
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self._seconds_before = sum(r["seconds"] for r in state.history)  # of a resumed run
         for s in range(state.stage, len(self.strategy.stages)):
             self._run_stage(s, state, opt_state)
             opt_state = None
             state.stage, state.epoch, state.bad_epochs = s + 1, 0, 0
             self._save(state, optimizer=None, scheduler=None)
-        self._restore_best()
+        self._restore_kept(state)
         if self.accelerator.num_processes > 1:
             self._check_replicas()
         if self._tb is not None:
@@ -304,10 +345,15 @@ class Trainer:
     # ---------------------------------------------------------------- stages
     def _run_stage(self, s: int, state: LoopState, opt_state) -> None:
         stage = self.strategy.stages[s]
+        starting = state.epoch == 0 and state.kept is not None
+        if starting:  # from what the earlier stages keep (the probe's best epoch, not its last)
+            self._restore_kept(state)
         params, summary = configure_stage(self.model.backbone, self.model.head, self.groups,
                                           stage, self.cfg.weight_decay)
         self._trained.update(n for n, p in self.model.named_parameters(remove_duplicate=False)
                              if p.requires_grad)
+        if starting:  # the candidate this stage must beat, with the weights it will train
+            self._store(self._changeable_tensors(), "start", state.kept["where"])
         if len(state.stage_summaries) <= s:
             state.stage_summaries.append(summary)
         module = self.model.head if stage.head_only else self.model
@@ -315,9 +361,13 @@ class Trainer:
         if sharded:  # train a sharded copy; self.model gets its full weights every epoch
             module, params = self._shard(params)
         train_loader, val_loader = self._loaders(stage)
+        if str(s) in state.epoch_caps:  # --time-budget chose this stage's epochs
+            stage = replace(stage, epochs=state.epoch_caps[str(s)])
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.cfg.weight_decay)
+        raw_optimizer = optimizer
         scheduler = make_scheduler(optimizer, self.cfg.schedule,
-                                   stage.epochs * len(train_loader), self.cfg.warmup)
+                                   stage.epochs * len(train_loader), self.cfg.warmup,
+                                   self.cfg.warmup_steps)
         if opt_state is not None and state.epoch > 0:
             tensors, meta = opt_state
             full = optimizer_from_flat(tensors, meta["optimizer"])
@@ -328,12 +378,13 @@ class Trainer:
             prepared = module
         else:
             prepared, optimizer = self.accelerator.prepare(module, optimizer)
-        if state.epoch == 0:
-            # Each stage starts a new selection: the result is the best epoch of the LAST
-            # stage (a probe is where fine-tuning starts, not a candidate against it; on a
-            # small validation set, comparing across stages picks noise).
+        if state.epoch == 0:  # each stage picks its own best epoch; choose.py compares them
             state.best, state.best_where, state.bad_epochs = None, "", 0
-        for epoch in range(state.epoch, stage.epochs):
+        state.val_items = len(val_loader.dataset) if val_loader is not None else 0
+        first_epoch, self._estimated = state.epoch, False
+        for epoch in itertools.count(state.epoch):
+            if epoch >= stage.epochs:
+                break
             t0 = time.perf_counter()
             train_loss = self._train_epoch(prepared, stage, s, epoch, train_loader, optimizer,
                                            scheduler)
@@ -345,6 +396,22 @@ class Trainer:
             if val_loader is not None:
                 row.update(self.evaluate_loader(prepared, val_loader))
             row["seconds"] = time.perf_counter() - t0
+            if self.budget and epoch == 0 and not stage.head_only:
+                cap = self._budget_epochs(s, stage, row["seconds"])
+                state.epoch_caps[str(s)] = cap
+                if cap < stage.epochs:  # the rest of the schedule, compressed into cap epochs
+                    stage = replace(stage, epochs=cap)
+                    scheduler = make_scheduler(raw_optimizer, self.cfg.schedule,
+                                               cap * len(train_loader), self.cfg.warmup,
+                                               self.cfg.warmup_steps)
+                    for _ in range(len(train_loader)):
+                        scheduler.step()
+            if epoch + 1 < stage.epochs and epoch == first_epoch:
+                sooner = "; early stopping may end the stage sooner" if (
+                    self.cfg.early_stopping and not stage.head_only) else ""
+                say_time_left(stage.name, row["seconds"] * (stage.epochs - epoch - 1),
+                              f"{stage.epochs - epoch - 1} more epoch(s) at "
+                              f"{row['seconds']:.1f} s each, validation included{sooner}")
             state.history.append(row)
             state.epoch = epoch + 1
             stop = self._track_best(state, row, stage)
@@ -359,7 +426,27 @@ class Trainer:
         if sharded:
             self._live = None
             self.model.to(self.device)
+        self._settle_stage(s, state, val_loader)
         self.accelerator.free_memory()
+
+    def _budget_epochs(self, s: int, stage: Stage, epoch_seconds: float) -> int:
+        """``time_budget``: how many epochs of stage ``s`` fit in what is left of it, after
+        its first epoch took ``epoch_seconds``; later stages that train backbone layers get
+        their share by their planned epochs."""
+        elapsed = self._seconds_before + time.perf_counter() - self._started
+        later = sum(t.epochs for t in self.strategy.stages[s + 1:] if not t.head_only)
+        share = stage.epochs / (stage.epochs + later)
+        left = (self.budget - elapsed) * share
+        cap = max(1, min(stage.epochs, 1 + int(left // max(epoch_seconds, 1e-9))))
+        if cap < stage.epochs:
+            log.warning("time budget %s: stage %s runs %d of its %d epochs (%.1f s each, "
+                        "%s of the budget left for it; the LR schedule is compressed to fit)",
+                        format_duration(self.budget), stage.name, cap, stage.epochs,
+                        epoch_seconds, format_duration(max(left, 0)))
+        else:
+            log.info("time budget %s: stage %s fits its %d epochs", format_duration(self.budget),
+                     stage.name, stage.epochs)
+        return cap
 
     def _loaders(self, stage: Stage):
         cfg = self.cfg
@@ -376,15 +463,17 @@ class Trainer:
         bucket = cfg.length_bucketing and getattr(train, "lengths", None) is not None
         if bucket:
             batches = BucketBatchSampler(train.lengths, cfg.batch_size, cfg.seed, rank, world,
-                                         drop_last=len(train) > cfg.batch_size * world)
+                                         drop_last=len(train) > cfg.batch_size * world,
+                                         weights=self.sample_weights)
             train_loader = DataLoader(train, batch_sampler=batches, num_workers=workers,
                                       collate_fn=collate)
         elif world > 1:  # data-parallel: every item once per epoch, same steps everywhere
-            batches = ShardedBatchSampler(len(train), cfg.batch_size, cfg.seed, rank, world)
+            batches = ShardedBatchSampler(len(train), cfg.batch_size, cfg.seed, rank, world,
+                                          weights=self.sample_weights)
             train_loader = DataLoader(train, batch_sampler=batches, num_workers=workers,
                                       collate_fn=collate)
         else:
-            sampler = EpochSampler(len(train), cfg.seed, rank, world)
+            sampler = EpochSampler(len(train), cfg.seed, rank, world, self.sample_weights)
             drop_last = len(sampler) > cfg.batch_size
             train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler,
                                       num_workers=workers, drop_last=drop_last,
@@ -418,12 +507,20 @@ class Trainer:
             model, groups = self._live or (self.model, self.groups)
             set_bn_mode(model.backbone, groups, stage)
         total, count = 0.0, 0
+        mixer = None if stage.head_only else batch_mixer(self.cfg, s, epoch)  # --mix
         bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
                    disable=None)
-        for x, y in bar:
+        t0, steps, estimate_at = time.perf_counter(), len(loader), None
+        if not self._estimated:  # the stage's first epoch in this process: say how long
+            estimate_at = min(3, steps)
+        for i, (x, y) in enumerate(bar, start=1):
             x, y = self._to_device(x), y.to(self.device)
+            if mixer is not None:
+                x, mixed_loss = mixer(x, y)
             with self.accelerator.autocast():
-                if self.cfg.contrastive and not stage.head_only and not y.dtype.is_floating_point:
+                if mixer is not None:
+                    loss = mixed_loss(self.loss, module(x))
+                elif self.cfg.contrastive and not stage.head_only and not y.dtype.is_floating_point:
                     logits, feats = module(x, return_features=True)
                     loss = self.loss(logits, y) + self.cfg.contrastive * \
                         supervised_contrastive_loss(feats, y)
@@ -435,6 +532,12 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             total += float(loss.detach()) * len(y)
             count += len(y)
+            if i == estimate_at:
+                self._estimated = True
+                per_step = (time.perf_counter() - t0) / i
+                left = per_step * ((stage.epochs - epoch) * steps - i)
+                say_time_left(stage.name, left, f"{stage.epochs - epoch} epoch(s) of {steps} "
+                              f"steps at {per_step:.2f} s per step, validation not counted")
         if self.accelerator.num_processes > 1:  # the epoch's loss over every process's items
             both = self.accelerator.reduce(torch.tensor([total, float(count)],
                                                         device=self.device), "sum")
@@ -452,6 +555,15 @@ class Trainer:
             eps = self.cfg.label_smoothing
             return nn.functional.binary_cross_entropy_with_logits(
                 logits.float(), y * (1 - eps) + 0.5 * eps)
+        if self.class_weights is not None:
+            # each item's smoothed cross-entropy times its own class's weight, over the
+            # batch's weights. (CrossEntropyLoss(weight=...) also weighs the smoothing term of
+            # each class by that class's weight: with spam weighted 10x, every ham item's
+            # target leant a third of the way to spam, and the probe called 1 ham in 4 spam.)
+            per_item = nn.functional.cross_entropy(logits.float(), y, reduction="none",
+                                                   label_smoothing=self.cfg.label_smoothing)
+            w = self.class_weights[y]
+            return (w * per_item).sum() / w.sum()
         return self.criterion(logits, y)
 
     @torch.inference_mode()
@@ -566,33 +678,101 @@ class Trainer:
         if "val_loss" not in row:
             self._keep_best(state)  # no validation: the latest weights are the result
             return False
-        monitor = self.cfg.monitor
-        score = -row["val_loss"] if monitor == "loss" else row[f"val_{monitor}"]
-        current = [score, -row["val_loss"]]
+        current = [self._score(row), -row["val_loss"]]
         if state.best is None or current > state.best:
             state.best, state.best_where = current, f"{stage.name} epoch {row['epoch']}"
             state.bad_epochs = 0
             self._keep_best(state)
             return False
         state.bad_epochs += 1
-        return bool(self.cfg.early_stopping) and state.bad_epochs >= self.cfg.early_stopping
+        # a head-only stage on cached features costs little per epoch: it runs its whole
+        # schedule (stopped while its rate is still near the peak, the probe is unfinished)
+        return bool(self.cfg.early_stopping) and not stage.head_only and \
+            state.bad_epochs >= self.cfg.early_stopping
+
+    def _score(self, row: dict) -> float:
+        """The monitored validation metric of an epoch's row, higher is better."""
+        return -row["val_loss"] if self.cfg.monitor == "loss" else row[f"val_{self.cfg.monitor}"]
 
     def _keep_best(self, state: LoopState) -> None:
-        weights = self._changeable_tensors()
+        self._store(self._changeable_tensors(), "best", state.best_where)
+
+    def _store(self, weights: dict[str, torch.Tensor], name: str, where: str) -> None:
+        """Keep a weight set: ``best`` (this stage's best epoch), ``start`` (what the stage
+        started from: the earlier stages' choice) or ``kept`` (what the finished stages
+        keep), on disk in a run directory, else in memory."""
         if self.run_dir is not None:
-            atomic_save_tensors(self.run_dir / "checkpoints" / "best.safetensors", weights,
-                                metadata={"where": state.best_where})
+            if self.accelerator.is_main_process:
+                atomic_save_tensors(self.run_dir / "checkpoints" / f"{name}.safetensors",
+                                    weights, metadata={"where": where})
         else:
-            self._best_state = weights
+            self._stored[name] = weights
 
-    def _restore_best(self) -> None:
-        path = self.run_dir / "checkpoints" / "best.safetensors" if self.run_dir else None
-        if path is not None and path.is_file():
-            from safetensors.torch import load_file
+    def _stored_weights(self, name: str) -> dict[str, torch.Tensor] | None:
+        path = self.run_dir / "checkpoints" / f"{name}.safetensors" if self.run_dir else None
+        if path is not None:
+            if self.accelerator.num_processes > 1:
+                self.accelerator.wait_for_everyone()  # the first process wrote it
+            if path.is_file():
+                from safetensors.torch import load_file
 
-            self._load_weights(load_file(str(path)), path)
-        elif self._best_state is not None:
-            self._load_weights(self._best_state, "the best epoch's weights")
+                return load_file(str(path))
+            return None
+        return self._stored.get(name)
+
+    def _restore_kept(self, state: LoopState) -> None:
+        weights = self._stored_weights("kept")
+        if weights is not None:
+            self._load_weights(weights, f"the kept weights ({state.kept['where']})")
+            state.best_where = state.kept["where"]
+
+    def _settle_stage(self, s: int, state: LoopState, val_loader) -> None:
+        """At a stage's end: the weights the fit keeps so far, by the rule of
+        :mod:`headstart.choose`, among the earlier stages' choice, this stage's best epoch
+        and (``wise_ft``, after a stage that trained backbone layers from an earlier
+        stage's result) mixes of the two."""
+        from .choose import Candidate, choose, interpolate
+
+        stage = self.strategy.stages[s]
+        if state.best is None:  # no validation: the latest weights are the result
+            where = f"{stage.name} epoch {state.epoch} (the last; no validation set)"
+            state.kept = Candidate(where, 0.0, 0.0, s).to_dict()
+            state.selection = f"kept {where}"
+            self._store(self._changeable_tensors(), "kept", where)
+            return
+        best = Candidate(state.best_where, state.best[0], -state.best[1], order=2 * s + 1)
+        if state.kept is None or self.cfg.keep == "last_stage":
+            state.kept, state.selection = best.to_dict(), f"kept {best.where}"
+            self._store(self._stored_weights("best"), "kept", best.where)
+            return
+        earlier = Candidate(**state.kept)
+        candidates = [earlier, best]
+        # "start", not "kept": a resume after a crash between writing the winner and the
+        # checkpoint settles the stage again from the same weights
+        start, end = self._stored_weights("start"), self._stored_weights("best")
+        mixes = {}
+        if self.cfg.wise_ft and not stage.head_only and val_loader is not None:
+            for alpha in (0.25, 0.5, 0.75):
+                weights = interpolate(start, end, alpha)
+                self._load_weights(weights, f"the WiSE-FT mix {alpha:g}")
+                row = self.evaluate_loader(self.model, val_loader)
+                where = f"wise-ft {alpha:g}"
+                mixes[where] = weights
+                candidates.append(Candidate(where, self._score(row), row["val_loss"],
+                                            order=2 * s + alpha))
+                log.info("%s: validation %s %.4f, loss %.4f", where, self.cfg.monitor,
+                         self._score(row), row["val_loss"])
+        win, state.selection = choose(candidates, state.val_items, self.cfg.monitor)
+        if mixes:
+            state.selection += (f" (wise-ft A: the weights A of the way from {earlier.where} "
+                                f"to {best.where})")
+        log.info("stage %s: %s", stage.name, state.selection)
+        weights = start if win is earlier else end if win is best else mixes[win.where]
+        if win.where in mixes:
+            win = replace(win, where=f"{win.where} of {earlier.where} -> {best.where}")
+        state.kept = win.to_dict()
+        self._load_weights(weights, win.where)
+        self._store(weights, "kept", win.where)
 
     # ------------------------------------------------- what a checkpoint holds of the model
     def _param_names(self) -> set[str]:
@@ -692,6 +872,21 @@ class Trainer:
             if isinstance(v, float):
                 self._tb.add_scalar(k, v, row["global_epoch"])
         self._tb.flush()
+
+
+def say_time_left(stage: str, seconds: float, how: str) -> None:
+    """Log a stage's estimated remaining time (once it is worth saying: 10 s or more)."""
+    if seconds >= 10:
+        log.info("stage %s: about %s left (%s)", stage, format_duration(seconds), how)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def use_cpu(cfg: FitConfig) -> bool:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import atomic_write_bytes, atomic_write_json
+from .imbalance import effective_monitor
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def tune(data, y=None, *, model: str | None = None, task: str = "image", trials:
          sorted(strategies), train_src.fingerprint(),
          val_src.fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:16]
     storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
-    monitor = base.monitor
+    monitor = effective_monitor(base, train_src.labels, list(source.classes))  # "auto" resolved
     with _quiet_experimental(optuna):
         study = optuna.create_study(
             study_name=name, storage=_storage(storage), direction="maximize",

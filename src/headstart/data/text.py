@@ -298,22 +298,37 @@ def _tokenize(tokenizer, texts: list[str], batch: int) -> list[list[int]]:
 
 
 class TextDataset(Dataset):
-    """Tokenised once; items are ``(chunks of ids, label)``; ``lengths`` drive bucketing."""
+    """Tokenised once; items are ``(chunks of ids, label)``; ``lengths`` drive bucketing.
+
+    ``train_chunks`` (training only): a text of more chunks gives this many of them per
+    epoch, drawn from a generator seeded by (seed, epoch, item), in their order; the
+    features of evaluation still average all of a text's chunks."""
 
     def __init__(self, source: TextSource, tokenizer, pre: TextPreprocess,
-                 encoded: list | None = None):
+                 encoded: list | None = None, train_chunks: int = 0, seed: int = 0):
         self.source = source
         self.encoded = encoded if encoded is not None else encode_texts(tokenizer, source.texts,
                                                                         pre)
-        self.lengths = np.array([sum(len(c) for c in doc) for doc in self.encoded])
+        self.train_chunks, self.seed, self.epoch = int(train_chunks), int(seed), 0
+        k = self.train_chunks or None  # bucket by the tokens an epoch reads of each text
+        self.lengths = np.array([sum(sorted(map(len, doc), reverse=True)[:k])
+                                 for doc in self.encoded])
         self.labels = torch.as_tensor(source.labels)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.encoded)
 
     def __getitem__(self, i: int):
-        return self.encoded[i], self.labels[i]
+        doc = self.encoded[i]
+        if self.train_chunks and len(doc) > self.train_chunks:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            doc = [doc[j] for j in sorted(rng.choice(len(doc), self.train_chunks,
+                                                     replace=False))]
+        return doc, self.labels[i]
 
 
 def collate_text(batch, pad_id: int = 0):

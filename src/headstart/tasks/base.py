@@ -23,6 +23,7 @@ from ..config import FitConfig
 from ..features import (cache_key, cached_features, compute_features, concat_datasets,
                         weights_hash)
 from ..heads import Head, HeadSpec, TransferModel
+from ..imbalance import loop_weights, plan
 from ..metrics import classification_metrics, multilabel_metrics
 from ..strategies import build_strategy
 from ..train import Trainer, default_workers, use_cpu
@@ -71,6 +72,19 @@ def resolve_config(est) -> FitConfig:
     return cfg.replace(**changes)
 
 
+def tta_views(est, tta: str | None) -> list:
+    """The test-time views of ``est`` that ``tta`` names ([] for None / ``none``); a clear
+    error where its task has none (text, audio, detection)."""
+    if tta in (None, "none"):
+        return []
+    hook = getattr(est, "_tta_views", None)
+    views = hook(tta) if hook is not None else []
+    if not views:
+        raise ValueError(f"tta={tta}: test-time augmentation is for image models; this is a "
+                         f"{getattr(est, 'task', type(est).__name__)} model (drop --tta)")
+    return views
+
+
 class TransferEstimator:
     """Base of the task estimators. ``__init__`` only stores arguments.
 
@@ -81,6 +95,8 @@ class TransferEstimator:
     task = "base"
     modality: str | None = None  # what the task's backbones read: image, text or audio
     defaults: dict = {}  # the task's own FitConfig defaults (text: MiniLM, its LRs, ...)
+    augments: tuple[str, ...] = ("none", "light", "strong")  # the --augment its data takes
+    mixes = False  # whether --mix (MixUp / CutMix of the training batches) applies
 
     def __init__(self, backbone: str | None = None, strategy: str | None = None,
                  config: FitConfig | None = None, run_dir: str | Path | None = None, **params):
@@ -120,6 +136,21 @@ class TransferEstimator:
     def _collate(self, backbone: Backbone | None = None):
         """Batches of variable-size items (texts) need their own collate."""
         return None
+
+    def _check_augment(self, cfg: FitConfig) -> None:
+        """A clear error for an augmentation the task's data cannot take."""
+        if cfg.augment not in self.augments:
+            raise ValueError(f"augment={cfg.augment} is for image classification; --task "
+                             f"{self.task} takes {' | '.join(self.augments)}")
+        if cfg.mix != "none" and not self.mixes:
+            raise ValueError(f"mix={cfg.mix} mixes image batches; --task {self.task} cannot "
+                             "take it (mix=none)")
+
+    def _tta_views(self, tta: str) -> list:
+        """The input specs of the test-time views ``tta`` names, the first one the
+        evaluation's own (image: centre, mirror image, corner crops); [] where the task has
+        none."""
+        return []
 
     def _after_fit(self, train_src, val_src, cfg: FitConfig) -> None:
         """Task extras once the model is trained (text: the TF-IDF baseline)."""
@@ -161,6 +192,7 @@ class TransferEstimator:
         ``callbacks``: functions called with each epoch's row (stage, epoch, global_epoch,
         train_loss, val_loss, val_accuracy, ...); an exception they raise ends the fit."""
         cfg = self.resolved_config()
+        self._check_augment(cfg)
         t0 = time.perf_counter()
         self.__dict__.pop("_encoded", None)  # tokenised texts of an earlier fit's tokenizer
         torch.manual_seed(cfg.seed)
@@ -188,6 +220,8 @@ class TransferEstimator:
         self.config_ = cfg
         self.data_origin_ = str(source.origin)
         self.multi_label_ = bool(source.labels.ndim == 2)
+        balance = plan(cfg, train_src.labels, list(source.classes))
+        (log.warning if balance.imbalanced else log.info)("%s", balance.message())
         train_set = self._dataset(train_src, preprocess, True, cfg)
         val_set = self._dataset(val_src, preprocess, False, cfg) if val_src else None
         parts = [p for p in (train_src, val_src) if p is not None]
@@ -207,9 +241,11 @@ class TransferEstimator:
         self.fingerprint_ = fingerprint  # saved in config.json: a resume knows it is done
         if resume and self._load_finished(run_dir, strategy, cfg):
             return self
-        trainer = self.trainer(model, groups, strategy, cfg, train_set=train_set, val_set=val_set,
-                          features=features, run_dir=run_dir, fingerprint=fingerprint,
-                          collate_fn=self._collate(), callbacks=callbacks)
+        trainer = self.trainer(model, groups, strategy, cfg.replace(monitor=balance.monitor),
+                               train_set=train_set, val_set=val_set, features=features,
+                               run_dir=run_dir, fingerprint=fingerprint,
+                               collate_fn=self._collate(), callbacks=callbacks,
+                               **loop_weights(balance, train_src.labels))
         state = trainer.run(resume=resume)
         model.eval()
         self.strategy_ = strategy
@@ -217,7 +253,12 @@ class TransferEstimator:
         self.stages_ = state.stage_summaries
         self.best_ = state.best_where
         self.fit_seconds_ = time.perf_counter() - t0
-        self.metrics_ = {"fit_seconds": self.fit_seconds_, "best": state.best_where}
+        self.selection_ = state.selection
+        self.metrics_ = {"fit_seconds": self.fit_seconds_, "best": state.best_where,
+                         "selection": state.selection, "imbalance": balance.to_dict()}
+        if cfg.time_budget:  # what the budget let each stage that trains the backbone run
+            self.metrics_["time_budget"] = {"budget": cfg.time_budget, "epochs": {
+                strategy.stages[int(k)].name: v for k, v in state.epoch_caps.items()}}
         self._calibrate(val_src, cfg)
         self._after_fit(train_src, val_src, cfg)
         if val_src is not None:
@@ -301,6 +342,7 @@ class TransferEstimator:
         self.config_, self.strategy_ = cfg, strategy  # cfg: the same but for _RESUME_NEUTRAL
         self.history_, self.stages_ = loop["history"], loop["stage_summaries"]
         self.best_, self.fit_seconds_ = loop["best_where"], self.metrics_.get("fit_seconds")
+        self.selection_ = loop.get("selection", "")
         self.is_main_process_ = int(os.environ.get("RANK", "0")) == 0
         log.info("%s: run already finished; nothing to do", run_dir)
         return True
@@ -392,11 +434,28 @@ class TransferEstimator:
             desc=f"features {sources[0].origin}", collate_fn=self._collate(backbone),
             bucketing=cfg.length_bucketing)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X, tta: str | None = None) -> np.ndarray:
+        """``tta``: average the probabilities over test-time views (images: ``flip`` =
+        the evaluation crop and its mirror image, ``flip+crops`` = also the four corner
+        crops); None or ``none``: the evaluation crop alone."""
         self._check_fitted()
+        views = tta_views(self, tta)
         source = self._open_unlabeled(X)
         feats = self._features(source)
-        return self._output_proba(source, self._head_proba(feats), feats)
+        proba = self._head_proba(feats)
+        if views:
+            proba = self._views_proba(source, views, proba)
+        return self._output_proba(source, proba, feats)
+
+    def _views_proba(self, source, views: list, first: np.ndarray) -> np.ndarray:
+        """The mean of the head's probabilities over ``views`` (input specs; the first one
+        ``preprocess_``, whose probabilities ``first`` are), each view's features computed
+        and cached like the evaluation's."""
+        out = np.asarray(first, dtype=np.float64).copy()
+        for pre in views[1:]:
+            feats = self._backbone_features(self.model_.backbone, pre, source, self.config_)
+            out += self._head_proba(feats)
+        return (out / len(views)).astype(np.float32)
 
     def _output_proba(self, source, proba: np.ndarray, feats: torch.Tensor | None = None
                       ) -> np.ndarray:
@@ -431,11 +490,14 @@ class TransferEstimator:
             return [[c for c, p in zip(self.classes_, row) if p >= 0.5] for row in proba]
         return [self.classes_[i] for i in proba.argmax(1)]
 
-    def evaluate(self, X, y=None) -> dict:
+    def evaluate(self, X, y=None, tta: str | None = None) -> dict:
         """Accuracy, macro-F1, AUROC, NLL (``log_loss``), ECE, reliability bins, per-class
         precision/recall, confusion matrix; ``calibration``: the network's own NLL and ECE
-        before (T = 1) and after its temperature."""
+        before (T = 1) and after its temperature. ``tta``: of the probabilities averaged
+        over test-time views (see :meth:`predict_proba`; then no ``calibration``, and
+        ``tta`` names the views)."""
         self._check_fitted()
+        views = tta_views(self, tta)
         source = self._open_labeled(X, y, self.classes_, self.config_)
         if getattr(self, "multi_label_", False) and source.labels.ndim == 1:
             source = source.subset(np.arange(len(source)))  # a copy, labels as 0/1 rows
@@ -443,15 +505,19 @@ class TransferEstimator:
         feats = self._features(source)
         logits = self._head_logits(feats)
         own = self._head_proba(feats, logits)
+        if views:
+            own = self._views_proba(source, views, own)
         proba = self._output_proba(source, own, feats)
         if source.labels.ndim == 2:
             metrics = multilabel_metrics(source.labels, proba, self.classes_)
         else:
             metrics = classification_metrics(source.labels, proba, self.classes_)
-            calibration = self._calibration_metrics(logits, source.labels)
+            calibration = None if views else self._calibration_metrics(logits, source.labels)
             if calibration is not None:
                 metrics["calibration"] = calibration
         self._extra_metrics(source, metrics, own)
+        if views:
+            metrics["tta"] = {"views": [getattr(p, "view", "centre") for p in views]}
         return metrics
 
     def _temperature(self) -> float | None:

@@ -58,7 +58,8 @@ class TextClassifier(TransferEstimator):
             cache[key] = encode_texts(tokenizer, source.texts, preprocess)
             while len(cache) > 4:
                 cache.popitem(last=False)
-        return TextDataset(source, tokenizer, preprocess, encoded=cache[key])
+        return TextDataset(source, tokenizer, preprocess, encoded=cache[key],
+                           train_chunks=cfg.train_chunks if train else 0, seed=cfg.seed)
 
     def _collate(self, backbone: Backbone | None = None):
         tokenizer = (backbone or self.model_.backbone).tokenizer
@@ -72,14 +73,20 @@ class TextClassifier(TransferEstimator):
             return
         from ..baselines import TfidfBaseline
 
-        self.baseline_ = TfidfBaseline(seed=cfg.seed).fit(train_src.texts, train_src.labels)
-        self.metrics_["baseline_name"] = "TF-IDF (word 1-2-grams) + logistic regression"
+        # class-balanced where the network counters imbalance (imbalance.plan), so the
+        # comparison is like with like
+        balanced = self.metrics_.get("imbalance", {}).get("method", "none") != "none"
+        weight = "balanced" if balanced else None
+        self.baseline_ = TfidfBaseline(seed=cfg.seed, class_weight=weight).fit(
+            train_src.texts, train_src.labels)
+        self.metrics_["baseline_name"] = "TF-IDF (word 1-2-grams) + logistic regression" + (
+            " (class-balanced)" if balanced else "")
         if cfg.blend:
             self.metrics_["blend_mode"] = cfg.blend_mode
         if cfg.blend and cfg.blend_mode == "joint":  # early fusion on the trained encoder
             feats = self._features(train_src).float().numpy()
-            self.joint_ = TfidfBaseline(seed=cfg.seed).fit(train_src.texts, train_src.labels,
-                                                           features=feats)
+            self.joint_ = TfidfBaseline(seed=cfg.seed, class_weight=weight).fit(
+                train_src.texts, train_src.labels, features=feats)
 
     def save(self, run_dir):
         run_dir = super().save(run_dir)
@@ -112,10 +119,10 @@ class TextClassifier(TransferEstimator):
         return (self._blends() and self.config_.blend_mode == "joint"
                 and getattr(self, "joint_", None) is not None)
 
-    def evaluate(self, X, y=None) -> dict:
+    def evaluate(self, X, y=None, tta: str | None = None) -> dict:
         self._baseline_memo = {}  # evaluate needs one source's baseline twice: score it once
         try:
-            return super().evaluate(X, y)
+            return super().evaluate(X, y, tta=tta)
         finally:
             del self._baseline_memo
 

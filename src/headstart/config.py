@@ -75,13 +75,13 @@ class FitConfig:
                                 "(rounded up to 32) so small images are not blown up")
     augment: str = _f("light", "training augmentation (audio: time shift, gain, noise at "
                       "35-15 dB / 25-5 dB SNR and SpecAugment masks): none | light (random "
-                      "resized crop 0.7-1 of the area, 0.85-1 for small images (median side "
-                      "< 64 px), flip) | strong (crop 0.35-1, flip, colour jitter) | trivial "
+                      "resized crop 0.7-1 of the area, 0.85-1 for tiny images (median side "
+                      "< 20 px), flip) | strong (crop 0.35-1, flip, colour jitter) | trivial "
                       "(light, then torchvision's TrivialAugmentWide) | randaugment (light, "
                       "then RandAugment); trivial and randaugment: images only")
     crop_min: float | None = _f(None, "images: the smallest share of the area a training crop "
                                 "keeps; default: the --augment preset's (light 0.7, strong "
-                                "0.35), raised to 0.85 for small images")
+                                "0.35), raised to 0.85 for tiny images (< 20 px)")
     flip: bool = _f(True, "images: training augmentation mirrors images left-right at "
                     "random (--no-flip where a mirror image is another class or none: "
                     "digits, text)")

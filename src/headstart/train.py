@@ -756,12 +756,11 @@ class Trainer:
                 weights = interpolate(start, end, alpha)
                 self._load_weights(weights, f"the WiSE-FT mix {alpha:g}")
                 row = self.evaluate_loader(self.model, val_loader)
-                where = f"wise-ft {alpha:g}"
+                where, score = f"wise-ft {alpha:g}", self._score(row)
                 mixes[where] = weights
-                candidates.append(Candidate(where, self._score(row), row["val_loss"],
-                                            order=2 * s + alpha))
-                log.info("%s: validation %s %.4f, loss %.4f", where, self.cfg.monitor,
-                         self._score(row), row["val_loss"])
+                candidates.append(Candidate(where, score, row["val_loss"], order=2 * s + alpha))
+                log.info("%s: validation %s %.4f, loss %.4f", where, self.cfg.monitor, score,
+                         row["val_loss"])
         win, state.selection = choose(candidates, state.val_items, self.cfg.monitor)
         if mixes:
             state.selection += (f" (wise-ft A: the weights A of the way from {earlier.where} "

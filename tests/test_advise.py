@@ -91,6 +91,7 @@ def test_cli_advise_and_study_default_to_the_tasks_backbone_as_fit_does(tmp_path
         code = main(["-q", "advise", str(folder), "--num-workers", "0", "--device", "cpu"])
     assert code == 0, err.getvalue()
     assert out.getvalue().startswith("tiny:cnn on ") and "--backbone tiny:cnn" in out.getvalue()
+    assert "classic baseline on the same items: " in out.getvalue()
     assert advise(*make_arrays(n=30, n_classes=3), num_workers=0, device="cpu").facts[
         "n_items"] == 30
     out = io.StringIO()
@@ -98,5 +99,29 @@ def test_cli_advise_and_study_default_to_the_tasks_backbone_as_fit_does(tmp_path
         code = main(["-q", "study", str(folder), "--fractions", "1", "--strategies",
                      "feature_extract", "--no-scratch", "--epochs", "1", "--head-epochs", "1",
                      "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "st")])
-    assert code == 0 and "(tiny:cnn, 1 runs)" in out.getvalue()
+    assert code == 0 and "(tiny:cnn, 2 runs)" in out.getvalue()  # feature_extract + baseline
     assert json.loads((tmp_path / "st" / "study.json").read_text())["model"] == "tiny:cnn"
+
+
+def test_advice_says_when_a_classic_model_is_as_good():
+    """The rule on numbers alone: a baseline within the probe's noise suggests auto."""
+    from headstart.advise import advise_from_facts
+
+    weak = advise_from_facts(200, 10, 20, 20, 0.80, 0.78, ("k-NN on pixels", 0.81))
+    assert weak.facts["transfer_pays"] is False and weak.settings["strategy"] == "auto"
+    assert any("transfer may not pay" in r for r in weak.reasons)
+    strong = advise_from_facts(200, 10, 20, 20, 0.95, 0.90, ("k-NN on pixels", 0.60))
+    assert strong.facts["transfer_pays"] is True and "strategy" not in strong.settings
+    assert any("already beat it" in r for r in strong.reasons)
+
+
+def test_advise_fits_the_baseline_on_the_probed_items(monkeypatch):
+    from headstart.tasks import baselined
+
+    seen = []
+    real = baselined.baseline_cv
+    monkeypatch.setattr(baselined, "baseline_cv",
+                        lambda cls, cfg, items: seen.append(len(items)) or real(cls, cfg, items))
+    a = advise(*make_arrays(n=30, n_classes=3), model="tiny:cnn", num_workers=0, device="cpu")
+    assert seen == [30] == [a.facts["probe_items"]]
+    assert 0 <= a.facts["baseline_cv"] <= 1 and a.facts["baseline"].endswith("pixels")

@@ -93,12 +93,40 @@ def test_a_difference_within_the_test_noise_is_a_tie():
     assert "a tie" in build_report(res)
 
 
+def test_the_classic_baseline_joins_the_verdict():
+    from headstart.study import BASELINE, describe_gain
+
+    res = _result({"lp_ft": [0.80, 0.90, 0.95], SCRATCH: [0.50, 0.60, 0.70],
+                   BASELINE: [0.90, 0.91, 0.92]})
+    g = {x["fraction"]: x for x in res.gains()}
+    assert res.strategies() == ["lp_ft"]
+    # 10 items: the baseline beats transfer beyond the noise although scratch does not
+    assert g[0.1]["verdict"] == "negative transfer" and g[0.1]["rival"] == BASELINE
+    assert g[0.1]["baseline_gain_points"] == pytest.approx(-10.0)
+    assert g[0.1]["transfer_items_to_match_baseline"] == pytest.approx(
+        float(np.exp(np.log(10) + (0.90 - 0.80) / 0.10 * (np.log(50) - np.log(10)))))
+    assert g[0.5]["verdict"] == "tie"  # 0.90 vs 0.91 on 5,000 items: within +-1.2
+    assert g[1.0]["verdict"] == "transfer" and g[1.0]["baseline_items_to_match"] is None
+    head, detail = describe_gain(g[0.1])
+    assert head == "NEGATIVE TRANSFER: the classic baseline beat every transfer strategy"
+    assert "transfer needs ~50 items to match the baseline" in detail
+    head, detail = describe_gain(g[1.0])
+    assert head == "transfer beat training from scratch and the classic baseline"
+    assert "the baseline never matches transfer here" in detail
+    from headstart.report import build_report
+
+    page = build_report(res)
+    assert "id=answer" in page and "transfer beat training from scratch and" in page
+
+
 def test_report_flags_negative_transfer_and_is_self_contained():
     from headstart.report import build_report
 
     res = _result({"lp_ft": [0.80, 0.90, 0.95], SCRATCH: [0.60, 0.85, 0.97]})
     page = build_report(res)
-    assert "NEGATIVE TRANSFER" in page and page.count("verdict bad") == 1
+    # the answer (at the most data) first, then the same fraction in the list
+    assert "NEGATIVE TRANSFER" in page and page.count("verdict bad") == 2
+    assert page.index("id=answer") < page.index("training items (0.1)")
     assert page.count("<svg") == 4
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert "<script" not in page and "<link" not in page and "@import" not in page
@@ -118,14 +146,17 @@ def small_study(tmp_path_factory):
 def test_study_runs_every_strategy_and_scratch_at_every_fraction(small_study):
     out, res = small_study
     names = sorted(r["name"] for r in res.runs)
-    assert names == sorted(f"{s}-f{f:g}-s0" for s in ("feature_extract", "finetune", SCRATCH)
-                           for f in (0.5, 1.0))
+    assert names == sorted(f"{s}-f{f:g}-s0" for s in ("feature_extract", "finetune", SCRATCH,
+                                                      "baseline") for f in (0.5, 1.0))
     by = {r["name"]: r for r in res.runs}
     assert by["scratch-f1-s0"]["backbone"] == "scratch:tiny:cnn"
+    assert by["baseline-f1-s0"]["backbone"].endswith("pixels")  # the chosen classic model
+    assert by["baseline-f0.5-s0"]["n_train"] == by["feature_extract-f0.5-s0"]["n_train"]
     assert by["feature_extract-f0.5-s0"]["n_train"] < by["feature_extract-f1-s0"]["n_train"]
     for r in res.runs:
         assert 0 <= r["test"]["accuracy"] <= 1 and r["test"]["n"] == 30  # the given test set
-        assert r["epochs"] == len(r["history"]) >= 1
+        if r["strategy"] != "baseline":
+            assert r["epochs"] == len(r["history"]) >= 1
         assert r["epochs_to_best"] is None or 1 <= r["epochs_to_best"] <= r["epochs"]
         assert r["gap"] == pytest.approx(r["train_accuracy"] - r["val_accuracy"])
     assert not (out / "work").exists()  # per-run folders are cleaned up
@@ -134,11 +165,12 @@ def test_study_runs_every_strategy_and_scratch_at_every_fraction(small_study):
 def test_study_writes_csv_json_and_report(small_study):
     out, res = small_study
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == len(res.runs) == 6
+    assert len(rows) == len(res.runs) == 8
     assert {"name", "test_accuracy", "gap", "fit_seconds", "epochs_to_best"} <= set(rows[0])
     data = json.loads((out / "study.json").read_text())
-    assert data["model"] == "tiny:cnn" and len(data["runs"]) == 6
-    assert set(data["curves"]) == {"feature_extract", "finetune", SCRATCH}
+    assert data["model"] == "tiny:cnn" and len(data["runs"]) == 8
+    assert set(data["curves"]) == {"feature_extract", "finetune", SCRATCH, "baseline"}
+    assert {"baseline_accuracy", "scratch_accuracy", "rival"} <= set(data["gains"][0])
     assert len(data["gains"]) == 2
     page = (out / "report.html").read_text()
     # learning, training and time curves, confusion matrix, the best run's reliability diagram
@@ -166,8 +198,8 @@ def test_killed_study_resumes_and_skips_finished_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(study_mod, "_one_run", lambda *a, **k: calls.append(a[1].name) or
                         real(*a, **k))
     res = run_study(x, y, **kw)
-    assert calls == ["feature_extract-f1-s0", "scratch-f1-s0"]
-    assert len(res.runs) == 4
+    assert calls == ["feature_extract-f1-s0", "scratch-f1-s0"]  # and the baseline, not a fit
+    assert len(res.runs) == 6
     calls.clear()
     run_study(x, y, **kw)
     assert calls == []  # everything finished: nothing runs again

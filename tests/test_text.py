@@ -601,8 +601,10 @@ def test_evaluate_reports_the_tfidf_baseline(fitted, text_data):
     m = clf.evaluate(Xt, yt)
     assert m["n"] == 20
     base = m["baseline"]
-    assert set(base) == {"accuracy", "macro_f1", "auroc", "n"}
+    assert set(base) == {"accuracy", "macro_f1", "auroc", "n", "name"}
     assert base["n"] == 20 and base["accuracy"] == 1.0  # same word lists
+    assert base["name"] == clf.metrics_["baseline_name"]
+    assert m["verdict"]["n"] == 20 and m["verdict"]["winner"] in ("transfer", "tie", "baseline")
     assert clf.metrics_["baseline_name"].startswith("TF-IDF")
     assert "baseline" in clf.metrics_["validation"]
 

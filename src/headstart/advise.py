@@ -17,6 +17,11 @@ The rules, from the transfer-learning literature and this project's measurements
 * Much data (>= 500 per class) and features far from the classes (probe < 70%): the whole
   network should move, from the first step: ``finetune``.
 * Imbalance (largest / smallest class >= 3): select and early-stop on macro-F1, not accuracy.
+* When not to transfer: the task's classic baseline (small pixels or HOG / TF-IDF / log-mel
+  statistics with logistic regression, k-NN or an RBF SVM) is cross-validated on the same
+  items as the probe; when it scores at least as well as the frozen features' linear probe
+  beyond one binomial standard error, the advice says transfer may not pay and suggests
+  ``--strategy auto`` (the network and the baseline compete on validation).
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ class Advice:
 
 
 def advise_from_facts(n_items: int, n_classes: int, smallest: int, largest: int,
-                      probe_linear: float | None, probe_knn: float | None = None) -> Advice:
+                      probe_linear: float | None, probe_knn: float | None = None,
+                      baseline: tuple[str, float] | None = None) -> Advice:
     """The rules, on numbers alone (tested directly; ``advise`` measures the numbers)."""
     per_class = n_items / max(1, n_classes)
     reasons, settings = [], {}
@@ -97,15 +103,35 @@ def advise_from_facts(n_items: int, n_classes: int, smallest: int, largest: int,
         settings["monitor"] = "macro_f1"
         reasons.append(f"the largest class has {ratio:.1f}x the items of the smallest: pick "
                        "the checkpoint by macro-F1, which weighs every class equally")
+    if baseline is not None:
+        name, acc = baseline
+        facts.update({"baseline": name, "baseline_cv": acc})
+        probe_best = max(v for v in (probe_linear, probe_knn, 0.0) if v is not None)
+        noise = math.sqrt(max(probe_best * (1 - probe_best), 1e-12) / max(1, n_items))
+        facts["transfer_pays"] = bool(acc < probe_best - noise)
+        if acc >= probe_best - noise:
+            settings["strategy"] = "auto"
+            reasons.append(f"a classic model, {name}, reaches {100 * acc:.1f}% in "
+                           f"cross-validation on the same items, against the frozen features' "
+                           f"{100 * probe_best:.1f}% (within or beyond the noise of "
+                           f"{n_items} items): transfer may not pay here. Fit with --strategy "
+                           f"auto: it trains {strategy if strategy != 'feature_extract' else 'lp_ft'}"
+                           " and keeps the baseline if it wins on validation")
+        else:
+            reasons.append(f"the best classic model, {name}, reaches {100 * acc:.1f}% in "
+                           f"cross-validation on the same items: the frozen features "
+                           f"({100 * probe_best:.1f}%) already beat it")
     return Advice(strategy, settings, reasons, facts)
 
 
 def advise(data, y=None, *, model: str | None = None, task: str = "image",
-           **settings) -> Advice:
+           baseline: bool = True, **settings) -> Advice:
     """Advice for fine-tuning ``model`` (default: the task's default backbone, as for fit)
-    on ``data``: the facts, one cheap probe, the rules."""
-    from .select import rank
+    on ``data``: the facts, one cheap probe, the classic baseline cross-validated on the
+    probe's items (``baseline=False``: not), the rules."""
+    from .select import probed_items, rank
     from .tasks import ESTIMATORS
+    from .tasks.baselined import baseline_cv
 
     est = ESTIMATORS[task](backbone=model, **settings)
     model = est.resolved_config().backbone
@@ -115,9 +141,14 @@ def advise(data, y=None, *, model: str | None = None, task: str = "image",
     if row.error:
         raise ValueError(f"advise: {model} could not be probed: {row.error}")
     counts = np.bincount(np.asarray(source.labels), minlength=len(source.classes))
+    classic = None
+    if baseline:
+        cfg = est.resolved_config()
+        items = probed_items(est, source, cfg)  # the items rank probed, exactly
+        classic = baseline_cv(type(est), cfg, items)
     advice = advise_from_facts(len(source), len(source.classes), int(counts.min()),
                                int(counts.max()), row.scores.get("linear"),
-                               row.scores.get("knn"))
+                               row.scores.get("knn"), classic)
     advice.facts["logme"] = row.scores.get("logme")
     advice.facts["probe_items"] = result.n_items
     return advice

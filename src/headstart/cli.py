@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "same values a later fit reuses the cached features)", tasks=TASKS)
 
     p = sub.add_parser("study", help="prove the transfer: transfer strategies against the same "
-                       "network trained from scratch, over nested fractions of your data, "
-                       "with an HTML report")
+                       "network trained from scratch and the classic baseline (--no-baseline "
+                       "skips it), over nested fractions of your data, with an HTML report")
     p.add_argument("data", help="labeled data, as for fit")
     p.add_argument("--model", default=None, help="source model id or run directory (default: "
                    "the task's default backbone, as for fit)")
@@ -405,6 +405,12 @@ def cmd_fit(args) -> int:
         size = f"{pre.input_size}px"
     print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, {size}, "
           f"fit {m['fit_seconds']:.0f}s, kept {m['best'] or 'the last epoch (no validation)'})")
+    for split in ("test", "validation"):  # the answer first: does transfer pay?
+        if (m.get(split) or {}).get("verdict"):
+            print(f"  verdict ({split}): {m[split]['verdict']['line']}")
+            break
+    if m.get("winner"):
+        print(f"  strategy auto: {m['winner']['why']}")
     for s in clf.stages_:
         bn = f", BN {s['bn']}" if args.task == "image" else ""
         print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
@@ -421,8 +427,8 @@ def cmd_fit(args) -> int:
             print(f"  {split:<10} {show(m[split])}")
             if m[split].get("per_class"):
                 print(f"  {'':<10} {_recall_line(m[split]['per_class'])}")
-            for line in _text_extras(m[split], m.get("baseline_name", ""),
-                                     m.get("blend_mode", "mean")):
+            for line in _baseline_lines(m[split], m.get("baseline_name", ""),
+                                        m.get("blend_mode", "mean")):
                 print(f"  {'':<10} {line}")
     return 0
 
@@ -437,9 +443,10 @@ def _recall_line(per_class: dict, most: int = 10) -> str:
     return f"{head}: " + ", ".join(f"{c} {r:.2f}" for c, r in items)
 
 
-def _text_extras(m: dict, baseline_name: str = "", blend_mode: str = "mean") -> list[str]:
-    """A text model's metrics beside its own: the TF-IDF baseline, the blend of the two
-    (or, for a --blend model, the encoder alone)."""
+def _baseline_lines(m: dict, baseline_name: str = "", blend_mode: str = "mean") -> list[str]:
+    """The metrics beside a model's own: the classic baseline (or, where the run kept the
+    baseline, the network's); text: the blend of the encoder and TF-IDF (or, for a --blend
+    model, the encoder alone)."""
     from .metrics import format_metrics
 
     lines = []
@@ -447,9 +454,13 @@ def _text_extras(m: dict, baseline_name: str = "", blend_mode: str = "mean") -> 
         how = ("is one logistic regression on TF-IDF + encoder features"
                if blend_mode == "joint" else "blends in TF-IDF")
         lines.append(f"(the above {how}) encoder alone: {format_metrics(m['encoder'])}")
+    if "transfer" in m:
+        lines.append(f"(the above is the kept classic baseline) the network: "
+                     f"{format_metrics(m['transfer'])}")
     if "baseline" in m:
-        name = f" {baseline_name}" if baseline_name else ""
-        lines.append(f"baseline{name}: {format_metrics(m['baseline'])}")
+        name = m["baseline"].get("name") or baseline_name
+        label = f"baseline {name}" if name else "baseline"
+        lines.append(f"{label}: {format_metrics(m['baseline'])}")
     if "blend" in m:
         lines.append(f"blend (mean of encoder and baseline probabilities, --blend "
                      f"--blend-mode mean): "
@@ -572,7 +583,7 @@ def cmd_rank(args) -> int:
 def cmd_study(args) -> int:
     from tqdm.auto import tqdm
 
-    from .study import run_study
+    from .study import describe_gain, run_study
 
     if not args.verbose:  # one line per run, not every epoch of every run
         _quiet_library_logs()
@@ -607,15 +618,8 @@ def cmd_study(args) -> int:
         return 0
     print(f"study: {out}  ({args.model}, {len(result.runs)} runs)")
     for g in gains:
-        flag = {"negative transfer": "NEGATIVE TRANSFER", "transfer": "transfer wins"}.get(
-            g["verdict"], f"tie (within +-{g['margin_points']:.1f} pts)")
-        match = g["scratch_items_to_match"]
-        need = f"scratch needs ~{match:.0f} items to match" if match else \
-            "scratch never matches it here"
-        print(f"  {g['n_train']:>6} items: {g['best_strategy']:<15} "
-              f"{100 * g['transfer_accuracy']:5.1f}% vs scratch "
-              f"{100 * g['scratch_accuracy']:5.1f}%  {g['gain_points']:+5.1f} pts  {flag}; "
-              f"{need}")
+        head, detail = describe_gain(g)
+        print(f"  {g['n_train']:>6} items: {head}: {detail}")
     print(f"report: {out / 'report.html'}  (also results.csv, study.json)")
     return 0
 
@@ -675,11 +679,17 @@ def cmd_advise(args) -> int:
           f"({f['smallest_class']}-{f['largest_class']} per class); probe on "
           f"{f['probe_items']} items: linear {100 * f['probe_linear']:.1f}%, kNN "
           f"{100 * f['probe_knn']:.1f}%")
+    if f.get("baseline_cv") is not None:
+        print(f"classic baseline on the same items: {f['baseline']}, cross-validated "
+              f"{100 * f['baseline_cv']:.1f}%" + ("" if f["transfer_pays"] else
+                                                  "  (transfer may not pay here)"))
     print(advice.text())
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in advice.settings.items())
+    settings = dict(advice.settings)
+    strategy = settings.pop("strategy", advice.strategy)  # auto: transfer may not pay
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
     task = f" --task {args.task}" if args.task != "image" else ""
     print(f"\n  headstart fit {args.data}{task} --backbone {args.model} --strategy "
-          f"{advice.strategy} {flags}".rstrip())
+          f"{strategy} {flags}".rstrip())
     return 0
 
 
@@ -702,14 +712,16 @@ def cmd_evaluate(args) -> int:
         for ex in m["examples"]:
             print(f"  {ex['reference']!r:<32} -> {ex['transcript']!r}")
         return 0
+    if m.get("verdict"):
+        print(f"verdict: {m['verdict']['line']}")
     print(format_metrics(m))
     if "tta" in m:
         print(f"  test-time augmentation: the mean over {len(m['tta']['views'])} views "
               f"({', '.join(m['tta']['views'])})")
     if "calibration" in m:
         print(f"  {format_calibration(m['calibration'])}")
-    for line in _text_extras(m, clf.metrics_.get("baseline_name", ""),
-                             clf.metrics_.get("blend_mode", "mean")):
+    for line in _baseline_lines(m, clf.metrics_.get("baseline_name", ""),
+                                clf.metrics_.get("blend_mode", "mean")):
         print(f"  {line}")
     width = max(len(c) for c in clf.classes_)
     print(f"{'class':<{width}}  precision  recall     f1  support")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 CHOICES = {
-    "strategy": ("feature_extract", "finetune", "partial", "gradual", "lp_ft", "lora"),
+    "strategy": ("feature_extract", "finetune", "partial", "gradual", "lp_ft", "lora", "auto"),
     "truncation": ("head", "head_tail", "chunks"),
     "augment": ("none", "light", "strong", "trivial", "randaugment"),
     "mix": ("none", "mixup", "cutmix"),
@@ -24,6 +24,9 @@ CHOICES = {
     "blend_mode": ("mean", "joint"),
     "keep": ("best", "last_stage"),
 }
+
+# What `--strategy auto` trains before it weighs the network against the classic baseline.
+AUTO_TRANSFER = "lp_ft"
 
 # The tasks that classify single-label items: `rank`, `advise`, `study` and `tune` take these
 # (detection and speech recognition are `fit` tasks only).
@@ -62,9 +65,11 @@ def _f(default: Any, help: str, **kw) -> Any:
 class FitConfig:
     backbone: str = _f("packaged:efficientnet_lite0", "source model id (`headstart models`) "
                        "or the directory of a run headstart wrote")
-    strategy: str = _f("lp_ft", "what trains: feature_extract | finetune | partial | gradual "
+    strategy: str = _f("auto", "what trains: feature_extract | finetune | partial | gradual "
                        "| lp_ft (linear probe, then fine-tune everything) | lora (linear "
-                       "probe, then low-rank adapters via PEFT)")
+                       "probe, then low-rank adapters via PEFT) | auto (lp_ft, then keep "
+                       "whichever of it and the classic baseline scores higher on "
+                       "validation beyond its noise)")
     cut: int = _f(0, "remove this many trailing feature stages of the backbone")
     keep_head: bool = _f(False, "chained transfer from a run directory: start from that run's "
                          "head (same classes) instead of a new one")
@@ -171,8 +176,11 @@ class FitConfig:
     label_column: str = _f("label", "the column holding the label(s)")
     label_sep: str | None = _f(None, "text: separator of several labels in one CSV cell "
                                "(multi-label); JSONL/Parquet lists need none")
-    baseline: bool = _f(True, "text: also fit TF-IDF + logistic regression on the same split "
-                        "and report it beside the transfer result")
+    baseline: bool = _f(True, "image, text, audio: also fit the best classic model on the same "
+                        "training part (text: TF-IDF + logistic regression; images: small "
+                        "pixels or HOG, audio: log-mel statistics, with logistic regression "
+                        "/ k-NN / RBF SVM chosen by cross-validation) and report it and the "
+                        "verdict beside the transfer result")
     blend: bool = _f(False, "text: predict with the encoder and the TF-IDF baseline "
                      "together (needs --baseline; how: --blend-mode). The two make "
                      "different mistakes, so the blend can beat both; `fit --test` and "
@@ -291,7 +299,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     # statistics to freeze.
     "text": {
         "backbone": "packaged:minilm-l6",
-        "strategy": "lp_ft",
+        "strategy": "auto",
         "epochs": 8,
         "min_steps": 60,
         "truncation": "chunks",
@@ -306,7 +314,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "audio": {
         "backbone": "packaged:ge2e",
-        "strategy": "lp_ft",
+        "strategy": "auto",
         "epochs": 15,
         "batch_size": 32,
         "eval_batch_size": 64,

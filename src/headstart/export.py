@@ -86,6 +86,13 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
         what = {"detect": "detectors", "asr": "speech recognisers"}[est.task]
         raise ExportError(f"{run_dir}: exporting {what} is not supported yet; predict "
                           f"with `headstart predict {run_dir} INPUTS`")
+    if est._kept_baseline():
+        raise ExportError(
+            f"{run_dir}: this run kept its classic baseline ({est.baseline_.name}) over the "
+            "network (--strategy auto; see `winner` in its config.json). Its model is the "
+            "training vectors in baseline/, refitted by scikit-learn on load, which has no "
+            "ONNX graph here; predict and serve run it (`headstart predict "
+            f"{run_dir} INPUTS`), or fit with --strategy lp_ft to export the network")
     predictor = Predictor(est)
     items, checked_on = _check_items(est, check, n_check)
     prepared = predictor.prepare_many(items)

@@ -219,8 +219,14 @@ class Predictor:
         self.multi_label = bool(getattr(estimator, "multi_label_", False))
         self.max_pixels = max_pixels
         self.blend = self.task == "text" and estimator._blends()
+        # a run that kept its classic baseline predicts with it: no graph, no engine
+        self.baseline = estimator.baseline_ if estimator._kept_baseline() else None
+        if self.baseline is not None and engine is not None:
+            raise ValueError(f"this run kept its classic baseline ({self.baseline.name}), "
+                             "which has no ONNX graph: use engine torch")
         self._graph = None
-        self.engine = engine or TorchEngine(self.graph)
+        self.engine = engine or (BaselineEngine(self.baseline) if self.baseline is not None
+                                 else TorchEngine(self.graph))
         if self.task == "image":
             from .data.transforms import ImageTransform
 
@@ -270,6 +276,9 @@ class Predictor:
             for item in items:
                 try:
                     img = open_image(item, self.max_pixels)
+                    if self.baseline is not None:  # the baseline's own vector of the image
+                        out.append(self.baseline.featurizer_(img))
+                        continue
                     crops = [np.asarray(t.eval_image(img), dtype=np.uint8)
                              for t in self._transforms]
                     out.append(np.stack(crops) if self.views else crops[0])
@@ -310,6 +319,8 @@ class Predictor:
             return ItemError(str(exc))
         except ItemError as exc:
             return exc
+        if self.baseline is not None:  # the whole recording, as the baseline was fitted
+            return self.baseline.featurizer_(wave)
         return fit_length(wave, pre.samples, None)
 
     def _prepare_texts(self, items: list) -> list:
@@ -359,6 +370,9 @@ class Predictor:
         """Probabilities ``[len(prepared), classes]`` of prepared items."""
         if not prepared:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
+        if self.baseline is not None:
+            return self.engine([p.text for p in prepared] if self.task == "text"
+                               else np.stack(prepared))
         out = self.engine(self.collate(prepared))
         proba, feats = out if isinstance(out, tuple) else (out, None)
         if self.views:  # the mean over each item's test-time views
@@ -411,6 +425,19 @@ def _item_name(item, i: int) -> str:
 
 
 # ---------------------------------------------------------------------- engines
+class BaselineEngine:
+    """A run's kept classic baseline (scikit-learn): its inputs are the baseline's own
+    vectors of the items (texts for TF-IDF), as :meth:`Predictor.prepare` makes them."""
+
+    name = "scikit-learn"
+
+    def __init__(self, baseline):
+        self.baseline = baseline
+
+    def __call__(self, inputs) -> np.ndarray:
+        return self.baseline.predict_proba(inputs).astype(np.float32)
+
+
 class TorchEngine:
     """The PyTorch graph: named numpy inputs -> numpy probabilities."""
 

@@ -477,6 +477,29 @@ DEFAULT_MAX_ITEMS = 300
 RANK_TASKS = CLASSIFY_TASKS  # single-label classes to score by
 
 
+def _probe_parts(est, source, cfg, max_items: int):
+    """(fit's training part, the parts a rank probes, whether they are a sample): a
+    stratified sample of the training part when there are more than ``max_items`` items,
+    else fit's own train/validation split (its feature cache keys match)."""
+    from .data.images import DataError
+
+    try:
+        _, train_src, val_src = est._split(source, None, None, cfg)
+    except DataError:  # too few items for fit's validation split: rank them all as one part
+        train_src, val_src = source, None
+    if len(source) > max_items:
+        return train_src, [train_src.subset(_sample(np.asarray(train_src.labels), max_items,
+                                                    cfg.seed))], True
+    return train_src, [p for p in (train_src, val_src) if p is not None], False
+
+
+def probed_items(est, source, cfg, max_items: int = DEFAULT_MAX_ITEMS):
+    """The items ``rank`` probes on ``source``, as one source (what ``advise`` fits the
+    classic baseline on)."""
+    _, parts, sampled = _probe_parts(est, source, cfg, max_items)
+    return parts[0] if sampled or len(parts) == 1 else source
+
+
 def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
          max_items: int = DEFAULT_MAX_ITEMS, config=None, **settings) -> RankResult:
     """Score candidate backbones on labeled target data before any training.
@@ -523,21 +546,11 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
         raise ValueError("no candidate models given")
     est = ESTIMATORS[task](config=config, **settings)
     cfg = est.resolved_config()
-    from .data.images import DataError
-
     source = est._open_labeled(data, y, None, cfg)  # read once; _split takes the source
-    try:
-        _, train_src, val_src = est._split(source, None, None, cfg)
-    except DataError:  # too few items for fit's validation split: rank them all as one part
-        train_src, val_src = source, None
     if source.labels.ndim != 1:
         raise ValueError("rank needs single-label data (one class per item); multi-label "
                          "rows cannot be ranked yet")
-    sampled = len(source) > max_items
-    if sampled:  # a sample of what fit would train on
-        parts = [train_src.subset(_sample(np.asarray(train_src.labels), max_items, cfg.seed))]
-    else:  # fit's own train/validation split: its feature cache keys match
-        parts = [p for p in (train_src, val_src) if p is not None]
+    train_src, parts, sampled = _probe_parts(est, source, cfg, max_items)
     labels = np.concatenate([np.asarray(p.labels) for p in parts])
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and
                           torch.cuda.is_available() else "cpu")

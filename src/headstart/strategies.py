@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from .config import FitConfig
+from .config import AUTO_TRANSFER, FitConfig
 from .zoo.base import LayerGroup
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = 
         return Stage(name, groups, epochs, lr, head_lr, cfg.lr_decay, bn(bn_default))
 
     probe = stage("linear_probe", 0, cfg.head_epochs, "frozen")
-    name = cfg.strategy
+    # auto trains lp_ft; the estimator then weighs it against the classic baseline
+    name = AUTO_TRANSFER if cfg.strategy == "auto" else cfg.strategy
     if name == "feature_extract":
         stages = (probe,)
     elif name == "finetune":

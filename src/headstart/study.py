@@ -5,8 +5,11 @@ Every run uses the same seed policy and budget: the training pool is split once 
 fixed validation set and the rest; fractions of the rest are nested (the 10% subset holds
 the 5% subset) and stratified; each (strategy, fraction, seed) is one ``fit`` scored on the
 same test set. The same architecture with random weights, fine-tuned end to end at a
-from-scratch learning rate, is the baseline. Finished runs are appended to
-``results.jsonl``: a killed study rerun with the same settings skips them.
+from-scratch learning rate, is one baseline; the task's classic baseline (small pixels or
+HOG / TF-IDF / log-mel statistics with logistic regression, k-NN or an RBF SVM, chosen by
+cross-validation on the same training items) is the other. The verdict at each fraction
+weighs the best transfer strategy against the stronger of the two. Finished runs are
+appended to ``results.jsonl``: a killed study rerun with the same settings skips them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("feature_extract", "partial", "finetune", "lp_ft")
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 SCRATCH = "scratch"
+BASELINE = "baseline"  # the classic baseline's runs (no network)
 # The from-scratch baseline: every layer trains from the first step, one learning rate for
 # all (discriminative rates only make sense for pretrained layers), BN statistics learnt.
 SCRATCH_SETTINGS = {"strategy": "finetune", "lr": 3e-3, "lr_decay": 1.0, "bn": "train"}
@@ -55,7 +59,7 @@ def nested_fractions(labels: np.ndarray, fractions, seed: int) -> dict[float, np
 
 @dataclass(frozen=True)
 class RunSpec:
-    strategy: str  # a transfer strategy, or "scratch"
+    strategy: str  # a transfer strategy, "scratch" or "baseline"
     fraction: float
     seed: int
 
@@ -66,6 +70,10 @@ class RunSpec:
     @property
     def scratch(self) -> bool:
         return self.strategy == SCRATCH
+
+    @property
+    def baseline(self) -> bool:
+        return self.strategy == BASELINE
 
 
 @dataclass
@@ -110,56 +118,75 @@ class StudyResult:
         return rows
 
     def strategies(self) -> list[str]:
-        return [s for s in dict.fromkeys(r["strategy"] for r in self.runs) if s != SCRATCH]
+        return [s for s in dict.fromkeys(r["strategy"] for r in self.runs)
+                if s not in (SCRATCH, BASELINE)]
 
     def gains(self) -> list[dict]:
-        """Per fraction: the best transfer strategy against scratch, the gain in points,
-        the training data scratch needed to match it, and the verdict: transfer, negative
-        transfer (scratch better by more than two standard errors of the test-set
-        difference), or a tie."""
+        """Per fraction: the best transfer strategy against scratch and against the classic
+        baseline, the gain in points over each, the training data each needed to match it
+        (or transfer needed to match the baseline), and the verdict: transfer (better than
+        both by more than two standard errors of the test-set difference), negative
+        transfer (scratch or the baseline better by more than that; ``rival`` says which),
+        or a tie."""
         scratch = {c["fraction"]: c for c in self.curve(SCRATCH)}
+        baseline = {c["fraction"]: c for c in self.curve(BASELINE)}
         curves = {s: {c["fraction"]: c for c in self.curve(s)} for s in self.strategies()}
         out = []
         for f in sorted({r["fraction"] for r in self.runs}):
             cands = [(c[f]["accuracy"], s, c[f]) for s, c in curves.items() if f in c]
-            if not cands or f not in scratch:
+            rivals = {name: curve[f] for name, curve in ((SCRATCH, scratch),
+                                                         (BASELINE, baseline)) if f in curve}
+            if not cands or not rivals:
                 continue
             acc, best, cell = max(cands)
-            sc = scratch[f]
-            spread = max(cell["std"], sc["std"])
-            # two standard errors of the difference of two accuracies on this test set:
-            # a smaller gap either way is a tie, not a verdict
             n_test = min(r["test"]["n"] for r in self.runs if r["fraction"] == f)
-            p = (acc + sc["accuracy"]) / 2
-            margin = 2 * math.sqrt(max(p * (1 - p), 1e-12) * 2 / max(n_test, 1))
-            diff = acc - sc["accuracy"]
-            out.append({
-                "fraction": f, "n_train": cell["n_train"], "best_strategy": best,
-                "transfer_accuracy": acc, "scratch_accuracy": sc["accuracy"],
-                "gain_points": 100 * diff, "margin_points": 100 * margin,
-                "verdict": "transfer" if diff > margin else
-                           "negative transfer" if -diff > margin else "tie",
-                "scratch_items_to_match": self._scratch_to_match(acc),
-                "negative_transfer": bool(-diff > margin),
-                "beyond_seed_spread": bool(abs(acc - sc["accuracy"]) > 2 * spread)
-                if spread > 0 else None,
+            row = {"fraction": f, "n_train": cell["n_train"], "best_strategy": best,
+                   "transfer_accuracy": acc}
+            outcome = {}
+            for name, rc in rivals.items():
+                # two standard errors of the difference of two accuracies on this test
+                # set: a smaller gap either way is a tie, not a verdict
+                p = (acc + rc["accuracy"]) / 2
+                margin = 2 * math.sqrt(max(p * (1 - p), 1e-12) * 2 / max(n_test, 1))
+                diff = acc - rc["accuracy"]
+                outcome[name] = "win" if diff > margin else "loss" if -diff > margin else "tie"
+                spread = max(cell["std"], rc["std"])
+                row.update({f"{name}_accuracy": rc["accuracy"],
+                            f"{name}_gain_points": 100 * diff,
+                            f"{name}_margin_points": 100 * margin,
+                            f"{name}_beyond_seed_spread": bool(abs(diff) > 2 * spread)
+                            if spread > 0 else None})
+            strongest = max(rivals, key=lambda k: rivals[k]["accuracy"])
+            lost = [k for k, v in outcome.items() if v == "loss"]
+            verdict = ("negative transfer" if lost else
+                       "transfer" if all(v == "win" for v in outcome.values()) else "tie")
+            row.update({
+                "verdict": verdict, "rival": lost[0] if len(lost) == 1 else strongest,
+                "scratch_items_to_match": self._to_match(SCRATCH, acc) if SCRATCH in rivals
+                else None,
+                "baseline_items_to_match": self._to_match(BASELINE, acc)
+                if BASELINE in rivals else None,
+                "transfer_items_to_match_baseline": self._to_match(
+                    best, rivals[BASELINE]["accuracy"]) if BASELINE in rivals else None,
+                "negative_transfer": bool(lost),
+                # the keys of a study without a classic baseline, as before
+                "margin_points": row.get(f"{strongest}_margin_points"),
+                "gain_points": row.get(f"{strongest}_gain_points"),
+                "beyond_seed_spread": row.get(f"{strongest}_beyond_seed_spread"),
             })
+            out.append(row)
         return out
 
+    def _to_match(self, strategy: str, accuracy: float) -> float | None:
+        """Training items ``strategy`` needs to reach ``accuracy`` (linear in log n between
+        the measured fractions); None when it never does within the data."""
+        from .baselines import items_to_match
+
+        return items_to_match([(c["n_train"], c["accuracy"]) for c in self.curve(strategy)],
+                              accuracy)
+
     def _scratch_to_match(self, accuracy: float) -> float | None:
-        """Training items scratch needs to reach ``accuracy`` (linear in log n between the
-        measured fractions); None when it never does within the data."""
-        curve = self.curve(SCRATCH)
-        for a, b in zip(curve, curve[1:]):
-            if a["accuracy"] >= accuracy:
-                return float(a["n_train"])
-            if b["accuracy"] >= accuracy:
-                t = (accuracy - a["accuracy"]) / max(b["accuracy"] - a["accuracy"], 1e-12)
-                return float(math.exp(math.log(a["n_train"]) +
-                                      t * (math.log(b["n_train"]) - math.log(a["n_train"]))))
-        if curve and curve[-1]["accuracy"] >= accuracy:
-            return float(curve[-1]["n_train"])
-        return None
+        return self._to_match(SCRATCH, accuracy)
 
     def best_run(self) -> dict:
         """The run with the highest test accuracy at the largest fraction."""
@@ -179,7 +206,7 @@ class StudyResult:
         return {"model": self.model, "task": self.task, "classes": self.classes,
                 "settings": self.settings, "gains": self.gains(),
                 "advice": self.advice_check(),
-                "curves": {s: self.curve(s) for s in [*self.strategies(), SCRATCH]},
+                "curves": {s: self.curve(s) for s in [*self.strategies(), SCRATCH, BASELINE]},
                 "runs": self.runs}
 
     def write(self, out: str | Path) -> dict[str, Path]:
@@ -204,6 +231,44 @@ class StudyResult:
                 "report": out / "report.html"}
 
 
+RIVAL_WORDS = {SCRATCH: "training from scratch", BASELINE: "the classic baseline"}
+
+
+def describe_gain(g: dict) -> tuple[str, str]:
+    """(the verdict in a few words, the figures behind it) of one row of
+    :meth:`StudyResult.gains`, as the CLI and the report print it."""
+    rival = RIVAL_WORDS.get(g.get("rival"), "the baseline")
+    if g["verdict"] == "negative transfer":
+        head = f"NEGATIVE TRANSFER: {rival} beat every transfer strategy"
+    elif g["verdict"] == "transfer":
+        beaten = " and ".join(RIVAL_WORDS[k] for k in (SCRATCH, BASELINE)
+                              if f"{k}_accuracy" in g)
+        head = f"transfer beat {beaten}"
+    else:
+        head = (f"a tie: against {rival} the difference is within the test set's noise "
+                f"(+-{g['margin_points']:.1f} points)")
+    parts = [f"{g['best_strategy']} {100 * g['transfer_accuracy']:.1f}%"]
+    for k, words in ((SCRATCH, "scratch"), (BASELINE, "classic baseline")):
+        if f"{k}_accuracy" in g:
+            parts.append(f"{words} {100 * g[f'{k}_accuracy']:.1f}% "
+                         f"({g[f'{k}_gain_points']:+.1f} pts)")
+    needs = []
+    if g.get("scratch_items_to_match") is not None:
+        needs.append(f"scratch needs ~{g['scratch_items_to_match']:.0f} items to match it")
+    elif "scratch_accuracy" in g:
+        needs.append("scratch never matches it here")
+    if "baseline_accuracy" in g:
+        if g["baseline_accuracy"] > g["transfer_accuracy"]:
+            m = g.get("transfer_items_to_match_baseline")
+            needs.append(f"transfer needs ~{m:.0f} items to match the baseline" if m
+                         else "transfer never matches the baseline here")
+        else:
+            m = g.get("baseline_items_to_match")
+            needs.append(f"the baseline needs ~{m:.0f} items to match transfer" if m
+                         else "the baseline never matches transfer here")
+    return head, "; ".join([", ".join(parts), *needs])
+
+
 def _fingerprint(parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -211,9 +276,13 @@ def _fingerprint(parts) -> str:
 def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=None,
               task: str = "image",
               strategies=STRATEGIES, fractions=FRACTIONS, seeds=(0,), scratch: bool = True,
+              baseline: bool = True,
               val_fraction: float = 0.1, test_fraction: float = 0.2, progress=None,
               advise: bool = True, **settings) -> StudyResult:
     """Run (or finish) a study and write its results and report under ``out``.
+
+    ``scratch`` / ``baseline``: also fit the network from random weights / the task's
+    classic baseline at every fraction and seed (the verdict weighs transfer against both).
 
     ``settings`` are FitConfig fields shared by every run (the budget: ``epochs``,
     ``head_epochs``, ``image_size``, ...; default ``STUDY_BUDGET``: 8 epochs, early stop
@@ -231,6 +300,7 @@ def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=N
                          f"{', '.join(STRATEGIES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    baseline = bool(settings.pop("baseline", baseline))  # --no-baseline: no classic runs
     settings = {**STUDY_BUDGET, **settings}
     est = ESTIMATORS[task](backbone=model, **settings)
     cfg = est.resolved_config()
@@ -251,7 +321,8 @@ def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=N
     train_pool, val_src = pool.subset(tr_idx), pool.subset(va_idx)
     subsets = nested_fractions(np.asarray(train_pool.labels), fractions, cfg.seed)
     specs = [RunSpec(s, f, seed) for f in sorted(fractions) for seed in seeds
-             for s in [*strategies, *([SCRATCH] if scratch else [])]]
+             for s in [*strategies, *([SCRATCH] if scratch else []),
+                       *([BASELINE] if baseline else [])]]
     key = _fingerprint([model, task, {k: v for k, v in cfg.to_dict().items()
                                       if k not in ("num_workers", "device")},
                         train_pool.fingerprint(), val_src.fingerprint(),
@@ -264,7 +335,8 @@ def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=N
              len(train_pool), len(val_src), len(test_src))
     for i, spec in enumerate(specs, 1):
         if spec.name not in done:
-            record = _one_run(ESTIMATORS[task], spec, model, cfg, train_pool.subset(
+            run = _one_baseline_run if spec.baseline else _one_run
+            record = run(ESTIMATORS[task], spec, model, cfg, train_pool.subset(
                 subsets[spec.fraction]), val_src, test_src, out / "work" / spec.name)
             record["study"] = key
             _append(results, record)
@@ -291,6 +363,7 @@ def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=N
                          settings={"fractions": sorted(fractions), "strategies":
                                    list(strategies), "seeds": list(seeds),
                                    "scratch": SCRATCH_SETTINGS if scratch else None,
+                                   "baseline": baseline,
                                    "fit": {k: v for k, v in cfg.to_dict().items()
                                            if k in settings},
                                    "n_pool": len(train_pool), "n_val": len(val_src),
@@ -347,6 +420,7 @@ def _one_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src,
              work: Path) -> dict:
     changes = dict(SCRATCH_SETTINGS, backbone=f"scratch:{model}") if spec.scratch else \
         {"strategy": spec.strategy, "backbone": model}
+    changes["baseline"] = False  # the study's own baseline runs fit it once per subset
     run_cfg = cfg.replace(seed=spec.seed, **changes)
     clf = cls(config=run_cfg, run_dir=work)
     t0 = time.perf_counter()
@@ -370,3 +444,28 @@ def _one_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src,
                                           "reliability", "calibration") if k in test},
             "history": [{k: h[k] for k in ("stage", "global_epoch", "train_loss", "val_loss",
                                            "val_accuracy") if k in h} for h in history]}
+
+
+def _one_baseline_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src,
+                      work: Path) -> dict:
+    """The classic baseline alone on the run's training subset, scored like a run."""
+    from .metrics import classification_metrics
+    from .tasks.baselined import baseline_only
+
+    t0 = time.perf_counter()
+    est = baseline_only(cls, cfg.replace(seed=spec.seed, backbone=model), train_src)
+    seconds = time.perf_counter() - t0
+
+    def scored(src) -> dict:
+        return classification_metrics(src.labels, est._baseline_proba(src), est.classes_)
+
+    train, val, test = scored(train_src), scored(val_src), scored(test_src)
+    return {"name": spec.name, "strategy": BASELINE, "fraction": spec.fraction,
+            "seed": spec.seed, "n_train": len(train_src), "backbone": est.baseline_.name,
+            "fit_seconds": seconds, "epochs": 0, "epochs_to_best": None, "best": None,
+            "train_accuracy": train["accuracy"], "val_accuracy": val["accuracy"],
+            "gap": train["accuracy"] - val["accuracy"],
+            "test": {k: test[k] for k in ("accuracy", "macro_f1", "auroc", "n", "per_class",
+                                          "confusion_matrix", "log_loss", "ece",
+                                          "reliability") if k in test},
+            "baseline_fit": est.baseline_.summary(), "history": []}

@@ -46,7 +46,7 @@ def _table(rows: list[list], head: list[str], left: int = 1, cls: str = "") -> s
 
 def build_report(result) -> str:
     """The report of a :class:`~headstart.study.StudyResult` as one HTML string."""
-    from ..study import SCRATCH
+    from ..study import BASELINE, SCRATCH, describe_gain
 
     s = result.settings
     gains = result.gains()
@@ -59,28 +59,29 @@ def build_report(result) -> str:
              f"), validation {s.get('n_val')}, test {s.get('n_test')}; seeds "
              f"{', '.join(map(str, s['seeds']))}; {len(result.runs)} runs.</p>"]
     parts.append("<h2>Verdict</h2>")
+    if gains:  # the answer first: at the most data, does transfer pay?
+        g = gains[-1]
+        head, detail = describe_gain(g)
+        cls = {"negative transfer": "bad", "transfer": "good"}.get(g["verdict"], "tie")
+        parts.append(f"<p class='verdict {cls}' id=answer><b>Answer, with {g['n_train']} "
+                     f"training items:</b> {_e(head)}. {_e(detail)}.</p>")
     for g in gains:
         cls = {"negative transfer": "bad", "transfer": "good"}.get(g["verdict"], "tie")
-        words = {"negative transfer": "NEGATIVE TRANSFER: training from scratch beat every "
-                                      "transfer strategy",
-                 "transfer": "transfer beat training from scratch"}.get(
-            g["verdict"], f"a tie: the difference is within the test set's noise "
-                          f"(+-{g['margin_points']:.1f} points)")
-        match = g["scratch_items_to_match"]
-        need = (f"scratch needed about {match:.0f} items to match it"
-                if match is not None else "scratch never matched it with the data available")
+        head, detail = describe_gain(g)
         noise = " (one seed: run more seeds to tell it from noise)" \
             if g["beyond_seed_spread"] is None else (
             " (beyond the seeds' spread)" if g["beyond_seed_spread"] else
             " (within the seeds' spread)")
         parts.append(f"<div class='verdict {cls}'><b>{g['n_train']} training items "
-                     f"({g['fraction']:g}):</b> {words}: {_e(g['best_strategy'])} "
-                     f"{_pct(g['transfer_accuracy'])} vs scratch {_pct(g['scratch_accuracy'])}"
-                     f", {g['gain_points']:+.1f} points{noise}; {need}.</div>")
+                     f"({g['fraction']:g}):</b> {_e(head)}{noise}: {_e(detail)}.</div>")
     if not gains:
-        parts.append("<p>No scratch baseline in this study: no verdict.</p>")
+        parts.append("<p>No scratch or classic baseline in this study: no verdict.</p>")
+    names = sorted({r.get("backbone", "") for r in result.runs if r["strategy"] == BASELINE} - {""})
+    if names:
+        parts.append(f"<p class=muted>Classic baseline (chosen by 5-fold cross-validation on "
+                     f"each run's training items): {_e('; '.join(names))}.</p>")
 
-    curves = {st: result.curve(st) for st in [*result.strategies(), SCRATCH]}
+    curves = {st: result.curve(st) for st in [*result.strategies(), SCRATCH, BASELINE]}
     curves = {k: v for k, v in curves.items() if v}
     parts.append("<h2>Learning curves</h2><figure>" + learning_curve_svg(curves) +
                  "<figcaption class=muted>Test accuracy against training items (log scale); "

@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 COLORS = {"feature_extract": "#0969da", "partial": "#8250df", "finetune": "#bf8700",
-          "lp_ft": "#1a7f37", "scratch": "#cf222e"}
+          "lp_ft": "#1a7f37", "scratch": "#cf222e", "baseline": "#57606a"}
 
 
 def _figure(width: float = 6.4, height: float = 4.0, **subplots):
@@ -39,7 +39,8 @@ def learning_curve_svg(curves: dict[str, list[dict]]) -> str:
         y = [100 * r["accuracy"] for r in rows]
         err = [100 * r["std"] for r in rows]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name,
-                    color=COLORS.get(name), linestyle="--" if name == "scratch" else "-")
+                    color=COLORS.get(name),
+                    linestyle="--" if name == "scratch" else ":" if name == "baseline" else "-")
     ax.set_xscale("log")
     ticks = sorted({r["n_train"] for rows in curves.values() for r in rows})
     ax.set_xticks(ticks)

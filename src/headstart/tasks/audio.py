@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from ..config import TASK_DEFAULTS, FitConfig
-from ..data.audio import AudioDataset, AudioSource, open_audio_inputs, open_audio_source
+from ..data.audio import (AudioDataset, AudioSource, open_audio_inputs, open_audio_source,
+                          read_audio)
 from ..zoo.base import AudioPreprocess, Backbone, ZooError
 from .base import TransferEstimator
 
@@ -76,3 +77,21 @@ class AudioClassifier(TransferEstimator):
         cache = self.__dict__.setdefault("_decoded", {})  # recordings decoded once per fit
         return AudioDataset(source, preprocess, cfg.augment if train else "none",
                             seed=cfg.seed, train=train, cache=cache)
+
+    def _new_baseline(self, cfg: FitConfig, train_src, balanced: bool, metric: str):
+        from ..baselines import AudioFeatures, ClassicBaseline
+        from ..zoo import create_backbone
+
+        pre = getattr(self, "preprocess_", None)  # none yet in a study's baseline-only run
+        rate = pre.sample_rate if pre is not None else create_backbone(
+            cfg.backbone, pretrained=False).preprocess.sample_rate
+        return ClassicBaseline([AudioFeatures(rate=rate)], seed=cfg.seed, balanced=balanced,
+                               metric=metric)
+
+    def _baseline_inputs(self, source: AudioSource, featurizer) -> np.ndarray:
+        # whole recordings at the features' rate (the network's clip crops them)
+        if not len(source):
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([featurizer(read_audio(item, featurizer.rate, source.rate,
+                                               source.name(i)))
+                         for i, item in enumerate(source.items)])

@@ -30,6 +30,7 @@ from ..train import Trainer, default_workers, use_cpu
 from ..zoo import create_backbone, rebuild_backbone
 from ..zoo.base import Backbone, PreprocessConfig, ZooError, preprocess_from_dict
 from ..zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
+from .baselined import BaselineMixin
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ def tta_views(est, tta: str | None) -> list:
     error where its task has none (text, audio, detection)."""
     if tta in (None, "none"):
         return []
+    kept = getattr(est, "_kept_baseline", None)
+    if kept is not None and kept():
+        raise ValueError(f"tta={tta}: this run kept its classic baseline "
+                         f"({est.baseline_.name}), which has no test-time views (drop --tta)")
     hook = getattr(est, "_tta_views", None)
     views = hook(tta) if hook is not None else []
     if not views:
@@ -85,7 +90,7 @@ def tta_views(est, tta: str | None) -> list:
     return views
 
 
-class TransferEstimator:
+class TransferEstimator(BaselineMixin):
     """Base of the task estimators. ``__init__`` only stores arguments.
 
     Any :class:`~headstart.config.FitConfig` field can be passed as a keyword; ``config``
@@ -153,7 +158,8 @@ class TransferEstimator:
         return []
 
     def _after_fit(self, train_src, val_src, cfg: FitConfig) -> None:
-        """Task extras once the model is trained (text: the TF-IDF baseline)."""
+        """Task extras once the model and the baseline are trained (text: the joint
+        TF-IDF + encoder model of --blend-mode joint)."""
 
     def _extra_metrics(self, source, metrics: dict, proba: np.ndarray) -> None:
         """Task extras reported beside the metrics on ``source`` (``proba``: the
@@ -260,7 +266,9 @@ class TransferEstimator:
             self.metrics_["time_budget"] = {"budget": cfg.time_budget, "epochs": {
                 strategy.stages[int(k)].name: v for k, v in state.epoch_caps.items()}}
         self._calibrate(val_src, cfg)
+        self._fit_baseline(train_src, cfg, balance)
         self._after_fit(train_src, val_src, cfg)
+        self._choose_winner(val_src, cfg, balance)
         if val_src is not None:
             self.metrics_["validation"] = self.evaluate(val_src)
         self.is_main_process_ = trainer.accelerator.is_main_process
@@ -441,6 +449,8 @@ class TransferEstimator:
         self._check_fitted()
         views = tta_views(self, tta)
         source = self._open_unlabeled(X)
+        if self._kept_baseline():  # the run kept its classic baseline: no network pass
+            return self._baseline_proba(source)
         feats = self._features(source)
         proba = self._head_proba(feats)
         if views:
@@ -502,20 +512,31 @@ class TransferEstimator:
         if getattr(self, "multi_label_", False) and source.labels.ndim == 1:
             source = source.subset(np.arange(len(source)))  # a copy, labels as 0/1 rows
             source.labels = np.eye(len(self.classes_), dtype=np.float32)[source.labels]
-        feats = self._features(source)
-        logits = self._head_logits(feats)
-        own = self._head_proba(feats, logits)
-        if views:
-            own = self._views_proba(source, views, own)
-        proba = self._output_proba(source, own, feats)
-        if source.labels.ndim == 2:
-            metrics = multilabel_metrics(source.labels, proba, self.classes_)
-        else:
-            metrics = classification_metrics(source.labels, proba, self.classes_)
-            calibration = None if views else self._calibration_metrics(logits, source.labels)
-            if calibration is not None:
-                metrics["calibration"] = calibration
-        self._extra_metrics(source, metrics, own)
+        self._baseline_memo: dict = {}  # one source's baseline is read more than once
+        try:
+            feats = self._features(source)
+            logits = self._head_logits(feats)
+            own = self._head_proba(feats, logits)
+            if views:
+                own = self._views_proba(source, views, own)
+            transfer = self._output_proba(source, own, feats)
+            kept = self._baseline_proba(source) if self._kept_baseline() else transfer
+            fn = multilabel_metrics if source.labels.ndim == 2 else classification_metrics
+            metrics = fn(source.labels, kept, self.classes_)
+            if source.labels.ndim == 1 and not self._kept_baseline():
+                calibration = None if views else self._calibration_metrics(logits,
+                                                                           source.labels)
+                if calibration is not None:
+                    metrics["calibration"] = calibration
+            self._extra_metrics(source, metrics, own)
+
+            def summary(p: np.ndarray) -> dict:
+                m = fn(source.labels, p, self.classes_)
+                return {k: m[k] for k in ("accuracy", "macro_f1", "auroc", "n") if k in m}
+
+            self._baseline_metrics(source, metrics, transfer, summary)
+        finally:
+            del self._baseline_memo
         if views:
             metrics["tta"] = {"views": [getattr(p, "view", "centre") for p in views]}
         return metrics
@@ -576,6 +597,7 @@ class TransferEstimator:
             "metrics": getattr(self, "metrics_", {}),
             "data": {"origin": getattr(self, "data_origin_", None)},
             "fingerprint": getattr(self, "fingerprint_", None),  # of the fit's settings + data
+            "winner": getattr(self, "winner_", "transfer"),  # what predicts: network or baseline
             "fit_config": self.config_.to_dict(),
             "versions": versions,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -592,6 +614,7 @@ class TransferEstimator:
             self._save_adapter(run_dir / "adapter")
         atomic_save_tensors(run_dir / RUN_WEIGHTS,
                             state_dict_tensors(self.model_), metadata={"format": "pt"})
+        self._save_baseline(run_dir)
         atomic_write_json(run_dir / RUN_CONFIG, self.run_config())
         return run_dir
 
@@ -642,4 +665,5 @@ class TransferEstimator:
         est.data_origin_ = (config.get("data") or {}).get("origin")
         est.stages_ = config.get("stages", [])
         est.fingerprint_ = config.get("fingerprint")
+        est._load_baseline(run_dir, config)
         return est

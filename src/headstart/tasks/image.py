@@ -6,7 +6,7 @@ import logging
 from dataclasses import replace
 
 from ..config import TASK_DEFAULTS, FitConfig
-from ..data.images import ImageSource, open_inputs, open_source
+from ..data.images import ImageSource, load_image, open_inputs, open_source
 from ..data.transforms import (AUGMENT, ImageDataset, ImageTransform, augment_plan, median_side,
                                resolve_image_size, tta_preprocesses)
 from ..zoo.base import Backbone, PreprocessConfig
@@ -55,3 +55,24 @@ class ImageClassifier(TransferEstimator):
 
     def _tta_views(self, tta: str) -> list[PreprocessConfig]:
         return tta_preprocesses(self.preprocess_, tta)
+
+    def _new_baseline(self, cfg: FitConfig, train_src, balanced: bool, metric: str):
+        from ..baselines import ClassicBaseline, image_featurizers
+
+        featurizers = image_featurizers(median_side(train_src), _in_colour(train_src))
+        return ClassicBaseline(featurizers, seed=cfg.seed, balanced=balanced, metric=metric)
+
+    def _baseline_item(self, source: ImageSource, i: int):
+        return load_image(source.items[i])
+
+
+def _in_colour(source: ImageSource, sample: int = 32) -> bool:
+    """Whether (a sample of) the images has colour: any pixel whose channels differ."""
+    import numpy as np
+
+    step = max(1, len(source) // sample)
+    for item in source.items[::step][:sample]:
+        arr = np.asarray(load_image(item), dtype=np.int16)
+        if np.abs(arr[..., 0] - arr[..., 1]).max() > 2 or np.abs(arr[..., 1] - arr[..., 2]).max() > 2:
+            return True
+    return False

@@ -66,21 +66,23 @@ class TextClassifier(TransferEstimator):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return partial(collate_text, pad_id=int(pad))
 
-    def _after_fit(self, train_src: TextSource, val_src, cfg: FitConfig) -> None:
-        for stale in ("baseline_", "joint_"):  # an earlier fit's, on other settings
-            self.__dict__.pop(stale, None)
-        if not cfg.baseline:
-            return
+    def _new_baseline(self, cfg: FitConfig, train_src, balanced: bool, metric: str):
         from ..baselines import TfidfBaseline
 
         # class-balanced where the network counters imbalance (imbalance.plan), so the
         # comparison is like with like
-        balanced = self.metrics_.get("imbalance", {}).get("method", "none") != "none"
-        weight = "balanced" if balanced else None
-        self.baseline_ = TfidfBaseline(seed=cfg.seed, class_weight=weight).fit(
-            train_src.texts, train_src.labels)
-        self.metrics_["baseline_name"] = "TF-IDF (word 1-2-grams) + logistic regression" + (
-            " (class-balanced)" if balanced else "")
+        return TfidfBaseline(seed=cfg.seed, class_weight="balanced" if balanced else None)
+
+    def _baseline_inputs(self, source: TextSource, featurizer) -> list[str]:
+        return source.texts
+
+    def _after_fit(self, train_src: TextSource, val_src, cfg: FitConfig) -> None:
+        self.__dict__.pop("joint_", None)  # an earlier fit's, on other settings
+        if getattr(self, "baseline_", None) is None:
+            return
+        from ..baselines import TfidfBaseline
+
+        weight = self.baseline_.class_weight
         if cfg.blend:
             self.metrics_["blend_mode"] = cfg.blend_mode
         if cfg.blend and cfg.blend_mode == "joint":  # early fusion on the trained encoder
@@ -90,8 +92,6 @@ class TextClassifier(TransferEstimator):
 
     def save(self, run_dir):
         run_dir = super().save(run_dir)
-        if getattr(self, "baseline_", None) is not None:
-            self.baseline_.save(run_dir / "baseline")
         if getattr(self, "joint_", None) is not None:
             self.joint_.save(run_dir / "joint")
         return run_dir
@@ -101,8 +101,6 @@ class TextClassifier(TransferEstimator):
         from ..baselines import TfidfBaseline
 
         est = super().load(run_dir, device=device)
-        if (Path(run_dir) / "baseline" / "tfidf.json").is_file():
-            est.baseline_ = TfidfBaseline.load(Path(run_dir) / "baseline")
         if (Path(run_dir) / "joint" / "tfidf.json").is_file():
             est.joint_ = TfidfBaseline.load(Path(run_dir) / "joint")
         elif est.config_.blend and est.config_.blend_mode == "joint":
@@ -119,21 +117,6 @@ class TextClassifier(TransferEstimator):
         return (self._blends() and self.config_.blend_mode == "joint"
                 and getattr(self, "joint_", None) is not None)
 
-    def evaluate(self, X, y=None, tta: str | None = None) -> dict:
-        self._baseline_memo = {}  # evaluate needs one source's baseline twice: score it once
-        try:
-            return super().evaluate(X, y, tta=tta)
-        finally:
-            del self._baseline_memo
-
-    def _baseline_proba(self, source: TextSource) -> np.ndarray:
-        memo = self.__dict__.get("_baseline_memo")
-        if memo is None:
-            return self.baseline_.predict_proba(source.texts)
-        if id(source) not in memo:
-            memo[id(source)] = self.baseline_.predict_proba(source.texts)
-        return memo[id(source)]
-
     def _output_proba(self, source: TextSource, proba: np.ndarray,
                       feats: torch.Tensor | None = None) -> np.ndarray:
         if not self._blends() or len(source) == 0:
@@ -144,9 +127,10 @@ class TextClassifier(TransferEstimator):
         return blend_proba(proba, self._baseline_proba(source))
 
     def _extra_metrics(self, source: TextSource, metrics: dict, proba: np.ndarray) -> None:
-        """``baseline``: TF-IDF alone; ``blend``: the mean of its and the encoder's
-        probabilities (unless that is what the estimator predicts); ``encoder``: the
-        encoder alone (when the estimator blends, its own metrics are the blend's)."""
+        """``blend``: the mean of the TF-IDF baseline's and the encoder's probabilities
+        (unless that is what the estimator predicts); ``encoder``: the encoder alone (when
+        the estimator blends, its own metrics are the blend's). The baseline's own metrics
+        and the verdict: BaselineMixin._baseline_metrics."""
         baseline = getattr(self, "baseline_", None)
         if baseline is None or len(source) == 0:
             return
@@ -159,7 +143,6 @@ class TextClassifier(TransferEstimator):
             return {k: m[k] for k in ("accuracy", "macro_f1", "auroc", "n")}
 
         pb = self._baseline_proba(source)
-        metrics["baseline"] = summary(pb)
         if self._blends():
             metrics["encoder"] = summary(proba)
         if not self._blends() or self._joint():

@@ -1,5 +1,5 @@
-"""Classic baselines that show what a pretrained source bought: TF-IDF + logistic
-regression for text, fitted on exactly the split the transfer model saw."""
+"""TF-IDF + logistic regression for text, fitted on exactly the split the transfer model
+saw."""
 
 from __future__ import annotations
 
@@ -56,6 +56,15 @@ class TfidfBaseline:
                  self.fit_seconds_)
         return self
 
+    @property
+    def name(self) -> str:
+        return "TF-IDF (word 1-2-grams) + logistic regression" + (
+            " (class-balanced)" if self.class_weight == "balanced" else "")
+
+    def summary(self) -> dict:
+        return {"name": self.name, "choice": {"model": "logreg", "params": {"C": self.C}},
+                "fit_seconds": getattr(self, "fit_seconds_", None)}
+
     def _design(self, words, features, n: int):
         """The logistic regression's input: TF-IDF rows, then the scaled unit features."""
         if not self.n_features_:
@@ -108,7 +117,7 @@ class TfidfBaseline:
 
         import torch
 
-        from .artifacts import atomic_save_tensors, atomic_write_json
+        from ..artifacts import atomic_save_tensors, atomic_write_json
 
         folder = Path(folder)
         vec = self.vectorizer_

@@ -6,7 +6,11 @@ One ``fit --strategy auto`` per (target, seed) gives three figures at once: the 
 with logistic regression, k-NN or an RBF SVM chosen by 5-fold CV; text: TF-IDF + logistic
 regression) and what ``auto`` kept by validation; a second fit trains the network from
 random weights (the study's scratch settings). Targets as in ``low_data.py``:
-``digits20``, ``fmnist10``, ``fmnist100``, ``spam8``, ``spam32``.
+``digits20``, ``fmnist10``, ``fmnist100``, ``spam8``, ``spam32``; and the speech accent task
+of ``accent_transfer.py`` (``accent5``, ``accent20``: Spanish-accented command words, 5 or 20
+recordings per word, 16 held-out speakers), where transfer is that benchmark's recipe (the
+audio:cnn pretrained by headstart on US-accented speakers, fine-tuned; its baseline is the
+log-mel statistics model) and scratch its scratch recipe.
 
     python benchmarks/baselines.py --targets digits20,fmnist10 --seeds 0,1,2 --out bl.jsonl
     python benchmarks/baselines.py --summary bl.jsonl
@@ -32,7 +36,30 @@ import numpy as np
 from common import parse_settings
 from low_data import TEXT_TARGETS, target_data, test_subset
 
+ACCENT_TARGETS = ("accent5", "accent20")
+ACCENT_DIR = Path("runs/accent")  # the corpus and the source model, built once (espeak-ng)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # t quantiles, 95% two-sided
+
+
+def accent_fit(target: str, kind: str, seed: int, settings: dict):
+    """(fitted classifier, test folder) of the accent task for one seed."""
+    from accent_transfer import RECIPES, fit_eval
+
+    from common import accent_corpus
+    from headstart import AudioClassifier
+
+    corpus = accent_corpus(ACCENT_DIR, "us", "spanish")
+    source_run = ACCENT_DIR / "source-us"
+    if not (source_run / "config.json").is_file():
+        fit_eval("scratch:audio:cnn", corpus / "source", corpus / "source-test", "pretrain",
+                 0, source_run)
+    train = corpus / ("target-train" if target == "accent20" else "target-train-5")
+    if kind == "scratch":
+        clf = AudioClassifier("scratch:audio:cnn", seed=seed, baseline=False,
+                              **{**RECIPES["scratch"], **settings})
+    else:
+        clf = AudioClassifier(str(source_run), seed=seed, **{**RECIPES["adapt"], **settings})
+    return clf.fit(str(train)), str(corpus / "target-test")
 
 
 def run_one(target: str, kind: str, seed: int, settings: dict, test_limit: int | None) -> dict:
@@ -41,9 +68,15 @@ def run_one(target: str, kind: str, seed: int, settings: dict, test_limit: int |
     from headstart.features import clear_memory_cache
     from headstart.study import SCRATCH_SETTINGS
 
+    clear_memory_cache()
+    if target in ACCENT_TARGETS:
+        t0 = time.perf_counter()
+        clf, test = accent_fit(target, kind, seed, settings)
+        seconds = time.perf_counter() - t0
+        m = clf.evaluate(test)
+        return _row(target, kind, seed, settings, test_limit, seconds, clf, m)
     x, y, xt, yt = target_data(target, seed)
     xt, yt = test_subset(xt, yt, test_limit)
-    clear_memory_cache()
     text = target in TEXT_TARGETS
     cls = TextClassifier if text else ImageClassifier
     if kind == "scratch":
@@ -55,7 +88,10 @@ def run_one(target: str, kind: str, seed: int, settings: dict, test_limit: int |
     t0 = time.perf_counter()
     clf = cls(**{**params, "seed": seed, **settings}).fit(x, y)
     seconds = time.perf_counter() - t0
-    m = clf.evaluate(xt, yt)
+    return _row(target, kind, seed, settings, test_limit, seconds, clf, clf.evaluate(xt, yt))
+
+
+def _row(target, kind, seed, settings, test_limit, seconds, clf, m) -> dict:
     row = {"target": target, "kind": kind, "seed": seed, "seconds": round(seconds, 1),
            "n_test": m["n"], "settings": settings, "test_limit": test_limit}
     if kind == "scratch":

@@ -267,3 +267,19 @@ def test_audio_gets_a_log_mel_baseline(tmp_path):
     np.testing.assert_array_equal(again._baseline_proba(again._open_labeled(
         waves, labels, again.classes_, again.config_)), clf._baseline_proba(
         clf._open_labeled(waves, labels, clf.classes_, clf.config_)))
+
+
+def test_cli_fit_prints_the_verdict_and_what_auto_kept(tmp_path, capsys):
+    from conftest import write_folder
+    from headstart.cli import main
+
+    train = write_folder(tmp_path / "train", *_pattern_images(12))
+    test = write_folder(tmp_path / "test", *_pattern_images(3, seed=6))
+    assert main(["-q", "fit", str(train), "--test", str(test), "--backbone", "tiny:cnn",
+                 "--epochs", "1", "--head-epochs", "1", "--lr", "1e-5", "--head-lr", "1e-5",
+                 "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "strategy auto" in lines[0] and "kept the classic baseline; the network's best" \
+        in lines[0]
+    assert lines[1].startswith("  verdict (test): a simple model is")
+    assert lines[2].startswith("  strategy auto: kept the classic baseline")

@@ -403,8 +403,11 @@ def cmd_fit(args) -> int:
         size = f"{pre.clip_seconds:g} s at {pre.sample_rate} Hz"
     else:
         size = f"{pre.input_size}px"
+    kept = m["best"] or "the last epoch (no validation)"
+    if getattr(clf, "winner_", "transfer") == "baseline":
+        kept = f"the classic baseline; the network's best: {kept}"
     print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, {size}, "
-          f"fit {m['fit_seconds']:.0f}s, kept {m['best'] or 'the last epoch (no validation)'})")
+          f"fit {m['fit_seconds']:.0f}s, kept {kept})")
     for split in ("test", "validation"):  # the answer first: does transfer pay?
         if (m.get(split) or {}).get("verdict"):
             print(f"  verdict ({split}): {m[split]['verdict']['line']}")

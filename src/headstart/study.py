@@ -250,8 +250,8 @@ def describe_gain(g: dict) -> tuple[str, str]:
     parts = [f"{g['best_strategy']} {100 * g['transfer_accuracy']:.1f}%"]
     for k, words in ((SCRATCH, "scratch"), (BASELINE, "classic baseline")):
         if f"{k}_accuracy" in g:
-            parts.append(f"{words} {100 * g[f'{k}_accuracy']:.1f}% "
-                         f"({g[f'{k}_gain_points']:+.1f} pts)")
+            parts.append(f"{g[f'{k}_gain_points']:+.1f} pts over {words} "
+                         f"({100 * g[f'{k}_accuracy']:.1f}%)")
     needs = []
     if g.get("scratch_items_to_match") is not None:
         needs.append(f"scratch needs ~{g['scratch_items_to_match']:.0f} items to match it")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import atomic_write_bytes, atomic_write_json
+from .config import AUTO_TRANSFER
 from .imbalance import effective_monitor
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,8 @@ def _storage(url: str):
 
 
 def _default_params(cfg, strategies, n_groups: int) -> dict:
-    strategy = cfg.strategy if cfg.strategy in strategies else strategies[0]
+    own = AUTO_TRANSFER if cfg.strategy == "auto" else cfg.strategy  # auto trains lp_ft
+    strategy = own if own in strategies else strategies[0]
     params = {"strategy": strategy, "head_lr": cfg.head_lr, "weight_decay":
               max(cfg.weight_decay, SPACE["weight_decay"][0]), "dropout": cfg.dropout}
     if strategy != "feature_extract":
@@ -235,7 +237,9 @@ def _objective(cls, base, train_src, val_src, strategies, n_groups: int, monitor
                 raise optuna.TrialPruned(f"fine-tuning epoch {trained}: {monitor} {score:.4f}")
 
         t0 = time.perf_counter()
-        clf = cls(config=base.replace(**params))
+        # trials compare networks: the classic baseline (the same for every trial) is not
+        # refitted for each
+        clf = cls(config=base.replace(baseline=False, **params))
         clf.fit(train_src, validation=val_src, callbacks=[report])
         val = clf.metrics_["validation"]
         trial.set_user_attr("seconds", time.perf_counter() - t0)

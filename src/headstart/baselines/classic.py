@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 PIXEL_SIDE_MAX = 32  # images are shrunk to at most 32 x 32 px: 3,072 values in colour
 HOG_SIDE_MIN = 16  # HOG needs a few 4-px cells per side
 CV_ITEMS_MAX = 3_000  # cross-validation reads at most this many training items (stratified)
-FIT_ITEMS_MAX = 20_000  # an RBF SVM's fit grows with n^2: the final fit reads at most this
+FIT_ITEMS_MAX = 10_000  # an SVM fit grows with n^2, and a run saves these vectors: at most this
 FOLDS = 5
 
 

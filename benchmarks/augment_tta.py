@@ -22,7 +22,6 @@ per seed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import parse_settings
+from common import append_row, parse_settings, read_rows
 
 VARIANTS: dict[str, dict] = {"default": {}}
 TTA = ("flip", "flip+crops")
@@ -118,15 +117,13 @@ def main() -> None:
     for name, *items in args.variant:
         VARIANTS[name] = parse_settings(items)
     if args.summary is not None:
-        summarise([json.loads(line) for p in args.summary for line in Path(p).read_text()
-                   .splitlines() if line.strip()])
+        summarise(read_rows(*args.summary))
         return
     logging.basicConfig(level=logging.WARNING)
     settings = parse_settings(args.set)
     tta = [k for k in args.tta.split(",") if k]
     out = Path(args.out)
-    done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] \
-        if out.is_file() else []
+    done = read_rows(out)
     have = {(r["target"], r["variant"], r["seed"]) for r in done}
     for target in args.targets.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -134,9 +131,7 @@ def main() -> None:
                 if (target, variant, seed) in have:
                     continue
                 row = run_one(target, variant, seed, settings, args.test_limit, tta)
-                print(json.dumps(row), flush=True)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(out, row)
                 done.append(row)
     summarise(done)
 

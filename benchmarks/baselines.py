@@ -24,7 +24,6 @@ what the test-set verdict of ``evaluate`` said per seed (paired 95% interval), a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import parse_settings
+from common import append_row, parse_settings, read_rows
 from low_data import TEXT_TARGETS, target_data, test_subset
 
 ACCENT_TARGETS = ("accent5", "accent20")
@@ -163,15 +162,12 @@ def main() -> None:
     parser.add_argument("--summary", nargs="*", default=None, metavar="JSONL")
     args = parser.parse_args()
     if args.summary is not None:
-        rows = [json.loads(line) for p in args.summary for line in Path(p).read_text()
-                .splitlines() if line.strip() and not line.startswith("#")]
-        summarise(rows)
+        summarise(read_rows(*args.summary))
         return
     logging.basicConfig(level=logging.WARNING)
     settings = parse_settings(args.set)
     out = Path(args.out)
-    done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] \
-        if out.is_file() else []
+    done = read_rows(out)
     have = {(r["target"], r["kind"], r["seed"]) for r in done
             if r.get("settings", {}) == settings and r.get("test_limit") == args.test_limit}
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -180,9 +176,7 @@ def main() -> None:
                 if (target, kind, seed) in have:
                     continue
                 row = run_one(target, kind, seed, settings, args.test_limit)
-                print(json.dumps(row), flush=True)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(out, row)
                 done.append(row)
     summarise([r for r in done if r.get("settings", {}) == settings])
 

@@ -24,6 +24,21 @@ def parse_settings(items: list[str]) -> dict:
     return settings
 
 
+def read_rows(*paths) -> list[dict]:
+    """The rows of JSON-lines result files, in order; blank and ``#`` comment lines are
+    skipped, a file not there yet has none."""
+    return [json.loads(line) for p in paths if Path(p).is_file()
+            for line in Path(p).read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def append_row(path, row: dict) -> None:
+    """Print ``row`` and append it to the JSON-lines file ``path`` (a rerun skips it)."""
+    print(json.dumps(row), flush=True)
+    with Path(path).open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def median_time(fn, repeats: int = 3, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()

@@ -26,7 +26,6 @@ variant's median test accuracy, ECE and fit time, the default minus the probe (t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import parse_settings
+from common import append_row, parse_settings, read_rows
 
 IMAGE_TARGETS = ("fmnist10", "fmnist100", "mnist20", "digits20")
 TEXT_TARGETS = ("spam8", "spam32", "finefood32")
@@ -173,16 +172,12 @@ def main() -> None:
     for name, *items in args.variant:
         VARIANTS[name] = parse_settings(items)
     if args.summary is not None:
-        rows = [json.loads(line) for p in args.summary for line in Path(p).read_text()
-                .splitlines() if line.strip() and not line.startswith("#")]
-        summarise(rows)
+        summarise(read_rows(*args.summary))
         return
     logging.basicConfig(level=logging.WARNING)
     settings = parse_settings(args.set)
     out = Path(args.out)
-    done = []
-    if out.is_file():
-        done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    done = read_rows(out)
     have = {(r["target"], r["variant"], r["seed"]) for r in done
             if r.get("settings", {}) == settings and r.get("test_limit") == args.test_limit}
     for target in args.targets.split(","):
@@ -192,9 +187,7 @@ def main() -> None:
                     continue
                 row = run_one(target, variant, seed, settings, args.test_limit)
                 row["test_limit"] = args.test_limit
-                print(json.dumps(row), flush=True)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(out, row)
                 done.append(row)
     summarise([r for r in done if r.get("settings", {}) == settings])
 

@@ -190,7 +190,8 @@ def _cap(labels: np.ndarray, most: int, seed: int) -> np.ndarray:
     return np.sort(keep)
 
 
-def _score(y: np.ndarray, pred: np.ndarray, metric: str) -> float:
+def score_predictions(y: np.ndarray, pred: np.ndarray, metric: str) -> float:
+    """Accuracy, or macro-F1 with ``metric="macro_f1"``, of predicted class indices."""
     from sklearn.metrics import accuracy_score, f1_score
 
     if metric == "macro_f1":
@@ -236,7 +237,8 @@ class ClassicBaseline:
                         for tr, te in split:
                             m = make_model(model, params, self.balanced, self.seed)
                             m.fit(Xc[tr], yc[tr])
-                            scores.append(_score(yc[te], m.predict(Xc[te]), self.metric))
+                            scores.append(score_predictions(yc[te], m.predict(Xc[te]),
+                                                            self.metric))
                         rows.append({"features": f.describe(), "feature_index":
                                      self.featurizers.index(f), "model": model,
                                      "params": params, "cv": float(np.mean(scores)),

@@ -88,10 +88,6 @@ class AudioClassifier(TransferEstimator):
         return ClassicBaseline([AudioFeatures(rate=rate)], seed=cfg.seed, balanced=balanced,
                                metric=metric)
 
-    def _baseline_inputs(self, source: AudioSource, featurizer) -> np.ndarray:
-        # whole recordings at the features' rate (the network's clip crops them)
-        if not len(source):
-            return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([featurizer(read_audio(item, featurizer.rate, source.rate,
-                                               source.name(i)))
-                         for i, item in enumerate(source.items)])
+    def _baseline_item(self, source: AudioSource, i: int, featurizer) -> np.ndarray:
+        # the whole recording at the features' rate (the network's clip crops it)
+        return read_audio(source.items[i], featurizer.rate, source.rate, source.name(i))

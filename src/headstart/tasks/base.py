@@ -529,12 +529,7 @@ class TransferEstimator(BaselineMixin):
                 if calibration is not None:
                     metrics["calibration"] = calibration
             self._extra_metrics(source, metrics, own)
-
-            def summary(p: np.ndarray) -> dict:
-                m = fn(source.labels, p, self.classes_)
-                return {k: m[k] for k in ("accuracy", "macro_f1", "auroc", "n") if k in m}
-
-            self._baseline_metrics(source, metrics, transfer, summary)
+            self._baseline_metrics(source, metrics, transfer)
         finally:
             del self._baseline_memo
         if views:

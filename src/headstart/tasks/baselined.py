@@ -17,16 +17,17 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-WINNERS = ("transfer", "baseline")
-
 
 def _score(labels: np.ndarray, proba: np.ndarray, metric: str) -> float:
-    from sklearn.metrics import f1_score
+    from ..baselines.classic import score_predictions
 
-    pred = np.asarray(proba).argmax(1)
-    if metric == "macro_f1":
-        return float(f1_score(labels, pred, average="macro", zero_division=0))
-    return float(np.mean(pred == np.asarray(labels)))
+    return score_predictions(np.asarray(labels), np.asarray(proba).argmax(1), metric)
+
+
+def _metric(balance) -> str:
+    """What the baseline is chosen and compared by: the fit's monitored metric (loss:
+    accuracy, which a classifier without calibrated probabilities can be ranked by)."""
+    return balance.monitor if balance.monitor in ("accuracy", "macro_f1") else "accuracy"
 
 
 def _nll(labels: np.ndarray, proba: np.ndarray) -> float:
@@ -79,8 +80,9 @@ class BaselineMixin:
         """The task's unfitted classic baseline; None: the task has none."""
         return None
 
-    def _baseline_item(self, source, i: int):
-        """Item ``i`` of ``source`` as the baseline's featurizer reads it."""
+    def _baseline_item(self, source, i: int, featurizer):
+        """Item ``i`` of ``source`` as ``featurizer`` reads it (a PIL image; a waveform at
+        the featurizer's rate)."""
         raise NotImplementedError
 
     def _baseline_inputs(self, source, featurizer) -> object:
@@ -88,7 +90,7 @@ class BaselineMixin:
         per item (text: the texts)."""
         if not len(source):
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([featurizer(self._baseline_item(source, i))
+        return np.stack([featurizer(self._baseline_item(source, i, featurizer))
                          for i in range(len(source))])
 
     # ------------------------------------------------------------ fitting
@@ -102,8 +104,8 @@ class BaselineMixin:
         if train_src.labels.ndim == 2 and self.task != "text":
             self.metrics_["baseline_skipped"] = "multi-label: no classic baseline for it yet"
             return
-        metric = balance.monitor if balance.monitor in ("accuracy", "macro_f1") else "accuracy"
-        baseline = self._new_baseline(cfg, train_src, balance.method != "none", metric)
+        baseline = self._new_baseline(cfg, train_src, balance.method != "none",
+                                      _metric(balance))
         if baseline is None:
             return
         featurizers = getattr(baseline, "featurizers", None)
@@ -132,7 +134,7 @@ class BaselineMixin:
                 else "multi-label"
             self.metrics_["winner"] = {"kept": "transfer", "why": f"kept the network: {why}"}
             return
-        metric = balance.monitor if balance.monitor in ("accuracy", "macro_f1") else "accuracy"
+        metric = _metric(balance)
         labels = np.asarray(val_src.labels)
         own = self._head_proba(self._features(val_src))
         net_p = self._output_proba(val_src, own)
@@ -163,8 +165,16 @@ class BaselineMixin:
             memo[id(source)] = proba
         return proba
 
-    def _baseline_metrics(self, source, metrics: dict, transfer: np.ndarray,
-                          summary) -> None:
+    def _summary(self, source, proba: np.ndarray) -> dict:
+        """Accuracy, macro-F1, AUROC and n of ``proba`` on labelled ``source`` (the short
+        metrics shown beside a model's own)."""
+        from ..metrics import classification_metrics, multilabel_metrics
+
+        fn = multilabel_metrics if source.labels.ndim == 2 else classification_metrics
+        m = fn(source.labels, proba, self.classes_)
+        return {k: m[k] for k in ("accuracy", "macro_f1", "auroc", "n") if k in m}
+
+    def _baseline_metrics(self, source, metrics: dict, transfer: np.ndarray) -> None:
         """``baseline``: its metrics; ``transfer``: the network's, when the baseline is the
         kept model (then the top-level metrics are the baseline's); ``verdict``: transfer
         against the baseline on these items, paired."""
@@ -173,9 +183,9 @@ class BaselineMixin:
         if getattr(self, "baseline_", None) is None or not len(source):
             return
         pb = self._baseline_proba(source)
-        metrics["baseline"] = {**summary(pb), "name": self.baseline_.name}
+        metrics["baseline"] = {**self._summary(source, pb), "name": self.baseline_.name}
         if self._kept_baseline():
-            metrics["transfer"] = summary(transfer)
+            metrics["transfer"] = self._summary(source, transfer)
         if source.labels.ndim == 1:
             metrics["verdict"] = verdict(source.labels, transfer, pb,
                                          self.config_.backbone, self.baseline_.name)

@@ -62,7 +62,7 @@ class ImageClassifier(TransferEstimator):
         featurizers = image_featurizers(median_side(train_src), _in_colour(train_src))
         return ClassicBaseline(featurizers, seed=cfg.seed, balanced=balanced, metric=metric)
 
-    def _baseline_item(self, source: ImageSource, i: int):
+    def _baseline_item(self, source: ImageSource, i: int, featurizer):
         return load_image(source.items[i])
 
 

@@ -134,19 +134,11 @@ class TextClassifier(TransferEstimator):
         baseline = getattr(self, "baseline_", None)
         if baseline is None or len(source) == 0:
             return
-        from ..metrics import classification_metrics, multilabel_metrics
-
-        fn = multilabel_metrics if source.multi_label else classification_metrics
-
-        def summary(p: np.ndarray) -> dict:
-            m = fn(source.labels, p, self.classes_)
-            return {k: m[k] for k in ("accuracy", "macro_f1", "auroc", "n")}
-
         pb = self._baseline_proba(source)
         if self._blends():
-            metrics["encoder"] = summary(proba)
+            metrics["encoder"] = self._summary(source, proba)
         if not self._blends() or self._joint():
-            metrics["blend"] = summary(blend_proba(proba, pb))
+            metrics["blend"] = self._summary(source, blend_proba(proba, pb))
 
 
 def blend_proba(encoder: np.ndarray, baseline: np.ndarray) -> np.ndarray:

@@ -90,7 +90,7 @@ def test_a_difference_within_the_test_noise_is_a_tie():
     assert g["margin_points"] == pytest.approx(200 * np.sqrt(0.801 * 0.199 * 2 / 5000))
     from headstart.report import build_report
 
-    assert "a tie" in build_report(res)
+    assert "a tie" in build_report(res.report_data())
 
 
 def test_the_classic_baseline_joins_the_verdict():
@@ -115,7 +115,7 @@ def test_the_classic_baseline_joins_the_verdict():
     assert "the baseline never matches transfer here" in detail
     from headstart.report import build_report
 
-    page = build_report(res)
+    page = build_report(res.report_data())
     assert "id=answer" in page and "transfer beat training from scratch and" in page
 
 
@@ -123,7 +123,7 @@ def test_report_flags_negative_transfer_and_is_self_contained():
     from headstart.report import build_report
 
     res = _result({"lp_ft": [0.80, 0.90, 0.95], SCRATCH: [0.60, 0.85, 0.97]})
-    page = build_report(res)
+    page = build_report(res.report_data())
     # the answer (at the most data) first, then the same fraction in the list
     assert "NEGATIVE TRANSFER" in page and page.count("verdict bad") == 2
     assert page.index("id=answer") < page.index("training items (0.1)")

@@ -8,6 +8,7 @@ import math
 
 from .plots import (confusion_svg, learning_curve_svg, reliability_svg, time_svg,
                     training_curves_svg, tune_svg)
+from .words import BASELINE, describe_gain
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -44,20 +45,19 @@ def _table(rows: list[list], head: list[str], left: int = 1, cls: str = "") -> s
     return "\n".join(out) + "</table>"
 
 
-def build_report(result) -> str:
-    """The report of a :class:`~headstart.study.StudyResult` as one HTML string."""
-    from ..study import BASELINE, SCRATCH, describe_gain
-
-    s = result.settings
-    gains = result.gains()
+def build_report(study: dict) -> str:
+    """A study's report as one HTML string, from
+    :meth:`headstart.study.StudyResult.report_data` (plain data)."""
+    s = study['settings']
+    gains = study['gains']
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8>"
              f"<meta name=viewport content='width=device-width,initial-scale=1'>"
-             f"<title>headstart study: {_e(result.model)}</title><style>{CSS}</style></head>"
-             f"<body><h1>Did transfer pay off? {_e(result.model)}</h1>"
-             f"<p class=muted>{len(result.classes)} classes; training pool "
+             f"<title>headstart study: {_e(study['model'])}</title><style>{CSS}</style></head>"
+             f"<body><h1>Did transfer pay off? {_e(study['model'])}</h1>"
+             f"<p class=muted>{len(study['classes'])} classes; training pool "
              f"{s.get('n_pool')} items (fractions {', '.join(f'{f:g}' for f in s['fractions'])}"
              f"), validation {s.get('n_val')}, test {s.get('n_test')}; seeds "
-             f"{', '.join(map(str, s['seeds']))}; {len(result.runs)} runs.</p>"]
+             f"{', '.join(map(str, s['seeds']))}; {len(study['runs'])} runs.</p>"]
     parts.append("<h2>Verdict</h2>")
     if gains:  # the answer first: at the most data, does transfer pay?
         g = gains[-1]
@@ -76,28 +76,27 @@ def build_report(result) -> str:
                      f"({g['fraction']:g}):</b> {_e(head)}{noise}: {_e(detail)}.</div>")
     if not gains:
         parts.append("<p>No scratch or classic baseline in this study: no verdict.</p>")
-    names = sorted({r.get("backbone", "") for r in result.runs if r["strategy"] == BASELINE} - {""})
+    names = sorted({r.get("backbone", "") for r in study['runs'] if r["strategy"] == BASELINE} - {""})
     if names:
         parts.append(f"<p class=muted>Classic baseline (chosen by 5-fold cross-validation on "
                      f"each run's training items): {_e('; '.join(names))}.</p>")
 
-    curves = {st: result.curve(st) for st in [*result.strategies(), SCRATCH, BASELINE]}
-    curves = {k: v for k, v in curves.items() if v}
+    curves = {k: v for k, v in study['curves'].items() if v}
     parts.append("<h2>Learning curves</h2><figure>" + learning_curve_svg(curves) +
                  "<figcaption class=muted>Test accuracy against training items (log scale); "
                  "bars: spread over seeds.</figcaption></figure>")
     top = max(s["fractions"])
     parts.append("<div class=grid><div><h2>Training curves</h2><figure>" +
-                 training_curves_svg([r for r in result.runs if r["fraction"] == top
+                 training_curves_svg([r for r in study['runs'] if r["fraction"] == top
                                       and r["seed"] == min(s["seeds"])]) +
                  f"<figcaption class=muted>Validation accuracy per epoch at fraction {top:g}."
                  "</figcaption></figure></div><div><h2>Time per strategy</h2><figure>" +
                  time_svg(curves) + "<figcaption class=muted>Mean fit seconds at each "
                  "fraction.</figcaption></figure></div></div>")
-    best = result.best_run()
+    best = study['best_run']
     parts.append(f"<h2>Best model: {_e(best['name'])} ({_pct(best['test']['accuracy'])})</h2>"
                  "<div class=grid><figure>" + confusion_svg(best["test"]["confusion_matrix"],
-                                                            result.classes) +
+                                                            study['classes']) +
                  "<figcaption class=muted>Confusion matrix on the test set (rows: true)."
                  "</figcaption></figure><div>")
     per = best["test"]["per_class"]
@@ -105,7 +104,7 @@ def build_report(result) -> str:
                           f"{v['f1']:.3f}", v["support"]] for c, v in per.items()],
                         ["class", "precision", "recall", "F1", "support"]) + "</div></div>")
     parts.append(_calibration_section(best["test"]))
-    check = result.advice_check()
+    check = study['advice']
     if check:
         hits = sum(c["hit"] for c in check)
         parts.append(f"<h2>Advice, checked</h2><p>headstart advise picked the strategy that "
@@ -120,7 +119,7 @@ def build_report(result) -> str:
         [[_e(r["name"]), _e(r["strategy"]), f"{r['fraction']:g}", r["n_train"], r["seed"],
           _pct(r["test_accuracy"]), f"{r['test_macro_f1']:.3f}", _pct(r["train_accuracy"]),
           _pct(r["val_accuracy"]), f"{100 * r['gap']:+.1f}", r["epochs_to_best"] or "-",
-          r["epochs"], f"{r['fit_seconds']:.1f}"] for r in result.table_rows()],
+          r["epochs"], f"{r['fit_seconds']:.1f}"] for r in study['table_rows']],
         ["run", "strategy", "fraction", "items", "seed", "test acc", "test F1", "train acc",
          "val acc", "gap (pts)", "best epoch", "epochs", "seconds"], left=2))
     parts.append("<p class=muted>gap: accuracy on the run's own training items minus on the "

@@ -94,7 +94,7 @@ def create_backbone(model_id: str, pretrained: bool = True, cut: int = 0) -> Bac
             raise ZooError(f"{model_id}: cutting layers of a run is not supported; use cut=0")
         return backbone
     if is_run_dir(model_id) or Path(model_id).is_dir():
-        return create_local_backbone(model_id, cut)
+        return create_local_backbone(model_id, cut, rebuild=rebuild_backbone)
     known = ", ".join(sorted(_REGISTRY))
     raise ZooError(
         f"unknown backbone {model_id!r}: use a registered id ({known}), 'timm:<name>', "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,11 +29,12 @@ def read_run_config(path: str | Path) -> dict:
     return config
 
 
-def create_local_backbone(path: str | Path, cut: int = 0) -> Backbone:
-    """Rebuild the run's backbone architecture offline and load its fine-tuned weights."""
+def create_local_backbone(path: str | Path, cut: int,
+                          rebuild: Callable[[dict, Path], Backbone]) -> Backbone:
+    """Rebuild the run's backbone architecture offline (``rebuild``: the zoo's
+    ``rebuild_backbone``, passed in so this module needs no import of the registry) and
+    load its fine-tuned weights."""
     from safetensors.torch import load_file
-
-    from . import rebuild_backbone
 
     path = Path(path)
     if not is_run_dir(path):
@@ -44,7 +46,7 @@ def create_local_backbone(path: str | Path, cut: int = 0) -> Backbone:
         raise ZooError(f"{path}: cutting layers of a fine-tuned run is not supported; use cut=0")
     config = read_run_config(path)
     arch = config["backbone"]["architecture"]
-    backbone = rebuild_backbone(arch, path)
+    backbone = rebuild(arch, path)
     if config.get("adapter"):
         backbone.add_lora(config["adapter"])
     state = load_file(str(path / RUN_WEIGHTS))

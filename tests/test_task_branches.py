@@ -102,3 +102,18 @@ def test_serving_modules_ask_the_task_object():
                           f"(estimator.serving) instead:\n{where}")
     assert sum(len(lines) for lines in found.values()) <= MOST, where
     assert all(reason.strip() for reason in ALLOWED.values())
+
+
+def test_every_task_names_its_serving_object():
+    import pytest
+
+    from headstart.tasks import ESTIMATORS, TaskServing, serving_for
+
+    for task, cls in ESTIMATORS.items():
+        serving = serving_for(task)
+        assert isinstance(serving, TaskServing) and serving.task == cls.task == task
+        refusal = serving.refusal("serving", "runs/x")
+        assert (refusal is None) == serving.served
+    assert "serving detectors is not supported" in serving_for("detect").refusal("serving", "r")
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        serving_for("nope")

@@ -290,6 +290,24 @@ def test_serve_takes_an_uploaded_recording(fitted, tones):
     assert junk.status_code == 422 and "audio" in junk.text
 
 
+def test_serve_tells_an_audio_model_s_clients_what_it_takes(fitted):
+    """Image bytes, JSON or a form without 'file' sent to an audio model: the answer names
+    recordings (it used to say "a text model takes JSON" for image bytes)."""
+    from fastapi.testclient import TestClient
+
+    from headstart.serve import create_app
+
+    _, run = fitted
+    with TestClient(create_app({"kw": str(run)})) as client:
+        image = client.post("/predict", content=b"\x89PNG", headers={"content-type": "image/png"})
+        json_body = client.post("/predict", json={"text": "hello"})
+        form = client.post("/predict", data={"text": "hello"})
+    assert image.status_code == 415 and "text model" not in image.text
+    assert "Content-Type audio/*" in image.json()["detail"], image.text
+    assert json_body.status_code == 415 and "audio/..." in json_body.json()["detail"]
+    assert form.status_code == 422 and "'file' (the recording)" in form.json()["detail"]
+
+
 def test_feature_extract_on_a_packaged_encoder(tones):
     clf = AudioClassifier("packaged:ge2e", strategy="feature_extract", **FAST).fit(str(tones))
     assert clf.stages_[0]["trainable_params"] < 1000  # the linear head only

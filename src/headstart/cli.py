@@ -23,6 +23,8 @@ TASKS = CLASSIFY_TASKS
 FIT_TASKS = (*TASKS, "asr", "detect")
 # `pretrain` trains from random weights: these settings over every task's defaults
 PRETRAIN_DEFAULTS = {"strategy": "finetune", "lr": 3e-3, "lr_decay": 1.0, "bn": "train"}
+# `pretrain` without --arch: this architecture (other tasks: the task's default backbone)
+PRETRAIN_ARCHS = {"audio": "audio:cnn", "asr": "audio:cnn"}
 
 log = logging.getLogger("headstart")
 
@@ -357,28 +359,20 @@ def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
 
 
 def _open(task: str, data, cfg: FitConfig, args, classes=None):
-    if task == "asr":
-        from .tasks.asr import open_transcribed
+    """Labeled data as the task reads it from the command line."""
+    from .tasks import serving_for
 
-        return open_transcribed(data, None, cfg, path_column=args.path_column)
-    if task == "audio":
-        from .data.audio import open_audio_source
+    return serving_for(task).open_labeled(data, cfg, path_column=args.path_column,
+                                          classes=classes)
 
-        return open_audio_source(data, classes=classes, skip_bad=cfg.skip_bad,
-                                 path_column=args.path_column, label_column=cfg.label_column)
-    if task == "text":
-        from .data.text import open_text_source
 
-        return open_text_source(data, classes=classes, text_column=cfg.text_column,
-                                label_column=cfg.label_column, label_sep=cfg.label_sep)
-    from .data.images import open_source
-
-    return open_source(data, classes=classes, skip_bad=cfg.skip_bad,
-                       path_column=args.path_column, label_column=cfg.label_column)
+def _task_flag(task: str) -> str:
+    """`` --task text`` in a command line printed for the user; nothing for the default."""
+    return "" if task == "image" else f" --task {task}"
 
 
 def cmd_fit(args) -> int:
-    from .metrics import format_metrics
+    from .metrics import baseline_lines, recall_line
     from .tasks import ESTIMATORS
 
     cfg = fit_config_from_args(args)
@@ -400,16 +394,8 @@ def cmd_fit(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    pre = clf.preprocess_
-    if args.task == "asr":
-        size = f"{pre.clip_seconds:g} s clips, alphabet {''.join(clf.classes_)!r}"
-    elif args.task == "text":
-        chunks = f"{pre.max_chunks}x" if pre.truncation == "chunks" else ""
-        size = f"{chunks}{pre.max_length} tokens ({pre.truncation})"
-    elif args.task == "audio":
-        size = f"{pre.clip_seconds:g} s at {pre.sample_rate} Hz"
-    else:
-        size = f"{pre.input_size}px"
+    serving = clf.serving_class()
+    size = serving.input_summary(clf)
     kept = m["best"] or "the last epoch (no validation)"
     if getattr(clf, "winner_", "transfer") == "baseline":
         kept = f"the classic baseline; the network's best: {kept}"
@@ -422,65 +408,23 @@ def cmd_fit(args) -> int:
     if m.get("winner"):
         print(f"  strategy auto: {m['winner']['why']}")
     for s in clf.stages_:
-        bn = f", BN {s['bn']}" if args.task == "image" else ""
         print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
               f"{s['total_params']:,} params "
-              f"({100 * s['trainable_params'] / s['total_params']:.2f}%){bn}")
+              f"({100 * s['trainable_params'] / s['total_params']:.2f}%){serving.bn_note(s)}")
     if m.get("selection") and "over" in m["selection"]:  # a choice among stages: why
         print(f"  {m['selection']}")
     balance = m.get("imbalance") or {}
     if balance.get("imbalanced") or balance.get("method", "none") != "none":
         print(f"  {balance['message']}")
-    show = _format_asr if args.task == "asr" else format_metrics
     for split in ("validation", "test"):
         if split in m:
-            print(f"  {split:<10} {show(m[split])}")
+            print(f"  {split:<10} {serving.format_metrics(m[split])}")
             if m[split].get("per_class"):
-                print(f"  {'':<10} {_recall_line(m[split]['per_class'])}")
-            for line in _baseline_lines(m[split], m.get("baseline_name", ""),
-                                        m.get("blend_mode", "mean")):
+                print(f"  {'':<10} {recall_line(m[split]['per_class'])}")
+            for line in baseline_lines(m[split], m.get("baseline_name", ""),
+                                       m.get("blend_mode", "mean")):
                 print(f"  {'':<10} {line}")
     return 0
-
-
-def _recall_line(per_class: dict, most: int = 10) -> str:
-    """``recall per class: ham 0.99, spam 0.82``; past ``most`` classes, the lowest ones."""
-    items = [(c, v["recall"]) for c, v in per_class.items()]
-    head = "recall per class"
-    if len(items) > most:
-        items = sorted(items, key=lambda kv: kv[1])[:most]
-        head = f"lowest recall ({most} of {len(per_class)} classes)"
-    return f"{head}: " + ", ".join(f"{c} {r:.2f}" for c, r in items)
-
-
-def _baseline_lines(m: dict, baseline_name: str = "", blend_mode: str = "mean") -> list[str]:
-    """The metrics beside a model's own: the classic baseline (or, where the run kept the
-    baseline, the network's); text: the blend of the encoder and TF-IDF (or, for a --blend
-    model, the encoder alone)."""
-    from .metrics import format_metrics
-
-    lines = []
-    if "encoder" in m:
-        how = ("is one logistic regression on TF-IDF + encoder features"
-               if blend_mode == "joint" else "blends in TF-IDF")
-        lines.append(f"(the above {how}) encoder alone: {format_metrics(m['encoder'])}")
-    if "transfer" in m:
-        lines.append(f"(the above is the kept classic baseline) the network: "
-                     f"{format_metrics(m['transfer'])}")
-    if "baseline" in m:
-        name = m["baseline"].get("name") or baseline_name
-        label = f"baseline {name}" if name else "baseline"
-        lines.append(f"{label}: {format_metrics(m['baseline'])}")
-    if "blend" in m:
-        lines.append(f"blend (mean of encoder and baseline probabilities, --blend "
-                     f"--blend-mode mean): "
-                     f"{format_metrics(m['blend'])}")
-    return lines
-
-
-def _format_asr(m: dict) -> str:
-    return (f"CER {m['cer']:.3f}  WER {m['wer']:.3f}  sentence accuracy "
-            f"{m['sentence_accuracy']:.3f}  (n={m['n']})")
 
 
 def _fit_detect(args, cfg: FitConfig, out: Path) -> int:
@@ -583,7 +527,7 @@ def cmd_rank(args) -> int:
         return 2
     best = result.best.candidate
     cut = f" --cut {best.cut}" if best.cut else ""
-    task = f" --task {args.task}" if args.task != "image" else ""
+    task = _task_flag(args.task)
     how = f"--config {args.write_config}" if args.write_config else \
         f"--backbone {best.backbone}{cut} --feature-cache {cfg.feature_cache}"
     print(f"\nbest: {best.label}. Train it with:\n  headstart fit {args.data}{task} {how}")
@@ -697,112 +641,35 @@ def cmd_advise(args) -> int:
     settings = dict(advice.settings)
     strategy = settings.pop("strategy", advice.strategy)  # auto: transfer may not pay
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
-    task = f" --task {args.task}" if args.task != "image" else ""
-    print(f"\n  headstart fit {args.data}{task} --backbone {args.model} --strategy "
-          f"{strategy} {flags}".rstrip())
+    print(f"\n  headstart fit {args.data}{_task_flag(args.task)} --backbone {args.model} "
+          f"--strategy {strategy} {flags}".rstrip())
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .metrics import format_calibration, format_metrics
     from .tasks import load_estimator
-
     from .tasks.base import tta_views
 
-    clf = load_estimator(args.run)
-    tta_views(clf, args.tta)  # a clear error where the model has no test-time views
-    if clf.task == "detect":
-        return _evaluate_detect(clf, args)
-    m = clf.evaluate(args.data, tta=args.tta) if args.tta != "none" else clf.evaluate(args.data)
+    est = load_estimator(args.run)
+    tta_views(est, args.tta)  # a clear error where the model has no test-time views
+    serving = est.serving_class()
+    m = serving.evaluate(est, args.data, tta=args.tta, fix=args.fix_boxes)
     if args.json:
         print(json.dumps(m, indent=2))
         return 0
-    if clf.task == "asr":
-        print(_format_asr(m))
-        for ex in m["examples"]:
-            print(f"  {ex['reference']!r:<32} -> {ex['transcript']!r}")
-        return 0
-    if m.get("verdict"):
-        print(f"verdict: {m['verdict']['line']}")
-    print(format_metrics(m))
-    if "tta" in m:
-        print(f"  test-time augmentation: the mean over {len(m['tta']['views'])} views "
-              f"({', '.join(m['tta']['views'])})")
-    if "calibration" in m:
-        print(f"  {format_calibration(m['calibration'])}")
-    for line in _baseline_lines(m, clf.metrics_.get("baseline_name", ""),
-                                clf.metrics_.get("blend_mode", "mean")):
-        print(f"  {line}")
-    width = max(len(c) for c in clf.classes_)
-    print(f"{'class':<{width}}  precision  recall     f1  support")
-    for c, v in m["per_class"].items():
-        print(f"{c:<{width}}  {v['precision']:9.3f}  {v['recall']:6.3f}  {v['f1']:5.3f}  "
-              f"{v['support']:7d}")
-    if "confusion_matrix" in m:
-        print("confusion matrix (rows: true, columns: predicted):")
-        for c, row in zip(clf.classes_, m["confusion_matrix"]):
-            print(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
-    return 0
-
-
-def _evaluate_detect(det, args) -> int:
-    from .tasks.detect import format_detection_metrics
-
-    m = det.evaluate(args.data, fix=args.fix_boxes)
-    if args.json:
-        print(json.dumps(m, indent=2))
-        return 0
-    print(format_detection_metrics(m))
-    width = max(5, *(len(c) for c in det.classes_))
-    print(f"{'class':<{width}}  AP@0.5  AP@0.5:0.95  precision  recall  true boxes  predicted")
-    for c, v in m["per_class"].items():
-        print(f"{c:<{width}}  {v['ap_50']:6.3f}  {v['ap']:11.3f}  {v['precision']:9.3f}  "
-              f"{v['recall']:6.3f}  {v['support']:10d}  {v['predicted']:9d}")
+    for line in serving.evaluation_lines(est, m):
+        print(line)
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .inference import Predictor
-    from .predict import write_predictions
-    from .zoo.local import read_run_config
+    from .tasks import run_task
 
-    if read_run_config(args.run).get("task") == "detect":
-        from .predict import write_detections
-        from .tasks.base import tta_views
-        from .tasks.detect import ObjectDetector
-
-        det = ObjectDetector.load(args.run)
-        tta_views(det, args.tta)  # a clear error: detectors have no test-time views
-        counts = write_detections(det, args.inputs, args.out,
-                                  min_score=args.min_score, progress=not args.quiet)
-        if args.out:
-            print(f"wrote {counts['boxes']} boxes of {counts['images']} image(s) to {args.out}"
-                  + (f"; {counts['errors']} image(s) failed, see their 'error' column"
-                     if counts["errors"] else ""), file=sys.stderr)
-        return 0
-
-    if read_run_config(args.run).get("task") == "asr":
-        from .predict import write_transcripts
-        from .tasks.asr import SpeechRecognizer
-        from .tasks.base import tta_views
-
-        rec = SpeechRecognizer.load(args.run)
-        tta_views(rec, args.tta)  # a clear error: speech recognition has no test-time views
-        counts = write_transcripts(rec, args.inputs, args.out,
-                                   batch_size=args.batch_size)
-        if args.out:
-            print(f"wrote {counts['transcribed']} transcripts to {args.out}"
-                  + (f"; {counts['errors']} recording(s) failed, see their 'error' column"
-                     if counts["errors"] else ""), file=sys.stderr)
-        return 0
-    predictor = Predictor.from_run(args.run, engine=args.engine, tta=args.tta)
-    counts = write_predictions(predictor, args.inputs, args.out, batch_size=args.batch_size,
-                               progress=not args.quiet,
-                               text_column=predictor.estimator.config_.text_column)
+    line = run_task(args.run).serving_class().predict_to_csv(
+        args.run, args.inputs, args.out, engine=args.engine, tta=args.tta,
+        batch_size=args.batch_size, min_score=args.min_score, progress=not args.quiet)
     if args.out:
-        print(f"wrote {counts['predicted']} predictions to {args.out}"
-              + (f"; {counts['errors']} item(s) failed, see their 'error' column"
-                 if counts["errors"] else ""), file=sys.stderr)
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -870,8 +737,8 @@ def cmd_models(args) -> int:
 
 def cmd_pretrain(args) -> int:
     """``fit`` from random weights: strategy finetune, one LR everywhere, BN trains."""
-    arch = args.arch or ("audio:cnn" if args.task in ("audio", "asr")
-                         else TASK_DEFAULTS[args.task].get("backbone", FitConfig.backbone))
+    arch = args.arch or PRETRAIN_ARCHS.get(args.task) or TASK_DEFAULTS[args.task].get(
+        "backbone", FitConfig.backbone)
     for key, value in PRETRAIN_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)

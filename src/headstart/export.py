@@ -1,6 +1,7 @@
 """Export a fitted model to ONNX or TorchScript, and prove the export predicts the same.
 
-What is exported is the run's inference graph (:mod:`headstart.inference`): for images,
+What is exported is the run's inference graph (:mod:`headstart.inference`; each task's
+object in :mod:`headstart.tasks.serving` says what its graph takes): for images,
 ``uint8 [N, S, S, 3]`` centre crops in, probabilities out (scaling and the weights' own
 normalisation are inside the graph); for texts, token ids and mask ``[docs, chunks,
 tokens]`` in, probabilities out (chunk pooling inside the graph); for audio, mono waveforms
@@ -82,10 +83,10 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     est = load_estimator(run_dir)
-    if est.task in ("detect", "asr"):
-        what = {"detect": "detectors", "asr": "speech recognisers"}[est.task]
-        raise ExportError(f"{run_dir}: exporting {what} is not supported yet; predict "
-                          f"with `headstart predict {run_dir} INPUTS`")
+    serving = est.serving_class()
+    refusal = serving.refusal("exporting", run_dir)
+    if refusal:
+        raise ExportError(refusal)
     if est._kept_baseline():
         raise ExportError(
             f"{run_dir}: this run kept its classic baseline ({est.baseline_.name}) over the "
@@ -94,7 +95,7 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
             "ONNX graph here; predict and serve run it (`headstart predict "
             f"{run_dir} INPUTS`), or fit with --strategy lp_ft to export the network")
     predictor = Predictor(est)
-    items, checked_on = _check_items(est, check, n_check)
+    items, checked_on = _check_items(est, serving, check, n_check)
     prepared = predictor.prepare_many(items)
     bad = [(items[i], p) for i, p in enumerate(prepared) if isinstance(p, Exception)]
     if bad:
@@ -102,21 +103,17 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     # the graph is the network: a text run's TF-IDF blend (if any) is applied outside it;
     # a --blend-mode joint run's graph also gives the features its TF-IDF model reads, so
     # what it predicts from them is checked too
-    source = est._open_unlabeled(_as_source(est, items))
+    source = est._open_unlabeled(serving.check_source(items))
     backbone_feats = est._features(source)
     reference = est._head_proba(backbone_feats)
-    joint = est.task == "text" and est._joint()
-    if joint:  # what the run predicts, from the same features
-        joint_reference = est._output_proba(source, reference, backbone_feats)
+    features_difference = serving.features_check(est, source, reference, backbone_feats)
 
     def difference(got, rows: list[int]) -> float:
         """Largest probability difference of the file's outputs for the items ``rows``."""
         proba, feats = got if isinstance(got, tuple) else (got, None)
         diff = np.abs(proba - reference[rows]).max()
-        if joint:
-            texts = [source.texts[i] for i in rows]
-            diff = max(diff, np.abs(est.joint_.predict_proba(texts, feats)
-                                    - joint_reference[rows]).max())
+        if features_difference is not None:
+            diff = max(diff, features_difference(feats, rows))
         return float(diff)
 
     graph = inference_graph(est, merge_adapters=True)
@@ -130,7 +127,7 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     try:
         example = predictor.collate(_example_items(prepared))
         if format == "onnx":
-            _to_onnx(graph, example, tmp, opset, meta)
+            _to_onnx(graph, example, tmp, opset, meta, serving)
             run = OnnxEngine(tmp)
         else:
             _to_torchscript(graph, example, tmp)
@@ -152,21 +149,7 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    notes = []
-    if est.task == "text":
-        est.model_.backbone.tokenizer.save_pretrained(str(out.parent / "tokenizer"))
-        notes.append("tokenizer saved in tokenizer/")
-        if joint:
-            notes.append("this run predicts with one logistic regression on TF-IDF and the "
-                         "encoder's features (--blend-mode joint): the file gives the "
-                         "encoder's probabilities and, as its second output, those features; "
-                         "`headstart predict/serve --engine onnx` feed them with the texts to "
-                         "RUN/joint/, as should any other runtime")
-        elif est._blends():
-            notes.append("this run blends its TF-IDF baseline in (--blend): the file is the "
-                         "encoder alone; `headstart predict/serve --engine onnx` average its "
-                         "probabilities with the baseline's (RUN/baseline/), as should any "
-                         "other runtime")
+    notes = serving.save_beside(est, out.parent)
     result = ExportResult(
         path=str(out), format=format, max_abs_diff=diff, tolerance=tolerance,
         checked_items=len(prepared), checked_on=checked_on, batch_sizes=sizes,
@@ -179,7 +162,7 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
 
 
 # ---------------------------------------------------------------------- check items
-def _check_items(est, check, n: int) -> tuple[list, str]:
+def _check_items(est, serving, check, n: int) -> tuple[list, str]:
     """Real items for the parity check, and where they came from."""
     source = check if check is not None else getattr(est, "data_origin_", None)
     if source is None or (isinstance(source, (str, Path)) and not Path(source).exists()):
@@ -189,36 +172,11 @@ def _check_items(est, check, n: int) -> tuple[list, str]:
             where = f"the run's training data {source} is gone"
         raise ExportError(f"the parity check needs real items and {where}: pass check=... "
                           "(--check PATH), a folder or CSV of images, or a table of texts")
-    if est.task == "text":
-        from .data.text import open_text_source
-
-        texts = source if isinstance(source, list) else open_text_source(
-            source, text_column=est.config_.text_column, labeled=False).texts
-        items = list(texts)
-    elif est.task == "audio":
-        from .data.audio import open_audio_inputs
-
-        items = list(open_audio_inputs(source).items)
-    else:
-        from .data.images import open_inputs
-
-        items = list(open_inputs(source).items)
+    items = serving.check_items(est, source)
     if not items:
         raise ExportError(f"{source}: no items to check the export on")
     idx = np.unique(np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int))
     return [items[i] for i in idx], str(source if not isinstance(source, list) else "texts")
-
-
-def _as_source(est, items: list):
-    if est.task == "text":
-        return list(items)
-    if est.task == "audio":
-        from .data.audio import open_audio_inputs
-
-        return open_audio_inputs(items)
-    from .data.images import open_inputs
-
-    return open_inputs(items)
 
 
 def _example_items(prepared: list) -> list:
@@ -227,19 +185,11 @@ def _example_items(prepared: list) -> list:
 
 
 # ---------------------------------------------------------------------- ONNX
-def _to_onnx(graph, example: dict, path: Path, opset: int, meta: dict) -> None:
+def _to_onnx(graph, example: dict, path: Path, opset: int, meta: dict, serving) -> None:
     import onnx
 
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    if "image" in example or "waveform" in example:
-        names = ["image" if "image" in example else "waveform"]
-        dynamic = {names[0]: {0: batch}}
-    else:
-        chunks = torch.export.Dim("chunks", min=1, max=1024)
-        tokens = torch.export.Dim("tokens", min=2, max=8192)
-        axes = {0: batch, 1: chunks, 2: tokens}
-        dynamic = {"input_ids": axes, "attention_mask": axes}
-        names = ["input_ids", "attention_mask"]
+    dynamic = serving.dynamic_shapes(torch.export.Dim("batch", min=1, max=MAX_BATCH))
+    names = list(dynamic)
     args = tuple(torch.from_numpy(example[k]) for k in names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -286,57 +236,7 @@ def export_metadata(predictor: Predictor, format: str) -> dict:
     from importlib.metadata import version
 
     est = predictor.estimator
-    pre = est.preprocess_
-    if est.task == "image":
-        scale = int(pre.input_size / pre.crop_pct)
-        inputs = [{"name": "image", "dtype": "uint8", "shape": ["batch", pre.input_size,
-                                                               pre.input_size, 3]}]
-        recipe = {
-            "steps": [
-                "decode to 8-bit RGB (grey and palette converted, transparency on white)",
-                f"resize so the shorter side is {scale} px ({pre.interpolation}, antialiased, "
-                "as PIL's Image.resize)",
-                f"centre-crop {pre.input_size} x {pre.input_size}",
-                "stack as uint8 [batch, height, width, 3] (channels last)",
-            ],
-            "inside_graph": f"x / 255, minus mean {list(pre.mean)}, over std {list(pre.std)}, "
-                            "NCHW",
-            **pre.to_dict(),
-        }
-    elif est.task == "audio":
-        inputs = [{"name": "waveform", "dtype": "float32", "shape": ["batch", pre.samples]}]
-        recipe = {
-            "steps": [
-                "decode the recording (WAV, FLAC, OGG, ...) to float samples in [-1, 1]",
-                "average the channels to mono",
-                f"resample to {pre.sample_rate} Hz (polyphase filter, scipy's resample_poly)",
-                f"centre-crop or zero-pad (centred) to {pre.samples} samples "
-                f"({pre.clip_seconds:g} s)",
-                "stack as float32 [batch, samples]",
-            ],
-            "inside_graph": "the backbone's spectral front end (STFT, mel filter bank, log), "
-                            "the network, the head",
-            **pre.to_dict(),
-        }
-    else:
-        from .data.text import special_tokens
-
-        tok = est.model_.backbone.tokenizer
-        prefix, suffix = special_tokens(tok)
-        inputs = [{"name": n, "dtype": "int64", "shape": ["docs", "chunks", "tokens"]}
-                  for n in ("input_ids", "attention_mask")]
-        recipe = {
-            "steps": [
-                "tokenise the text without special tokens (tokenizer/ beside the model)",
-                f"truncation {pre.truncation!r}: keep up to {pre.max_chunks} chunk(s) of "
-                f"{pre.max_length - len(prefix) - len(suffix)} tokens",
-                f"wrap each chunk as {prefix} + ids + {suffix}",
-                f"pad with id {predictor._pad_id} to [docs, chunks, tokens]; attention_mask "
-                "1 on real tokens, an all-zero row marks a padding chunk",
-            ],
-            "inside_graph": "encoder, pooling, mean over a document's chunks, head",
-            **pre.to_dict(),
-        }
+    inputs, recipe = predictor.serving.export_inputs(predictor)
     return {
         "format": "headstart-export",
         "export_format": format,
@@ -346,12 +246,7 @@ def export_metadata(predictor: Predictor, format: str) -> dict:
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", "classes"],
                    "activation": "sigmoid" if predictor.multi_label else "softmax"},
         "inputs": inputs,
-        **({"features_output": {
-            "name": "features", "dtype": "float32", "shape": ["batch", "dim"],
-            "use": "with the text, the input of the run's joint TF-IDF + features logistic "
-                   "regression (RUN/joint/: vocabulary, idf, weights; the features enter L2-"
-                   "normalised, times feature_weight, after the TF-IDF columns)"}}
-           if est.task == "text" and est._joint() else {}),
+        **predictor.serving.export_outputs(est),
         "preprocess": recipe,
         "backbone": est.config_.backbone,
         "validation_accuracy": (getattr(est, "metrics_", {}).get("validation") or {}).get(

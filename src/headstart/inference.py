@@ -1,7 +1,8 @@
 """Run a fitted model on raw items: one graph shared by `predict`, `serve` and `export`.
 
 A fitted model becomes an *inference graph*: a module from plain arrays to probabilities
-that holds everything of the preprocessing a graph can express.
+that holds everything of the preprocessing a graph can express. What the graph takes, and
+what happens outside it, is the task's (its task object, :mod:`headstart.tasks.serving`):
 
 * images: ``uint8 [N, S, S, 3]`` crops -> scale to 0-1, normalise with the weights' own
   mean/std, backbone, head, softmax (sigmoid when multi-label). What no graph can do the
@@ -25,7 +26,6 @@ outputs).
 from __future__ import annotations
 
 import copy
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +39,6 @@ log = logging.getLogger(__name__)
 # Largest image (width x height) a Predictor decodes; bigger ones are refused from the
 # header alone, before any pixel is decoded. 40 MP covers every camera photo.
 MAX_PIXELS = 40_000_000
-# A longer side more than this many times the shorter one is refused too: resizing the
-# shorter side to the model's input would blow the longer one up (1 x 40M px).
-MAX_ASPECT = 100
 
 
 class ItemError(ValueError):
@@ -52,70 +49,10 @@ class ItemTooLarge(ItemError):
     """An image over the pixel or aspect-ratio limits (refused before decoding)."""
 
 
-# ---------------------------------------------------------------------- graphs
-class ImageGraph(nn.Module):
-    """``uint8 [N, S, S, 3]`` (RGB crops, as :meth:`Predictor.prepare` makes them) ->
-    probabilities ``[N, classes]``."""
-
-    def __init__(self, model: nn.Module, mean, std, multi_label: bool = False):
-        super().__init__()
-        self.model = model
-        self.multi_label = bool(multi_label)
-        # (x/255 - mean) / std == (x - 255 mean) / (255 std): one subtract, one divide
-        self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-                             * 255.0)
-        self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-                             * 255.0)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).to(torch.float32)
-        logits = self.model((x - self.shift) / self.scale).float()
-        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
-
-
-class TextGraph(nn.Module):
-    """``input_ids, attention_mask: int64 [D, C, L]`` -> probabilities ``[D, classes]``;
-    a document's chunks are averaged (all-zero mask rows are padding chunks). With
-    ``features``, also the averaged features ``[D, dim]`` (the head's input) as a second
-    output: what a ``--blend-mode joint`` run's TF-IDF + features model reads."""
-
-    def __init__(self, model: nn.Module, multi_label: bool = False, features: bool = False):
-        super().__init__()
-        self.model = model
-        self.multi_label = bool(multi_label)
-        self.features = bool(features)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        docs, chunks, length = input_ids.shape
-        valid = (attention_mask.sum(-1) > 0).to(torch.float32).unsqueeze(-1)  # [D, C, 1]
-        # padding chunks attend to their first token, so no row of attention is empty
-        first = torch.zeros_like(attention_mask)
-        first[:, :, 0] = 1
-        mask = torch.maximum(attention_mask, first)
-        feats = self.model.backbone({"input_ids": input_ids.reshape(docs * chunks, length),
-                                     "attention_mask": mask.reshape(docs * chunks, length)})
-        feats = feats.reshape(docs, chunks, -1).float()
-        pooled = (feats * valid).sum(1) / valid.sum(1).clamp(min=1.0)
-        logits = self.model.head(pooled).float()
-        proba = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
-        return (proba, pooled) if self.features else proba
-
-
-class AudioGraph(nn.Module):
-    """``waveform: float32 [N, samples]`` -> probabilities ``[N, classes]``."""
-
-    def __init__(self, model: nn.Module, multi_label: bool = False):
-        super().__init__()
-        self.model = model
-        self.multi_label = bool(multi_label)
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        logits = self.model(waveform.to(torch.float32)).float()
-        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
-
-
+# ---------------------------------------------------------------------- the graph
 def inference_graph(estimator, merge_adapters: bool = False) -> nn.Module:
-    """The fitted ``estimator``'s inference graph (eval mode, CPU copy when merging).
+    """The fitted ``estimator``'s inference graph (eval mode, CPU copy when merging), as its
+    task object builds it.
 
     ``merge_adapters`` folds LoRA adapters into a copy of the weights first (exports want
     plain layers; the estimator itself is left as it is)."""
@@ -124,57 +61,7 @@ def inference_graph(estimator, merge_adapters: bool = False) -> nn.Module:
         model = copy.deepcopy(model).cpu()
         model.backbone.merge_lora()
     multi = bool(getattr(estimator, "multi_label_", False))
-    if estimator.task == "text":
-        graph = TextGraph(model, multi, features=estimator._joint())
-    elif estimator.task == "audio":
-        graph = AudioGraph(model, multi)
-    else:
-        pre = estimator.preprocess_
-        graph = ImageGraph(model, pre.mean, pre.std, multi)
-    return graph.eval()
-
-
-# ---------------------------------------------------------------------- preparing items
-def open_image(item, max_pixels: int | None = MAX_PIXELS):
-    """A path, bytes, a file object, an array or a PIL image -> RGB PIL image.
-
-    Refuses images over ``max_pixels`` from the header alone (before decoding)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from .data.images import load_image, to_rgb
-
-    if isinstance(item, np.ndarray):
-        return load_image(item)
-    if isinstance(item, Image.Image):
-        return to_rgb(item)
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        if len(item) == 0:
-            raise ItemError("empty file: no image bytes were sent")
-        item = io.BytesIO(bytes(item))
-    name = str(item) if isinstance(item, (str, Path)) else "the upload"
-    try:
-        with Image.open(item) as img:
-            w, h = img.size
-            if max_pixels and w * h > max_pixels:
-                raise ItemTooLarge(f"{name}: {w}x{h} pixels is larger than the limit of "
-                                   f"{max_pixels:,}; downscale the image first")
-            if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
-                raise ItemTooLarge(f"{name}: {w}x{h} pixels; sides more than {MAX_ASPECT} "
-                                   "times apart are not supported, crop the image first")
-            img.load()
-            return to_rgb(img)
-    except ItemError:
-        raise
-    except Image.DecompressionBombError as exc:  # PIL's own guard, raised while opening
-        raise ItemTooLarge(f"{name}: {exc}; downscale the image first") from exc
-    except FileNotFoundError as exc:
-        raise ItemError(f"{name}: no such file") from exc
-    except UnidentifiedImageError as exc:
-        raise ItemError(f"{name}: not an image PIL can read (JPEG, PNG, WebP, BMP, GIF, "
-                        "TIFF, ...)") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ItemError(f"{name}: cannot decode this image ({exc}); the file may be "
-                        "truncated or corrupt") from exc
+    return estimator.serving_class().graph(estimator, model, multi).eval()
 
 
 @dataclass
@@ -184,15 +71,6 @@ class Prediction:
     item: str
     probabilities: np.ndarray | None = None
     error: str | None = None
-
-
-class PreparedText(list):
-    """A text's token windows (what the graph takes), keeping the text for a run that
-    blends its TF-IDF baseline in."""
-
-    def __init__(self, chunks, text: str):
-        super().__init__(chunks)
-        self.text = text
 
 
 class Predictor:
@@ -215,27 +93,20 @@ class Predictor:
         self.views = len(views)  # 0: the evaluation crop alone
         self.estimator = estimator
         self.task = estimator.task
+        self.serving = estimator.serving_class()
         self.classes = list(estimator.classes_)
         self.multi_label = bool(getattr(estimator, "multi_label_", False))
         self.max_pixels = max_pixels
-        self.blend = self.task == "text" and estimator._blends()
         # a run that kept its classic baseline predicts with it: no graph, no engine
         self.baseline = estimator.baseline_ if estimator._kept_baseline() else None
         if self.baseline is not None and engine is not None:
             raise ValueError(f"this run kept its classic baseline ({self.baseline.name}), "
                              "which has no ONNX graph: use engine torch")
+        # reading items and turning the graph's output into the run's: the task's
+        self.feed = self.serving.feed(estimator, views, max_pixels, self.baseline)
         self._graph = None
         self.engine = engine or (BaselineEngine(self.baseline) if self.baseline is not None
                                  else TorchEngine(self.graph))
-        if self.task == "image":
-            from .data.transforms import ImageTransform
-
-            pre = estimator.preprocess_
-            self._transforms = [ImageTransform(v.input_size, v, "none") for v in views or [pre]]
-            self._transform = self._transforms[0]
-        elif self.task != "audio":
-            tok = estimator.model_.backbone.tokenizer
-            self._pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, engine: str = "torch", device: str = "cpu",
@@ -271,124 +142,23 @@ class Predictor:
 
     def prepare_many(self, items: list) -> list:
         """Each item prepared, or the :class:`ItemError` that stops it (not raised)."""
-        if self.task == "image":
-            out = []
-            for item in items:
-                try:
-                    img = open_image(item, self.max_pixels)
-                    if self.baseline is not None:  # the baseline's own vector of the image
-                        out.append(self.baseline.featurizer_(img))
-                        continue
-                    crops = [np.asarray(t.eval_image(img), dtype=np.uint8)
-                             for t in self._transforms]
-                    out.append(np.stack(crops) if self.views else crops[0])
-                except ItemError as exc:
-                    out.append(exc)
-            return out
-        if self.task == "audio":
-            return [self._prepare_audio(item) for item in items]
-        return self._prepare_texts(items)
-
-    def _prepare_audio(self, item):
-        """A path, bytes (an uploaded file) or a waveform at the run's rate -> the run's
-        clip, or the :class:`ItemError` that stops it."""
-        import soundfile as sf
-
-        from .data.audio import fit_length, read_audio
-        from .data.images import DataError, existing_path
-
-        pre = self.estimator.preprocess_
-        try:
-            if isinstance(item, (bytes, bytearray, memoryview)):
-                if len(item) == 0:
-                    raise ItemError("empty file: no audio bytes were sent")
-                try:
-                    data, rate = sf.read(io.BytesIO(bytes(item)), dtype="float32",
-                                         always_2d=True)
-                except Exception as exc:  # noqa: BLE001 - libsndfile's errors vary
-                    raise ItemError(f"the upload is not audio libsndfile can read (WAV, FLAC, "
-                                    f"OGG, MP3, ...): {exc}") from exc
-                wave = read_audio(data, pre.sample_rate, rate, "the upload")
-            elif isinstance(item, (str, Path)):
-                if existing_path(item) is None or not Path(item).is_file():
-                    raise ItemError(f"{item}: no such file")
-                wave = read_audio(item, pre.sample_rate)
-            else:
-                wave = read_audio(item, pre.sample_rate, pre.sample_rate, "the waveform")
-        except DataError as exc:
-            return ItemError(str(exc))
-        except ItemError as exc:
-            return exc
-        if self.baseline is not None:  # the whole recording, as the baseline was fitted
-            return self.baseline.featurizer_(wave)
-        return fit_length(wave, pre.samples, None)
-
-    def _prepare_texts(self, items: list) -> list:
-        from .data.text import encode_texts
-
-        out: list = [None] * len(items)
-        good, texts = [], []
-        for i, item in enumerate(items):
-            if isinstance(item, bytes):
-                try:
-                    item = item.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    out[i] = ItemError(f"not UTF-8 text ({exc}); send the text as UTF-8")
-                    continue
-            if not isinstance(item, str):
-                out[i] = ItemError(f"expected a text (str), got {type(item).__name__}")
-            elif not item.strip():
-                out[i] = ItemError("empty text: there is nothing to classify")
-            else:
-                good.append(i)
-                texts.append(item)
-        if texts:
-            encoded = encode_texts(self.estimator.model_.backbone.tokenizer, texts,
-                                   self.estimator.preprocess_)
-            for i, chunks, text in zip(good, encoded, texts):
-                out[i] = PreparedText(chunks, text)
-        return out
+        return self.feed.prepare_many(items)
 
     def collate(self, prepared: list) -> dict[str, np.ndarray]:
         """Prepared items (no errors) -> the graph's named inputs."""
-        if self.task == "image":  # test-time views: [N, V, S, S, 3] -> [N * V, S, S, 3]
-            images = np.stack(prepared)
-            return {"image": images.reshape(-1, *images.shape[-3:])}
-        if self.task == "audio":
-            return {"waveform": np.stack(prepared).astype(np.float32)}
-        chunks = max(len(doc) for doc in prepared)
-        length = max(len(c) for doc in prepared for c in doc)
-        ids = np.full((len(prepared), chunks, length), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(prepared), chunks, length), dtype=np.int64)
-        for d, doc in enumerate(prepared):
-            for c, piece in enumerate(doc):
-                ids[d, c, :len(piece)] = piece
-                mask[d, c, :len(piece)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        return self.feed.collate(prepared)
 
     def run(self, prepared: list) -> np.ndarray:
         """Probabilities ``[len(prepared), classes]`` of prepared items."""
         if not prepared:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         if self.baseline is not None:
-            return self.engine([p.text for p in prepared] if self.task == "text"
-                               else np.stack(prepared))
+            return self.engine(self.feed.baseline_inputs(prepared))
         out = self.engine(self.collate(prepared))
         proba, feats = out if isinstance(out, tuple) else (out, None)
         if self.views:  # the mean over each item's test-time views
             proba = np.asarray(proba).reshape(len(prepared), self.views, -1).mean(1)
-        if self.blend:  # the run's TF-IDF model, applied outside the graph
-            texts = [p.text for p in prepared]
-            if self.estimator._joint():
-                if feats is None:
-                    raise ValueError("this run blends TF-IDF with the encoder's features "
-                                     "(--blend-mode joint) but the graph gives no features: "
-                                     "export it again with this headstart")
-                return self.estimator.joint_.predict_proba(texts, feats)
-            from .tasks.text import blend_proba
-
-            proba = blend_proba(proba, self.estimator.baseline_.predict_proba(texts))
-        return proba
+        return self.feed.finish(proba, feats, prepared)
 
     # -------------------------------------------------------------- predicting
     def predict(self, items: list, names: list[str] | None = None,

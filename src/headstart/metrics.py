@@ -90,3 +90,36 @@ def format_calibration(c: dict) -> str:
     return (f"calibration: temperature {c['temperature']:.3f}; NLL {c['nll_before']:.4f} -> "
             f"{c['nll_after']:.4f}, ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f} "
             f"(n={c['n']})")
+
+
+def recall_line(per_class: dict, most: int = 10) -> str:
+    """``recall per class: ham 0.99, spam 0.82``; past ``most`` classes, the lowest ones."""
+    items = [(c, v["recall"]) for c, v in per_class.items()]
+    head = "recall per class"
+    if len(items) > most:
+        items = sorted(items, key=lambda kv: kv[1])[:most]
+        head = f"lowest recall ({most} of {len(per_class)} classes)"
+    return f"{head}: " + ", ".join(f"{c} {r:.2f}" for c, r in items)
+
+
+def baseline_lines(m: dict, baseline_name: str = "", blend_mode: str = "mean") -> list[str]:
+    """The metrics beside a model's own: the classic baseline (or, where the run kept the
+    baseline, the network's); text: the blend of the encoder and TF-IDF (or, for a --blend
+    model, the encoder alone)."""
+    lines = []
+    if "encoder" in m:
+        how = ("is one logistic regression on TF-IDF + encoder features"
+               if blend_mode == "joint" else "blends in TF-IDF")
+        lines.append(f"(the above {how}) encoder alone: {format_metrics(m['encoder'])}")
+    if "transfer" in m:
+        lines.append(f"(the above is the kept classic baseline) the network: "
+                     f"{format_metrics(m['transfer'])}")
+    if "baseline" in m:
+        name = m["baseline"].get("name") or baseline_name
+        label = f"baseline {name}" if name else "baseline"
+        lines.append(f"{label}: {format_metrics(m['baseline'])}")
+    if "blend" in m:
+        lines.append(f"blend (mean of encoder and baseline probabilities, --blend "
+                     f"--blend-mode mean): "
+                     f"{format_metrics(m['blend'])}")
+    return lines

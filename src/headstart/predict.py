@@ -18,77 +18,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .artifacts import temp_sibling
-from .data.images import IMAGE_EXTENSIONS, DataError, _csv_path, _image_files, existing_path
+from .data.images import DataError, existing_path
 from .inference import Predictor
 
 log = logging.getLogger(__name__)
 
 
 def list_inputs(task: str, inputs: list, text_column: str = "text") -> list[tuple[str, object]]:
-    """``(name, item)`` for every input, in order; nothing is decoded yet."""
-    out: list[tuple[str, object]] = []
-    for i, entry in enumerate(inputs):
-        if task == "text":
-            out.extend(_text_entries(entry, text_column))
-        elif isinstance(entry, (str, Path)):
-            out.extend(_file_entries(entry, task))
-        else:  # an array or image object, named by its position
-            out.append((f"item[{i}]", entry))
-    return out
+    """``(name, item)`` for every input, in order, as ``task`` lists them (files, folders
+    searched recursively, CSVs with a path column; for texts, table files and literal
+    texts); nothing is decoded yet."""
+    from .tasks import serving_for
 
-
-def _file_entries(entry: str | Path, task: str = "image") -> list[tuple[str, object]]:
-    """Files of a folder, a CSV's path column, or one path (images, or recordings)."""
-    p = Path(entry)
-    if existing_path(p) is None:
-        return [(str(p), str(p))]  # a missing file (or an impossible name): its own row
-    if p.is_dir():
-        if task == "audio":
-            from .data.audio import AUDIO_EXTENSIONS, _audio_files
-
-            files, kinds = _audio_files(p), ("recordings", AUDIO_EXTENSIONS)
-        else:
-            files, kinds = _image_files(p), ("images", IMAGE_EXTENSIONS)
-        if not files:
-            raise DataError(f"{p}: no {kinds[0]} found ({', '.join(kinds[1])})")
-        return [(f, f) for f in files]
-    if p.suffix.lower() == ".csv" and p.is_file():
-        with open(p, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if "path" not in (reader.fieldnames or []):
-                raise DataError(f"{p}: no column 'path' (columns: "
-                                f"{', '.join(reader.fieldnames or [])}); name each image's "
-                                "file in a 'path' column")
-            rows = [(line, r["path"]) for line, r in enumerate(reader, 2)]
-        return [(str(_csv_path(p, v)) if v else f"{p}:row {line}",
-                 str(_csv_path(p, v)) if v else "") for line, v in rows]
-    return [(str(p), str(p))]
-
-
-def _text_entries(entry, text_column: str) -> list[tuple[str, object]]:
-    from .data.text import read_table, table_path
-
-    p = table_path(entry, text_column) if isinstance(entry, str) else None
-    if p is None:  # a text (a file is a table, or read_table says which formats are)
-        text = str(entry)
-        return [(text if len(text) <= 60 else text[:57] + "...", text) if text.strip()
-                else ("(empty text)", text)]
-    frame = read_table(p, blank_lines=True)
-    if text_column not in frame.columns:
-        raise DataError(f"{p}: no column {text_column!r}; the columns are "
-                        f"{', '.join(map(str, frame.columns))}")
-    header = 2 if p.suffix.lower() in (".csv", ".tsv") else 1
-    rows = frame.attrs.get("rows") or [i + header for i in range(len(frame))]
-    return [(f"{p}:row {r}", _cell_text(v)) for r, v in zip(rows, frame[text_column].tolist())]
-
-
-def _cell_text(value) -> str:
-    """A table cell as a text; a missing one (None, NaN, a blank line) as empty."""
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    return str(value)
+    return serving_for(task).list_inputs(inputs, text_column)
 
 
 def iter_predictions(predictor: Predictor, entries: list[tuple[str, object]],
@@ -131,7 +73,7 @@ def write_predictions(predictor: Predictor, inputs: list, out: str | Path | None
     to ``out`` (default: stdout). Returns counts: items, predicted, errors."""
     from tqdm.auto import tqdm
 
-    entries = list_inputs(predictor.task, inputs, text_column)
+    entries = predictor.serving.list_inputs(inputs, text_column)
     header = ["item", "prediction", "probability", "error"] + [f"p_{c}" for c in
                                                                predictor.classes]
     counts = {"items": len(entries), "predicted": 0, "errors": 0}
@@ -164,7 +106,7 @@ def write_detections(detector, inputs: list, out: str | Path | None = None,
     read gets its row with the reason in ``error``. Returns counts: images, boxes, errors."""
     from tqdm.auto import tqdm
 
-    entries = [name for name, _ in list_inputs("image", inputs)]
+    entries = [name for name, _ in detector.serving_class().list_inputs(inputs)]
     counts = {"images": len(entries), "boxes": 0, "errors": 0}
     with _csv_out(out) as writer:
         writer.writerow(["item", "xmin", "ymin", "xmax", "ymax", "label", "score", "error"])
@@ -191,7 +133,7 @@ def write_transcripts(recognizer, inputs: list, out: str | Path | None = None,
     be read gets its row with the reason. Returns counts: items, transcribed, errors."""
     from .data.audio import _check_file
 
-    entries = [name for name, _ in list_inputs("audio", inputs)]
+    entries = [name for name, _ in recognizer.serving_class().list_inputs(inputs)]
     counts = {"items": len(entries), "transcribed": 0, "errors": 0}
     with _csv_out(out) as writer:
         writer.writerow(["item", "transcript", "error"])

@@ -39,9 +39,9 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
-from starlette.datastructures import UploadFile
 
 from .inference import MAX_PIXELS, ItemError, ItemTooLarge, Predictor
+from .tasks.serving import BodyError, TaskServing
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class ServedModel:
     name: str
     run_dir: Path
     config: dict
+    serving: TaskServing  # the task's: how a request body becomes an item
     predictor: Predictor | None = None
     batcher: "Batcher | None" = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -265,6 +266,7 @@ _PREDICT_DOC = {
 def create_app(models, settings: ServeSettings | None = None):
     """A FastAPI app serving ``models``: ``{name: run_dir}`` or a list of run dirs (named
     after their folders). The first is the default of ``/predict`` and ``/model``."""
+    from .tasks import serving_for
     from .zoo.local import is_run_dir, read_run_config
 
     settings = settings or ServeSettings()
@@ -287,11 +289,11 @@ def create_app(models, settings: ServeSettings | None = None):
             raise ValueError(f"{run}: no ONNX export to serve with --engine onnx; run "
                              f"`headstart export {run} --format onnx` first")
         config = read_run_config(run)
-        if config.get("task") in ("detect", "asr"):
-            what = {"detect": "detectors", "asr": "speech recognisers"}[config["task"]]
-            raise ValueError(f"{run}: serving {what} is not supported yet; predict with "
-                             f"`headstart predict {run} INPUTS`")
-        served[name] = ServedModel(name, Path(run), config)
+        serving = serving_for(config.get("task", "image"), run)
+        refusal = serving.refusal("serving", run)
+        if refusal:
+            raise ValueError(refusal)
+        served[name] = ServedModel(name, Path(run), config, serving)
     default = next(iter(served))
 
     app = FastAPI(title="headstart", version=_version(),
@@ -339,7 +341,7 @@ def create_app(models, settings: ServeSettings | None = None):
         return lookup(name).describe()
 
     async def predict(model: ServedModel, request: Request, top_k: int):
-        item = await _read_item(request, model.task, settings)
+        item = await _read_item(request, model.serving, settings)
         predictor = await loaded(model)
         t0 = time.perf_counter()
         try:
@@ -376,69 +378,13 @@ def create_app(models, settings: ServeSettings | None = None):
     return app
 
 
-async def _read_item(request, task: str, settings: ServeSettings):
-    """The one item a request carries: image or audio file bytes, or a text."""
+async def _read_item(request, serving: TaskServing, settings: ServeSettings):
+    """The one item a request carries, as the model's task decodes its body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        form = await request.form(max_files=1, max_fields=4,
-                                  max_part_size=settings.max_text_chars * 4)
-        upload, text = form.get("file"), form.get("text")
-        if isinstance(upload, UploadFile):
-            data = await upload.read()
-            if task in ("image", "audio"):
-                return data
-            return _text_of(data, settings)
-        if task == "text" and isinstance(text, str):
-            return _check_text(text, settings)
-        wanted = {"image": "'file' (the image)", "audio": "'file' (the recording)"}.get(
-            task, "'text' (or 'file', a text file)")
-        given = ", ".join(sorted(form.keys())) or "none"
-        raise HTTPException(422, f"this {task} model needs a form field {wanted}; the form "
-                                 f"has: {given}")
-    if ctype == "application/json":
-        if task != "text":
-            raise HTTPException(415, f"an {task} model takes a multipart upload (field 'file') "
-                                     f"or the raw file bytes (Content-Type {task}/...), not "
-                                     "JSON")
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPException(400, f"the body is not valid JSON ({exc})") from None
-        except RecursionError:
-            raise HTTPException(400, "the JSON body is nested too deeply; send "
-                                     '{"text": "..."}') from None
-        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-            raise HTTPException(422, 'send {"text": "..."}: a JSON object with a string '
-                                     "field 'text'")
-        return _check_text(body["text"], settings)
-    if task == "audio" and (ctype.startswith("audio/") or ctype == "application/octet-stream"):
-        return await request.body()
-    if ctype.startswith("image/") or ctype == "application/octet-stream":
-        if task != "image":
-            raise HTTPException(415, "a text model takes JSON {\"text\": ...} or a form field "
-                                     "'text', not image bytes")
-        return await request.body()
-    if ctype == "text/plain" and task == "text":
-        return _text_of(await request.body(), settings)
-    how = (f"a multipart form with field 'file', or the file's bytes with Content-Type {task}/*"
-           if task in ("image", "audio")
-           else "JSON {\"text\": ...}, a form field 'text', or text/plain")
-    raise HTTPException(415, f"unsupported Content-Type {ctype or '(none)'!r}: send {how}")
-
-
-def _text_of(data: bytes, settings: ServeSettings) -> str:
     try:
-        return _check_text(data.decode("utf-8-sig"), settings)
-    except UnicodeDecodeError as exc:
-        raise HTTPException(422, f"the text is not UTF-8 (byte {exc.start}); send UTF-8 "
-                                 "text") from None
-
-
-def _check_text(text: str, settings: ServeSettings) -> str:
-    if len(text) > settings.max_text_chars:
-        raise HTTPException(413, f"the text has {len(text):,} characters, more than the limit "
-                                 f"of {settings.max_text_chars:,}")
-    return text
+        return await serving.read_request(request, ctype, settings)
+    except BodyError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
 
 
 def _version() -> str:

@@ -22,6 +22,7 @@ from ..heads import HeadSpec, TransferModel
 from ..train import Trainer
 from ..zoo.base import AudioPreprocess, Backbone
 from .audio import MAX_AUTO_CLIP, AudioClassifier, durations
+from .serving import SpeechServing
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ class SpeechRecognizer(AudioClassifier):
 
     task = "asr"
     defaults = ASR_DEFAULTS
+    serving_class = SpeechServing
 
     @staticmethod
     def _new_head(backbone: Backbone, n_out: int, spec: HeadSpec) -> CTCHead:

@@ -11,6 +11,7 @@ from ..data.audio import (AudioDataset, AudioSource, open_audio_inputs, open_aud
                           read_audio)
 from ..zoo.base import AudioPreprocess, Backbone, ZooError
 from .base import TransferEstimator
+from .serving import AudioServing
 
 # Defaults for audio (all other settings: FitConfig's): config.TASK_DEFAULTS.
 AUDIO_DEFAULTS = TASK_DEFAULTS["audio"]
@@ -54,6 +55,7 @@ class AudioClassifier(TransferEstimator):
 
     task = "audio"
     modality = "audio"
+    serving_class = AudioServing
     defaults = AUDIO_DEFAULTS
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> AudioSource:

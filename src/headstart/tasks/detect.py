@@ -427,6 +427,7 @@ class ObjectDetector:
 
     task = "detect"
     defaults = TASK_DEFAULTS["detect"]  # over FitConfig's
+    from headstart.tasks.serving import DetectionServing as serving_class  # its serving half
 
     def __init__(self, backbone: str | None = None, strategy: str | None = None,
                  config: FitConfig | None = None, run_dir: str | Path | None = None, **params):

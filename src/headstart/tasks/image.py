@@ -11,6 +11,7 @@ from ..data.transforms import (AUGMENT, ImageDataset, ImageTransform, augment_pl
                                resolve_image_size, tta_preprocesses)
 from ..zoo.base import Backbone, PreprocessConfig
 from .base import TransferEstimator
+from .serving import ImageServing
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ class ImageClassifier(TransferEstimator):
 
     task = "image"
     modality = "image"
+    serving_class = ImageServing
     defaults = TASK_DEFAULTS["image"]  # none: FitConfig's are the image ones
     augments = tuple(AUGMENT)
     mixes = True

@@ -14,6 +14,7 @@ from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
                          open_text_source, table_path)
 from ..zoo.base import Backbone, TextPreprocess
 from .base import TransferEstimator
+from .serving import TextServing
 
 # Defaults for text (all other settings: FitConfig's): config.TASK_DEFAULTS.
 TEXT_DEFAULTS = TASK_DEFAULTS["text"]
@@ -30,6 +31,7 @@ class TextClassifier(TransferEstimator):
 
     task = "text"
     modality = "text"
+    serving_class = TextServing
     defaults = TEXT_DEFAULTS
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> TextSource:

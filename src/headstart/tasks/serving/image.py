@@ -1,0 +1,163 @@
+"""Image classification, served: decoding, the centre crop (and test-time views) outside the
+graph; ``uint8 [N, S, S, 3]`` crops -> scale, normalise, network, softmax inside it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...inference import MAX_PIXELS, ItemError, ItemTooLarge
+from .base import Feed, TaskServing
+
+# A longer side more than this many times the shorter one is refused: resizing the
+# shorter side to the model's input would blow the longer one up (1 x 40M px).
+MAX_ASPECT = 100
+
+
+class ImageGraph(nn.Module):
+    """``uint8 [N, S, S, 3]`` (RGB crops, as :class:`ImageFeed` makes them) ->
+    probabilities ``[N, classes]``."""
+
+    def __init__(self, model: nn.Module, mean, std, multi_label: bool = False):
+        super().__init__()
+        self.model = model
+        self.multi_label = bool(multi_label)
+        # (x/255 - mean) / std == (x - 255 mean) / (255 std): one subtract, one divide
+        self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+                             * 255.0)
+        self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+                             * 255.0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).to(torch.float32)
+        logits = self.model((x - self.shift) / self.scale).float()
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+
+
+def open_image(item, max_pixels: int | None = MAX_PIXELS):
+    """A path, bytes, a file object, an array or a PIL image -> RGB PIL image.
+
+    Refuses images over ``max_pixels`` from the header alone (before decoding)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ...data.images import load_image, to_rgb
+
+    if isinstance(item, np.ndarray):
+        return load_image(item)
+    if isinstance(item, Image.Image):
+        return to_rgb(item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        if len(item) == 0:
+            raise ItemError("empty file: no image bytes were sent")
+        item = io.BytesIO(bytes(item))
+    name = str(item) if isinstance(item, (str, Path)) else "the upload"
+    try:
+        with Image.open(item) as img:
+            w, h = img.size
+            if max_pixels and w * h > max_pixels:
+                raise ItemTooLarge(f"{name}: {w}x{h} pixels is larger than the limit of "
+                                   f"{max_pixels:,}; downscale the image first")
+            if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
+                raise ItemTooLarge(f"{name}: {w}x{h} pixels; sides more than {MAX_ASPECT} "
+                                   "times apart are not supported, crop the image first")
+            img.load()
+            return to_rgb(img)
+    except ItemError:
+        raise
+    except Image.DecompressionBombError as exc:  # PIL's own guard, raised while opening
+        raise ItemTooLarge(f"{name}: {exc}; downscale the image first") from exc
+    except FileNotFoundError as exc:
+        raise ItemError(f"{name}: no such file") from exc
+    except UnidentifiedImageError as exc:
+        raise ItemError(f"{name}: not an image PIL can read (JPEG, PNG, WebP, BMP, GIF, "
+                        "TIFF, ...)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ItemError(f"{name}: cannot decode this image ({exc}); the file may be "
+                        "truncated or corrupt") from exc
+
+
+class ImageFeed(Feed):
+    """Decoding and the evaluation's resize and centre crop (one crop per test-time view),
+    the exact steps ``fit`` and ``evaluate`` use; what no graph can do the way training did
+    it (PIL's antialiased resize of the shorter side to ``S / crop_pct``)."""
+
+    def __init__(self, estimator, views: list, max_pixels: int | None, baseline=None):
+        from ...data.transforms import ImageTransform
+
+        super().__init__(estimator, baseline)
+        self.views = len(views)  # 0: the evaluation crop alone
+        self.max_pixels = max_pixels
+        pre = estimator.preprocess_
+        self.transforms = [ImageTransform(v.input_size, v, "none") for v in views or [pre]]
+
+    def prepare_many(self, items: list) -> list:
+        out = []
+        for item in items:
+            try:
+                img = open_image(item, self.max_pixels)
+                if self.baseline is not None:  # the baseline's own vector of the image
+                    out.append(self.baseline.featurizer_(img))
+                    continue
+                crops = [np.asarray(t.eval_image(img), dtype=np.uint8) for t in self.transforms]
+                out.append(np.stack(crops) if self.views else crops[0])
+            except ItemError as exc:
+                out.append(exc)
+        return out
+
+    def collate(self, prepared: list) -> dict[str, np.ndarray]:
+        images = np.stack(prepared)  # test-time views: [N, V, S, S, 3] -> [N * V, S, S, 3]
+        return {"image": images.reshape(-1, *images.shape[-3:])}
+
+
+class ImageServing(TaskServing):
+    task = "image"
+    what = "image classifiers"
+    input_names = ("image",)
+    form_field = "'file' (the image)"
+
+    def open_labeled(self, data, cfg, path_column: str = "path", classes=None):
+        from ...data.images import open_source
+
+        return open_source(data, classes=classes, skip_bad=cfg.skip_bad,
+                           path_column=path_column, label_column=cfg.label_column)
+
+    def open_inputs(self, data):
+        from ...data.images import open_inputs
+
+        return open_inputs(data)
+
+    def graph(self, estimator, model, multi_label: bool) -> ImageGraph:
+        pre = estimator.preprocess_
+        return ImageGraph(model, pre.mean, pre.std, multi_label)
+
+    def feed(self, estimator, views: list, max_pixels: int | None, baseline=None) -> ImageFeed:
+        return ImageFeed(estimator, views, max_pixels, baseline)
+
+    def export_inputs(self, predictor) -> tuple[list[dict], dict]:
+        pre = predictor.estimator.preprocess_
+        scale = int(pre.input_size / pre.crop_pct)
+        inputs = [{"name": "image", "dtype": "uint8", "shape": ["batch", pre.input_size,
+                                                               pre.input_size, 3]}]
+        recipe = {
+            "steps": [
+                "decode to 8-bit RGB (grey and palette converted, transparency on white)",
+                f"resize so the shorter side is {scale} px ({pre.interpolation}, antialiased, "
+                "as PIL's Image.resize)",
+                f"centre-crop {pre.input_size} x {pre.input_size}",
+                "stack as uint8 [batch, height, width, 3] (channels last)",
+            ],
+            "inside_graph": f"x / 255, minus mean {list(pre.mean)}, over std {list(pre.std)}, "
+                            "NCHW",
+            **pre.to_dict(),
+        }
+        return inputs, recipe
+
+    def input_summary(self, estimator) -> str:
+        return f"{estimator.preprocess_.input_size}px"
+
+    def bn_note(self, stage: dict) -> str:
+        return f", BN {stage['bn']}"

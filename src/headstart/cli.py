@@ -429,7 +429,8 @@ def cmd_fit(args) -> int:
 
 def _fit_detect(args, cfg: FitConfig, out: Path) -> int:
     from .data.boxes import read_boxes
-    from .tasks.detect import ObjectDetector, format_detection_metrics
+    from .metrics import format_detection_metrics
+    from .tasks.detect import ObjectDetector
 
     det = ObjectDetector(config=cfg, run_dir=out).fit(args.data, validation=args.val,
                                                       resume=args.resume, fix=args.fix_boxes)

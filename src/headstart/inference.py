@@ -113,7 +113,7 @@ class Predictor:
                  **kwargs) -> "Predictor":
         """``engine``: ``torch`` or ``onnx`` (the run's ``export/model.onnx``, written by
         ``headstart export``)."""
-        from .tasks import load_estimator
+        from .tasks.registry import load_estimator
 
         est = load_estimator(run_dir, device=device)
         if engine == "torch":

@@ -123,3 +123,9 @@ def baseline_lines(m: dict, baseline_name: str = "", blend_mode: str = "mean") -
                      f"--blend-mode mean): "
                      f"{format_metrics(m['blend'])}")
     return lines
+
+
+def format_detection_metrics(m: dict) -> str:
+    return (f"mAP@0.5 {m['map_50']:.3f}  mAP@0.5:0.95 {m['map']:.3f}  precision "
+            f"{m['precision']:.3f}  recall {m['recall']:.3f} (score >= "
+            f"{m['score_threshold']:g})  on {m['images']} image(s), {m['boxes']} boxes")

@@ -28,7 +28,7 @@ def list_inputs(task: str, inputs: list, text_column: str = "text") -> list[tupl
     """``(name, item)`` for every input, in order, as ``task`` lists them (files, folders
     searched recursively, CSVs with a path column; for texts, table files and literal
     texts); nothing is decoded yet."""
-    from .tasks import serving_for
+    from .tasks.registry import serving_for
 
     return serving_for(task).list_inputs(inputs, text_column)
 

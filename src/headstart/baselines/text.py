@@ -156,3 +156,9 @@ class TfidfBaseline:
         self.coef_, self.intercept_ = tensors["coef"], tensors["intercept"]
         self.classes_ = tensors["classes"]
         return self
+
+
+def blend_proba(encoder: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """The mean of two models' probabilities (softmax rows stay rows summing to 1;
+    multi-label: per class)."""
+    return (np.asarray(encoder, dtype=np.float64) + np.asarray(baseline, dtype=np.float64)) / 2

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import FitConfig
 from .images import (DataError, ImageSource, _check_classes, _csv_path, check_files,
                      class_folders, csv_files, read_csv_rows, resolve_labels)
 
@@ -308,3 +309,11 @@ class AudioDataset(Dataset):
         label = self.source.labels[i]  # a class, or a padded row of character ids (CTC)
         return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), \
             (torch.as_tensor(label) if np.ndim(label) else int(label))
+
+
+def open_transcribed(X, y, cfg: FitConfig, path_column: str = "path") -> AudioSource:
+    """Recordings with their transcripts; the transcript column is ``label_column`` when
+    set, else ``transcript``."""
+    column = cfg.label_column if cfg.label_column != "label" else "transcript"
+    return open_audio_source(X, y, rate=cfg.array_rate, skip_bad=cfg.skip_bad,
+                             path_column=path_column, label_column=column, transcripts=True)

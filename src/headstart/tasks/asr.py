@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import TASK_DEFAULTS, FitConfig
-from ..data.audio import AudioSource, open_audio_inputs, open_audio_source
+from ..data.audio import AudioSource, open_audio_inputs, open_transcribed
 from ..data.images import DataError
 from ..heads import HeadSpec, TransferModel
 from ..train import Trainer
@@ -113,14 +113,6 @@ def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
                         f"; the auto clip covers 95% of the training recordings (at most "
                         f"{MAX_AUTO_CLIP:g} s): if words are lost, set --clip-seconds")
     return frames
-
-
-def open_transcribed(X, y, cfg: FitConfig, path_column: str = "path") -> AudioSource:
-    """Recordings with their transcripts; the transcript column is ``label_column`` when
-    set, else ``transcript``."""
-    column = cfg.label_column if cfg.label_column != "label" else "transcript"
-    return open_audio_source(X, y, rate=cfg.array_rate, skip_bad=cfg.skip_bad,
-                             path_column=path_column, label_column=column, transcripts=True)
 
 
 def greedy_decode(log_probs: torch.Tensor, vocab: list[str]) -> list[str]:

@@ -406,12 +406,6 @@ def detection_metrics(preds: list[dict], truths: list[BoxSample], classes: list[
             "per_class": per_class}
 
 
-def format_detection_metrics(m: dict) -> str:
-    return (f"mAP@0.5 {m['map_50']:.3f}  mAP@0.5:0.95 {m['map']:.3f}  precision "
-            f"{m['precision']:.3f}  recall {m['recall']:.3f} (score >= "
-            f"{m['score_threshold']:g})  on {m['images']} image(s), {m['boxes']} boxes")
-
-
 # ----------------------------------------------------------------------------- estimator
 class ObjectDetector:
     """Fine-tune a detector on a pre-trained backbone for new object classes.

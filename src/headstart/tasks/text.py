@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..baselines.text import blend_proba
 from ..config import TASK_DEFAULTS, FitConfig
 from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
                          open_text_source, table_path)
@@ -141,9 +142,3 @@ class TextClassifier(TransferEstimator):
             metrics["encoder"] = self._summary(source, proba)
         if not self._blends() or self._joint():
             metrics["blend"] = self._summary(source, blend_proba(proba, pb))
-
-
-def blend_proba(encoder: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-    """The mean of two models' probabilities (softmax rows stay rows summing to 1;
-    multi-label: per class)."""
-    return (np.asarray(encoder, dtype=np.float64) + np.asarray(baseline, dtype=np.float64)) / 2

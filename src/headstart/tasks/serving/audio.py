@@ -130,7 +130,7 @@ class SpeechServing(AudioServing):
     served = False
 
     def open_labeled(self, data, cfg, path_column: str = "path", classes=None):
-        from ..asr import open_transcribed
+        from ...data.audio import open_transcribed
 
         return open_transcribed(data, None, cfg, path_column=path_column)
 
@@ -160,7 +160,7 @@ class SpeechServing(AudioServing):
                        progress: bool = True) -> str:
         """Transcripts, ``item, transcript, error``."""
         from ...predict import write_transcripts
-        from .. import load_estimator
+        from ..registry import load_estimator
         from ..base import tta_views
 
         rec = load_estimator(run_dir)

@@ -17,7 +17,7 @@ class DetectionServing(TaskServing):
         return estimator.evaluate(data, fix=fix)
 
     def format_metrics(self, m: dict) -> str:
-        from ..detect import format_detection_metrics
+        from ...metrics import format_detection_metrics
 
         return format_detection_metrics(m)
 
@@ -37,7 +37,7 @@ class DetectionServing(TaskServing):
                        progress: bool = True) -> str:
         """One row per box, ``item, xmin, ymin, xmax, ymax, label, score, error``."""
         from ...predict import write_detections
-        from .. import load_estimator
+        from ..registry import load_estimator
         from ..base import tta_views
 
         det = load_estimator(run_dir)

@@ -111,7 +111,7 @@ class TextFeed(Feed):
                                  "(--blend-mode joint) but the graph gives no features: "
                                  "export it again with this headstart")
             return est.joint_.predict_proba(texts, feats)
-        from ..text import blend_proba
+        from ...baselines.text import blend_proba
 
         return blend_proba(proba, est.baseline_.predict_proba(texts))
 

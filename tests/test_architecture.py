@@ -96,3 +96,24 @@ def test_report_is_a_leaf():
     for name, deps in graph.items():
         if name.startswith("headstart.report"):
             assert all(d.startswith("headstart.report") for d in deps), (name, deps)
+
+
+def private_calls(path: Path) -> list[str]:
+    """``obj._method(...)`` calls on anything but ``self`` / ``cls``: a module using another's
+    internals instead of its public API."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr.startswith("_") and not node.func.attr.startswith("__")
+                and not (isinstance(node.func.value, ast.Name)
+                         and node.func.value.id in ("self", "cls"))):
+            found.append(f"{path.name}:{node.lineno} {ast.unparse(node.func)}")
+    return found
+
+
+def test_evidence_modules_use_the_public_data_and_feature_api():
+    """rank, advise, study and tune read data and features through the estimators' public
+    methods (read_labeled, split, input_spec, frozen_features, baseline_proba)."""
+    calls = [c for name in ("select.py", "advise.py", "study.py", "tune.py")
+             for c in private_calls(SRC / name)]
+    assert calls == []

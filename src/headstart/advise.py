@@ -135,7 +135,7 @@ def advise(data, y=None, *, model: str | None = None, task: str = "image",
 
     est = ESTIMATORS[task](backbone=model, **settings)
     model = est.resolved_config().backbone
-    source = est._open_labeled(data, y, None, est.resolved_config())  # read once
+    source = est.read_labeled(data, y)  # read once
     result = rank(source, [model], task=task, scores=["linear", "knn", "logme"], **settings)
     row = result.rows[0]
     if row.error:

@@ -484,7 +484,7 @@ def _probe_parts(est, source, cfg, max_items: int):
     from .data.images import DataError
 
     try:
-        _, train_src, val_src = est._split(source, None, None, cfg)
+        _, train_src, val_src = est.split(source, cfg=cfg)
     except DataError:  # too few items for fit's validation split: rank them all as one part
         train_src, val_src = source, None
     if len(source) > max_items:
@@ -546,7 +546,7 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
         raise ValueError("no candidate models given")
     est = ESTIMATORS[task](config=config, **settings)
     cfg = est.resolved_config()
-    source = est._open_labeled(data, y, None, cfg)  # read once; _split takes the source
+    source = est.read_labeled(data, y, cfg=cfg)  # read once; split takes the source
     if source.labels.ndim != 1:
         raise ValueError("rank needs single-label data (one class per item); multi-label "
                          "rows cannot be ranked yet")
@@ -564,8 +564,7 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
             torch.manual_seed(cfg.seed)  # a random-init candidate gets the weights fit starts from
             base = create_backbone(model_id, pretrained=True,
                                    cut=group[0].cut if len(group) == 1 else 0).to(device)
-            est._check_backbone(base)
-            preprocess = est._input_spec(base, train_src, cfg)
+            preprocess = est.input_spec(base, train_src, cfg)
         except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the ranking
             log.warning("rank: %s could not be loaded: %s", model_id, exc)
             rows += [RankRow(c, {}, seconds=time.perf_counter() - t0,
@@ -576,7 +575,7 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
         try:
             with sharded_passes():  # under torchrun: each process computes a share
                 feats = {c: torch.cat(f) for c, f in
-                         est._parts_features(base, variants, preprocess, parts, cfg).items()}
+                         est.frozen_features(base, variants, preprocess, parts, cfg).items()}
         except Exception as exc:  # noqa: BLE001
             log.warning("rank: %s: the forward pass failed: %s", model_id, exc)
             rows += [RankRow(c, {}, error=f"{type(exc).__name__}: {exc}") for c in variants]

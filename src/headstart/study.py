@@ -271,7 +271,7 @@ def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=N
     est = ESTIMATORS[task](backbone=model, **settings)
     cfg = est.resolved_config()
     model = cfg.backbone  # None: the task's default backbone, as for fit
-    source = est._open_labeled(data, y, None, cfg)
+    source = est.read_labeled(data, y, cfg=cfg)
     if source.labels.ndim != 1:
         raise ValueError("a study needs single-label data")
     if test is None:
@@ -279,7 +279,7 @@ def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=N
         pool, test_src = source.subset(pool_idx), source.subset(test_idx)
     else:
         tx, ty = test if isinstance(test, tuple) else (test, None)  # data, or (X, y)
-        pool, test_src = source, est._open_labeled(tx, ty, source.classes, cfg)
+        pool, test_src = source, est.read_labeled(tx, ty, source.classes, cfg)
     if task == "image" and "image_size" not in settings:
         cfg = cfg.replace(image_size=_study_image_size(cfg, source))
         settings["image_size"] = cfg.image_size  # shown in the report, used by the advice
@@ -423,7 +423,7 @@ def _one_baseline_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, t
     seconds = time.perf_counter() - t0
 
     def scored(src) -> dict:
-        return classification_metrics(src.labels, est._baseline_proba(src), est.classes_)
+        return classification_metrics(src.labels, est.baseline_proba(src), est.classes_)
 
     train, val, test = scored(train_src), scored(val_src), scored(test_src)
     return {"name": spec.name, "strategy": BASELINE, "fraction": spec.fraction,

@@ -95,7 +95,7 @@ def tune(data, y=None, *, model: str | None = None, task: str = "image", trials:
     if model is not None:
         settings["backbone"] = model
     base = cls(**settings).resolved_config()
-    source, train_src, val_src = cls(config=base)._split(data, y, None, base)
+    source, train_src, val_src = cls(config=base).split(data, y, cfg=base)
     if val_src is None:
         raise ValueError("tuning needs a validation split: set val_fraction > 0")
     n_groups = len(create_backbone(base.backbone, pretrained=False, cut=base.cut).groups())

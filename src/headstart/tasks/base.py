@@ -191,6 +191,33 @@ class TransferEstimator(BaselineMixin):
     def resolved_config(self) -> FitConfig:
         return resolve_config(self)
 
+    # ------------------------------------------------- data and features, a public service
+    # rank, advise, study and tune read data and run frozen passes through these methods;
+    # the underscored ones they call are the hooks each task overrides.
+    def read_labeled(self, X, y=None, classes=None, cfg: FitConfig | None = None):
+        """The labelled items of ``X`` (folder / CSV / arrays with ``y``): a source with
+        ``.labels``, ``.classes``, ``.subset(indices)`` and ``.fingerprint()``."""
+        return self._open_labeled(X, y, classes, cfg or self.resolved_config())
+
+    def split(self, X, y=None, validation=None, cfg: FitConfig | None = None):
+        """``(all labelled items, training part, validation part or None)`` as ``fit``
+        splits them; ``X`` may be a source that :meth:`read_labeled` returned."""
+        return self._split(X, y, validation, cfg or self.resolved_config())
+
+    def input_spec(self, backbone: Backbone, train_src, cfg: FitConfig | None = None):
+        """The input ``fit`` would give ``backbone`` on ``train_src`` (image size, text
+        length, clip length); a clear error where the backbone does not suit the task."""
+        self._check_backbone(backbone)
+        return self._input_spec(backbone, train_src, cfg or self.resolved_config())
+
+    def frozen_features(self, base: Backbone, variants: dict, preprocess, parts: list,
+                        cfg: FitConfig | None = None) -> dict:
+        """``{name: [features of each part]}``: the frozen passes of ``variants`` (name ->
+        ``base`` or a cut of it) over each source in ``parts``, through the on-disk
+        feature cache that ``fit`` shares."""
+        return self._parts_features(base, variants, preprocess, parts,
+                                    cfg or self.resolved_config())
+
     def fit(self, X, y=None, *, validation=None, resume: bool = False, callbacks=()):
         """Fit on ``X`` (folder / CSV / arrays + ``y``); hold out a stratified validation
         share unless ``validation`` (same kinds, or ``(X_val, y_val)``) is given.

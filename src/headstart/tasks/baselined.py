@@ -154,6 +154,10 @@ class BaselineMixin:
         return getattr(self, "winner_", "transfer") == "baseline" and \
             getattr(self, "baseline_", None) is not None
 
+    def baseline_proba(self, source) -> np.ndarray:
+        """The fitted classic baseline's class probabilities on ``source``."""
+        return self._baseline_proba(source)
+
     def _baseline_proba(self, source) -> np.ndarray:
         """The baseline's probabilities on ``source`` (memoised within one ``evaluate``)."""
         memo = self.__dict__.get("_baseline_memo")

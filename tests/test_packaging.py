@@ -66,7 +66,7 @@ def test_the_all_extra_names_every_other_extra():
         "optional-dependencies"]
     (spec,) = extras["all"]
     named = set(re.search(r"\[(.*)\]", spec).group(1).split(","))
-    assert named == set(extras) - {"all", "test"}
+    assert named == set(extras) - {"all", "test", "dev"}
 
 
 def test_every_pinned_requirement_is_declared():

@@ -185,3 +185,26 @@ def empty_hf_cache(tmp_path, monkeypatch):
     fast_time.sleep = lambda seconds: None
     monkeypatch.setattr(hf_http, "time", fast_time)
     return cache
+
+
+# ---------------------------------------------------------------------- text (tiny:bert)
+@pytest.fixture(scope="module")
+def tok():
+    from headstart.zoo.hf_text import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    from headstart.zoo import create_backbone
+
+    return create_backbone("tiny:bert").eval()
+
+
+@pytest.fixture(scope="module")
+def text_data():
+    """(train texts, labels), (test texts, labels) of the letters / digits task."""
+    from text_common import make_texts
+
+    return make_texts(40, seed=0), make_texts(20, seed=1)

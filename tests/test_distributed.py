@@ -103,6 +103,7 @@ def _history(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["lp_ft", "partial", "gradual"])
 def test_two_processes_train_like_one(strategy, tmp_path):
     """2 processes with half the batch each: the same global batch and steps as 1 process.
@@ -170,6 +171,7 @@ def test_sharded_feature_pass_equals_the_whole_pass(tmp_path):
         assert torch.allclose(got["shared"], got["whole"], atol=1e-6)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_data_parallel_fit_resumes_after_a_kill(parallel, tmp_path):
     """SIGKILL a 2-process fit after some epochs were checkpointed, rerun it with --resume:
@@ -241,6 +243,7 @@ def test_data_parallel_fit_resumes_after_a_kill(parallel, tmp_path):
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
+@pytest.mark.distributed
 def test_two_process_text_fit_buckets_by_length_and_sees_every_text_once(tmp_path):
     """Text (tiny:bert) under 2 processes: the length-bucketing sampler shares each epoch,
     so both processes together train on every text exactly once per epoch."""
@@ -277,6 +280,7 @@ def _launch(args: list[str], procs: int = 2) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("task,strategy", [("image", "lp_ft"), ("image", "gradual"),
                                            ("text", "lora")])
 def test_fsdp_trains_exactly_like_ddp(task, strategy, tmp_path):
@@ -349,6 +353,7 @@ def test_fsdp_refuses_fp16_and_warns_on_one_process(tmp_path, caplog):
     assert "one process, nothing to shard" in caplog.text
 
 
+@pytest.mark.distributed
 def test_rank_shares_its_feature_passes_between_processes(tmp_path):
     """`torchrun ... -m headstart rank`: each of 2 processes computes half of every
     candidate's forward pass (a random-init one and two cut points of one backbone); the

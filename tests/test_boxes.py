@@ -270,6 +270,15 @@ def test_voc_size_disagreeing_with_image(tmp_path):
     assert "a.xml" in message and "100x80" in message and "64x48" in message
 
 
+@pytest.mark.parametrize("height", ["", "abc"])
+def test_voc_size_without_numeric_height_is_named(tmp_path, height):
+    xml = write_voc_case(tmp_path / "voc", [("cat", GOOD)], size=(64, height))
+    xml.write_text(xml.read_text().replace("<height></height>", ""))
+    with pytest.raises(DataError) as info:
+        read_boxes(xml)
+    assert "a.xml" in str(info.value) and "<size>" in str(info.value)
+
+
 # ---------------------------------------------------------------------------- tile windows
 @pytest.mark.parametrize("width,height,size,overlap,origin", [
     (100, 70, 32, 0.25, (0, 0)),

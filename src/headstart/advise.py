@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +64,9 @@ def advise_from_facts(n_items: int, n_classes: int, smallest: int, largest: int,
                       baseline: tuple[str, float] | None = None) -> Advice:
     """The rules, on numbers alone (tested directly; ``advise`` measures the numbers)."""
     per_class = n_items / max(1, n_classes)
-    reasons, settings = [], {}
-    facts = {"n_items": n_items, "n_classes": n_classes, "per_class": round(per_class, 1),
+    reasons: list[str] = []
+    settings: dict[str, Any] = {}
+    facts: dict[str, Any] = {"n_items": n_items, "n_classes": n_classes, "per_class": round(per_class, 1),
              "smallest_class": smallest, "largest_class": largest,
              "probe_linear": probe_linear, "probe_knn": probe_knn}
     probe = f"{100 * probe_linear:.1f}%" if probe_linear is not None else "not measured"

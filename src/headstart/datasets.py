@@ -65,7 +65,7 @@ def digits_upscaled(side: int = 32):
 
     d = load_digits()
     small = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    big = np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.BICUBIC))
+    big = np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.Resampling.BICUBIC))
                     for im in small])
     return big, d.target.astype(np.int64), [str(i) for i in range(10)]
 
@@ -157,14 +157,16 @@ def email_to_text(raw: bytes, max_chars: int = 20_000) -> str:
         except Exception:  # noqa: BLE001 - malformed encoded words: keep them raw
             return str(value)
 
-    plain, html = [], []
+    plain: list[str] = []
+    html: list[str] = []
     for part in msg.walk():
         if part.is_multipart() or part.get_content_disposition() == "attachment":
             continue
         ctype = part.get_content_type()
         if ctype not in ("text/plain", "text/html"):
             continue
-        payload = part.get_payload(decode=True) or b""
+        decoded = part.get_payload(decode=True)  # bytes or None: a part that is no multipart
+        payload = decoded if isinstance(decoded, bytes) else b""
         charset = part.get_content_charset() or "latin-1"
         try:
             text = payload.decode(charset, errors="replace")

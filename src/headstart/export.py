@@ -222,7 +222,7 @@ def _torchscript_runner(path: Path):
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    def run(inputs: dict) -> np.ndarray:
+    def run(inputs: dict) -> np.ndarray | tuple:
         with torch.no_grad():
             out = module(*[torch.from_numpy(v) for v in inputs.values()])
         return tuple(o.numpy() for o in out) if isinstance(out, tuple) else out.numpy()

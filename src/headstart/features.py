@@ -12,8 +12,10 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Sized
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -87,7 +89,8 @@ def _foldable_pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
         names = list(parent._modules)
         for a, b in zip(names, names[1:]):
             conv, bn = parent._modules[a], parent._modules[b]
-            if (type(conv) in (nn.Conv2d, Conv2dSame)
+            if (conv is not None and bn is not None
+                    and type(conv) in (nn.Conv2d, Conv2dSame)
                     and type(bn) in (nn.BatchNorm2d, BatchNormAct2d)
                     and bn.num_features == conv.out_channels and bn.affine
                     and bn.running_mean is not None):
@@ -111,6 +114,8 @@ def fold_batchnorm(module: nn.Module) -> nn.Module | None:
     folded = copy.deepcopy(module).eval()
     for parent, a, b in _foldable_pairs(folded):
         conv, bn = parent._modules[a], parent._modules[b]
+        # _foldable_pairs: a Conv2d (or timm's Conv2dSame) and a BatchNorm2d (or BatchNormAct2d)
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
         parent._modules[a] = fuse_conv_bn_eval(conv, bn)
         after = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
                  if m is not None and not isinstance(m, nn.Identity)]  # BatchNormAct2d
@@ -179,11 +184,17 @@ def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     return [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
 
 
+def _size(dataset: Dataset) -> int:
+    """The items of a map-style dataset (torch's Dataset declares no ``__len__``; every
+    dataset headstart passes has one)."""
+    return len(cast(Sized, dataset))
+
+
 class _Shard(Dataset):
     """Items ``rank, rank + world, ...`` of a dataset (its ``lengths`` too)."""
 
     def __init__(self, dataset: Dataset, rank: int, world: int):
-        self.dataset, self.indices = dataset, list(range(rank, len(dataset), world))
+        self.dataset, self.indices = dataset, list(range(rank, _size(dataset), world))
         lengths = getattr(dataset, "lengths", None)
         self.lengths = [lengths[i] for i in self.indices] if lengths is not None else None
 
@@ -231,13 +242,13 @@ def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int, dev
     job (torchrun, accelerate launch), each of the W processes computes every W-th item and
     the shares are gathered, so every process ends with all N features in dataset order."""
     rank, world = _process_group()
-    if world > 1 and len(dataset) >= world:
+    if world > 1 and _size(dataset) >= world:
         import torch.distributed as dist
 
         shard = _Shard(dataset, rank, world)
         local = _compute(backbone, shard, batch_size, device, channels_last, num_workers,
                          desc, collate_fn, bucketing)
-        n, per = len(dataset), -(-len(dataset) // world)
+        n, per = _size(dataset), -(-_size(dataset) // world)
         on_device = dist.get_backend() == "nccl"
         padded = local.new_zeros((per, *local.shape[1:]))
         padded[:len(local)] = local

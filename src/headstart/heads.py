@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .zoo.base import Backbone
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class Head(nn.Module):
     weights, ``predict_proba``, serving and every exported graph give calibrated
     probabilities. :meth:`logits` gives the uncalibrated ones.
     """
+
+    temperature: torch.Tensor  # a buffer
 
     def __init__(self, in_features: int, num_classes: int, spec: HeadSpec = HeadSpec()):
         super().__init__()
@@ -77,7 +83,7 @@ class Head(nn.Module):
 class TransferModel(nn.Module):
     """A backbone (old head removed) followed by a new head."""
 
-    def __init__(self, backbone: nn.Module, head: Head):
+    def __init__(self, backbone: Backbone, head: Head):
         super().__init__()
         self.backbone = backbone
         self.head = head

@@ -74,6 +74,7 @@ class ClassBalance:
         if self.ratio is None:
             return (f"multi-label or sequence targets: {METHODS[self.method]}, monitoring "
                     f"{_name(self.monitor)}")
+        assert self.counts is not None  # plan: counts wherever there is a ratio
         counts = _short(self.counts, "d")
         kind = "imbalanced classes" if self.imbalanced else "classes"
         what = f"{kind} ({counts}: {self.ratio:.1f}x)"
@@ -122,6 +123,7 @@ def loop_weights(balance: ClassBalance, labels) -> dict:
 
     if balance.method == "none":
         return {}
+    assert balance.weights is not None  # plan: weights for every method but none
     w = torch.tensor(list(balance.weights.values()), dtype=torch.float32)
     if balance.method == "weight":
         return {"class_weights": w}

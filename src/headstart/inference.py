@@ -104,7 +104,7 @@ class Predictor:
                              "which has no ONNX graph: use engine torch")
         # reading items and turning the graph's output into the run's: the task's
         self.feed = self.serving.feed(estimator, views, max_pixels, self.baseline)
-        self._graph = None
+        self._graph: nn.Module | None = None
         self.engine = engine or (BaselineEngine(self.baseline) if self.baseline is not None
                                  else TorchEngine(self.graph))
 
@@ -153,7 +153,9 @@ class Predictor:
         if not prepared:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         if self.baseline is not None:
-            return self.engine(self.feed.baseline_inputs(prepared))
+            proba = self.engine(self.feed.baseline_inputs(prepared))
+            assert isinstance(proba, np.ndarray)  # a BaselineEngine: probabilities only
+            return proba
         out = self.engine(self.collate(prepared))
         proba, feats = out if isinstance(out, tuple) else (out, None)
         if self.views:  # the mean over each item's test-time views
@@ -223,7 +225,7 @@ class TorchEngine:
         self._folded = fold_batchnorm(self.graph)
 
     @torch.inference_mode()
-    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray | tuple:
         from .features import checked_fold
 
         args = [torch.from_numpy(np.ascontiguousarray(v)).to(self.device)

@@ -12,11 +12,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .config import FitConfig
+
+
+@dataclass
+class MixedLoss:
+    """``loss(loss_fn, logits)`` of a mixed batch: ``lam`` of the loss against the items'
+    own labels ``y``, the rest against their partners' ``other``."""
+
+    lam: float  # for tests and logs
+    y: torch.Tensor
+    other: torch.Tensor
+
+    def __call__(self, loss_fn: Callable, logits: torch.Tensor) -> torch.Tensor:
+        return self.lam * loss_fn(logits, self.y) + (1.0 - self.lam) * loss_fn(logits, self.other)
 
 
 class BatchMixer:
@@ -38,13 +52,7 @@ class BatchMixer:
             x = x * lam + x[perm] * (1.0 - lam)
         else:
             x, lam = self._cut(x, perm, lam)
-        other = y[perm]
-
-        def loss(loss_fn: Callable, logits: torch.Tensor) -> torch.Tensor:
-            return lam * loss_fn(logits, y) + (1.0 - lam) * loss_fn(logits, other)
-
-        loss.lam = lam  # for tests and logs
-        return x, loss
+        return x, MixedLoss(lam, y, y[perm])
 
     def _cut(self, x: torch.Tensor, perm: torch.Tensor, lam: float):
         """A box of ``1 - lam`` of the area (clipped at the borders) from the partners;

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -335,7 +336,7 @@ class Score:
     by a score of your own beside the built-in ones."""
 
     name: str
-    fn: object
+    fn: Callable[..., float]  # (features, labels, source_probs) -> score
     needs_source: bool = False
     summary: str = ""
 
@@ -430,7 +431,8 @@ class RankResult:
     def table(self) -> str:
         names = list(dict.fromkeys(k for r in self.rows for k in r.scores))
         head = ["#", "candidate", *names, "dim", "params", "seconds"]
-        lines, said = [], {}
+        lines: list[list[str]] = []
+        said: dict[str, int] = {}
         for i, r in enumerate(self.rows, 1):
             if r.error:  # each cut point of an unloadable model has its error: printed once
                 first = said.setdefault(r.error, i)

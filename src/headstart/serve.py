@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -117,7 +118,7 @@ class ServedModel:
 
 def _plain_metrics(metrics: dict) -> dict:
     """The headline numbers (no confusion matrices or per-class tables)."""
-    out = {}
+    out: dict[str, Any] = {}
     for split, values in metrics.items():
         if isinstance(values, dict):
             out[split] = {k: v for k, v in values.items()
@@ -150,20 +151,24 @@ class Batcher:
         await self.queue.put((prepared, future))
         return await future
 
+    def _queue(self) -> asyncio.Queue:
+        assert self.queue is not None  # submit makes it before it starts the worker
+        return self.queue
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
+            batch = [await self._queue().get()]
             deadline = loop.time() + self.max_wait
             while len(batch) < self.max_batch:
-                if not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
+                if not self._queue().empty():
+                    batch.append(self._queue().get_nowait())
                     continue
                 left = deadline - loop.time()
                 if left <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                    batch.append(await asyncio.wait_for(self._queue().get(), left))
                 except TimeoutError:
                     break
             batch = [(p, f) for p, f in batch if not f.done()]  # clients that gave up
@@ -311,7 +316,7 @@ def create_app(models, settings: ServeSettings | None = None):
 
     async def loaded(model: ServedModel) -> Predictor:
         if model.predictor is None:
-            await run_in_threadpool(model.load, settings)
+            return await run_in_threadpool(model.load, settings)
         return model.predictor
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -351,6 +356,7 @@ def create_app(models, settings: ServeSettings | None = None):
         except ItemError as exc:
             raise HTTPException(422, str(exc)) from None
         t1 = time.perf_counter()
+        assert model.batcher is not None  # load made it with the predictor
         proba = await model.batcher.submit(prepared)
         t2 = time.perf_counter()
         order = proba.argsort()[::-1][:max(1, min(top_k, len(proba)))]

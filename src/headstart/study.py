@@ -22,6 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class StudyResult:
                       for c in self.curve(s) if c["fraction"] == f}
             if not scores:
                 continue
-            best = max(scores, key=scores.get)
+            best = max(scores, key=lambda s: scores[s])
             got = scores.get(adv["strategy"])
             out.append({"fraction": f, "advised": adv["strategy"], "best": best,
                         "hit": adv["strategy"] == best,
@@ -384,8 +385,8 @@ def _finished(results: Path, key: str) -> dict[str, dict]:
 
 def _one_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src,
              work: Path) -> dict:
-    changes = dict(SCRATCH_SETTINGS, backbone=f"scratch:{model}") if spec.scratch else \
-        {"strategy": spec.strategy, "backbone": model}
+    changes: dict[str, Any] = dict(SCRATCH_SETTINGS, backbone=f"scratch:{model}") \
+        if spec.scratch else {"strategy": spec.strategy, "backbone": model}
     changes["baseline"] = False  # the study's own baseline runs fit it once per subset
     run_cfg = cfg.replace(seed=spec.seed, **changes)
     clf = cls(config=run_cfg, run_dir=work)

@@ -214,7 +214,7 @@ def cmd_tune(args) -> int:
                   strategies=[x.strip() for x in args.strategies.split(",") if x.strip()],
                   timeout=args.timeout, refit=not args.no_refit, seed=seed, **given)
     best, default = result.best, result.default
-    states = {}
+    states: dict[str, int] = {}
     for t in result.trials:
         states[t["state"].lower()] = states.get(t["state"].lower(), 0) + 1
     print(f"tune: {out}  ({model}, {len(result.trials)} trials: "

@@ -42,7 +42,11 @@ def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | No
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
-        default = f.default if f.default is not MISSING else f.default_factory()
+        if f.default is not MISSING:
+            default = f.default
+        else:
+            assert callable(f.default_factory)  # every FitConfig field has a default
+            default = f.default_factory()
         if defaults and f.name in defaults:
             helptext = f"{f.metadata['help']} {_default_help(f.name, defaults[f.name], ())}"
         else:

@@ -15,6 +15,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -238,7 +239,7 @@ def open_audio_inputs(data, *, rate: int | None = None,
 
 
 # --------------------------------------------------------------------------- dataset
-AUGMENT = {  # gain (dB, +-), probability of noise, SNR range (dB), time shift
+AUGMENT: dict[str, dict[str, Any] | None] = {  # gain (dB, +-), probability of noise, SNR range (dB), time shift
     "none": None,
     "light": {"gain_db": 6.0, "noise_p": 0.5, "snr": (15.0, 35.0), "shift": True},
     "strong": {"gain_db": 10.0, "noise_p": 0.9, "snr": (5.0, 25.0), "shift": True},
@@ -296,14 +297,14 @@ class AudioDataset(Dataset):
 
     def __getitem__(self, i: int):
         wave = self.wave(i)
-        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.aug else None
-        wave = fit_length(wave, self.preprocess.samples,
-                          rng if self.aug and self.aug["shift"] else None)
-        if self.aug:
-            wave = wave * np.float32(10 ** (rng.uniform(-1, 1) * self.aug["gain_db"] / 20))
-            if rng.random() < self.aug["noise_p"]:
+        aug = self.aug
+        rng = np.random.default_rng([self.seed, self.epoch, i]) if aug else None
+        wave = fit_length(wave, self.preprocess.samples, rng if aug and aug["shift"] else None)
+        if aug and rng is not None:  # (there is an rng exactly when there is augmentation)
+            wave = wave * np.float32(10 ** (rng.uniform(-1, 1) * aug["gain_db"] / 20))
+            if rng.random() < aug["noise_p"]:
                 power = float(np.mean(wave ** 2)) or 1e-8
-                snr = rng.uniform(*self.aug["snr"])
+                snr = rng.uniform(*aug["snr"])
                 noise = rng.standard_normal(len(wave)).astype(np.float32)
                 wave = wave + noise * np.float32(math.sqrt(power / 10 ** (snr / 10)))
         label = self.source.labels[i]  # a class, or a padded row of character ids (CTC)

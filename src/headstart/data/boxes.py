@@ -20,6 +20,7 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -187,7 +188,12 @@ def read_voc(path: str | Path, classes: list[str] | None = None, fix: str = "err
         width, height = _image_size(image, str(xml))
         size = root.find("size")
         if size is not None and size.findtext("width"):
-            declared = (int(float(size.findtext("width"))), int(float(size.findtext("height"))))
+            try:
+                declared = (int(float(size.findtext("width") or "")),
+                            int(float(size.findtext("height") or "")))
+            except ValueError:
+                raise DataError(f"{xml}: <size> needs a numeric <width> and <height>; fix them "
+                                "or remove <size>") from None
             if declared != (width, height):
                 raise DataError(f"{xml}: <size> says {declared[0]}x{declared[1]} but {image} is "
                                 f"{width}x{height}; fix <size> or the image")
@@ -198,7 +204,8 @@ def read_voc(path: str | Path, classes: list[str] | None = None, fix: str = "err
             if bb is None:
                 raise DataError(f"{xml}: <object> {k} ({name!r}) has no <bndbox>")
             try:
-                boxes.append([float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")])
+                boxes.append([float(bb.findtext(t) or "")
+                              for t in ("xmin", "ymin", "xmax", "ymax")])
             except (TypeError, ValueError):
                 raise DataError(f"{xml}: <object> {k} ({name!r}): <bndbox> needs numeric "
                                 "xmin, ymin, xmax, ymax") from None
@@ -315,7 +322,8 @@ def write_coco(source: BoxSource, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cat_id = {c: i + 1 for i, c in enumerate(source.classes)}
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i, s in enumerate(_whole_images(source), start=1):
         images.append({"id": i, "file_name": _relative(s.path, out.parent), "width": s.width,
                        "height": s.height})
@@ -530,7 +538,7 @@ def crop_sample(s: BoxSample, window: tuple[int, int, int, int], by: str = "visi
         keep = inside >= min_visible * area
     keep &= (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     return replace(s, boxes=clipped[keep], labels=[lab for lab, k in zip(s.labels, keep) if k],
-                   window=tuple(int(v) for v in window))
+                   window=(int(x0), int(y0), int(x1), int(y1)))
 
 
 def tile_windows(width: int, height: int, size: int, overlap: float = 0.25,

@@ -27,6 +27,7 @@ import lzma
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import rdata
@@ -60,6 +61,7 @@ def _decompress(blob: bytes, compressed: int, what: str) -> bytes:
     else:
         raise ValueError(f"{what}: unknown compression {compressed} (expected 1, 2 or 3)")
 
+    decode: Callable[[bytes], bytes]
     if codec == "Z" and compressed == 3:
         # Raw LZMA2: the dictionary never needs to exceed the output it rebuilds.
         dict_size = min(max(size, 4096), _LZMA_MAX_DICT)

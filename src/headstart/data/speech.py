@@ -25,6 +25,7 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -182,11 +183,11 @@ def build_accent_corpus(out: str | Path, source: str = "us", target: str = "scot
         return " ".join(digits), " ".join(digits)
 
     per_split = {"source": per_speaker, "target-test": 1, "source-test": 1}
-    summary = {"source_accent": source, "target_accent": target, "voices": {
+    summary: dict[str, Any] = {"source_accent": source, "target_accent": target, "voices": {
         "source": list(ACCENTS[source]), "target": list(ACCENTS[target])}, "task": task,
         "seed": seed, "snr_db": list(snr_db), "splits": {}}
     for split, spks in speakers.items():
-        jobs = []
+        jobs: list[dict[str, Any]] = []
         units = len(COMMANDS) if task == "commands" else 10
         if split == "target-train":  # target_per_word recordings of each word, each word's
             for k in range(target_per_word * units):  # by different speakers in turn

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -98,8 +99,8 @@ def read_table(path: str | Path, blank_lines: bool = False):
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} "
+        line_no = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line_no} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} "
                         f"at offset {exc.start}); re-save the file as UTF-8 (e.g. `iconv -f "
                         "latin1 -t utf-8`)") from None
 
@@ -179,7 +180,8 @@ def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
         if cell is None:
             raise DataError(f"{origin}: row {row}, column {label_column!r}: empty label")
     multi = any(isinstance(c, list) for c in cells)
-    as_lists = [c if isinstance(c, list) else [c] for c in cells]
+    as_lists = [c if isinstance(c, list) else [cast(str, c)]  # an empty label raised above
+                for c in cells]
     if classes is None:
         classes = sorted({c for cell in as_lists for c in cell})
         if not multi:  # (a test set, opened with the model's classes, may hold one)
@@ -190,6 +192,7 @@ def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
             if c not in index:
                 raise DataError(f"{origin}: row {row}, column {label_column!r}: unknown label "
                                 f"{c!r}; the model knows {', '.join(map(str, classes))}")
+    labels: np.ndarray
     if multi:
         labels = np.zeros((len(clean), len(classes)), dtype=np.float32)
         for i, cell in enumerate(as_lists):

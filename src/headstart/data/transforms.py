@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,10 +21,10 @@ from torchvision.transforms.v2 import functional as F
 from ..zoo.base import PreprocessConfig
 from .images import DataError, ImageSource, load_image
 
-_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
-             "lanczos": Image.LANCZOS}
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
-AUGMENT = {
+AUGMENT: dict[str, dict[str, Any] | None] = {
     # scale range of random resized crops, flip, colour jitter strength, then a policy of
     # torchvision.transforms.v2 (on the crop, at the input size)
     "none": None,
@@ -54,7 +55,7 @@ TTA_VIEWS = {
 
 
 def augment_plan(augment: str, source_side: float | None = None, crop_min: float | None = None,
-                 flip: bool = True) -> dict | None:
+                 flip: bool = True) -> dict[str, Any] | None:
     """The random transforms of a training item: ``augment``'s preset, its crop's area range
     raised to ``crop_min`` when given, else to SMALL_CROP for a small source (median side
     ``source_side`` < SMALL_SOURCE px, with the narrower aspect range); no flip with
@@ -150,7 +151,7 @@ class ImageTransform:
         if self.view != "centre" and self.view not in TTA_VIEWS["flip+crops"]:
             raise ValueError(f"view={self.view!r}: choose one of "
                              f"{', '.join(TTA_VIEWS['flip+crops'])}")
-        self.resample = _RESAMPLE.get(preprocess.interpolation, Image.BICUBIC)
+        self.resample = _RESAMPLE.get(preprocess.interpolation, Image.Resampling.BICUBIC)
         self.mean = torch.tensor(preprocess.mean).view(3, 1, 1)
         self.std = torch.tensor(preprocess.std).view(3, 1, 1)
         self.policy = _policy(self.augment["policy"]) if self.augment else None
@@ -167,7 +168,7 @@ class ImageTransform:
         """The evaluation crop (``size`` x ``size``) of this transform's view."""
         if self.view in ("centre", "flip"):
             img = self.center_crop(img)
-            return img.transpose(Image.FLIP_LEFT_RIGHT) if self.view == "flip" else img
+            return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if self.view == "flip" else img
         img = self._resize_shorter(img, int(math.floor(
             self.size / min(self.preprocess.crop_pct, 0.875))))
         w, h = img.size
@@ -190,10 +191,12 @@ class ImageTransform:
         return img.resize((nw, nh), self.resample)
 
     def _random(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
+        plan = self.augment
+        assert plan is not None  # __call__ draws only with an augmentation plan
         w, h = img.size
         area = w * h
-        lo, hi = self.augment["scale"]
-        a_lo, a_hi = self.augment["aspect"]
+        lo, hi = plan["scale"]
+        a_lo, a_hi = plan["aspect"]
         box = None
         for _ in range(10):
             target = area * rng.uniform(lo, hi)
@@ -209,9 +212,9 @@ class ImageTransform:
             side = min(w, h)
             box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
         img = img.resize((self.size, self.size), self.resample, box=box)
-        if self.augment["flip"] and rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        jitter = self.augment["jitter"]
+        if plan["flip"] and rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        jitter = plan["jitter"]
         if jitter:
             t = F.pil_to_tensor(img)
             t = F.adjust_brightness(t, 1 + rng.uniform(-jitter, jitter))

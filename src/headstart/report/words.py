@@ -10,7 +10,7 @@ RIVAL_WORDS = {SCRATCH: "training from scratch", BASELINE: "the classic baseline
 def describe_gain(g: dict) -> tuple[str, str]:
     """(the verdict in a few words, the figures behind it) of one row of
     :meth:`StudyResult.gains`, as the CLI and the report print it."""
-    rival = RIVAL_WORDS.get(g.get("rival"), "the baseline")
+    rival = RIVAL_WORDS.get(g.get("rival", ""), "the baseline")
     if g["verdict"] == "negative transfer":
         head = f"NEGATIVE TRANSFER: {rival} beat every transfer strategy"
     elif g["verdict"] == "transfer":

@@ -20,6 +20,7 @@ from ..data.audio import AudioSource, open_audio_inputs, open_transcribed
 from ..data.images import DataError
 from ..heads import HeadSpec, TransferModel
 from ..train import Trainer
+from ..zoo.audio import AudioBackbone
 from ..zoo.base import AudioPreprocess, Backbone
 from .audio import MAX_AUTO_CLIP, AudioClassifier, durations
 from .serving import SpeechServing
@@ -64,6 +65,16 @@ def ctc_frames_needed(ids) -> int:
     return len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
 
 
+def transcripts(source: AudioSource) -> list[str]:
+    """The transcripts of ``source``; a clear error for recordings that came without them
+    (an AudioSource of labelled recordings passed to a recogniser)."""
+    if source.transcripts is None:
+        raise DataError(f"{source.origin}: these recordings have no transcripts; speech "
+                        "recognition reads a CSV of path,transcript rows (or waveforms with "
+                        "their texts)")
+    return source.transcripts
+
+
 def _item_name(source: AudioSource, k: int) -> str:
     item = source.items[k]
     return f"recording {k + 1}" if isinstance(item, np.ndarray) else str(item)
@@ -71,7 +82,7 @@ def _item_name(source: AudioSource, k: int) -> str:
 
 def cropped(source: AudioSource, clip_seconds: float) -> list[str]:
     """Names of the recordings longer than the clip (cropped to it, losing words)."""
-    return [_item_name(source, k)
+    return [_item_name(source, int(k))
             for k in np.flatnonzero(durations(source) > clip_seconds + 1e-6)]
 
 
@@ -94,7 +105,7 @@ def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
         too_long = [k for k, need in enumerate(needs) if need > frames]
         if too_long:
             k = too_long[0]
-            name, need, text = _item_name(source, k), needs[k], source.transcripts[k]
+            name, need, text = _item_name(source, k), needs[k], transcripts(source)[k]
             more = f" (and {len(too_long) - 1} more)" if len(too_long) > 1 else ""
             raise DataError(
                 f"{source.origin}: {name}{more}: its transcript {text[:60]!r}"
@@ -224,7 +235,7 @@ class SpeechRecognizer(AudioClassifier):
 
     @staticmethod
     def _new_head(backbone: Backbone, n_out: int, spec: HeadSpec) -> CTCHead:
-        if not hasattr(backbone, "sequence_dim"):
+        if not isinstance(backbone, AudioBackbone):  # the ones with sequence_dim
             from ..zoo.base import ZooError
 
             raise ZooError(f"{backbone.id}: speech recognition needs an audio backbone with "
@@ -246,7 +257,7 @@ class SpeechRecognizer(AudioClassifier):
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> AudioSource:
         source = open_transcribed(X, y, cfg)
-        texts = [normalise(t) for t in source.transcripts]
+        texts = [normalise(t) for t in transcripts(source)]
         if classes is None and cfg.keep_head:  # the parent's alphabet, so its head fits
             classes = _parent_alphabet(cfg.backbone)
         vocab = classes if classes is not None else sorted({c for t in texts for c in t})
@@ -314,14 +325,18 @@ class SpeechRecognizer(AudioClassifier):
     def predict_proba(self, X):
         raise TypeError("a speech recogniser gives transcripts: use transcribe() / predict()")
 
-    def evaluate(self, X, y=None) -> dict:
+    def evaluate(self, X, y=None, tta: str | None = None) -> dict:
         """Character and word error rates (torchmetrics), sentence accuracy, and a few
-        transcripts beside their references."""
+        transcripts beside their references. ``tta``: none (a recogniser has no test-time
+        views; any other value raises)."""
         from torchmetrics.functional.text import char_error_rate, word_error_rate
 
+        from .base import tta_views
+
+        tta_views(self, tta)  # a clear error for a test-time view
         self._check_fitted()
         source = open_transcribed(X, y, self.config_)
-        refs = [normalise(t) for t in source.transcripts]
+        refs = [normalise(t) for t in transcripts(source)]
         hyp = greedy_decode(self._log_probs(source), self.classes_)
         return {"cer": float(char_error_rate(hyp, refs)), "wer": float(word_error_rate(hyp, refs)),
                 "sentence_accuracy": float(np.mean([h == r for h, r in zip(hyp, refs)])),

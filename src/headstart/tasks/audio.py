@@ -9,6 +9,7 @@ import numpy as np
 from ..config import TASK_DEFAULTS, FitConfig
 from ..data.audio import (AudioDataset, AudioSource, open_audio_inputs, open_audio_source,
                           read_audio)
+from ..zoo.audio import AudioBackbone
 from ..zoo.base import AudioPreprocess, Backbone, ZooError
 from .base import TransferEstimator
 from .serving import AudioServing
@@ -25,6 +26,7 @@ def durations(source: AudioSource) -> np.ndarray:
     out = []
     for item in source.items:
         if isinstance(item, np.ndarray):
+            assert source.rate is not None  # the openers refuse arrays without their rate
             out.append(len(item) / float(source.rate))
         else:
             info = sf.info(str(item))
@@ -32,7 +34,7 @@ def durations(source: AudioSource) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def resolve_clip(cfg: FitConfig, backbone: Backbone, source: AudioSource | None) -> float:
+def resolve_clip(cfg: FitConfig, backbone: AudioBackbone, source: AudioSource | None) -> float:
     """``clip_seconds`` if given; else the backbone's own clip, raised to cover 95% of the
     training recordings (rounded up to 0.1 s, at most 10 s)."""
     if cfg.clip_seconds:
@@ -66,7 +68,7 @@ class AudioClassifier(TransferEstimator):
         return open_audio_inputs(X, rate=self.config_.array_rate)
 
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> AudioPreprocess:
-        if not hasattr(backbone, "set_augment"):
+        if not isinstance(backbone, AudioBackbone):  # the ones with set_augment
             raise ZooError(f"{backbone.id} cannot be fine-tuned for --task {self.task}: it has "
                            "no spectrogram augmentation hook; choose another audio backbone "
                            "(`headstart models --modality audio`)")
@@ -85,8 +87,12 @@ class AudioClassifier(TransferEstimator):
         from ..zoo import create_backbone
 
         pre = getattr(self, "preprocess_", None)  # none yet in a study's baseline-only run
-        rate = pre.sample_rate if pre is not None else create_backbone(
-            cfg.backbone, pretrained=False).preprocess.sample_rate
+        if pre is None:
+            pre = create_backbone(cfg.backbone, pretrained=False).preprocess
+            if not isinstance(pre, AudioPreprocess):
+                raise ZooError(f"{cfg.backbone} is not an audio model; --task {self.task} needs "
+                               "an audio backbone (`headstart models --modality audio`)")
+        rate = pre.sample_rate
         return ClassicBaseline([AudioFeatures(rate=rate)], seed=cfg.seed, balanced=balanced,
                                metric=metric)
 

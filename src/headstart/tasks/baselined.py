@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from ..config import FitConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,15 @@ def baseline_cv(cls, cfg, source, folds: int = 5) -> tuple[str, float]:
 class BaselineMixin:
     """What ``fit``, ``evaluate``, ``predict_proba``, ``save`` and ``load`` do with the
     classic baseline (``baseline_``) and the kept model (``winner_``)."""
+
+    # what the estimator that mixes this in (TransferEstimator) has
+    task: str
+    classes_: list[str]
+    config_: FitConfig
+    metrics_: dict[str, Any]
+    _features: Callable[..., Any]  # (source) -> features
+    _head_proba: Callable[..., np.ndarray]  # (features) -> the head's probabilities
+    _output_proba: Callable[..., np.ndarray]  # (source, head probabilities) -> the output's
 
     # ------------------------------------------------------------ task hooks
     def _new_baseline(self, cfg, train_src, balanced: bool, metric: str):

@@ -39,8 +39,10 @@ class ImageClassifier(TransferEstimator):
         return open_inputs(X)
 
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> PreprocessConfig:
-        size = resolve_image_size(cfg.image_size, backbone.preprocess, median_side(train_source))
-        return replace(backbone.preprocess, input_size=size)
+        own = backbone.preprocess
+        assert isinstance(own, PreprocessConfig)  # _check_backbone: an image backbone
+        size = resolve_image_size(cfg.image_size, own, median_side(train_source))
+        return replace(own, input_size=size)
 
     def _dataset(self, source, preprocess: PreprocessConfig, train: bool,
                  cfg: FitConfig, backbone: Backbone | None = None) -> ImageDataset:
@@ -48,6 +50,7 @@ class ImageClassifier(TransferEstimator):
         if augment != "none" and cfg.crop_min is None:
             side = median_side(source)  # small sources get gentler crops
             plan = augment_plan(augment, side, None, cfg.flip)
+            assert plan is not None  # only augment "none" has no plan
             log.info("augmentation %s: crops keep %.2f-%.2f of the area (median image side "
                      "%g px), aspect %.2f-%.2f, %s", augment, *plan["scale"], side,
                      *plan["aspect"], "flips" if plan["flip"] else "no flips")

@@ -8,10 +8,14 @@ look a run's task up here without importing every estimator module and closing a
 
 from __future__ import annotations
 
-ESTIMATORS: dict[str, type] = {}
+from typing import Any
+
+# type[Any]: TransferEstimator subclasses (task, serving_class, load, ...), which this leaf
+# does not import
+ESTIMATORS: dict[str, type[Any]] = {}
 
 
-def register(cls: type) -> type:
+def register(cls: type[Any]) -> type[Any]:
     """Add an estimator class under its ``task`` name; a name already taken raises."""
     if cls.task in ESTIMATORS:
         raise ValueError(f"a task named {cls.task!r} is already registered "
@@ -20,7 +24,7 @@ def register(cls: type) -> type:
     return cls
 
 
-def estimator_class(task: str, where="") -> type:
+def estimator_class(task: str, where="") -> type[Any]:
     """The estimator class of a task name (a run's config.json ``task``)."""
     if task not in ESTIMATORS:
         raise ValueError(f"{where}: unknown task {task!r}" if where else
@@ -28,7 +32,7 @@ def estimator_class(task: str, where="") -> type:
     return ESTIMATORS[task]
 
 
-def run_task(run_dir) -> type:
+def run_task(run_dir) -> type[Any]:
     """The estimator class of the run in ``run_dir``."""
     from ..zoo.local import read_run_config
 

@@ -14,6 +14,7 @@ from ..config import TASK_DEFAULTS, FitConfig
 from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
                          open_text_source, table_path)
 from ..zoo.base import Backbone, TextPreprocess
+from ..zoo.hf_text import HFTextBackbone
 from .base import TransferEstimator
 from .serving import TextServing
 
@@ -47,6 +48,7 @@ class TextClassifier(TransferEstimator):
                                 labeled=False)
 
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> TextPreprocess:
+        assert isinstance(backbone, HFTextBackbone)  # _check_backbone: a text encoder
         own = backbone.preprocess.max_length
         length = min(cfg.max_length or own, getattr(backbone, "max_positions", 512))
         return TextPreprocess(max_length=length, truncation=cfg.truncation,
@@ -54,7 +56,7 @@ class TextClassifier(TransferEstimator):
 
     def _dataset(self, source, preprocess: TextPreprocess, train: bool,
                  cfg: FitConfig, backbone: Backbone | None = None) -> TextDataset:
-        tokenizer = (backbone or self.model_.backbone).tokenizer
+        tokenizer = self._tokenizer(backbone)
         cache = self.__dict__.setdefault("_encoded", OrderedDict())
         key = (source.fingerprint(), preprocess, id(tokenizer), len(tokenizer))
         if key not in cache:  # tokenise each text once per model (train, val, test)
@@ -64,8 +66,14 @@ class TextClassifier(TransferEstimator):
         return TextDataset(source, tokenizer, preprocess, encoded=cache[key],
                            train_chunks=cfg.train_chunks if train else 0, seed=cfg.seed)
 
+    def _tokenizer(self, backbone: Backbone | None):
+        """The tokenizer of ``backbone`` (default: the fitted model's), a text encoder."""
+        encoder = backbone or self.model_.backbone
+        assert isinstance(encoder, HFTextBackbone)  # _check_backbone: a text encoder
+        return encoder.tokenizer
+
     def _collate(self, backbone: Backbone | None = None):
-        tokenizer = (backbone or self.model_.backbone).tokenizer
+        tokenizer = self._tokenizer(backbone)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return partial(collate_text, pad_id=int(pad))
 

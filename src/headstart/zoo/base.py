@@ -15,6 +15,7 @@ Tasks (image, text, audio, ...) are written once against this contract.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TypeAlias
 
 from torch import nn
 
@@ -24,8 +25,8 @@ class PreprocessConfig:
     """How inputs must look for the weights: taken from the weights' own config."""
 
     input_size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # one value per input channel
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
 
@@ -111,7 +112,11 @@ class AudioPreprocess:
         return cls(sample_rate=int(d["sample_rate"]), clip_seconds=float(d["clip_seconds"]))
 
 
-def preprocess_from_dict(d: dict):
+InputSpec: TypeAlias = PreprocessConfig | TextPreprocess | AudioPreprocess
+"""A backbone's input spec, whatever its modality (see :attr:`Backbone.preprocess`)."""
+
+
+def preprocess_from_dict(d: dict) -> InputSpec:
     """The preprocessing config a run saved, whatever its modality."""
     kind = d.get("kind")
     if kind == "text":
@@ -161,7 +166,7 @@ class Backbone(nn.Module):
 
     id: str
     meta: SourceMeta
-    preprocess: PreprocessConfig
+    preprocess: InputSpec  # each family's adapter declares the one it has
     feature_dim: int
     cut: int = 0  # how many trailing layer groups were removed
     lora: dict | None = None  # LoRA settings once adapters were injected (``add_lora``)
@@ -209,7 +214,9 @@ class Backbone(nn.Module):
         from peft import LoraConfig, inject_adapter_in_model
 
         targets = settings.get("targets") or self.lora_targets()
-        config = LoraConfig(r=int(settings["r"]), lora_alpha=float(settings["alpha"]),
+        alpha = float(settings["alpha"])
+        config = LoraConfig(r=int(settings["r"]),
+                            lora_alpha=alpha,  # type: ignore[arg-type]  # peft: int, used as alpha / r
                             lora_dropout=float(settings["dropout"]),
                             target_modules=list(targets) if targets else None, bias="none")
         inner = getattr(self, "model", self)
@@ -217,6 +224,8 @@ class Backbone(nn.Module):
         n = sum(p.numel() for name, p in self.named_parameters() if "lora_" in name)
         if n == 0:
             raise ZooError(f"{self.id}: LoRA found no module named {targets} to adapt")
+        # PEFT filled in its default for the model type (or raised) when targets was None
+        assert config.target_modules is not None
         self.lora = {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
                      "targets": sorted(config.target_modules)}
 

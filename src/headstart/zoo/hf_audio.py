@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ AUDIO_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "unispeech
 # every transformers speech encoder headstart adapts: the wav2vec2 family, and Whisper's
 SPEECH_MODEL_TYPES = (*AUDIO_MODEL_TYPES, "whisper")
 ASSET_SETTINGS = "headstart_audio.json"
-NO_MASKING = {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "apply_spec_augment": False}
+NO_MASKING: dict[str, Any] = {"mask_time_prob": 0.0, "mask_feature_prob": 0.0, "apply_spec_augment": False}
 
 TINY_WAV2VEC2_META = SourceMeta(
     id="tiny:wav2vec2", modality="audio", source_data="none (random init)",
@@ -46,7 +47,12 @@ class _HubSpeechEncoder(AudioBackbone):
     """What the hub speech encoders share: the cut of trailing transformer layers, the
     pooled feature (mean of the frame states), the config saved as the run's asset."""
 
-    def _adopt(self, model: nn.Module, owner: nn.Module, layers_key: str, backbone_id: str,
+    # A transformers model: its submodules (encoder, layers, conv1, ...) and config fields
+    # differ per family, and nn.Module types every attribute it does not declare as
+    # ``Tensor | Module``.
+    model: Any
+
+    def _adopt(self, model: Any, owner: Any, layers_key: str, backbone_id: str,
                meta: SourceMeta, cut: int, arch_id: str | None) -> None:
         """Keep ``model``; ``owner.layers`` are its transformer layers (``cut`` of them
         removed from the end, and ``config.<layers_key>`` told so)."""
@@ -79,7 +85,7 @@ class _HubSpeechEncoder(AudioBackbone):
 class HFAudioBackbone(_HubSpeechEncoder):
     """A transformers speech encoder (``AutoModel``) on raw waveforms."""
 
-    def __init__(self, model: nn.Module, backbone_id: str, meta: SourceMeta, *,
+    def __init__(self, model: Any, backbone_id: str, meta: SourceMeta, *,
                  normalize: bool = True, rate: int = 16000, cut: int = 0,
                  arch_id: str | None = None):
         super().__init__()
@@ -117,7 +123,7 @@ class HFAudioBackbone(_HubSpeechEncoder):
 class WhisperEncoderBackbone(_HubSpeechEncoder):
     """Whisper's audio encoder (its decoder, the old head, is not kept)."""
 
-    def __init__(self, encoder: nn.Module, backbone_id: str, meta: SourceMeta, *, cut: int = 0,
+    def __init__(self, encoder: Any, backbone_id: str, meta: SourceMeta, *, cut: int = 0,
                  arch_id: str | None = None):
         super().__init__()
         self._adopt(encoder, encoder, "encoder_layers", backbone_id, meta, cut, arch_id)
@@ -170,7 +176,7 @@ def _settings(folder: Path) -> dict:
 
 def from_audio_folder(folder: str | Path, backbone_id: str, meta: SourceMeta, *,
                       pretrained: bool, cut: int = 0,
-                      arch_id: str | None = None) -> HFAudioBackbone:
+                      arch_id: str | None = None) -> _HubSpeechEncoder:
     """A speech encoder from a local transformers folder (weights only when
     ``pretrained``); its own masking is switched off (headstart augments the audio)."""
     from transformers import AutoConfig, AutoModel

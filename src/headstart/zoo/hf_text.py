@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,7 +55,12 @@ TINY_BERT_META = SourceMeta(
 class HFTextBackbone(Backbone):
     """A transformers encoder (``AutoModel``) with its tokenizer, pooled to one vector."""
 
-    def __init__(self, model: nn.Module, tokenizer, backbone_id: str, meta: SourceMeta, *,
+    # A transformers model: its submodules and config fields differ per family, and
+    # nn.Module types every attribute it does not declare as ``Tensor | Module``.
+    model: Any
+    preprocess: TextPreprocess
+
+    def __init__(self, model: Any, tokenizer, backbone_id: str, meta: SourceMeta, *,
                  pooling: str = "mean", normalize: bool = False, max_length: int = 256,
                  cut: int = 0, arch_id: str | None = None):
         super().__init__()
@@ -240,7 +246,8 @@ def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> Backbone:
                           licence="see the hub model card", offline=False,
                           input="mono 16 kHz waveform",
                           description=f"Hugging Face hub speech encoder {repo_id}")
-        backbone = from_audio_folder(folder, backbone_id, meta, pretrained=pretrained, cut=cut)
+        backbone: Backbone = from_audio_folder(folder, backbone_id, meta, pretrained=pretrained,
+                                               cut=cut)
         backbone.meta = _with_params(meta, backbone)
         return backbone
     if model_type in ("speech_to_text", "seamless_m4t"):

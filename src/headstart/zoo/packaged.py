@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+from typing import cast
 
 import torch
 from torch import nn
@@ -44,8 +45,9 @@ _IN_PLAIN = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv
 
 def rename_efficientnet_keys(state: dict, model: nn.Module) -> dict:
     """Map EfficientNet-PyTorch key names onto timm's, block by block in stage order."""
-    flat_to_timm = [f"blocks.{s}.{b}" for s, stage in enumerate(model.blocks)
-                    for b in range(len(stage))]
+    stages = cast(nn.Sequential, model.blocks)  # timm EfficientNet: stages of blocks
+    flat_to_timm = [f"blocks.{s}.{b}" for s, stage in enumerate(stages)
+                    for b, _ in enumerate(stage.children())]
     expanded = {int(m.group(1)) for k in state
                 if (m := re.match(r"_blocks\.(\d+)\._expand_conv\.", k))}
     out = {}
@@ -99,6 +101,7 @@ def load_packaged_imagenet(name: str, pretrained: bool = True) -> nn.Module:
     return model
 
 
-def create_packaged_backbone(name: str, pretrained: bool, cut: int, meta: SourceMeta):
+def create_packaged_backbone(name: str, pretrained: bool, cut: int,
+                             meta: SourceMeta) -> TimmBackbone:
     model = load_packaged_imagenet(name, pretrained=pretrained)
     return TimmBackbone(model, f"packaged:{name}", meta, cut=cut)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +38,13 @@ class TimmBackbone(Backbone):
     pools the feature map of the last stage kept.
     """
 
-    def __init__(self, model: nn.Module, backbone_id: str, meta: SourceMeta, cut: int = 0):
+    # A timm model: feature_info, forward_intermediates, ... are not declared by nn.Module
+    # (which types every attribute it does not declare as ``Tensor | Module``), and timm has
+    # no common base class that declares them.
+    model: Any
+    preprocess: PreprocessConfig
+
+    def __init__(self, model: Any, backbone_id: str, meta: SourceMeta, cut: int = 0):
         super().__init__()
         old_head = None
         if getattr(model, "num_classes", 0) != 0:
@@ -170,7 +177,7 @@ def _is_network_failure(exc: BaseException) -> bool:
         network_types += (LocalEntryNotFoundError, OfflineModeIsEnabled)
     except ImportError:  # pragma: no cover - older huggingface_hub
         pass
-    seen = exc
+    seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, network_types):
             return True
@@ -225,7 +232,8 @@ def _offline_error(backbone_id: str, reason: str) -> OfflineError:
         "--offline`).")
 
 
-def create_timm_backbone(name: str, pretrained: bool, cut: int, meta: SourceMeta | None = None):
+def create_timm_backbone(name: str, pretrained: bool, cut: int,
+                         meta: SourceMeta | None = None) -> TimmBackbone:
     """Create ``timm:<name>``: hub weights when ``pretrained`` (needs network or HF cache)."""
     import timm
 
@@ -238,6 +246,7 @@ def create_timm_backbone(name: str, pretrained: bool, cut: int, meta: SourceMeta
     if pretrained and not _hub_reachable() and not _weights_cached(name):
         raise _offline_error(backbone_id, "no network or HF_HUB_OFFLINE set, and the weights "
                              "are not in the local HF cache")
+    model: Any  # timm annotates create_model as nn.Module; its models carry pretrained_cfg, ...
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0)
     except Exception as exc:  # noqa: BLE001 - re-raised with a clearer message
@@ -245,7 +254,7 @@ def create_timm_backbone(name: str, pretrained: bool, cut: int, meta: SourceMeta
             raise _offline_error(backbone_id, type(exc).__name__) from exc
         raise
     if meta is None:
-        cfg = model.pretrained_cfg or {}
+        cfg: dict[str, Any] = model.pretrained_cfg or {}
         meta = SourceMeta(
             id=backbone_id,
             modality="image",

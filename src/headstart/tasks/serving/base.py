@@ -61,7 +61,8 @@ class TaskServing:
     task = "base"       # the run's config.json ``task``, named in messages
     what = "models"     # the task's models in the plural, for messages
     served = True       # whether export and serve take its runs
-    kind, extensions = "images", IMAGE_EXTENSIONS  # what an input folder holds
+    kind: str = "images"  # what an input folder holds
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     input_names: tuple[str, ...] = ()  # the inference graph's inputs, in order
     form_field = "'file'"  # what an HTTP form must carry, for the message
 

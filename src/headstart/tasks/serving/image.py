@@ -22,6 +22,9 @@ class ImageGraph(nn.Module):
     """``uint8 [N, S, S, 3]`` (RGB crops, as :class:`ImageFeed` makes them) ->
     probabilities ``[N, classes]``."""
 
+    shift: torch.Tensor  # buffers: 255 mean, 255 std
+    scale: torch.Tensor
+
     def __init__(self, model: nn.Module, mean, std, multi_label: bool = False):
         super().__init__()
         self.model = model

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ...data.images import DataError
+from ...heads import TransferModel
 from ...inference import ItemError
 from .base import FORM_TYPES, BodyError, Feed, TaskServing, missing_field, read_form, unsupported
 
@@ -22,13 +23,14 @@ class TextGraph(nn.Module):
     ``features``, also the averaged features ``[D, dim]`` (the head's input) as a second
     output: what a ``--blend-mode joint`` run's TF-IDF + features model reads."""
 
-    def __init__(self, model: nn.Module, multi_label: bool = False, features: bool = False):
+    def __init__(self, model: TransferModel, multi_label: bool = False, features: bool = False):
         super().__init__()
         self.model = model
         self.multi_label = bool(multi_label)
         self.features = bool(features)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         docs, chunks, length = input_ids.shape
         valid = (attention_mask.sum(-1) > 0).to(torch.float32).unsqueeze(-1)  # [D, C, 1]
         # padding chunks attend to their first token, so no row of attention is empty

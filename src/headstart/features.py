@@ -160,8 +160,8 @@ def concat_datasets(datasets: list) -> Dataset:
 # Images per forward call on the CPU: about this many pixels (H x W) per call, and at
 # least CPU_CHUNK_MIN images. A frozen pass reads batches of eval_batch_size, but on the CPU
 # a depthwise-convolution network (EfficientNet, MobileNet) runs each item faster in small
-# groups whose activations stay in cache (benchmarks/cpu_chunks.py: 1.3-1.9x for Lite0/2 at
-# 96-224 px on 2 cores; dense ResNet-50 about even, MobileNetV3 0.87-0.97x at 64-96 px).
+# groups whose activations stay in cache (benchmarks/cpu_chunks.py; figures in
+# docs/results.md).
 CPU_CHUNK_PIXELS = 2**18
 CPU_CHUNK_MIN = 4
 

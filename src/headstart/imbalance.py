@@ -17,7 +17,7 @@ import numpy as np
 # The largest class has at least this many times the items of the smallest: imbalanced.
 IMBALANCED = 3.0
 # What imbalance="auto" does with imbalanced classes: the measured better of the two
-# (benchmarks/imbalance.py, benchmarks/results/imbalance_2026-12-04.txt).
+# (benchmarks/imbalance.py; figures in docs/results.md).
 AUTO_METHOD = "sample"
 METHODS = {"weight": "class-weighted loss", "sample": "class-balanced sampler",
            "none": "plain loss and sampling"}

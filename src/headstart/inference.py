@@ -220,8 +220,8 @@ class TorchEngine:
 
         self.graph = graph.eval()
         self.device = next(graph.parameters()).device
-        # BatchNorm folded into the convolutions (a copy; 1.3-1.5x on CPU for EfficientNet),
-        # checked against the graph on the first call
+        # BatchNorm folded into the convolutions (a copy, faster on the CPU:
+        # benchmarks/bench_features.py), checked against the graph on the first call
         self._folded = fold_batchnorm(self.graph)
 
     @torch.inference_mode()

@@ -39,8 +39,8 @@ RESULTS = "results.jsonl"
 # The study's budget where the user sets none: 5 strategies x 5 fractions are 25 fits.
 STUDY_BUDGET = {"epochs": 8, "early_stopping": 3}
 # A study fits 25 models and scores each on the test set: small images are enlarged at most
-# 3x (fit's own cap is 5x). Fashion-MNIST (28 px) then runs at 96 px instead of 160 px,
-# about 2.8x fewer pixels a pass, for a few points of accuracy on every run alike.
+# 3x (fit's own cap is 5x), fewer pixels a pass for a few points on every run alike
+# (docs/results.md, "Study").
 STUDY_UPSCALE_CAP = 3
 
 

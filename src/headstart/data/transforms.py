@@ -36,11 +36,9 @@ AUGMENT: dict[str, dict[str, Any] | None] = {
 ASPECT = (3 / 4, 4 / 3)  # aspect-ratio range of the random crops
 
 # Tiny sources (median shorter side below SMALL_SOURCE px: sklearn's 8 px digits) are
-# tightly framed: a crop of 0.7 of the area cuts 16% off a side, the stroke of a digit.
-# Their crops keep at least SMALL_CROP of the area (a translation of up to 8% of a side,
-# or a mild zoom) with a narrower aspect jitter, SMALL_ASPECT. Not from 28 px on: with the
-# floor at 64 px, Fashion-MNIST 100/class lost 0.94 and 0.73 points (seeds 0, 1) and 10/class
-# 1.0 (benchmarks/results/low_data_2026-12-04.txt).
+# tightly framed: a crop of 0.7 of the area cuts the stroke of a digit. Their crops keep at
+# least SMALL_CROP of the area with a narrower aspect jitter, SMALL_ASPECT. Not from 28 px
+# on: there the floor measured worse (benchmarks/low_data.py; figures in docs/image.md).
 SMALL_SOURCE = 20
 SMALL_CROP = 0.85
 SMALL_ASPECT = (0.9, 1 / 0.9)
@@ -80,9 +78,7 @@ def augment_plan(augment: str, source_side: float | None = None, crop_min: float
 
 # Small images are enlarged at most this much (then rounded up to 32 px): enough for
 # ImageNet features to see the object at a familiar scale, without paying for the
-# backbone's full resolution. Fashion-MNIST (28 px) with Lite0 features + linear probe,
-# 3000 test images: 96 px 80.5%, 128 px 83.0%, 160 px 83.3%, 192 px 83.7%; LP-FT at 160 px
-# 85.7% vs ~85% at 128 px.
+# backbone's full resolution (the accuracy per size on Fashion-MNIST: docs/image.md).
 UPSCALE_CAP = 5
 
 

@@ -130,8 +130,8 @@ class AudioCNN(AudioBackbone):
 
     def _maps(self, wave: torch.Tensor) -> torch.Tensor:
         mel = self.frontend(wave)
-        # statistics over the whole clip, zero padding included: over the sound only they were
-        # worse at the default clip (benchmarks/results/audio_mel_norm_2026-12-02.txt)
+        # statistics over the whole clip, zero padding included: over the sound only measured
+        # worse at the default clip (docs/results.md, benchmarks/results/audio_mel_norm_*)
         mel = (mel - mel.mean(dim=2, keepdim=True)) / (mel.std(dim=(1, 2), keepdim=True) + 1e-5)
         x = mel[:, None]
         for name in self._names:

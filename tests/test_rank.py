@@ -487,7 +487,7 @@ def test_cut_points_of_one_backbone_share_one_pass(tmp_path, monkeypatch):
 
 
 def test_sample_keeps_every_class_with_at_least_five_items():
-    from headstart.select import _sample
+    from headstart.select.rank import _sample
 
     labels = np.array([0] * 80 + [1] * 80 + [2] * 10 + [3] * 3)
     idx = _sample(labels, 20, seed=0)

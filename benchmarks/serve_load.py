@@ -11,7 +11,13 @@ the decoding and resizing the server also does. The ratio is the server's reques
 over the raw loop's items/s: above 1 means the server's micro-batching more than pays
 for HTTP, multipart parsing and JSON.
 
+With ``--api-key KEY`` every configuration also runs with the server requiring that key
+(``HEADSTART_API_KEY``; the clients send ``Authorization: Bearer KEY``), alternating with
+the open server in this one process; the last column is the keyed server's requests/s
+over the open one's.
+
     python benchmarks/serve_load.py [--requests 2000] [--clients 16] [--run RUN]
+                                    [--configs batched,unbatched,onnx] [--api-key KEY]
 """
 
 from __future__ import annotations
@@ -50,12 +56,16 @@ def fit_run(out: Path) -> Path:
     return out
 
 
-def start_server(run: Path, port: int, extra: list[str]) -> subprocess.Popen:
+def start_server(run: Path, port: int, extra: list[str],
+                 api_key: str | None = None) -> subprocess.Popen:
     import httpx
 
+    env = {k: v for k, v in os.environ.items() if k != "HEADSTART_API_KEY"}
+    if api_key:
+        env["HEADSTART_API_KEY"] = api_key
     proc = subprocess.Popen([sys.executable, "-m", "headstart", "-q", "serve", str(run),
                              "--port", str(port), "--preload", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -69,7 +79,8 @@ def start_server(run: Path, port: int, extra: list[str]) -> subprocess.Popen:
     raise RuntimeError("server did not start in 120 s")
 
 
-async def load(url: str, payloads: list[bytes], n: int, clients: int) -> dict:
+async def load(url: str, payloads: list[bytes], n: int, clients: int,
+               api_key: str | None = None) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -89,7 +100,8 @@ async def load(url: str, payloads: list[bytes], n: int, clients: int) -> dict:
             latencies.append(time.perf_counter() - t0)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as http:
         # warm-up (not counted)
         await asyncio.gather(*[http.post(url, files={"file": ("x.png", payloads[0],
                                                                "image/png")})
@@ -131,6 +143,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--run", default=None, help="a run to serve (default: fit one)")
     parser.add_argument("--configs", default="batched,unbatched,onnx")
+    parser.add_argument("--api-key", default=None, help="also run every configuration with "
+                        "the server requiring this key (the ratio keyed/open is printed)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each server, "
+                        "alternating open and keyed; the median req/s is reported")
     args = parser.parse_args()
     run = Path(args.run) if args.run else fit_run(Path(tempfile.mkdtemp()) / "run")
     images, _ = fashion_mnist_pngs(100)
@@ -152,20 +168,33 @@ def main() -> int:
         from headstart.export import export_model
 
         export_model(run, "onnx")
-    print(f"{'server':<10} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'req/s':>7} {'vs raw call':>11}")
+    print(f"{'server':<14} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'req/s':>7} {'vs raw call':>11}" + ("  keyed/open" if args.api_key else ""))
+    keys = [None, args.api_key] if args.api_key else [None]
     for name in wanted:
-        port = free_port()
-        proc = start_server(run, port, configs[name])
-        try:
-            r = asyncio.run(load(f"http://127.0.0.1:{port}/predict", payloads, args.requests,
-                                 args.clients))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-        print(f"{name:<10} {r['requests']:>8} {r['errors']:>6} {r['p50_ms']:>8.1f} "
-              f"{r['p95_ms']:>8.1f} {r['rps']:>7.1f} {r['rps'] / ref['call_ips']:>10.2f}x"
-              + (f"  first errors: {r['first_errors']}" if r["errors"] else ""))
+        results: dict = {key: [] for key in keys}
+        for _ in range(max(1, args.rounds)):
+            for key in keys:  # open and keyed alternate: drift on a shared machine hits both
+                port = free_port()
+                proc = start_server(run, port, configs[name], key)
+                try:
+                    results[key].append(asyncio.run(load(
+                        f"http://127.0.0.1:{port}/predict", payloads, args.requests,
+                        args.clients, key)))
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+        rps = {key: statistics.median(r["rps"] for r in rs) for key, rs in results.items()}
+        for key, rs in results.items():
+            r = rs[-1]
+            errors = sum(x["errors"] for x in rs)
+            label = name + ("+key" if key else "")
+            print(f"{label:<14} {sum(x['requests'] for x in rs):>8} {errors:>6} "
+                  f"{statistics.median(x['p50_ms'] for x in rs):>8.1f} "
+                  f"{statistics.median(x['p95_ms'] for x in rs):>8.1f} {rps[key]:>7.1f} "
+                  f"{rps[key] / ref['call_ips']:>10.2f}x"
+                  + (f"  {rps[key] / rps[None]:>10.3f}" if key else "")
+                  + (f"  first errors: {r['first_errors']}" if errors else ""))
     return 0
 
 

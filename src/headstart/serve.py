@@ -15,10 +15,18 @@ process; each is loaded on its first request. Endpoints:
 
 Bad input is a 4xx with a message saying what was wrong, never a 500: a body over the
 upload limit (413), an image over the pixel limit (413, refused from its header), a file
-that is no image or is truncated (422), an empty or non-UTF-8 text (422), a missing or
-wrong form field (422), an unsupported content type (415), a malformed body (400), an
-unknown model (404). Uploads are read into memory and decoded from there: nothing a
-request sends (file names included) is ever used as a path.
+that is no image or is truncated (422), an empty or non-UTF-8 text (422), a missing,
+unknown or repeated form field (422), an unsupported content type (415), a malformed body
+(400), an unknown model (404); a model that cannot be loaded is a 503. Every error has one
+body, ``{"detail": str, "field"?: str}``, and the OpenAPI document (``/openapi.json``)
+lists each route's statuses and, per model (``/models/NAME/predict``), the bodies its task
+reads (see :mod:`headstart.serve_http`). Uploads are read into memory and decoded from
+there: nothing a request sends (file names included) is ever used as a path.
+
+With an API key (``ServeSettings.api_key``; ``serve --api-key-file`` or
+``HEADSTART_API_KEY``) every route but ``/health``, the page and the API docs needs
+``Authorization: Bearer <key>`` (401 otherwise). CORS is off unless ``cors_origins`` names
+the origins allowed.
 
 Requests arriving together are predicted together: each model has a micro-batcher that
 runs everything queued (up to ``max_batch`` items, waiting at most ``max_wait_ms`` for
@@ -37,11 +45,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from .inference import MAX_PIXELS, ItemError, ItemTooLarge, Predictor
+from .serve_http import (ApiError, Health, KeyCheck, ModelInfo, ModelSummary, Prediction,
+                         error_responses, exposure_warning, install_error_handlers)
 from .tasks.serving import BodyError, TaskServing
 
 log = logging.getLogger(__name__)
@@ -62,6 +72,10 @@ class ServeSettings:
     max_batch: int = 32                      # items per model call
     max_wait_ms: float = 2.0                 # how long a batch waits for more items
     device: str = "cpu"
+    # Authorization: Bearer <key> required on every route but /health, the page and the docs
+    # (None: open to anyone who reaches the port); never shown in a repr or a log
+    api_key: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()       # origins whose pages may call the API (CORS)
 
 
 # ---------------------------------------------------------------------- models
@@ -252,22 +266,6 @@ async def _send_json(send, status: int, detail: str) -> None:
 
 
 # ---------------------------------------------------------------------- the app
-_PREDICT_DOC = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "file": {"type": "string", "format": "binary",
-                         "description": "an image (image models) or a UTF-8 text file"},
-                "text": {"type": "string", "description": "a text (text models)"}}}},
-            "application/json": {"schema": {"type": "object", "properties": {
-                "text": {"type": "string"}}, "required": ["text"]}},
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-        "required": True,
-    }
-}
-
-
 def create_app(models, settings: ServeSettings | None = None):
     """A FastAPI app serving ``models``: ``{name: run_dir}`` or a list of run dirs (named
     after their folders). The first is the default of ``/predict`` and ``/model``."""
@@ -287,6 +285,9 @@ def create_app(models, settings: ServeSettings | None = None):
         raise ValueError("nothing to serve: give at least one run directory")
     served: dict[str, ServedModel] = {}
     for name, run in models.items():
+        if not name or any(c in name for c in "/{}?#%") or name in (".", ".."):
+            raise ValueError(f"{name!r}: a model name is part of its URL (/models/NAME/"
+                             "predict): use letters, digits, '-', '_' or '.'; name it: NAME=RUN")
         if not is_run_dir(run):
             raise ValueError(f"{run}: not a headstart run directory (config.json and "
                              "model.safetensors written by `headstart fit`)")
@@ -303,20 +304,38 @@ def create_app(models, settings: ServeSettings | None = None):
 
     app = FastAPI(title="headstart", version=_version(),
                   description="Predictions of models fine-tuned with headstart. "
-                  f"Serving: {', '.join(served)} (default {default}).")
+                  + ("" if settings.api_key else
+                     f"Serving: {', '.join(served)} (default {default}). ")
+                  + 'Every error answers {"detail": str, "field"?: str}.')
     app.state.served = served
     app.state.settings = settings
+    install_error_handlers(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     page = resources.files("headstart").joinpath("static/index.html").read_text("utf-8")
+    guarded = [Depends(KeyCheck(settings.api_key))] if settings.api_key else []
+    denied = (401,) if settings.api_key else ()
+    predict_errors = error_responses(400, *denied, 413, 415, 422, 503)
 
     def lookup(name: str) -> ServedModel:
         if name not in served:
-            raise HTTPException(404, f"no model named {name!r}; served: {', '.join(served)}")
+            raise ApiError(404, f"no model named {name!r}; served: {', '.join(served)}",
+                           "name")
         return served[name]
 
     async def loaded(model: ServedModel) -> Predictor:
         if model.predictor is None:
-            return await run_in_threadpool(model.load, settings)
+            try:
+                return await run_in_threadpool(model.load, settings)
+            except Exception as exc:  # noqa: BLE001 - the client gets a 503, the log the trace
+                log.exception("cannot load model %s from %s", model.name, model.run_dir)
+                raise ApiError(503, f"model {model.name!r} could not be loaded "
+                                    f"({type(exc).__name__}); the server log says why") from None
         return model.predictor
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -326,24 +345,33 @@ def create_app(models, settings: ServeSettings | None = None):
             "media-src blob:; "
             "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"})
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses={200: {"model": Health}})
     async def health():
         return {"status": "ok", "models": {n: m.predictor is not None
                                            for n, m in served.items()}}
 
-    @app.get("/models")
+    @app.get("/models", dependencies=guarded, response_model=None,
+             responses={200: {"model": list[ModelSummary]}, **error_responses(*denied)})
     async def list_models():
         return [{"name": m.name, "task": m.task, "classes": m.config["classes"],
                  "loaded": m.predictor is not None, "default": m.name == default}
                 for m in served.values()]
 
-    @app.get("/model")
+    @app.get("/model", dependencies=guarded, response_model=None,
+             responses={200: {"model": ModelInfo}, **error_responses(*denied)})
     async def default_model():
         return served[default].describe()
 
-    @app.get("/models/{name}")
-    async def model_info(name: str):
-        return lookup(name).describe()
+    # the name is read from the path, not declared as a parameter: FastAPI would document
+    # its validation error (a 422 no name can cause); the document lists the served names
+    @app.get("/models/{name}", dependencies=guarded, response_model=None,
+             responses={200: {"model": ModelInfo}, **error_responses(*denied, 404)},
+             openapi_extra={"parameters": [{
+                 "name": "name", "in": "path", "required": True,
+                 "schema": {"type": "string", "enum": list(served)},
+                 "description": "a served model"}]})
+    async def model_info(request: Request):
+        return lookup(request.path_params["name"]).describe()
 
     async def predict(model: ServedModel, request: Request, top_k: int):
         item = await _read_item(request, model.serving, settings)
@@ -352,9 +380,9 @@ def create_app(models, settings: ServeSettings | None = None):
         try:
             prepared = await run_in_threadpool(predictor.prepare, item)
         except ItemTooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
+            raise ApiError(413, str(exc)) from None
         except ItemError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise ApiError(422, str(exc)) from None
         t1 = time.perf_counter()
         assert model.batcher is not None  # load made it with the predictor
         proba = await model.batcher.submit(prepared)
@@ -371,15 +399,31 @@ def create_app(models, settings: ServeSettings | None = None):
                           "model": round((t2 - t1) * 1e3, 2)},
         }
 
-    @app.post("/predict", openapi_extra=_PREDICT_DOC)
-    async def predict_default(request: Request,
-                              top_k: int = Query(DEFAULT_TOP_K, ge=1, le=1000)):
-        return await predict(served[default], request, top_k)
+    top_k_query = Query(DEFAULT_TOP_K, ge=1, le=1000, description="how many classes to list")
 
-    @app.post("/models/{name}/predict", openapi_extra=_PREDICT_DOC)
-    async def predict_named(name: str, request: Request,
-                            top_k: int = Query(DEFAULT_TOP_K, ge=1, le=1000)):
-        return await predict(lookup(name), request, top_k)
+    def predict_route(model: ServedModel):
+        async def endpoint(request: Request, top_k: int = top_k_query):
+            return await predict(model, request, top_k)
+        return endpoint
+
+    docs = {"response_model": None, "dependencies": guarded,
+            "responses": {200: {"model": Prediction}, **predict_errors}}
+    app.add_api_route("/predict", predict_route(served[default]), methods=["POST"],
+                      operation_id="predict", summary=f"Predict with the default model "
+                      f"({served[default].task})", name="predict",
+                      openapi_extra={"requestBody": served[default].serving.request_body(
+                          settings)}, **docs)
+    for model in served.values():  # one route per model: each documents its task's bodies
+        app.add_api_route(f"/models/{model.name}/predict", predict_route(model),
+                          methods=["POST"], operation_id=f"predict_{model.name}",
+                          summary=f"Predict with {model.name} ({model.task})",
+                          name=f"predict_{model.name}",
+                          openapi_extra={"requestBody": model.serving.request_body(settings)},
+                          **docs)
+
+    @app.post("/models/{name}/predict", include_in_schema=False, dependencies=guarded)
+    async def predict_unknown(name: str):  # every served name has its route above
+        lookup(name)
 
     return app
 
@@ -390,7 +434,7 @@ async def _read_item(request, serving: TaskServing, settings: ServeSettings):
     try:
         return await serving.read_request(request, ctype, settings)
     except BodyError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        raise ApiError(exc.status, str(exc), exc.field) from None
 
 
 def _version() -> str:
@@ -408,6 +452,9 @@ def serve(models, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     app = create_app(models, settings)
+    warning = exposure_warning(host, app.state.settings.api_key)
+    if warning:
+        log.warning(warning)
     if preload:
         for model in app.state.served.values():
             model.load(app.state.settings)

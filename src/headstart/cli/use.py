@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-wait-ms", type=float, default=2.0,
                    help="how long a batch waits for more requests")
     p.add_argument("--preload", action="store_true", help="load every model at start")
+    p.add_argument("--api-key-file", default=None, metavar="FILE",
+                   help="require 'Authorization: Bearer <key>' on every route but /health, "
+                   "the page and the docs; the key is FILE's first line (default: the "
+                   "HEADSTART_API_KEY environment variable, if set; else no key)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages of ORIGIN (e.g. https://app.example.com) call the API "
+                   "from a browser; repeat for more (default: CORS off)")
     p.set_defaults(handler=cmd_serve)
 
 
@@ -128,8 +136,25 @@ def cmd_serve(args) -> int:
     settings = ServeSettings(engine=args.engine,
                              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                              max_pixels=args.max_pixels, max_batch=args.max_batch,
-                             max_wait_ms=args.max_wait_ms)
-    print(f"serving {', '.join(runs)} on http://{args.host}:{args.port}/ (API docs: /docs)",
-          file=sys.stderr)
+                             max_wait_ms=args.max_wait_ms, api_key=read_api_key(args),
+                             cors_origins=tuple(args.cors_origin))
+    print(f"serving {', '.join(runs)} on http://{args.host}:{args.port}/ (API docs: /docs"
+          f"{'; API key required' if settings.api_key else ''})", file=sys.stderr)
     serve(runs, host=args.host, port=args.port, settings=settings, preload=args.preload)
     return 0
+
+
+def read_api_key(args) -> str | None:
+    """The key of ``--api-key-file`` (its first line), else ``HEADSTART_API_KEY``."""
+    if args.api_key_file:
+        path = Path(args.api_key_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read the API key file ({exc.strerror})") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ValueError(f"{path}: the API key file is empty; write the key on its first "
+                             "line")
+        return key
+    return os.environ.get("HEADSTART_API_KEY", "").strip() or None

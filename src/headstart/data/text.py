@@ -156,12 +156,28 @@ def _cell_labels(value, label_sep: str | None) -> list[str] | str | None:
     return value
 
 
+MAX_ROWS_NAMED = 10  # rows a message names; past them, how many more
+
+
+def empty_rows_message(origin: str, text_column: str, rows: list[int]) -> str:
+    """The error for empty texts: every row named (up to :data:`MAX_ROWS_NAMED`), and the
+    total, so that one pass over the file fixes them all."""
+    if len(rows) == 1:
+        return (f"{origin}: row {rows[0]}, column {text_column!r}: empty text; "
+                "remove the row or fill in its text")
+    named = ", ".join(f"row {r}" for r in rows[:MAX_ROWS_NAMED])
+    more = (f" and {len(rows) - MAX_ROWS_NAMED:,} more" if len(rows) > MAX_ROWS_NAMED
+            else "")
+    return (f"{origin}: {len(rows):,} rows have an empty text in column {text_column!r}: "
+            f"{named}{more}; remove the rows or fill in their texts")
+
+
 def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
                  text_column: str = "text", label_column: str = "label",
                  label_sep: str | None = None, rows: list[int] | None = None) -> TextSource:
     """Check texts and labels, and map labels onto ``classes`` (sorted, if not given)."""
     rows = rows or list(range(1, len(texts) + 1))
-    clean = []
+    clean, empty = [], []
     for text, row in zip(texts, rows):
         if isinstance(text, bytes):
             try:
@@ -170,9 +186,10 @@ def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
                 raise DataError(f"{origin}: row {row}, column {text_column!r}: not valid "
                                 "UTF-8; decode the text first or re-save as UTF-8") from None
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{origin}: row {row}, column {text_column!r}: empty text; "
-                            "remove the row or fill in its text")
+            empty.append(row)
         clean.append(text)
+    if empty:
+        raise DataError(empty_rows_message(origin, text_column, empty))
     if raw_labels is None:
         return TextSource(clean, np.full(len(clean), -1), list(classes or []), origin, rows)
     cells = [_cell_labels(v, label_sep) for v in raw_labels]

@@ -24,11 +24,13 @@ FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 class BodyError(ValueError):
-    """A request body the task cannot take: ``status`` (HTTP) and the message."""
+    """A request body the task cannot take: ``status`` (HTTP), the message, and the field
+    at fault (a form or JSON field), where there is one."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, field: str | None = None):
         super().__init__(detail)
         self.status = status
+        self.field = field
 
 
 class Feed:
@@ -167,17 +169,29 @@ class TaskServing:
         return []
 
     # ------------------------------------------------------------ HTTP
+    def request_body(self, settings) -> dict:
+        """The OpenAPI ``requestBody`` of this task's predict route: what
+        :meth:`read_request` reads, and nothing it refuses."""
+        what = f"the {self.kind[:-1]} file's bytes"
+        raw = {"schema": {"type": "string", "format": "binary", "description": what}}
+        return {"required": True, "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "additionalProperties": False,
+                           "required": ["file"], "properties": {"file": {
+                               "type": "string", "format": "binary",
+                               "description": f"the {self.kind[:-1]} file"}}},
+                "encoding": {"file": {"contentType": f"{self.task}/*"}}},
+            f"{self.task}/*": raw,
+            "application/octet-stream": raw,
+        }}
+
     async def read_request(self, request, ctype: str, settings):
         """The one item a request carries (a file's bytes here); :class:`BodyError` when
         the body is not one this task takes."""
-        from starlette.datastructures import UploadFile
-
-        if ctype in FORM_TYPES:
-            form = await read_form(request, settings)
-            upload = form.get("file")
-            if isinstance(upload, UploadFile):
-                return await upload.read()
-            raise missing_field(form, self.task, self.form_field)
+        if ctype == "multipart/form-data":
+            form = await read_form(request, settings, self)
+            check_fields(form, ("file",), self)
+            return await upload_bytes(form, "file", self)
         if ctype == "application/json":
             raise BodyError(415, f"an {self.task} model takes a multipart upload (field 'file') "
                                  f"or the raw file bytes (Content-Type {self.task}/...), not JSON")
@@ -251,16 +265,50 @@ class TaskServing:
 
 
 # ---------------------------------------------------------------------- HTTP helpers
-async def read_form(request, settings):
+MAX_FORM_FIELDS = 4  # the parser's limit: a form with more is refused (400) before reading
+
+
+async def read_form(request, settings, serving: TaskServing):
     """The request's form: one file at most, a few fields, text parts within the limit."""
-    return await request.form(max_files=1, max_fields=4,
-                              max_part_size=settings.max_text_chars * 4)
+    from starlette.exceptions import HTTPException
+
+    try:
+        return await request.form(max_files=1, max_fields=MAX_FORM_FIELDS,
+                                  max_part_size=settings.max_text_chars * 4)
+    except HTTPException as exc:  # the multipart parser's own refusal (400)
+        raise BodyError(exc.status_code, f"{exc.detail}; this {serving.task} model reads "
+                                         f"a form with {serving.form_field}") from None
+
+
+def check_fields(form, allowed: tuple[str, ...], serving: TaskServing) -> None:
+    """Refuse (422) a field the task does not read, or one sent twice: a form that says
+    two things is answered, not guessed at."""
+    for name in form.keys():
+        if name not in allowed:
+            raise BodyError(422, f"this {serving.task} model reads no form field {name!r}; "
+                                 f"send {serving.form_field} alone", name)
+        count = len(form.getlist(name))
+        if count > 1:
+            raise BodyError(422, f"the form has {count} fields {name!r}; send one", name)
+
+
+async def upload_bytes(form, name: str, serving: TaskServing) -> bytes:
+    """The bytes of the form's file field ``name`` (a part with a file name)."""
+    from starlette.datastructures import UploadFile
+
+    value = form.get(name)
+    if isinstance(value, UploadFile):
+        return await value.read()
+    if value is None:
+        raise missing_field(form, serving.task, serving.form_field)
+    raise BodyError(422, f"the form field {name!r} is a plain value; send it as a file "
+                         f"(a part with a file name: curl -F {name}=@FILE)", name)
 
 
 def missing_field(form, task: str, wanted: str) -> BodyError:
     given = ", ".join(sorted(form.keys())) or "none"
     return BodyError(422, f"this {task} model needs a form field {wanted}; the form has: "
-                          f"{given}")
+                          f"{given}", wanted.split("'")[1] if "'" in wanted else None)
 
 
 def unsupported(ctype: str, how: str) -> BodyError:

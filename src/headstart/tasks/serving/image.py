@@ -62,8 +62,7 @@ def open_image(item, max_pixels: int | None = MAX_PIXELS):
         with Image.open(item) as img:
             w, h = img.size
             if max_pixels and w * h > max_pixels:
-                raise ItemTooLarge(f"{name}: {w}x{h} pixels is larger than the limit of "
-                                   f"{max_pixels:,}; downscale the image first")
+                raise ItemTooLarge(_too_many_pixels(name, w, h, max_pixels))
             if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
                 raise ItemTooLarge(f"{name}: {w}x{h} pixels; sides more than {MAX_ASPECT} "
                                    "times apart are not supported, crop the image first")
@@ -72,7 +71,12 @@ def open_image(item, max_pixels: int | None = MAX_PIXELS):
     except ItemError:
         raise
     except Image.DecompressionBombError as exc:  # PIL's own guard, raised while opening
-        raise ItemTooLarge(f"{name}: {exc}; downscale the image first") from exc
+        size = header_size(item)
+        limit = min(max_pixels or Image.MAX_IMAGE_PIXELS * 2, Image.MAX_IMAGE_PIXELS * 2)
+        if size is None:
+            raise ItemTooLarge(f"{name}: the image header says it has more pixels than the "
+                               f"limit of {limit:,}; downscale it") from exc
+        raise ItemTooLarge(_too_many_pixels(name, *size, limit)) from exc
     except FileNotFoundError as exc:
         raise ItemError(f"{name}: no such file") from exc
     except UnidentifiedImageError as exc:
@@ -81,6 +85,40 @@ def open_image(item, max_pixels: int | None = MAX_PIXELS):
     except (OSError, ValueError, SyntaxError) as exc:
         raise ItemError(f"{name}: cannot decode this image ({exc}); the file may be "
                         "truncated or corrupt") from exc
+
+
+def _too_many_pixels(name: str, w: int, h: int, limit: int) -> str:
+    return (f"{name}: the image header says {w}x{h} pixels, more than the limit of "
+            f"{limit:,}; downscale it")
+
+
+def header_size(item) -> tuple[int, int] | None:
+    """An image's ``(width, height)`` from its header alone, for one that PIL's
+    ``Image.open`` refuses as a decompression bomb (it checks the size after reading the
+    header, and says only the pixel count). Each registered format plugin that accepts the
+    file's first bytes parses the header, as ``Image.open`` does; nothing is decoded."""
+    from PIL import Image
+
+    Image.init()
+    try:
+        if isinstance(item, (str, Path)):
+            with open(item, "rb") as f:
+                data = f.read(1 << 20)  # headers sit at the start (TIFF: near it)
+        else:
+            item.seek(0)
+            data = item.read()
+    except OSError:
+        return None
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        try:
+            if accept and not accept(data[:16]):
+                continue
+            with factory(io.BytesIO(data), "") as img:
+                return img.size
+        except Exception:  # noqa: BLE001 - not this format (or a broken header): the next
+            continue
+    return None
 
 
 class ImageFeed(Feed):

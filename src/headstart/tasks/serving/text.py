@@ -14,7 +14,8 @@ from torch import nn
 from ...data.images import DataError
 from ...heads import TransferModel
 from ...inference import ItemError
-from .base import FORM_TYPES, BodyError, Feed, TaskServing, missing_field, read_form, unsupported
+from .base import (BodyError, Feed, TaskServing, check_fields, missing_field, read_form,
+                   unsupported, upload_bytes)
 
 
 class TextGraph(nn.Module):
@@ -231,26 +232,51 @@ class TextServing(TaskServing):
         return notes
 
     # ------------------------------------------------------------ HTTP
+    def request_body(self, settings) -> dict:
+        text = {"type": "string", "minLength": 1, "maxLength": settings.max_text_chars,
+                "pattern": r"\S", "description": "the text to classify (not blank)"}
+        text_file = {"type": "string", "format": "binary",
+                     "description": "a UTF-8 text file (instead of 'text')"}
+        one = {"type": "object", "additionalProperties": False,
+               "properties": {"text": text}, "required": ["text"]}
+        return {"required": True, "content": {
+            "application/json": {"schema": one},
+            "multipart/form-data": {
+                "schema": {"type": "object", "additionalProperties": False,
+                           "properties": {"text": text, "file": text_file},
+                           "oneOf": [{"required": ["text"]}, {"required": ["file"]}]},
+                "encoding": {"file": {"contentType": "text/plain"}}},
+            "application/x-www-form-urlencoded": {"schema": one},
+            "text/plain": {"schema": text},
+        }}
+
     async def read_request(self, request, ctype: str, settings) -> str:
         """The text of a form (field ``text``, or ``file``: a UTF-8 text file), of JSON
         ``{"text": ...}``, or of a text/plain body."""
-        from starlette.datastructures import UploadFile
-
-        if ctype in FORM_TYPES:
-            form = await read_form(request, settings)
-            upload, text = form.get("file"), form.get("text")
-            if isinstance(upload, UploadFile):
-                return _text_of(await upload.read(), settings)
+        if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            form = await read_form(request, settings, self)
+            check_fields(form, ("text", "file") if ctype.startswith("multipart") else ("text",),
+                         self)
+            if "file" in form and "text" in form:
+                raise BodyError(422, "the form has both 'text' and 'file'; send one of them",
+                                "file")
+            if "file" in form:
+                return _text_of(await upload_bytes(form, "file", self), settings, "file")
+            text = form.get("text")
             if isinstance(text, str):
-                return _check_text(text, settings)
+                return _check_text(text, settings, "text")
+            if text is not None:
+                raise BodyError(422, "the form field 'text' is a file; send the text as a "
+                                     "plain field (curl -F text=...) or the file as 'file'",
+                                "text")
             raise missing_field(form, self.task, self.form_field)
         if ctype == "application/json":
-            return _check_text(_json_text(await request.body()), settings)
-        if ctype.startswith("image/") or ctype == "application/octet-stream":
-            raise BodyError(415, "a text model takes JSON {\"text\": ...} or a form field "
-                                 "'text', not image bytes")
+            return _check_text(_json_text(await request.body()), settings, "text")
+        if ctype.startswith(("image/", "audio/")) or ctype == "application/octet-stream":
+            body = await request.body()
+            raise BodyError(415, _not_text(body, ctype))
         if ctype == "text/plain":
-            return _text_of(await request.body(), settings)
+            return _text_of(await request.body(), settings, None)
         raise unsupported(ctype, "JSON {\"text\": ...}, a form field 'text', or text/plain")
 
     # ------------------------------------------------------------ command line
@@ -269,32 +295,74 @@ def _cell_text(value) -> str:
     return str(value)
 
 
+# A file's first bytes -> what it is, to say so when it is sent to a text model.
+SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"), (b"GIF89a", "a GIF image"), (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF-", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"), (b"\x1f\x8b", "a gzip archive"),
+    (b"fLaC", "a FLAC recording"), (b"OggS", "an Ogg recording"), (b"ID3", "an MP3 recording"),
+)
+
+
+def sniff(data: bytes) -> str | None:
+    """What ``data`` looks like from its first bytes (a PNG image, ...); None if unknown."""
+    if data[:4] == b"RIFF" and data[8:12] in (b"WEBP", b"WAVE"):
+        return "a WebP image" if data[8:12] == b"WEBP" else "a WAV recording"
+    return next((what for sig, what in SIGNATURES if data.startswith(sig)), None)
+
+
+def _not_text(data: bytes, ctype: str | None = None) -> str:
+    """The message for a body that is no text: what it looks like, and what to send."""
+    what = sniff(data)
+    looks = (f"the body looks like {what}" if what
+             else f"the body is sent as {ctype}" if ctype else "the body is not UTF-8 text")
+    return f'this model reads text; send JSON {{"text": ...}} \u2014 {looks}'
+
+
 def _json_text(body: bytes) -> str:
     import json
 
     try:
         parsed = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise BodyError(400, "the body is not valid JSON: it is not UTF-8 "
+                             f"({_not_text(body)})") from None
+    except json.JSONDecodeError as exc:
         raise BodyError(400, f"the body is not valid JSON ({exc})") from None
     except RecursionError:
         raise BodyError(400, "the JSON body is nested too deeply; send "
                              '{"text": "..."}') from None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str):
         raise BodyError(422, 'send {"text": "..."}: a JSON object with a string field '
-                             "'text'")
+                             "'text'", "text")
+    extra = sorted(k for k in parsed if k != "text")
+    if extra:
+        raise BodyError(422, f"the JSON object has a field {extra[0]!r} this model does not "
+                             'read; send {"text": "..."} alone', extra[0])
     return parsed["text"]
 
 
-def _text_of(data: bytes, settings) -> str:
+def _text_of(data: bytes, settings, field: str | None) -> str:
     try:
-        return _check_text(data.decode("utf-8-sig"), settings)
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise BodyError(422, f"the text is not UTF-8 (byte {exc.start}); send UTF-8 "
-                             "text") from None
+        if sniff(data):
+            raise BodyError(422, _not_text(data), field) from None
+        raise BodyError(422, f"the text is not UTF-8 (byte {exc.start}: "
+                             f"0x{data[exc.start]:02x}); send UTF-8 text", field) from None
+    return _check_text(text, settings, field)
 
 
-def _check_text(text: str, settings) -> str:
+def _check_text(text: str, settings, field: str | None) -> str:
     if len(text) > settings.max_text_chars:
         raise BodyError(413, f"the text has {len(text):,} characters, more than the limit "
-                             f"of {settings.max_text_chars:,}")
+                             f"of {settings.max_text_chars:,}", field)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, from a JSON \ud800 escape
+        raise BodyError(422, f"the text holds a lone surrogate (character {exc.start}); "
+                             "send valid Unicode", field) from None
+    if not text.strip():
+        raise BodyError(422, "empty text: there is nothing to classify", field)
     return text

@@ -406,7 +406,7 @@ def create_app(models, settings: ServeSettings | None = None):
             return await predict(model, request, top_k)
         return endpoint
 
-    docs = {"response_model": None, "dependencies": guarded,
+    docs: dict[str, Any] = {"response_model": None, "dependencies": guarded,
             "responses": {200: {"model": Prediction}, **predict_errors}}
     app.add_api_route("/predict", predict_route(served[default]), methods=["POST"],
                       operation_id="predict", summary=f"Predict with the default model "

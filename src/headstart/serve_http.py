@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ class KeyCheck(HTTPBearer):
                              "secrets; print(secrets.token_urlsafe(32))'`) into the key file")
         self.key = key.encode("utf-8")
 
-    async def __call__(self, request: Request) -> None:
+    async def __call__(self, request: HTTPConnection) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if not header or scheme.lower() != "bearer" or not given.strip():

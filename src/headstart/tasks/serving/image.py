@@ -72,7 +72,8 @@ def open_image(item, max_pixels: int | None = MAX_PIXELS):
         raise
     except Image.DecompressionBombError as exc:  # PIL's own guard, raised while opening
         size = header_size(item)
-        limit = min(max_pixels or Image.MAX_IMAGE_PIXELS * 2, Image.MAX_IMAGE_PIXELS * 2)
+        bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL refuses past twice its warning limit
+        limit = min(max_pixels or bomb, bomb)
         if size is None:
             raise ItemTooLarge(f"{name}: the image header says it has more pixels than the "
                                f"limit of {limit:,}; downscale it") from exc

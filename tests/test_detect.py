@@ -527,7 +527,7 @@ def test_resume_continues_where_it_stopped(small, tmp_path):
     with pytest.raises(Interrupt):
         ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run,
                        **settings).fit(small, callbacks=[stop_in_epoch_3])
-    assert (run / "checkpoint").is_dir()
+    assert (run / "checkpoints" / "last").is_dir()  # the shared loop's checkpoint
     assert not (run / "config.json").exists()  # the run was not finished
 
     seen = []
@@ -536,7 +536,7 @@ def test_resume_continues_where_it_stopped(small, tmp_path):
     assert [r["epoch"] for r in seen] == [3, 4], "resume must continue, not restart"
     assert [r["epoch"] for r in det.history_] == [1, 2, 3, 4]
     assert [r["global_epoch"] for r in det.history_] == [1, 2, 3, 4]
-    assert (run / "checkpoint").is_dir() and (run / "config.json").is_file()
+    assert (run / "checkpoints" / "last").is_dir() and (run / "config.json").is_file()
     with open(run / "history.csv", newline="") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
@@ -569,7 +569,8 @@ def test_resume_without_a_checkpoint_says_so(small, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="headstart"):
         ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run, **QUICK).fit(
             small, resume=True)
-    assert f"no checkpoint in {run / 'checkpoint'}; starting a new fit" in caplog.text
+    assert f"no checkpoint in {run / 'checkpoints' / 'last'}; starting a new fit" in \
+        caplog.text
     assert (run / "config.json").is_file()
 
 
@@ -819,12 +820,3 @@ def test_metrics_duplicates_match_once():
     preds = [_pred([box, box + 1], [0.9, 0.8], ["square", "square"])]
     m = detection_metrics(preds, truths, CLASSES)
     assert m["recall"] == 1.0 and m["precision"] == pytest.approx(0.5)
-
-
-def test_detection_under_a_launcher_is_refused(source, monkeypatch):
-    """torchrun would start N detectors each training alone on the same run: refused."""
-    from headstart.tasks.detect import ObjectDetector
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="one process"):
-        ObjectDetector("tiny:cnn").fit(source)

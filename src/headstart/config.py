@@ -352,5 +352,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "early_stopping": 8,
         "augment": "light",
         "val_fraction": 0.2,
+        "warmup_steps": 0,  # 5% of the steps warm up, however few (tiles come in fours)
+        "channels_last": False,
     },
 }

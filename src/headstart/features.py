@@ -64,9 +64,14 @@ def clear_memory_cache() -> None:
 
 
 def to_device(x, device, channels_last: bool = False):
-    """A batch (a tensor, or a dict of tensors for text) on ``device``."""
+    """A batch on ``device``: a tensor, a dict of tensors (text), or lists / tuples of
+    these (detection: images and their targets); anything else stays as it is."""
     if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
+        return {k: to_device(v, device, channels_last) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device, channels_last) for v in x)
+    if not isinstance(x, torch.Tensor):
+        return x
     x = x.to(device, non_blocking=True)
     if channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -34,6 +34,9 @@ class Stage:
     lr_decay: float
     bn: str  # "frozen" | "train": BN statistics in the groups that train
     adapters: bool = False  # train the backbone's LoRA adapters (and nothing else of it)
+    # bn "frozen" also keeps the BN affine weights of the groups that train fixed (detection:
+    # torchvision's FrozenBatchNorm2d; batches of a few tiles)
+    bn_weights_frozen: bool = False
 
     @property
     def head_only(self) -> bool:
@@ -52,12 +55,14 @@ class Strategy:
     def to_dict(self) -> dict:
         return {"name": self.name, "stages": [asdict(s) for s in self.stages]}
 
-    def describe(self, groups: list[LayerGroup] | None = None) -> str:
+    def describe(self, groups: list[LayerGroup] | None = None, cached: bool = True) -> str:
+        """``cached``: head-only stages run on cached backbone features (not detection's)."""
         lines = [f"strategy {self.name}:"]
         for s in self.stages:
             if s.head_only:
-                lines.append(f"  {s.name}: {s.epochs} epochs, trains the head only on cached "
-                             f"features, head lr {s.head_lr:g}")
+                where = "on cached features" if cached else "(backbone frozen)"
+                lines.append(f"  {s.name}: {s.epochs} epochs, trains the head only {where}, "
+                             f"head lr {s.head_lr:g}")
                 continue
             if s.adapters:
                 lines.append(f"  {s.name}: {s.epochs} epochs, trains LoRA adapters (lr "
@@ -121,6 +126,33 @@ def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = 
     return Strategy(name, stages)
 
 
+DETECT_STRATEGIES = ("feature_extract", "partial", "finetune", "lp_ft")
+
+
+def build_detection_strategy(cfg: FitConfig) -> Strategy:
+    """A detector's stages. The new layers (feature pyramid, RPN, box heads) always train,
+    at ``head_lr``: ``feature_extract`` trains them alone for ``epochs``; ``partial`` with
+    the last ``partial_groups`` backbone groups; ``finetune`` with every group; ``lp_ft``
+    alone for ``head_epochs``, then with every group for ``epochs``. BatchNorm (statistics
+    and affine weights) is frozen on pretrained weights (batches of a few tiles) and
+    trains on a from-scratch backbone (``bn`` overrides)."""
+    if cfg.strategy not in DETECT_STRATEGIES:
+        raise ValueError(f"strategy={cfg.strategy!r} is not available for detection; "
+                         f"choose one of {', '.join(DETECT_STRATEGIES)}")
+    bn = cfg.bn if cfg.bn != "auto" else \
+        "train" if cfg.backbone.startswith("scratch:") else "frozen"
+
+    def stage(name: str, groups: int, epochs: int) -> Stage:
+        return Stage(name, groups, epochs, cfg.lr, cfg.head_lr, cfg.lr_decay, bn,
+                     bn_weights_frozen=True)
+
+    stages = {"feature_extract": (stage("heads", 0, cfg.epochs),),
+              "partial": (stage("partial", cfg.partial_groups, cfg.epochs),),
+              "finetune": (stage("finetune", ALL, cfg.epochs),),
+              "lp_ft": (stage("heads", 0, cfg.head_epochs), stage("finetune", ALL, cfg.epochs))}
+    return Strategy(cfg.strategy, stages[cfg.strategy])
+
+
 def _is_bn(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._BatchNorm)
 
@@ -144,9 +176,12 @@ def configure_stage(backbone: nn.Module, head: nn.Module, groups: list[LayerGrou
         for p in adapters:
             p.requires_grad_(True)
         param_groups += _split_decay(adapters, stage.lr, weight_decay, "lora")
+    frozen_bn = {id(p) for i in trainable for module in groups[i].modules
+                 for m in module.modules() if _is_bn(m) for p in m.parameters()} \
+        if stage.bn == "frozen" and stage.bn_weights_frozen else set()
     for i in trainable:
         lr = stage.lr * stage.lr_decay ** (n - 1 - i)
-        params = list(groups[i].parameters())
+        params = [p for p in groups[i].parameters() if id(p) not in frozen_bn]
         for p in params:
             p.requires_grad_(True)
         param_groups += _split_decay(params, lr, weight_decay, groups[i].name)

@@ -228,8 +228,13 @@ class Trainer:
     """Runs a strategy's stages on a TransferModel.
 
     ``features(split)`` returns cached ``(features, labels)`` for "train"/"val" and is
-    called only for head-only stages; ``train_set``/``val_set`` yield ``(input, label)``.
+    called only for head-only stages (None: a task without cached features, detection,
+    trains them on the whole model with the backbone frozen); ``train_set``/``val_set``
+    yield ``(input, label)``. A task overrides ``loss`` and ``evaluate_loader``; a loss may
+    return a dict of named terms: their sum trains, and each term's epoch mean is logged.
     """
+
+    max_grad_norm: float | None = None  # clip the gradients' norm to this (None: no clipping)
 
     def __init__(self, model: TransferModel, groups: list[LayerGroup], strategy: Strategy,
                  cfg: FitConfig, *, train_set: Dataset, val_set: Dataset | None, features,
@@ -356,8 +361,8 @@ class Trainer:
             self._store(self._changeable_tensors(), "start", state.kept["where"])
         if len(state.stage_summaries) <= s:
             state.stage_summaries.append(summary)
-        module = self.model.head if stage.head_only else self.model
-        sharded = self.fsdp and not stage.head_only
+        module = self.model.head if self._on_features(stage) else self.model
+        sharded = self.fsdp and not self._on_features(stage)
         if sharded:  # train a sharded copy; self.model gets its full weights every epoch
             module, params = self._shard(params)
         train_loader, val_loader = self._loaders(stage)
@@ -389,14 +394,14 @@ class Trainer:
             train_loss = self._train_epoch(prepared, stage, s, epoch, train_loader, optimizer,
                                            scheduler)
             row = {"stage": stage.name, "epoch": epoch + 1, "global_epoch": len(state.history) + 1,
-                   "train_loss": train_loss, "train_items": self.items_seen,
+                   "train_loss": train_loss, **self.loss_terms, "train_items": self.items_seen,
                    "lr": scheduler.get_last_lr()[-1]}
             if sharded:
                 self._gather_full(prepared)
             if val_loader is not None:
                 row.update(self.evaluate_loader(prepared, val_loader))
             row["seconds"] = time.perf_counter() - t0
-            if self.budget and epoch == 0 and not stage.head_only:
+            if self.budget and epoch == 0 and not self._on_features(stage):
                 cap = self._budget_epochs(s, stage, row["seconds"])
                 state.epoch_caps[str(s)] = cap
                 if cap < stage.epochs:  # the rest of the schedule, compressed into cap epochs
@@ -408,7 +413,7 @@ class Trainer:
                         scheduler.step()
             if epoch + 1 < stage.epochs and epoch == first_epoch:
                 sooner = "; early stopping may end the stage sooner" if (
-                    self.cfg.early_stopping and not stage.head_only) else ""
+                    self.cfg.early_stopping and not self._on_features(stage)) else ""
                 say_time_left(stage.name, row["seconds"] * (stage.epochs - epoch - 1),
                               f"{stage.epochs - epoch - 1} more epoch(s) at "
                               f"{row['seconds']:.1f} s each, validation included{sooner}")
@@ -434,7 +439,7 @@ class Trainer:
         its first epoch took ``epoch_seconds``; later stages that train backbone layers get
         their share by their planned epochs."""
         elapsed = self._seconds_before + time.perf_counter() - self._started
-        later = sum(t.epochs for t in self.strategy.stages[s + 1:] if not t.head_only)
+        later = sum(t.epochs for t in self.strategy.stages[s + 1:] if not self._on_features(t))
         share = stage.epochs / (stage.epochs + later)
         left = (self.budget - elapsed) * share
         cap = max(1, min(stage.epochs, 1 + int(left // max(epoch_seconds, 1e-9))))
@@ -448,9 +453,13 @@ class Trainer:
                      stage.name, stage.epochs)
         return cap
 
+    def _on_features(self, stage: Stage) -> bool:
+        """Whether ``stage`` trains the head alone on cached backbone features."""
+        return stage.head_only and self.features is not None
+
     def _loaders(self, stage: Stage):
         cfg = self.cfg
-        if stage.head_only:
+        if self._on_features(stage):
             with sharded_passes():  # every process runs these passes: each computes a share
                 x, y = self.features("train")
                 val = TensorDataset(*self.features("val")) if self.val_set is not None else None
@@ -503,11 +512,11 @@ class Trainer:
         torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, s, epoch, 17])
                               .generate_state(1)[0]))
         module.train()
-        if not stage.head_only:
+        if not self._on_features(stage):
             model, groups = self._live or (self.model, self.groups)
             set_bn_mode(model.backbone, groups, stage)
-        total, count = 0.0, 0
-        mixer = None if stage.head_only else batch_mixer(self.cfg, s, epoch)  # --mix
+        total, count, terms = 0.0, 0, {}
+        mixer = None if self._on_features(stage) else batch_mixer(self.cfg, s, epoch)  # --mix
         bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
                    disable=None)
         t0, steps, estimate_at = time.perf_counter(), len(loader), None
@@ -520,13 +529,20 @@ class Trainer:
             with self.accelerator.autocast():
                 if mixer is not None:
                     loss = mixed_loss(self.loss, module(x))
-                elif self.cfg.contrastive and not stage.head_only and not y.dtype.is_floating_point:
+                elif self.cfg.contrastive and not self._on_features(stage) and \
+                        not y.dtype.is_floating_point:
                     logits, feats = module(x, return_features=True)
                     loss = self.loss(logits, y) + self.cfg.contrastive * \
                         supervised_contrastive_loss(feats, y)
                 else:
                     loss = self.loss(module(x), y)
+            if isinstance(loss, dict):  # named terms (detection): their sum trains
+                for k, v in loss.items():
+                    terms[k] = terms.get(k, 0.0) + float(v.detach()) * len(y)
+                loss = sum(loss.values())
             self.accelerator.backward(loss)
+            if self.max_grad_norm:
+                self.accelerator.clip_grad_norm_(module.parameters(), self.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -538,11 +554,15 @@ class Trainer:
                 left = per_step * ((stage.epochs - epoch) * steps - i)
                 say_time_left(stage.name, left, f"{stage.epochs - epoch} epoch(s) of {steps} "
                               f"steps at {per_step:.2f} s per step, validation not counted")
+        names = sorted(terms)
         if self.accelerator.num_processes > 1:  # the epoch's loss over every process's items
-            both = self.accelerator.reduce(torch.tensor([total, float(count)],
-                                                        device=self.device), "sum")
-            total, count = float(both[0]), int(both[1])
+            sums = self.accelerator.reduce(torch.tensor(
+                [total, float(count), *(terms[k] for k in names)], dtype=torch.float64,
+                device=self.device), "sum")
+            total, count = float(sums[0]), int(sums[1])
+            terms = {k: float(v) for k, v in zip(names, sums[2:])}
         self.items_seen = count
+        self.loss_terms = {k: terms[k] / max(count, 1) for k in names}
         return total / max(count, 1)
 
     def _to_device(self, x):
@@ -687,7 +707,7 @@ class Trainer:
         state.bad_epochs += 1
         # a head-only stage on cached features costs little per epoch: it runs its whole
         # schedule (stopped while its rate is still near the peak, the probe is unfinished)
-        return bool(self.cfg.early_stopping) and not stage.head_only and \
+        return bool(self.cfg.early_stopping) and not self._on_features(stage) and \
             state.bad_epochs >= self.cfg.early_stopping
 
     def _score(self, row: dict) -> float:

@@ -73,6 +73,15 @@ def resolve_config(est) -> FitConfig:
     return cfg.replace(**changes)
 
 
+def fit_fingerprint(cfg: FitConfig, train_src, val_src) -> str:
+    """What a checkpoint must have been written with for a fit to resume from it: the
+    settings (but the ``_RESUME_NEUTRAL`` ones) and the training and validation data."""
+    return hashlib.sha256(json.dumps(
+        [{k: v for k, v in cfg.to_dict().items() if k not in _RESUME_NEUTRAL},
+         train_src.fingerprint(), val_src.fingerprint() if val_src else None],
+        sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
 def tta_views(est, tta: str | None) -> list:
     """The test-time views of ``est`` that ``tta`` names ([] for None / ``none``); a clear
     error where its task has none (text, audio, detection)."""
@@ -266,10 +275,7 @@ class TransferEstimator(BaselineMixin):
                                          self.preprocess_, parts, cfg)[0]
             return feats[i], torch.as_tensor(parts[i].labels)
 
-        fingerprint = hashlib.sha256(json.dumps(
-            [{k: v for k, v in cfg.to_dict().items() if k not in _RESUME_NEUTRAL},
-             train_src.fingerprint(), val_src.fingerprint() if val_src else None],
-            sort_keys=True, default=str).encode()).hexdigest()[:24]
+        fingerprint = fit_fingerprint(cfg, train_src, val_src)
         run_dir = Path(self.run_dir) if self.run_dir else None
         self.fingerprint_ = fingerprint  # saved in config.json: a resume knows it is done
         if resume and self._load_finished(run_dir, strategy, cfg):

@@ -108,3 +108,7 @@ def test_public_names_load_on_first_use():
         assert "NoSuchThing" in str(e)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+def test_all_names_every_public_name():
+    assert sorted(headstart.__all__) == sorted(headstart._PUBLIC)

@@ -94,7 +94,7 @@ def test_a_difference_within_the_test_noise_is_a_tie():
 
 
 def test_the_classic_baseline_joins_the_verdict():
-    from headstart.study import BASELINE, describe_gain
+    from headstart.report.words import BASELINE, describe_gain
 
     res = _result({"lp_ft": [0.80, 0.90, 0.95], SCRATCH: [0.50, 0.60, 0.70],
                    BASELINE: [0.90, 0.91, 0.92]})

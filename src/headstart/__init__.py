@@ -29,7 +29,8 @@ _PUBLIC = {
     "create_backbone": ".zoo",
     "list_models": ".zoo",
 }
-__all__ = sorted(_PUBLIC)
+__all__ = ["AudioClassifier", "FitConfig", "ImageClassifier", "NotFittedError", "ObjectDetector",
+           "SpeechRecognizer", "TextClassifier", "create_backbone", "list_models", "rank"]
 
 if TYPE_CHECKING:
     from .config import FitConfig

@@ -98,6 +98,7 @@ def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = 
     probe = stage("linear_probe", 0, cfg.head_epochs, "frozen")
     # auto trains lp_ft; the estimator then weighs it against the classic baseline
     name = AUTO_TRANSFER if cfg.strategy == "auto" else cfg.strategy
+    stages: tuple[Stage, ...]
     if name == "feature_extract":
         stages = (probe,)
     elif name == "finetune":

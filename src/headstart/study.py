@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .report.words import BASELINE, SCRATCH, describe_gain
+from .report.words import BASELINE, SCRATCH
 
 log = logging.getLogger(__name__)
 

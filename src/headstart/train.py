@@ -23,6 +23,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -236,14 +237,15 @@ class Trainer:
 
     max_grad_norm: float | None = None  # clip the gradients' norm to this (None: no clipping)
 
-    def __init__(self, model: TransferModel, groups: list[LayerGroup], strategy: Strategy,
+    def __init__(self, model: nn.Module, groups: list[LayerGroup], strategy: Strategy,
                  cfg: FitConfig, *, train_set: Dataset, val_set: Dataset | None, features,
                  run_dir: str | Path | None = None, accelerator=None, collate_fn=None,
                  fingerprint: str = "", callbacks=(), class_weights: torch.Tensor | None = None,
                  sample_weights: torch.Tensor | None = None):
         from accelerate import Accelerator
 
-        self.model = model
+        # a TransferModel, or a task's model with the same .backbone / .head (detection's)
+        self.model: Any = model
         self.groups = groups
         self.strategy = strategy
         if cfg.monitor == "auto":  # fit resolves it from the training labels (imbalance.plan)
@@ -274,8 +276,8 @@ class Trainer:
         if self.fsdp and cfg.precision == "fp16":
             raise ValueError("parallel fsdp with precision fp16 is not supported (its loss "
                              "scaler is not shard-aware): use --precision bf16 or no")
-        self._mesh = None
-        self._live = None  # FSDP: (sharded copy of the model, its layer groups) while it trains
+        self._mesh: Any = None  # FSDP's device mesh, made on first use
+        self._live: tuple[TransferModel, list[LayerGroup]] | None = None  # FSDP: (sharded copy of the model, its layer groups) while it trains
         self.num_workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         # class imbalance (headstart.imbalance): per-class loss weights, or per-item
@@ -287,7 +289,7 @@ class Trainer:
         self._estimated = False  # this stage's remaining time has been logged
         self.budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
         self._started, self._seconds_before = time.perf_counter(), 0.0
-        self._tb = None
+        self._tb: Any = None  # the TensorBoard writer, opened with the first epoch
         # names of the parameters some stage trains: checkpoints hold these and the buffers;
         # every other tensor is the built model's, unchanged by training (a feature-extract
         # fit of a 90 MB MiniLM wrote 90 MB twice per head epoch, 6x the fit's own time)
@@ -358,10 +360,11 @@ class Trainer:
         self._trained.update(n for n, p in self.model.named_parameters(remove_duplicate=False)
                              if p.requires_grad)
         if starting:  # the candidate this stage must beat, with the weights it will train
+            assert state.kept is not None  # "starting" is defined by it
             self._store(self._changeable_tensors(), "start", state.kept["where"])
         if len(state.stage_summaries) <= s:
             state.stage_summaries.append(summary)
-        module = self.model.head if self._on_features(stage) else self.model
+        module: nn.Module = self.model.head if self._on_features(stage) else self.model
         sharded = self.fsdp and not self._on_features(stage)
         if sharded:  # train a sharded copy; self.model gets its full weights every epoch
             module, params = self._shard(params)
@@ -438,6 +441,7 @@ class Trainer:
         """``time_budget``: how many epochs of stage ``s`` fit in what is left of it, after
         its first epoch took ``epoch_seconds``; later stages that train backbone layers get
         their share by their planned epochs."""
+        assert self.budget is not None  # called only with a time budget
         elapsed = self._seconds_before + time.perf_counter() - self._started
         later = sum(t.epochs for t in self.strategy.stages[s + 1:] if not self._on_features(t))
         share = stage.epochs / (stage.epochs + later)
@@ -459,6 +463,9 @@ class Trainer:
 
     def _loaders(self, stage: Stage):
         cfg = self.cfg
+        train: Any
+        val: Any
+        batches: Sampler
         if self._on_features(stage):
             with sharded_passes():  # every process runs these passes: each computes a share
                 x, y = self.features("train")
@@ -515,7 +522,8 @@ class Trainer:
         if not self._on_features(stage):
             model, groups = self._live or (self.model, self.groups)
             set_bn_mode(model.backbone, groups, stage)
-        total, count, terms = 0.0, 0, {}
+        total, count = 0.0, 0
+        terms: dict[str, float] = {}  # a named loss's epoch sums
         mixer = None if self._on_features(stage) else batch_mixer(self.cfg, s, epoch)  # --mix
         bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
                    disable=None)
@@ -532,8 +540,9 @@ class Trainer:
                 elif self.cfg.contrastive and not self._on_features(stage) and \
                         not y.dtype.is_floating_point:
                     logits, feats = module(x, return_features=True)
-                    loss = self.loss(logits, y) + self.cfg.contrastive * \
-                        supervised_contrastive_loss(feats, y)
+                    ce = self.loss(logits, y)
+                    assert isinstance(ce, torch.Tensor)  # classification: one loss tensor
+                    loss = ce + self.cfg.contrastive * supervised_contrastive_loss(feats, y)
                 else:
                     loss = self.loss(module(x), y)
             if isinstance(loss, dict):  # named terms (detection): their sum trains
@@ -568,7 +577,7 @@ class Trainer:
     def _to_device(self, x):
         return to_device(x, self.device, self.cfg.channels_last)
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: Any, y: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Cross-entropy (label-smoothed); binary cross-entropy per class for multi-label
         targets (0/1 rows), with the same smoothing towards 0.5."""
         if y.dtype.is_floating_point:
@@ -740,11 +749,20 @@ class Trainer:
             return None
         return self._stored.get(name)
 
+    def _weights(self, name: str) -> dict[str, torch.Tensor]:
+        """Stored weights the loop's state says exist (``_stored_weights`` where they may
+        not)."""
+        weights = self._stored_weights(name)
+        if weights is None:
+            raise RuntimeError(f"the {name!r} weights of this fit are missing from "
+                               f"{self.run_dir or 'memory'}")
+        return weights
+
     def _restore_kept(self, state: LoopState) -> None:
-        weights = self._stored_weights("kept")
-        if weights is not None:
-            self._load_weights(weights, f"the kept weights ({state.kept['where']})")
-            state.best_where = state.kept["where"]
+        weights, kept = self._stored_weights("kept"), state.kept
+        if weights is not None and kept is not None:
+            self._load_weights(weights, f"the kept weights ({kept['where']})")
+            state.best_where = kept["where"]
 
     def _settle_stage(self, s: int, state: LoopState, val_loader) -> None:
         """At a stage's end: the weights the fit keeps so far, by the rule of
@@ -763,13 +781,13 @@ class Trainer:
         best = Candidate(state.best_where, state.best[0], -state.best[1], order=2 * s + 1)
         if state.kept is None or self.cfg.keep == "last_stage":
             state.kept, state.selection = best.to_dict(), f"kept {best.where}"
-            self._store(self._stored_weights("best"), "kept", best.where)
+            self._store(self._weights("best"), "kept", best.where)
             return
         earlier = Candidate(**state.kept)
         candidates = [earlier, best]
         # "start", not "kept": a resume after a crash between writing the winner and the
         # checkpoint settles the stage again from the same weights
-        start, end = self._stored_weights("start"), self._stored_weights("best")
+        start, end = self._weights("start"), self._weights("best")
         mixes = {}
         if self.cfg.wise_ft and not stage.head_only and val_loader is not None:
             for alpha in (0.25, 0.5, 0.75):
@@ -848,7 +866,8 @@ class Trainer:
         return self.run_dir / "checkpoints" / "last" if self.run_dir else None
 
     def _save(self, state: LoopState, optimizer, scheduler) -> None:
-        if self.run_dir is None:
+        ckpt = self._checkpoint_dir()
+        if ckpt is None:
             return
         # under FSDP every process takes part in gathering the optimizer's shards
         opt_sd = self._full_optimizer_state(optimizer) if optimizer is not None else None
@@ -858,16 +877,16 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"fingerprint": self.fingerprint, "loop": asdict(state),
                 "fixed": self._fixed_checksum()}
-        if optimizer is not None:
+        if opt_sd is not None:
             opt_tensors, opt_meta = optimizer_to_flat(opt_sd)
             tensors.update(opt_tensors)
             meta["optimizer"] = opt_meta
             meta["scheduler"] = scheduler.state_dict()
-        save_checkpoint(self._checkpoint_dir(), tensors, meta)
+        save_checkpoint(ckpt, tensors, meta)
         self._write_history(state.history)
 
     def _write_history(self, history: list[dict]) -> None:
-        if not history:
+        if not history or self.run_dir is None:
             return
         columns = list(dict.fromkeys(k for row in history for k in row))
         buf = io.StringIO()
@@ -923,6 +942,7 @@ def launched_processes() -> int:
 def default_workers() -> int:
     import os
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return 0 if (cores or 1) <= 2 else min(4, cores - 1)
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count()) or 1
+    return 0 if cores <= 2 else min(4, cores - 1)
 

@@ -151,7 +151,8 @@ def cmd_rank(args) -> int:
 def cmd_study(args) -> int:
     from tqdm.auto import tqdm
 
-    from ..study import describe_gain, run_study
+    from ..report.words import describe_gain
+    from ..study import run_study
 
     if not args.verbose:  # one line per run, not every epoch of every run
         quiet_library_logs()

@@ -56,6 +56,7 @@ class AudioClassifier(TransferEstimator):
     """
 
     task = "audio"
+    preprocess_: AudioPreprocess
     modality = "audio"
     serving_class = AudioServing
     defaults = AUDIO_DEFAULTS

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from ..metrics import classification_metrics, multilabel_metrics
 from ..strategies import build_strategy
 from ..train import Trainer, default_workers, use_cpu
 from ..zoo import create_backbone, rebuild_backbone
-from ..zoo.base import Backbone, PreprocessConfig, ZooError, preprocess_from_dict
+from ..zoo.base import Backbone, InputSpec, ZooError, preprocess_from_dict
 from ..zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
 from .baselined import BaselineMixin
 
@@ -111,6 +112,11 @@ class TransferEstimator(BaselineMixin):
     defaults: dict = {}  # the task's own FitConfig defaults (text: MiniLM, its LRs, ...)
     augments: tuple[str, ...] = ("none", "light", "strong")  # the --augment its data takes
     mixes = False  # whether --mix (MixUp / CutMix of the training batches) applies
+    preprocess_: InputSpec  # fitted: the input the model was trained on
+    fit_seconds_: float | None
+    best_: Any  # where the kept weights come from (a detector: its best epoch's row)
+    data_origin_: str | None
+    fingerprint_: str | None
 
     def __init__(self, backbone: str | None = None, strategy: str | None = None,
                  config: FitConfig | None = None, run_dir: str | Path | None = None, **params):
@@ -139,10 +145,10 @@ class TransferEstimator(BaselineMixin):
     def _open_unlabeled(self, X):
         raise NotImplementedError
 
-    def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> PreprocessConfig:
+    def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> InputSpec:
         return backbone.preprocess
 
-    def _dataset(self, source, preprocess: PreprocessConfig, train: bool,
+    def _dataset(self, source, preprocess: Any, train: bool,
                  cfg: FitConfig, backbone: Backbone | None = None) -> Dataset:
         """``backbone``: the one the items are for (default: the fitted model's)."""
         raise NotImplementedError
@@ -174,7 +180,10 @@ class TransferEstimator(BaselineMixin):
         """Task extras reported beside the metrics on ``source`` (``proba``: the
         network's own probabilities)."""
 
-    trainer = Trainer  # the training loop (speech recognition: CTC loss and error rates)
+    def trainer(self, *args, **kwargs) -> Trainer:
+        """The training loop of this task's fit (speech recognition: CTC loss and error
+        rates, after checking the transcripts fit the clips)."""
+        return Trainer(*args, **kwargs)
 
     @staticmethod
     def _new_head(backbone: Backbone, n_out: int, spec: HeadSpec):
@@ -639,19 +648,19 @@ class TransferEstimator(BaselineMixin):
         if assets:
             backbone.save_assets(run_dir / assets)
         if backbone.lora:
-            self._save_adapter(run_dir / "adapter")
+            self._save_adapter(run_dir / "adapter", backbone.lora)
         atomic_save_tensors(run_dir / RUN_WEIGHTS,
                             state_dict_tensors(self.model_), metadata={"format": "pt"})
         self._save_baseline(run_dir)
         atomic_write_json(run_dir / RUN_CONFIG, self.run_config())
         return run_dir
 
-    def _save_adapter(self, folder: Path) -> None:
+    def _save_adapter(self, folder: Path, lora: dict) -> None:
         """The LoRA adapter in PEFT's own format (``PeftModel.from_pretrained`` reads it
         onto the source model), and the new head beside it."""
         from peft import LoraConfig
 
-        backbone, lora = self.model_.backbone, self.model_.backbone.lora
+        backbone = self.model_.backbone
         tensors = {f"base_model.model.{k.removeprefix('model.').replace('.default', '')}": v
                    for k, v in state_dict_tensors(backbone).items() if "lora_" in k}
         config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],

@@ -26,6 +26,7 @@ class ImageClassifier(TransferEstimator):
     """
 
     task = "image"
+    preprocess_: PreprocessConfig
     modality = "image"
     serving_class = ImageServing
     defaults = TASK_DEFAULTS["image"]  # none: FitConfig's are the image ones

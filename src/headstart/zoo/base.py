@@ -15,6 +15,7 @@ Tasks (image, text, audio, ...) are written once against this contract.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TypeAlias
 
 from torch import nn
@@ -246,6 +247,11 @@ class Backbone(nn.Module):
         """What rebuilds this network without downloading anything: the id of the family
         adapter that creates it (``pretrained=False``) and the cut; weights come after."""
         return {"id": getattr(self, "arch_id", self.id), "cut": self.cut}
+
+    def save_assets(self, folder: str | Path) -> None:
+        """Write what rebuilding needs beside the weights (a text model's tokenizer and
+        config), for families whose ``architecture()`` names an ``assets`` folder."""
+        raise NotImplementedError(f"{type(self).__name__} names no assets to save")
 
 
 class ZooError(RuntimeError):

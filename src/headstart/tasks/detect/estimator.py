@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,9 +29,9 @@ from ...data.boxes import BoxSource, read_boxes, spatial_split, tile_source
 from ...data.images import DataError
 from ...strategies import DETECT_STRATEGIES, build_detection_strategy
 from ...zoo import create_backbone, rebuild_backbone
-from ...zoo.base import ZooError
+from ...zoo.base import PreprocessConfig, ZooError
 from ...zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
-from ..base import FORMAT_VERSION, TransferEstimator, fit_fingerprint
+from ..base import FORMAT_VERSION, TransferEstimator, fit_fingerprint, tta_views
 from ..serving import DetectionServing
 from .data import ImageSet, TileDataset, collate, list_images, load_rgb
 from .metrics import detection_metrics
@@ -65,7 +66,7 @@ class ObjectDetector(TransferEstimator):
     task = "detect"
     modality = "image"
     defaults = TASK_DEFAULTS["detect"]  # over FitConfig's
-    trainer = DetectionTrainer
+    model_: Any  # a torchvision detector (untyped), not a TransferModel
     serving_class = DetectionServing
 
     # ------------------------------------------------------------ settings
@@ -111,8 +112,8 @@ class ObjectDetector(TransferEstimator):
 
             self.backbone_arch_ = {"id": cfg.backbone}
             self.backbone_meta_ = {"id": cfg.backbone, **TORCHVISION_META}
-            model = build_torchvision_detector(cfg.backbone.removeprefix("torchvision:"),
-                                               len(classes), pretrained)
+            model: Any = build_torchvision_detector(cfg.backbone.removeprefix("torchvision:"),
+                                                    len(classes), pretrained)
             self.mean_std_ = (list(model.transform.image_mean), list(model.transform.image_std))
             model.transform = no_resize_transform(*self.mean_std_)
             return model
@@ -122,7 +123,7 @@ class ObjectDetector(TransferEstimator):
             body = create_backbone(cfg.backbone, pretrained=pretrained, cut=cfg.cut)
             self.backbone_arch_ = body.architecture()
             self.backbone_meta_ = body.meta.to_dict()
-        if body.meta.modality != "image":
+        if body.meta.modality != "image" or not isinstance(body.preprocess, PreprocessConfig):
             raise ZooError(f"{cfg.backbone}: a {body.meta.modality} model cannot carry an "
                            "image detector; use an image backbone (packaged:efficientnet_lite0)")
         self.mean_std_ = (list(body.preprocess.mean), list(body.preprocess.std))
@@ -143,6 +144,7 @@ class ObjectDetector(TransferEstimator):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)
         source = read_boxes(X, fix=fix)
+        val_src: BoxSource | None
         if validation is not None:
             train_src = source
             val_src = read_boxes(validation, classes=source.classes, fix=fix)
@@ -170,7 +172,7 @@ class ObjectDetector(TransferEstimator):
             self.best_ = self.metrics_.get("best")
             self.stages_ = _with_epochs(self.stages_, strategy)
             return self
-        trainer = self.trainer(
+        trainer = DetectionTrainer(
             DetectionModel(detector), body_groups(detector), strategy,
             cfg.replace(monitor="loss"),  # val_loss = 1 - mAP@0.5 (see DetectionTrainer)
             train_set=TileDataset(tiles, self.classes_, cfg.augment, cfg.seed),
@@ -205,6 +207,7 @@ class ObjectDetector(TransferEstimator):
         best first; ``X``: image files, folders, or an annotated source (its images)."""
         self._check_fitted()
         bs = batch_size or self.config_.eval_batch_size
+        items: list[tuple[str, tuple[int, int, int, int] | None]]
         if isinstance(X, BoxSource):
             items = [(s.path, s.region()) for s in X.samples]
         else:
@@ -229,17 +232,20 @@ class ObjectDetector(TransferEstimator):
         preds = self.predict(source, score_threshold=0.0)
         return detection_metrics(preds, source.samples, self.classes_)
 
-    def evaluate(self, X, fix: str = "error") -> dict:
+    def evaluate(self, X, y=None, tta: str | None = None, fix: str = "error") -> dict:
         """mAP@0.5, mAP@0.5:0.95, per-class AP (at 0.5 and 0.5:0.95), precision/recall on
-        annotated images."""
+        annotated images (``X`` holds the boxes: ``y`` must be None; no test-time views)."""
         self._check_fitted()
+        if y is not None:
+            raise ValueError("detection reads its boxes from X (COCO / VOC / YOLO); pass y=None")
+        tta_views(self, tta)  # a clear error: detectors have no test-time views
         source = read_boxes(X, classes=self.classes_, fix=fix)
         m = self._evaluate_source(source)
         m["data"] = str(source.origin)
         return m
 
-    def score(self, X) -> float:
-        return self.evaluate(X)["map_50"]
+    def score(self, X, y=None) -> float:
+        return self.evaluate(X, y)["map_50"]
 
     # ------------------------------------------------------------ artifacts
     def run_config(self) -> dict:

@@ -59,9 +59,9 @@ def detection_metrics(preds: list[dict], truths: list[BoxSample], classes: list[
     for c in classes:
         prec = tp[c] / n_pred[c] if n_pred[c] else 0.0
         rec = tp[c] / n_true[c] if n_true[c] else 0.0
-        k = ids.index(index[c]) if index[c] in ids else None
-        per_class[c] = {"ap": per_class_ap[k] if k is not None else float("nan"),
-                        "ap_50": per_class_ap50[k] if k is not None else float("nan"),
+        at = ids.index(index[c]) if index[c] in ids else None
+        per_class[c] = {"ap": per_class_ap[at] if at is not None else float("nan"),
+                        "ap_50": per_class_ap50[at] if at is not None else float("nan"),
                         "precision": prec, "recall": rec,
                         "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
                         "support": n_true[c], "predicted": n_pred[c]}

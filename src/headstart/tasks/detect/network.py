@@ -8,13 +8,14 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ...data.boxes import merge_tile_detections, tile_windows
-from ...zoo.base import Backbone, LayerGroup
+from ...zoo.base import Backbone, LayerGroup, PreprocessConfig, ZooError
 
 MAX_DETECTIONS = 1000  # per image, after tiles are merged
 
@@ -86,6 +87,9 @@ def build_zoo_detector(arch: str, body: Backbone, num_classes: int, fpn_channels
     from torchvision.ops import MultiScaleRoIAlign
 
     pre = body.preprocess
+    if not isinstance(pre, PreprocessConfig):
+        raise ZooError(f"{body.id}: a detector needs an image backbone, not a "
+                       f"{body.meta.modality} one")
     if arch == "fasterrcnn":
         backbone = PyramidBackbone(body, 3, fpn_channels, "pool")
         n_maps = len(backbone.indices) + 1
@@ -147,7 +151,7 @@ def _fcos_head(channels: int, num_classes: int) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- for the loop
-def body_groups(detector: nn.Module) -> list[LayerGroup]:
+def body_groups(detector: Any) -> list[LayerGroup]:
     """The pretrained body's layer groups, early -> late: a zoo backbone's own, or the
     children of a torchvision detector's body (its IntermediateLayerGetter) that hold
     parameters."""
@@ -163,7 +167,7 @@ class NewLayers:
     box heads): what the strategies call the head. A view, not a module: the detector
     owns the layers, so they are saved once."""
 
-    def __init__(self, detector: nn.Module):
+    def __init__(self, detector: Any):  # a torchvision detector (untyped)
         self.detector = detector
 
     def parameters(self):
@@ -175,6 +179,8 @@ class DetectionModel(nn.Module):
     """A torchvision detector as the shared loop trains it: ``backbone`` is the
     pretrained body (its layer groups freeze and unfreeze by stage), ``head`` the new
     layers; ``forward((images, targets))`` returns torchvision's dict of losses."""
+
+    detector: Any  # a torchvision detector (untyped: its sub-modules read as Tensor | Module)
 
     def __init__(self, detector: nn.Module):
         super().__init__()

@@ -4,6 +4,9 @@ detector's own."""
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 
 from ...train import Trainer
@@ -28,8 +31,8 @@ class DetectionTrainer(Trainer):
     classes: list[str] | tuple[str, ...] = ()
     tile_size, tile_overlap, nms_iou = 512, 0.25, 0.5
 
-    def loss(self, losses: dict[str, torch.Tensor], y: torch.Tensor) -> dict:
-        total = sum(losses.values())
+    def loss(self, losses: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
+        total = functools.reduce(operator.add, losses.values())
         if not torch.isfinite(total):
             raise FloatingPointError(f"the detection loss became {float(total)} ("
                                      + ", ".join(f"{k} {float(v):.4g}" for k, v in
@@ -48,5 +51,5 @@ class DetectionTrainer(Trainer):
                               "labels": [self.classes[int(k) - 1] for k in out["labels"]]})
                 truths.append(s)
         detector.train(was)
-        m = detection_metrics(preds, truths, self.classes)
+        m = detection_metrics(preds, truths, list(self.classes))
         return {"val_loss": 1.0 - m["map_50"], "val_map_50": m["map_50"], "val_map": m["map"]}

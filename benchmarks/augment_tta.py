@@ -68,9 +68,16 @@ def run_one(target: str, variant: str, seed: int, settings: dict, test_limit, tt
     t0 = time.perf_counter()
     clf = ImageClassifier(**{**VARIANTS[variant], "seed": seed, **settings}).fit(x, y)
     seconds = time.perf_counter() - t0
-    row = {"target": target, "variant": variant, "seed": seed, "n_test": len(yt),
-           "accuracy": clf.evaluate(xt, yt)["accuracy"], "seconds": round(seconds, 1),
-           "kept": clf.best_, "settings": {**VARIANTS[variant], **settings}}
+    row = {
+        "target": target,
+        "variant": variant,
+        "seed": seed,
+        "n_test": len(yt),
+        "accuracy": clf.evaluate(xt, yt)["accuracy"],
+        "seconds": round(seconds, 1),
+        "kept": clf.best_,
+        "settings": {**VARIANTS[variant], **settings},
+    }
     for kind in tta:
         t0 = time.perf_counter()
         row[f"tta_{kind}"] = clf.evaluate(xt, yt, tta=kind)["accuracy"]
@@ -83,21 +90,33 @@ def summarise(rows: list[dict]) -> None:
     for r in rows:
         by[(r["target"], r["variant"])][r["seed"]] = r
     cols = ["accuracy"] + [f"tta_{k}" for k in TTA]
-    print(f"{'target':<9} {'variant':<12} {'seeds':>5} " + " ".join(f"{c:>15}" for c in cols)
-          + "   per seed (accuracy)")
+    print(
+        f"{'target':<9} {'variant':<12} {'seeds':>5} "
+        + " ".join(f"{c:>15}" for c in cols)
+        + "   per seed (accuracy)"
+    )
     for (target, variant), rs in by.items():
-        med = [statistics.median(r[c] for r in rs.values()) if all(c in r for r in rs.values())
-               else float("nan") for c in cols]
-        print(f"{target:<9} {variant:<12} {len(rs):>5} "
-              + " ".join(f"{100 * m:>14.2f}%" for m in med) + "   "
-              + " ".join(f"{100 * rs[s]['accuracy']:.2f}" for s in sorted(rs)))
+        med = [
+            statistics.median(r[c] for r in rs.values())
+            if all(c in r for r in rs.values())
+            else float("nan")
+            for c in cols
+        ]
+        print(
+            f"{target:<9} {variant:<12} {len(rs):>5} "
+            + " ".join(f"{100 * m:>14.2f}%" for m in med)
+            + "   "
+            + " ".join(f"{100 * rs[s]['accuracy']:.2f}" for s in sorted(rs))
+        )
         base = by.get((target, "default"))
         if base and variant != "default":
             seeds = sorted(set(base) & set(rs))
             d = [100 * (rs[s]["accuracy"] - base[s]["accuracy"]) for s in seeds]
             if d:
-                print(f"{'':<9} {variant} - default: {statistics.median(d):+.2f} points "
-                      f"(per seed {' '.join(f'{v:+.2f}' for v in d)})")
+                print(
+                    f"{'':<9} {variant} - default: {statistics.median(d):+.2f} points "
+                    f"(per seed {' '.join(f'{v:+.2f}' for v in d)})"
+                )
 
 
 def main() -> None:
@@ -105,13 +124,18 @@ def main() -> None:
     parser.add_argument("--targets", default="digits20,fmnist10")
     parser.add_argument("--variants", default="default")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--test-limit", type=int, default=None,
-                        help="score a stratified subset of this many test images")
+    parser.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="score a stratified subset of this many test images",
+    )
     parser.add_argument("--tta", default=",".join(TTA), help="TTA kinds to score ('' = none)")
     parser.add_argument("--out", default="augment_tta.jsonl")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--variant", nargs="+", action="append", default=[],
-                        metavar=("NAME", "KEY=VALUE"))
+    parser.add_argument(
+        "--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE")
+    )
     parser.add_argument("--summary", nargs="*", default=None, metavar="JSONL")
     args = parser.parse_args()
     for name, *items in args.variant:

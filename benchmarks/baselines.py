@@ -42,20 +42,27 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # t quantiles, 95% tw
 
 def accent_fit(target: str, kind: str, seed: int, settings: dict):
     """(fitted classifier, test folder) of the accent task for one seed."""
-    from accent_transfer import RECIPES, fit_eval
-
-    from common import accent_corpus
     from headstart import AudioClassifier
+
+    from accent_transfer import RECIPES, fit_eval
+    from common import accent_corpus
 
     corpus = accent_corpus(ACCENT_DIR, "us", "spanish")
     source_run = ACCENT_DIR / "source-us"
     if not (source_run / "config.json").is_file():
-        fit_eval("scratch:audio:cnn", corpus / "source", corpus / "source-test", "pretrain",
-                 0, source_run)
+        fit_eval(
+            "scratch:audio:cnn",
+            corpus / "source",
+            corpus / "source-test",
+            "pretrain",
+            0,
+            source_run,
+        )
     train = corpus / ("target-train" if target == "accent20" else "target-train-5")
     if kind == "scratch":
-        clf = AudioClassifier("scratch:audio:cnn", seed=seed, baseline=False,
-                              **{**RECIPES["scratch"], **settings})
+        clf = AudioClassifier(
+            "scratch:audio:cnn", seed=seed, baseline=False, **{**RECIPES["scratch"], **settings}
+        )
     else:
         clf = AudioClassifier(str(source_run), seed=seed, **{**RECIPES["adapt"], **settings})
     return clf.fit(str(train)), str(corpus / "target-test")
@@ -79,8 +86,7 @@ def run_one(target: str, kind: str, seed: int, settings: dict, test_limit: int |
     text = target in TEXT_TARGETS
     cls = TextClassifier if text else ImageClassifier
     if kind == "scratch":
-        backbone = (TASK_DEFAULTS["text"]["backbone"] if text
-                    else "packaged:efficientnet_lite0")
+        backbone = TASK_DEFAULTS["text"]["backbone"] if text else "packaged:efficientnet_lite0"
         params = {**SCRATCH_SETTINGS, "backbone": f"scratch:{backbone}", "baseline": False}
     else:
         params = {"strategy": "auto"}
@@ -91,21 +97,36 @@ def run_one(target: str, kind: str, seed: int, settings: dict, test_limit: int |
 
 
 def _row(target, kind, seed, settings, test_limit, seconds, clf, m) -> dict:
-    row = {"target": target, "kind": kind, "seed": seed, "seconds": round(seconds, 1),
-           "n_test": m["n"], "settings": settings, "test_limit": test_limit}
+    row = {
+        "target": target,
+        "kind": kind,
+        "seed": seed,
+        "seconds": round(seconds, 1),
+        "n_test": m["n"],
+        "settings": settings,
+        "test_limit": test_limit,
+    }
     if kind == "scratch":
         row["accuracy"] = m["accuracy"]
         return row
     network = m.get("transfer") or m
-    row.update({"transfer": network["accuracy"], "baseline": m["baseline"]["accuracy"],
-                "baseline_name": m["baseline"]["name"], "auto": m["accuracy"],
-                "kept": clf.metrics_.get("winner", {}).get("kept"),
-                "why": clf.metrics_.get("winner", {}).get("why"),
-                "val": {k: clf.metrics_.get("winner", {}).get(k) for k in ("transfer",
-                                                                          "baseline", "n")},
-                "verdict": {k: m["verdict"][k] for k in ("winner", "diff_points",
-                                                         "low_points", "high_points")},
-                "baseline_cv": clf.metrics_.get("baseline_fit", {}).get("choice", {}).get("cv")})
+    row.update(
+        {
+            "transfer": network["accuracy"],
+            "baseline": m["baseline"]["accuracy"],
+            "baseline_name": m["baseline"]["name"],
+            "auto": m["accuracy"],
+            "kept": clf.metrics_.get("winner", {}).get("kept"),
+            "why": clf.metrics_.get("winner", {}).get("why"),
+            "val": {
+                k: clf.metrics_.get("winner", {}).get(k) for k in ("transfer", "baseline", "n")
+            },
+            "verdict": {
+                k: m["verdict"][k] for k in ("winner", "diff_points", "low_points", "high_points")
+            },
+            "baseline_cv": clf.metrics_.get("baseline_fit", {}).get("choice", {}).get("cv"),
+        }
+    )
     return row
 
 
@@ -120,18 +141,22 @@ def summarise(rows: list[dict]) -> None:
     by = defaultdict(list)
     for r in rows:
         by[(r["target"], r["kind"])].append(r)
-    print(f"{'target':<10} {'seeds':>5} {'transfer':>15} {'baseline':>15} {'scratch':>15} "
-          f"{'auto':>8}  winner (test, beyond the seeds' 95% interval); per-seed verdicts; "
-          "auto kept; the baseline")
+    print(
+        f"{'target':<10} {'seeds':>5} {'transfer':>15} {'baseline':>15} {'scratch':>15} "
+        f"{'auto':>8}  winner (test, beyond the seeds' 95% interval); per-seed verdicts; "
+        "auto kept; the baseline"
+    )
     for target in dict.fromkeys(r["target"] for r in rows):
         tr = sorted(by.get((target, "transfer"), []), key=lambda r: r["seed"])
         sc = sorted(by.get((target, "scratch"), []), key=lambda r: r["seed"])
         if not tr:
             continue
         cells, means = [], {}
-        for name, vals in (("transfer", [r["transfer"] for r in tr]),
-                           ("baseline", [r["baseline"] for r in tr]),
-                           ("scratch", [r["accuracy"] for r in sc])):
+        for name, vals in (
+            ("transfer", [r["transfer"] for r in tr]),
+            ("baseline", [r["baseline"] for r in tr]),
+            ("scratch", [r["accuracy"] for r in sc]),
+        ):
             if not vals:
                 cells.append(f"{'-':>15}")
                 continue
@@ -139,15 +164,19 @@ def summarise(rows: list[dict]) -> None:
             means[name] = (mean, ci)
             cells.append(f"{100 * mean:>7.2f} +-{100 * ci:>4.1f}")
         auto = 100 * float(np.mean([r["auto"] for r in tr]))
-        (best, (bm, bci)), (second, (sm, sci)) = sorted(
-            means.items(), key=lambda kv: -kv[1][0])[:2]
+        (best, (bm, bci)), (second, (sm, sci)) = sorted(means.items(), key=lambda kv: -kv[1][0])[:2]
         winner = best if bm - bci > sm + sci else f"tie ({best} ahead)"
-        verdicts = " ".join(f"{r['verdict']['winner']}[{r['verdict']['low_points']:+.1f},"
-                            f"{r['verdict']['high_points']:+.1f}]" for r in tr)
+        verdicts = " ".join(
+            f"{r['verdict']['winner']}[{r['verdict']['low_points']:+.1f},"
+            f"{r['verdict']['high_points']:+.1f}]"
+            for r in tr
+        )
         kept = ",".join(str(r["kept"]) for r in tr)
         names = sorted({r["baseline_name"] for r in tr})
-        print(f"{target:<10} {len(tr):>5} {' '.join(cells)} {auto:>7.2f}%  {winner}; "
-              f"{verdicts}; auto kept {kept}; {' | '.join(names)}")
+        print(
+            f"{target:<10} {len(tr):>5} {' '.join(cells)} {auto:>7.2f}%  {winner}; "
+            f"{verdicts}; auto kept {kept}; {' | '.join(names)}"
+        )
 
 
 def main() -> None:
@@ -156,8 +185,13 @@ def main() -> None:
     parser.add_argument("--kinds", default="transfer,scratch")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="baselines.jsonl", help="append JSON lines here")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="FitConfig settings for every fit, e.g. device=cuda")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FitConfig settings for every fit, e.g. device=cuda",
+    )
     parser.add_argument("--test-limit", type=int, default=None, metavar="N")
     parser.add_argument("--summary", nargs="*", default=None, metavar="JSONL")
     args = parser.parse_args()
@@ -168,8 +202,11 @@ def main() -> None:
     settings = parse_settings(args.set)
     out = Path(args.out)
     done = read_rows(out)
-    have = {(r["target"], r["kind"], r["seed"]) for r in done
-            if r.get("settings", {}) == settings and r.get("test_limit") == args.test_limit}
+    have = {
+        (r["target"], r["kind"], r["seed"])
+        for r in done
+        if r.get("settings", {}) == settings and r.get("test_limit") == args.test_limit
+    }
     for seed in [int(s) for s in args.seeds.split(",")]:
         for target in args.targets.split(","):
             for kind in args.kinds.split(","):

@@ -26,11 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import report
 from headstart import TextClassifier
 from headstart.artifacts import state_dict_tensors
 from headstart.datasets import per_class_subset, spam_assassin
 from headstart.train import Trainer
+
+from common import report
 
 
 def main() -> None:
@@ -44,8 +45,14 @@ def main() -> None:
     texts, labels, _ = spam_assassin()
     keep = per_class_subset(labels, args.per_class, 0)
     X, y = [texts[i] for i in keep], [labels[i] for i in keep]
-    settings = dict(strategy="feature_extract", head_epochs=args.head_epochs, early_stopping=0,
-                    val_fraction=0.2, num_workers=0, seed=0)
+    settings = dict(
+        strategy="feature_extract",
+        head_epochs=args.head_epochs,
+        early_stopping=0,
+        val_fraction=0.2,
+        num_workers=0,
+        seed=0,
+    )
     work = Path(tempfile.mkdtemp(prefix="headstart-ckpt-"))
     partial = Trainer._changeable_tensors
 
@@ -75,17 +82,24 @@ def main() -> None:
         return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
     run = work / "headstart"
-    report(f"run-directory cost: {args.backbone} feature_extract, {args.head_epochs} head "
-           f"epochs, {len(X)} SpamAssassin emails",
-           {"reference (no run directory)": f"{med['reference']:.2f} s",
+    report(
+        f"run-directory cost: {args.backbone} feature_extract, {args.head_epochs} head "
+        f"epochs, {len(X)} SpamAssassin emails",
+        {
+            "reference (no run directory)": f"{med['reference']:.2f} s",
             "headstart (run directory)": f"{med['headstart']:.2f} s",
             "whole-model checkpoints": f"{med['whole']:.2f} s "
-                                       f"({med['whole'] / med['headstart']:.1f}x headstart)",
+            f"({med['whole'] / med['headstart']:.1f}x headstart)",
             "model.safetensors": size(run / "model.safetensors"),
             "checkpoints/best.safetensors": size(run / "checkpoints" / "best.safetensors"),
-            "the whole model's best.safetensors":
-                size(work / "whole" / "checkpoints" / "best.safetensors")},
-           "headstart / reference", med["headstart"] / med["reference"], "<= 2.0")
+            "the whole model's best.safetensors": size(
+                work / "whole" / "checkpoints" / "best.safetensors"
+            ),
+        },
+        "headstart / reference",
+        med["headstart"] / med["reference"],
+        "<= 2.0",
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

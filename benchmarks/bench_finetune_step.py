@@ -21,12 +21,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common import report
 from headstart.config import FitConfig
 from headstart.heads import Head, TransferModel
 from headstart.strategies import build_strategy
 from headstart.train import Trainer
 from headstart.zoo import create_backbone
+
+from common import report
 
 
 def make_model(backbone_id: str, classes: int) -> TransferModel:
@@ -52,8 +53,13 @@ def main() -> None:
         model = make_model(args.backbone, 10).train().to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-        batches = [(x[i:i + args.batch].contiguous(memory_format=torch.channels_last),
-                    y[i:i + args.batch]) for i in range(0, n, args.batch)]
+        batches = [
+            (
+                x[i : i + args.batch].contiguous(memory_format=torch.channels_last),
+                y[i : i + args.batch],
+            )
+            for i in range(0, n, args.batch)
+        ]
         xb, yb = batches[0]  # one warm-up step
         loss_fn(model(xb), yb).backward()
         opt.zero_grad(set_to_none=True)
@@ -65,14 +71,28 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
         return (time.perf_counter() - t0) / len(batches)
 
-    cfg = FitConfig(backbone=args.backbone, strategy="finetune", epochs=2,
-                    batch_size=args.batch, early_stopping=0, num_workers=0, device="cpu")
+    cfg = FitConfig(
+        backbone=args.backbone,
+        strategy="finetune",
+        epochs=2,
+        batch_size=args.batch,
+        early_stopping=0,
+        num_workers=0,
+        device="cpu",
+    )
 
     def headstart() -> float:
         model = make_model(args.backbone, 10)
         groups = model.backbone.groups()
-        trainer = Trainer(model, groups, build_strategy(cfg, len(groups)), cfg,
-                          train_set=TensorDataset(x, y), val_set=None, features=None)
+        trainer = Trainer(
+            model,
+            groups,
+            build_strategy(cfg, len(groups)),
+            cfg,
+            train_set=TensorDataset(x, y),
+            val_set=None,
+            features=None,
+        )
         state = trainer.run()
         return state.history[-1]["seconds"] / args.steps  # epoch 2: warmed up
 
@@ -81,12 +101,21 @@ def main() -> None:
         t_plain.append(plain())
         t_hs.append(headstart())
     p, h = statistics.median(t_plain), statistics.median(t_hs)
-    report("fine-tune step", {
-        "backbone": args.backbone, "batch": args.batch, "size": args.size,
-        "steps": args.steps, "threads": torch.get_num_threads(),
-        "plain PyTorch loop": f"{p * 1000:.1f} ms/step",
-        "headstart Trainer": f"{h * 1000:.1f} ms/step",
-    }, "ratio headstart/plain", h / p, "<= 1.10")
+    report(
+        "fine-tune step",
+        {
+            "backbone": args.backbone,
+            "batch": args.batch,
+            "size": args.size,
+            "steps": args.steps,
+            "threads": torch.get_num_threads(),
+            "plain PyTorch loop": f"{p * 1000:.1f} ms/step",
+            "headstart Trainer": f"{h * 1000:.1f} ms/step",
+        },
+        "ratio headstart/plain",
+        h / p,
+        "<= 1.10",
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--bucketing-only", action="store_true",
-                        help="only the bucketing speed-up, with --truncation/--max-chunks")
+    parser.add_argument(
+        "--bucketing-only",
+        action="store_true",
+        help="only the bucketing speed-up, with --truncation/--max-chunks",
+    )
     parser.add_argument("--truncation", default="head", choices=["head", "head_tail", "chunks"])
     parser.add_argument("--max-chunks", type=int, default=4)
     args = parser.parse_args()
@@ -51,9 +54,16 @@ def main() -> None:
     tok = backbone.tokenizer
     model = backbone.model
 
-    batches = [tok(texts[j:j + args.batch], padding=True, truncation=True,
-                   max_length=args.max_length, return_tensors="pt")
-               for j in range(0, len(texts), args.batch)]
+    batches = [
+        tok(
+            texts[j : j + args.batch],
+            padding=True,
+            truncation=True,
+            max_length=args.max_length,
+            return_tensors="pt",
+        )
+        for j in range(0, len(texts), args.batch)
+    ]
 
     @torch.inference_mode()
     def reference():
@@ -65,40 +75,65 @@ def main() -> None:
         return torch.cat(out)
 
     source = TextSource(texts, np.zeros(len(texts), dtype=np.int64), ["x"], "bench")
-    pre = TextPreprocess(args.max_length, args.truncation,
-                         args.max_chunks if args.truncation == "chunks" else 1)
+    pre = TextPreprocess(
+        args.max_length, args.truncation, args.max_chunks if args.truncation == "chunks" else 1
+    )
     dataset = TextDataset(source, tok, pre)
 
     def ours(bucketing: bool):
-        return compute_features(backbone, dataset, args.batch, "cpu", False, 0,
-                                collate_fn=collate_text, bucketing=bucketing)
+        return compute_features(
+            backbone,
+            dataset,
+            args.batch,
+            "cpu",
+            False,
+            0,
+            collate_fn=collate_text,
+            bucketing=bucketing,
+        )
 
     n = len(texts)
     if args.bucketing_only:
         t_ours = median_time(lambda: ours(True), args.repeats)
         t_plain = median_time(lambda: ours(False), args.repeats)
-        report("length bucketing on real emails", {
-            "emails": n, "truncation": args.truncation, "max_length": args.max_length,
-            "chunks per email": float(np.mean([len(d) for d in dataset.encoded])),
-            "mean tokens": float(dataset.lengths.mean()),
-            "with bucketing texts/s": round(n / t_ours, 1),
-            "without bucketing texts/s": round(n / t_plain, 1)},
-            "bucketing speed-up", t_plain / t_ours, "> 1")
+        report(
+            "length bucketing on real emails",
+            {
+                "emails": n,
+                "truncation": args.truncation,
+                "max_length": args.max_length,
+                "chunks per email": float(np.mean([len(d) for d in dataset.encoded])),
+                "mean tokens": float(dataset.lengths.mean()),
+                "with bucketing texts/s": round(n / t_ours, 1),
+                "without bucketing texts/s": round(n / t_plain, 1),
+            },
+            "bucketing speed-up",
+            t_plain / t_ours,
+            "> 1",
+        )
         return
 
     same = torch.allclose(reference(), ours(True), atol=1e-4)
     t_ref = median_time(reference, args.repeats)
     t_ours = median_time(lambda: ours(True), args.repeats)
     t_plain = median_time(lambda: ours(False), args.repeats)
-    report("text embedding throughput (all-MiniLM-L6-v2, SpamAssassin emails)", {
-        "emails": n, "max_length": args.max_length, "mean tokens": float(dataset.lengths.mean()),
-        "threads": torch.get_num_threads(),
-        "reference (raw forward, pre-tokenised, file order) texts/s": round(n / t_ref, 1),
-        "headstart compute_features (bucketing) texts/s": round(n / t_ours, 1),
-        "headstart without bucketing texts/s": round(n / t_plain, 1),
-        "same embeddings as reference": same,
-        "bucketing speed-up (headstart, with vs without)": round(t_plain / t_ours, 3),
-    }, "ratio headstart / reference", t_ref / t_ours, ">= 0.85")
+    report(
+        "text embedding throughput (all-MiniLM-L6-v2, SpamAssassin emails)",
+        {
+            "emails": n,
+            "max_length": args.max_length,
+            "mean tokens": float(dataset.lengths.mean()),
+            "threads": torch.get_num_threads(),
+            "reference (raw forward, pre-tokenised, file order) texts/s": round(n / t_ref, 1),
+            "headstart compute_features (bucketing) texts/s": round(n / t_ours, 1),
+            "headstart without bucketing texts/s": round(n / t_plain, 1),
+            "same embeddings as reference": same,
+            "bucketing speed-up (headstart, with vs without)": round(t_plain / t_ours, 3),
+        },
+        "ratio headstart / reference",
+        t_ref / t_ours,
+        ">= 0.85",
+    )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,13 @@ def parse_settings(items: list[str]) -> dict:
 def read_rows(*paths) -> list[dict]:
     """The rows of JSON-lines result files, in order; blank and ``#`` comment lines are
     skipped, a file not there yet has none."""
-    return [json.loads(line) for p in paths if Path(p).is_file()
-            for line in Path(p).read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        json.loads(line)
+        for p in paths
+        if Path(p).is_file()
+        for line in Path(p).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def append_row(path, row: dict) -> None:

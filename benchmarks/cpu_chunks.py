@@ -42,25 +42,31 @@ def networks(names: list[str]):
 @torch.inference_mode()
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="packaged:efficientnet_lite0,packaged:efficientnet_lite2,"
-                    "resnet50,convnext_tiny,mobilenetv3_large_100")
+    ap.add_argument(
+        "--models",
+        default="packaged:efficientnet_lite0,packaged:efficientnet_lite2,"
+        "resnet50,convnext_tiny,mobilenetv3_large_100",
+    )
     ap.add_argument("--sizes", default="64,96,160,224")
-    ap.add_argument("--budgets", default=str(features.CPU_CHUNK_PIXELS),
-                    help="comma-separated CPU_CHUNK_PIXELS values to try (default: the "
-                         "shipped one)")
+    ap.add_argument(
+        "--budgets",
+        default=str(features.CPU_CHUNK_PIXELS),
+        help="comma-separated CPU_CHUNK_PIXELS values to try (default: the shipped one)",
+    )
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     shipped = features.CPU_CHUNK_PIXELS
-    print(f"== CPU frozen pass, {torch.get_num_threads()} threads, batch {args.batch}; "
-          f"shipped CPU_CHUNK_PIXELS = {shipped}")
+    print(
+        f"== CPU frozen pass, {torch.get_num_threads()} threads, batch {args.batch}; "
+        f"shipped CPU_CHUNK_PIXELS = {shipped}"
+    )
     ratios = []
     for name, net in networks(args.models.split(",")):
         for side in (int(s) for s in args.sizes.split(",")):
             torch.manual_seed(0)
-            x = torch.randn(args.batch, 3, side, side).contiguous(
-                memory_format=torch.channels_last)
+            x = torch.randn(args.batch, 3, side, side).contiguous(memory_format=torch.channels_last)
             net(x[:2])  # warm-up
             times: dict = {"whole": []}
             times.update({b: [] for b in budgets})
@@ -83,16 +89,23 @@ def main() -> None:
                 diff = (out[b] - out["whole"]).abs().max().item()
                 scale = max(1.0, out["whole"].abs().max().item())
                 assert diff <= 1e-4 * scale, f"{name} {side}px: chunks changed the output by {diff}"
-                cells.append(f"{b}: {1000 * t / args.batch:.2f} ms/item (chunks of {per}) "
-                             f"ratio {whole / t:.2f}")
+                cells.append(
+                    f"{b}: {1000 * t / args.batch:.2f} ms/item (chunks of {per}) "
+                    f"ratio {whole / t:.2f}"
+                )
                 if b == shipped:
                     ratios.append(whole / t)
-            print(f"  {name:34s} {side:4d} px  whole {1000 * whole / args.batch:.2f} ms/item; "
-                  + "; ".join(cells), flush=True)
+            print(
+                f"  {name:34s} {side:4d} px  whole {1000 * whole / args.batch:.2f} ms/item; "
+                + "; ".join(cells),
+                flush=True,
+            )
     if ratios:
-        print(f"  ratio chunked/whole at the shipped budget: median "
-              f"{statistics.median(ratios):.2f}, min {min(ratios):.2f}  "
-              "(goal: median >= 1.2, min >= 0.85)")
+        print(
+            f"  ratio chunked/whole at the shipped budget: median "
+            f"{statistics.median(ratios):.2f}, min {min(ratios):.2f}  "
+            "(goal: median >= 1.2, min >= 0.85)"
+        )
 
 
 if __name__ == "__main__":

@@ -41,25 +41,30 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     det = ObjectDetector.load(args.run)
     model = det.model_.eval()
-    print(f"run {args.run}: {det.config_.detector} on {det.config_.backbone}, tiles "
-          f"{det.tile_size}px overlap {det.config_.tile_overlap}; torch threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"run {args.run}: {det.config_.detector} on {det.config_.backbone}, tiles "
+        f"{det.tile_size}px overlap {det.config_.tile_overlap}; torch threads "
+        f"{torch.get_num_threads()}"
+    )
     for s in tree_crowns("test").samples:
         x = torch.from_numpy(np.array(load_rgb(s.path))).permute(2, 0, 1).float() / 255
 
-        def raw():
+        def raw(x=x):
             with torch.inference_mode():
                 model([x])
 
         overlap = det.config_.tile_overlap
         t_raw = median_time(raw, args.repeats)
-        t_hs = median_time(lambda: det.predict([s.path]), args.repeats)
+        t_hs = median_time(lambda s=s: det.predict([s.path]), args.repeats)
         det.config_.tile_overlap = 0.0
-        t_hs0 = median_time(lambda: det.predict([s.path]), args.repeats)
+        t_hs0 = median_time(lambda s=s: det.predict([s.path]), args.repeats)
         det.config_.tile_overlap = overlap
-        print(f"{s.width}x{s.height} {s.path.split('/')[-1]}: raw call {t_raw * 1000:.0f} ms, "
-              f"headstart predict {t_hs * 1000:.0f} ms (ratio {t_hs / t_raw:.2f}x), "
-              f"overlap 0: {t_hs0 * 1000:.0f} ms ({t_hs0 / t_raw:.2f}x)", flush=True)
+        print(
+            f"{s.width}x{s.height} {s.path.split('/')[-1]}: raw call {t_raw * 1000:.0f} ms, "
+            f"headstart predict {t_hs * 1000:.0f} ms (ratio {t_hs / t_raw:.2f}x), "
+            f"overlap 0: {t_hs0 * 1000:.0f} ms ({t_hs0 / t_raw:.2f}x)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

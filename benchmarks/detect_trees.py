@@ -32,10 +32,16 @@ def run(detector: str, backbone: str, epochs: int, out: Path | None, seed: int) 
     from headstart.tasks.detect import ObjectDetector
 
     scratch = backbone.startswith("scratch:")
-    det = ObjectDetector(backbone, detector=detector, epochs=epochs, image_size=400,
-                         augment="strong", seed=seed,
-                         **({"strategy": "finetune"} if scratch else {}),
-                         run_dir=out)
+    det = ObjectDetector(
+        backbone,
+        detector=detector,
+        epochs=epochs,
+        image_size=400,
+        augment="strong",
+        seed=seed,
+        **({"strategy": "finetune"} if scratch else {}),
+        run_dir=out,
+    )
     t0 = time.perf_counter()
     det.fit(tree_crowns("train"))
     fit_s = time.perf_counter() - t0
@@ -51,12 +57,20 @@ def run(detector: str, backbone: str, epochs: int, out: Path | None, seed: int) 
         det.metrics_["test"] = m
         det.save(out)
         det.write_report(out, test)
-    return {"detector": detector, "backbone": backbone, "strategy": det.config_.strategy,
-            "epochs_run": len(det.history_), "best": det.best_, "fit_seconds": round(fit_s, 1),
-            "val_map_50": round(det.metrics_["validation"]["map_50"], 4),
-            "test_map_50": round(m["map_50"], 4), "test_map": round(m["map"], 4),
-            "precision": round(m["precision"], 4), "recall": round(m["recall"], 4),
-            "test_map_50_per_image": per_image}
+    return {
+        "detector": detector,
+        "backbone": backbone,
+        "strategy": det.config_.strategy,
+        "epochs_run": len(det.history_),
+        "best": det.best_,
+        "fit_seconds": round(fit_s, 1),
+        "val_map_50": round(det.metrics_["validation"]["map_50"], 4),
+        "test_map_50": round(m["map_50"], 4),
+        "test_map": round(m["map"], 4),
+        "precision": round(m["precision"], 4),
+        "recall": round(m["recall"], 4),
+        "test_map_50_per_image": per_image,
+    }
 
 
 def main() -> None:
@@ -80,10 +94,12 @@ def main() -> None:
             rows.append(r)
         t, s = pair["packaged"], pair["scratch"]
         ratio = t["test_map_50"] / s["test_map_50"] if s["test_map_50"] else float("inf")
-        print(f"{detector}: test mAP@0.5 transfer {t['test_map_50']:.3f} vs scratch "
-              f"{s['test_map_50']:.3f} (ratio {ratio:.2f}x); mAP@0.5:0.95 {t['test_map']:.3f} "
-              f"vs {s['test_map']:.3f}; fit {t['fit_seconds']:.0f}s vs {s['fit_seconds']:.0f}s",
-              flush=True)
+        print(
+            f"{detector}: test mAP@0.5 transfer {t['test_map_50']:.3f} vs scratch "
+            f"{s['test_map_50']:.3f} (ratio {ratio:.2f}x); mAP@0.5:0.95 {t['test_map']:.3f} "
+            f"vs {s['test_map']:.3f}; fit {t['fit_seconds']:.0f}s vs {s['fit_seconds']:.0f}s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

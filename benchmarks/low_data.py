@@ -41,15 +41,26 @@ TEXT_TARGETS = ("spam8", "spam32", "finefood32")
 VARIANTS = {
     "default": {},
     "probe": {"strategy": "feature_extract"},
-    "old": {"strategy": "lp_ft", "warmup_steps": 0, "keep": "last_stage", "wise_ft": False,
-            "train_chunks": 0},
+    "old": {
+        "strategy": "lp_ft",
+        "warmup_steps": 0,
+        "keep": "last_stage",
+        "wise_ft": False,
+        "train_chunks": 0,
+    },
 }
 
 
 def target_data(name: str, seed: int):
     """(train X, train y, test X, test y) of a target for one seed's draw."""
-    from headstart.datasets import (digits_upscaled, fashion_mnist, fine_foods, mnist_5k,
-                                    per_class_subset, spam_assassin)
+    from headstart.datasets import (
+        digits_upscaled,
+        fashion_mnist,
+        fine_foods,
+        mnist_5k,
+        per_class_subset,
+        spam_assassin,
+    )
 
     if name.startswith("fmnist"):
         x, y, _ = fashion_mnist("train")
@@ -65,12 +76,17 @@ def target_data(name: str, seed: int):
         from sklearn.model_selection import train_test_split
 
         texts, labels, _ = spam_assassin()
-        tr, te = train_test_split(np.arange(len(texts)), test_size=0.5, stratify=labels,
-                                  random_state=seed)
+        tr, te = train_test_split(
+            np.arange(len(texts)), test_size=0.5, stratify=labels, random_state=seed
+        )
         train_y = np.unique([labels[i] for i in tr], return_inverse=True)[1]
         keep = tr[per_class_subset(train_y, int(name[4:]), seed)]
-        return ([texts[i] for i in keep], [labels[i] for i in keep],
-                [texts[i] for i in te], [labels[i] for i in te])
+        return (
+            [texts[i] for i in keep],
+            [labels[i] for i in keep],
+            [texts[i] for i in te],
+            [labels[i] for i in te],
+        )
     if name == "finefood32":
         (texts, labels), (tt, tl) = fine_foods("train"), fine_foods("test")
         keep = per_class_subset(np.unique(labels, return_inverse=True)[1], 32, seed)
@@ -84,16 +100,24 @@ def test_subset(xt, yt, limit: int | None):
     if not limit or limit >= len(labels):
         return xt, yt
     counts = np.bincount(labels)
-    keep = np.concatenate([np.flatnonzero(labels == c)[np.random.default_rng(12345).permutation(
-        counts[c])[:max(1, round(limit * counts[c] / len(labels)))]] for c in range(len(counts))])
+    keep = np.concatenate(
+        [
+            np.flatnonzero(labels == c)[
+                np.random.default_rng(12345).permutation(counts[c])[
+                    : max(1, round(limit * counts[c] / len(labels)))
+                ]
+            ]
+            for c in range(len(counts))
+        ]
+    )
     keep.sort()
-    pick = (lambda v: v[keep]) if isinstance(xt, np.ndarray) else (
-        lambda v: [v[i] for i in keep])
+    pick = (lambda v: v[keep]) if isinstance(xt, np.ndarray) else (lambda v: [v[i] for i in keep])
     return pick(xt), pick(yt) if isinstance(yt, np.ndarray) else [yt[i] for i in keep]
 
 
-def run_one(target: str, variant: str, seed: int, settings: dict,
-            test_limit: int | None = None) -> dict:
+def run_one(
+    target: str, variant: str, seed: int, settings: dict, test_limit: int | None = None
+) -> dict:
     from headstart import ImageClassifier, TextClassifier
     from headstart.features import clear_memory_cache
 
@@ -105,11 +129,20 @@ def run_one(target: str, variant: str, seed: int, settings: dict,
     clf = cls(**{**VARIANTS[variant], "seed": seed, **settings}).fit(x, y)
     seconds = time.perf_counter() - t0
     m = clf.evaluate(xt, yt)
-    row = {"target": target, "variant": variant, "seed": seed,
-           "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m.get("ece"),
-           "nll": m.get("log_loss"), "seconds": round(seconds, 1), "n_test": m["n"],
-           "kept": clf.best_, "selection": clf.metrics_.get("selection", ""),
-           "settings": settings}
+    row = {
+        "target": target,
+        "variant": variant,
+        "seed": seed,
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "ece": m.get("ece"),
+        "nll": m.get("log_loss"),
+        "seconds": round(seconds, 1),
+        "n_test": m["n"],
+        "kept": clf.best_,
+        "selection": clf.metrics_.get("selection", ""),
+        "settings": settings,
+    }
     if "baseline" in m:
         row["baseline_accuracy"] = m["baseline"]["accuracy"]
         row["baseline_macro_f1"] = m["baseline"]["macro_f1"]
@@ -120,35 +153,49 @@ def summarise(rows: list[dict]) -> None:
     by = defaultdict(list)
     for r in rows:
         by[(r["target"], r["variant"])].append(r)
-    med = lambda rs, k: statistics.median(r[k] for r in rs if r.get(k) is not None) \
-        if any(r.get(k) is not None for r in rs) else float("nan")  # noqa: E731
-    print(f"{'target':<11} {'variant':<8} {'seeds':>5} {'test acc':>9} {'ECE':>6} "
-          f"{'seconds':>8}  per seed")
+
+    def med(rs, k):
+        values = [r[k] for r in rs if r.get(k) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    print(
+        f"{'target':<11} {'variant':<8} {'seeds':>5} {'test acc':>9} {'ECE':>6} "
+        f"{'seconds':>8}  per seed"
+    )
     for target in dict.fromkeys(r["target"] for r in rows):
         for variant in dict.fromkeys(r["variant"] for r in rows):
             rs = sorted(by.get((target, variant), []), key=lambda r: r["seed"])
             if not rs:
                 continue
-            print(f"{target:<11} {variant:<8} {len(rs):>5} {100 * med(rs, 'accuracy'):>8.2f}% "
-                  f"{med(rs, 'ece'):>6.3f} {med(rs, 'seconds'):>8.1f}  "
-                  + " ".join(f"{100 * r['accuracy']:.2f}" for r in rs))
+            print(
+                f"{target:<11} {variant:<8} {len(rs):>5} {100 * med(rs, 'accuracy'):>8.2f}% "
+                f"{med(rs, 'ece'):>6.3f} {med(rs, 'seconds'):>8.1f}  "
+                + " ".join(f"{100 * r['accuracy']:.2f}" for r in rs)
+            )
         base = by.get((target, "default"), [])
         if base and "baseline_accuracy" in base[0]:
-            print(f"{target:<11} {'tf-idf':<8} {len(base):>5} "
-                  f"{100 * med(base, 'baseline_accuracy'):>8.2f}%  "
-                  + " ".join(f"{100 * r['baseline_accuracy']:.2f}" for r in base))
+            print(
+                f"{target:<11} {'tf-idf':<8} {len(base):>5} "
+                f"{100 * med(base, 'baseline_accuracy'):>8.2f}%  "
+                + " ".join(f"{100 * r['baseline_accuracy']:.2f}" for r in base)
+            )
         pairs = {v: {r["seed"]: r for r in by[(t, v)]} for t, v in by if t == target}
         for other in [v for v in pairs if v != "default"]:
             seeds = sorted(set(pairs.get("default", {})) & set(pairs[other]))
             if not seeds:
                 continue
-            diff = [100 * (pairs["default"][s]["accuracy"] - pairs[other][s]["accuracy"])
-                    for s in seeds]
-            ratio = [pairs["default"][s]["seconds"] / max(pairs[other][s]["seconds"], 1e-9)
-                     for s in seeds]
-            print(f"{target:<11} default - {other}: {statistics.median(diff):+.2f} points "
-                  f"(per seed {' '.join(f'{d:+.2f}' for d in diff)}), time ratio "
-                  f"{statistics.median(ratio):.2f}x")
+            diff = [
+                100 * (pairs["default"][s]["accuracy"] - pairs[other][s]["accuracy"]) for s in seeds
+            ]
+            ratio = [
+                pairs["default"][s]["seconds"] / max(pairs[other][s]["seconds"], 1e-9)
+                for s in seeds
+            ]
+            print(
+                f"{target:<11} default - {other}: {statistics.median(diff):+.2f} points "
+                f"(per seed {' '.join(f'{d:+.2f}' for d in diff)}), time ratio "
+                f"{statistics.median(ratio):.2f}x"
+            )
 
 
 def main() -> None:
@@ -157,17 +204,37 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="low_data.jsonl", help="append JSON lines here")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="FitConfig settings for every fit, e.g. device=cuda")
-    parser.add_argument("--test-limit", type=int, default=None, metavar="N",
-                        help="score on a stratified N of the test set (the same for every "
-                             "seed; class proportions kept) instead of all of it")
-    parser.add_argument("--variant", nargs="+", action="append", default=[],
-                        metavar=("NAME", "KEY=VALUE"),
-                        help="one more variant to compare: a name and its FitConfig settings "
-                             "(add its name to --variants)")
-    parser.add_argument("--summary", nargs="*", default=None, metavar="JSONL",
-                        help="only summarise these result files")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FitConfig settings for every fit, e.g. device=cuda",
+    )
+    parser.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score on a stratified N of the test set (the same for every "
+        "seed; class proportions kept) instead of all of it",
+    )
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "KEY=VALUE"),
+        help="one more variant to compare: a name and its FitConfig settings "
+        "(add its name to --variants)",
+    )
+    parser.add_argument(
+        "--summary",
+        nargs="*",
+        default=None,
+        metavar="JSONL",
+        help="only summarise these result files",
+    )
     args = parser.parse_args()
     for name, *items in args.variant:
         VARIANTS[name] = parse_settings(items)
@@ -178,8 +245,11 @@ def main() -> None:
     settings = parse_settings(args.set)
     out = Path(args.out)
     done = read_rows(out)
-    have = {(r["target"], r["variant"], r["seed"]) for r in done
-            if r.get("settings", {}) == settings and r.get("test_limit") == args.test_limit}
+    have = {
+        (r["target"], r["variant"], r["seed"])
+        for r in done
+        if r.get("settings", {}) == settings and r.get("test_limit") == args.test_limit
+    }
     for target in args.targets.split(","):
         for seed in [int(s) for s in args.seeds.split(",")]:
             for variant in args.variants.split(","):

@@ -32,11 +32,23 @@ def corrupted_source(work: Path, lr: float, epochs: int) -> str:
     idx = per_class_subset(y, 100, 2)
     shuffled = np.random.default_rng(0).permutation(y[idx])
     t0 = time.perf_counter()
-    ImageClassifier("packaged:efficientnet_lite0", strategy="finetune", image_size=64,
-                    epochs=epochs, lr=lr, lr_decay=1.0, bn="train", augment="none",
-                    warmup=0.0, weight_decay=0.0, schedule="constant",
-                    early_stopping=0, val_fraction=0.0, label_smoothing=0.0,
-                    run_dir=run).fit(x[idx], [classes[i] for i in shuffled])
+    ImageClassifier(
+        "packaged:efficientnet_lite0",
+        strategy="finetune",
+        image_size=64,
+        epochs=epochs,
+        lr=lr,
+        lr_decay=1.0,
+        bn="train",
+        augment="none",
+        warmup=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        early_stopping=0,
+        val_fraction=0.0,
+        label_smoothing=0.0,
+        run_dir=run,
+    ).fit(x[idx], [classes[i] for i in shuffled])
     print(f"corrupted source: {run} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return str(run)
 
@@ -45,8 +57,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="/tmp/headstart-negtransfer")
     parser.add_argument("--strategies", default="feature_extract,lp_ft,finetune")
-    parser.add_argument("--source-lr", type=float, default=0.5,
-                        help="learning rate of the corrupting fine-tune (3e-3: a mild one)")
+    parser.add_argument(
+        "--source-lr",
+        type=float,
+        default=0.5,
+        help="learning rate of the corrupting fine-tune (3e-3: a mild one)",
+    )
     parser.add_argument("--source-epochs", type=int, default=5)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -61,18 +77,29 @@ def main() -> None:
     rest = np.setdiff1d(np.arange(len(y)), pool)
     test = rest[per_class_subset(y[rest], 100, 0)]
     t0 = time.perf_counter()
-    res = run_study(x[pool], [classes[i] for i in y[pool]], model=source,
-                    out=work / f"study-{Path(source).name}",
-                    test=(x[test], [classes[i] for i in y[test]]), image_size=64,
-                    fractions=(0.2, 1.0), strategies=args.strategies.split(","), epochs=8,
-                    early_stopping=3)
-    print(f"study: {time.perf_counter() - t0:.0f} s, report "
-          f"{work / f'study-{Path(source).name}' / 'report.html'}")
+    res = run_study(
+        x[pool],
+        [classes[i] for i in y[pool]],
+        model=source,
+        out=work / f"study-{Path(source).name}",
+        test=(x[test], [classes[i] for i in y[test]]),
+        image_size=64,
+        fractions=(0.2, 1.0),
+        strategies=args.strategies.split(","),
+        epochs=8,
+        early_stopping=3,
+    )
+    print(
+        f"study: {time.perf_counter() - t0:.0f} s, report "
+        f"{work / f'study-{Path(source).name}' / 'report.html'}"
+    )
     for g in res.gains():
-        print(f"  {g['n_train']:4d} items: {g['best_strategy']} "
-              f"{100 * g['transfer_accuracy']:.1f}% vs scratch {100 * g['scratch_accuracy']:.1f}%"
-              f" {g['gain_points']:+.1f} pts"
-              f"{'  NEGATIVE TRANSFER' if g['negative_transfer'] else ''}")
+        print(
+            f"  {g['n_train']:4d} items: {g['best_strategy']} "
+            f"{100 * g['transfer_accuracy']:.1f}% vs scratch {100 * g['scratch_accuracy']:.1f}%"
+            f" {g['gain_points']:+.1f} pts"
+            f"{'  NEGATIVE TRANSFER' if g['negative_transfer'] else ''}"
+        )
 
 
 if __name__ == "__main__":

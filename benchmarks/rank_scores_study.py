@@ -34,7 +34,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-
 import rank_transfer as rt
 
 
@@ -53,8 +52,9 @@ def parc(features, labels, source_probs=None, dim: int = 32) -> float:
     z = (z - z.mean(0)) / np.where(sd > 0, sd, 1.0)
     onehot = np.eye(int(labels.max()) + 1)[labels]
     upper = np.triu_indices(len(labels), 1)
-    return float(spearmanr((1 - np.corrcoef(z))[upper],
-                           (1 - np.corrcoef(onehot))[upper]).statistic * 100)
+    return float(
+        spearmanr((1 - np.corrcoef(z))[upper], (1 - np.corrcoef(onehot))[upper]).statistic * 100
+    )
 
 
 def gbc(features, labels, source_probs=None, dim: int = 64) -> float:
@@ -69,9 +69,9 @@ def gbc(features, labels, source_probs=None, dim: int = 64) -> float:
         for j in classes:
             if i != j:
                 v = (var[i] + var[j]) / 2
-                distance = (0.125 * ((mean[i] - mean[j]) ** 2 / v).sum()
-                            + 0.5 * (np.log(v).sum()
-                                     - 0.5 * (np.log(var[i]).sum() + np.log(var[j]).sum())))
+                distance = 0.125 * ((mean[i] - mean[j]) ** 2 / v).sum() + 0.5 * (
+                    np.log(v).sum() - 0.5 * (np.log(var[i]).sum() + np.log(var[j]).sum())
+                )
                 total += math.exp(-distance)
     return -total
 
@@ -106,8 +106,11 @@ def main() -> None:
     from headstart.select import SCORES
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fits", default="/tmp/headstart-rankbench",
-                        help="rank_transfer.py's WORK folder (its fine-tuning records)")
+    parser.add_argument(
+        "--fits",
+        default="/tmp/headstart-rankbench",
+        help="rank_transfer.py's WORK folder (its fine-tuning records)",
+    )
     parser.add_argument("--work", default="/tmp/headstart-rankstudy")
     parser.add_argument("--targets", default="fmnist,mnist,digits")
     parser.add_argument("--max-items", default="200,300,1000")
@@ -116,8 +119,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     fits_dir, work = Path(args.fits), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    records = [json.loads(line) for line in
-               (fits_dir / "results.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (fits_dir / "results.jsonl").read_text().splitlines()]
     out = work / "results.jsonl"
     if not out.is_file():  # the fine-tuning records, then this study's rankings
         out.write_text("".join(json.dumps(r) + "\n" for r in records if r["kind"] == "fit"))
@@ -133,11 +135,25 @@ def main() -> None:
             if (name, "rank", None, m, 0) in finished:
                 continue
             clear_memory_cache()
-            res = rank(xtr, cands, y=labels, image_size=rt.IMAGE_SIZE, max_items=m,
-                       scores=[*SCORES, *EXTRA])
-            rt.append(out, {"target": name, "kind": "rank", "max_items": m,
-                            "seconds": res.seconds, "n_items": res.n_items,
-                            "rows": [r.to_dict() for r in res.rows]})
+            res = rank(
+                xtr,
+                cands,
+                y=labels,
+                image_size=rt.IMAGE_SIZE,
+                max_items=m,
+                scores=[*SCORES, *EXTRA],
+            )
+            rt.append(
+                out,
+                {
+                    "target": name,
+                    "kind": "rank",
+                    "max_items": m,
+                    "seconds": res.seconds,
+                    "n_items": res.n_items,
+                    "rows": [r.to_dict() for r in res.rows],
+                },
+            )
     rt.summary(work, tuple(c for c in args.exclude.split(",") if c))
 
 

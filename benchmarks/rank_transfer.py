@@ -38,17 +38,21 @@ import numpy as np
 from common import parse_settings
 
 IMAGE_SIZE = 96
-CANDIDATES = ["packaged:efficientnet_lite0", "packaged:efficientnet_lite2",
-              "packaged:efficientnet_lite0@1", "packaged:efficientnet_lite0@2",
-              "packaged:efficientnet_lite0@3",
-              "scratch:packaged:efficientnet_lite0", "SOURCE"]
+CANDIDATES = [
+    "packaged:efficientnet_lite0",
+    "packaged:efficientnet_lite2",
+    "packaged:efficientnet_lite0@1",
+    "packaged:efficientnet_lite0@2",
+    "packaged:efficientnet_lite0@3",
+    "scratch:packaged:efficientnet_lite0",
+    "SOURCE",
+]
 RANDOM = "scratch:packaged:efficientnet_lite0"
 
 
 def target(name: str):
     """(x_train, y_train, x_test, y_test, classes) of a target."""
-    from headstart.datasets import (digits_upscaled, fashion_mnist, mnist_5k,
-                                    per_class_subset)
+    from headstart.datasets import digits_upscaled, fashion_mnist, mnist_5k, per_class_subset
 
     if name == "fmnist":
         x, y, classes = fashion_mnist("train")
@@ -83,8 +87,9 @@ def source_run(work: Path) -> str:
     free = np.array([i for i in range(len(y)) if i not in used])
     pick = free[per_class_subset(y[free], 200, 1)]
     t0 = time.perf_counter()
-    ImageClassifier("packaged:efficientnet_lite0", strategy="lp_ft", image_size=IMAGE_SIZE,
-                    run_dir=run).fit(x[pick], [classes[i] for i in y[pick]])
+    ImageClassifier(
+        "packaged:efficientnet_lite0", strategy="lp_ft", image_size=IMAGE_SIZE, run_dir=run
+    ).fit(x[pick], [classes[i] for i in y[pick]])
     print(f"source model: {run} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return str(run)
 
@@ -92,8 +97,10 @@ def source_run(work: Path) -> str:
 def done(results: Path) -> set:
     if not results.is_file():
         return set()
-    return {(r["target"], r["kind"], r.get("candidate"), r.get("max_items"), r.get("seed", 0))
-            for r in map(json.loads, results.read_text().splitlines())}
+    return {
+        (r["target"], r["kind"], r.get("candidate"), r.get("max_items"), r.get("seed", 0))
+        for r in map(json.loads, results.read_text().splitlines())
+    }
 
 
 def append(results: Path, record: dict) -> None:
@@ -102,9 +109,15 @@ def append(results: Path, record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def run_target(name: str, work: Path, max_items: list[int], seeds: list[int],
-               rerank: bool = False, settings: dict | None = None,
-               only: tuple = ()) -> None:
+def run_target(
+    name: str,
+    work: Path,
+    max_items: list[int],
+    seeds: list[int],
+    rerank: bool = False,
+    settings: dict | None = None,
+    only: tuple = (),
+) -> None:
     from headstart import ImageClassifier, rank
     from headstart.features import clear_memory_cache
     from headstart.select import Candidate
@@ -122,11 +135,21 @@ def run_target(name: str, work: Path, max_items: list[int], seeds: list[int],
         clear_memory_cache()
         with tempfile.TemporaryDirectory() as cache:  # cold: no features from earlier runs
             t0 = time.perf_counter()
-            res = rank(xtr, cands, y=labels, image_size=IMAGE_SIZE, max_items=m,
-                       feature_cache=cache)
+            res = rank(
+                xtr, cands, y=labels, image_size=IMAGE_SIZE, max_items=m, feature_cache=cache
+            )
             seconds = time.perf_counter() - t0
-        append(results, {"target": name, "kind": "rank", "max_items": m, "seconds": seconds,
-                         "n_items": res.n_items, "rows": [r.to_dict() for r in res.rows]})
+        append(
+            results,
+            {
+                "target": name,
+                "kind": "rank",
+                "max_items": m,
+                "seconds": seconds,
+                "n_items": res.n_items,
+                "rows": [r.to_dict() for r in res.rows],
+            },
+        )
     for seed in seeds:
         for c in cands:
             if (name, "fit", c, None, seed) in finished:
@@ -134,24 +157,41 @@ def run_target(name: str, work: Path, max_items: list[int], seeds: list[int],
             clear_memory_cache()
             cand = Candidate.parse(c)
             t0 = time.perf_counter()
-            clf = ImageClassifier(cand.backbone, cut=cand.cut, strategy="lp_ft",
-                                  image_size=IMAGE_SIZE, seed=seed,
-                                  **(settings or {})).fit(xtr, labels)
+            clf = ImageClassifier(
+                cand.backbone,
+                cut=cand.cut,
+                strategy="lp_ft",
+                image_size=IMAGE_SIZE,
+                seed=seed,
+                **(settings or {}),
+            ).fit(xtr, labels)
             fit_seconds = time.perf_counter() - t0
             m = clf.evaluate(xte, test_labels)
-            append(results, {"target": name, "kind": "fit", "candidate": c, "seed": seed,
-                             "fit_seconds": fit_seconds, "accuracy": m["accuracy"],
-                             "macro_f1": m["macro_f1"], "n_test": len(yte)})
+            append(
+                results,
+                {
+                    "target": name,
+                    "kind": "fit",
+                    "candidate": c,
+                    "seed": seed,
+                    "fit_seconds": fit_seconds,
+                    "accuracy": m["accuracy"],
+                    "macro_f1": m["macro_f1"],
+                    "n_test": len(yte),
+                },
+            )
 
 
 def summary(work: Path, exclude: tuple = ()) -> None:
     from scipy.stats import kendalltau
 
-    records = [json.loads(l) for l in (work / "results.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (work / "results.jsonl").read_text().splitlines()]
     kept = work / "recipe.json"
     settings = json.loads(kept.read_text()) if kept.is_file() else {}
-    print("fine-tuning recipe: lp_ft at 96 px, default settings"
-          + (f" and {settings}" if settings else ""))
+    print(
+        "fine-tuning recipe: lp_ft at 96 px, default settings"
+        + (f" and {settings}" if settings else "")
+    )
     fits: dict = {}  # (target, candidate) -> accuracy averaged over the fine-tuning seeds
     for r in records:
         if r["kind"] == "fit":
@@ -160,12 +200,19 @@ def summary(work: Path, exclude: tuple = ()) -> None:
     per_target = {}
     for (t, _), v in fits.items():
         per_target[t] = min(per_target.get(t, len(v)), len(v))
-    fits = {k: {"accuracy": float(np.mean([r["accuracy"] for r in v[:per_target[k[0]]]])),
-                "per_seed": [r["accuracy"] for r in v[:per_target[k[0]]]],
-                "fit_seconds": v[0]["fit_seconds"]}  # seed 0's time: the timed run
-            for k, v in fits.items()}
-    print("fine-tuned test accuracy: mean over the seeds per candidate ("
-          + ", ".join(f"{t} {n}" for t, n in sorted(per_target.items())) + ")")
+    fits = {
+        k: {
+            "accuracy": float(np.mean([r["accuracy"] for r in v[: per_target[k[0]]]])),
+            "per_seed": [r["accuracy"] for r in v[: per_target[k[0]]]],
+            "fit_seconds": v[0]["fit_seconds"],
+        }  # seed 0's time: the timed run
+        for k, v in fits.items()
+    }
+    print(
+        "fine-tuned test accuracy: mean over the seeds per candidate ("
+        + ", ".join(f"{t} {n}" for t, n in sorted(per_target.items()))
+        + ")"
+    )
     # How well does one fine-tuning run predict another? Kendall tau between the seeds'
     # accuracies: the ceiling any transferability score can be expected to reach.
     ceiling: dict = {}  # target -> tau of one fine-tuning run against the others' mean
@@ -173,83 +220,116 @@ def summary(work: Path, exclude: tuple = ()) -> None:
         seeds = per_target[t]
         cands = sorted(c for (tt, c) in fits if tt == t and c not in exclude)
         per = np.array([fits[(t, c)]["per_seed"] for c in cands])  # (candidates, seeds)
-        pairs = [kendalltau(per[:, i], per[:, j]).statistic
-                 for i in range(seeds) for j in range(i + 1, seeds)]
+        pairs = [
+            kendalltau(per[:, i], per[:, j]).statistic
+            for i in range(seeds)
+            for j in range(i + 1, seeds)
+        ]
         if pairs:
             # one fine-tuning run as the "score" of the mean of the others: what actually
             # fine-tuning every candidate once would reach against this ground truth
-            loo = [kendalltau(per[:, i], np.delete(per, i, 1).mean(1)).statistic
-                   for i in range(seeds)]
+            loo = [
+                kendalltau(per[:, i], np.delete(per, i, 1).mean(1)).statistic for i in range(seeds)
+            ]
             ceiling[t] = float(np.mean(loo))
-            print(f"  {t}: seed-vs-seed Kendall tau of the fine-tuned accuracies "
-                  f"{np.mean(pairs):+.2f} (mean of {len(pairs)} pairs); one seed against the "
-                  f"mean of the others {np.mean(loo):+.2f}; mean seed spread "
-                  f"(max - min) {100 * np.mean(per.max(1) - per.min(1)):.1f} points")
+            print(
+                f"  {t}: seed-vs-seed Kendall tau of the fine-tuned accuracies "
+                f"{np.mean(pairs):+.2f} (mean of {len(pairs)} pairs); one seed against the "
+                f"mean of the others {np.mean(loo):+.2f}; mean seed spread "
+                f"(max - min) {100 * np.mean(per.max(1) - per.min(1)):.1f} points"
+            )
     latest = {(r["target"], r["max_items"]): r for r in records if r["kind"] == "rank"}
     ranks = list(latest.values())  # a rerun's ranking (--rerank) replaces the earlier one
     taus: dict = {}
     boot: dict = {}  # (score, max_items) -> per target, the taus against resampled seeds
     for rr in ranks:
         t, m = rr["target"], rr["max_items"]
-        rows = [row for row in rr["rows"]
-                if row["error"] is None and row["label"] not in exclude]
+        rows = [row for row in rr["rows"] if row["error"] is None and row["label"] not in exclude]
         labels = [row["label"] for row in rows]
-        if not all((t, l) in fits for l in labels):
+        if not all((t, label) in fits for label in labels):
             continue
-        acc = [fits[(t, l)]["accuracy"] for l in labels]
-        fit_time = sum(fits[(t, l)]["fit_seconds"] for l in labels)
-        print(f"\n== {t}: {rr['n_items']} items ranked (max_items {m}); rank {rr['seconds']:.1f} "
-              f"s, fine-tuning all {fit_time:.0f} s: ratio {fit_time / rr['seconds']:.1f}x")
+        acc = [fits[(t, label)]["accuracy"] for label in labels]
+        fit_time = sum(fits[(t, label)]["fit_seconds"] for label in labels)
+        print(
+            f"\n== {t}: {rr['n_items']} items ranked (max_items {m}); rank {rr['seconds']:.1f} "
+            f"s, fine-tuning all {fit_time:.0f} s: ratio {fit_time / rr['seconds']:.1f}x"
+        )
         names = list(rows[0]["scores"])
         print("  " + "  ".join(["candidate".ljust(40), "test acc", *[n.rjust(8) for n in names]]))
         for row, a in sorted(zip(rows, acc), key=lambda p: -p[1]):
             per = fits[(t, row["label"])]["per_seed"]
-            print("  " + "  ".join([row["label"][-40:].ljust(40), f"{a:8.4f}",
-                                    *[f"{row['scores'][n]:8.4f}" for n in names]])
-                  + f"   seeds {' '.join(f'{v:.3f}' for v in per)}")
+            print(
+                "  "
+                + "  ".join(
+                    [
+                        row["label"][-40:].ljust(40),
+                        f"{a:8.4f}",
+                        *[f"{row['scores'][n]:8.4f}" for n in names],
+                    ]
+                )
+                + f"   seeds {' '.join(f'{v:.3f}' for v in per)}"
+            )
         line = []
         for n in names:
             vals = [row["scores"][n] for row in rows]
             ok = [i for i, v in enumerate(vals) if v == v]  # NaN: score does not apply
-            tau = kendalltau([vals[i] for i in ok], [acc[i] for i in ok]).statistic \
-                if len(ok) >= 3 else float("nan")
+            tau = (
+                kendalltau([vals[i] for i in ok], [acc[i] for i in ok]).statistic
+                if len(ok) >= 3
+                else float("nan")
+            )
             last = min(ok, key=lambda i: vals[i]) if ok else None
             random_last = last is not None and labels[last] == RANDOM
             # the random-init network below every candidate that fine-tunes better than it
             r = labels.index(RANDOM) if RANDOM in labels else None
-            below = r is not None and r in ok and all(
-                vals[i] > vals[r] for i in ok if acc[i] > acc[r])
+            below = (
+                r is not None and r in ok and all(vals[i] > vals[r] for i in ok if acc[i] > acc[r])
+            )
             top = max(ok, key=lambda i: vals[i]) if ok else None
             regret = (max(acc[i] for i in ok) - acc[top]) if ok else float("nan")
-            taus.setdefault((n, m), []).append((tau, random_last, fit_time / rr["seconds"],
-                                                len(ok), below, regret))
+            taus.setdefault((n, m), []).append(
+                (tau, random_last, fit_time / rr["seconds"], len(ok), below, regret)
+            )
             if len(ok) >= 3:  # the same score against resampled fine-tuning seeds
                 per = [np.array(fits[(t, labels[i])]["per_seed"]) for i in ok]
-                boot.setdefault((n, m), []).append(_resampled_taus(
-                    [vals[i] for i in ok], per, np.random.default_rng(0)))
-            line.append(f"{n}: tau {tau:+.2f} over {len(ok)}, top pick -{100 * regret:.1f} "
-                        f"pts{' (random last)' if random_last else ''}")
+                boot.setdefault((n, m), []).append(
+                    _resampled_taus([vals[i] for i in ok], per, np.random.default_rng(0))
+                )
+            line.append(
+                f"{n}: tau {tau:+.2f} over {len(ok)}, top pick -{100 * regret:.1f} "
+                f"pts{' (random last)' if random_last else ''}"
+            )
         print("  " + "; ".join(line))
     print("\n== mean Kendall tau over targets (random-init ranked last on how many)")
     for (n, m), vals in sorted(taus.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         t = [v[0] for v in vals if v[0] == v[0]]
-        print(f"  max_items {m:5d}  {n:8s} tau {np.mean(t):+.3f} over {len(t)} targets "
-              f"({'/'.join(str(v[3]) for v in vals)} candidates); top pick "
-              f"-{100 * np.mean([v[5] for v in vals]):.1f} pts; random last "
-              f"{sum(v[1] for v in vals)}/{len(vals)}, below every better one "
-              f"{sum(v[4] for v in vals)}/{len(vals)}; speed ratio "
-              f"{np.median([v[2] for v in vals]):.1f}x (median)")
+        print(
+            f"  max_items {m:5d}  {n:8s} tau {np.mean(t):+.3f} over {len(t)} targets "
+            f"({'/'.join(str(v[3]) for v in vals)} candidates); top pick "
+            f"-{100 * np.mean([v[5] for v in vals]):.1f} pts; random last "
+            f"{sum(v[1] for v in vals)}/{len(vals)}, below every better one "
+            f"{sum(v[4] for v in vals)}/{len(vals)}; speed ratio "
+            f"{np.median([v[2] for v in vals]):.1f}x (median)"
+        )
     # Which mean tau would other fine-tuning seeds have given? Each target's seeds are
     # resampled with replacement (the same draws for every score); the interval is that of
     # the mean over targets. A score whose interval holds 0.6 neither clearly meets nor
     # clearly misses the issue's goal on these candidates.
-    print("\n== mean Kendall tau with fine-tuning seeds resampled (1000 draws): 90% interval"
-          + (f"; one fine-tuning run against the mean of the others: "
-             f"{np.mean(list(ceiling.values())):+.3f}" if ceiling else ""))
+    print(
+        "\n== mean Kendall tau with fine-tuning seeds resampled (1000 draws): 90% interval"
+        + (
+            f"; one fine-tuning run against the mean of the others: "
+            f"{np.mean(list(ceiling.values())):+.3f}"
+            if ceiling
+            else ""
+        )
+    )
     for (n, m), per_target in sorted(boot.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         mean = np.mean(per_target, 0)
-        print(f"  max_items {m:5d}  {n:8s} tau {np.mean(mean):+.3f} [{np.percentile(mean, 5):+.2f}"
-              f", {np.percentile(mean, 95):+.2f}]; P(>= 0.6) {np.mean(mean >= 0.6 - 1e-9):.2f}")
+        print(
+            f"  max_items {m:5d}  {n:8s} tau {np.mean(mean):+.3f} [{np.percentile(mean, 5):+.2f}"
+            f", {np.percentile(mean, 95):+.2f}]; P(>= 0.6) {np.mean(mean >= 0.6 - 1e-9):.2f}"
+        )
 
 
 def _resampled_taus(score: list, per_seed: list, rng, draws: int = 1000) -> np.ndarray:
@@ -271,11 +351,14 @@ def recipe(work: Path, items: list[str]) -> dict:
     if path.is_file():
         kept = json.loads(path.read_text())
         if kept != settings:
-            raise SystemExit(f"{work} holds fits of the recipe {kept}, not {settings}: "
-                             "use another --work folder for another recipe")
+            raise SystemExit(
+                f"{work} holds fits of the recipe {kept}, not {settings}: "
+                "use another --work folder for another recipe"
+            )
     elif settings and any(key[1] == "fit" for key in done(work / "results.jsonl")):
-        raise SystemExit(f"{work} holds fits of the default recipe: use another --work "
-                         "folder for another recipe")
+        raise SystemExit(
+            f"{work} holds fits of the default recipe: use another --work folder for another recipe"
+        )
     else:
         path.write_text(json.dumps(settings))
     return settings
@@ -285,23 +368,44 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="/tmp/headstart-rankbench")
     parser.add_argument("--targets", default="fmnist,mnist,digits")
-    parser.add_argument("--max-items", default="1000,300",
-                        help="rank sample sizes to time (comma-separated)")
-    parser.add_argument("--seeds", default="0", help="fine-tuning seeds (the accuracy that "
-                        "judges the ranking is their mean)")
-    parser.add_argument("--rerank", action="store_true", help="rank again even where a "
-                        "ranking is recorded (e.g. after a score was added); fits are kept")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="fine-tuning recipe settings on top of the default one, e.g. "
-                        "val_fraction=0 (a WORK folder holds one recipe: it is recorded in "
-                        "WORK/recipe.json and a different one is refused)")
-    parser.add_argument("--candidates", default="", help="fit only these candidates "
-                        "(comma-separated, SOURCE for the self-pretrained one), e.g. a pilot")
+    parser.add_argument(
+        "--max-items", default="1000,300", help="rank sample sizes to time (comma-separated)"
+    )
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="fine-tuning seeds (the accuracy that judges the ranking is their mean)",
+    )
+    parser.add_argument(
+        "--rerank",
+        action="store_true",
+        help="rank again even where a "
+        "ranking is recorded (e.g. after a score was added); fits are kept",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fine-tuning recipe settings on top of the default one, e.g. "
+        "val_fraction=0 (a WORK folder holds one recipe: it is recorded in "
+        "WORK/recipe.json and a different one is refused)",
+    )
+    parser.add_argument(
+        "--candidates",
+        default="",
+        help="fit only these candidates "
+        "(comma-separated, SOURCE for the self-pretrained one), e.g. a pilot",
+    )
     parser.add_argument("--source-only", action="store_true")
     parser.add_argument("--summary", action="store_true")
-    parser.add_argument("--exclude", default="", help="candidates the summary leaves out "
-                        "(comma-separated labels), e.g. packaged:efficientnet_lite0@3 for "
-                        "the issue's set of two cuts")
+    parser.add_argument(
+        "--exclude",
+        default="",
+        help="candidates the summary leaves out "
+        "(comma-separated labels), e.g. packaged:efficientnet_lite0@3 for "
+        "the issue's set of two cuts",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
@@ -316,8 +420,15 @@ def main() -> None:
     settings = recipe(work, args.set)
     only = tuple(c for c in args.candidates.split(",") if c)
     for t in args.targets.split(","):
-        run_target(t, work, [int(m) for m in args.max_items.split(",")],
-                   [int(x) for x in args.seeds.split(",")], args.rerank, settings, only)
+        run_target(
+            t,
+            work,
+            [int(m) for m in args.max_items.split(",")],
+            [int(x) for x in args.seeds.split(",")],
+            args.rerank,
+            settings,
+            only,
+        )
     summary(work, exclude)
 
 

@@ -49,23 +49,54 @@ def fit_run(out: Path) -> Path:
     from headstart.cli import main
 
     data = Path(tempfile.mkdtemp(prefix="headstart-serve-data-"))
-    assert main(["-q", "datasets", "fashion-mnist", "--out", str(data), "--per-class", "30",
-                 "--test-per-class", "5"]) == 0
-    assert main(["-q", "fit", str(data / "train"), "--strategy", "feature_extract",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "datasets",
+                "fashion-mnist",
+                "--out",
+                str(data),
+                "--per-class",
+                "30",
+                "--test-per-class",
+                "5",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["-q", "fit", str(data / "train"), "--strategy", "feature_extract", "--out", str(out)])
+        == 0
+    )
     return out
 
 
-def start_server(run: Path, port: int, extra: list[str],
-                 api_key: str | None = None) -> subprocess.Popen:
+def start_server(
+    run: Path, port: int, extra: list[str], api_key: str | None = None
+) -> subprocess.Popen:
     import httpx
 
     env = {k: v for k, v in os.environ.items() if k != "HEADSTART_API_KEY"}
     if api_key:
         env["HEADSTART_API_KEY"] = api_key
-    proc = subprocess.Popen([sys.executable, "-m", "headstart", "-q", "serve", str(run),
-                             "--port", str(port), "--preload", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "headstart",
+            "-q",
+            "serve",
+            str(run),
+            "--port",
+            str(port),
+            "--preload",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -79,8 +110,9 @@ def start_server(run: Path, port: int, extra: list[str],
     raise RuntimeError("server did not start in 120 s")
 
 
-async def load(url: str, payloads: list[bytes], n: int, clients: int,
-               api_key: str | None = None) -> dict:
+async def load(
+    url: str, payloads: list[bytes], n: int, clients: int, api_key: str | None = None
+) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -103,16 +135,25 @@ async def load(url: str, payloads: list[bytes], n: int, clients: int,
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as http:
         # warm-up (not counted)
-        await asyncio.gather(*[http.post(url, files={"file": ("x.png", payloads[0],
-                                                               "image/png")})
-                               for _ in range(clients)])
+        await asyncio.gather(
+            *[
+                http.post(url, files={"file": ("x.png", payloads[0], "image/png")})
+                for _ in range(clients)
+            ]
+        )
         t0 = time.perf_counter()
         await asyncio.gather(*[client(http) for _ in range(clients)])
         wall = time.perf_counter() - t0
     lat = np.array(latencies) * 1e3
-    return {"requests": n, "errors": len(errors), "first_errors": errors[:3],
-            "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            "rps": n / wall, "wall_s": wall}
+    return {
+        "requests": n,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "rps": n / wall,
+        "wall_s": wall,
+    }
 
 
 def raw_reference(run: Path, files: list[Path], n: int = 300) -> dict:
@@ -132,9 +173,13 @@ def raw_reference(run: Path, files: list[Path], n: int = 300) -> dict:
         t0 = time.perf_counter()
         predictor.run([predictor.prepare(data[i % len(data)])])
         full.append(time.perf_counter() - t0)
-    return {"call_ms": statistics.median(call) * 1e3,
-            "call_ips": n / sum(call), "full_ms": statistics.median(full) * 1e3,
-            "full_ips": n / sum(full), "input": predictor.estimator.preprocess_.input_size}
+    return {
+        "call_ms": statistics.median(call) * 1e3,
+        "call_ips": n / sum(call),
+        "full_ms": statistics.median(full) * 1e3,
+        "full_ips": n / sum(full),
+        "input": predictor.estimator.preprocess_.input_size,
+    }
 
 
 def main() -> int:
@@ -143,10 +188,18 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--run", default=None, help="a run to serve (default: fit one)")
     parser.add_argument("--configs", default="batched,unbatched,onnx")
-    parser.add_argument("--api-key", default=None, help="also run every configuration with "
-                        "the server requiring this key (the ratio keyed/open is printed)")
-    parser.add_argument("--rounds", type=int, default=1, help="runs of each server, "
-                        "alternating open and keyed; the median req/s is reported")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="also run every configuration with "
+        "the server requiring this key (the ratio keyed/open is printed)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="runs of each server, alternating open and keyed; the median req/s is reported",
+    )
     args = parser.parse_args()
     run = Path(args.run) if args.run else fit_run(Path(tempfile.mkdtemp()) / "run")
     images, _ = fashion_mnist_pngs(100)
@@ -155,9 +208,11 @@ def main() -> int:
 
     ref = raw_reference(run, files)
     print(f"model: {run} ({ref['input']}px input), {os.cpu_count()} CPU cores")
-    print(f"raw model call per request (batch 1, in process): median {ref['call_ms']:.1f} ms, "
-          f"{ref['call_ips']:.1f} items/s; with decode+resize: median {ref['full_ms']:.1f} ms, "
-          f"{ref['full_ips']:.1f} items/s")
+    print(
+        f"raw model call per request (batch 1, in process): median {ref['call_ms']:.1f} ms, "
+        f"{ref['call_ips']:.1f} items/s; with decode+resize: median {ref['full_ms']:.1f} ms, "
+        f"{ref['full_ips']:.1f} items/s"
+    )
     configs = {
         "batched": ["--max-batch", "32"],
         "unbatched": ["--max-batch", "1"],
@@ -168,8 +223,10 @@ def main() -> int:
         from headstart.export import export_model
 
         export_model(run, "onnx")
-    print(f"{'server':<14} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'req/s':>7} {'vs raw call':>11}" + ("  keyed/open" if args.api_key else ""))
+    print(
+        f"{'server':<14} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'req/s':>7} {'vs raw call':>11}" + ("  keyed/open" if args.api_key else "")
+    )
     keys = [None, args.api_key] if args.api_key else [None]
     for name in wanted:
         results: dict = {key: [] for key in keys}
@@ -178,9 +235,17 @@ def main() -> int:
                 port = free_port()
                 proc = start_server(run, port, configs[name], key)
                 try:
-                    results[key].append(asyncio.run(load(
-                        f"http://127.0.0.1:{port}/predict", payloads, args.requests,
-                        args.clients, key)))
+                    results[key].append(
+                        asyncio.run(
+                            load(
+                                f"http://127.0.0.1:{port}/predict",
+                                payloads,
+                                args.requests,
+                                args.clients,
+                                key,
+                            )
+                        )
+                    )
                 finally:
                     proc.terminate()
                     proc.wait(timeout=30)
@@ -189,12 +254,14 @@ def main() -> int:
             r = rs[-1]
             errors = sum(x["errors"] for x in rs)
             label = name + ("+key" if key else "")
-            print(f"{label:<14} {sum(x['requests'] for x in rs):>8} {errors:>6} "
-                  f"{statistics.median(x['p50_ms'] for x in rs):>8.1f} "
-                  f"{statistics.median(x['p95_ms'] for x in rs):>8.1f} {rps[key]:>7.1f} "
-                  f"{rps[key] / ref['call_ips']:>10.2f}x"
-                  + (f"  {rps[key] / rps[None]:>10.3f}" if key else "")
-                  + (f"  first errors: {r['first_errors']}" if errors else ""))
+            print(
+                f"{label:<14} {sum(x['requests'] for x in rs):>8} {errors:>6} "
+                f"{statistics.median(x['p50_ms'] for x in rs):>8.1f} "
+                f"{statistics.median(x['p95_ms'] for x in rs):>8.1f} {rps[key]:>7.1f} "
+                f"{rps[key] / ref['call_ips']:>10.2f}x"
+                + (f"  {rps[key] / rps[None]:>10.3f}" if key else "")
+                + (f"  first errors: {r['first_errors']}" if errors else "")
+            )
     return 0
 
 

@@ -61,16 +61,33 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3, help="draws per size (1 for 'all')")
     parser.add_argument("--first-draw", type=int, default=0)
     parser.add_argument("--out", default=None, help="append JSON lines here")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="FitConfig settings, e.g. epochs=4 truncation=head_tail")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FitConfig settings, e.g. epochs=4 truncation=head_tail",
+    )
     parser.add_argument("--cache", default="/tmp/headstart-text-features")
-    parser.add_argument("--save-proba", default=None, metavar="DIR",
-                        help="write each fit's features, encoder and TF-IDF probabilities on "
-                             "the train and test texts to DIR/CORPUS_STRATEGY_SIZE_DRAW.npz")
-    parser.add_argument("--joint", action="store_true",
-                        help="fit with --blend --blend-mode joint and record that model too")
-    parser.add_argument("--summary", nargs="*", default=None, metavar="JSONL",
-                        help="only summarise these result files (e.g. several --out files)")
+    parser.add_argument(
+        "--save-proba",
+        default=None,
+        metavar="DIR",
+        help="write each fit's features, encoder and TF-IDF probabilities on "
+        "the train and test texts to DIR/CORPUS_STRATEGY_SIZE_DRAW.npz",
+    )
+    parser.add_argument(
+        "--joint",
+        action="store_true",
+        help="fit with --blend --blend-mode joint and record that model too",
+    )
+    parser.add_argument(
+        "--summary",
+        nargs="*",
+        default=None,
+        metavar="JSONL",
+        help="only summarise these result files (e.g. several --out files)",
+    )
     args = parser.parse_args()
     if args.summary is not None:
         results = defaultdict(list)
@@ -97,25 +114,45 @@ def main() -> None:
             x, y = draw(train, size, d)
             for strategy in args.strategies.split(","):
                 t0 = time.perf_counter()
-                clf = TextClassifier(strategy=strategy, val_fraction=0.0, seed=d,
-                                     feature_cache=args.cache, **settings).fit(x, y)
+                clf = TextClassifier(
+                    strategy=strategy,
+                    val_fraction=0.0,
+                    seed=d,
+                    feature_cache=args.cache,
+                    **settings,
+                ).fit(x, y)
                 m = clf.evaluate(*test)
                 encoder = m.get("encoder", m)  # a blending model's own metrics: the blend's
                 mean = m["blend"] if "blend" in m else m
-                row = {"corpus": args.corpus, "strategy": strategy, "size": size, "draw": d,
-                       "n_train": len(x), "accuracy": encoder["accuracy"],
-                       "macro_f1": encoder["macro_f1"],
-                       "tfidf_accuracy": m["baseline"]["accuracy"],
-                       "tfidf_macro_f1": m["baseline"]["macro_f1"],
-                       "blend_accuracy": mean["accuracy"], "blend_macro_f1": mean["macro_f1"],
-                       **({"joint_accuracy": m["accuracy"], "joint_macro_f1": m["macro_f1"]}
-                          if clf._joint() else {}),
-                       "trainable": [s["trainable_params"] for s in clf.stages_],
-                       "seconds": round(time.perf_counter() - t0, 1), "settings": settings}
+                row = {
+                    "corpus": args.corpus,
+                    "strategy": strategy,
+                    "size": size,
+                    "draw": d,
+                    "n_train": len(x),
+                    "accuracy": encoder["accuracy"],
+                    "macro_f1": encoder["macro_f1"],
+                    "tfidf_accuracy": m["baseline"]["accuracy"],
+                    "tfidf_macro_f1": m["baseline"]["macro_f1"],
+                    "blend_accuracy": mean["accuracy"],
+                    "blend_macro_f1": mean["macro_f1"],
+                    **(
+                        {"joint_accuracy": m["accuracy"], "joint_macro_f1": m["macro_f1"]}
+                        if clf._joint()
+                        else {}
+                    ),
+                    "trainable": [s["trainable_params"] for s in clf.stages_],
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "settings": settings,
+                }
                 print(json.dumps(row), flush=True)
                 if args.save_proba:  # every item's probabilities: other fusion rules offline
-                    save_proba(clf, Path(args.save_proba) /
-                               f"{args.corpus}_{strategy}_{size}_{d}.npz", (x, y), test)
+                    save_proba(
+                        clf,
+                        Path(args.save_proba) / f"{args.corpus}_{strategy}_{size}_{d}.npz",
+                        (x, y),
+                        test,
+                    )
                 if args.out:
                     with open(args.out, "a") as fh:
                         fh.write(json.dumps(row) + "\n")
@@ -140,17 +177,23 @@ def summary(results: dict) -> None:
     """Means over draws, and the transfer-minus-TF-IDF accuracy difference per draw (the
     same training texts for both): its mean and standard error, since which few texts are
     drawn moves both by several points."""
-    print(f"\n{'size':>6} {'strategy':<16} {'acc':>7} {'F1':>7} {'tfidf acc':>9} {'tfidf F1':>8}"
-          f"  {'acc - tfidf (mean +- SE over draws)':>36}")
+    print(
+        f"\n{'size':>6} {'strategy':<16} {'acc':>7} {'F1':>7} {'tfidf acc':>9} {'tfidf F1':>8}"
+        f"  {'acc - tfidf (mean +- SE over draws)':>36}"
+    )
     for (size, strategy), rows in results.items():
-        mean = {k: 100 * np.mean([r[k] for r in rows]) for k in
-                ("accuracy", "macro_f1", "tfidf_accuracy", "tfidf_macro_f1")}
+        mean = {
+            k: 100 * np.mean([r[k] for r in rows])
+            for k in ("accuracy", "macro_f1", "tfidf_accuracy", "tfidf_macro_f1")
+        }
         diff = 100 * np.array([r["accuracy"] - r["tfidf_accuracy"] for r in rows])
         se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-        print(f"{size:>6} {strategy:<16} {mean['accuracy']:7.2f} {mean['macro_f1']:7.2f} "
-              f"{mean['tfidf_accuracy']:9.2f} {mean['tfidf_macro_f1']:8.2f}  "
-              f"{diff.mean():+8.2f} +- {se:.2f} (n={len(rows)}: "
-              f"{' '.join(f'{d:+.2f}' for d in diff)})")
+        print(
+            f"{size:>6} {strategy:<16} {mean['accuracy']:7.2f} {mean['macro_f1']:7.2f} "
+            f"{mean['tfidf_accuracy']:9.2f} {mean['tfidf_macro_f1']:8.2f}  "
+            f"{diff.mean():+8.2f} +- {se:.2f} (n={len(rows)}: "
+            f"{' '.join(f'{d:+.2f}' for d in diff)})"
+        )
         # the encoder and TF-IDF averaged (--blend), and in one logistic regression
         # (--blend-mode joint), against TF-IDF alone
         for key, name in (("blend", "+ TF-IDF blend"), ("joint", "+ TF-IDF joint")):
@@ -161,9 +204,11 @@ def summary(results: dict) -> None:
             se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
             acc = 100 * np.mean([r[f"{key}_accuracy"] for r in blended])
             f1 = 100 * np.mean([r[f"{key}_macro_f1"] for r in blended])
-            print(f"{'':>6} {name:<16} {acc:7.2f} {f1:7.2f} {'':>9} {'':>8}  "
-                  f"{diff.mean():+8.2f} +- {se:.2f} (n={len(blended)}: "
-                  f"{' '.join(f'{d:+.2f}' for d in diff)})")
+            print(
+                f"{'':>6} {name:<16} {acc:7.2f} {f1:7.2f} {'':>9} {'':>8}  "
+                f"{diff.mean():+8.2f} +- {se:.2f} (n={len(blended)}: "
+                f"{' '.join(f'{d:+.2f}' for d in diff)})"
+            )
 
 
 if __name__ == "__main__":

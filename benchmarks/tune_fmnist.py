@@ -32,8 +32,9 @@ def finished_trials(db: Path) -> int:
         return 0
     try:
         with sqlite3.connect(db) as con:
-            return con.execute("select count(*) from trials where state in "
-                               "('COMPLETE', 'PRUNED')").fetchone()[0]
+            return con.execute(
+                "select count(*) from trials where state in ('COMPLETE', 'PRUNED')"
+            ).fetchone()[0]
     except sqlite3.Error:
         return 0
 
@@ -55,8 +56,10 @@ def write_mnist(out: Path, per_class: int) -> None:
             folder = out / split / str(classes[y[i]])
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(x[i]).save(folder / f"{i}.png")
-    print(f"wrote {len(train)} training images to {out / 'train'} and {len(test)} test images "
-          f"to {out / 'test'}")
+    print(
+        f"wrote {len(train)} training images to {out / 'train'} and {len(test)} test images "
+        f"to {out / 'test'}"
+    )
 
 
 def main() -> int:
@@ -65,27 +68,63 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--kill-after", type=int, default=6)
     parser.add_argument("--per-class", type=int, default=50)
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="validation share the trials are scored on (0.2: 100 images)")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="validation share the trials are scored on (0.2: 100 images)",
+    )
     parser.add_argument("--target", default="fmnist", choices=("fmnist", "mnist"))
-    parser.add_argument("--monitor", default="accuracy",
-                        help="what the trials are scored on and the best epoch picked by: "
-                             "accuracy | macro_f1 | loss")
+    parser.add_argument(
+        "--monitor",
+        default="accuracy",
+        help="what the trials are scored on and the best epoch picked by: "
+        "accuracy | macro_f1 | loss",
+    )
     args = parser.parse_args()
 
     from headstart.cli import main as cli
 
     root = Path(tempfile.mkdtemp(prefix="headstart-tune-"))
     if args.target == "fmnist":
-        assert cli(["-q", "datasets", "fashion-mnist", "--out", str(root / "data"),
-                    "--per-class", str(args.per_class), "--test-per-class", "100"]) == 0
+        assert (
+            cli(
+                [
+                    "-q",
+                    "datasets",
+                    "fashion-mnist",
+                    "--out",
+                    str(root / "data"),
+                    "--per-class",
+                    str(args.per_class),
+                    "--test-per-class",
+                    "100",
+                ]
+            )
+            == 0
+        )
     else:
         write_mnist(root / "data", args.per_class)
     out = root / "tune"
-    command = [sys.executable, "-m", "headstart", "tune", str(root / "data" / "train"),
-               "--model", "packaged:efficientnet_lite0", "--trials", str(args.trials),
-               "--image-size", str(args.image_size), "--val-fraction", str(args.val_fraction),
-               "--monitor", args.monitor, "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "headstart",
+        "tune",
+        str(root / "data" / "train"),
+        "--model",
+        "packaged:efficientnet_lite0",
+        "--trials",
+        str(args.trials),
+        "--image-size",
+        str(args.image_size),
+        "--val-fraction",
+        str(args.val_fraction),
+        "--monitor",
+        args.monitor,
+        "--out",
+        str(out),
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while finished_trials(out / "optuna.db") < args.kill_after and proc.poll() is None:
@@ -106,9 +145,11 @@ def main() -> int:
 
     result = json.loads((out / "tune.json").read_text())
     states = [t["state"] for t in result["trials"]]
-    print(f"trials: {len(states)} in storage: {states.count('COMPLETE')} complete, "
-          f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed (the killed one), "
-          f"{states.count('RUNNING')} left running")
+    print(
+        f"trials: {len(states)} in storage: {states.count('COMPLETE')} complete, "
+        f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed (the killed one), "
+        f"{states.count('RUNNING')} left running"
+    )
     print(f"wall time of both runs: {wall / 60:.1f} min (2 CPU cores)")
     test = root / "data" / "test"
     best = ImageClassifier.load(result["best_run"])
@@ -120,13 +161,17 @@ def main() -> int:
             clf.fit(root / "data" / "train")
             scores[name].append(clf.score(test))
     best_acc, default_acc = (sum(v) / len(v) for v in (scores["best"], scores["default"]))
-    print(f"validation {result['monitor']}: best trial {result['best']['number']} "
-          f"{result['best']['value']:.4f} vs default {result['default']['value']:.4f}")
+    print(
+        f"validation {result['monitor']}: best trial {result['best']['number']} "
+        f"{result['best']['value']:.4f} vs default {result['default']['value']:.4f}"
+    )
     n_test = len(list(test.rglob("*.png")))
-    print(f"test accuracy ({n_test} test images, mean of seeds 0-2): best {best_acc:.4f} "
-          f"{[round(v, 4) for v in scores['best']]} ({best_params}) vs default "
-          f"{default_acc:.4f} {[round(v, 4) for v in scores['default']]} ({default_params}): "
-          f"{100 * (best_acc - default_acc):+.1f} points")
+    print(
+        f"test accuracy ({n_test} test images, mean of seeds 0-2): best {best_acc:.4f} "
+        f"{[round(v, 4) for v in scores['best']]} ({best_params}) vs default "
+        f"{default_acc:.4f} {[round(v, 4) for v in scores['default']]} ({default_params}): "
+        f"{100 * (best_acc - default_acc):+.1f} points"
+    )
     return 0
 
 

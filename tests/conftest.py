@@ -22,15 +22,34 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-for _name in ("headstart", "PIL", "timm", "huggingface_hub", "accelerate", "httpx",
-              "urllib3", "filelock", "matplotlib"):
+for _name in (
+    "headstart",
+    "PIL",
+    "timm",
+    "huggingface_hub",
+    "accelerate",
+    "httpx",
+    "urllib3",
+    "filelock",
+    "matplotlib",
+):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 CLASS_NAMES = ("a", "b", "c")
 
 # Settings that make tiny:cnn fit the separable data quickly and reliably.
-FAST = dict(epochs=2, head_epochs=2, batch_size=16, eval_batch_size=64, lr=1e-2,
-            head_lr=1e-2, early_stopping=0, num_workers=0, device="cpu", seed=0)
+FAST = dict(
+    epochs=2,
+    head_epochs=2,
+    batch_size=16,
+    eval_batch_size=64,
+    lr=1e-2,
+    head_lr=1e-2,
+    early_stopping=0,
+    num_workers=0,
+    device="cpu",
+    seed=0,
+)
 
 
 def make_arrays(n: int = 48, size: int = 16, n_classes: int = 2, seed: int = 0):
@@ -78,14 +97,35 @@ LETTER_WORDS = ["abc", "bad", "cafe", "dead", "face", "bead", "fade", "aged", "e
 DIGIT_WORDS = ["123", "456", "789", "2024", "314", "999", "1010", "42", "777", "808"]
 # tiny:bert settings for the texts below: chunks of 16 tokens (14 + [CLS]/[SEP]), up to 3
 # per text, so the longer texts have several
-TEXT_FIT = dict(epochs=2, head_epochs=6, batch_size=8, eval_batch_size=32, lr=1e-3,
-                head_lr=5e-2, early_stopping=0, num_workers=0, device="cpu", seed=0,
-                val_fraction=0.2, truncation="chunks", max_length=16, max_chunks=3,
-                contrastive=0.0, min_steps=0, baseline=False)
+TEXT_FIT = dict(
+    epochs=2,
+    head_epochs=6,
+    batch_size=8,
+    eval_batch_size=32,
+    lr=1e-3,
+    head_lr=5e-2,
+    early_stopping=0,
+    num_workers=0,
+    device="cpu",
+    seed=0,
+    val_fraction=0.2,
+    truncation="chunks",
+    max_length=16,
+    max_chunks=3,
+    contrastive=0.0,
+    min_steps=0,
+    baseline=False,
+)
 
 
-def make_texts(n: int, seed: int, max_words: int = 8, letters=LETTER_WORDS,
-               digits=DIGIT_WORDS, min_words: int = 1) -> tuple[list[str], list[str]]:
+def make_texts(
+    n: int,
+    seed: int,
+    max_words: int = 8,
+    letters=LETTER_WORDS,
+    digits=DIGIT_WORDS,
+    min_words: int = 1,
+) -> tuple[list[str], list[str]]:
     """Alternately letter words ("letters") and digit words ("digits"),
     min_words..max_words each."""
     import random
@@ -95,15 +135,19 @@ def make_texts(n: int, seed: int, max_words: int = 8, letters=LETTER_WORDS,
     for i in range(n):
         label = "letters" if i % 2 == 0 else "digits"
         words = letters if label == "letters" else digits
-        texts.append(" ".join(rng.choice(words)
-                              for _ in range(rng.randint(min_words, max_words))))
+        texts.append(" ".join(rng.choice(words) for _ in range(rng.randint(min_words, max_words))))
         labels.append(label)
     return texts, labels
 
 
-def make_multi_label_texts(n: int, seed: int, min_words: int = 1, max_words: int = 5,
-                           letters=LETTER_WORDS, digits=DIGIT_WORDS
-                           ) -> tuple[list[str], list[list[str]]]:
+def make_multi_label_texts(
+    n: int,
+    seed: int,
+    min_words: int = 1,
+    max_words: int = 5,
+    letters=LETTER_WORDS,
+    digits=DIGIT_WORDS,
+) -> tuple[list[str], list[list[str]]]:
     """Letter words ("letters"), digit words ("digits"), or both (both labels), in turn;
     min_words..max_words of each kind."""
     import random
@@ -112,8 +156,11 @@ def make_multi_label_texts(n: int, seed: int, min_words: int = 1, max_words: int
     texts, labels = [], []
     for i in range(n):
         kind = [["letters"], ["digits"], ["digits", "letters"]][i % 3]
-        words = [rng.choice(letters if k == "letters" else digits)
-                 for k in kind for _ in range(rng.randint(min_words, max_words))]
+        words = [
+            rng.choice(letters if k == "letters" else digits)
+            for k in kind
+            for _ in range(rng.randint(min_words, max_words))
+        ]
         rng.shuffle(words)
         texts.append(" ".join(words))
         labels.append(kind)
@@ -145,14 +192,17 @@ def image_csv(tmp_path, arrays):
 @pytest.fixture
 def make_folder(tmp_path):
     """Factory: ``make_folder(name, n=..., n_classes=..., seed=...)`` -> folder path."""
+
     def make(name: str = "data", **kw) -> Path:
         return write_folder(tmp_path / name, *make_arrays(**kw))
+
     return make
 
 
 @pytest.fixture
 def no_network(monkeypatch):
     """Any socket connection or DNS lookup raises OSError("network blocked by test")."""
+
     def blocked(*args, **kwargs):
         raise OSError("network blocked by test")
 
@@ -181,7 +231,8 @@ def empty_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache / "hub"))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     fast_time = types.SimpleNamespace(
-        **{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+        **{k: getattr(time, k) for k in dir(time) if not k.startswith("_")}
+    )
     fast_time.sleep = lambda seconds: None
     monkeypatch.setattr(hf_http, "time", fast_time)
     return cache

@@ -66,15 +66,38 @@ def test_cli_advise(tmp_path):
     folder = write_folder(tmp_path / "data", *make_arrays(n=60, n_classes=3))
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        code = main(["-q", "advise", str(folder), "--model", "tiny:cnn", "--num-workers", "0",
-                     "--device", "cpu"])
+        code = main(
+            [
+                "-q",
+                "advise",
+                str(folder),
+                "--model",
+                "tiny:cnn",
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
     assert code == 0, err.getvalue()
     text = out.getvalue()
     assert "strategy:" in text and "because:" in text and "headstart fit" in text
     out = io.StringIO()
     with redirect_stdout(out), redirect_stderr(io.StringIO()):
-        code = main(["-q", "advise", str(folder), "--model", "tiny:cnn", "--json",
-                     "--num-workers", "0", "--device", "cpu"])
+        code = main(
+            [
+                "-q",
+                "advise",
+                str(folder),
+                "--model",
+                "tiny:cnn",
+                "--json",
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
     data = json.loads(out.getvalue())
     assert code == 0 and data["strategy"] and data["reasons"] and data["facts"]["n_items"] == 60
 
@@ -92,13 +115,33 @@ def test_cli_advise_and_study_default_to_the_tasks_backbone_as_fit_does(tmp_path
     assert code == 0, err.getvalue()
     assert out.getvalue().startswith("tiny:cnn on ") and "--backbone tiny:cnn" in out.getvalue()
     assert "classic baseline on the same items: " in out.getvalue()
-    assert advise(*make_arrays(n=30, n_classes=3), num_workers=0, device="cpu").facts[
-        "n_items"] == 30
+    assert (
+        advise(*make_arrays(n=30, n_classes=3), num_workers=0, device="cpu").facts["n_items"] == 30
+    )
     out = io.StringIO()
     with redirect_stdout(out), redirect_stderr(io.StringIO()):
-        code = main(["-q", "study", str(folder), "--fractions", "1", "--strategies",
-                     "feature_extract", "--no-scratch", "--epochs", "1", "--head-epochs", "1",
-                     "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "st")])
+        code = main(
+            [
+                "-q",
+                "study",
+                str(folder),
+                "--fractions",
+                "1",
+                "--strategies",
+                "feature_extract",
+                "--no-scratch",
+                "--epochs",
+                "1",
+                "--head-epochs",
+                "1",
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "st"),
+            ]
+        )
     assert code == 0 and "(tiny:cnn, 2 runs)" in out.getvalue()  # feature_extract + baseline
     assert json.loads((tmp_path / "st" / "study.json").read_text())["model"] == "tiny:cnn"
 
@@ -120,8 +163,11 @@ def test_advise_fits_the_baseline_on_the_probed_items(monkeypatch):
 
     seen = []
     real = baselined.baseline_cv
-    monkeypatch.setattr(baselined, "baseline_cv",
-                        lambda cls, cfg, items: seen.append(len(items)) or real(cls, cfg, items))
+    monkeypatch.setattr(
+        baselined,
+        "baseline_cv",
+        lambda cls, cfg, items: seen.append(len(items)) or real(cls, cfg, items),
+    )
     a = advise(*make_arrays(n=30, n_classes=3), model="tiny:cnn", num_workers=0, device="cpu")
     assert seen == [30] == [a.facts["probe_items"]]
     assert 0 <= a.facts["baseline_cv"] <= 1 and a.facts["baseline"].endswith("pixels")

@@ -28,7 +28,7 @@ def import_graph(src: Path = SRC) -> dict[str, set[str]]:
                 deps.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
-                    base = package[:len(package) - node.level + 1]
+                    base = package[: len(package) - node.level + 1]
                     target = ".".join(base + ([node.module] if node.module else []))
                 else:
                     target = node.module or ""
@@ -103,10 +103,15 @@ def private_calls(path: Path) -> list[str]:
     internals instead of its public API."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr.startswith("_") and not node.func.attr.startswith("__")
-                and not (isinstance(node.func.value, ast.Name)
-                         and node.func.value.id in ("self", "cls"))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr.startswith("_")
+            and not node.func.attr.startswith("__")
+            and not (
+                isinstance(node.func.value, ast.Name) and node.func.value.id in ("self", "cls")
+            )
+        ):
             found.append(f"{path.name}:{node.lineno} {ast.unparse(node.func)}")
     return found
 
@@ -114,6 +119,9 @@ def private_calls(path: Path) -> list[str]:
 def test_evidence_modules_use_the_public_data_and_feature_api():
     """rank, advise, study and tune read data and features through the estimators' public
     methods (read_labeled, split, input_spec, frozen_features, baseline_proba)."""
-    calls = [c for name in ("select/rank.py", "advise.py", "study.py", "tune.py")
-             for c in private_calls(SRC / name)]
+    calls = [
+        c
+        for name in ("select/rank.py", "advise.py", "study.py", "tune.py")
+        for c in private_calls(SRC / name)
+    ]
     assert calls == []

@@ -13,8 +13,12 @@ import torch
 from safetensors.torch import load_file
 
 from headstart import ImageClassifier, NotFittedError
-from headstart.artifacts import (atomic_save_tensors, atomic_write_json, load_checkpoint,
-                                 save_checkpoint)
+from headstart.artifacts import (
+    atomic_save_tensors,
+    atomic_write_json,
+    load_checkpoint,
+    save_checkpoint,
+)
 from headstart.features import clear_memory_cache
 from headstart.zoo import ZooError, create_backbone
 
@@ -80,8 +84,15 @@ def test_config_json_contents(fitted_runs):
     runs, _, _ = fitted_runs
     clf, run_dir = runs["finetune"]
     config = json.loads((run_dir / "config.json").read_text())
-    for key in ("classes", "preprocess", "backbone", "strategy", "metrics", "versions",
-                "fit_config"):
+    for key in (
+        "classes",
+        "preprocess",
+        "backbone",
+        "strategy",
+        "metrics",
+        "versions",
+        "fit_config",
+    ):
         assert key in config, key
     assert config["format"] == "headstart-run"
     assert config["classes"] == ["a", "b", "c"]
@@ -215,8 +226,9 @@ def test_chained_transfer_fits_and_saves(fitted_runs, tmp_path):
     keep = labels != "c"
     new_labels = np.where(labels[keep] == "a", "x", "y")
     second_dir = tmp_path / "second"
-    clf = ImageClassifier(backbone=str(run_dir), strategy="finetune", run_dir=second_dir,
-                          **FAST).fit(images[keep], new_labels)
+    clf = ImageClassifier(
+        backbone=str(run_dir), strategy="finetune", run_dir=second_dir, **FAST
+    ).fit(images[keep], new_labels)
     assert clf.classes_ == ["x", "y"]
     assert clf.predict_proba(images[keep]).shape == (int(keep.sum()), 2)
     config = json.loads((second_dir / "config.json").read_text())
@@ -225,8 +237,10 @@ def test_chained_transfer_fits_and_saves(fitted_runs, tmp_path):
     assert config["backbone"]["meta"]["notes"]["lineage"] == ["tiny:cnn"]
     # and the chained run loads and predicts the same
     clear_memory_cache()
-    np.testing.assert_array_equal(ImageClassifier.load(second_dir).predict_proba(images[keep]),
-                                  clf.predict_proba(images[keep]))
+    np.testing.assert_array_equal(
+        ImageClassifier.load(second_dir).predict_proba(images[keep]),
+        clf.predict_proba(images[keep]),
+    )
     third = create_backbone(str(second_dir))
     assert third.meta.notes["lineage"] == ["tiny:cnn", str(run_dir)]
 
@@ -250,14 +264,16 @@ def test_feature_cache_on_disk_is_safetensors_and_reused(tmp_path, caplog):
     cache = tmp_path / "cache"
     kwargs = {**FAST, "val_fraction": 0.0}
     clear_memory_cache()
-    first = ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache,
-                            **kwargs).fit(folder)
+    first = ImageClassifier(
+        "tiny:cnn", strategy="feature_extract", feature_cache=cache, **kwargs
+    ).fit(folder)
     files = sorted(p.name for p in cache.iterdir())
     assert files and all(name.endswith(".safetensors") for name in files)
     clear_memory_cache()
     caplog.set_level(logging.INFO, logger="headstart.features")
-    second = ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache,
-                             **kwargs).fit(folder)
+    second = ImageClassifier(
+        "tiny:cnn", strategy="feature_extract", feature_cache=cache, **kwargs
+    ).fit(folder)
     assert any(str(cache) in r.getMessage() for r in caplog.records)  # read from disk
     assert sorted(p.name for p in cache.iterdir()) == files  # nothing recomputed
     np.testing.assert_array_equal(first.predict_proba(folder), second.predict_proba(folder))
@@ -265,8 +281,9 @@ def test_feature_cache_on_disk_is_safetensors_and_reused(tmp_path, caplog):
     changed = folder / "a" / "000.png"
     Image.new("RGB", (16, 16), (255, 255, 255)).save(changed)
     clear_memory_cache()
-    ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache,
-                    **kwargs).fit(folder)
+    ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache, **kwargs).fit(
+        folder
+    )
     assert len(list(cache.iterdir())) > len(files)
 
 
@@ -286,15 +303,20 @@ def test_fit_reads_train_and_validation_in_one_frozen_pass(tmp_path, monkeypatch
 
     monkeypatch.setattr(base, "compute_features", counted)
     clear_memory_cache()
-    clf = ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache,
-                          **{**FAST, "val_fraction": 0.25}).fit(x, y)
+    clf = ImageClassifier(
+        "tiny:cnn",
+        strategy="feature_extract",
+        feature_cache=cache,
+        **{**FAST, "val_fraction": 0.25},
+    ).fit(x, y)
     assert passes == [40]  # not [30, 10]; evaluating the validation part found it cached
     cfg = clf.config_
     _, train, val = clf._split(clf._open_labeled(x, y, None, cfg), None, None, cfg)
     net = clf.model_.backbone
     for part in (train, val):
-        saved = load_file(str(cache / f"{clf._feature_key(net, clf.preprocess_, part)}"
-                                      ".safetensors"))["features"]
+        saved = load_file(
+            str(cache / f"{clf._feature_key(net, clf.preprocess_, part)}.safetensors")
+        )["features"]
         alone = clf._compute_features(net, net, clf.preprocess_, part, cfg)
         torch.testing.assert_close(saved, alone, rtol=1e-5, atol=1e-6)
         assert len(saved) == len(part)

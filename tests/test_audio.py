@@ -19,19 +19,38 @@ import soundfile as sf
 import torch
 
 from headstart import AudioClassifier
-from headstart.data.audio import (AudioDataset, DataError, audio_from_csv, audio_from_folder,
-                                  fit_length, open_audio_inputs, read_audio)
+from headstart.data.audio import (
+    AudioDataset,
+    DataError,
+    audio_from_csv,
+    audio_from_folder,
+    fit_length,
+    open_audio_inputs,
+    read_audio,
+)
 from headstart.zoo import ZooError, create_backbone
 from headstart.zoo.base import AudioPreprocess
 
 torch.set_num_threads(1)
 ESPEAK = shutil.which("espeak-ng") is not None
-needs_espeak = pytest.mark.skipif(not ESPEAK, reason="espeak-ng is not installed "
-                                  "(scripts/setup.sh installs it)")
+needs_espeak = pytest.mark.skipif(
+    not ESPEAK, reason="espeak-ng is not installed (scripts/setup.sh installs it)"
+)
 RATE = 16000
 TONES = {"low": 300.0, "mid": 900.0, "high": 2500.0}
-FAST = dict(epochs=3, head_epochs=3, batch_size=8, eval_batch_size=16, lr=3e-3, head_lr=1e-2,
-            early_stopping=0, num_workers=0, device="cpu", seed=0, val_fraction=0.25)
+FAST = dict(
+    epochs=3,
+    head_epochs=3,
+    batch_size=8,
+    eval_batch_size=16,
+    lr=3e-3,
+    head_lr=1e-2,
+    early_stopping=0,
+    num_workers=0,
+    device="cpu",
+    seed=0,
+    val_fraction=0.25,
+)
 
 
 def tone(hz: float, seconds: float = 0.6, rate: int = RATE, seed: int = 0) -> np.ndarray:
@@ -47,8 +66,11 @@ def write_tones(root: Path, per_class: int = 8, rate: int = RATE) -> Path:
     for name, hz in TONES.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            sf.write(str(root / name / f"{i:02d}.wav"), tone(hz, 0.4 + 0.05 * (i % 5),
-                                                             rate, seed=i), rate)
+            sf.write(
+                str(root / name / f"{i:02d}.wav"),
+                tone(hz, 0.4 + 0.05 * (i % 5), rate, seed=i),
+                rate,
+            )
     return root
 
 
@@ -88,8 +110,11 @@ def test_bad_recordings_are_named_with_the_fix(tmp_path):
     with pytest.raises(DataError) as err:
         audio_from_folder(root)
     msg = str(err.value)
-    for name, why in (("empty.wav", "empty"), ("short.wav", "too short"),
-                      ("garbage.wav", "unreadable")):
+    for name, why in (
+        ("empty.wav", "empty"),
+        ("short.wav", "too short"),
+        ("garbage.wav", "unreadable"),
+    ):
         assert name in msg and why in msg
     assert "--skip-bad" in msg
     source = audio_from_folder(root, skip_bad=True)
@@ -146,7 +171,7 @@ def test_log_mel_matches_a_numpy_reference():
     mel = LogMel(RATE, 400, 160, 40)(torch.from_numpy(wave)[None])[0].numpy()
     padded = np.pad(wave, 200, mode="reflect")
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)  # periodic Hann
-    frames = np.stack([padded[i:i + 400] * window for i in range(0, len(wave) + 1, 160)])
+    frames = np.stack([padded[i : i + 400] * window for i in range(0, len(wave) + 1, 160)])
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
     bank = mel_filter_bank(201, 40, 20.0, 8000.0, RATE, norm="slaney", mel_scale="slaney")
     reference = np.log(power @ bank + 1e-6).T
@@ -159,7 +184,7 @@ def test_spec_augment_masks_only_while_training():
 
     mel = torch.randn(4, 40, 100)
     masked = spec_augment(mel, 2, 8, 2, 10)
-    changed = (masked != mel)
+    changed = masked != mel
     assert changed.any() and changed.float().mean() < 0.6
     backbone = create_backbone("scratch:audio:cnn")
     backbone.set_augment("strong")
@@ -192,8 +217,9 @@ def test_crepe_weights_find_the_pitch_of_a_sine():
 
     crepe = create_backbone("packaged:crepe-tiny").eval()
     for hz in (110.0, 261.6, 440.0, 1000.0):
-        wave = torch.from_numpy(0.5 * np.sin(2 * np.pi * hz * np.arange(RATE) / RATE)
-                                .astype(np.float32))[None]
+        wave = torch.from_numpy(
+            0.5 * np.sin(2 * np.pi * hz * np.arange(RATE) / RATE).astype(np.float32)
+        )[None]
         with torch.no_grad():
             found = crepe_bin_to_hz(crepe.pitch_logits(wave).argmax(-1)).median().item()
         assert abs(found / hz - 1) < 0.02, (hz, found)
@@ -204,13 +230,16 @@ def test_ge2e_split_layers_equal_resemblyzers_three_layer_lstm():
     one 3-layer ``nn.LSTM`` (its VoiceEncoder.forward, written out here) computes."""
     from headstart.zoo.audio import _package_file
 
-    state = torch.load(_package_file("resemblyzer", "pretrained.pt"), map_location="cpu",
-                       weights_only=False)["model_state"]
+    state = torch.load(
+        _package_file("resemblyzer", "pretrained.pt"), map_location="cpu", weights_only=False
+    )["model_state"]
     lstm, linear = torch.nn.LSTM(40, 256, 3, batch_first=True), torch.nn.Linear(256, 256)
-    lstm.load_state_dict({k.removeprefix("lstm."): v for k, v in state.items()
-                          if k.startswith("lstm.")})
-    linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()
-                            if k.startswith("linear.")})
+    lstm.load_state_dict(
+        {k.removeprefix("lstm."): v for k, v in state.items() if k.startswith("lstm.")}
+    )
+    linear.load_state_dict(
+        {k.removeprefix("linear."): v for k, v in state.items() if k.startswith("linear.")}
+    )
     ge2e = create_backbone("packaged:ge2e").eval()
     wave = torch.from_numpy(tone(220, 1.6))[None]
     with torch.no_grad():
@@ -228,9 +257,15 @@ def test_ge2e_tells_speakers_apart():
     from headstart.data.speech import speak
 
     ge2e = create_backbone("packaged:ge2e").eval()
-    clips = [speak(w, "en-us", v, 150, 50) for v, w in
-             (("m3", "hello there my friend"), ("m3", "stop the music now please"),
-              ("f4", "hello there my friend"), ("f4", "stop the music now please"))]
+    clips = [
+        speak(w, "en-us", v, 150, 50)
+        for v, w in (
+            ("m3", "hello there my friend"),
+            ("m3", "stop the music now please"),
+            ("f4", "hello there my friend"),
+            ("f4", "stop the music now please"),
+        )
+    ]
     x = torch.stack([torch.from_numpy(fit_length(c, 32000, None)) for c in clips])
     with torch.no_grad():
         e = ge2e(x)
@@ -250,9 +285,15 @@ def test_fit_save_load_predict(fitted, tones, tmp_path):
     np.testing.assert_allclose(again.predict_proba(files), clf.predict_proba(files), atol=1e-5)
     # arrays at another rate are resampled like files
     waves = [read_audio(f, 8000) for f in files]
-    np.testing.assert_allclose(AudioClassifier.load(run, ).set_params(array_rate=8000)
-                               .predict_proba(open_audio_inputs(waves, rate=8000)),
-                               clf.predict_proba(files), atol=0.05)
+    np.testing.assert_allclose(
+        AudioClassifier.load(
+            run,
+        )
+        .set_params(array_rate=8000)
+        .predict_proba(open_audio_inputs(waves, rate=8000)),
+        clf.predict_proba(files),
+        atol=0.05,
+    )
 
 
 def test_predictor_takes_paths_bytes_and_reports_bad_items(fitted, tones, tmp_path):
@@ -265,8 +306,9 @@ def test_predictor_takes_paths_bytes_and_reports_bad_items(fitted, tones, tmp_pa
     bad.write_bytes(b"nope")
     too_long = str(tmp_path / ("n" * 300 + ".wav"))  # no filesystem holds the name
     results = predictor.predict([str(path), path.read_bytes(), str(bad), b"", too_long])
-    np.testing.assert_allclose(results[0].probabilities, clf.predict_proba([str(path)])[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        results[0].probabilities, clf.predict_proba([str(path)])[0], atol=1e-5
+    )
     np.testing.assert_allclose(results[1].probabilities, results[0].probabilities, atol=1e-5)
     assert "bad.wav" in results[2].error and "empty" in results[3].error
     assert results[4].error == f"{too_long}: no such file"
@@ -281,8 +323,9 @@ def test_serve_takes_an_uploaded_recording(fitted, tones):
     path = sorted(tones.rglob("*.wav"))[0]
     with TestClient(create_app({"kw": str(run)})) as client:
         up = client.post("/predict", files={"file": ("a.wav", path.read_bytes(), "audio/wav")})
-        raw = client.post("/predict", content=path.read_bytes(),
-                          headers={"content-type": "audio/wav"})
+        raw = client.post(
+            "/predict", content=path.read_bytes(), headers={"content-type": "audio/wav"}
+        )
         junk = client.post("/predict", content=b"junk", headers={"content-type": "audio/wav"})
     assert up.status_code == 200 and raw.status_code == 200, (up.text, raw.text)
     assert up.json()["predictions"] == raw.json()["predictions"]
@@ -336,16 +379,46 @@ def test_clip_follows_long_recordings(tmp_path):
 def test_cli_pretrain_then_fit_from_the_source_run(tones, tmp_path, capsys):
     from headstart.cli import main
 
-    flags = ["--epochs", "2", "--head-epochs", "2", "--batch-size", "8", "--num-workers", "0",
-             "--early-stopping", "0", "--val-fraction", "0.25"]
+    flags = [
+        "--epochs",
+        "2",
+        "--head-epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--num-workers",
+        "0",
+        "--early-stopping",
+        "0",
+        "--val-fraction",
+        "0.25",
+    ]
     src = tmp_path / "source"
     assert main(["pretrain", str(tones), "--task", "audio", "--out", str(src), *flags]) == 0
     config = json.loads((src / "config.json").read_text())
     assert config["fit_config"]["backbone"] == "scratch:audio:cnn"
     assert config["fit_config"]["strategy"] == "finetune" and config["fit_config"]["bn"] == "train"
     out = tmp_path / "target"
-    assert main(["fit", str(tones), "--task", "audio", "--backbone", str(src), "--strategy",
-                 "lp_ft", "--out", str(out), "--test", str(tones), *flags]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(tones),
+                "--task",
+                "audio",
+                "--backbone",
+                str(src),
+                "--strategy",
+                "lp_ft",
+                "--out",
+                str(out),
+                "--test",
+                str(tones),
+                *flags,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "1 s at 16000 Hz" in printed and "test" in printed
     child = json.loads((out / "config.json").read_text())
@@ -364,8 +437,16 @@ def test_cli_pretrain_then_fit_from_the_source_run(tones, tmp_path, capsys):
 def test_accent_corpus_is_reproducible_and_keeps_speakers_apart(tmp_path):
     from headstart.data.speech import COMMANDS, build_accent_corpus
 
-    kw = dict(source="us", target="spanish", source_speakers=3, per_speaker=1,
-              target_per_word=2, subsets=(1,), test_speakers=2, seed=5)
+    kw = dict(
+        source="us",
+        target="spanish",
+        source_speakers=3,
+        per_speaker=1,
+        target_per_word=2,
+        subsets=(1,),
+        test_speakers=2,
+        seed=5,
+    )
     summary = build_accent_corpus(tmp_path / "a", **kw)
     n = len(COMMANDS)
     assert summary["splits"]["source"]["recordings"] == 3 * n
@@ -456,8 +537,7 @@ def test_a_transcript_the_clip_cannot_hold_is_named_and_cut_recordings_are_said(
 
     assert ctc_frames_needed([1, 2, 2, 2, 3, 0, 0]) == 7  # a b b b c: two blanks
     rng = np.random.default_rng(0)
-    waves = [rng.normal(0, 0.1, int(RATE * s)).astype(np.float32)
-             for s in [0.5] * 11 + [2.34]]
+    waves = [rng.normal(0, 0.1, int(RATE * s)).astype(np.float32) for s in [0.5] * 11 + [2.34]]
     texts = ["ab"] * 6 + ["ba"] * 5 + ["abab"]
     settings = {**FAST, "epochs": 1, "array_rate": RATE, "val_fraction": 0}
     with caplog.at_level(logging.WARNING, logger="headstart.tasks.asr"):
@@ -468,13 +548,16 @@ def test_a_transcript_the_clip_cannot_hold_is_named_and_cut_recordings_are_said(
     caplog.clear()
     # audio:cnn gives 25 frames a second: 1 s holds 25 characters, "abab..." of 30 does not
     long_text = texts[:-1] + ["ab" * 15]
-    with pytest.raises(DataError, match=r"recording 12: its transcript 'abab.*needs 30 "
-                                        r"frames.*gives 25 for a 1 s clip.*--clip-seconds"):
+    with pytest.raises(
+        DataError,
+        match=r"recording 12: its transcript 'abab.*needs 30 "
+        r"frames.*gives 25 for a 1 s clip.*--clip-seconds",
+    ):
         SpeechRecognizer("scratch:audio:cnn", **{**settings, "clip_seconds": 1.0}).fit(
-            waves, long_text)
+            waves, long_text
+        )
     with caplog.at_level(logging.WARNING, logger="headstart.tasks.asr"):
-        SpeechRecognizer("scratch:audio:cnn", **{**settings, "clip_seconds": 1.0}).fit(
-            waves, texts)
+        SpeechRecognizer("scratch:audio:cnn", **{**settings, "clip_seconds": 1.0}).fit(waves, texts)
     assert "1 recording(s) last longer than the 1 s clip" in caplog.text
     assert "recording 12" in caplog.text
     caplog.clear()
@@ -482,8 +565,9 @@ def test_a_transcript_the_clip_cannot_hold_is_named_and_cut_recordings_are_said(
         asr.transcribe(waves[:2])
         assert not caplog.text
         asr.transcribe([np.zeros(RATE * 3, np.float32)])
-    assert "1 recording(s) last longer than the model's 1.4 s clip: only their middle" in \
-        caplog.text
+    assert (
+        "1 recording(s) last longer than the model's 1.4 s clip: only their middle" in caplog.text
+    )
 
 
 @needs_espeak
@@ -511,8 +595,12 @@ def test_speech_recognizer_fit_save_load_transcribe(tmp_path):
     lines = csv_path.read_text().splitlines()
     only_yes = tmp_path / "spoken" / "yes.csv"
     only_yes.write_text("\n".join([lines[0]] + [x for x in lines[1:] if "NO" not in x]) + "\n")
-    kept = SpeechRecognizer(str(run), keep_head=True, strategy="feature_extract",
-                            **{**FAST, "head_epochs": 1, "val_fraction": 0}).fit(str(only_yes))
+    kept = SpeechRecognizer(
+        str(run),
+        keep_head=True,
+        strategy="feature_extract",
+        **{**FAST, "head_epochs": 1, "val_fraction": 0},
+    ).fit(str(only_yes))
     assert kept.classes_ == asr.classes_
     with pytest.raises(ValueError, match="speech-recogniser run"):
         SpeechRecognizer("scratch:audio:cnn", keep_head=True, **FAST).fit(str(csv_path))
@@ -531,8 +619,7 @@ def test_speech_recognizer_needs_an_audio_backbone(tmp_path):
     sf.write(str(tmp_path / "a.wav"), tone(300), RATE)
     (tmp_path / "t.csv").write_text("path,transcript\na.wav,hi\na.wav,ho\n")
     with pytest.raises(ZooError, match="--task asr needs an audio backbone"):
-        SpeechRecognizer("tiny:cnn", **FAST).set_params(val_fraction=0).fit(
-            str(tmp_path / "t.csv"))
+        SpeechRecognizer("tiny:cnn", **FAST).set_params(val_fraction=0).fit(str(tmp_path / "t.csv"))
 
 
 def test_onnx_export_and_onnx_engine(fitted, tones):
@@ -547,15 +634,16 @@ def test_onnx_export_and_onnx_engine(fitted, tones):
     assert meta["inputs"][0] == {"name": "waveform", "dtype": "float32", "shape": ["batch", RATE]}
     files = sorted(str(p) for p in tones.rglob("*.wav"))[:4]
     onnx = Predictor.from_run(run, engine="onnx").predict(files)
-    np.testing.assert_allclose(np.stack([r.probabilities for r in onnx]),
-                               clf.predict_proba(files), atol=1e-4)
+    np.testing.assert_allclose(
+        np.stack([r.probabilities for r in onnx]), clf.predict_proba(files), atol=1e-4
+    )
 
 
 def test_hf_speech_encoder_adapter_roundtrip(tones, tmp_path):
     """The wav2vec2-family adapter (random tiny:wav2vec2): contract, fit, save with its
     config as an asset, reload with no hub; a local folder with a hub layout loads too."""
-    from headstart.zoo.hf_audio import from_audio_folder
     from headstart.zoo.base import SourceMeta
+    from headstart.zoo.hf_audio import from_audio_folder
 
     b = create_backbone("tiny:wav2vec2")
     assert sum(g.num_params() for g in b.groups()) == sum(p.numel() for p in b.parameters())
@@ -566,14 +654,17 @@ def test_hf_speech_encoder_adapter_roundtrip(tones, tmp_path):
     clf = AudioClassifier("tiny:wav2vec2", strategy="finetune", run_dir=run, **FAST).fit(str(tones))
     assert (run / "backbone" / "config.json").is_file()
     files = sorted(str(p) for p in tones.rglob("*.wav"))[:4]
-    np.testing.assert_allclose(AudioClassifier.load(run).predict_proba(files),
-                               clf.predict_proba(files), atol=1e-5)
+    np.testing.assert_allclose(
+        AudioClassifier.load(run).predict_proba(files), clf.predict_proba(files), atol=1e-5
+    )
     folder = tmp_path / "hub"
     b.model.save_pretrained(str(folder))
-    (folder / "preprocessor_config.json").write_text('{"do_normalize": false, '
-                                                     '"sampling_rate": 16000}')
-    meta = SourceMeta(id="hf:x", modality="audio", source_data="-", source_task="-",
-                      domain="-", licence="-")
+    (folder / "preprocessor_config.json").write_text(
+        '{"do_normalize": false, "sampling_rate": 16000}'
+    )
+    meta = SourceMeta(
+        id="hf:x", modality="audio", source_data="-", source_task="-", domain="-", licence="-"
+    )
     again = from_audio_folder(folder, "hf:x", meta, pretrained=True, cut=1).eval()
     assert not again.normalize and len(again.model.encoder.layers) == 1
 
@@ -593,14 +684,19 @@ def test_web_page_takes_a_recording_in_headless_chromium(fitted, tones):
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.fail("Chromium is needed for the page test: apt-get install -y chromium "
-                    "(scripts/setup.sh installs it)")
+        pytest.fail(
+            "Chromium is needed for the page test: apt-get install -y chromium "
+            "(scripts/setup.sh installs it)"
+        )
     _, run = fitted
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app({"kw": str(run)}), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app({"kw": str(run)}), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -613,8 +709,9 @@ def test_web_page_takes_a_recording_in_headless_chromium(fitted, tones):
     recording = str(sorted(tones.rglob("*.wav"))[5])
     try:
         with open(recording, "rb") as f:
-            api = httpx.post(f"{base}/predict", files={"file": ("r.wav", f, "audio/wav")},
-                             trust_env=False).json()
+            api = httpx.post(
+                f"{base}/predict", files={"file": ("r.wav", f, "audio/wav")}, trust_env=False
+            ).json()
         errors, console, requests = [], [], []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -651,24 +748,28 @@ def test_whisper_encoder_adapter(tones, tmp_path):
     from headstart.zoo.hf_audio import WhisperEncoderBackbone, from_audio_folder
 
     b = create_backbone("tiny:whisper").eval()
-    extractor = WhisperFeatureExtractor(feature_size=80, sampling_rate=RATE, hop_length=160,
-                                        chunk_length=2, n_fft=400)
+    extractor = WhisperFeatureExtractor(
+        feature_size=80, sampling_rate=RATE, hop_length=160, chunk_length=2, n_fft=400
+    )
     wave = tone(440, 1.3)
     reference = extractor(wave, sampling_rate=RATE, return_tensors="np").input_features[0]
-    np.testing.assert_allclose(b.log_mel(torch.from_numpy(wave)[None])[0].numpy(), reference,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        b.log_mel(torch.from_numpy(wave)[None])[0].numpy(), reference, atol=1e-4
+    )
     with torch.no_grad():
         assert b.sequence(torch.from_numpy(tone(300, 1.0))[None]).shape == (1, 50, 32)
     assert sum(g.num_params() for g in b.groups()) == sum(p.numel() for p in b.parameters())
     run = tmp_path / "whisper"
     clf = AudioClassifier("tiny:whisper", strategy="lp_ft", run_dir=run, **FAST).fit(str(tones))
     files = sorted(str(p) for p in tones.rglob("*.wav"))[:3]
-    np.testing.assert_allclose(AudioClassifier.load(run).predict_proba(files),
-                               clf.predict_proba(files), atol=1e-5)
+    np.testing.assert_allclose(
+        AudioClassifier.load(run).predict_proba(files), clf.predict_proba(files), atol=1e-5
+    )
     whole = WhisperModel(b.model.config)
     whole.save_pretrained(str(tmp_path / "hub"))
-    meta = SourceMeta(id="hf:w", modality="audio", source_data="-", source_task="-",
-                      domain="-", licence="-")
+    meta = SourceMeta(
+        id="hf:w", modality="audio", source_data="-", source_task="-", domain="-", licence="-"
+    )
     loaded = from_audio_folder(tmp_path / "hub", "hf:w", meta, pretrained=True)
     assert isinstance(loaded, WhisperEncoderBackbone)
     assert torch.equal(loaded.model.conv1.weight, whole.get_encoder().conv1.weight)

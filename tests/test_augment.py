@@ -12,15 +12,23 @@ from torch.utils.data import DataLoader
 
 from headstart import ImageClassifier, TextClassifier
 from headstart.data import from_arrays
-from headstart.data.transforms import (AUGMENT, SMALL_ASPECT, SMALL_CROP, ImageDataset,
-                                       ImageTransform, augment_plan, tta_preprocesses)
+from headstart.data.transforms import (
+    AUGMENT,
+    SMALL_ASPECT,
+    SMALL_CROP,
+    ImageDataset,
+    ImageTransform,
+    augment_plan,
+    tta_preprocesses,
+)
 from headstart.mixing import BatchMixer, batch_mixer
 from headstart.zoo.base import PreprocessConfig
 
 from conftest import FAST, TEXT_FIT, make_arrays, make_texts
 
-PRE = PreprocessConfig(input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
-                       interpolation="bilinear", crop_pct=1.0)
+PRE = PreprocessConfig(
+    input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0
+)
 
 
 def dataset(augment: str, n: int = 12, size: int = 16, seed: int = 0, **kw) -> ImageDataset:
@@ -64,7 +72,7 @@ def test_small_source_crops_keep_the_floor_of_the_area(monkeypatch):
         t(img, np.random.default_rng([0, 0, i]))
     monkeypatch.undo()
     assert len(boxes) == 200
-    areas = [(b[2] - b[0]) * (b[3] - b[1]) / 64 ** 2 for b in boxes]
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) / 64**2 for b in boxes]
     assert min(areas) >= SMALL_CROP - 0.03 and max(areas) <= 1.0
     assert all(0 <= b[0] < b[2] <= 64 and 0 <= b[1] < b[3] <= 64 for b in boxes)
     assert len(set(boxes)) > 50  # still random
@@ -117,10 +125,10 @@ def test_policy_items_are_the_same_with_worker_processes():
 
 
 def test_resume_with_trivial_augment_is_exact(tmp_path, monkeypatch):
-    from headstart.train import Trainer
     from safetensors.torch import load_file
-
     from test_resume import Crash, assert_same_weights, crash_on_call
+
+    from headstart.train import Trainer
 
     data = make_arrays(n=48, n_classes=2, seed=1)
     settings = dict(FAST, epochs=3, augment="trivial", seed=3)
@@ -131,16 +139,19 @@ def test_resume_with_trivial_augment_is_exact(tmp_path, monkeypatch):
     with pytest.raises(Crash):
         ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run, **settings).fit(*data)
     monkeypatch.undo()
-    ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run, **settings).fit(
-        *data, resume=True)
-    assert_same_weights(load_file(str(ref / "model.safetensors")),
-                        load_file(str(run / "model.safetensors")))
+    ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run, **settings).fit(*data, resume=True)
+    assert_same_weights(
+        load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    )
 
 
 def test_image_only_settings_are_refused_elsewhere_with_a_clear_error():
     texts, labels = make_texts(8, 0)
-    with pytest.raises(ValueError, match="augment=trivial is for image classification; "
-                                         "--task text takes none | light | strong"):
+    with pytest.raises(
+        ValueError,
+        match="augment=trivial is for image classification; "
+        "--task text takes none | light | strong",
+    ):
         TextClassifier("tiny:bert", augment="trivial", **TEXT_FIT).fit(texts, labels)
     with pytest.raises(ValueError, match="mix=mixup mixes image batches; --task text"):
         TextClassifier("tiny:bert", mix="mixup", **TEXT_FIT).fit(texts, labels)
@@ -204,8 +215,10 @@ def test_mix_is_seeded_by_epoch_and_a_fit_with_it_is_deterministic(arrays):
     assert torch.equal(a[0], b[0]) and a[1].lam == b[1].lam
     assert not torch.equal(a[0], batch_mixer(cfg, 1, 3)(x, y)[0])
     assert batch_mixer(cfg.replace(mix="none"), 1, 2) is None
-    fits = [ImageClassifier("tiny:cnn", strategy="lp_ft", mix=kind, **FAST).fit(*arrays)
-            for kind in ("cutmix", "cutmix", "none")]
+    fits = [
+        ImageClassifier("tiny:cnn", strategy="lp_ft", mix=kind, **FAST).fit(*arrays)
+        for kind in ("cutmix", "cutmix", "none")
+    ]
     w = [dict(f.model_.state_dict()) for f in fits]
     assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
     assert any(not torch.equal(w[0][k], w[2][k]) for k in w[0])
@@ -248,13 +261,16 @@ def test_tta_views_are_cached_apart_and_crops_are_corners(fitted):
     assert len(keys) == 6
     img = Image.fromarray(np.arange(40 * 40 * 3, dtype=np.uint8).reshape(40, 40, 3))
     pre = PreprocessConfig(input_size=32, crop_pct=1.0)  # corners of a 36 px resize
-    crops = {v.view: np.asarray(ImageTransform(32, v, "none").eval_image(img))
-             for v in tta_preprocesses(pre, "flip+crops")[1:]}
+    crops = {
+        v.view: np.asarray(ImageTransform(32, v, "none").eval_image(img))
+        for v in tta_preprocesses(pre, "flip+crops")[1:]
+    }
     big = np.asarray(img.resize((36, 36), Image.BICUBIC))
     assert np.array_equal(crops["top_left"], big[:32, :32])
     assert np.array_equal(crops["bottom_right"], big[4:, 4:])
-    assert np.array_equal(crops["flip"], np.asarray(
-        ImageTransform(32, pre, "none").center_crop(img))[:, ::-1])
+    assert np.array_equal(
+        crops["flip"], np.asarray(ImageTransform(32, pre, "none").center_crop(img))[:, ::-1]
+    )
 
 
 def test_predictor_tta_matches_the_estimator(fitted):
@@ -271,10 +287,12 @@ def test_tta_on_a_text_model_is_a_clear_error(tmp_path, capsys):
 
     texts, labels = make_texts(16, 0)
     run = tmp_path / "text"
-    clf = TextClassifier("tiny:bert", strategy="feature_extract", run_dir=run,
-                         **TEXT_FIT).fit(texts, labels)
-    with pytest.raises(ValueError, match="test-time augmentation is for image models; this "
-                                         "is a text model"):
+    clf = TextClassifier("tiny:bert", strategy="feature_extract", run_dir=run, **TEXT_FIT).fit(
+        texts, labels
+    )
+    with pytest.raises(
+        ValueError, match="test-time augmentation is for image models; this is a text model"
+    ):
         clf.predict_proba(texts, tta="flip")
     with pytest.raises(ValueError, match="for image models"):
         clf.evaluate(texts, labels, tta="flip")
@@ -283,8 +301,10 @@ def test_tta_on_a_text_model_is_a_clear_error(tmp_path, capsys):
     table = tmp_path / "t.csv"
     with open(table, "w", newline="") as f:
         csv.writer(f).writerows([("text", "label"), *zip(texts, labels)])
-    for argv in (["evaluate", str(run), str(table), "--tta", "flip"],
-                 ["predict", str(run), "some text", "--tta", "flip"]):
+    for argv in (
+        ["evaluate", str(run), str(table), "--tta", "flip"],
+        ["predict", str(run), "some text", "--tta", "flip"],
+    ):
         assert main(["-q", *argv]) == 2
         assert "test-time augmentation is for image models" in capsys.readouterr().err
 

@@ -14,9 +14,16 @@ import numpy as np
 import pytest
 
 from headstart import AudioClassifier, ImageClassifier
-from headstart.baselines import (AudioFeatures, ClassicBaseline, PixelFeatures,
-                                 image_featurizers, items_to_match, load_baseline,
-                                 paired_difference, verdict)
+from headstart.baselines import (
+    AudioFeatures,
+    ClassicBaseline,
+    PixelFeatures,
+    image_featurizers,
+    items_to_match,
+    load_baseline,
+    paired_difference,
+    verdict,
+)
 
 from conftest import FAST, make_arrays
 
@@ -29,7 +36,7 @@ def _pattern_images(n_per_class: int = 12, side: int = 16, seed: int = 0):
     for c in range(3):
         for _ in range(n_per_class):
             img = rng.integers(0, 60, (side, side)).astype(np.uint8)
-            img[2 + 5 * c: 4 + 5 * c] = 230
+            img[2 + 5 * c : 4 + 5 * c] = 230
             images.append(np.repeat(img[..., None], 3, axis=2))
             labels.append(f"band{c}")
     return np.stack(images), np.array(labels)
@@ -85,13 +92,17 @@ def test_each_model_round_trips(model, tmp_path):
     y = np.unique(labels, return_inverse=True)[1]
     f = PixelFeatures(16, colour=False)
     base = ClassicBaseline([f]).fit([_vectors(f, images)], y, 3)
-    base.choice_ = {**base.choice_, "model": model,
-                    "params": {"logreg": {"C": 0.1}, "knn": {"k": 3}, "svm": {"C": 1.0}}[model]}
+    base.choice_ = {
+        **base.choice_,
+        "model": model,
+        "params": {"logreg": {"C": 0.1}, "knn": {"k": 3}, "svm": {"C": 1.0}}[model],
+    }
     base._refit()
     X = _vectors(f, _pattern_images(4, seed=2)[0])
     base.save(tmp_path / model)
-    np.testing.assert_array_equal(ClassicBaseline.load(tmp_path / model).predict_proba(X),
-                                  base.predict_proba(X))
+    np.testing.assert_array_equal(
+        ClassicBaseline.load(tmp_path / model).predict_proba(X), base.predict_proba(X)
+    )
 
 
 def test_one_item_per_class_falls_back_to_the_nearest_neighbour():
@@ -133,9 +144,12 @@ def baseline_run(tmp_path_factory):
     """A tiny:cnn ``--strategy auto`` fit on band images: the baseline wins."""
     root = tmp_path_factory.mktemp("bl")
     images, labels = _pattern_images(12)
-    clf = ImageClassifier("tiny:cnn", strategy="auto", run_dir=root / "run",
-                          **{**FAST, "epochs": 1, "head_epochs": 1, "lr": 1e-5,
-                             "head_lr": 1e-5}).fit(images, labels)
+    clf = ImageClassifier(
+        "tiny:cnn",
+        strategy="auto",
+        run_dir=root / "run",
+        **{**FAST, "epochs": 1, "head_epochs": 1, "lr": 1e-5, "head_lr": 1e-5},
+    ).fit(images, labels)
     return clf, root / "run"
 
 
@@ -175,8 +189,9 @@ def test_baseline_run_round_trips_through_load_predict_and_the_predictor(baselin
     clf, run = baseline_run
     test_images, test_labels = _pattern_images(4, seed=3)
     expected = clf.predict_proba(list(test_images))
-    np.testing.assert_array_equal(expected, clf._baseline_proba(
-        clf._open_unlabeled(list(test_images))))
+    np.testing.assert_array_equal(
+        expected, clf._baseline_proba(clf._open_unlabeled(list(test_images)))
+    )
     loaded = load_estimator(run)
     assert loaded.winner_ == "baseline"
     np.testing.assert_array_equal(loaded.predict_proba(list(test_images)), expected)
@@ -185,8 +200,9 @@ def test_baseline_run_round_trips_through_load_predict_and_the_predictor(baselin
     assert m["accuracy"] == 1.0 and m["verdict"]["n"] == 12
     predictor = Predictor.from_run(run)
     results = predictor.predict(list(test_images) + ["/no/such.png"])
-    np.testing.assert_allclose(np.stack([r.probabilities for r in results[:-1]]), expected,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([r.probabilities for r in results[:-1]]), expected, atol=1e-6
+    )
     assert results[-1].error  # a bad item is its own error, as for the network
     with pytest.raises(ValueError, match="classic baseline"):
         Predictor.from_run(run, tta="flip")
@@ -216,16 +232,19 @@ def test_baseline_run_is_served_and_export_refuses_with_the_reason(baseline_run,
 
 
 def test_cli_evaluate_prints_the_verdict_first(baseline_run, tmp_path, capsys):
-    from conftest import write_folder
     from headstart.cli import main
+
+    from conftest import write_folder
 
     _, run = baseline_run
     folder = write_folder(tmp_path / "test", *_pattern_images(3, seed=5))
     assert main(["evaluate", str(run), str(folder)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("verdict: a simple model is")
-    assert any(line.strip().startswith("(the above is the kept classic baseline) the network")
-               for line in out)
+    assert any(
+        line.strip().startswith("(the above is the kept classic baseline) the network")
+        for line in out
+    )
 
 
 def test_a_network_that_wins_keeps_the_network_and_its_export(tmp_path):
@@ -240,8 +259,9 @@ def test_a_network_that_wins_keeps_the_network_and_its_export(tmp_path):
 
 def test_no_baseline_when_switched_off():
     images, labels = make_arrays(n=24, size=16, n_classes=2)
-    clf = ImageClassifier("tiny:cnn", strategy="feature_extract", baseline=False,
-                          **FAST).fit(images, labels)
+    clf = ImageClassifier("tiny:cnn", strategy="feature_extract", baseline=False, **FAST).fit(
+        images, labels
+    )
     assert not hasattr(clf, "baseline_")
     m = clf.evaluate(images, labels)
     assert "baseline" not in m and "verdict" not in m
@@ -254,32 +274,67 @@ def test_audio_gets_a_log_mel_baseline(tmp_path):
     for i in range(24):
         hz = (300, 1200)[i % 2]
         t = np.arange(int(0.5 * rate)) / rate
-        waves.append((0.3 * np.sin(2 * np.pi * hz * t) + 0.01 * rng.standard_normal(len(t)))
-                     .astype(np.float32))
+        waves.append(
+            (0.3 * np.sin(2 * np.pi * hz * t) + 0.01 * rng.standard_normal(len(t))).astype(
+                np.float32
+            )
+        )
         labels.append(("low", "high")[i % 2])
-    clf = AudioClassifier("scratch:audio:cnn", strategy="feature_extract", array_rate=rate,
-                          run_dir=tmp_path / "run",
-                          **{**FAST, "batch_size": 8}).fit(waves, labels)
+    clf = AudioClassifier(
+        "scratch:audio:cnn",
+        strategy="feature_extract",
+        array_rate=rate,
+        run_dir=tmp_path / "run",
+        **{**FAST, "batch_size": 8},
+    ).fit(waves, labels)
     assert "log-mel" in clf.metrics_["baseline_name"]
     m = clf.evaluate(waves, labels)
     assert m["baseline"]["accuracy"] == 1.0
     again = AudioClassifier.load(tmp_path / "run")
-    np.testing.assert_array_equal(again._baseline_proba(again._open_labeled(
-        waves, labels, again.classes_, again.config_)), clf._baseline_proba(
-        clf._open_labeled(waves, labels, clf.classes_, clf.config_)))
+    np.testing.assert_array_equal(
+        again._baseline_proba(again._open_labeled(waves, labels, again.classes_, again.config_)),
+        clf._baseline_proba(clf._open_labeled(waves, labels, clf.classes_, clf.config_)),
+    )
 
 
 def test_cli_fit_prints_the_verdict_and_what_auto_kept(tmp_path, capsys):
-    from conftest import write_folder
     from headstart.cli import main
+
+    from conftest import write_folder
 
     train = write_folder(tmp_path / "train", *_pattern_images(12))
     test = write_folder(tmp_path / "test", *_pattern_images(3, seed=6))
-    assert main(["-q", "fit", str(train), "--test", str(test), "--backbone", "tiny:cnn",
-                 "--epochs", "1", "--head-epochs", "1", "--lr", "1e-5", "--head-lr", "1e-5",
-                 "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "fit",
+                str(train),
+                "--test",
+                str(test),
+                "--backbone",
+                "tiny:cnn",
+                "--epochs",
+                "1",
+                "--head-epochs",
+                "1",
+                "--lr",
+                "1e-5",
+                "--head-lr",
+                "1e-5",
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
-    assert "strategy auto" in lines[0] and "kept the classic baseline; the network's best" \
-        in lines[0]
+    assert (
+        "strategy auto" in lines[0] and "kept the classic baseline; the network's best" in lines[0]
+    )
     assert lines[1].startswith("  verdict (test): a simple model is")
     assert lines[2].startswith("  strategy auto: kept the classic baseline")

@@ -41,12 +41,16 @@ def test_initial_statistics_are_deterministic():
     assert all(unchanged(a, b, layer) for layer in BN_LAYERS)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"strategy": "finetune", "bn": "frozen"},
-    {"strategy": "lp_ft"},  # LP-FT keeps BN statistics by default
-    {"strategy": "feature_extract"},
-    {"strategy": "gradual", "bn": "frozen"},
-], ids=["finetune-frozen", "lp_ft-default", "feature_extract", "gradual-frozen"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"strategy": "finetune", "bn": "frozen"},
+        {"strategy": "lp_ft"},  # LP-FT keeps BN statistics by default
+        {"strategy": "feature_extract"},
+        {"strategy": "gradual", "bn": "frozen"},
+    ],
+    ids=["finetune-frozen", "lp_ft-default", "feature_extract", "gradual-frozen"],
+)
 def test_frozen_bn_statistics_do_not_move(arrays, kwargs):
     before = bn_stats(create_backbone("tiny:cnn"))
     after = fitted_stats(arrays, **kwargs)
@@ -57,8 +61,9 @@ def test_frozen_bn_statistics_do_not_move(arrays, kwargs):
 def test_frozen_bn_still_trains_the_affine_parameters(arrays):
     """bn="frozen" freezes statistics, not the layer: gamma/beta of trained groups move."""
     before = create_backbone("tiny:cnn").state_dict()
-    clf = ImageClassifier("tiny:cnn", strategy="finetune", bn="frozen",
-                          **{**FAST, "val_fraction": 0.0}).fit(*arrays)
+    clf = ImageClassifier(
+        "tiny:cnn", strategy="finetune", bn="frozen", **{**FAST, "val_fraction": 0.0}
+    ).fit(*arrays)
     after = clf.model_.backbone.state_dict()
     assert not torch.equal(before["block2.1.weight"], after["block2.1.weight"])
     assert not torch.equal(before["block2.0.weight"], after["block2.0.weight"])
@@ -80,10 +85,13 @@ def test_finetune_default_bn_is_train(arrays):
     assert not unchanged(before, after, "block2.1")
 
 
-@pytest.mark.parametrize("partial_groups,frozen_layers", [
-    (1, ("stem.1", "block1.1")),
-    (2, ("stem.1",)),
-])
+@pytest.mark.parametrize(
+    "partial_groups,frozen_layers",
+    [
+        (1, ("stem.1", "block1.1")),
+        (2, ("stem.1",)),
+    ],
+)
 def test_frozen_groups_keep_statistics_with_bn_train(arrays, partial_groups, frozen_layers):
     before = bn_stats(create_backbone("tiny:cnn"))
     after = fitted_stats(arrays, strategy="partial", partial_groups=partial_groups, bn="train")
@@ -91,5 +99,6 @@ def test_frozen_groups_keep_statistics_with_bn_train(arrays, partial_groups, fro
         if layer in frozen_layers:
             assert unchanged(before, after, layer), layer
         else:
-            assert not torch.equal(before[layer]["running_mean"],
-                                   after[layer]["running_mean"]), layer
+            assert not torch.equal(before[layer]["running_mean"], after[layer]["running_mean"]), (
+                layer
+            )

@@ -12,9 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.data.boxes import (BoxSample, BoxSource, check_boxes, crop_sample,
-                                  detect_format, merge_tile_detections, read_boxes,
-                                  spatial_split, tile_source, tile_windows, write_boxes)
+from headstart.data.boxes import (
+    BoxSample,
+    BoxSource,
+    check_boxes,
+    crop_sample,
+    detect_format,
+    merge_tile_detections,
+    read_boxes,
+    spatial_split,
+    tile_source,
+    tile_windows,
+    write_boxes,
+)
 from headstart.data.images import DataError
 
 W, H = 64, 48
@@ -34,12 +44,16 @@ def source(tmp_path) -> BoxSource:
     folder = tmp_path / "imgs"
     boxes = {
         "a.png": ([[1.5, 2.25, 20.75, 30.5], [30.0, 10.0, 63.5, 47.0]], ["cat", "dog"]),
-        "b.png": ([[0, 0, 64, 48], [10.1, 5.3, 15.9, 12.7], [40.2, 20.4, 50.6, 33.3]],
-                  ["dog", "cat", "cat"]),
+        "b.png": (
+            [[0, 0, 64, 48], [10.1, 5.3, 15.9, 12.7], [40.2, 20.4, 50.6, 33.3]],
+            ["dog", "cat", "cat"],
+        ),
         "c.png": (np.zeros((0, 4)), []),
     }
-    samples = [BoxSample(str(make_image(folder / name)), W, H, b, labels)
-               for name, (b, labels) in boxes.items()]
+    samples = [
+        BoxSample(str(make_image(folder / name)), W, H, b, labels)
+        for name, (b, labels) in boxes.items()
+    ]
     return BoxSource(samples, list(CLASSES), str(folder))
 
 
@@ -136,9 +150,13 @@ def write_voc_case(root: Path, objects, filename="a.png", size=(W, H)) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     objs = "".join(
         f"<object><name>{name}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for name, b in objects)
-    xml = (f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width>"
-           f"<height>{size[1]}</height><depth>3</depth></size>{objs}</annotation>")
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for name, b in objects
+    )
+    xml = (
+        f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width>"
+        f"<height>{size[1]}</height><depth>3</depth></size>{objs}</annotation>"
+    )
     (root / "a.xml").write_text(xml)
     return root / "a.xml"
 
@@ -149,9 +167,11 @@ def write_coco_case(root: Path, anns: list[dict], file_name="a.png") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for k, ann in enumerate(anns):
         ann.update(id=k + 1, image_id=1)
-    data = {"images": [{"id": 1, "file_name": file_name, "width": W, "height": H}],
-            "annotations": anns,
-            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
+    data = {
+        "images": [{"id": 1, "file_name": file_name, "width": W, "height": H}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }
     (root / "ann.json").write_text(json.dumps(data))
     return root / "ann.json"
 
@@ -160,32 +180,46 @@ def write_case(root: Path, fmt: str, entries: list) -> Path:
     """``entries``: (class name, box) pairs, or raw format-native entries (str for YOLO,
     dict for COCO, (name, raw coords) for VOC)."""
     if fmt == "yolo":
-        lines = [e if isinstance(e, str) else yolo_line(CLASSES.index(e[0]), e[1])
-                 for e in entries]
+        lines = [e if isinstance(e, str) else yolo_line(CLASSES.index(e[0]), e[1]) for e in entries]
         return write_yolo_case(root, lines)
     if fmt == "coco":
-        anns = [e if isinstance(e, dict) else coco_ann(CLASSES.index(e[0]) + 1, e[1])
-                for e in entries]
+        anns = [
+            e if isinstance(e, dict) else coco_ann(CLASSES.index(e[0]) + 1, e[1]) for e in entries
+        ]
         return write_coco_case(root, anns)
     return write_voc_case(root, entries)
 
 
 # Per format: how the second box (index 1) is named, and the raw bad entry for each case.
-WHERE = {"yolo": ("a.txt", "line 2"), "voc": ("a.xml", "<object> 1"),
-         "coco": ("ann.json", "annotation 1")}
+WHERE = {
+    "yolo": ("a.txt", "line 2"),
+    "voc": ("a.xml", "<object> 1"),
+    "coco": ("ann.json", "annotation 1"),
+}
 BAD = {
-    "outside": ({"yolo": ("cat", OUTSIDE), "voc": ("cat", OUTSIDE), "coco": ("cat", OUTSIDE)},
-                ["(50, 18, 70, 30)", "outside the 64x48 image"]),
-    "zero_area": ({"yolo": ("cat", FLAT), "voc": ("cat", FLAT), "coco": ("cat", FLAT)},
-                  ["(10, 18, 10, 30)", "zero or negative area"]),
-    "unknown_class": ({"yolo": yolo_line(5, GOOD), "voc": ("bird", GOOD),
-                       "coco": coco_ann(7, GOOD)}, []),
-    "malformed": ({"yolo": "0 0.5 0.5 0.25", "voc": ("cat", ("abc", 2, 20, 20)),
-                   "coco": {"category_id": 1}}, []),
+    "outside": (
+        {"yolo": ("cat", OUTSIDE), "voc": ("cat", OUTSIDE), "coco": ("cat", OUTSIDE)},
+        ["(50, 18, 70, 30)", "outside the 64x48 image"],
+    ),
+    "zero_area": (
+        {"yolo": ("cat", FLAT), "voc": ("cat", FLAT), "coco": ("cat", FLAT)},
+        ["(10, 18, 10, 30)", "zero or negative area"],
+    ),
+    "unknown_class": (
+        {"yolo": yolo_line(5, GOOD), "voc": ("bird", GOOD), "coco": coco_ann(7, GOOD)},
+        [],
+    ),
+    "malformed": (
+        {"yolo": "0 0.5 0.5 0.25", "voc": ("cat", ("abc", 2, 20, 20)), "coco": {"category_id": 1}},
+        [],
+    ),
 }
 UNKNOWN_CLASS_TEXT = {"yolo": "class 5", "voc": "'bird'", "coco": "category_id 7"}
-MALFORMED_TEXT = {"yolo": "'0 0.5 0.5 0.25' is not 'class cx cy w h'",
-                  "voc": "needs numeric", "coco": "needs a 'bbox'"}
+MALFORMED_TEXT = {
+    "yolo": "'0 0.5 0.5 0.25' is not 'class cx cy w h'",
+    "voc": "needs numeric",
+    "coco": "needs a 'bbox'",
+}
 
 
 @pytest.mark.parametrize("fmt", ["coco", "voc", "yolo"])
@@ -219,25 +253,30 @@ def test_fix_clip_clips_box_to_image(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", ["coco", "voc", "yolo"])
 def test_fix_drop_drops_bad_boxes_and_lists_them(tmp_path, fmt):
     # read with classes=["cat"]: the dog box is of a class the model does not know
-    path = write_case(tmp_path / fmt, fmt,
-                      [("cat", GOOD), ("cat", OUTSIDE), ("cat", FLAT), ("dog", GOOD)])
+    path = write_case(
+        tmp_path / fmt, fmt, [("cat", GOOD), ("cat", OUTSIDE), ("cat", FLAT), ("dog", GOOD)]
+    )
     src = read_boxes(path, classes=["cat"], fix="drop")
     (sample,) = src.samples
     assert sample.labels == ["cat"]
     np.testing.assert_allclose(sample.boxes, [GOOD], atol=1e-4)
     assert len(src.dropped) == 3
     file_name, _ = WHERE[fmt]
-    names = {"yolo": ["line 2", "line 3", "line 4"],
-             "voc": ["<object> 1", "<object> 2", "<object> 3"],
-             "coco": ["annotation 1", "annotation 2", "annotation 3"]}[fmt]
-    for entry, name, problem in zip(src.dropped, names,
-                                    ["outside", "zero or negative area", "'dog'"]):
+    names = {
+        "yolo": ["line 2", "line 3", "line 4"],
+        "voc": ["<object> 1", "<object> 2", "<object> 3"],
+        "coco": ["annotation 1", "annotation 2", "annotation 3"],
+    }[fmt]
+    for entry, name, problem in zip(
+        src.dropped, names, ["outside", "zero or negative area", "'dog'"]
+    ):
         assert file_name in entry and name in entry and problem in entry, entry
 
 
 def test_check_boxes_clip_drops_box_entirely_outside():
-    boxes, labels, dropped = check_boxes("x.png", W, H, [[70, 10, 80, 20], [-5, -5, 10, 10]],
-                                         ["cat", "dog"], CLASSES, fix="clip")
+    boxes, labels, dropped = check_boxes(
+        "x.png", W, H, [[70, 10, 80, 20], [-5, -5, 10, 10]], ["cat", "dog"], CLASSES, fix="clip"
+    )
     np.testing.assert_allclose(boxes, [[0, 0, 10, 10]])
     assert labels == ["dog"]
     assert len(dropped) == 1 and "x.png" in dropped[0] and "entirely outside" in dropped[0]
@@ -280,12 +319,15 @@ def test_voc_size_without_numeric_height_is_named(tmp_path, height):
 
 
 # ---------------------------------------------------------------------------- tile windows
-@pytest.mark.parametrize("width,height,size,overlap,origin", [
-    (100, 70, 32, 0.25, (0, 0)),
-    (257, 129, 64, 0.5, (10, 20)),
-    (96, 96, 32, 0.0, (0, 0)),
-    (50, 40, 30, 0.9, (0, 0)),
-])
+@pytest.mark.parametrize(
+    "width,height,size,overlap,origin",
+    [
+        (100, 70, 32, 0.25, (0, 0)),
+        (257, 129, 64, 0.5, (10, 20)),
+        (96, 96, 32, 0.0, (0, 0)),
+        (50, 40, 30, 0.9, (0, 0)),
+    ],
+)
 def test_tile_windows_cover_region_with_overlap(width, height, size, overlap, origin):
     windows = tile_windows(width, height, size, overlap, origin=origin)
     ox, oy = origin
@@ -293,7 +335,7 @@ def test_tile_windows_cover_region_with_overlap(width, height, size, overlap, or
     for x0, y0, x1, y1 in windows:
         assert (x1 - x0, y1 - y0) == (size, size)
         assert ox <= x0 and oy <= y0 and x1 <= ox + width and y1 <= oy + height
-        covered[y0 - oy:y1 - oy, x0 - ox:x1 - ox] = True
+        covered[y0 - oy : y1 - oy, x0 - ox : x1 - ox] = True
     assert covered.all()
     for axis, extent, start in ((0, width, ox), (1, height, oy)):
         starts = sorted({w[axis] for w in windows})
@@ -323,11 +365,15 @@ def sample(boxes, labels=None, width=100, height=80) -> BoxSample:
 
 
 def test_crop_sample_clips_and_applies_min_visible():
-    s = sample([[10, 10, 30, 20],  # fully inside
-                [30, 0, 50, 10],  # 50% inside (x 30-40): kept, clipped
-                [34, 30, 54, 40],  # 30% inside: dropped
-                [60, 60, 70, 70]],  # outside
-               ["a", "b", "c", "d"])
+    s = sample(
+        [
+            [10, 10, 30, 20],  # fully inside
+            [30, 0, 50, 10],  # 50% inside (x 30-40): kept, clipped
+            [34, 30, 54, 40],  # 30% inside: dropped
+            [60, 60, 70, 70],
+        ],  # outside
+        ["a", "b", "c", "d"],
+    )
     t = crop_sample(s, (0, 0, 40, 50), min_visible=0.5)
     assert t.window == (0, 0, 40, 50) and t.labels == ["a", "b"]
     np.testing.assert_allclose(t.boxes, [[10, 10, 30, 20], [30, 0, 40, 10]])
@@ -361,8 +407,10 @@ def test_tile_source_clips_boxes_and_keeps_every_box_whole_somewhere():
 
 
 def test_spatial_split_one_image_bands():
-    s = sample([[5, 5, 20, 20], [30, 50, 40, 66], [50, 55, 60, 67], [60, 62, 90, 78],
-                [0, 0, 100, 80]], ["a", "b", "c", "d", "e"])  # centres y 12.5, 58, 61, 70, 40
+    s = sample(
+        [[5, 5, 20, 20], [30, 50, 40, 66], [50, 55, 60, 67], [60, 62, 90, 78], [0, 0, 100, 80]],
+        ["a", "b", "c", "d", "e"],
+    )  # centres y 12.5, 58, 61, 70, 40
     train, val = spatial_split(BoxSource([s], ["a", "b", "c", "d", "e"], "mem"), 0.25)
     (t,), (v,) = train.samples, val.samples
     assert t.window == (0, 0, 100, 60) and v.window == (0, 60, 100, 80)  # touching, disjoint
@@ -393,14 +441,19 @@ TILE_A, TILE_B = (0, 0, 64, 64), (48, 0, 112, 64)  # overlap x 48-64
 
 
 def det(boxes, scores, labels) -> dict:
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor(scores),
-            "labels": torch.tensor(labels)}
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "scores": torch.tensor(scores),
+        "labels": torch.tensor(labels),
+    }
 
 
 def test_merge_drops_object_cut_by_tile_edge():
     # object at x 40-60: whole in tile A; tile B (from x 48) sees only x 48-60, on its edge
-    parts = [(TILE_A, det([[40, 10, 60, 30]], [0.6], [1])),
-             (TILE_B, det([[0, 10, 12, 30]], [0.9], [1]))]
+    parts = [
+        (TILE_A, det([[40, 10, 60, 30]], [0.6], [1])),
+        (TILE_B, det([[0, 10, 12, 30]], [0.9], [1])),
+    ]
     out = merge_tile_detections(parts, REGION)
     np.testing.assert_allclose(out["boxes"].numpy(), [[40, 10, 60, 30]])
     np.testing.assert_allclose(out["scores"].numpy(), [0.6])
@@ -409,34 +462,40 @@ def test_merge_drops_object_cut_by_tile_edge():
 
 def test_merge_nms_removes_duplicate_from_overlap():
     # object at x 51-61 lies whole in both tiles' shared part
-    parts = [(TILE_A, det([[51, 10, 61, 30]], [0.8], [1])),
-             (TILE_B, det([[3, 10, 13, 30]], [0.7], [1]))]
+    parts = [
+        (TILE_A, det([[51, 10, 61, 30]], [0.8], [1])),
+        (TILE_B, det([[3, 10, 13, 30]], [0.7], [1])),
+    ]
     out = merge_tile_detections(parts, REGION)
     np.testing.assert_allclose(out["boxes"].numpy(), [[51, 10, 61, 30]])
     np.testing.assert_allclose(out["scores"].numpy(), [0.8])
 
 
 def test_merge_keeps_different_classes_at_same_place():
-    parts = [(TILE_A, det([[51, 10, 61, 30]], [0.8], [1])),
-             (TILE_B, det([[3, 10, 13, 30]], [0.7], [2]))]
+    parts = [
+        (TILE_A, det([[51, 10, 61, 30]], [0.8], [1])),
+        (TILE_B, det([[3, 10, 13, 30]], [0.7], [2])),
+    ]
     out = merge_tile_detections(parts, REGION)
     assert sorted(out["labels"].tolist()) == [1, 2]
     np.testing.assert_allclose(out["boxes"].numpy(), [[51, 10, 61, 30]] * 2)
 
 
 def test_merge_shifts_boxes_into_image_coordinates():
-    parts = [((100, 50, 164, 114), det([[10, 10, 20, 20], [30, 5, 40, 25]], [0.9, 0.5],
-                                       [0, 3]))]
+    parts = [((100, 50, 164, 114), det([[10, 10, 20, 20], [30, 5, 40, 25]], [0.9, 0.5], [0, 3]))]
     out = merge_tile_detections(parts, (0, 0, 300, 300))
     order = out["scores"].argsort(descending=True)
-    np.testing.assert_allclose(out["boxes"][order].numpy(),
-                               [[110, 60, 120, 70], [130, 55, 140, 75]])
+    np.testing.assert_allclose(
+        out["boxes"][order].numpy(), [[110, 60, 120, 70], [130, 55, 140, 75]]
+    )
     assert out["labels"][order].tolist() == [0, 3]
 
 
 def test_merge_empty():
-    for parts in ([], [(TILE_A, det(np.zeros((0, 4)), [], [])),
-                       (TILE_B, det(np.zeros((0, 4)), [], []))]):
+    for parts in (
+        [],
+        [(TILE_A, det(np.zeros((0, 4)), [], [])), (TILE_B, det(np.zeros((0, 4)), [], []))],
+    ):
         out = merge_tile_detections(parts, REGION)
         assert out["boxes"].shape == (0, 4) and out["scores"].shape == (0,)
         assert out["labels"].shape == (0,) and out["labels"].dtype == torch.int64

@@ -20,9 +20,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from headstart import ImageClassifier
-from headstart.calibration import (MIN_ITEMS, T_BOUNDS, before_after,
-                                   expected_calibration_error, fit_temperature, nll,
-                                   reliability, softmax, temperature_or_reason)
+from headstart.calibration import (
+    MIN_ITEMS,
+    T_BOUNDS,
+    before_after,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    reliability,
+    softmax,
+    temperature_or_reason,
+)
 from headstart.features import clear_memory_cache
 from headstart.heads import Head, HeadSpec, TransferModel
 
@@ -45,11 +53,19 @@ def run(tmp_path_factory):
     train = write_folder(root / "train", *noisy(105, seed=1))
     val = write_folder(root / "val", *noisy(45, seed=2))
     test = write_folder(root / "test", *noisy(60, seed=3))
-    est = ImageClassifier("tiny:cnn", strategy="feature_extract", run_dir=root / "run",
-                          **{**FAST, "head_epochs": 10})
+    est = ImageClassifier(
+        "tiny:cnn", strategy="feature_extract", run_dir=root / "run", **{**FAST, "head_epochs": 10}
+    )
     est.fit(str(train), validation=str(val))
-    return SimpleNamespace(est=est, run=root / "run", root=root, train=train, val=val,
-                           test=test, items=sorted(str(p) for p in test.rglob("*.png")))
+    return SimpleNamespace(
+        est=est,
+        run=root / "run",
+        root=root,
+        train=train,
+        val=val,
+        test=test,
+        items=sorted(str(p) for p in test.rglob("*.png")),
+    )
 
 
 def logits_and_labels(n: int = 3000, k: int = 4, seed: int = 0, scale: float = 2.0):
@@ -114,8 +130,7 @@ def test_ece_and_reliability_bins_against_a_naive_loop():
     y = rng.integers(0, 4, 500)
     # confidences right on a bin edge (9/15 = 0.6, 1.0) belong to the bin below the edge
     proba[:3] = [[0.6, 0.4, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.2, 0.6, 0.2, 0.0]]
-    assert expected_calibration_error(y, proba) == pytest.approx(naive_ece(y, proba),
-                                                                 abs=1e-12)
+    assert expected_calibration_error(y, proba) == pytest.approx(naive_ece(y, proba), abs=1e-12)
     bins = reliability(y, proba)
     assert len(bins) == 15 and sum(b["count"] for b in bins) == 500
     assert bins[8]["upper"] == pytest.approx(0.6) and bins[14]["upper"] == 1.0
@@ -201,13 +216,15 @@ def test_calibration_lowers_nll_of_a_deliberately_over_confident_model(run):
 
 def test_no_calibrate_keeps_temperature_one():
     x, y = noisy(60, seed=5)
-    est = ImageClassifier("tiny:cnn", strategy="feature_extract", calibrate=False,
-                          **{**FAST, "val_fraction": 0.3}).fit(x, y)
+    est = ImageClassifier(
+        "tiny:cnn", strategy="feature_extract", calibrate=False, **{**FAST, "val_fraction": 0.3}
+    ).fit(x, y)
     assert float(est.model_.head.temperature) == 1.0
     assert est.metrics_["calibration"] == {"temperature": 1.0, "reason": "calibrate=False"}
     assert est.metrics_["validation"]["calibration"]["reason"] == "calibrate=False"
-    nothing = ImageClassifier("tiny:cnn", strategy="feature_extract",
-                              **{**FAST, "val_fraction": 0.0}).fit(x, y)
+    nothing = ImageClassifier(
+        "tiny:cnn", strategy="feature_extract", **{**FAST, "val_fraction": 0.0}
+    ).fit(x, y)
     assert nothing.metrics_["calibration"]["reason"] == "no validation part"
 
 
@@ -230,7 +247,8 @@ def test_save_load_keeps_the_temperature(run):
     np.testing.assert_array_equal(loaded.predict_proba(run.items), expected)
     config = json.loads((run.run / "config.json").read_text())
     assert config["metrics"]["calibration"]["temperature"] == pytest.approx(
-        float(loaded.model_.head.temperature), rel=1e-6)
+        float(loaded.model_.head.temperature), rel=1e-6
+    )
 
 
 def test_run_saved_before_temperature_existed_loads_uncalibrated(run, tmp_path):
@@ -262,8 +280,9 @@ def test_run_saved_before_temperature_existed_loads_uncalibrated(run, tmp_path):
 
 def test_chained_transfer_trains_the_kept_head_at_temperature_one(run):
     x, y = noisy(48, seed=6)
-    child = ImageClassifier(str(run.run), strategy="feature_extract", keep_head=True,
-                            calibrate=False, **FAST).fit(x, y)
+    child = ImageClassifier(
+        str(run.run), strategy="feature_extract", keep_head=True, calibrate=False, **FAST
+    ).fit(x, y)
     assert float(run.est.model_.head.temperature) != 1.0
     assert float(child.model_.head.temperature) == 1.0
 
@@ -298,8 +317,9 @@ def test_report_draws_a_reliability_diagram(run):
     html = _calibration_section(m)
     assert "<h2>Calibration</h2>" in html and html.count("<svg") == 1
     assert f"T = {m['calibration']['temperature']:.3f}" in html
-    uncalibrated = _calibration_section({**m, "calibration": {"temperature": 1.0,
-                                                              "reason": "calibrate=False"}})
+    uncalibrated = _calibration_section(
+        {**m, "calibration": {"temperature": 1.0, "reason": "calibrate=False"}}
+    )
     assert "Not calibrated (calibrate=False)" in uncalibrated and "<svg" in uncalibrated
     assert _calibration_section({"accuracy": 1.0}) == ""
     assert reliability_svg(m["reliability"]).startswith("<svg")
@@ -316,18 +336,24 @@ def test_blended_text_run_blends_the_calibrated_encoder(tmp_path):
 
     texts, labels = make_texts(80, seed=0)
     rng = np.random.default_rng(1)
-    labels = [("digits" if lab == "letters" else "letters") if rng.random() < 0.25 else lab
-              for lab in labels]
-    est = TextClassifier("tiny:bert", strategy="feature_extract", run_dir=tmp_path / "run",
-                         **{**TEXT_FIT, "val_fraction": 0.3, "baseline": True, "blend": True,
-                            "blend_mode": "mean"}).fit(texts, labels)
+    labels = [
+        ("digits" if lab == "letters" else "letters") if rng.random() < 0.25 else lab
+        for lab in labels
+    ]
+    est = TextClassifier(
+        "tiny:bert",
+        strategy="feature_extract",
+        run_dir=tmp_path / "run",
+        **{**TEXT_FIT, "val_fraction": 0.3, "baseline": True, "blend": True, "blend_mode": "mean"},
+    ).fit(texts, labels)
     t = float(est.model_.head.temperature)
     assert t != 1.0 and est.metrics_["calibration"]["temperature"] == pytest.approx(t, rel=1e-6)
     items, _ = make_texts(12, seed=5)
     source = est._open_unlabeled(items)
     own = est._head_proba(est._features(source))
-    np.testing.assert_allclose(est.predict_proba(items),
-                               blend_proba(own, est.baseline_.predict_proba(items)), atol=1e-6)
+    np.testing.assert_allclose(
+        est.predict_proba(items), blend_proba(own, est.baseline_.predict_proba(items)), atol=1e-6
+    )
     predictor = Predictor.from_run(tmp_path / "run", engine="torch")
     got = np.stack([r.probabilities for r in predictor.predict(items, batch_size=5)])
     np.testing.assert_allclose(got, est.predict_proba(items), atol=1e-4, rtol=0)

@@ -14,8 +14,18 @@ from headstart.train import make_scheduler, warmup_length
 
 from conftest import make_arrays
 
-FAST = dict(head_epochs=15, epochs=3, batch_size=16, head_lr=3e-2, early_stopping=0,
-            num_workers=0, device="cpu", seed=0, augment="none", calibrate=False)
+FAST = dict(
+    head_epochs=15,
+    epochs=3,
+    batch_size=16,
+    head_lr=3e-2,
+    early_stopping=0,
+    num_workers=0,
+    device="cpu",
+    seed=0,
+    augment="none",
+    calibrate=False,
+)
 
 
 def test_noise_margin_is_one_standard_error_and_at_least_one_item():
@@ -33,8 +43,11 @@ def test_within_noise_the_lower_loss_wins_beyond_it_the_better_score():
     win, why = choose([probe, one_behind], n=10, monitor="accuracy")
     assert win is one_behind and "within the noise of 10 validation items" in why
     win, why = choose([probe, two_behind], n=10, monitor="accuracy")
-    assert win is probe and "by more than the noise" in why and why.startswith(
-        "kept linear_probe epoch 20")
+    assert (
+        win is probe
+        and "by more than the noise" in why
+        and why.startswith("kept linear_probe epoch 20")
+    )
     # 1,000 items: 0.9 against 0.88 is beyond one standard error (0.0095)
     win, _ = choose([Candidate("a", 0.9, 0.5), Candidate("b", 0.88, 0.1)], 1000, "accuracy")
     assert win.where == "a"
@@ -51,17 +64,23 @@ def test_choose_agrees_with_a_brute_force_reading_of_the_rule():
     rng = np.random.default_rng(0)
     for _ in range(200):
         n = int(rng.integers(5, 300))
-        cands = [Candidate(f"c{i}", float(rng.integers(0, n + 1) / n),
-                           float(rng.uniform(0.05, 2)), order=i)
-                 for i in range(int(rng.integers(1, 6)))]
+        cands = [
+            Candidate(
+                f"c{i}", float(rng.integers(0, n + 1) / n), float(rng.uniform(0.05, 2)), order=i
+            )
+            for i in range(int(rng.integers(1, 6)))
+        ]
         best = max(c.score for c in cands)
         margin = max(1 / n, math.sqrt(best * (1 - best) / n))
         expected = None
         for c in cands:
             if c.score < best - margin - 1e-12:
                 continue
-            if expected is None or c.loss < expected.loss or (
-                    c.loss == expected.loss and c.order > expected.order):
+            if (
+                expected is None
+                or c.loss < expected.loss
+                or (c.loss == expected.loss and c.order > expected.order)
+            ):
                 expected = c
         assert choose(cands, n, "accuracy")[0] is expected
 
@@ -101,8 +120,7 @@ def test_a_fine_tune_stage_that_ends_worse_than_its_probe_keeps_the_probe(data, 
     x, y = data
     wreck = dict(FAST, lr=3.0, wise_ft=False)
     probe = ImageClassifier("tiny:cnn", strategy="feature_extract", **FAST).fit(x, y)
-    clf = ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=tmp_path / "run",
-                          **wreck).fit(x, y)
+    clf = ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=tmp_path / "run", **wreck).fit(x, y)
     assert clf.best_.startswith("linear_probe epoch")
     assert clf.metrics_["selection"].startswith("kept linear_probe epoch")
     assert "finetune epoch" in clf.metrics_["selection"]
@@ -119,16 +137,18 @@ def test_wise_ft_mixes_are_candidates_and_the_kept_file_is_the_result(data, tmp_
     from safetensors.torch import load_file
 
     x, y = data
-    clf = ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=tmp_path / "run",
-                          **dict(FAST, lr=1e-2)).fit(x, y)
+    clf = ImageClassifier(
+        "tiny:cnn", strategy="lp_ft", run_dir=tmp_path / "run", **dict(FAST, lr=1e-2)
+    ).fit(x, y)
     selection = clf.metrics_["selection"]
     for alpha in ("0.25", "0.5", "0.75"):
         assert f"wise-ft {alpha} accuracy" in selection
     kept = load_file(str(tmp_path / "run" / "checkpoints" / "kept.safetensors"))
     model = clf.model_.state_dict()
     assert kept and all(torch.equal(v, model[k]) for k, v in kept.items())
-    off = ImageClassifier("tiny:cnn", strategy="lp_ft", wise_ft=False,
-                          **dict(FAST, lr=1e-2)).fit(x, y)
+    off = ImageClassifier("tiny:cnn", strategy="lp_ft", wise_ft=False, **dict(FAST, lr=1e-2)).fit(
+        x, y
+    )
     assert "wise-ft" not in off.metrics_["selection"]
 
 
@@ -137,8 +157,9 @@ def test_a_later_stage_starts_from_the_earlier_stages_best_epoch(data):
     learning rate of ~0 the fine-tuned network predicts what the probe's best epoch does."""
     x, y = data
     probe = ImageClassifier("tiny:cnn", strategy="feature_extract", **FAST).fit(x, y)
-    still = ImageClassifier("tiny:cnn", strategy="lp_ft", keep="last_stage", wise_ft=False,
-                            **dict(FAST, lr=1e-12)).fit(x, y)
+    still = ImageClassifier(
+        "tiny:cnn", strategy="lp_ft", keep="last_stage", wise_ft=False, **dict(FAST, lr=1e-12)
+    ).fit(x, y)
     assert still.best_.startswith("finetune epoch")
     assert np.allclose(still.predict_proba(x), probe.predict_proba(x), atol=1e-4)
 
@@ -158,8 +179,7 @@ def test_each_stage_logs_an_estimate_of_its_remaining_time(data, caplog, monkeyp
         ImageClassifier("tiny:cnn", strategy="lp_ft", **FAST).fit(x, y)
     said = [r.getMessage() for r in caplog.records if "left (" in r.getMessage()]
     assert any(m.startswith("stage finetune: about ") and "steps at" in m for m in said)
-    assert any(m.startswith("stage finetune: about ") and "validation included" in m
-               for m in said)
+    assert any(m.startswith("stage finetune: about ") and "validation included" in m for m in said)
     assert train.format_duration(75) == "1 min 15 s" and train.format_duration(9) == "9 s"
     assert train.format_duration(3725) == "1 h 02 min"
     assert real_time.perf_counter() > 0
@@ -187,11 +207,15 @@ def test_budget_epochs_share_what_is_left_by_planned_epochs(caplog):
     from headstart.strategies import Stage, Strategy
     from headstart.train import Trainer
 
-    stages = (Stage("linear_probe", 0, 60, 0, 1e-2, 1, "frozen"),
-              Stage("a", 1, 10, 1e-3, 1e-3, 1, "frozen"), Stage("b", 2, 30, 1e-3, 1e-3, 1, "frozen"))
+    stages = (
+        Stage("linear_probe", 0, 60, 0, 1e-2, 1, "frozen"),
+        Stage("a", 1, 10, 1e-3, 1e-3, 1, "frozen"),
+        Stage("b", 2, 30, 1e-3, 1e-3, 1, "frozen"),
+    )
     now = train.time.perf_counter()
-    fake = SimpleNamespace(budget=100.0, _seconds_before=20.0, _started=now - 20.0,
-                           strategy=Strategy("x", stages))
+    fake = SimpleNamespace(
+        budget=100.0, _seconds_before=20.0, _started=now - 20.0, strategy=Strategy("x", stages)
+    )
     with caplog.at_level(logging.INFO, logger="headstart.train"):
         # 60 s left, a's share 10/40 = 15 s, 2 s per epoch: 1 + 7 = 8 epochs of 10
         assert Trainer._budget_epochs(fake, 1, stages[1], 2.0) == 8
@@ -205,26 +229,30 @@ def test_a_time_budget_cuts_the_fine_tuning_epochs_and_says_so(data, monkeypatch
     the fit records what it chose, and a resume after a crash keeps that choice (it is in
     the checkpoint: the resumed process would measure other times)."""
     from safetensors.torch import load_file
+    from test_resume import Crash, assert_same_weights, crash_on_call
 
     from headstart.train import Trainer
-
-    from test_resume import Crash, assert_same_weights, crash_on_call
 
     x, y = data
     settings = dict(FAST, epochs=8, time_budget="1h")
     monkeypatch.setattr(Trainer, "_budget_epochs", lambda self, s, stage, seconds: 3)
-    clf = ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=tmp_path / "a",
-                          **settings).fit(x, y)
+    clf = ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=tmp_path / "a", **settings).fit(
+        x, y
+    )
     ran = [r for r in clf.history_ if r["stage"] == "finetune"]
-    assert len(ran) == 3 and clf.metrics_["time_budget"] == {"budget": "1h",
-                                                             "epochs": {"finetune": 3}}
+    assert len(ran) == 3 and clf.metrics_["time_budget"] == {
+        "budget": "1h",
+        "epochs": {"finetune": 3},
+    }
     assert ran[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the compressed schedule ends
     crash_on_call(monkeypatch, Trainer, "_train_epoch", FAST["head_epochs"] + 3)
     with pytest.raises(Crash):
-        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=tmp_path / "b",
-                        **settings).fit(x, y)
+        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=tmp_path / "b", **settings).fit(x, y)
     monkeypatch.undo()  # the resumed process would choose all 8 epochs: the checkpoint says 3
     ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=tmp_path / "b", **settings).fit(
-        x, y, resume=True)
-    assert_same_weights(load_file(str(tmp_path / "a" / "model.safetensors")),
-                        load_file(str(tmp_path / "b" / "model.safetensors")))
+        x, y, resume=True
+    )
+    assert_same_weights(
+        load_file(str(tmp_path / "a" / "model.safetensors")),
+        load_file(str(tmp_path / "b" / "model.safetensors")),
+    )

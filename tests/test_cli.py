@@ -13,8 +13,22 @@ from headstart.cli import main
 
 from conftest import make_arrays, write_folder
 
-FIT_FLAGS = ["--backbone", "tiny:cnn", "--num-workers", "0", "--device", "cpu",
-             "--batch-size", "16", "--lr", "0.01", "--head-lr", "0.01", "--early-stopping", "0"]
+FIT_FLAGS = [
+    "--backbone",
+    "tiny:cnn",
+    "--num-workers",
+    "0",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.01",
+    "--head-lr",
+    "0.01",
+    "--early-stopping",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +49,22 @@ def fitted_run(folders):
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):
-        code = main(["-q", "fit", str(train), *FIT_FLAGS, "--strategy", "finetune",
-                     "--epochs", "2", "--out", str(out), "--test", str(test)])
+        code = main(
+            [
+                "-q",
+                "fit",
+                str(train),
+                *FIT_FLAGS,
+                "--strategy",
+                "finetune",
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+                "--test",
+                str(test),
+            ]
+        )
     return out, stdout.getvalue(), code
 
 
@@ -57,8 +85,12 @@ def test_models_table_lists_hub_models_too(capsys):
 
 
 def test_models_as_a_subprocess():
-    proc = subprocess.run([sys.executable, "-m", "headstart", "models", "--offline"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "headstart", "models", "--offline"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "packaged:efficientnet_lite0" in proc.stdout
     assert "packaged:efficientnet_lite2" in proc.stdout
@@ -82,12 +114,31 @@ def test_fit_prints_metrics_and_writes_the_run(fitted_run):
 def test_yaml_config_and_flag_override(folders, tmp_path, capsys):
     _, train, _ = folders
     cfg = tmp_path / "fit.yaml"
-    cfg.write_text("strategy: feature_extract\nhead-epochs: 3\nhead_hidden: [8]\n"
-                   "lr: 0.5\nweight_decay: 0.01\nskip_bad: true\n")
+    cfg.write_text(
+        "strategy: feature_extract\nhead-epochs: 3\nhead_hidden: [8]\n"
+        "lr: 0.5\nweight_decay: 0.01\nskip_bad: true\n"
+    )
     out = tmp_path / "run"
-    code = main(["-q", "fit", str(train), "--config", str(cfg), "--backbone", "tiny:cnn",
-                 "--num-workers", "0", "--device", "cpu", "--lr", "0.002",
-                 "--no-skip-bad", "--out", str(out)])
+    code = main(
+        [
+            "-q",
+            "fit",
+            str(train),
+            "--config",
+            str(cfg),
+            "--backbone",
+            "tiny:cnn",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--lr",
+            "0.002",
+            "--no-skip-bad",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     fit_config = json.loads((out / "config.json").read_text())["fit_config"]
     assert fit_config["strategy"] == "feature_extract"  # from YAML
@@ -182,8 +233,7 @@ def test_evaluate_of_a_missing_run(tmp_path, folders, capsys):
 def test_resume_with_other_settings_is_a_clean_cli_error(folders, tmp_path, capsys):
     _, train, _ = folders
     out = tmp_path / "run"
-    flags = [str(train), *FIT_FLAGS, "--strategy", "finetune", "--epochs", "1",
-             "--out", str(out)]
+    flags = [str(train), *FIT_FLAGS, "--strategy", "finetune", "--epochs", "1", "--out", str(out)]
     assert main(["-q", "fit", *flags]) == 0
     capsys.readouterr()
     code = main(["-q", "fit", *flags, "--resume", "--weight-decay", "0.3"])
@@ -198,8 +248,16 @@ def test_a_commands_log_quieting_ends_with_it(tmp_path, capsys):
 
     train_log = logging.getLogger("headstart.train")
     before = train_log.level
-    code = main(["study", str(tmp_path / "missing"), "--model", "tiny:cnn",
-                 "--out", str(tmp_path / "study")])
+    code = main(
+        [
+            "study",
+            str(tmp_path / "missing"),
+            "--model",
+            "tiny:cnn",
+            "--out",
+            str(tmp_path / "study"),
+        ]
+    )
     assert code == 2 and "error" in capsys.readouterr().err
     assert train_log.level == before
 
@@ -227,8 +285,10 @@ def _help_defaults(command: str, monkeypatch, capsys) -> dict[str, tuple[str, di
             continue
         general, _, rest = m.group(1).partition("; ")
         per_task = dict(part.split(": ", 1) for part in rest.split(", ")) if rest else {}
-        shown[entry.split()[0].rstrip(",").removeprefix("--").replace("-", "_")] = \
-            (general, per_task)
+        shown[entry.split()[0].rstrip(",").removeprefix("--").replace("-", "_")] = (
+            general,
+            per_task,
+        )
     return shown
 
 
@@ -273,8 +333,9 @@ def test_fit_help_defaults_are_the_ones_each_task_uses(task, monkeypatch, capsys
     assert from_cli == resolved
     for name in FitConfig.field_names():
         general, per_task = shown[name]
-        assert _parse_shown(per_task.get(task, general), name) == getattr(resolved, name), \
+        assert _parse_shown(per_task.get(task, general), name) == getattr(resolved, name), (
             f"--{name.replace('_', '-')} for --task {task}"
+        )
 
 
 def test_pretrain_help_shows_the_defaults_pretrain_uses(monkeypatch, capsys):
@@ -294,10 +355,24 @@ def test_fit_resume_says_when_there_is_nothing_to_resume(folders, tmp_path, capl
 
     _, train, _ = folders
     out = tmp_path / "run"
-    flags = ["fit", str(train), *FIT_FLAGS, "--strategy", "feature_extract",
-             "--head-epochs", "2", "--out", str(out), "--resume"]
-    proc = subprocess.run([sys.executable, "-m", "headstart", "-q", *flags],
-                          capture_output=True, text=True, timeout=300)
+    flags = [
+        "fit",
+        str(train),
+        *FIT_FLAGS,
+        "--strategy",
+        "feature_extract",
+        "--head-epochs",
+        "2",
+        "--out",
+        str(out),
+        "--resume",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "headstart", "-q", *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"no checkpoint in {out / 'checkpoints' / 'last'}; starting a new fit" in proc.stderr
     files = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}

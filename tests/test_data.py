@@ -10,9 +10,20 @@ import torch
 from PIL import Image
 
 from headstart import ImageClassifier
-from headstart.data import (DataError, ImageDataset, ImageTransform, from_arrays, from_csv,
-                            from_folder, load_image, median_side, open_inputs, open_source,
-                            resolve_image_size, stratified_split)
+from headstart.data import (
+    DataError,
+    ImageDataset,
+    ImageTransform,
+    from_arrays,
+    from_csv,
+    from_folder,
+    load_image,
+    median_side,
+    open_inputs,
+    open_source,
+    resolve_image_size,
+    stratified_split,
+)
 from headstart.zoo import PreprocessConfig, create_backbone
 
 from conftest import FAST, make_arrays, write_csv, write_folder
@@ -295,8 +306,9 @@ def test_eval_transform_uses_the_backbone_statistics():
     t = ImageTransform(32, pre)(white)
     assert t.shape == (3, 32, 32) and t.dtype == torch.float32
     assert torch.allclose(t, torch.ones_like(t))  # (1 - 0.5) / 0.5
-    imagenet = PreprocessConfig(input_size=24, mean=(0.485, 0.456, 0.406),
-                                std=(0.229, 0.224, 0.225), crop_pct=0.875)
+    imagenet = PreprocessConfig(
+        input_size=24, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875
+    )
     t = ImageTransform(24, imagenet)(Image.new("RGB", (40, 30), (255, 255, 255)))
     assert t.shape == (3, 24, 24)
     for c in range(3):
@@ -348,8 +360,7 @@ def test_image_size_defaults():
 
 # ---------------------------------------------------------------- fits from each input
 def _fit_and_check(X, y=None, **kwargs):
-    clf = ImageClassifier("tiny:cnn", strategy="finetune",
-                          **{**FAST, "epochs": 8, **kwargs})
+    clf = ImageClassifier("tiny:cnn", strategy="finetune", **{**FAST, "epochs": 8, **kwargs})
     clf.fit(X, y)
     assert clf.score(X, y) >= 0.9
     return clf

@@ -24,9 +24,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from headstart.data.boxes import BoxSample, BoxSource, read_boxes, tile_windows, write_boxes
-from headstart.tasks.detect import (DETECT_STRATEGIES, TORCHVISION_DETECTORS, ObjectDetector,
-                                    TileDataset, build_torchvision_detector, detection_metrics,
-                                    fit_anchor_sizes)
+from headstart.tasks.detect import (
+    DETECT_STRATEGIES,
+    TORCHVISION_DETECTORS,
+    ObjectDetector,
+    TileDataset,
+    build_torchvision_detector,
+    detection_metrics,
+    fit_anchor_sizes,
+)
 from headstart.zoo.base import OfflineError, ZooError
 
 CLASSES = ["square", "circle"]
@@ -35,8 +41,19 @@ COLOURS = {"square": (230, 40, 40), "circle": (40, 220, 60)}
 
 # Settings of the short fits (plumbing: strategies, resume, BatchNorm): few steps, no
 # validation. The tiny:cnn backbone counts as pre-trained (its id has no "scratch:").
-QUICK = dict(detector="fcos", image_size=SIDE, fpn_channels=32, epochs=1, batch_size=2,
-             lr=3e-3, head_lr=3e-3, early_stopping=0, val_fraction=0.0, device="cpu", seed=0)
+QUICK = dict(
+    detector="fcos",
+    image_size=SIDE,
+    fpn_channels=32,
+    epochs=1,
+    batch_size=2,
+    lr=3e-3,
+    head_lr=3e-3,
+    early_stopping=0,
+    val_fraction=0.0,
+    device="cpu",
+    seed=0,
+)
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -56,8 +73,9 @@ def draw_scene(path: Path, width: int, height: int, shapes, seed: int) -> BoxSam
         labels.append(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
-    return BoxSample(str(path), width, height, np.array(boxes, dtype=np.float32).reshape(-1, 4),
-                     labels)
+    return BoxSample(
+        str(path), width, height, np.array(boxes, dtype=np.float32).reshape(-1, 4), labels
+    )
 
 
 def random_shapes(rng, width: int, height: int, n: int) -> list:
@@ -67,8 +85,7 @@ def random_shapes(rng, width: int, height: int, n: int) -> list:
         s = int(rng.integers(14, 31))
         x, y = int(rng.integers(0, width - s + 1)), int(rng.integers(0, height - s + 1))
         pad = (x - 2, y - 2, x + s + 2, y + s + 2)
-        if any(pad[0] < b[2] and b[0] < pad[2] and pad[1] < b[3] and b[1] < pad[3]
-               for b in placed):
+        if any(pad[0] < b[2] and b[0] < pad[2] and pad[1] < b[3] and b[1] < pad[3] for b in placed):
             continue
         placed.append((x, y, x + s, y + s))
         shapes.append(("square" if rng.random() < 0.5 else "circle", x, y, s))
@@ -87,8 +104,10 @@ def found(truth: BoxSample, pred: dict, min_score: float = 0.5, min_iou: float =
     """How many true boxes have a predicted box of their class with IoU >= min_iou."""
     n = 0
     for tb, tl in zip(truth.boxes, truth.labels):
-        if any(lab == tl and s >= min_score and iou(tb, pb) >= min_iou
-               for pb, s, lab in zip(pred["boxes"], pred["scores"], pred["labels"])):
+        if any(
+            lab == tl and s >= min_score and iou(tb, pb) >= min_iou
+            for pb, s, lab in zip(pred["boxes"], pred["scores"], pred["labels"])
+        ):
             n += 1
     return n
 
@@ -108,9 +127,16 @@ def scenes(tmp_path_factory):
     """16 scenes of 96x96 px with 1-3 shapes each: (BoxSource, COCO json path)."""
     root = tmp_path_factory.mktemp("scenes")
     rng = np.random.default_rng(0)
-    samples = [draw_scene(root / "img" / f"scene{i:02d}.png", SIDE, SIDE,
-                          random_shapes(rng, SIDE, SIDE, 1 + i % 3), seed=i)
-               for i in range(16)]
+    samples = [
+        draw_scene(
+            root / "img" / f"scene{i:02d}.png",
+            SIDE,
+            SIDE,
+            random_shapes(rng, SIDE, SIDE, 1 + i % 3),
+            seed=i,
+        )
+        for i in range(16)
+    ]
     source = BoxSource(samples, list(CLASSES), str(root / "img"))
     coco = write_boxes(source, root / "scenes.json", "coco")
     return source, coco
@@ -133,10 +159,22 @@ def small(source) -> BoxSource:
 def detector(source) -> ObjectDetector:
     """The shared, properly trained model: Faster R-CNN, BatchNorm trained (random-init
     backbone), 25% of the scenes held out for validation, tiles overlapping by 0.4."""
-    return ObjectDetector("tiny:cnn", detector="fasterrcnn", strategy="finetune", epochs=10,
-                          bn="train", image_size=SIDE, fpn_channels=32, lr=3e-3, head_lr=3e-3,
-                          early_stopping=0, val_fraction=0.25, tile_overlap=0.4, device="cpu",
-                          seed=0).fit(source)
+    return ObjectDetector(
+        "tiny:cnn",
+        detector="fasterrcnn",
+        strategy="finetune",
+        epochs=10,
+        bn="train",
+        image_size=SIDE,
+        fpn_channels=32,
+        lr=3e-3,
+        head_lr=3e-3,
+        early_stopping=0,
+        val_fraction=0.25,
+        tile_overlap=0.4,
+        device="cpu",
+        seed=0,
+    ).fit(source)
 
 
 @pytest.fixture(scope="module")
@@ -153,13 +191,21 @@ def fresh_body_state() -> dict[str, torch.Tensor]:
     """tiny:cnn's initial weights (its init is seeded: the same every time)."""
     from headstart.zoo import create_backbone
 
-    return {k: v.detach().clone() for k, v in
-            create_backbone("tiny:cnn", pretrained=True).state_dict().items()}
+    return {
+        k: v.detach().clone()
+        for k, v in create_backbone("tiny:cnn", pretrained=True).state_dict().items()
+    }
 
 
 def changed(before: dict, after: dict, prefix: str = "") -> list[str]:
-    return [k for k in before if k.startswith(prefix) and k in after
-            and before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    return [
+        k
+        for k in before
+        if k.startswith(prefix)
+        and k in after
+        and before[k].is_floating_point()
+        and not torch.equal(before[k], after[k])
+    ]
 
 
 # ----------------------------------------------------------------------------- 1. training
@@ -171,7 +217,8 @@ def test_training_reduces_loss_and_finds_the_shapes(detector, source):
     assert all("val_map_50" in r for r in h)
     assert detector.best_["val_map_50"] >= 0.5
     assert detector.metrics_["validation"]["map_50"] == pytest.approx(
-        detector.best_["val_map_50"])  # the best epoch's weights are the ones kept
+        detector.best_["val_map_50"]
+    )  # the best epoch's weights are the ones kept
 
     m = detector.evaluate(source)
     assert m["images"] == 16 and m["boxes"] == source.num_boxes
@@ -188,16 +235,28 @@ def test_training_reduces_loss_and_finds_the_shapes(detector, source):
 
 @pytest.mark.parametrize("arch", ["retinanet", "fcos"])
 def test_each_detector_reduces_the_loss(source, arch):
-    det = ObjectDetector("tiny:cnn", detector=arch, strategy="finetune", epochs=3,
-                         image_size=SIDE, fpn_channels=32, lr=3e-3, head_lr=3e-3,
-                         early_stopping=0, val_fraction=0.0, device="cpu",
-                         seed=0).fit(source.subset(range(8)))
+    det = ObjectDetector(
+        "tiny:cnn",
+        detector=arch,
+        strategy="finetune",
+        epochs=3,
+        image_size=SIDE,
+        fpn_channels=32,
+        lr=3e-3,
+        head_lr=3e-3,
+        early_stopping=0,
+        val_fraction=0.0,
+        device="cpu",
+        seed=0,
+    ).fit(source.subset(range(8)))
     losses = [r["train_loss"] for r in det.history_]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0], losses
     assert det.best_ is None and "validation" not in det.metrics_  # no validation asked
-    parts = {"retinanet": {"classification", "bbox_regression"},
-             "fcos": {"classification", "bbox_regression", "bbox_ctrness"}}[arch]
+    parts = {
+        "retinanet": {"classification", "bbox_regression"},
+        "fcos": {"classification", "bbox_regression", "bbox_ctrness"},
+    }[arch]
     assert parts <= set(det.history_[0])
 
 
@@ -207,8 +266,12 @@ def test_fasterrcnn_loss_parts_recorded(detector):
     for k in ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
         assert k in first and math.isfinite(last[k])
     assert first["train_loss"] == pytest.approx(
-        sum(first[k] for k in ("loss_classifier", "loss_box_reg", "loss_objectness",
-                               "loss_rpn_box_reg")), rel=1e-5)
+        sum(
+            first[k]
+            for k in ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+        ),
+        rel=1e-5,
+    )
 
 
 def test_fit_anchor_sizes():
@@ -230,16 +293,16 @@ def test_tile_dataset_flips_boxes_with_the_image(source):
         for i in range(len(data)):
             image, target = data[i]
             assert image.shape == (3, SIDE, SIDE) and 0 <= image.min() <= image.max() <= 1
-            assert target["labels"].tolist() == [CLASSES.index(c) + 1
-                                                 for c in source.samples[i].labels]
+            assert target["labels"].tolist() == [
+                CLASSES.index(c) + 1 for c in source.samples[i].labels
+            ]
             for box, label in zip(target["boxes"], target["labels"]):
                 x0, y0, x1, y1 = (int(round(float(v))) for v in box)
                 cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
                 r, g = image[0, cy, cx].item(), image[1, cy, cx].item()
                 # the centre pixel has the shape's colour (contrast jitter may dim it)
                 assert (r > g) == (label == 1), (i, epoch, box, r, g)
-            flipped += not torch.equal(target["boxes"],
-                                       torch.as_tensor(source.samples[i].boxes))
+            flipped += not torch.equal(target["boxes"], torch.as_tensor(source.samples[i].boxes))
     assert flipped > 0
 
 
@@ -306,9 +369,15 @@ def test_tiled_inference_on_a_larger_scene(detector, tmp_path):
     starts_x = sorted({w[0] for w in tile_windows(width, height, SIDE, 0.4)})
     assert starts_x == [0, 57, 114, 171, 204]
     shapes = [  # several straddle where tiles meet (x = 96, 153, 210; y = 96, 153)
-        ("square", 84, 20, 24), ("circle", 140, 30, 26), ("square", 198, 10, 22),
-        ("circle", 20, 86, 22), ("square", 120, 90, 28), ("circle", 240, 80, 26),
-        ("circle", 60, 140, 24), ("square", 180, 142, 24), ("square", 262, 180, 26),
+        ("square", 84, 20, 24),
+        ("circle", 140, 30, 26),
+        ("square", 198, 10, 22),
+        ("circle", 20, 86, 22),
+        ("square", 120, 90, 28),
+        ("circle", 240, 80, 26),
+        ("circle", 60, 140, 24),
+        ("square", 180, 142, 24),
+        ("square", 262, 180, 26),
         ("circle", 10, 185, 20),
     ]
     truth = draw_scene(tmp_path / "big.png", width, height, shapes, seed=99)
@@ -320,10 +389,15 @@ def test_tiled_inference_on_a_larger_scene(detector, tmp_path):
     assert (b[:, 1] >= 0).all() and (b[:, 3] <= height).all()
     assert (np.diff(pred["scores"]) <= 0).all()
     assert found(truth, pred) >= 8, "the tiled model should find most shapes"
-    sure = [(pb, lab) for pb, s, lab in zip(pred["boxes"], pred["scores"], pred["labels"])
-            if s >= 0.5]
-    dups = [(a, c) for i, (a, la) in enumerate(sure) for c, lc in sure[i + 1:]
-            if la == lc and iou(a, c) > 0.5]
+    sure = [
+        (pb, lab) for pb, s, lab in zip(pred["boxes"], pred["scores"], pred["labels"]) if s >= 0.5
+    ]
+    dups = [
+        (a, c)
+        for i, (a, la) in enumerate(sure)
+        for c, lc in sure[i + 1 :]
+        if la == lc and iou(a, c) > 0.5
+    ]
     assert not dups, f"duplicate boxes from overlapping tiles: {dups}"
     m = detection_metrics([pred], [truth], CLASSES)
     assert m["map_50"] > 0.5 and m["recall"] >= 0.8
@@ -340,19 +414,23 @@ def test_nms_iou_setting_thins_overlapping_boxes(detector, source):
         detector.config_.nms_iou = before
     assert sum(len(p["boxes"]) for p in tight) < sum(len(p["boxes"]) for p in loose)
     for p in tight:
-        pairs = [(a, c) for i, (a, la) in enumerate(zip(p["boxes"], p["labels"]))
-                 for c, lc in zip(p["boxes"][i + 1:], p["labels"][i + 1:]) if la == lc]
+        pairs = [
+            (a, c)
+            for i, (a, la) in enumerate(zip(p["boxes"], p["labels"]))
+            for c, lc in zip(p["boxes"][i + 1 :], p["labels"][i + 1 :])
+            if la == lc
+        ]
         assert all(iou(a, c) <= 0.1 + 1e-6 for a, c in pairs)
 
 
 def test_fit_on_large_images_uses_tiles(tmp_path):
     width, height = 200, 150
     rng = np.random.default_rng(5)
-    big = draw_scene(tmp_path / "big.png", width, height, random_shapes(rng, width, height, 8),
-                     seed=5)
+    big = draw_scene(
+        tmp_path / "big.png", width, height, random_shapes(rng, width, height, 8), seed=5
+    )
     src = BoxSource([big], list(CLASSES), str(tmp_path))
-    det = ObjectDetector("tiny:cnn", strategy="finetune", **dict(QUICK, tile_overlap=0.25)
-                         ).fit(src)
+    det = ObjectDetector("tiny:cnn", strategy="finetune", **dict(QUICK, tile_overlap=0.25)).fit(src)
     windows = tile_windows(width, height, SIDE, 0.25)
     assert det.metrics_["train_tiles"] == len(windows) == 6  # 3 columns x 2 rows
     assert det.metrics_["train_boxes"] >= 8  # each shape is whole in some tile
@@ -365,8 +443,9 @@ def test_fit_on_large_images_uses_tiles(tmp_path):
 def test_few_images_validate_on_a_held_out_band(source):
     """Under 5 images, validation is the bottom band of each image: predicted in its window."""
     three = source.subset(range(1, 4))
-    det = ObjectDetector("tiny:cnn", strategy="finetune",
-                         **dict(QUICK, val_fraction=0.25)).fit(three)
+    det = ObjectDetector("tiny:cnn", strategy="finetune", **dict(QUICK, val_fraction=0.25)).fit(
+        three
+    )
     assert "val_map_50" in det.history_[0]
     assert det.metrics_["validation"]["images"] == 3
     band = (0, 72, SIDE, SIDE)
@@ -440,8 +519,7 @@ def test_feature_extract_freezes_the_backbone(small):
 
 
 def test_partial_trains_only_the_last_groups(small):
-    det = ObjectDetector("tiny:cnn", strategy="partial", partial_groups=1,
-                         **QUICK).fit(small)
+    det = ObjectDetector("tiny:cnn", strategy="partial", partial_groups=1, **QUICK).fit(small)
     before, after = fresh_body_state(), body_state(det)
     assert det.stage_summaries_[0]["trainable_groups"] == ["block2"]
     assert not changed(before, after, "stem.") and not changed(before, after, "block1.")
@@ -485,15 +563,16 @@ def test_bn_mode_depends_on_the_source():
 def test_lp_ft_runs_two_stages(small):
     det = ObjectDetector("tiny:cnn", strategy="lp_ft", head_epochs=1, **QUICK).fit(small)
     assert [s["stage"] for s in det.stage_summaries_] == ["heads", "finetune"]
-    assert [(r["stage"], r["global_epoch"]) for r in det.history_] == [("heads", 1),
-                                                                        ("finetune", 2)]
+    assert [(r["stage"], r["global_epoch"]) for r in det.history_] == [
+        ("heads", 1),
+        ("finetune", 2),
+    ]
     heads, full = det.stage_summaries_
     assert heads["trainable_params"] < full["trainable_params"]
 
 
 def test_fcos_accepts_16_fpn_channels(small):
-    det = ObjectDetector("tiny:cnn", strategy="finetune",
-                         **dict(QUICK, fpn_channels=16)).fit(small)
+    det = ObjectDetector("tiny:cnn", strategy="finetune", **dict(QUICK, fpn_channels=16)).fit(small)
     assert len(det.history_) == 1
 
 
@@ -525,14 +604,16 @@ def test_resume_continues_where_it_stopped(small, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run,
-                       **settings).fit(small, callbacks=[stop_in_epoch_3])
+        ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run, **settings).fit(
+            small, callbacks=[stop_in_epoch_3]
+        )
     assert (run / "checkpoints" / "last").is_dir()  # the shared loop's checkpoint
     assert not (run / "config.json").exists()  # the run was not finished
 
     seen = []
-    det = ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run,
-                         **settings).fit(small, resume=True, callbacks=[seen.append])
+    det = ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run, **settings).fit(
+        small, resume=True, callbacks=[seen.append]
+    )
     assert [r["epoch"] for r in seen] == [3, 4], "resume must continue, not restart"
     assert [r["epoch"] for r in det.history_] == [1, 2, 3, 4]
     assert [r["global_epoch"] for r in det.history_] == [1, 2, 3, 4]
@@ -541,25 +622,28 @@ def test_resume_continues_where_it_stopped(small, tmp_path):
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
 
     # the same as a run that was never interrupted
-    ref = ObjectDetector("tiny:cnn", strategy="finetune", run_dir=tmp_path / "ref",
-                         **settings).fit(small)
+    ref = ObjectDetector("tiny:cnn", strategy="finetune", run_dir=tmp_path / "ref", **settings).fit(
+        small
+    )
     assert [r["train_loss"] for r in det.history_] == pytest.approx(
-        [r["train_loss"] for r in ref.history_], rel=1e-4)
+        [r["train_loss"] for r in ref.history_], rel=1e-4
+    )
     for k, v in ref.model_.state_dict().items():
         assert torch.allclose(v.float(), det.model_.state_dict()[k].float(), atol=1e-5), k
 
     # resuming a finished run trains nothing more and keeps its weights
     again = []
-    done = ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run,
-                          **settings).fit(small, resume=True, callbacks=[again.append])
+    done = ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run, **settings).fit(
+        small, resume=True, callbacks=[again.append]
+    )
     assert again == [] and [r["epoch"] for r in done.history_] == [1, 2, 3, 4]
     for k, v in det.model_.state_dict().items():
         assert torch.equal(v, done.model_.state_dict()[k]), k
 
     with pytest.raises(ValueError, match="other settings"):
-        ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run,
-                       **dict(settings, lr=1e-3)).fit(small, resume=True)
-
+        ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run, **dict(settings, lr=1e-3)).fit(
+            small, resume=True
+        )
 
 
 def test_resume_without_a_checkpoint_says_so(small, tmp_path, caplog):
@@ -568,9 +652,9 @@ def test_resume_without_a_checkpoint_says_so(small, tmp_path, caplog):
     run = tmp_path / "new"
     with caplog.at_level(logging.WARNING, logger="headstart"):
         ObjectDetector("tiny:cnn", strategy="finetune", run_dir=run, **QUICK).fit(
-            small, resume=True)
-    assert f"no checkpoint in {run / 'checkpoints' / 'last'}; starting a new fit" in \
-        caplog.text
+            small, resume=True
+        )
+    assert f"no checkpoint in {run / 'checkpoints' / 'last'}; starting a new fit" in caplog.text
     assert (run / "config.json").is_file()
 
 
@@ -595,10 +679,33 @@ def cli_run(scenes, tmp_path_factory):
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(["-q", "fit", str(coco), "--task", "detect", "--backbone", "tiny:cnn",
-                   "--detector", "fcos", "--strategy", "finetune", "--epochs", "3",
-                   "--image-size", "96", "--fpn-channels", "32", "--out", str(run),
-                   "--test", str(coco), "--device", "cpu"])
+        rc = main(
+            [
+                "-q",
+                "fit",
+                str(coco),
+                "--task",
+                "detect",
+                "--backbone",
+                "tiny:cnn",
+                "--detector",
+                "fcos",
+                "--strategy",
+                "finetune",
+                "--epochs",
+                "3",
+                "--image-size",
+                "96",
+                "--fpn-channels",
+                "32",
+                "--out",
+                str(run),
+                "--test",
+                str(coco),
+                "--device",
+                "cpu",
+            ]
+        )
     return rc, out.getvalue(), run
 
 
@@ -635,8 +742,9 @@ def test_cli_predict_detect_csv(cli_run, source, tmp_path, capsys):
         shutil.copy(s.path, folder / Path(s.path).name)
     (folder / "zz_broken.png").write_bytes(b"\x89PNG but not really an image")
     out_csv = tmp_path / "boxes.csv"
-    rc, out, err = cli(capsys, "-q", "predict", cli_run[2], folder, "--out", out_csv,
-                       "--min-score", "0.1")
+    rc, out, err = cli(
+        capsys, "-q", "predict", cli_run[2], folder, "--out", out_csv, "--min-score", "0.1"
+    )
     assert rc == 0, err
     with open(out_csv, newline="") as f:
         reader = csv.reader(f)
@@ -646,8 +754,7 @@ def test_cli_predict_detect_csv(cli_run, source, tmp_path, capsys):
     broken = [r for r in rows if r["item"].endswith("zz_broken.png")]
     assert len(broken) == 1 and broken[0]["error"] and broken[0]["xmin"] == ""
     good = [r for r in rows if not r["item"].endswith("zz_broken.png")]
-    assert {Path(r["item"]).name for r in good} == {Path(s.path).name
-                                                    for s in source.samples[:3]}
+    assert {Path(r["item"]).name for r in good} == {Path(s.path).name for s in source.samples[:3]}
     assert all(r["error"] == "" for r in good)
     boxes = [r for r in good if r["xmin"] != ""]
     for r in boxes:
@@ -663,8 +770,9 @@ def test_cli_convert_boxes_round_trip(scenes, tmp_path, capsys):
     rc, out, err = cli(capsys, "convert-boxes", coco, "--to", "yolo", "--out", tmp_path / "Y")
     assert rc == 0, err
     assert f"{source.num_boxes} boxes" in out
-    rc, out, err = cli(capsys, "convert-boxes", tmp_path / "Y", "--to", "voc", "--out",
-                       tmp_path / "V")
+    rc, out, err = cli(
+        capsys, "convert-boxes", tmp_path / "Y", "--to", "voc", "--out", tmp_path / "V"
+    )
     assert rc == 0, err
     voc = read_boxes(tmp_path / "V")
     assert voc.num_boxes == source.num_boxes and len(voc) == len(source)
@@ -680,9 +788,29 @@ def test_cli_fit_bad_box(source, tmp_path, capsys):
     data = json.loads(coco.read_text())
     data["annotations"][2]["bbox"] = [80.0, 80.0, 40.0, 40.0]  # sticks out of the image
     coco.write_text(json.dumps(data))
-    args = ["-q", "fit", coco, "--task", "detect", "--backbone", "tiny:cnn", "--detector",
-            "fcos", "--strategy", "finetune", "--epochs", "1", "--image-size", "96",
-            "--fpn-channels", "32", "--val-fraction", "0", "--device", "cpu"]
+    args = [
+        "-q",
+        "fit",
+        coco,
+        "--task",
+        "detect",
+        "--backbone",
+        "tiny:cnn",
+        "--detector",
+        "fcos",
+        "--strategy",
+        "finetune",
+        "--epochs",
+        "1",
+        "--image-size",
+        "96",
+        "--fpn-channels",
+        "32",
+        "--val-fraction",
+        "0",
+        "--device",
+        "cpu",
+    ]
     rc, out, err = cli(capsys, *args, "--out", tmp_path / "r1")
     assert rc == 2
     assert "bad.json" in err and "annotation 2" in err and "outside" in err
@@ -724,8 +852,14 @@ def test_torchvision_detector_offline_error(no_network, empty_torch_hub, small):
 
     t0 = time.perf_counter()
     with pytest.raises(OfflineError) as err:
-        ObjectDetector("torchvision:fasterrcnn_resnet50_fpn_v2", strategy="finetune",
-                       image_size=SIDE, epochs=1, val_fraction=0.0, device="cpu").fit(small)
+        ObjectDetector(
+            "torchvision:fasterrcnn_resnet50_fpn_v2",
+            strategy="finetune",
+            image_size=SIDE,
+            epochs=1,
+            val_fraction=0.0,
+            device="cpu",
+        ).fit(small)
     assert time.perf_counter() - t0 < 10
     msg = str(err.value)
     assert "packaged:efficientnet_lite0" in msg
@@ -734,8 +868,9 @@ def test_torchvision_detector_offline_error(no_network, empty_torch_hub, small):
 
 def test_unknown_torchvision_detector(no_network, empty_torch_hub, small):
     with pytest.raises(ZooError) as err:
-        ObjectDetector("torchvision:yolo_v99", image_size=SIDE, epochs=1,
-                       val_fraction=0.0, device="cpu").fit(small)
+        ObjectDetector(
+            "torchvision:yolo_v99", image_size=SIDE, epochs=1, val_fraction=0.0, device="cpu"
+        ).fit(small)
     msg = str(err.value)
     assert "yolo_v99" in msg
     for name in TORCHVISION_DETECTORS:
@@ -743,8 +878,9 @@ def test_unknown_torchvision_detector(no_network, empty_torch_hub, small):
 
 
 def test_build_torchvision_detector_without_weights(no_network, empty_torch_hub):
-    model = build_torchvision_detector("fasterrcnn_mobilenet_v3_large_fpn", 2,
-                                       pretrained=False, detections=50)
+    model = build_torchvision_detector(
+        "fasterrcnn_mobilenet_v3_large_fpn", 2, pretrained=False, detections=50
+    )
     predictor = model.roi_heads.box_predictor
     assert predictor.cls_score.out_features == 3  # 2 classes + background
     assert predictor.bbox_pred.out_features == 12
@@ -754,14 +890,18 @@ def test_build_torchvision_detector_without_weights(no_network, empty_torch_hub)
 
 # ----------------------------------------------------------------------------- 9. metrics
 def _truths():
-    return [BoxSample("a.png", 100, 100, [[10, 10, 30, 30], [50, 50, 80, 90]],
-                      ["square", "circle"]),
-            BoxSample("b.png", 100, 100, [[5, 60, 25, 80]], ["square"])]
+    return [
+        BoxSample("a.png", 100, 100, [[10, 10, 30, 30], [50, 50, 80, 90]], ["square", "circle"]),
+        BoxSample("b.png", 100, 100, [[5, 60, 25, 80]], ["square"]),
+    ]
 
 
 def _pred(boxes, scores, labels):
-    return {"boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
-            "scores": np.array(scores, dtype=np.float32), "labels": list(labels)}
+    return {
+        "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
+        "scores": np.array(scores, dtype=np.float32),
+        "labels": list(labels),
+    }
 
 
 def test_metrics_perfect_predictions():
@@ -792,9 +932,14 @@ def test_metrics_missing_box_lowers_recall():
 def test_metrics_false_positive_lowers_precision():
     truths = _truths()
     extra = _pred([[60, 5, 90, 25]], [0.7], ["circle"])  # nothing there
-    preds = [_pred(np.vstack([truths[0].boxes, extra["boxes"]]), [0.9, 0.8, 0.7],
-                   truths[0].labels + ["circle"]),
-             _pred(truths[1].boxes, [0.9], truths[1].labels)]
+    preds = [
+        _pred(
+            np.vstack([truths[0].boxes, extra["boxes"]]),
+            [0.9, 0.8, 0.7],
+            truths[0].labels + ["circle"],
+        ),
+        _pred(truths[1].boxes, [0.9], truths[1].labels),
+    ]
     m = detection_metrics(preds, truths, CLASSES)
     assert m["recall"] == 1.0
     assert m["precision"] == pytest.approx(3 / 4)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_detect import CLASSES, QUICK, SIDE, draw_scene, random_shapes
 
 from headstart.data.boxes import BoxSource, write_boxes
 from headstart.tasks.detect import ObjectDetector
-from test_detect import CLASSES, QUICK, SIDE, draw_scene, random_shapes
 
 TINY_BODY = {"stem": 232, "block1": 1184, "block2": 4672}  # tiny:cnn, BN included
 TINY_BN = {"stem": 16, "block1": 32, "block2": 64}  # 2 * channels each
@@ -36,9 +36,16 @@ def one_thread():
 def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop_scenes")
     rng = np.random.default_rng(0)
-    samples = [draw_scene(root / "img" / f"scene{i:02d}.png", SIDE, SIDE,
-                          random_shapes(rng, SIDE, SIDE, 1 + i % 3), seed=i)
-               for i in range(16)]
+    samples = [
+        draw_scene(
+            root / "img" / f"scene{i:02d}.png",
+            SIDE,
+            SIDE,
+            random_shapes(rng, SIDE, SIDE, 1 + i % 3),
+            seed=i,
+        )
+        for i in range(16)
+    ]
     source = BoxSource(samples, list(CLASSES), str(root / "img"))
     return source, write_boxes(source, root / "scenes.json", "coco")
 
@@ -74,11 +81,13 @@ def test_stage_log_counts_trainable_and_total(scenes, caplog):
     assert full["trainable_params"] == total - sum(TINY_BN.values())
     assert full["trainable_groups"] == ["stem", "block1", "block2"] and full["bn"] == "frozen"
     for s in (heads, full):
-        assert (f"stage {s['stage']}: trainable {s['trainable_params']:,} / {total:,} "
-                "parameters") in caplog.text
+        assert (
+            f"stage {s['stage']}: trainable {s['trainable_params']:,} / {total:,} parameters"
+        ) in caplog.text
     # partial, BatchNorm trained on request: block2 whole (its BN weights too)
-    part = ObjectDetector("tiny:cnn", strategy="partial", partial_groups=1, bn="train",
-                          **QUICK).fit(small)
+    part = ObjectDetector(
+        "tiny:cnn", strategy="partial", partial_groups=1, bn="train", **QUICK
+    ).fit(small)
     (s,) = part.stages_
     assert s["trainable_params"] == total - body + TINY_BODY["block2"] and s["bn"] == "train"
     saved = json.loads(json.dumps(part.run_config()["stages"]))
@@ -107,7 +116,8 @@ def test_resume_across_stages_gives_the_same_weights_exactly(scenes, tmp_path):
     assert (run / "checkpoints" / "last" / "state.json").is_file()
     seen = []
     det = ObjectDetector("tiny:cnn", run_dir=run, **settings).fit(
-        small, resume=True, callbacks=[seen.append])
+        small, resume=True, callbacks=[seen.append]
+    )
     assert [(r["stage"], r["epoch"]) for r in seen] == [("finetune", 1), ("finetune", 2)]
     ref = ObjectDetector("tiny:cnn", run_dir=tmp_path / "ref", **settings).fit(small)
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in ref.history_]
@@ -146,9 +156,22 @@ def _free_port() -> int:
 
 def _run(script: Path, data: Path, out: Path, procs: int, batch: int):
     args = [str(script), str(data), str(out), str(batch)]
-    cmd = [sys.executable, *args] if procs == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    cmd = (
+        [sys.executable, *args]
+        if procs == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(procs),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            *args,
+        ]
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     return subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=900)
 
@@ -170,8 +193,9 @@ def test_two_processes_detect_like_one(scenes, tmp_path):
     r2 = _run(script, coco, two, 2, 2)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert r2.stdout.count("fitted") == 1, r2.stdout
-    assert "data-parallel fit over 2 processes (MULTI_CPU): identical weights" in r2.stderr, \
+    assert "data-parallel fit over 2 processes (MULTI_CPU): identical weights" in r2.stderr, (
         r2.stderr[-3000:]
+    )
     c1 = json.loads((one / "config.json").read_text())
     c2 = json.loads((two / "config.json").read_text())
     h1, h2 = c1["history"], c2["history"]

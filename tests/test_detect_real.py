@@ -22,8 +22,16 @@ def _fit(backbone, trees, tmp_path, **kw):
     from headstart.tasks.detect import ObjectDetector
 
     train, _, _ = trees  # no validation pass each epoch (cheaper): the last epoch is kept
-    return ObjectDetector(backbone, detector="fasterrcnn", epochs=4, image_size=400,
-                          augment="strong", val_fraction=0.0, run_dir=tmp_path, **kw).fit(train)
+    return ObjectDetector(
+        backbone,
+        detector="fasterrcnn",
+        epochs=4,
+        image_size=400,
+        augment="strong",
+        val_fraction=0.0,
+        run_dir=tmp_path,
+        **kw,
+    ).fit(train)
 
 
 def test_tree_crowns_transfer_beats_scratch(trees, tmp_path):
@@ -36,8 +44,9 @@ def test_tree_crowns_transfer_beats_scratch(trees, tmp_path):
     # 4 epochs here reach about 0.11 (the 20-epoch benchmark: 0.28; scratch: 0.01)
     assert m["map_50"] > 0.08, m
     assert m["per_class"]["Tree"]["support"] == 340
-    scratch = _fit("scratch:packaged:efficientnet_lite0", trees, tmp_path / "scratch",
-                   strategy="finetune")
+    scratch = _fit(
+        "scratch:packaged:efficientnet_lite0", trees, tmp_path / "scratch", strategy="finetune"
+    )
     s = scratch.evaluate(test)
     assert m["map_50"] > max(3 * s["map_50"], s["map_50"] + 0.05), (m["map_50"], s["map_50"])
 

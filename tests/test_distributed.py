@@ -16,8 +16,9 @@ import pytest
 from conftest import TEXT_FIT, make_arrays, make_texts, write_folder
 
 
-@pytest.mark.parametrize("n,batch,world", [(43, 16, 2), (100, 8, 3), (33, 16, 2), (5, 4, 2),
-                                           (64, 16, 4), (16, 16, 2)])
+@pytest.mark.parametrize(
+    "n,batch,world", [(43, 16, 2), (100, 8, 3), (33, 16, 2), (5, 4, 2), (64, 16, 4), (16, 16, 2)]
+)
 def test_sharded_batches_cover_every_item_once_per_epoch(n, batch, world):
     from headstart.train import ShardedBatchSampler
 
@@ -82,16 +83,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _fit(folder: Path, out: Path, strategy: str, procs: int,
-         batch: int) -> subprocess.CompletedProcess:
-    args = ["-m", "headstart", "fit", str(folder), "--backbone", "tiny:cnn",
-            "--strategy", strategy, "--epochs", "3", "--head-epochs", "3", "--lr", "0.01",
-            "--head-lr", "0.01", "--batch-size", str(batch), "--early-stopping", "0",
-            "--num-workers", "0", "--device", "cpu", "--val-fraction", "0.25",
-            "--partial-groups", "2", "--out", str(out)]
+def _fit(
+    folder: Path, out: Path, strategy: str, procs: int, batch: int
+) -> subprocess.CompletedProcess:
+    args = [
+        "-m",
+        "headstart",
+        "fit",
+        str(folder),
+        "--backbone",
+        "tiny:cnn",
+        "--strategy",
+        strategy,
+        "--epochs",
+        "3",
+        "--head-epochs",
+        "3",
+        "--lr",
+        "0.01",
+        "--head-lr",
+        "0.01",
+        "--batch-size",
+        str(batch),
+        "--early-stopping",
+        "0",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--val-fraction",
+        "0.25",
+        "--partial-groups",
+        "2",
+        "--out",
+        str(out),
+    ]
     if procs > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(procs),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            *args,
+        ]
     else:
         cmd = [sys.executable, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -119,13 +158,13 @@ def test_two_processes_train_like_one(strategy, tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert r2.stdout.count("run: ") == 1, r2.stdout  # one process reports
     # gradients were averaged: both processes end with the same weights (checked in fit)
-    assert "data-parallel fit over 2 processes (MULTI_CPU): identical weights" in r2.stderr, \
+    assert "data-parallel fit over 2 processes (MULTI_CPU): identical weights" in r2.stderr, (
         r2.stderr[-3000:]
+    )
     n_train = 96 - 24
     h1, h2 = _history(one), _history(two)
     assert len(h1) == len(h2) >= 3
-    assert all(int(row["train_items"]) == n_train for row in h2), \
-        [row["train_items"] for row in h2]
+    assert all(int(row["train_items"]) == n_train for row in h2), [row["train_items"] for row in h2]
     m1 = json.loads((one / "config.json").read_text())["metrics"]["validation"]
     m2 = json.loads((two / "config.json").read_text())["metrics"]["validation"]
     assert m1["accuracy"] >= 0.9 and m2["accuracy"] >= 0.9
@@ -185,15 +224,50 @@ def test_data_parallel_fit_resumes_after_a_kill(parallel, tmp_path):
     folder = write_folder(tmp_path / "train", X, y)
     run = tmp_path / "run"
     epochs = 40
-    args = ["-m", "headstart", "fit", str(folder), "--backbone", "tiny:cnn", "--strategy",
-            "finetune", "--epochs", str(epochs), "--lr", "0.01", "--batch-size", "8",
-            "--early-stopping", "0", "--num-workers", "0", "--device", "cpu",
-            "--val-fraction", "0.25", "--parallel", parallel, "--out", str(run)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+    args = [
+        "-m",
+        "headstart",
+        "fit",
+        str(folder),
+        "--backbone",
+        "tiny:cnn",
+        "--strategy",
+        "finetune",
+        "--epochs",
+        str(epochs),
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "8",
+        "--early-stopping",
+        "0",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--val-fraction",
+        "0.25",
+        "--parallel",
+        parallel,
+        "--out",
+        str(run),
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 300
     done_before_kill = 0
     while time.time() < deadline and proc.poll() is None:
@@ -215,8 +289,7 @@ def test_data_parallel_fit_resumes_after_a_kill(parallel, tmp_path):
     assert 3 <= done_before_kill < epochs, "the fit must be killed midway"
     killed_at = len(_history(run))
     cmd[cmd.index("--master_port") + 1] = str(_free_port())
-    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env,
-                           timeout=600)
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     import re
 
@@ -229,8 +302,7 @@ def test_data_parallel_fit_resumes_after_a_kill(parallel, tmp_path):
     assert all(int(r["train_items"]) == 48 for r in history)
     assert "identical weights" in again.stderr
     assert ("FSDP: this process holds" in again.stderr) == (parallel == "fsdp")
-    assert json.loads((run / "config.json").read_text())["metrics"]["validation"][
-        "accuracy"] >= 0.9
+    assert json.loads((run / "config.json").read_text())["metrics"]["validation"]["accuracy"] >= 0.9
     # the killed and resumed fit ends with the weights of one never interrupted
     whole = tmp_path / "whole"
     cmd[cmd.index("--master_port") + 1] = str(_free_port())
@@ -256,12 +328,37 @@ def test_two_process_text_fit_buckets_by_length_and_sees_every_text_once(tmp_pat
     flags = []
     for key, value in {**TEXT_FIT, "epochs": 3}.items():
         flag = "--" + key.replace("_", "-")
-        flags += ([flag] if value is True else [f"--no-{key.replace('_', '-')}"]
-                  if value is False else [flag, str(value)])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "headstart",
-           "fit", str(data), "--task", "text", "--backbone", "tiny:bert", "--strategy",
-           "finetune", *flags, "--out", str(run)]
+        flags += (
+            [flag]
+            if value is True
+            else [f"--no-{key.replace('_', '-')}"]
+            if value is False
+            else [flag, str(value)]
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "headstart",
+        "fit",
+        str(data),
+        "--task",
+        "text",
+        "--backbone",
+        "tiny:bert",
+        "--strategy",
+        "finetune",
+        *flags,
+        "--out",
+        str(run),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -271,9 +368,20 @@ def test_two_process_text_fit_buckets_by_length_and_sees_every_text_once(tmp_pat
 
 
 def _launch(args: list[str], procs: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "headstart",
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(procs),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "headstart",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -281,8 +389,9 @@ def _launch(args: list[str], procs: int = 2) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("task,strategy", [("image", "lp_ft"), ("image", "gradual"),
-                                           ("text", "lora")])
+@pytest.mark.parametrize(
+    "task,strategy", [("image", "lp_ft"), ("image", "gradual"), ("text", "lora")]
+)
 def test_fsdp_trains_exactly_like_ddp(task, strategy, tmp_path):
     """--parallel fsdp shards every layer group and the head across 2 processes (each
     holds about half the weights while the backbone trains) and computes what DDP computes:
@@ -294,26 +403,75 @@ def test_fsdp_trains_exactly_like_ddp(task, strategy, tmp_path):
     if task == "image":
         X, y = make_arrays(96, n_classes=3, seed=1)
         data = write_folder(tmp_path / "train", X, y)
-        args = ["fit", str(data), "--backbone", "tiny:cnn", "--strategy", strategy,
-                "--epochs", "2", "--head-epochs", "2", "--lr", "0.01", "--head-lr", "0.01",
-                "--batch-size", "8", "--early-stopping", "0", "--num-workers", "0",
-                "--device", "cpu", "--val-fraction", "0.25", "--bn", "train"]
+        args = [
+            "fit",
+            str(data),
+            "--backbone",
+            "tiny:cnn",
+            "--strategy",
+            strategy,
+            "--epochs",
+            "2",
+            "--head-epochs",
+            "2",
+            "--lr",
+            "0.01",
+            "--head-lr",
+            "0.01",
+            "--batch-size",
+            "8",
+            "--early-stopping",
+            "0",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--val-fraction",
+            "0.25",
+            "--bn",
+            "train",
+        ]
     else:
         import pandas as pd
 
         texts, labels = make_texts(60, seed=4)
         data = tmp_path / "train.csv"
         pd.DataFrame({"text": texts, "label": labels}).to_csv(data, index=False)
-        args = ["fit", str(data), "--task", "text", "--backbone", "tiny:bert", "--strategy",
-                strategy, "--epochs", "2", "--head-epochs", "2", "--batch-size", "8",
-                "--num-workers", "0", "--device", "cpu", "--early-stopping", "0",
-                "--no-baseline", "--max-length", "16"]
+        args = [
+            "fit",
+            str(data),
+            "--task",
+            "text",
+            "--backbone",
+            "tiny:bert",
+            "--strategy",
+            strategy,
+            "--epochs",
+            "2",
+            "--head-epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--early-stopping",
+            "0",
+            "--no-baseline",
+            "--max-length",
+            "16",
+        ]
     ddp = _launch([*args, "--out", str(tmp_path / "ddp")])
     fsdp = _launch([*args, "--parallel", "fsdp", "--out", str(tmp_path / "fsdp")])
     import re
 
-    held = [tuple(int(n.replace(",", "")) for n in m) for m in re.findall(
-        r"FSDP: this process holds ([\d,]+) of ([\d,]+) parameters", fsdp.stderr)]
+    held = [
+        tuple(int(n.replace(",", "")) for n in m)
+        for m in re.findall(
+            r"FSDP: this process holds ([\d,]+) of ([\d,]+) parameters", fsdp.stderr
+        )
+    ]
     assert held and not re.search("FSDP: this process", ddp.stderr), fsdp.stderr[-3000:]
     total = held[0][1]  # per stage that trains the backbone, the 2 shards make the whole
     assert all(t == total and 0 < h < total for h, t in held)
@@ -345,11 +503,26 @@ def test_fsdp_refuses_fp16_and_warns_on_one_process(tmp_path, caplog):
 
     cfg = FitConfig(parallel="fsdp", precision="fp16", device="cpu")
     with pytest.raises(ValueError, match="bf16"):
-        Trainer(None, [], None, cfg, train_set=None, val_set=None, features=None,
-                accelerator=FakeAccelerator())
+        Trainer(
+            None,
+            [],
+            None,
+            cfg,
+            train_set=None,
+            val_set=None,
+            features=None,
+            accelerator=FakeAccelerator(),
+        )
     with caplog.at_level("WARNING"):
-        Trainer(None, [], None, FitConfig(parallel="fsdp", device="cpu"), train_set=None,
-                val_set=None, features=None)
+        Trainer(
+            None,
+            [],
+            None,
+            FitConfig(parallel="fsdp", device="cpu"),
+            train_set=None,
+            val_set=None,
+            features=None,
+        )
     assert "one process, nothing to shard" in caplog.text
 
 
@@ -360,17 +533,29 @@ def test_rank_shares_its_feature_passes_between_processes(tmp_path):
     one table printed equals the single-process ranking."""
     X, y = make_arrays(60, n_classes=3, seed=2)
     folder = write_folder(tmp_path / "train", X, y)
-    args = ["rank", str(folder), "--models", "tiny:cnn,tiny:cnn@1,scratch:tiny:cnn",
-            "--device", "cpu", "--num-workers", "0", "--json"]
+    args = [
+        "rank",
+        str(folder),
+        "--models",
+        "tiny:cnn,tiny:cnn@1,scratch:tiny:cnn",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--json",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    one = subprocess.run([sys.executable, "-m", "headstart", *args, "--feature-cache",
-                          str(tmp_path / "cache1")], capture_output=True, text=True, env=env,
-                         timeout=600)
+    one = subprocess.run(
+        [sys.executable, "-m", "headstart", *args, "--feature-cache", str(tmp_path / "cache1")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     two = _launch([*args, "--feature-cache", str(tmp_path / "cache2")])
     # one pass over the training (54) and validation (6) parts together, shared by the cuts
-    assert "this process computed 30 of 60 items (2 processes)" in two.stderr, \
-        two.stderr[-3000:]
+    assert "this process computed 30 of 60 items (2 processes)" in two.stderr, two.stderr[-3000:]
     assert "of 54 items" not in two.stderr and "of 6 items" not in two.stderr
     assert two.stdout.count('"label"') == 3  # one process printed the table
 

@@ -30,15 +30,56 @@ from conftest import FAST, TEXT_FIT, make_arrays, write_folder
 from conftest import make_multi_label_texts as _make_multi_label_texts
 from conftest import make_texts as _make_texts
 
-LETTER_WORDS = ["abc", "bad", "cafe", "dead", "face", "bead", "fade", "aged", "ebb", "gag",
-                "hag", "deaf", "beef", "head", "chef", "edge"]
-DIGIT_WORDS = ["123", "456", "789", "2024", "314", "999", "1010", "42", "777", "808",
-               "5150", "31337", "606", "2718", "1618", "90210"]
+LETTER_WORDS = [
+    "abc",
+    "bad",
+    "cafe",
+    "dead",
+    "face",
+    "bead",
+    "fade",
+    "aged",
+    "ebb",
+    "gag",
+    "hag",
+    "deaf",
+    "beef",
+    "head",
+    "chef",
+    "edge",
+]
+DIGIT_WORDS = [
+    "123",
+    "456",
+    "789",
+    "2024",
+    "314",
+    "999",
+    "1010",
+    "42",
+    "777",
+    "808",
+    "5150",
+    "31337",
+    "606",
+    "2718",
+    "1618",
+    "90210",
+]
 TEXT_FIT = {**TEXT_FIT, "lora_lr": 5e-3}
 TOL = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-BLOCKED = ["headstart", "torch", "torchvision", "timm", "transformers", "tokenizers", "PIL",
-           "sklearn", "pandas"]
+BLOCKED = [
+    "headstart",
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "tokenizers",
+    "PIL",
+    "sklearn",
+    "pandas",
+]
 
 
 def make_texts(n: int, seed: int, max_words: int = 12) -> tuple[list[str], list[str]]:
@@ -71,8 +112,7 @@ def odd_images(folder: Path) -> list[str]:
     paths.append(folder / "palette.gif")
     wide.convert("P").save(paths[-1])
     paths.append(folder / "photo.jpg")
-    Image.fromarray(rng.integers(0, 255, (37, 45, 3), dtype=np.uint8)).save(paths[-1],
-                                                                           quality=90)
+    Image.fromarray(rng.integers(0, 255, (37, 45, 3), dtype=np.uint8)).save(paths[-1], quality=90)
     return [str(p) for p in paths]
 
 
@@ -122,9 +162,11 @@ def onnx_session(path):
 @pytest.mark.parametrize("task", ["image", "text"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_passes_its_parity_check_and_writes_model_and_sidecar(
-        task, fmt, image_run, text_run, image_exports, text_exports):
-    run, result = (image_run, image_exports[fmt]) if task == "image" else \
-        (text_run, text_exports[fmt])
+    task, fmt, image_run, text_run, image_exports, text_exports
+):
+    run, result = (
+        (image_run, image_exports[fmt]) if task == "image" else (text_run, text_exports[fmt])
+    )
     path = Path(result.path)
     assert path == run.run / "export" / FILENAMES[fmt] and path.is_file()
     assert result.format == fmt and result.size_bytes == path.stat().st_size > 0
@@ -144,26 +186,31 @@ def test_export_passes_its_parity_check_and_writes_model_and_sidecar(
     pre = sidecar["preprocess"]
     assert pre["steps"] and pre["inside_graph"]
     if task == "image":
-        assert sidecar["inputs"] == [{"name": "image", "dtype": "uint8",
-                                      "shape": ["batch", 32, 32, 3]}]
+        assert sidecar["inputs"] == [
+            {"name": "image", "dtype": "uint8", "shape": ["batch", 32, 32, 3]}
+        ]
         assert pre["input_size"] == 32 and pre["mean"] == list(run.est.preprocess_.mean)
         assert not (path.parent / "tokenizer").exists()
     else:
         assert [i["name"] for i in sidecar["inputs"]] == ["input_ids", "attention_mask"]
         assert all(i["dtype"] == "int64" for i in sidecar["inputs"])
-        assert (pre["kind"], pre["max_length"], pre["truncation"], pre["max_chunks"]) == \
-            ("text", 16, "chunks", 3)
+        assert (pre["kind"], pre["max_length"], pre["truncation"], pre["max_chunks"]) == (
+            "text",
+            16,
+            "chunks",
+            3,
+        )
         assert (path.parent / "tokenizer" / "tokenizer.json").is_file()
         assert result.notes == ["tokenizer saved in tokenizer/"]
 
 
 @pytest.mark.parametrize("task", ["image", "text"])
-def test_onnx_metadata_holds_the_sidecar(task, image_run, text_run, image_exports,
-                                         text_exports):
+def test_onnx_metadata_holds_the_sidecar(task, image_run, text_run, image_exports, text_exports):
     import onnx
 
-    run, result = (image_run, image_exports["onnx"]) if task == "image" else \
-        (text_run, text_exports["onnx"])
+    run, result = (
+        (image_run, image_exports["onnx"]) if task == "image" else (text_run, text_exports["onnx"])
+    )
     model = onnx.load(result.path)
     props = {p.key: p.value for p in model.metadata_props}
     assert "headstart" in props
@@ -187,10 +234,12 @@ def test_torchscript_file_carries_a_pointer_to_its_sidecar(image_exports):
 # ---------------------------------------------------------------------- dynamic batch
 @pytest.mark.parametrize("task", ["image", "text"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_dynamic_batch_matches_predict_proba(task, fmt, image_run, text_run, image_exports,
-                                             text_exports):
-    run, result = (image_run, image_exports[fmt]) if task == "image" else \
-        (text_run, text_exports[fmt])
+def test_dynamic_batch_matches_predict_proba(
+    task, fmt, image_run, text_run, image_exports, text_exports
+):
+    run, result = (
+        (image_run, image_exports[fmt]) if task == "image" else (text_run, text_exports[fmt])
+    )
     predictor = Predictor(run.est)
     if fmt == "onnx":
         session = onnx_session(result.path)
@@ -227,9 +276,12 @@ def test_blended_text_run_exports_its_encoder_and_predictors_blend(tmp_path, mod
     import onnxruntime as ort
 
     texts, labels = make_texts(40, seed=0)
-    est = TextClassifier("tiny:bert", strategy="finetune", run_dir=tmp_path / "run",
-                         **{**TEXT_FIT, "baseline": True, "blend": True,
-                            "blend_mode": mode}).fit(texts, labels)
+    est = TextClassifier(
+        "tiny:bert",
+        strategy="finetune",
+        run_dir=tmp_path / "run",
+        **{**TEXT_FIT, "baseline": True, "blend": True, "blend_mode": mode},
+    ).fit(texts, labels)
     items = [a + " " + b for a, b in zip(*[make_texts(12, seed=s)[0] for s in (1, 2)])]
     result = export_model(tmp_path / "run", "onnx", check=items)
     assert result.max_abs_diff < TOL
@@ -267,8 +319,9 @@ def test_text_sidecar_recipe_reproduces_the_prepared_inputs(text_run, text_expor
     long_text = " ".join(LETTER_WORDS)  # more than 3 chunks: truncated
     for text in text_run.items[:8] + [long_text]:
         ids = tok.encode(text, add_special_tokens=False).ids
-        expected = [[cls] + ids[j:j + body] + [sep]
-                    for j in range(0, len(ids), body)][:meta["max_chunks"]]
+        expected = [[cls] + ids[j : j + body] + [sep] for j in range(0, len(ids), body)][
+            : meta["max_chunks"]
+        ]
         assert [list(c) for c in predictor.prepare(text)] == expected, text
 
 
@@ -311,19 +364,25 @@ with open(f"{{folder}}/result.json", "w") as f:
 
 
 @pytest.mark.parametrize("task", ["image", "text"])
-def test_onnx_runs_in_a_clean_interpreter_without_headstart(task, image_run, text_run,
-                                                            image_exports, text_exports,
-                                                            tmp_path):
-    run, result = (image_run, image_exports["onnx"]) if task == "image" else \
-        (text_run, text_exports["onnx"])
+def test_onnx_runs_in_a_clean_interpreter_without_headstart(
+    task, image_run, text_run, image_exports, text_exports, tmp_path
+):
+    run, result = (
+        (image_run, image_exports["onnx"]) if task == "image" else (text_run, text_exports["onnx"])
+    )
     predictor = Predictor(run.est)
     inputs = predictor.collate(predictor.prepare_many(run.items))
     for name, array in inputs.items():
         np.save(tmp_path / f"{name}.npy", array)
     script = tmp_path / "script.py"
     script.write_text(CLEAN_SCRIPT.format(blocked=BLOCKED))
-    proc = subprocess.run([sys.executable, "-I", str(script), result.path, str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-I", str(script), result.path, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads((tmp_path / "result.json").read_text())
     assert out["refused"] == sorted(BLOCKED)  # the blocker did block them all
@@ -336,8 +395,12 @@ def test_onnx_runs_in_a_clean_interpreter_without_headstart(task, image_run, tex
 # ---------------------------------------------------------------------- multi-label, LoRA
 def test_multi_label_text_run_exports_sigmoids(tmp_path):
     texts, labels = make_multi_label_texts(36, seed=0)
-    est = TextClassifier("tiny:bert", strategy="feature_extract", run_dir=tmp_path / "run",
-                         **{**TEXT_FIT, "head_epochs": 10}).fit(texts, labels)
+    est = TextClassifier(
+        "tiny:bert",
+        strategy="feature_extract",
+        run_dir=tmp_path / "run",
+        **{**TEXT_FIT, "head_epochs": 10},
+    ).fit(texts, labels)
     assert est.multi_label_
     check, _ = make_multi_label_texts(12, seed=1)
     result = export_model(tmp_path / "run", "onnx", check=check)
@@ -356,8 +419,9 @@ def test_lora_text_run_exports_merged_and_matches(tmp_path):
     import onnx
 
     texts, labels = make_texts(40, seed=0)
-    est = TextClassifier("tiny:bert", strategy="lora", lora_r=2, run_dir=tmp_path / "run",
-                         **TEXT_FIT).fit(texts, labels)
+    est = TextClassifier(
+        "tiny:bert", strategy="lora", lora_r=2, run_dir=tmp_path / "run", **TEXT_FIT
+    ).fit(texts, labels)
     assert est.model_.backbone.lora is not None
     check, _ = make_texts(16, seed=2)
     result = export_model(tmp_path / "run", "onnx", check=check)
@@ -374,8 +438,9 @@ def test_lora_text_run_exports_merged_and_matches(tmp_path):
 # ---------------------------------------------------------------------- failures
 def test_run_whose_training_data_is_gone_needs_check(image_run, tmp_path, capsys):
     train = write_folder(tmp_path / "train", *make_arrays(n=24, seed=3))
-    ImageClassifier("tiny:cnn", strategy="feature_extract", run_dir=tmp_path / "run",
-                    **FAST).fit(str(train))
+    ImageClassifier("tiny:cnn", strategy="feature_extract", run_dir=tmp_path / "run", **FAST).fit(
+        str(train)
+    )
     shutil.rmtree(train)
     with pytest.raises(ExportError) as info:
         export_model(tmp_path / "run", "torchscript")
@@ -406,8 +471,9 @@ def test_failing_parity_leaves_no_model_file(fmt, tolerance, image_run, tmp_path
 def test_bad_check_item_is_named(image_run, tmp_path):
     missing = str(tmp_path / "missing.png")
     with pytest.raises((ExportError, DataError), match="missing.png"):
-        export_model(image_run.run, "onnx", out=tmp_path / "m.onnx",
-                     check=[image_run.items[0], missing])
+        export_model(
+            image_run.run, "onnx", out=tmp_path / "m.onnx", check=[image_run.items[0], missing]
+        )
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -420,8 +486,20 @@ def test_unknown_format_is_a_value_error(image_run, tmp_path):
 # ---------------------------------------------------------------------- CLI
 def test_cli_export_json(image_run, tmp_path, capsys):
     out = tmp_path / "cli" / "model.onnx"
-    code = main(["-q", "export", str(image_run.run), "--format", "onnx", "--json",
-                 "--out", str(out), "--n-check", "8"])
+    code = main(
+        [
+            "-q",
+            "export",
+            str(image_run.run),
+            "--format",
+            "onnx",
+            "--json",
+            "--out",
+            str(out),
+            "--n-check",
+            "8",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out)

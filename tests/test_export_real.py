@@ -14,8 +14,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def lite0_run(tmp_path_factory):
     from headstart import ImageClassifier
-    from headstart.datasets import (DatasetMissing, export_image_folder, fashion_mnist,
-                                    per_class_subset)
+    from headstart.datasets import (
+        DatasetMissing,
+        export_image_folder,
+        fashion_mnist,
+        per_class_subset,
+    )
 
     try:
         x, y, classes = fashion_mnist("test")
@@ -27,9 +31,17 @@ def lite0_run(tmp_path_factory):
     export_image_folder(x[train], y[train], classes, root / "train")
     export_image_folder(x[test], y[test], classes, root / "test")
     run = root / "run"
-    ImageClassifier("packaged:efficientnet_lite0", strategy="lp_ft", epochs=1, head_epochs=5,
-                    image_size=96, num_workers=0, device="cpu", val_fraction=0.2,
-                    run_dir=run).fit(root / "train")
+    ImageClassifier(
+        "packaged:efficientnet_lite0",
+        strategy="lp_ft",
+        epochs=1,
+        head_epochs=5,
+        image_size=96,
+        num_workers=0,
+        device="cpu",
+        val_fraction=0.2,
+        run_dir=run,
+    ).fit(root / "train")
     return run, root / "test"
 
 
@@ -77,14 +89,24 @@ def test_minilm_onnx_export_matches_on_real_emails(tmp_path):
         pytest.fail(str(exc))
     labels = np.asarray(labels)
     rng = np.random.default_rng(0)
-    pick = np.concatenate([rng.choice(np.flatnonzero(labels == c), 12, replace=False)
-                           for c in np.unique(labels)])
+    pick = np.concatenate(
+        [rng.choice(np.flatnonzero(labels == c), 12, replace=False) for c in np.unique(labels)]
+    )
     train, check = pick[::2], pick[1::2]
     run = tmp_path / "spam"
-    TextClassifier("packaged:minilm-l6", strategy="feature_extract", max_length=128,
-                   truncation="chunks", max_chunks=3, num_workers=0, device="cpu",
-                   val_fraction=0.25, head_epochs=20, baseline=False, run_dir=run).fit(
-        [texts[i] for i in train], labels[train].tolist())
+    TextClassifier(
+        "packaged:minilm-l6",
+        strategy="feature_extract",
+        max_length=128,
+        truncation="chunks",
+        max_chunks=3,
+        num_workers=0,
+        device="cpu",
+        val_fraction=0.25,
+        head_epochs=20,
+        baseline=False,
+        run_dir=run,
+    ).fit([texts[i] for i in train], labels[train].tolist())
     emails = [texts[i] for i in check]
     result = export_model(run, "onnx", check=emails)
     assert result.max_abs_diff < 1e-4 and result.checked_items == len(emails)

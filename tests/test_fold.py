@@ -193,5 +193,6 @@ def test_packaged_lite0_in_chunks_gives_the_whole_batch_outputs():
     x = torch.randn(40, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     assert max(features.CPU_CHUNK_MIN, features.CPU_CHUNK_PIXELS // (96 * 96)) < 40  # chunks
     with torch.inference_mode():
-        torch.testing.assert_close(features.forward_in_chunks(folded, x), folded(x),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            features.forward_in_chunks(folded, x), folded(x), rtol=1e-4, atol=1e-5
+        )

@@ -22,8 +22,9 @@ from conftest import FAST, TEXT_FIT, make_arrays, make_texts
 def imbalanced_arrays(major: int = 40, minor: int = 10):
     """``major`` images of class a, ``minor`` of class b (4:1 by default)."""
     images, labels = make_arrays(n=2 * major)
-    keep = np.concatenate([np.flatnonzero(labels == "a")[:major],
-                           np.flatnonzero(labels == "b")[:minor]])
+    keep = np.concatenate(
+        [np.flatnonzero(labels == "a")[:major], np.flatnonzero(labels == "b")[:minor]]
+    )
     return images[keep], labels[keep]
 
 
@@ -46,8 +47,10 @@ def test_auto_monitor_and_method_follow_the_counts():
     # (benchmarks/results/imbalance_2026-12-04.txt)
     assert (b.monitor, b.method, b.ratio, b.imbalanced) == ("macro_f1", "sample", 4.0, True)
     assert b.weights == {"a": 0.625, "b": 2.5} and b.counts == {"a": 40, "b": 10}
-    assert b.message() == ("imbalanced classes (a 40, b 10: 4.0x): monitoring macro-F1, "
-                           "class-balanced sampler (weights a 0.62, b 2.50)")
+    assert b.message() == (
+        "imbalanced classes (a 40, b 10: 4.0x): monitoring macro-F1, "
+        "class-balanced sampler (weights a 0.62, b 2.50)"
+    )
     items = loop_weights(b, four_to_one)["sample_weights"]
     assert items.tolist() == [0.625] * 40 + [2.5] * 10
     weighted = plan(FitConfig(imbalance="weight"), four_to_one, ["a", "b"])
@@ -79,11 +82,21 @@ def test_multi_label_targets_are_left_as_they_are():
 
 def test_the_weighted_loss_weighs_each_item_by_its_own_class():
     w = torch.tensor([0.625, 2.5])
-    trainer = Trainer(None, [], None, FitConfig(device="cpu", label_smoothing=0.1),
-                      train_set=None, val_set=None, features=None, class_weights=w)
+    trainer = Trainer(
+        None,
+        [],
+        None,
+        FitConfig(device="cpu", label_smoothing=0.1),
+        train_set=None,
+        val_set=None,
+        features=None,
+        class_weights=w,
+    )
     assert trainer.cfg.monitor == "accuracy"  # "auto" without labels to resolve it from
-    logits, y = torch.randn(6, 2, generator=torch.Generator().manual_seed(0)), \
-        torch.tensor([0, 0, 0, 0, 1, 1])
+    logits, y = (
+        torch.randn(6, 2, generator=torch.Generator().manual_seed(0)),
+        torch.tensor([0, 0, 0, 0, 1, 1]),
+    )
     target = torch.nn.functional.one_hot(y, 2) * 0.9 + 0.05  # smoothing 0.1 over 2 classes
     per_item = -(target * logits.log_softmax(1)).sum(1)
     expected = (w[y] * per_item).sum() / w[y].sum()
@@ -116,15 +129,21 @@ def test_balanced_sampler_is_seeded_balanced_and_shared_across_processes():
 @pytest.mark.parametrize("method", ["auto", "weight"])
 def test_fit_on_imbalanced_classes_says_so_and_monitors_macro_f1(method, caplog):
     caplog.set_level(logging.WARNING, logger="headstart")
-    clf = ImageClassifier("tiny:cnn", imbalance=method,
-                          **{**FAST, "val_fraction": 0.2}).fit(*imbalanced_arrays())
+    clf = ImageClassifier("tiny:cnn", imbalance=method, **{**FAST, "val_fraction": 0.2}).fit(
+        *imbalanced_arrays()
+    )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     how = "class-weighted loss" if method == "weight" else "class-balanced sampler"
-    assert (f"imbalanced classes (a 32, b 8: 4.0x): monitoring macro-F1, {how} "
-            "(weights a 0.62, b 2.50)") in warnings
+    assert (
+        f"imbalanced classes (a 32, b 8: 4.0x): monitoring macro-F1, {how} (weights a 0.62, b 2.50)"
+    ) in warnings
     m = clf.metrics_["imbalance"]
-    assert (m["monitor"], m["method"], m["ratio"], m["monitor_set"]) == \
-        ("macro_f1", "weight" if method == "weight" else "sample", 4.0, "auto")
+    assert (m["monitor"], m["method"], m["ratio"], m["monitor_set"]) == (
+        "macro_f1",
+        "weight" if method == "weight" else "sample",
+        4.0,
+        "auto",
+    )
     assert "macro-f1" in clf.selection_  # the loop picked its epochs by macro-F1
     assert clf.config_.monitor == "auto"  # the setting itself stays the user's
     assert "recall" in clf.metrics_["validation"]["per_class"]["b"]
@@ -133,39 +152,50 @@ def test_fit_on_imbalanced_classes_says_so_and_monitors_macro_f1(method, caplog)
 def test_fit_on_balanced_classes_monitors_accuracy(arrays, caplog):
     caplog.set_level(logging.INFO, logger="headstart")
     clf = ImageClassifier("tiny:cnn", **{**FAST, "val_fraction": 0.25}).fit(*arrays)
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING
-                and "imbalanced" in r.getMessage()]
-    assert (clf.metrics_["imbalance"]["monitor"], clf.metrics_["imbalance"]["method"]) == \
-        ("accuracy", "none")
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.WARNING and "imbalanced" in r.getMessage()
+    ]
+    assert (clf.metrics_["imbalance"]["monitor"], clf.metrics_["imbalance"]["method"]) == (
+        "accuracy",
+        "none",
+    )
     assert "accuracy" in clf.selection_
 
 
 def test_explicit_monitor_reaches_the_loop():
-    clf = ImageClassifier("tiny:cnn", monitor="accuracy",
-                          **{**FAST, "val_fraction": 0.2}).fit(*imbalanced_arrays())
+    clf = ImageClassifier("tiny:cnn", monitor="accuracy", **{**FAST, "val_fraction": 0.2}).fit(
+        *imbalanced_arrays()
+    )
     assert clf.metrics_["imbalance"]["monitor"] == "accuracy"
     assert "macro-f1" not in clf.selection_ and "accuracy" in clf.selection_
 
 
 def test_sampled_fits_are_deterministic():
     def fit():
-        return ImageClassifier("tiny:cnn", imbalance="sample", strategy="finetune",
-                               **{**FAST, "val_fraction": 0.2}).fit(*imbalanced_arrays())
+        return ImageClassifier(
+            "tiny:cnn", imbalance="sample", strategy="finetune", **{**FAST, "val_fraction": 0.2}
+        ).fit(*imbalanced_arrays())
 
     a, b = fit(), fit()
     assert a.metrics_["imbalance"]["method"] == "sample"
     for (name, x), (_, y) in zip(a.model_.state_dict().items(), b.model_.state_dict().items()):
         assert torch.equal(x, y), name
-    plain = ImageClassifier("tiny:cnn", imbalance="none", strategy="finetune",
-                            **{**FAST, "val_fraction": 0.2}).fit(*imbalanced_arrays())
-    assert any(not torch.equal(x, y) for x, y in zip(a.model_.head.state_dict().values(),
-                                                      plain.model_.head.state_dict().values()))
+    plain = ImageClassifier(
+        "tiny:cnn", imbalance="none", strategy="finetune", **{**FAST, "val_fraction": 0.2}
+    ).fit(*imbalanced_arrays())
+    assert any(
+        not torch.equal(x, y)
+        for x, y in zip(
+            a.model_.head.state_dict().values(), plain.model_.head.state_dict().values()
+        )
+    )
 
 
 def test_the_tfidf_baseline_is_class_balanced_where_the_network_is(tmp_path):
     texts, labels = make_texts(100, seed=0)
-    keep = [i for i, c in enumerate(labels) if c == "letters"][:40] + \
-        [i for i, c in enumerate(labels) if c == "digits"][:10]
+    keep = [i for i, c in enumerate(labels) if c == "letters"][:40] + [
+        i for i, c in enumerate(labels) if c == "digits"
+    ][:10]
     x, y = [texts[i] for i in keep], [labels[i] for i in keep]
     settings = {**TEXT_FIT, "baseline": True, "epochs": 1, "head_epochs": 2}
     clf = TextClassifier("tiny:bert", strategy="feature_extract", **settings).fit(x, y)
@@ -175,7 +205,8 @@ def test_the_tfidf_baseline_is_class_balanced_where_the_network_is(tmp_path):
     clf.save(tmp_path / "run")
     assert TextClassifier.load(tmp_path / "run").baseline_.class_weight == "balanced"
     even = TextClassifier("tiny:bert", strategy="feature_extract", **settings).fit(
-        *make_texts(40, seed=0))
+        *make_texts(40, seed=0)
+    )
     assert even.baseline_.clf_.class_weight is None
     assert "balanced" not in even.metrics_["baseline_name"]
 
@@ -186,12 +217,32 @@ def test_fit_summary_shows_the_counts_and_the_recall_of_each_class(tmp_path, cap
     from conftest import write_folder
 
     train = write_folder(tmp_path / "train", *imbalanced_arrays())
-    code = main(["-q", "fit", str(train), "--backbone", "tiny:cnn", "--num-workers", "0",
-                 "--device", "cpu", "--epochs", "1", "--head-epochs", "2", "--val-fraction",
-                 "0.2", "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "-q",
+            "fit",
+            str(train),
+            "--backbone",
+            "tiny:cnn",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+            "--head-epochs",
+            "2",
+            "--val-fraction",
+            "0.2",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
-    assert "  imbalanced classes (a 32, b 8: 4.0x): monitoring macro-F1, class-balanced " \
-           "sampler (weights a 0.62, b 2.50)" in out
+    assert (
+        "  imbalanced classes (a 32, b 8: 4.0x): monitoring macro-F1, class-balanced "
+        "sampler (weights a 0.62, b 2.50)" in out
+    )
     line = next(s for s in out.splitlines() if "recall per class" in s)
     assert re.fullmatch(r" +recall per class: a \d\.\d\d, b \d\.\d\d", line)

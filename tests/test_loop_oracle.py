@@ -33,10 +33,14 @@ def _plain_param_groups(model: TransferModel, cfg: FitConfig) -> list[dict]:
     out = []
 
     def add(params, lr):
-        out.append({"params": [p for p in params if p.ndim > 1], "lr": lr,
-                    "weight_decay": cfg.weight_decay})
-        out.append({"params": [p for p in params if p.ndim <= 1], "lr": lr,
-                    "weight_decay": 0.0})
+        out.append(
+            {
+                "params": [p for p in params if p.ndim > 1],
+                "lr": lr,
+                "weight_decay": cfg.weight_decay,
+            }
+        )
+        out.append({"params": [p for p in params if p.ndim <= 1], "lr": lr, "weight_decay": 0.0})
 
     for i, group in enumerate(groups):
         add(list(group.parameters()), cfg.lr * cfg.lr_decay ** (len(groups) - 1 - i))
@@ -44,8 +48,12 @@ def _plain_param_groups(model: TransferModel, cfg: FitConfig) -> list[dict]:
     return [g for g in out if g["params"]]
 
 
-def _plain_fit(model: TransferModel, x: torch.Tensor, y: torch.Tensor, cfg: FitConfig,
-               ) -> list[dict[str, torch.Tensor]]:
+def _plain_fit(
+    model: TransferModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: FitConfig,
+) -> list[dict[str, torch.Tensor]]:
     """Fine-tune every weight; return the state after each epoch."""
     for p in model.parameters():
         p.requires_grad_(True)
@@ -66,7 +74,7 @@ def _plain_fit(model: TransferModel, x: torch.Tensor, y: torch.Tensor, cfg: FitC
         order = list(sampler)
         model.train()
         for b in range(steps):
-            idx = torch.tensor(order[b * BATCH:(b + 1) * BATCH])
+            idx = torch.tensor(order[b * BATCH : (b + 1) * BATCH])
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
             optimizer.step()
@@ -83,11 +91,29 @@ def test_shared_loop_matches_a_plain_pytorch_loop(lr_decay):
     # contiguous NCHW: both loops then run the same convolution kernels
     x = (torch.as_tensor(x, dtype=torch.float32).permute(0, 3, 1, 2) / 255.0).contiguous()
     y = torch.as_tensor(y, dtype=torch.long)
-    cfg = FitConfig(backbone="tiny:cnn", strategy="finetune", epochs=EPOCHS, min_steps=0,
-                    batch_size=BATCH, lr=3e-3, head_lr=1e-2, lr_decay=lr_decay,
-                    weight_decay=0.05, schedule="cosine", warmup=0.0, warmup_steps=WARMUP,
-                    label_smoothing=0.0, bn="train", early_stopping=0, num_workers=0,
-                    device="cpu", seed=7, wise_ft=False, precision="no", channels_last=False)
+    cfg = FitConfig(
+        backbone="tiny:cnn",
+        strategy="finetune",
+        epochs=EPOCHS,
+        min_steps=0,
+        batch_size=BATCH,
+        lr=3e-3,
+        head_lr=1e-2,
+        lr_decay=lr_decay,
+        weight_decay=0.05,
+        schedule="cosine",
+        warmup=0.0,
+        warmup_steps=WARMUP,
+        label_smoothing=0.0,
+        bn="train",
+        early_stopping=0,
+        num_workers=0,
+        device="cpu",
+        seed=7,
+        wise_ft=False,
+        precision="no",
+        channels_last=False,
+    )
     torch.manual_seed(0)
     backbone = create_backbone("tiny:cnn", pretrained=True)
     head = Head(backbone.feature_dim, 3, HeadSpec())
@@ -96,10 +122,20 @@ def test_shared_loop_matches_a_plain_pytorch_loop(lr_decay):
     plain = copy.deepcopy(model)
 
     epochs_seen = []
-    trainer = Trainer(model, backbone.groups(), build_strategy(cfg, len(backbone.groups())),
-                      cfg, train_set=TensorDataset(x, y), val_set=None, features=None,
-                      callbacks=[lambda row: epochs_seen.append(
-                          {k: v.detach().clone() for k, v in model.state_dict().items()})])
+    trainer = Trainer(
+        model,
+        backbone.groups(),
+        build_strategy(cfg, len(backbone.groups())),
+        cfg,
+        train_set=TensorDataset(x, y),
+        val_set=None,
+        features=None,
+        callbacks=[
+            lambda row: epochs_seen.append(
+                {k: v.detach().clone() for k, v in model.state_dict().items()}
+            )
+        ],
+    )
     trainer.run()
     expected = _plain_fit(plain, x, y, cfg)
 
@@ -107,8 +143,16 @@ def test_shared_loop_matches_a_plain_pytorch_loop(lr_decay):
     for epoch, (got, want) in enumerate(zip(epochs_seen, expected), start=1):
         assert got.keys() == want.keys()
         for name in want:
-            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6,
-                                       msg=lambda m, n=name, e=epoch: f"epoch {e}, {n}: {m}")
+            torch.testing.assert_close(
+                got[name],
+                want[name],
+                rtol=1e-5,
+                atol=1e-6,
+                msg=lambda m, n=name, e=epoch: f"epoch {e}, {n}: {m}",
+            )
     start = create_backbone("tiny:cnn", pretrained=True).state_dict()
-    assert any(not torch.equal(start[k], expected[-1]["backbone." + k]) for k in start
-               if start[k].is_floating_point()), "training did not move the backbone"
+    assert any(
+        not torch.equal(start[k], expected[-1]["backbone." + k])
+        for k in start
+        if start[k].is_floating_point()
+    ), "training did not move the backbone"

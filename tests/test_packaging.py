@@ -63,7 +63,8 @@ def test_every_import_is_a_declared_dependency():
 
 def test_the_all_extra_names_every_other_extra():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     (spec,) = extras["all"]
     named = set(re.search(r"\[(.*)\]", spec).group(1).split(","))
     assert named == set(extras) - {"all", "test", "dev"}
@@ -72,9 +73,11 @@ def test_the_all_extra_names_every_other_extra():
 def test_every_pinned_requirement_is_declared():
     """requirements.txt is the exact pin set of setup; pyproject declares the same packages
     (transitive pins that no module imports, e.g. greenlet, may stand in requirements only)."""
-    pinned = {_normal(line.split("==")[0]) for line in
-              (ROOT / "requirements.txt").read_text().splitlines()
-              if "==" in line and not line.lstrip().startswith("#")}
+    pinned = {
+        _normal(line.split("==")[0])
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.lstrip().startswith("#")
+    }
     declared = _declared()
     indirect = {"greenlet", "lightning-utilities", "cffi", "pycparser"}  # deps of declared ones
     assert pinned - declared - indirect == set()
@@ -82,18 +85,20 @@ def test_every_pinned_requirement_is_declared():
 
 def test_version_is_the_installed_one():
     from importlib.metadata import version
+
     assert headstart.__version__ == version("headstart")
 
 
 def test_help_and_version_answer_without_torch():
-    code = ("import sys\nfrom headstart.cli import main\n"
-            "for argv in (['--help'], ['fit', '--help'], ['--version']):\n"
-            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "heavy = sorted(m for m in ('torch', 'timm', 'transformers', 'sklearn', 'numpy')"
-            " if m in sys.modules)\n"
-            "print('HEAVY', heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "import sys\nfrom headstart.cli import main\n"
+        "for argv in (['--help'], ['fit', '--help'], ['--version']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'transformers', 'sklearn', 'numpy')"
+        " if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout, proc.stdout[-500:]
     assert f"headstart {headstart.__version__}" in proc.stdout

@@ -44,8 +44,7 @@ def check_good_rows(rows: list[dict], est, items: list) -> None:
     proba = np.stack([probabilities(r, est.classes_) for r in rows])
     np.testing.assert_allclose(proba, est.predict_proba(items), atol=2e-6, rtol=0)
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
-    np.testing.assert_allclose([float(r["probability"]) for r in rows], proba.max(1),
-                               atol=1e-4)
+    np.testing.assert_allclose([float(r["probability"]) for r in rows], proba.max(1), atol=1e-4)
 
 
 @pytest.fixture
@@ -63,8 +62,9 @@ def image_run(tmp_path_factory):
     est = ImageClassifier("tiny:cnn", strategy="finetune", run_dir=root / "run", **FAST)
     est.fit(str(train))
     test = write_folder(root / "test", *make_arrays(n=12, seed=1))
-    return SimpleNamespace(run=root / "run", est=est, test=test,
-                           files=sorted(str(p) for p in test.rglob("*.png")))
+    return SimpleNamespace(
+        run=root / "run", est=est, test=test, files=sorted(str(p) for p in test.rglob("*.png"))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,15 +83,31 @@ def test_folder_missing_file_and_corrupt_image(image_run, tmp_path, capsys):
     corrupt.write_bytes(os.urandom(64) + b"not a png at all")
     too_long = tmp_path / ("n" * 300 + ".png")  # a name no filesystem holds: a row, no OSError
     out = tmp_path / "preds.csv"
-    code = main(["-q", "predict", str(image_run.run), str(image_run.test), str(missing),
-                 str(corrupt), str(too_long), "--out", str(out), "--batch-size", "5"])
+    code = main(
+        [
+            "-q",
+            "predict",
+            str(image_run.run),
+            str(image_run.test),
+            str(missing),
+            str(corrupt),
+            str(too_long),
+            "--out",
+            str(out),
+            "--batch-size",
+            "5",
+        ]
+    )
     assert code == 0
     assert "wrote 12 predictions" in capsys.readouterr().err
     header, rows = read_rows(out)
     assert header == HEADER + ["p_a", "p_b"]
     assert len(rows) == 12 + 3
-    assert [r["item"] for r in rows] == image_run.files + [str(missing), str(corrupt),
-                                                           str(too_long)]
+    assert [r["item"] for r in rows] == image_run.files + [
+        str(missing),
+        str(corrupt),
+        str(too_long),
+    ]
     check_good_rows(rows[:12], image_run.est, image_run.files)
     for row, path in zip(rows[12:], (missing, corrupt, too_long)):
         assert row["prediction"] == "" and row["probability"] == ""
@@ -107,8 +123,10 @@ def test_csv_with_path_column_resolves_against_its_folder(image_run, tmp_path, m
     for name in ("one.png", "two.png"):
         shutil.copy(image_run.files[0 if name == "one.png" else -1], listing / "img" / name)
     table = listing / "inputs.csv"
-    table.write_text(f"path,note\nimg/one.png,x\n,empty\n{image_run.files[5]},abs\n"
-                     "img/gone.png,y\nimg/two.png,z\n")
+    table.write_text(
+        f"path,note\nimg/one.png,x\n,empty\n{image_run.files[5]},abs\n"
+        "img/gone.png,y\nimg/two.png,z\n"
+    )
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # relative paths must not resolve against the cwd
@@ -116,8 +134,13 @@ def test_csv_with_path_column_resolves_against_its_folder(image_run, tmp_path, m
     assert main(["-q", "predict", str(image_run.run), str(table), "--out", str(out)]) == 0
     _, rows = read_rows(out)
     one, two = str(listing / "img" / "one.png"), str(listing / "img" / "two.png")
-    assert [r["item"] for r in rows] == [one, f"{table}:row 3", image_run.files[5],
-                                         str(listing / "img" / "gone.png"), two]
+    assert [r["item"] for r in rows] == [
+        one,
+        f"{table}:row 3",
+        image_run.files[5],
+        str(listing / "img" / "gone.png"),
+        two,
+    ]
     good = [rows[0], rows[2], rows[4]]
     check_good_rows(good, image_run.est, [one, image_run.files[5], two])
     for bad in (rows[1], rows[3]):
@@ -138,14 +161,15 @@ def test_csv_without_path_column_is_a_clean_error(image_run, tmp_path, capsys):
 # ---------------------------------------------------------------------- texts
 def test_text_table_and_literal_texts(text_run, tmp_path, umask_022):
     table = tmp_path / "texts.csv"
-    pd.DataFrame({"id": [1, 2, 3, 4],
-                  "text": ["abc cafe dead", "", "123 456 789 2024", "   "]}).to_csv(
-        table, index=False)
+    pd.DataFrame(
+        {"id": [1, 2, 3, 4], "text": ["abc cafe dead", "", "123 456 789 2024", "   "]}
+    ).to_csv(table, index=False)
     out_dir = tmp_path / "out"
     out = out_dir / "preds.csv"
     literal = ["face bead fade aged ebb gag " * 3, "42 777"]
-    code = main(["-q", "predict", str(text_run.run), literal[0], str(table), literal[1],
-                 "--out", str(out)])
+    code = main(
+        ["-q", "predict", str(text_run.run), literal[0], str(table), literal[1], "--out", str(out)]
+    )
     assert code == 0
     header, rows = read_rows(out)
     assert header == HEADER + ["p_digits", "p_letters"]
@@ -154,8 +178,9 @@ def test_text_table_and_literal_texts(text_run, tmp_path, umask_022):
     assert rows[0]["item"].endswith("...") and len(rows[0]["item"]) == 60
     assert rows[5]["item"] == "42 777"
     good, bad = [rows[i] for i in (0, 1, 3, 5)], [rows[2], rows[4]]
-    check_good_rows(good, text_run.est, [literal[0], "abc cafe dead", "123 456 789 2024",
-                                         literal[1]])
+    check_good_rows(
+        good, text_run.est, [literal[0], "abc cafe dead", "123 456 789 2024", literal[1]]
+    )
     for row in bad:
         assert row["prediction"] == "" and "empty text" in row["error"]
     assert sorted(os.listdir(out_dir)) == ["preds.csv"]  # no temporary file left
@@ -213,8 +238,7 @@ def test_a_failed_run_leaves_the_previous_csv_and_no_temp_file(image_run, tmp_pa
     predictor = Predictor(image_run.est)
     predictor.engine = FailingEngine(predictor.engine)
     with pytest.raises(RuntimeError, match="engine died"):
-        write_predictions(predictor, [str(image_run.test)], out, batch_size=4,
-                          progress=False)
+        write_predictions(predictor, [str(image_run.test)], out, batch_size=4, progress=False)
     assert predictor.engine.calls == 2
     assert out.read_text() == "previous results\n"
     assert sorted(os.listdir(tmp_path)) == ["preds.csv"]
@@ -235,8 +259,21 @@ def test_onnx_engine_predicts_as_the_torch_engine(task, image_run, text_run, tmp
     outs = {}
     for engine in ("torch", "onnx"):
         outs[engine] = tmp_path / f"{engine}.csv"
-        assert main(["-q", "predict", str(run.run), *inputs, "--engine", engine,
-                     "--out", str(outs[engine])]) == 0
+        assert (
+            main(
+                [
+                    "-q",
+                    "predict",
+                    str(run.run),
+                    *inputs,
+                    "--engine",
+                    engine,
+                    "--out",
+                    str(outs[engine]),
+                ]
+            )
+            == 0
+        )
     _, torch_rows = read_rows(outs["torch"])
     _, onnx_rows = read_rows(outs["onnx"])
     assert len(torch_rows) == len(onnx_rows) == (12 if task == "image" else 15)
@@ -246,7 +283,9 @@ def test_onnx_engine_predicts_as_the_torch_engine(task, image_run, text_run, tmp
     assert len(good) == (12 if task == "image" else 14)
     np.testing.assert_allclose(
         [probabilities(onnx_rows[i], run.est.classes_) for i in good],
-        [probabilities(torch_rows[i], run.est.classes_) for i in good], atol=1e-5)
+        [probabilities(torch_rows[i], run.est.classes_) for i in good],
+        atol=1e-5,
+    )
 
 
 def test_onnx_engine_without_an_export_says_how_to_make_one(image_run, tmp_path, capsys):

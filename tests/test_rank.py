@@ -54,8 +54,9 @@ def counting_compute(monkeypatch):
 
 
 def test_candidate_parse():
-    assert Candidate.parse("packaged:efficientnet_lite0@2") == \
-        Candidate("packaged:efficientnet_lite0", 2)
+    assert Candidate.parse("packaged:efficientnet_lite0@2") == Candidate(
+        "packaged:efficientnet_lite0", 2
+    )
     assert Candidate.parse(" tiny:cnn ") == Candidate("tiny:cnn", 0)
     assert Candidate.parse("runs/a@b") == Candidate("runs/a@b", 0)  # not a cut
     assert Candidate("tiny:cnn", 1).label == "tiny:cnn@1"
@@ -73,8 +74,9 @@ def test_rank_scores_every_candidate_and_orders_best_first(data3):
     for r in res.rows:
         assert set(r.scores) == set(SCORE_NAMES)
         assert math.isnan(r.scores["leep"]) and math.isnan(r.scores["nce"])  # no source head
-        assert all(math.isfinite(r.scores[k])
-                   for k in ("logme", "nleep", "h_score", "knn", "linear"))
+        assert all(
+            math.isfinite(r.scores[k]) for k in ("logme", "nleep", "h_score", "knn", "linear")
+        )
         assert 0.0 <= r.scores["knn"] <= 1.0 and 0.0 <= r.scores["linear"] <= 1.0
         assert r.seconds > 0
     dims = {r.candidate.label: r.feature_dim for r in res.rows}
@@ -98,8 +100,9 @@ def test_rank_score_equals_the_score_of_the_backbones_features(data3):
 
 def test_order_by_another_score_and_a_subset_of_scores(data3):
     x, y = data3
-    res = rank(x, ["tiny:cnn", "tiny:cnn@1"], y=y, scores=["knn", "h_score"], score="h_score",
-               **FAST)
+    res = rank(
+        x, ["tiny:cnn", "tiny:cnn@1"], y=y, scores=["knn", "h_score"], score="h_score", **FAST
+    )
     assert res.score == "h_score"
     assert all(set(r.scores) == {"knn", "h_score"} for r in res.rows)
     assert res.rows[0].scores["h_score"] >= res.rows[1].scores["h_score"]
@@ -127,22 +130,27 @@ def test_your_own_score_ranks_beside_the_built_in_ones(data3):
         return float(source_probs.max(1).mean())
 
     strict = Score("strict_probe", lambda f, y, p=None: linear_probe_accuracy(f, y, c=0.01))
-    res = rank(x, ["tiny:cnn", "tiny:cnn@1"], y=y, scores=["logme", spread, strict,
-               Score("head", needs_head, needs_source=True)], score="spread", **FAST)
+    res = rank(
+        x,
+        ["tiny:cnn", "tiny:cnn@1"],
+        y=y,
+        scores=["logme", spread, strict, Score("head", needs_head, needs_source=True)],
+        score="spread",
+        **FAST,
+    )
     assert res.score == "spread"
-    assert [list(r.scores) for r in res.rows] == [["logme", "spread", "strict_probe",
-                                                   "head"]] * 2
+    assert [list(r.scores) for r in res.rows] == [["logme", "spread", "strict_probe", "head"]] * 2
     values = [r.scores["spread"] for r in res.rows]
     assert values == sorted(values, reverse=True)  # ordered by the score asked for
     for r in res.rows:  # the same features as the built-in score's
         f, labels = seen[r.feature_dim]
         assert r.scores["logme"] == pytest.approx(logme(f, labels), rel=1e-12)
-        assert r.scores["strict_probe"] == pytest.approx(
-            linear_probe_accuracy(f, labels, c=0.01))
+        assert r.scores["strict_probe"] == pytest.approx(linear_probe_accuracy(f, labels, c=0.01))
         assert math.isnan(r.scores["head"])  # tiny:cnn has no source head
     assert "spread" in res.table() and "strict_probe" in res.to_dict()["rows"][0]["scores"]
-    by_object = rank(x, ["tiny:cnn", "tiny:cnn@1"], y=y, scores=[spread, strict],
-                     score=strict, **FAST)  # the score itself names the order too
+    by_object = rank(
+        x, ["tiny:cnn", "tiny:cnn@1"], y=y, scores=[spread, strict], score=strict, **FAST
+    )  # the score itself names the order too
     assert by_object.score == "strict_probe"
     with pytest.raises(ValueError, match="needs a name"):
         rank(x, ["tiny:cnn"], y=y, scores=[lambda f, y, p: 0.0], **FAST)
@@ -152,8 +160,13 @@ def test_your_own_score_ranks_beside_the_built_in_ones(data3):
 
 def test_bad_and_offline_candidates_are_rows_not_crashes(data3, no_network, empty_hf_cache):
     x, y = data3
-    res = rank(x, ["nope:thing", "timm:resnet50.a1_in1k", "tiny:cnn", "tiny:cnn@9",
-                   "/no/such/run"], y=y, scores=["logme"], **FAST)
+    res = rank(
+        x,
+        ["nope:thing", "timm:resnet50.a1_in1k", "tiny:cnn", "tiny:cnn@9", "/no/such/run"],
+        y=y,
+        scores=["logme"],
+        **FAST,
+    )
     assert res.rows[0].candidate.label == "tiny:cnn" and res.rows[0].error is None
     errors = {r.candidate.label: r.error for r in res.rows[1:]}
     assert "unknown backbone" in errors["nope:thing"]
@@ -163,8 +176,10 @@ def test_bad_and_offline_candidates_are_rows_not_crashes(data3, no_network, empt
     assert errors["/no/such/run"]
     # a backbone of another modality is a row that says which backbones fit, not a TypeError
     text = rank(x, ["tiny:cnn", "tiny:bert"], y=y, scores=["logme"], **FAST).rows[1]
-    assert text.error == ("ZooError: tiny:bert is a text model; --task image needs an image "
-                          "backbone (`headstart models --modality image`)")
+    assert text.error == (
+        "ZooError: tiny:bert is a text model; --task image needs an image "
+        "backbone (`headstart models --modality image`)"
+    )
     assert res.fit_params() == {"backbone": "tiny:cnn", "cut": 0}
     table = res.table()
     assert "error: OfflineError" in table and table.splitlines()[1].split()[1] == "tiny:cnn"
@@ -178,8 +193,9 @@ def test_bad_and_offline_candidates_are_rows_not_crashes(data3, no_network, empt
 @pytest.mark.parametrize("task", ["detect", "asr", "video"])
 def test_rank_names_the_tasks_it_ranks(data3, task):
     x, y = data3  # not ObjectDetector's AttributeError, or a speech reader's complaint
-    with pytest.raises(ValueError, match="rank scores classifier backbones, choose one of "
-                                         "image, text, audio"):
+    with pytest.raises(
+        ValueError, match="rank scores classifier backbones, choose one of image, text, audio"
+    ):
         rank(x, ["tiny:cnn"], y=y, task=task, **FAST)
 
 
@@ -187,7 +203,7 @@ def test_no_candidate_scored_raises_on_best(data3):
     x, y = data3
     res = rank(x, ["nope:a"], y=y, scores=["logme"], **FAST)
     with pytest.raises(ValueError, match="no candidate could be scored"):
-        res.best
+        _ = res.best
     assert res.to_dict()["best"] is None
 
 
@@ -206,14 +222,13 @@ def test_a_later_feature_extract_fit_reuses_the_ranked_features(tmp_path, data3,
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # train + validation
     clear_memory_cache()
     calls = counting_compute(monkeypatch)
-    ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache,
-                    **FAST).fit(x, y)
+    ImageClassifier("tiny:cnn", strategy="feature_extract", feature_cache=cache, **FAST).fit(x, y)
     assert calls == []  # nothing recomputed: rank's features served the fit
 
 
-def test_rank_reads_both_parts_in_one_pass_and_caches_each_under_its_fit_key(tmp_path,
-                                                                              data3,
-                                                                              monkeypatch):
+def test_rank_reads_both_parts_in_one_pass_and_caches_each_under_its_fit_key(
+    tmp_path, data3, monkeypatch
+):
     x, y = data3
     cache = tmp_path / "cache"
     calls = counting_compute(monkeypatch)
@@ -256,8 +271,9 @@ def test_run_directory_source_head_gives_leep_from_its_own_predictions(tmp_path,
     backbone = create_backbone(str(run))
     head = backbone.source_head()
     assert head is not None
-    assert sum(p.numel() for p in backbone.parameters()) == \
-        sum(p.numel() for p in parent.model_.backbone.parameters())  # head not in the backbone
+    assert sum(p.numel() for p in backbone.parameters()) == sum(
+        p.numel() for p in parent.model_.backbone.parameters()
+    )  # head not in the backbone
     x2, y2 = make_arrays(n=30, n_classes=3, seed=5)
     est = ImageClassifier(**FAST)
     cfg = est.resolved_config()
@@ -272,7 +288,8 @@ def test_run_directory_source_head_gives_leep_from_its_own_predictions(tmp_path,
     # the run was trained on these very labels: its head beats a uniform guess
     assert row.scores["leep"] > math.log(1 / 3)
     assert row.scores["leep"] == pytest.approx(
-        leep(None, np.asarray(y), parent.predict_proba(x)), rel=1e-4)
+        leep(None, np.asarray(y), parent.predict_proba(x)), rel=1e-4
+    )
 
 
 def test_source_head_is_not_saved_with_a_fitted_run(tmp_path, data3):
@@ -292,23 +309,40 @@ def test_multi_label_data_is_refused_clearly():
     texts = [f"word{i % 3} thing{i % 2} sample {i}" for i in range(24)]
     labels = [["x", "y"] if i % 2 else ["x"] for i in range(24)]
     with pytest.raises(ValueError, match="single-label"):
-        rank(texts, ["tiny:bert"], y=labels, task="text", scores=["logme"],
-             baseline=False, num_workers=0, device="cpu")
+        rank(
+            texts,
+            ["tiny:bert"],
+            y=labels,
+            task="text",
+            scores=["logme"],
+            baseline=False,
+            num_workers=0,
+            device="cpu",
+        )
 
 
 def test_text_candidates_rank_on_token_features():
     from test_text import make_texts
 
     texts, labels = make_texts(40)
-    res = rank(texts, ["tiny:bert", "tiny:bert@1"], y=labels, task="text",
-               scores=["logme", "knn", "leep"], truncation="head", num_workers=0,
-               device="cpu")
+    res = rank(
+        texts,
+        ["tiny:bert", "tiny:bert@1"],
+        y=labels,
+        task="text",
+        scores=["logme", "knn", "leep"],
+        truncation="head",
+        num_workers=0,
+        device="cpu",
+    )
     assert [r.error for r in res.rows] == [None, None]
     from headstart.zoo import create_backbone
 
     dims = {r.candidate.label: r.feature_dim for r in res.rows}
-    assert dims == {"tiny:bert": create_backbone("tiny:bert").feature_dim,
-                    "tiny:bert@1": create_backbone("tiny:bert", cut=1).feature_dim}
+    assert dims == {
+        "tiny:bert": create_backbone("tiny:bert").feature_dim,
+        "tiny:bert@1": create_backbone("tiny:bert", cut=1).feature_dim,
+    }
     assert all(math.isnan(r.scores["leep"]) for r in res.rows)  # an encoder has no source head
 
 
@@ -316,8 +350,14 @@ def test_a_score_that_cannot_be_computed_is_nan_not_a_crash(caplog):
     x, y = make_arrays(n=60, n_classes=3)
     y = list(y)
     y[0] = "lonely"  # a class of one item: no cross-validation fold can hold it
-    res = rank(x, ["tiny:cnn"], y=y, scores=["logme", "knn"], val_fraction=0.0, **{
-        k: v for k, v in FAST.items()})
+    res = rank(
+        x,
+        ["tiny:cnn"],
+        y=y,
+        scores=["logme", "knn"],
+        val_fraction=0.0,
+        **{k: v for k, v in FAST.items()},
+    )
     row = res.rows[0]
     assert row.error is None and math.isfinite(row.scores["logme"])
     assert math.isnan(row.scores["knn"])
@@ -343,8 +383,9 @@ RANK_FLAGS = ["--num-workers", "0", "--device", "cpu"]
 def test_cli_rank_table_json_and_write_config(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "hcache"))
     folder = write_folder(tmp_path / "data", *make_arrays(n=60, n_classes=3))
-    code, out, err = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn,nope:x",
-                           "--layers", "0,1", *RANK_FLAGS])
+    code, out, err = _cli(
+        ["-q", "rank", str(folder), "--models", "tiny:cnn,nope:x", "--layers", "0,1", *RANK_FLAGS]
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("ranked 4 candidates on all 60 items, 3 classes, by nleep")
@@ -355,8 +396,21 @@ def test_cli_rank_table_json_and_write_config(tmp_path, monkeypatch):
     assert "headstart fit" in out and "--feature-cache" in out
     assert list((tmp_path / "hcache" / "features").glob("*.safetensors"))  # default disk cache
 
-    code, out, _ = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn@1,tiny:cnn",
-                         "--scores", "knn,linear", "--score", "linear", "--json", *RANK_FLAGS])
+    code, out, _ = _cli(
+        [
+            "-q",
+            "rank",
+            str(folder),
+            "--models",
+            "tiny:cnn@1,tiny:cnn",
+            "--scores",
+            "knn,linear",
+            "--score",
+            "linear",
+            "--json",
+            *RANK_FLAGS,
+        ]
+    )
     assert code == 0
     data = json.loads(out)
     assert data["score"] == "linear" and len(data["rows"]) == 2
@@ -364,16 +418,40 @@ def test_cli_rank_table_json_and_write_config(tmp_path, monkeypatch):
     assert set(data["rows"][0]["scores"]) == {"knn", "linear"}
 
     cfg = tmp_path / "best.yaml"
-    code, out, _ = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn@1", "--image-size",
-                         "32", "--write-config", str(cfg), *RANK_FLAGS])
+    code, out, _ = _cli(
+        [
+            "-q",
+            "rank",
+            str(folder),
+            "--models",
+            "tiny:cnn@1",
+            "--image-size",
+            "32",
+            "--write-config",
+            str(cfg),
+            *RANK_FLAGS,
+        ]
+    )
     assert code == 0 and f"--config {cfg}" in out
     import yaml
 
     written = yaml.safe_load(cfg.read_text())
     assert written["backbone"] == "tiny:cnn" and written["cut"] == 1
     assert written["image_size"] == 32 and written["feature_cache"]
-    code, out, err = _cli(["-q", "fit", str(folder), "--config", str(cfg), "--strategy",
-                           "feature_extract", "--out", str(tmp_path / "run"), *RANK_FLAGS])
+    code, out, err = _cli(
+        [
+            "-q",
+            "fit",
+            str(folder),
+            "--config",
+            str(cfg),
+            "--strategy",
+            "feature_extract",
+            "--out",
+            str(tmp_path / "run"),
+            *RANK_FLAGS,
+        ]
+    )
     assert code == 0, err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["backbone"]["architecture"]["cut"] == 1
@@ -382,17 +460,50 @@ def test_cli_rank_table_json_and_write_config(tmp_path, monkeypatch):
 
 def test_cli_rank_all_failed_exits_2(tmp_path):
     folder = write_folder(tmp_path / "data", *make_arrays(n=30, n_classes=3))
-    code, out, err = _cli(["-q", "rank", str(folder), "--models", "nope:a", "--feature-cache",
-                           str(tmp_path / "c"), *RANK_FLAGS])
+    code, out, err = _cli(
+        [
+            "-q",
+            "rank",
+            str(folder),
+            "--models",
+            "nope:a",
+            "--feature-cache",
+            str(tmp_path / "c"),
+            *RANK_FLAGS,
+        ]
+    )
     assert code == 2 and "no candidate could be scored" in err
-    code, _, err = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn", "--scores", "zzz",
-                         "--feature-cache", str(tmp_path / "c"), *RANK_FLAGS])
+    code, _, err = _cli(
+        [
+            "-q",
+            "rank",
+            str(folder),
+            "--models",
+            "tiny:cnn",
+            "--scores",
+            "zzz",
+            "--feature-cache",
+            str(tmp_path / "c"),
+            *RANK_FLAGS,
+        ]
+    )
     assert code == 2 and "unknown score" in err
-    code, _, err = _cli(["-q", "rank", str(folder), "--models", "tiny:cnn", "--max-items", "0",
-                         *RANK_FLAGS])
+    code, _, err = _cli(
+        ["-q", "rank", str(folder), "--models", "tiny:cnn", "--max-items", "0", *RANK_FLAGS]
+    )
     assert code == 2 and "max_items must be >= 1" in err  # not the default 300 instead
-    code, out, _ = _cli(["-q", "rank", str(folder), "--models", "nope:a", "--feature-cache",
-                         str(tmp_path / "c"), *RANK_FLAGS])
+    code, out, _ = _cli(
+        [
+            "-q",
+            "rank",
+            str(folder),
+            "--models",
+            "nope:a",
+            "--feature-cache",
+            str(tmp_path / "c"),
+            *RANK_FLAGS,
+        ]
+    )
     assert out.startswith("ranked 1 candidate on all 30 items")  # not "1 candidates"
 
 
@@ -408,8 +519,10 @@ def test_one_class_is_refused_naming_the_data_by_rank_and_fit(tmp_path):
         ImageClassifier("tiny:cnn", **FAST).fit(x, ["a"] * 20)
     texts = tmp_path / "one.csv"
     texts.write_text("text,label\n" + "".join(f"text number {i},a\n" for i in range(12)))
-    for command in (["rank", str(texts), "--models", "tiny:bert"],
-                    ["fit", str(texts), "--backbone", "tiny:bert", "--out", str(tmp_path / "r")]):
+    for command in (
+        ["rank", str(texts), "--models", "tiny:bert"],
+        ["fit", str(texts), "--backbone", "tiny:bert", "--out", str(tmp_path / "r")],
+    ):
         code, _, err = _cli(["-q", *command, "--task", "text", *RANK_FLAGS])
         assert code == 2 and f"{texts}: found only 1 class (a); a classifier" in err, err
 
@@ -443,9 +556,17 @@ def test_real_rank_puts_imagenet_weights_above_random_init():
 
     x, y, classes = fashion_mnist("train")
     idx = per_class_subset(y, 20, 0)
-    res = rank(x[idx], ["scratch:packaged:efficientnet_lite0", "packaged:efficientnet_lite0",
-                        "packaged:efficientnet_lite0@2"], y=[classes[i] for i in y[idx]],
-               image_size=64, num_workers=0)
+    res = rank(
+        x[idx],
+        [
+            "scratch:packaged:efficientnet_lite0",
+            "packaged:efficientnet_lite0",
+            "packaged:efficientnet_lite0@2",
+        ],
+        y=[classes[i] for i in y[idx]],
+        image_size=64,
+        num_workers=0,
+    )
     labels = [r.candidate.label for r in res.rows]
     assert labels[-1] == "scratch:packaged:efficientnet_lite0"
     by = {r.candidate.label: r.scores for r in res.rows}
@@ -467,9 +588,17 @@ def test_cut_points_of_one_backbone_share_one_pass(tmp_path, monkeypatch):
     settings = dict(image_size=32, num_workers=0, scores=["logme", "knn"])
     calls = counting_compute(monkeypatch)
     cache = str(tmp_path / "cache")
-    together = rank(x[idx], ["packaged:efficientnet_lite0@0", "packaged:efficientnet_lite0@1",
-                             "packaged:efficientnet_lite0@2"], y=labels, feature_cache=cache,
-                    **settings)
+    together = rank(
+        x[idx],
+        [
+            "packaged:efficientnet_lite0@0",
+            "packaged:efficientnet_lite0@1",
+            "packaged:efficientnet_lite0@2",
+        ],
+        y=labels,
+        feature_cache=cache,
+        **settings,
+    )
     assert len(calls) == 1  # train and validation parts together, for three cuts
     assert [r.error for r in together.rows] == [None] * 3
     by = {r.candidate.cut: r for r in together.rows}
@@ -480,9 +609,15 @@ def test_cut_points_of_one_backbone_share_one_pass(tmp_path, monkeypatch):
         assert alone.rows[0].scores == pytest.approx(by[cut].scores, rel=1e-6)
     clear_memory_cache()
     calls.clear()
-    ImageClassifier("packaged:efficientnet_lite0", cut=1, strategy="feature_extract",
-                    image_size=32, num_workers=0, feature_cache=cache, head_epochs=2).fit(
-        x[idx], labels)
+    ImageClassifier(
+        "packaged:efficientnet_lite0",
+        cut=1,
+        strategy="feature_extract",
+        image_size=32,
+        num_workers=0,
+        feature_cache=cache,
+        head_epochs=2,
+    ).fit(x[idx], labels)
     assert calls == []  # the cut-1 fit found rank's shared-pass features under its keys
 
 
@@ -509,8 +644,11 @@ def test_scratch_of_a_run_directory_has_random_weights(tmp_path, data3):
     fresh = create_backbone(f"scratch:{run}")
     assert fresh.id == f"scratch:{run}" and "random" in fresh.meta.source_data
     assert fresh.state_dict().keys() == trained.keys()
-    assert any(not torch.equal(fresh.state_dict()[k], trained[k]) for k in trained
-               if trained[k].is_floating_point() and trained[k].numel() > 1)
+    assert any(
+        not torch.equal(fresh.state_dict()[k], trained[k])
+        for k in trained
+        if trained[k].is_floating_point() and trained[k].numel() > 1
+    )
 
 
 def test_data_too_small_for_a_validation_split_is_ranked_whole():
@@ -519,8 +657,7 @@ def test_data_too_small_for_a_validation_split_is_ranked_whole():
     assert res.rows[0].error is None and res.n_items == 12
 
 
-def test_benchmark_summary_averages_each_target_over_its_own_seeds(tmp_path, capsys,
-                                                                     monkeypatch):
+def test_benchmark_summary_averages_each_target_over_its_own_seeds(tmp_path, capsys, monkeypatch):
     """benchmarks/rank_transfer.py --summary (the issue's evidence): targets may run
     different numbers of seeds; each is averaged over the seeds all its candidates have,
     and tau, the random-init checks and the speed ratio follow from the records."""
@@ -534,18 +671,37 @@ def test_benchmark_summary_averages_each_target_over_its_own_seeds(tmp_path, cap
     rt = importlib.import_module("rank_transfer")
     cands = ["a", "b", rt.RANDOM]
     records = []
-    for target, accs in {"t1": {"a": [0.9, 0.92], "b": [0.8, 0.7], rt.RANDOM: [0.5, 0.6]},
-                         "t2": {"a": [0.6, 0.99], "b": [0.7], rt.RANDOM: [0.4]}}.items():
-        scores = {"a": 3.0, "b": 2.0, rt.RANDOM: 1.0} if target == "t1" else \
-            {"a": 1.5, "b": 2.0, rt.RANDOM: 1.0}
-        records.append({"target": target, "kind": "rank", "max_items": 300, "seconds": 2.0,
-                        "n_items": 300, "rows": [
-                            {"label": c, "error": None, "scores": {"s": scores[c]}}
-                            for c in cands]})
+    for target, accs in {
+        "t1": {"a": [0.9, 0.92], "b": [0.8, 0.7], rt.RANDOM: [0.5, 0.6]},
+        "t2": {"a": [0.6, 0.99], "b": [0.7], rt.RANDOM: [0.4]},
+    }.items():
+        scores = (
+            {"a": 3.0, "b": 2.0, rt.RANDOM: 1.0}
+            if target == "t1"
+            else {"a": 1.5, "b": 2.0, rt.RANDOM: 1.0}
+        )
+        records.append(
+            {
+                "target": target,
+                "kind": "rank",
+                "max_items": 300,
+                "seconds": 2.0,
+                "n_items": 300,
+                "rows": [{"label": c, "error": None, "scores": {"s": scores[c]}} for c in cands],
+            }
+        )
         for c in cands:
             for seed, acc in enumerate(accs[c]):
-                records.append({"target": target, "kind": "fit", "candidate": c,
-                                "seed": seed, "fit_seconds": 100.0, "accuracy": acc})
+                records.append(
+                    {
+                        "target": target,
+                        "kind": "fit",
+                        "candidate": c,
+                        "seed": seed,
+                        "fit_seconds": 100.0,
+                        "accuracy": acc,
+                    }
+                )
     (tmp_path / "results.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n")
     rt.summary(tmp_path)
     out = capsys.readouterr().out

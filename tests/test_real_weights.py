@@ -72,9 +72,11 @@ def test_transfer_beats_scratch_on_fashion_mnist(fmnist):
     tidx = per_class_subset(yt, 50, seed=0)
     scores = {}
     for backbone in ("packaged:efficientnet_lite0", "scratch:packaged:efficientnet_lite0"):
-        clf = ImageClassifier(backbone, strategy="feature_extract", image_size=64,
-                              val_fraction=0.2)
-        clf.fit(x[idx], y[idx], )
+        clf = ImageClassifier(backbone, strategy="feature_extract", image_size=64, val_fraction=0.2)
+        clf.fit(
+            x[idx],
+            y[idx],
+        )
         scores[backbone] = clf.score(xt[tidx], yt[tidx])
     pretrained, scratch = scores.values()
     assert pretrained >= 0.68, scores
@@ -93,9 +95,29 @@ def test_cli_fit_real_weights_end_to_end(tmp_path, fmnist):
     export_image_folder(x[idx], y[idx], classes, tmp_path / "train")
     export_image_folder(xt[tidx], yt[tidx], classes, tmp_path / "test")
     run = tmp_path / "run"
-    assert main(["fit", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--strategy",
-                 "lp_ft", "--epochs", "1", "--head-epochs", "10", "--image-size", "64",
-                 "--val-fraction", "0.2", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "train"),
+                "--test",
+                str(tmp_path / "test"),
+                "--strategy",
+                "lp_ft",
+                "--epochs",
+                "1",
+                "--head-epochs",
+                "10",
+                "--image-size",
+                "64",
+                "--val-fraction",
+                "0.2",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "config.json").read_text())
     assert config["backbone"]["id"] == "packaged:efficientnet_lite0"
     assert config["preprocess"]["input_size"] == 64
@@ -103,8 +125,9 @@ def test_cli_fit_real_weights_end_to_end(tmp_path, fmnist):
     assert config["stages"][1]["trainable_params"] == config["stages"][1]["total_params"]
     assert config["metrics"]["test"]["n"] == 100
     assert config["metrics"]["test"]["accuracy"] > 0.4  # 10 classes, 12 images each
-    assert main(["predict", str(run), str(tmp_path / "test"), "--out",
-                 str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(["predict", str(run), str(tmp_path / "test"), "--out", str(tmp_path / "p.csv")]) == 0
+    )
     assert len((tmp_path / "p.csv").read_text().strip().splitlines()) == 101
     # chained transfer: the fine-tuned run is the next source
     from headstart import ImageClassifier

@@ -22,8 +22,17 @@ from headstart.train import Trainer
 
 from conftest import make_arrays
 
-SETTINGS = dict(head_epochs=2, epochs=3, batch_size=16, lr=1e-2, head_lr=1e-2,
-                early_stopping=0, num_workers=0, device="cpu", seed=3)
+SETTINGS = dict(
+    head_epochs=2,
+    epochs=3,
+    batch_size=16,
+    lr=1e-2,
+    head_lr=1e-2,
+    early_stopping=0,
+    num_workers=0,
+    device="cpu",
+    seed=3,
+)
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -57,10 +66,12 @@ def reference(data, tmp_path_factory):
         key = (strategy, tuple(sorted(extra.items())))
         if key not in out:
             run_dir = tmp_path_factory.mktemp(f"ref_{strategy}")
-            ImageClassifier("tiny:cnn", strategy=strategy, run_dir=run_dir,
-                            **{**SETTINGS, **extra}).fit(*data)
+            ImageClassifier(
+                "tiny:cnn", strategy=strategy, run_dir=run_dir, **{**SETTINGS, **extra}
+            ).fit(*data)
             out[key] = run_dir
         return out[key]
+
     return get
 
 
@@ -83,14 +94,19 @@ def crash_on_call(monkeypatch, owner, name, n: int):
     return calls
 
 
-@pytest.mark.parametrize("strategy,extra,crash_at", [
-    ("lp_ft", {}, 2),        # second epoch of the linear probe (head-only, cached features)
-    ("lp_ft", {}, 4),        # second epoch of the fine-tuning stage
-    ("gradual", {"gradual_epochs": 2, "head_epochs": 1}, 5),  # mid-stage unfreeze_2
-    ("gradual", {"gradual_epochs": 2, "head_epochs": 1}, 4),  # first epoch of unfreeze_2
-], ids=["lp_ft-probe", "lp_ft-finetune", "gradual-mid-stage", "gradual-stage-start"])
-def test_resume_after_epoch_crash_is_exact(data, reference, tmp_path, monkeypatch,
-                                           strategy, extra, crash_at):
+@pytest.mark.parametrize(
+    "strategy,extra,crash_at",
+    [
+        ("lp_ft", {}, 2),  # second epoch of the linear probe (head-only, cached features)
+        ("lp_ft", {}, 4),  # second epoch of the fine-tuning stage
+        ("gradual", {"gradual_epochs": 2, "head_epochs": 1}, 5),  # mid-stage unfreeze_2
+        ("gradual", {"gradual_epochs": 2, "head_epochs": 1}, 4),  # first epoch of unfreeze_2
+    ],
+    ids=["lp_ft-probe", "lp_ft-finetune", "gradual-mid-stage", "gradual-stage-start"],
+)
+def test_resume_after_epoch_crash_is_exact(
+    data, reference, tmp_path, monkeypatch, strategy, extra, crash_at
+):
     ref_dir = reference(strategy, **extra)
     run_dir = tmp_path / "run"
     settings = {**SETTINGS, **extra}
@@ -107,8 +123,12 @@ def test_resume_after_epoch_crash_is_exact(data, reference, tmp_path, monkeypatc
     ref_hist, hist = history_rows(ref_dir), history_rows(run_dir)
     assert len(hist) == len(ref_hist)
     for a, b in zip(ref_hist, hist):
-        assert (a["stage"], a["epoch"], a["train_loss"], a["val_loss"]) == \
-            (b["stage"], b["epoch"], b["train_loss"], b["val_loss"])
+        assert (a["stage"], a["epoch"], a["train_loss"], a["val_loss"]) == (
+            b["stage"],
+            b["epoch"],
+            b["train_loss"],
+            b["val_loss"],
+        )
 
 
 def test_resume_after_crash_inside_an_epoch_is_exact(data, reference, tmp_path, monkeypatch):
@@ -127,13 +147,15 @@ def test_resume_after_crash_inside_an_epoch_is_exact(data, reference, tmp_path, 
     rows = history_rows(run_dir)
     assert [r["stage"] for r in rows] == ["linear_probe", "linear_probe", "finetune"]
     ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(
-        *data, resume=True)
+        *data, resume=True
+    )
     assert_same_weights(weights(ref_dir), weights(run_dir))
 
 
 @pytest.mark.parametrize("crash_at", [3, 7], ids=["after-the-probe", "after-fine-tuning"])
-def test_resume_after_a_crash_at_a_stage_end_is_exact(data, reference, tmp_path, monkeypatch,
-                                                      crash_at):
+def test_resume_after_a_crash_at_a_stage_end_is_exact(
+    data, reference, tmp_path, monkeypatch, crash_at
+):
     """A stage's end writes the weights it keeps (the choice among the probe, fine-tuning
     and the WiSE-FT mixes), then the checkpoint: a crash between the two settles the stage
     again, from the same weights, to the same result."""
@@ -160,22 +182,28 @@ def test_resume_with_other_settings_is_refused(data, reference, tmp_path, monkey
         ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(*data)
     monkeypatch.undo()
     with pytest.raises(ValueError, match="checkpoint") as info:
-        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir,
-                        **{**SETTINGS, "lr": 2e-2}).fit(*data, resume=True)
+        ImageClassifier(
+            "tiny:cnn", strategy="lp_ft", run_dir=run_dir, **{**SETTINGS, "lr": 2e-2}
+        ).fit(*data, resume=True)
     assert str(run_dir) in str(info.value)
     with pytest.raises(ValueError, match="checkpoint"):  # other data
         ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(
-            *make_arrays(n=48, n_classes=2, seed=2), resume=True)
+            *make_arrays(n=48, n_classes=2, seed=2), resume=True
+        )
     # settings that change nothing a checkpoint holds may differ
-    ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir,
-                    **{**SETTINGS, "eval_batch_size": 7}).fit(*data, resume=True)
+    ImageClassifier(
+        "tiny:cnn", strategy="lp_ft", run_dir=run_dir, **{**SETTINGS, "eval_batch_size": 7}
+    ).fit(*data, resume=True)
     assert_same_weights(weights(ref_dir), weights(run_dir))
 
 
 def files_of(run_dir: Path) -> dict[str, tuple[bytes, int]]:
     """Every file of a run directory: its bytes and modification time."""
-    return {str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(Path(run_dir).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(Path(run_dir).rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_resume_of_a_finished_run_changes_nothing(data, reference, tmp_path, caplog):
@@ -213,12 +241,14 @@ def test_resume_of_a_finished_run_with_other_settings_is_refused(data, reference
     run_dir = tmp_path / "copy"
     shutil.copytree(reference("lp_ft"), run_dir)
     with pytest.raises(ValueError, match="checkpoint"):
-        ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir,
-                        **{**SETTINGS, "lr": 2e-2}).fit(*data, resume=True)
+        ImageClassifier(
+            "tiny:cnn", strategy="lp_ft", run_dir=run_dir, **{**SETTINGS, "lr": 2e-2}
+        ).fit(*data, resume=True)
 
 
-def test_resume_of_a_run_that_crashed_while_saving_completes_it(data, reference, tmp_path,
-                                                                monkeypatch):
+def test_resume_of_a_run_that_crashed_while_saving_completes_it(
+    data, reference, tmp_path, monkeypatch
+):
     """Every stage done, but config.json is missing (killed while saving) or another fit's:
     the fit completes (loads the last checkpoint, saves) instead of loading a stale model."""
     import shutil
@@ -228,15 +258,19 @@ def test_resume_of_a_run_that_crashed_while_saving_completes_it(data, reference,
     shutil.copytree(ref_dir, run_dir)
     (run_dir / "config.json").unlink()
     ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(
-        *data, resume=True)
-    assert json.loads((run_dir / "config.json").read_text())["fingerprint"] == \
-        json.loads((ref_dir / "config.json").read_text())["fingerprint"]
+        *data, resume=True
+    )
+    assert (
+        json.loads((run_dir / "config.json").read_text())["fingerprint"]
+        == json.loads((ref_dir / "config.json").read_text())["fingerprint"]
+    )
     assert_same_weights(weights(ref_dir), weights(run_dir))
     config = json.loads((run_dir / "config.json").read_text())
     config["fingerprint"] = "another fit"
     (run_dir / "config.json").write_text(json.dumps(config))
     ImageClassifier("tiny:cnn", strategy="lp_ft", run_dir=run_dir, **SETTINGS).fit(
-        *data, resume=True)
+        *data, resume=True
+    )
     assert json.loads((run_dir / "config.json").read_text())["fingerprint"] != "another fit"
 
 
@@ -244,16 +278,15 @@ def test_resume_without_a_checkpoint_says_so(data, tmp_path, caplog):
     run_dir = tmp_path / "new"
     settings = {**SETTINGS, "head_epochs": 1}
     with caplog.at_level(logging.WARNING, logger="headstart"):
-        ImageClassifier("tiny:cnn", strategy="feature_extract", run_dir=run_dir,
-                        **settings).fit(*data, resume=True)
+        ImageClassifier("tiny:cnn", strategy="feature_extract", run_dir=run_dir, **settings).fit(
+            *data, resume=True
+        )
     expected = f"no checkpoint in {run_dir / 'checkpoints' / 'last'}; starting a new fit"
-    assert [r.levelno for r in caplog.records if expected in r.getMessage()] == \
-        [logging.WARNING]
+    assert [r.levelno for r in caplog.records if expected in r.getMessage()] == [logging.WARNING]
     assert (run_dir / "model.safetensors").is_file()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="headstart"):  # nowhere to resume from
-        ImageClassifier("tiny:cnn", strategy="feature_extract", **settings).fit(
-            *data, resume=True)
+        ImageClassifier("tiny:cnn", strategy="feature_extract", **settings).fit(*data, resume=True)
     assert "no checkpoint" in caplog.text and "run_dir" in caplog.text
 
 
@@ -262,13 +295,17 @@ def test_checkpoints_are_safetensors_and_json_only(reference):
     files = [p for p in (run_dir / "checkpoints").rglob("*") if p.is_file()]
     # best: this stage's best epoch; start: what it started from; kept: what the stages so
     # far keep (headstart.choose)
-    assert {p.name for p in files} == {"best.safetensors", "start.safetensors",
-                                       "kept.safetensors", "state.safetensors", "state.json"}
+    assert {p.name for p in files} == {
+        "best.safetensors",
+        "start.safetensors",
+        "kept.safetensors",
+        "state.safetensors",
+        "state.json",
+    }
     state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
     assert state["loop"]["stage"] == 2  # both stages finished
     tensors = load_file(str(run_dir / "checkpoints" / "last" / "state.safetensors"))
     assert "rng.torch" in tensors and any(k.startswith("model.") for k in tensors)
-
 
 
 def test_checkpoints_hold_only_what_training_changed(data, reference):
@@ -277,8 +314,12 @@ def test_checkpoints_hold_only_what_training_changed(data, reference):
     it trained. Writing the whole model at every head epoch made a MiniLM probe 6x slower."""
     run_dir = reference("feature_extract")
     model = weights(run_dir)
-    backbone_params = {n for n in model if n.startswith("backbone.")
-                       and not n.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    backbone_params = {
+        n
+        for n in model
+        if n.startswith("backbone.")
+        and not n.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    }
     best = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
     assert backbone_params and not backbone_params & set(best)
     assert {n for n in model if n.startswith("head.")} <= set(best)
@@ -294,21 +335,26 @@ def test_resume_over_other_frozen_weights_is_refused(data, tmp_path, monkeypatch
     """The backbone is an earlier run; it is refitted with other weights before the resume:
     the checkpoint's frozen weights would be wrong, so the resume says so."""
     source = tmp_path / "source"
-    ImageClassifier("tiny:cnn", strategy="finetune", run_dir=source,
-                    **{**SETTINGS, "epochs": 1}).fit(*data)
+    ImageClassifier(
+        "tiny:cnn", strategy="finetune", run_dir=source, **{**SETTINGS, "epochs": 1}
+    ).fit(*data)
     run_dir = tmp_path / "run"
     settings = {**SETTINGS, "head_epochs": 3}
     crash_on_call(monkeypatch, Trainer, "_train_epoch", 2)
     with pytest.raises(Crash):
-        ImageClassifier(str(source), strategy="feature_extract", run_dir=run_dir,
-                        **settings).fit(*data)
+        ImageClassifier(str(source), strategy="feature_extract", run_dir=run_dir, **settings).fit(
+            *data
+        )
     monkeypatch.undo()
-    ImageClassifier("tiny:cnn", strategy="finetune", run_dir=source,
-                    **{**SETTINGS, "epochs": 1, "seed": 4}).fit(*data)
+    ImageClassifier(
+        "tiny:cnn", strategy="finetune", run_dir=source, **{**SETTINGS, "epochs": 1, "seed": 4}
+    ).fit(*data)
     with pytest.raises(ValueError, match="frozen ones of this model differ") as info:
-        ImageClassifier(str(source), strategy="feature_extract", run_dir=run_dir,
-                        **settings).fit(*data, resume=True)
+        ImageClassifier(str(source), strategy="feature_extract", run_dir=run_dir, **settings).fit(
+            *data, resume=True
+        )
     assert str(run_dir / "checkpoints" / "last") in str(info.value)
+
 
 # ---------------------------------------------------------------- a real kill -9
 SCRIPT = textwrap.dedent("""
@@ -332,10 +378,18 @@ SCRIPT = textwrap.dedent("""
 
 
 def _start(script: Path, run_dir: Path, resume: bool) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1"}
-    return subprocess.Popen([sys.executable, str(script), str(run_dir), "1" if resume else "0"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, str(script), str(run_dir), "1" if resume else "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -359,8 +413,10 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path):
     try:
         deadline = time.monotonic() + 120
         # kill once a checkpoint exists and the fine-tuning stage has logged an epoch
-        while not ((victim_dir / "checkpoints" / "last" / "state.json").is_file()
-                   and _rows(victim_dir) >= 3):
+        while not (
+            (victim_dir / "checkpoints" / "last" / "state.json").is_file()
+            and _rows(victim_dir) >= 3
+        ):
             assert victim.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.02)
@@ -403,9 +459,10 @@ def test_text_and_audio_fits_resume_exactly(task, tmp_path, monkeypatch):
         settings = {**TEXT_FIT, "epochs": 3, "head_epochs": 2, "contrastive": 1.0}
         backbone = "tiny:bert"
     else:
-        from headstart import AudioClassifier as Estimator
+        from test_audio import FAST as AUDIO_FAST
+        from test_audio import write_tones
 
-        from test_audio import FAST as AUDIO_FAST, write_tones
+        from headstart import AudioClassifier as Estimator
 
         data = write_tones(tmp_path / "tones", per_class=6)
         settings = {**AUDIO_FAST, "epochs": 3, "head_epochs": 2, "augment": "strong"}
@@ -418,5 +475,6 @@ def test_text_and_audio_fits_resume_exactly(task, tmp_path, monkeypatch):
     monkeypatch.undo()
     Estimator(backbone, strategy="lp_ft", run_dir=run, **settings).fit(str(data), resume=True)
     assert_same_weights(weights(ref), weights(run))
-    assert [r["train_loss"] for r in history_rows(ref)] == \
-        [r["train_loss"] for r in history_rows(run)]
+    assert [r["train_loss"] for r in history_rows(ref)] == [
+        r["train_loss"] for r in history_rows(run)
+    ]

@@ -59,8 +59,13 @@ def ints(*items: int, attrs: bytes | None = None, is_object: bool = False) -> by
 
 def named_list(attrs: bytes | None = None, is_object: bool = False, **items: bytes) -> bytes:
     names = _attrs(("names", strs(*items)))  # extra ``attrs`` go on the same pairlist
-    return _vector(VECSXP, b"".join(items.values()), len(items),
-                   names[:-len(NILVALUE)] + attrs if attrs else names, is_object)
+    return _vector(
+        VECSXP,
+        b"".join(items.values()),
+        len(items),
+        names[: -len(NILVALUE)] + attrs if attrs else names,
+        is_object,
+    )
 
 
 def serialize(obj: bytes) -> bytes:
@@ -74,13 +79,15 @@ def factor(codes: list[int], levels: list[str]) -> bytes:
 
 def data_frame(n_rows: int, **columns: bytes) -> bytes:
     """A tibble; compact row names ``c(NA, -n_rows)`` as R writes them."""
-    attrs = _attrs(("class", strs("tbl_df", "tbl", "data.frame")),
-                   ("row.names", ints(NA_INTEGER, -n_rows)))
+    attrs = _attrs(
+        ("class", strs("tbl_df", "tbl", "data.frame")), ("row.names", ints(NA_INTEGER, -n_rows))
+    )
     return named_list(attrs=attrs, is_object=True, **columns)
 
 
-REVIEWS = data_frame(3, review=strs("tasty", "stale", "crème brûlée"),
-                     score=factor([1, 2, 1], ["great", "other"]))
+REVIEWS = data_frame(
+    3, review=strs("tasty", "stale", "crème brûlée"), score=factor([1, 2, 1], ["great", "other"])
+)
 WORDS = strs("a", "bb")
 
 
@@ -104,8 +111,11 @@ def write_db(tmp_path: Path, objects: dict[str, bytes], codec: str) -> tuple[Pat
         variables[name] = ints(offset, len(blob))
         blobs.append(blob)
         offset += len(blob)
-    index = named_list(variables=named_list(**variables), references=named_list(),
-                       compressed=ints(1 if codec == "zlib" else 3))
+    index = named_list(
+        variables=named_list(**variables),
+        references=named_list(),
+        compressed=ints(1 if codec == "zlib" else 3),
+    )
     rdb, rdx = tmp_path / "Rdata.rdb", tmp_path / "Rdata.rdx"
     rdb.write_bytes(b"".join(blobs))
     rdx.write_bytes(gzip.compress(serialize(index)))
@@ -113,6 +123,7 @@ def write_db(tmp_path: Path, objects: dict[str, bytes], codec: str) -> tuple[Pat
 
 
 # --- tests ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("codec", ["Z", "zlib", "2", "1", "0"])
 def test_reads_synthetic_database(tmp_path, codec):
@@ -165,8 +176,10 @@ _FOUND = [d for d in fine_food_folders() if (d / "Rdata.rdx").is_file()]
 def test_real_fine_food_reviews():
     rdb, rdx = _FOUND[0] / "Rdata.rdb", _FOUND[0] / "Rdata.rdx"
     assert {"training_data", "testing_data"} <= set(read_lazyload_index(rdx))
-    for name, rows, counts in [("training_data", 4000, {"great": 2600, "other": 1400}),
-                               ("testing_data", 1000, {"great": 658, "other": 342})]:
+    for name, rows, counts in [
+        ("training_data", 4000, {"great": 2600, "other": 1400}),
+        ("testing_data", 1000, {"great": 658, "other": 342}),
+    ]:
         df = read_lazyload_object(rdb, rdx, name)
         assert len(df) == rows
         assert list(df.columns) == ["product", "review", "score"]

@@ -25,8 +25,17 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from headstart import select
-from headstart.select import (SCORES, ScoreError, h_score, knn_accuracy, leep,
-                              linear_probe_accuracy, logme, nce, nleep)
+from headstart.select import (
+    SCORES,
+    ScoreError,
+    h_score,
+    knn_accuracy,
+    leep,
+    linear_probe_accuracy,
+    logme,
+    nce,
+    nleep,
+)
 
 RTOL = 1e-6
 
@@ -96,8 +105,9 @@ def ref_logme(features, labels, tol: float = 1e-10, max_iter: int = 1000) -> flo
             gamma = sum(beta * s / (alpha + beta * s) for s in sigma)
             new_alpha = gamma / (m @ m)
             new_beta = (n - gamma) / np.sum((f @ m - y) ** 2)
-            done = (abs(new_alpha - alpha) < tol * abs(alpha)
-                    and abs(new_beta - beta) < tol * abs(beta))
+            done = abs(new_alpha - alpha) < tol * abs(alpha) and abs(new_beta - beta) < tol * abs(
+                beta
+            )
             alpha, beta = new_alpha, new_beta
             if done:
                 break
@@ -105,9 +115,14 @@ def ref_logme(features, labels, tol: float = 1e-10, max_iter: int = 1000) -> flo
         m = beta * np.linalg.inv(a_mat) @ f.T @ y
         sign, logdet = np.linalg.slogdet(a_mat)
         assert sign > 0
-        evidence = (n / 2 * math.log(beta) + d / 2 * math.log(alpha)
-                    - n / 2 * math.log(2 * math.pi)
-                    - beta / 2 * np.sum((f @ m - y) ** 2) - alpha / 2 * (m @ m) - logdet / 2)
+        evidence = (
+            n / 2 * math.log(beta)
+            + d / 2 * math.log(alpha)
+            - n / 2 * math.log(2 * math.pi)
+            - beta / 2 * np.sum((f @ m - y) ** 2)
+            - alpha / 2 * (m @ m)
+            - logdet / 2
+        )
         per_class.append(evidence / n)
     return float(np.mean(per_class))
 
@@ -136,12 +151,14 @@ def ref_nce(theta, labels) -> float:
     z = [int(np.argmax(row)) for row in np.asarray(theta)]
     joint = Counter(zip(labels.tolist(), z))
     p_z = Counter(z)
-    return sum(count / n * math.log((count / n) / (p_z[zz] / n))
-               for (_, zz), count in joint.items())
+    return sum(
+        count / n * math.log((count / n) / (p_z[zz] / n)) for (_, zz), count in joint.items()
+    )
 
 
-def ref_nleep(features, labels, variance=0.8, per_class=5, covariance="diag", fits=3,
-              seed=0) -> float:
+def ref_nleep(
+    features, labels, variance=0.8, per_class=5, covariance="diag", fits=3, seed=0
+) -> float:
     """N-LEEP (Li et al. 2021) the plain way: PCA from the eigendecomposition of the d x d
     covariance (components sorted by eigenvalue, counted until their share of the trace
     reaches ``variance``), scaled by the root of the trace, rounded to 9 decimals; sklearn's
@@ -159,12 +176,13 @@ def ref_nleep(features, labels, variance=0.8, per_class=5, covariance="diag", fi
     while k < len(lam) and acc < variance * total:
         acc += lam[k]
         k += 1
-    z = np.round(f @ vec[:, :max(k, 1)] / math.sqrt(total), 9)  # as the score defines
+    z = np.round(f @ vec[:, : max(k, 1)] / math.sqrt(total), 9)  # as the score defines
     n_comp = min(per_class * len(np.unique(labels)), len(f))
     values = []
     for i in range(fits):
-        gmm = GaussianMixture(n_components=n_comp, covariance_type=covariance, reg_covar=1e-4,
-                              random_state=seed + i).fit(z)
+        gmm = GaussianMixture(
+            n_components=n_comp, covariance_type=covariance, reg_covar=1e-4, random_state=seed + i
+        ).fit(z)
         values.append(ref_leep(gmm.predict_proba(z), labels))
     return sum(values) / len(values)
 
@@ -281,8 +299,9 @@ def test_logme_all_zero_features_is_the_noise_only_model():
     for c in range(3):
         t = (y == c).astype(float)
         beta = n / (t @ t)
-        expected.append((n / 2 * math.log(beta) - n / 2 * math.log(2 * math.pi)
-                         - beta / 2 * (t @ t)) / n)
+        expected.append(
+            (n / 2 * math.log(beta) - n / 2 * math.log(2 * math.pi) - beta / 2 * (t @ t)) / n
+        )
     assert got == pytest.approx(np.mean(expected), rel=RTOL)
 
 
@@ -298,13 +317,17 @@ def test_logme_speed_one_decomposition_for_all_classes():
     elapsed = time.perf_counter() - start
     assert math.isfinite(got)
     # a ratio, not seconds: the machine may be busy; ten decompositions would be ~10x
-    assert elapsed < 4 * reference + 0.5, (f"logme took {elapsed:.2f} s on 2000 x 1280, 10 "
-                                           f"classes; one SVD takes {reference:.2f} s")
+    assert elapsed < 4 * reference + 0.5, (
+        f"logme took {elapsed:.2f} s on 2000 x 1280, 10 classes; one SVD takes {reference:.2f} s"
+    )
 
 
 # ======================================================================== LEEP / NCE
 SOURCE_CASES = [
-    ("softmax", 0, 8), ("softmax", 1, 3), ("dirichlet", 2, 8), ("dirichlet", 3, 12),
+    ("softmax", 0, 8),
+    ("softmax", 1, 3),
+    ("dirichlet", 2, 8),
+    ("dirichlet", 3, 12),
 ]
 
 
@@ -330,7 +353,8 @@ def test_source_scores_accept_no_features(fn, ref):
 def test_leep_matches_reference_digits(digits, digits_source_probs):
     f, y = digits
     assert leep(f, y, digits_source_probs) == pytest.approx(
-        ref_leep(digits_source_probs, y), rel=RTOL)
+        ref_leep(digits_source_probs, y), rel=RTOL
+    )
 
 
 @pytest.mark.parametrize("kind,seed,z", SOURCE_CASES)
@@ -343,23 +367,28 @@ def test_nce_matches_reference_random(kind, seed, z):
 def test_nce_matches_reference_digits(digits, digits_source_probs):
     f, y = digits
     assert nce(f, y, digits_source_probs) == pytest.approx(
-        ref_nce(digits_source_probs, y), rel=RTOL)
+        ref_nce(digits_source_probs, y), rel=RTOL
+    )
 
 
 # ============================================================================ N-LEEP
-@pytest.mark.parametrize("n,d,seed,covariance", [(60, 10, 0, "diag"), (90, 30, 1, "diag"),
-                                                 (40, 100, 2, "diag"), (60, 10, 3, "full")])
+@pytest.mark.parametrize(
+    "n,d,seed,covariance",
+    [(60, 10, 0, "diag"), (90, 30, 1, "diag"), (40, 100, 2, "diag"), (60, 10, 3, "full")],
+)
 def test_nleep_matches_reference_random(n, d, seed, covariance):
     f, y = clustered(n, d, 3, seed, sep=0.8)
     assert nleep(f, y, covariance=covariance) == pytest.approx(
-        ref_nleep(f, y, covariance=covariance), rel=RTOL)
+        ref_nleep(f, y, covariance=covariance), rel=RTOL
+    )
 
 
 @pytest.mark.parametrize("variance", [0.5, 0.8, 0.95])
 def test_nleep_matches_reference_digits(digits, variance):
     f, y = digits
     assert nleep(f, y, variance=variance) == pytest.approx(
-        ref_nleep(f, y, variance=variance), rel=RTOL)
+        ref_nleep(f, y, variance=variance), rel=RTOL
+    )
 
 
 def test_nleep_is_a_log_likelihood_near_zero_for_separated_classes():
@@ -455,8 +484,9 @@ def test_knn_matches_reference_digits(digits):
 def test_knn_matches_sklearn_cosine_classifier(k, seed):
     f, y = clustered(60, 10, 2, seed, sep=0.5)
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
-    expected = cross_val_score(KNeighborsClassifier(n_neighbors=k, metric="cosine"), f, y,
-                               cv=cv).mean()
+    expected = cross_val_score(
+        KNeighborsClassifier(n_neighbors=k, metric="cosine"), f, y, cv=cv
+    ).mean()
     assert knn_accuracy(f, y, k=k) == expected
 
 
@@ -496,8 +526,9 @@ def _relabelled(y, how, seed):
     perm = np.random.default_rng(seed).permutation(len(classes))
     if how == "permuted":
         return perm[np.searchsorted(classes, y)]
-    names = np.array(["zebra", "apple", "mango", "kiwi", "banana", "fig", "lime",
-                      "pear", "plum", "date"])
+    names = np.array(
+        ["zebra", "apple", "mango", "kiwi", "banana", "fig", "lime", "pear", "plum", "date"]
+    )
     return names[perm[np.searchsorted(classes, y)]]
 
 
@@ -540,15 +571,17 @@ def test_scores_invariant_to_feature_scale(name, scale, digits):
 
 
 @pytest.mark.parametrize("name", SOURCE_SCORES)
-def test_source_scores_invariant_to_permuting_source_classes(name, digits,
-                                                            digits_source_probs):
-    cases = [(clustered(60, 10, 5, seed=s)[0], clustered(60, 10, 5, seed=s)[1],
-              _source(kind, s, z)) for kind, s, z in SOURCE_CASES]
+def test_source_scores_invariant_to_permuting_source_classes(name, digits, digits_source_probs):
+    cases = [
+        (clustered(60, 10, 5, seed=s)[0], clustered(60, 10, 5, seed=s)[1], _source(kind, s, z))
+        for kind, s, z in SOURCE_CASES
+    ]
     cases.append((*digits, digits_source_probs))
     for f, y, theta in cases:
         cols = np.random.default_rng(11).permutation(theta.shape[1])
         assert _call(name, f, y, theta[:, cols]) == pytest.approx(
-            _call(name, f, y, theta), rel=1e-9)
+            _call(name, f, y, theta), rel=1e-9
+        )
 
 
 # ================================================================ sanity / usefulness

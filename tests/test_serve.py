@@ -30,8 +30,15 @@ from fastapi.testclient import TestClient
 from headstart import ImageClassifier, TextClassifier
 from headstart.serve import ServeSettings, create_app
 
-from conftest import (DIGIT_WORDS, FAST, LETTER_WORDS, TEXT_FIT, make_arrays, make_texts,
-                      write_folder)
+from conftest import (
+    DIGIT_WORDS,
+    FAST,
+    LETTER_WORDS,
+    TEXT_FIT,
+    make_arrays,
+    make_texts,
+    write_folder,
+)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 MAX_UPLOAD = 256 * 1024
@@ -40,9 +47,14 @@ MAX_TEXT = 2000
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG signature, an IHDR chunk (8-bit RGB, correct CRC) and IEND: no pixel data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
@@ -55,7 +67,7 @@ def truncated_jpeg() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
     data = buf.getvalue()
-    return data[:len(data) // 2]
+    return data[: len(data) // 2]
 
 
 def zip_bytes() -> bytes:
@@ -81,8 +93,13 @@ def runs(tmp_path_factory):
     txt = TextClassifier("tiny:bert", strategy="finetune", run_dir=root / "txt", **TEXT_FIT)
     txt.fit(texts, labels)
     images = sorted(str(p) for p in test.rglob("*.png"))
-    return SimpleNamespace(img=img, txt=txt, root=root, images=images,
-                           models={"img": root / "img", "txt": root / "txt"})
+    return SimpleNamespace(
+        img=img,
+        txt=txt,
+        root=root,
+        images=images,
+        models={"img": root / "img", "txt": root / "txt"},
+    )
 
 
 def make_app(runs, **settings):
@@ -110,10 +127,11 @@ def upload(path: str, name: str | None = None, ctype: str = "image/png") -> dict
 def assert_matches(body: dict, est, item, top_k: int | None = None) -> None:
     """The answer's top classes and probabilities are the estimator's for ``item``."""
     [proba] = est.predict_proba([item])
-    order = np.argsort(-proba)[:top_k or 5]
+    order = np.argsort(-proba)[: top_k or 5]
     assert [p["label"] for p in body["predictions"]] == [est.classes_[i] for i in order]
-    np.testing.assert_allclose([p["probability"] for p in body["predictions"]], proba[order],
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        [p["probability"] for p in body["predictions"]], proba[order], atol=1e-5, rtol=0
+    )
     assert body["prediction"] == est.classes_[int(np.argmax(proba))]
 
 
@@ -121,14 +139,16 @@ def assert_matches(body: dict, est, item, top_k: int | None = None) -> None:
 def test_info_endpoints(runs, client):
     models = client.get("/models").json()
     assert [(m["name"], m["task"], m["default"]) for m in models] == [
-        ("img", "image", True), ("txt", "text", False)]
-    assert models[0]["classes"] == ["a", "b", "c"] and models[1]["classes"] == [
-        "digits", "letters"]
+        ("img", "image", True),
+        ("txt", "text", False),
+    ]
+    assert models[0]["classes"] == ["a", "b", "c"] and models[1]["classes"] == ["digits", "letters"]
     default = client.get("/model").json()
     named = client.get("/models/img").json()
     assert default["name"] == named["name"] == "img"
-    assert {k: v for k, v in default.items() if k not in ("loaded", "engine")} == \
-        {k: v for k, v in named.items() if k not in ("loaded", "engine")}
+    assert {k: v for k, v in default.items() if k not in ("loaded", "engine")} == {
+        k: v for k, v in named.items() if k not in ("loaded", "engine")
+    }
     assert named["backbone"]["id"] == "tiny:cnn" and named["preprocess"]["input_size"] == 32
     assert "confusion_matrix" not in json.dumps(named["metrics"])
     txt = client.get("/models/txt").json()
@@ -207,10 +227,16 @@ def test_onnx_engine_and_pixel_limit_settings(runs):
 def test_image_as_multipart_and_as_raw_bytes(runs, client):
     for path in runs.images[:3]:
         multipart = client.post("/predict", **upload(path))
-        raw = client.post("/models/img/predict", content=Path(path).read_bytes(),
-                          headers={"content-type": "image/png"})
-        octets = client.post("/predict", content=Path(path).read_bytes(),
-                             headers={"content-type": "application/octet-stream"})
+        raw = client.post(
+            "/models/img/predict",
+            content=Path(path).read_bytes(),
+            headers={"content-type": "image/png"},
+        )
+        octets = client.post(
+            "/predict",
+            content=Path(path).read_bytes(),
+            headers={"content-type": "application/octet-stream"},
+        )
         for r in (multipart, raw, octets):
             assert r.status_code == 200, r.text
             body = r.json()
@@ -235,8 +261,7 @@ def test_top_k(runs, client):
         assert client.post(f"/predict?top_k={bad}", **upload(path)).status_code == 422
 
 
-@pytest.mark.parametrize("how", ["json", "form-text", "form-file", "form-urlencoded",
-                                 "text-plain"])
+@pytest.mark.parametrize("how", ["json", "form-text", "form-file", "form-urlencoded", "text-plain"])
 def test_text_in_every_form(how, runs, client):
     text = "cafe dead 123 abc bad face bead fade aged ebb gag"  # several chunks
     kwargs = {
@@ -244,8 +269,10 @@ def test_text_in_every_form(how, runs, client):
         "form-text": {"files": {"text": (None, text)}},
         "form-file": {"files": {"file": ("note.txt", text.encode(), "text/plain")}},
         "form-urlencoded": {"data": {"text": text}},  # curl -d text=..., a plain HTML form
-        "text-plain": {"content": text.encode(),
-                       "headers": {"content-type": "text/plain; charset=utf-8"}},
+        "text-plain": {
+            "content": text.encode(),
+            "headers": {"content-type": "text/plain; charset=utf-8"},
+        },
     }[how]
     r = client.post("/models/txt/predict", **kwargs)
     assert r.status_code == 200, r.text
@@ -260,85 +287,154 @@ BIG = png_header(20_000, 20_000)
 BAD = {
     # name: (model path, request kwargs (a factory: generators are single use), status,
     #        what the message says)
-    "truncated-jpeg": ("/predict", lambda: {"files": {"file": ("a.jpg", truncated_jpeg(),
-                                                               "image/jpeg")}},
-                       422, "truncated"),
-    "zip-as-image": ("/predict", lambda: {"files": {"file": ("a.png", zip_bytes(),
-                                                             "image/png")}},
-                     422, "not an image"),
-    "zip-raw": ("/predict", lambda: {"content": zip_bytes(),
-                                     "headers": {"content-type": "application/zip"}},
-                415, "Content-Type"),
-    "20000x20000-png-header": ("/predict", lambda: {"content": BIG,
-                                                    "headers": {"content-type": "image/png"}},
-                               413, "downscale"),
-    "20000x20000-png-upload": ("/predict", lambda: {"files": {"file": ("big.png", BIG,
-                                                                        "image/png")}},
-                               413, "downscale"),
-    "49-megapixel-png": ("/predict", lambda: {"content": png_header(7000, 7000),
-                                              "headers": {"content-type": "image/png"}},
-                         413, "40,000,000"),
-    "1x200-png": ("/predict", lambda: {"content": png_header(1, 200),
-                                       "headers": {"content-type": "image/png"}},
-                  413, "times apart"),
-    "empty-raw-body": ("/predict", lambda: {"content": b"",
-                                            "headers": {"content-type": "image/png"}},
-                       422, "empty"),
-    "empty-upload": ("/predict", lambda: {"files": {"file": ("a.png", b"", "image/png")}},
-                     422, "empty"),
+    "truncated-jpeg": (
+        "/predict",
+        lambda: {"files": {"file": ("a.jpg", truncated_jpeg(), "image/jpeg")}},
+        422,
+        "truncated",
+    ),
+    "zip-as-image": (
+        "/predict",
+        lambda: {"files": {"file": ("a.png", zip_bytes(), "image/png")}},
+        422,
+        "not an image",
+    ),
+    "zip-raw": (
+        "/predict",
+        lambda: {"content": zip_bytes(), "headers": {"content-type": "application/zip"}},
+        415,
+        "Content-Type",
+    ),
+    "20000x20000-png-header": (
+        "/predict",
+        lambda: {"content": BIG, "headers": {"content-type": "image/png"}},
+        413,
+        "downscale",
+    ),
+    "20000x20000-png-upload": (
+        "/predict",
+        lambda: {"files": {"file": ("big.png", BIG, "image/png")}},
+        413,
+        "downscale",
+    ),
+    "49-megapixel-png": (
+        "/predict",
+        lambda: {"content": png_header(7000, 7000), "headers": {"content-type": "image/png"}},
+        413,
+        "40,000,000",
+    ),
+    "1x200-png": (
+        "/predict",
+        lambda: {"content": png_header(1, 200), "headers": {"content-type": "image/png"}},
+        413,
+        "times apart",
+    ),
+    "empty-raw-body": (
+        "/predict",
+        lambda: {"content": b"", "headers": {"content-type": "image/png"}},
+        422,
+        "empty",
+    ),
+    "empty-upload": (
+        "/predict",
+        lambda: {"files": {"file": ("a.png", b"", "image/png")}},
+        422,
+        "empty",
+    ),
     "no-body-no-type": ("/predict", lambda: {}, 415, "Content-Type"),
-    "wrong-form-field": ("/predict", lambda: {"files": {"image": ("a.png", b"x",
-                                                                  "image/png")}},
-                         422, "'file'"),
-    "two-files": ("/predict", lambda: {"files": [("file", ("a.png", b"x", "image/png")),
-                                                 ("file", ("b.png", b"y", "image/png"))]},
-                  400, "files"),
-    "too-many-form-fields": ("/models/txt/predict",
-                             lambda: {"files": [(f"f{i}", (None, "x")) for i in range(6)]},
-                             400, "fields"),
-    "multipart-without-boundary": ("/predict",
-                                   lambda: {"content": b"--x\r\n",
-                                            "headers": {"content-type": "multipart/form-data"}},
-                                   400, "boundary"),
+    "wrong-form-field": (
+        "/predict",
+        lambda: {"files": {"image": ("a.png", b"x", "image/png")}},
+        422,
+        "'file'",
+    ),
+    "two-files": (
+        "/predict",
+        lambda: {
+            "files": [
+                ("file", ("a.png", b"x", "image/png")),
+                ("file", ("b.png", b"y", "image/png")),
+            ]
+        },
+        400,
+        "files",
+    ),
+    "too-many-form-fields": (
+        "/models/txt/predict",
+        lambda: {"files": [(f"f{i}", (None, "x")) for i in range(6)]},
+        400,
+        "fields",
+    ),
+    "multipart-without-boundary": (
+        "/predict",
+        lambda: {"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}},
+        400,
+        "boundary",
+    ),
     "json-to-image-model": ("/predict", lambda: {"json": {"text": "hello"}}, 415, "JSON"),
-    "non-utf8-text": ("/models/txt/predict",
-                      lambda: {"content": b"caf\xe9 \xff\xfe",
-                               "headers": {"content-type": "text/plain"}}, 422, "UTF-8"),
-    "non-utf8-text-file": ("/models/txt/predict",
-                           lambda: {"files": {"file": ("t.txt", b"\xff\xfeab", "text/plain")}},
-                           422, "UTF-8"),
-    "invalid-json": ("/models/txt/predict",
-                     lambda: {"content": b'{"text": "abc"',
-                              "headers": {"content-type": "application/json"}},
-                     400, "not valid JSON"),
-    "json-without-text": ("/models/txt/predict", lambda: {"json": {"txt": "abc"}}, 422,
-                          "'text'"),
+    "non-utf8-text": (
+        "/models/txt/predict",
+        lambda: {"content": b"caf\xe9 \xff\xfe", "headers": {"content-type": "text/plain"}},
+        422,
+        "UTF-8",
+    ),
+    "non-utf8-text-file": (
+        "/models/txt/predict",
+        lambda: {"files": {"file": ("t.txt", b"\xff\xfeab", "text/plain")}},
+        422,
+        "UTF-8",
+    ),
+    "invalid-json": (
+        "/models/txt/predict",
+        lambda: {"content": b'{"text": "abc"', "headers": {"content-type": "application/json"}},
+        400,
+        "not valid JSON",
+    ),
+    "json-without-text": ("/models/txt/predict", lambda: {"json": {"txt": "abc"}}, 422, "'text'"),
     "empty-text": ("/models/txt/predict", lambda: {"json": {"text": "  \n "}}, 422, "empty"),
-    "text-too-long": ("/models/txt/predict", lambda: {"json": {"text": "a" * (MAX_TEXT + 1)}},
-                      413, f"{MAX_TEXT:,}"),
-    "image-to-text-model": ("/models/txt/predict",
-                            lambda: {"content": png_header(8, 8),
-                                     "headers": {"content-type": "image/png"}},
-                            415, 'this model reads text; send JSON {"text": ...} \u2014 the '
-                                 "body looks like a PNG image"),
-    "unknown-model": ("/models/nope/predict", lambda: {"json": {"text": "abc"}}, 404,
-                      "'nope'"),
-    "over-limit-content-length": ("/predict",
-                                  lambda: {"content": b"\0" * (MAX_UPLOAD + 1),
-                                           "headers": {"content-type": "image/png"}},
-                                  413, "upload limit"),
-    "over-limit-multipart": ("/predict",
-                             lambda: {"files": {"file": ("a.png", b"\0" * (MAX_UPLOAD + 1),
-                                                         "image/png")}},
-                             413, "upload limit"),
-    "over-limit-chunked": ("/predict",
-                           lambda: {"content": (b"\0" * 16_384 for _ in range(40)),
-                                    "headers": {"content-type": "image/png"}},
-                           413, "upload limit"),
+    "text-too-long": (
+        "/models/txt/predict",
+        lambda: {"json": {"text": "a" * (MAX_TEXT + 1)}},
+        413,
+        f"{MAX_TEXT:,}",
+    ),
+    "image-to-text-model": (
+        "/models/txt/predict",
+        lambda: {"content": png_header(8, 8), "headers": {"content-type": "image/png"}},
+        415,
+        'this model reads text; send JSON {"text": ...} \u2014 the body looks like a PNG image',
+    ),
+    "unknown-model": ("/models/nope/predict", lambda: {"json": {"text": "abc"}}, 404, "'nope'"),
+    "over-limit-content-length": (
+        "/predict",
+        lambda: {"content": b"\0" * (MAX_UPLOAD + 1), "headers": {"content-type": "image/png"}},
+        413,
+        "upload limit",
+    ),
+    "over-limit-multipart": (
+        "/predict",
+        lambda: {"files": {"file": ("a.png", b"\0" * (MAX_UPLOAD + 1), "image/png")}},
+        413,
+        "upload limit",
+    ),
+    "over-limit-chunked": (
+        "/predict",
+        lambda: {
+            "content": (b"\0" * 16_384 for _ in range(40)),
+            "headers": {"content-type": "image/png"},
+        },
+        413,
+        "upload limit",
+    ),
     "over-limit-chunked-multipart": (
-        "/predict", lambda: {"content": (b"--x\r\n" + b"\0" * 16_384 for _ in range(40)),
-                             "headers": {"content-type": "multipart/form-data; boundary=x"}},
-        413, "upload limit"),
+        "/predict",
+        lambda: {
+            "content": (b"--x\r\n" + b"\0" * 16_384 for _ in range(40)),
+            "headers": {"content-type": "multipart/form-data; boundary=x"},
+        },
+        413,
+        "upload limit",
+    ),
 }
 
 
@@ -362,15 +458,16 @@ def test_bad_request_is_a_4xx_and_the_server_keeps_serving(case, runs, client):
 def test_deeply_nested_json_is_a_400(runs):
     nested = b"[" * 100_000 + b"]" * 100_000  # 200 kB, under the upload limit
     with TestClient(make_app(runs), raise_server_exceptions=False) as c:
-        r = c.post("/models/txt/predict", content=nested,
-                   headers={"content-type": "application/json"})
+        r = c.post(
+            "/models/txt/predict", content=nested, headers={"content-type": "application/json"}
+        )
         assert c.post("/models/txt/predict", json={"text": "abc"}).status_code == 200
     assert r.status_code == 400, r.text
 
 
 def test_chunked_body_under_the_limit_is_accepted(runs, client):
     data = Path(runs.images[2]).read_bytes()
-    chunks = (data[i:i + 100] for i in range(0, len(data), 100))
+    chunks = (data[i : i + 100] for i in range(0, len(data), 100))
     r = client.post("/predict", content=chunks, headers={"content-type": "image/png"})
     assert r.status_code == 200, r.text
     assert_matches(r.json(), runs.img, runs.images[2])
@@ -409,8 +506,7 @@ def live(runs):
 
     app = make_app(runs, max_wait_ms=5.0)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -448,8 +544,11 @@ def test_concurrent_requests_are_batched_and_answered_right(runs, live):
             for i in range(worker, 300, 16):
                 path = images[i % len(images)]
                 if i % 2:
-                    r = c.post("/models/img/predict", content=Path(path).read_bytes(),
-                               headers={"content-type": "image/png"})
+                    r = c.post(
+                        "/models/img/predict",
+                        content=Path(path).read_bytes(),
+                        headers={"content-type": "image/png"},
+                    )
                 else:
                     r = c.post("/predict", **upload(path))
                 out.append((path, r.status_code, r.json() if r.status_code == 200 else r.text))
@@ -462,20 +561,28 @@ def test_concurrent_requests_are_batched_and_answered_right(runs, live):
     assert errors == []
     for path, _, body in results:
         assert body["prediction"] == expected[path]["prediction"]
-        assert [p["label"] for p in body["predictions"]] == \
-            [p["label"] for p in expected[path]["predictions"]]
-        np.testing.assert_allclose(list(top(body).values()),
-                                   list(top(expected[path]).values()), atol=1e-5)
+        assert [p["label"] for p in body["predictions"]] == [
+            p["label"] for p in expected[path]["predictions"]
+        ]
+        np.testing.assert_allclose(
+            list(top(body).values()), list(top(expected[path]).values()), atol=1e-5
+        )
     assert batcher.items - items0 == 300
-    assert batcher.calls - calls0 < 300, (batcher.calls - calls0)
+    assert batcher.calls - calls0 < 300, batcher.calls - calls0
 
 
 def test_concurrent_texts_of_different_lengths(runs, live):
     """Texts of 1 to 3 chunks batched together answer as they do alone."""
     import httpx
 
-    texts = ["abc", "123 456", " ".join(LETTER_WORDS), " ".join(DIGIT_WORDS * 2),
-             "cafe 42 dead 777 face", "9"]
+    texts = [
+        "abc",
+        "123 456",
+        " ".join(LETTER_WORDS),
+        " ".join(DIGIT_WORDS * 2),
+        "cafe 42 dead 777 face",
+        "9",
+    ]
     with httpx.Client(base_url=live.base, timeout=30) as c:
         expected = {t: c.post("/models/txt/predict", json={"text": t}).json() for t in texts}
     for t in texts:
@@ -497,9 +604,11 @@ def test_concurrent_texts_of_different_lengths(runs, live):
     assert len(results) == 96 and [r for r in results if r[1] != 200] == []
     for t, _, body in results:
         assert body["prediction"] == expected[t]["prediction"]
-        np.testing.assert_allclose([p["probability"] for p in body["predictions"]],
-                                   [p["probability"] for p in expected[t]["predictions"]],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            [p["probability"] for p in body["predictions"]],
+            [p["probability"] for p in expected[t]["predictions"]],
+            atol=1e-5,
+        )
     assert batcher.calls - calls0 < 96
 
 
@@ -515,8 +624,10 @@ def test_web_page_in_headless_chromium(runs, live, tmp_path):
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.fail("Chromium is needed for the page test: apt-get install -y chromium "
-                    "(scripts/setup.sh installs it)")
+        pytest.fail(
+            "Chromium is needed for the page test: apt-get install -y chromium "
+            "(scripts/setup.sh installs it)"
+        )
     from playwright.sync_api import sync_playwright
 
     image, text = runs.images[4], "123 456 789 2024 314"
@@ -540,8 +651,7 @@ def test_web_page_in_headless_chromium(runs, live, tmp_path):
             page.on("request", lambda r: requests.append(r.url))
             page.goto(live.base + "/")
             wait_state(page, "ready")
-            assert page.locator("#model option").all_inner_texts() == ["img (image)",
-                                                                        "txt (text)"]
+            assert page.locator("#model option").all_inner_texts() == ["img (image)", "txt (text)"]
             assert "tiny:cnn" in page.inner_text("#info")
             assert page.is_visible("#drop") and not page.is_visible("#text")
 
@@ -579,8 +689,9 @@ def test_web_page_in_headless_chromium(runs, live, tmp_path):
     assert errors == []
     # the only console message: Chromium's own note of the 422 answer
     assert [t for t, _ in console] == ["error"] and "422" in console[0][1], console
-    assert requests and all(u.startswith(live.base + "/") or u.startswith(("blob:", "data:"))
-                            for u in requests), requests
+    assert requests and all(
+        u.startswith(live.base + "/") or u.startswith(("blob:", "data:")) for u in requests
+    ), requests
     assert any(u.endswith("/models/img/predict?top_k=5") for u in requests)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape[1] == 1000 and pixels.std() > 5 and (pixels < 128).mean() > 0.005
@@ -589,7 +700,10 @@ def test_web_page_in_headless_chromium(runs, live, tmp_path):
 @pytest.fixture(autouse=True, scope="module")
 def _no_proxy():
     """httpx must reach the loopback server directly, whatever the environment says."""
-    saved = {k: os.environ.pop(k) for k in list(os.environ)
-             if k.lower() in ("http_proxy", "https_proxy", "all_proxy")}
+    saved = {
+        k: os.environ.pop(k)
+        for k in list(os.environ)
+        if k.lower() in ("http_proxy", "https_proxy", "all_proxy")
+    }
     yield
     os.environ.update(saved)

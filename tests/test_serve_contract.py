@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 import zlib
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -41,7 +40,7 @@ READS_TEXT = 'this model reads text; send JSON {"text": ...} \u2014 the body loo
 
 # schemathesis: what an image or a text file is (a format its generator cannot know from
 # "format: binary"), and a rejection with 413 (a text over maxLength) counted as one
-ST_HOOKS = '''
+ST_HOOKS = """
 import io
 import schemathesis
 from hypothesis import strategies as st
@@ -60,20 +59,25 @@ texts = st.text(min_size=1, max_size=300).filter(str.strip).map(str.encode)
 schemathesis.openapi.media_type("image/png", images)
 schemathesis.openapi.media_type("application/octet-stream", images)
 schemathesis.openapi.media_type("text/plain", texts)
-'''
-ST_CONFIG = '''
+"""
+ST_CONFIG = """
 [checks.negative_data_rejection]
 expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422",
                      "428", "429", "5xx"]
-'''
+"""
 ST_EXAMPLES = 20  # per operation and phase
 
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG signature, an IHDR chunk (8-bit RGB, correct CRC) and IEND: no pixel data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
@@ -91,11 +95,11 @@ def png(size: int = 16) -> bytes:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("contract")
     train = write_folder(root / "train", *make_arrays(n=45, n_classes=3, seed=0))
-    ImageClassifier("tiny:cnn", strategy="finetune", run_dir=root / "img", **FAST).fit(
-        str(train))
+    ImageClassifier("tiny:cnn", strategy="finetune", run_dir=root / "img", **FAST).fit(str(train))
     texts, labels = make_texts(40, seed=0)
     TextClassifier("tiny:bert", strategy="finetune", run_dir=root / "txt", **TEXT_FIT).fit(
-        texts, labels)
+        texts, labels
+    )
     return SimpleNamespace(root=root, models={"img": root / "img", "txt": root / "txt"})
 
 
@@ -106,8 +110,11 @@ def make_app(runs, **settings):
 
 @pytest.fixture(autouse=True, scope="module")
 def _no_proxy():
-    saved = {k: os.environ.pop(k) for k in list(os.environ)
-             if k.lower() in ("http_proxy", "https_proxy", "all_proxy")}
+    saved = {
+        k: os.environ.pop(k)
+        for k in list(os.environ)
+        if k.lower() in ("http_proxy", "https_proxy", "all_proxy")
+    }
     yield
     os.environ.update(saved)
 
@@ -123,6 +130,7 @@ class StatusCount:
             if message["type"] == "http.response.start":
                 self.statuses.append(message["status"])
             await send(message)
+
         await self.app(scope, receive, counting)
 
 
@@ -135,8 +143,7 @@ def loopback(app):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -167,28 +174,52 @@ def test_schemathesis_finds_no_contract_failure(runs, tmp_path, keyed):
     (tmp_path / "schemathesis.toml").write_text(ST_CONFIG)
     report = tmp_path / "report.json"
     with loopback(counted) as base:
-        cmd = [sys.executable, "-m", "schemathesis.cli",
-               "--config-file", str(tmp_path / "schemathesis.toml"), "run",
-               f"{base}/openapi.json", "--checks", "all", "--max-examples", str(ST_EXAMPLES),
-               "--generation-deterministic",
-               "--workers", "1", "--request-timeout", "30", "--no-color",
-               "--report", "json", "--report-json-path", str(report)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            str(tmp_path / "schemathesis.toml"),
+            "run",
+            f"{base}/openapi.json",
+            "--checks",
+            "all",
+            "--max-examples",
+            str(ST_EXAMPLES),
+            "--generation-deterministic",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "30",
+            "--no-color",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
+        ]
         if keyed:
             cmd += ["-H", f"Authorization: Bearer {KEY}"]
-        env = {**os.environ, "SCHEMATHESIS_HOOKS": str(tmp_path / "hooks.py"),
-               "NO_PROXY": "127.0.0.1", "SCHEMATHESIS_TELEMETRY": "false"}
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
+        env = {
+            **os.environ,
+            "SCHEMATHESIS_HOOKS": str(tmp_path / "hooks.py"),
+            "NO_PROXY": "127.0.0.1",
+            "SCHEMATHESIS_TELEMETRY": "false",
+        }
+        proc = subprocess.run(
+            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
     out = proc.stdout[-6000:] + proc.stderr[-2000:]
     assert report.is_file(), out
     result = json.loads(report.read_text())
     statuses = counted.statuses
-    figure = (f"schemathesis {result['schemathesis_version']} ({'API key' if keyed else 'open'}"
-              f"): {result['operations']['tested']} operations, "
-              f"{result['test_cases']['generated']} test cases generated, {len(statuses)} "
-              f"requests served, {result['test_cases']['unique_failures']} failures, "
-              f"{sum(s >= 500 for s in statuses)} 5xx; statuses "
-              f"{ {s: statuses.count(s) for s in sorted(set(statuses))} }")
+    figure = (
+        f"schemathesis {result['schemathesis_version']} ({'API key' if keyed else 'open'}"
+        f"): {result['operations']['tested']} operations, "
+        f"{result['test_cases']['generated']} test cases generated, {len(statuses)} "
+        f"requests served, {result['test_cases']['unique_failures']} failures, "
+        f"{sum(s >= 500 for s in statuses)} 5xx; statuses "
+        f"{ {s: statuses.count(s) for s in sorted(set(statuses))} }"
+    )
     print(figure)
     assert result["failures"] == [] and result["errors"] == [], out
     assert result["test_cases"]["unique_failures"] == 0 and proc.returncode == 0, out
@@ -216,11 +247,17 @@ def test_the_document_declares_every_status_and_one_error_body(runs):
     assert set(paths["/health"]["get"]["responses"]) == {"200"}
     assert "security" not in paths["/health"]["get"]
     assert spec["components"]["securitySchemes"]["apiKey"] == {
-        "type": "http", "scheme": "bearer", "description": spec["components"][
-            "securitySchemes"]["apiKey"]["description"]}
-    refs = {json.dumps(r["content"]["application/json"]["schema"])
-            for p in paths.values() for op in p.values()
-            for status, r in op["responses"].items() if status != "200"}
+        "type": "http",
+        "scheme": "bearer",
+        "description": spec["components"]["securitySchemes"]["apiKey"]["description"],
+    }
+    refs = {
+        json.dumps(r["content"]["application/json"]["schema"])
+        for p in paths.values()
+        for op in p.values()
+        for status, r in op["responses"].items()
+        if status != "200"
+    }
     assert refs == {json.dumps({"$ref": "#/components/schemas/ErrorBody"})}
     assert "HTTPValidationError" not in spec["components"]["schemas"]
     error = spec["components"]["schemas"]["ErrorBody"]
@@ -242,25 +279,36 @@ def test_the_document_declares_every_status_and_one_error_body(runs):
 def test_every_error_is_the_documented_body(runs):
     with TestClient(make_app(runs)) as c:
         answers = {
-            "top_k": c.post("/predict?top_k=0", content=png(), headers={
-                "content-type": "image/png"}),
+            "top_k": c.post(
+                "/predict?top_k=0", content=png(), headers={"content-type": "image/png"}
+            ),
             "unknown model": c.post("/models/nope/predict", json={"text": "abc"}),
             "unknown route": c.get("/nothing/here"),
             "wrong method": c.put("/predict"),
             "json extra": c.post("/models/txt/predict", json={"text": "abc", "lang": "en"}),
-            "form extra": c.post("/predict", files={"file": ("a.png", png(), "image/png"),
-                                                    "note": (None, "x")}),
+            "form extra": c.post(
+                "/predict", files={"file": ("a.png", png(), "image/png"), "note": (None, "x")}
+            ),
             "form twice": c.post("/models/txt/predict", data={"text": ["a", "b"]}),
-            "both": c.post("/models/txt/predict", files={"text": (None, "abc"), "file": (
-                "t.txt", b"abc", "text/plain")}),
-            "too many fields": c.post("/models/txt/predict",
-                                      files=[(f"f{i}", (None, "x")) for i in range(6)]),
+            "both": c.post(
+                "/models/txt/predict",
+                files={"text": (None, "abc"), "file": ("t.txt", b"abc", "text/plain")},
+            ),
+            "too many fields": c.post(
+                "/models/txt/predict", files=[(f"f{i}", (None, "x")) for i in range(6)]
+            ),
         }
-    expected = {"top_k": (422, "top_k"), "unknown model": (404, "name"),
-                "unknown route": (404, None), "wrong method": (405, None),
-                "json extra": (422, "lang"), "form extra": (422, "note"),
-                "form twice": (422, "text"), "both": (422, "file"),
-                "too many fields": (400, None)}
+    expected = {
+        "top_k": (422, "top_k"),
+        "unknown model": (404, "name"),
+        "unknown route": (404, None),
+        "wrong method": (405, None),
+        "json extra": (422, "lang"),
+        "form extra": (422, "note"),
+        "form twice": (422, "text"),
+        "both": (422, "file"),
+        "too many fields": (400, None),
+    }
     for case, r in answers.items():
         body = r.json()
         status, field = expected[case]
@@ -292,18 +340,19 @@ def test_the_key_guards_every_model_route_and_health_stays_open(runs):
             "models": lambda h: c.get("/models", headers=h),
             "model": lambda h: c.get("/model", headers=h),
             "model info": lambda h: c.get("/models/txt", headers=h),
-            "predict": lambda h: c.post("/predict", content=png(), headers={
-                **h, "content-type": "image/png"}),
-            "predict named": lambda h: c.post("/models/txt/predict", json={"text": "abc"},
-                                              headers=h),
+            "predict": lambda h: c.post(
+                "/predict", content=png(), headers={**h, "content-type": "image/png"}
+            ),
+            "predict named": lambda h: c.post(
+                "/models/txt/predict", json={"text": "abc"}, headers=h
+            ),
         }
         for name, call in calls.items():
             missing = call({})
             assert missing.status_code == 401, (name, missing.text)
             assert missing.headers["www-authenticate"] == "Bearer"
             assert "Authorization: Bearer <key>" in missing.json()["detail"]
-            for wrong in (f"Bearer {KEY}x", f"Bearer {KEY[:-1]}", "Bearer x", f"Basic {KEY}",
-                          KEY):
+            for wrong in (f"Bearer {KEY}x", f"Bearer {KEY[:-1]}", "Bearer x", f"Basic {KEY}", KEY):
                 r = call({"Authorization": wrong})
                 assert r.status_code == 401, (name, wrong, r.text)
                 assert r.headers["www-authenticate"].startswith("Bearer")
@@ -311,8 +360,7 @@ def test_the_key_guards_every_model_route_and_health_stays_open(runs):
             assert call({"Authorization": f"bearer {KEY}"}).status_code == 200, name
         # an unknown model is not named to a client without the key
         assert c.post("/models/nope/predict", json={"text": "a"}).status_code == 401
-        assert c.post("/models/nope/predict", json={"text": "a"},
-                      headers=AUTH).status_code == 404
+        assert c.post("/models/nope/predict", json={"text": "a"}, headers=AUTH).status_code == 404
         assert c.get("/health").status_code == 200
         for page in ("/", "/docs", "/openapi.json"):
             assert c.get(page).status_code == 200, page
@@ -339,11 +387,20 @@ def test_the_key_is_compared_in_constant_time(runs, monkeypatch):
         make_app(runs, api_key="  ")
 
 
-@pytest.mark.parametrize("host,warned", [("0.0.0.0", True), ("::", True),
-                                         ("192.168.1.20", True), ("example.org", True),
-                                         ("127.0.0.1", False), ("127.0.0.2", False),
-                                         ("localhost", False), ("::1", False),
-                                         ("[::1]", False)])
+@pytest.mark.parametrize(
+    "host,warned",
+    [
+        ("0.0.0.0", True),
+        ("::", True),
+        ("192.168.1.20", True),
+        ("example.org", True),
+        ("127.0.0.1", False),
+        ("127.0.0.2", False),
+        ("localhost", False),
+        ("::1", False),
+        ("[::1]", False),
+    ],
+)
 def test_serving_beyond_loopback_without_a_key_warns(host, warned):
     message = exposure_warning(host, None)
     assert (message is not None) == warned
@@ -372,8 +429,21 @@ def test_cli_serve_reads_the_key_and_warns(runs, tmp_path, monkeypatch, caplog, 
     key_file.write_text(KEY + "\n")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="headstart"):
-        assert main(["serve", run, "--host", "0.0.0.0", "--api-key-file", str(key_file),
-                     "--cors-origin", "https://app.example.com"]) == 0
+        assert (
+            main(
+                [
+                    "serve",
+                    run,
+                    "--host",
+                    "0.0.0.0",
+                    "--api-key-file",
+                    str(key_file),
+                    "--cors-origin",
+                    "https://app.example.com",
+                ]
+            )
+            == 0
+        )
     settings = started[-1][0].state.settings
     assert settings.api_key == KEY and settings.cors_origins == ("https://app.example.com",)
     assert not any("without an API key" in r.getMessage() for r in caplog.records)
@@ -388,13 +458,15 @@ def test_cli_serve_reads_the_key_and_warns(runs, tmp_path, monkeypatch, caplog, 
 
 
 def test_cors_is_off_unless_an_origin_is_allowed(runs):
-    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {
+        "Origin": "https://app.example.com",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     with TestClient(make_app(runs)) as c:
         r = c.get("/health", headers={"Origin": "https://app.example.com"})
         assert "access-control-allow-origin" not in r.headers
-        assert "access-control-allow-origin" not in c.options("/predict",
-                                                               headers=preflight).headers
+        assert "access-control-allow-origin" not in c.options("/predict", headers=preflight).headers
     with TestClient(make_app(runs, cors_origins=("https://app.example.com",))) as c:
         r = c.options("/predict", headers=preflight)
         assert r.status_code == 200
@@ -407,25 +479,34 @@ def test_cors_is_off_unless_an_origin_is_allowed(runs):
 # ---------------------------------------------------------------------- messages
 def test_messages_of_the_inputs_that_confused(runs):
     with TestClient(make_app(runs)) as c:
-        bomb = c.post("/predict", content=png_header(50000, 50000),
-                      headers={"content-type": "image/png"})
+        bomb = c.post(
+            "/predict", content=png_header(50000, 50000), headers={"content-type": "image/png"}
+        )
         assert bomb.status_code == 413
-        assert bomb.json()["detail"] == ("the upload: the image header says 50000x50000 "
-                                         "pixels, more than the limit of 40,000,000; "
-                                         "downscale it")
+        assert bomb.json()["detail"] == (
+            "the upload: the image header says 50000x50000 "
+            "pixels, more than the limit of 40,000,000; "
+            "downscale it"
+        )
         assert "decompression bomb" not in bomb.text
-        for kwargs in ({"files": {"file": ("photo.png", png(), "image/png")}},
-                       {"content": png(), "headers": {"content-type": "text/plain"}}):
+        for kwargs in (
+            {"files": {"file": ("photo.png", png(), "image/png")}},
+            {"content": png(), "headers": {"content-type": "text/plain"}},
+        ):
             r = c.post("/models/txt/predict", **kwargs)
             assert r.status_code == 422 and r.json()["detail"] == READS_TEXT, r.text
             assert "UTF-8 (byte 0)" not in r.text
-        r = c.post("/models/txt/predict", content=b"caf\xe9",
-                   headers={"content-type": "text/plain"})
+        r = c.post(
+            "/models/txt/predict", content=b"caf\xe9", headers={"content-type": "text/plain"}
+        )
         assert r.status_code == 422 and "not UTF-8 (byte 3: 0xe9)" in r.json()["detail"]
         r = c.post("/models/txt/predict", content=png(), headers={"content-type": "image/png"})
         assert r.status_code == 415 and r.json()["detail"] == READS_TEXT
-        r = c.post("/models/txt/predict", content=b'{"text": "\\ud800abc"}',
-                   headers={"content-type": "application/json"})
+        r = c.post(
+            "/models/txt/predict",
+            content=b'{"text": "\\ud800abc"}',
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 422 and "lone surrogate" in r.json()["detail"]
 
 
@@ -438,8 +519,10 @@ def test_every_empty_text_row_is_named_with_the_total(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError) as info:
         open_text_source(path)
-    assert str(info.value) == (f"{path}: 2 rows have an empty text in column 'text': row 3, "
-                               "row 5; remove the rows or fill in their texts")
+    assert str(info.value) == (
+        f"{path}: 2 rows have an empty text in column 'text': row 3, "
+        "row 5; remove the rows or fill in their texts"
+    )
     path.write_text("\n".join(["text,label"] + [" ,neg"] * 14 + ["ok,pos"]) + "\n")
     with pytest.raises(DataError) as info:
         open_text_source(path)
@@ -451,12 +534,13 @@ def test_every_empty_text_row_is_named_with_the_total(tmp_path):
 def test_the_page_asks_for_the_key_and_shows_metrics_with_their_n(runs):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.fail("Chromium is needed for the page test: apt-get install -y chromium "
-                    "(scripts/setup.sh installs it)")
+        pytest.fail(
+            "Chromium is needed for the page test: apt-get install -y chromium "
+            "(scripts/setup.sh installs it)"
+        )
     from playwright.sync_api import sync_playwright
 
-    n = json.loads((runs.models["img"] / "config.json").read_text())["metrics"]["validation"][
-        "n"]
+    n = json.loads((runs.models["img"] / "config.json").read_text())["metrics"]["validation"]["n"]
     errors = []
     with loopback(make_app(runs, api_key=KEY)) as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
@@ -468,15 +552,14 @@ def test_the_page_asks_for_the_key_and_shows_metrics_with_their_n(runs):
             assert "API key" in page.inner_text("#key-note")
             page.fill("#key", KEY)
             page.click("#send-key")
-            page.wait_for_selector("body[data-state='ready']", state="attached",
-                                   timeout=15000)
+            page.wait_for_selector("body[data-state='ready']", state="attached", timeout=15000)
             assert not page.is_visible("#key-card")
             info = page.inner_text("#info")
             assert f"validation accuracy 100% (n={n})" in info or f"(n={n})" in info, info
-            page.set_input_files("#file", files=[{"name": "a.png", "mimeType": "image/png",
-                                                  "buffer": png()}])
-            page.wait_for_selector("body[data-state='predicted']", state="attached",
-                                   timeout=15000)
+            page.set_input_files(
+                "#file", files=[{"name": "a.png", "mimeType": "image/png", "buffer": png()}]
+            )
+            page.wait_for_selector("body[data-state='predicted']", state="attached", timeout=15000)
         finally:
             browser.close()
     assert errors == []

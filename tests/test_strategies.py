@@ -31,8 +31,7 @@ EXPECTED = {
     "partial1": ({"strategy": "partial", "partial_groups": 1}, [BLOCK2 + HEAD]),
     "partial2": ({"strategy": "partial", "partial_groups": 2}, [BLOCK1 + BLOCK2 + HEAD]),
     "partial3": ({"strategy": "partial", "partial_groups": 3}, [TOTAL]),
-    "gradual": ({"strategy": "gradual"},
-                [HEAD, BLOCK2 + HEAD, BLOCK1 + BLOCK2 + HEAD, TOTAL]),
+    "gradual": ({"strategy": "gradual"}, [HEAD, BLOCK2 + HEAD, BLOCK1 + BLOCK2 + HEAD, TOTAL]),
     "lp_ft": ({"strategy": "lp_ft"}, [HEAD, TOTAL]),
 }
 
@@ -60,10 +59,10 @@ def test_configure_stage_trainable_counts(key):
     strategy = build_strategy(cfg, len(groups))
     assert len(strategy.stages) == len(expected)
     for stage, want in zip(strategy.stages, expected):
-        param_groups, summary = configure_stage(backbone, head, groups, stage,
-                                                cfg.weight_decay)
-        requires_grad = sum(p.numel() for p in backbone.parameters() if p.requires_grad) + \
-            sum(p.numel() for p in head.parameters() if p.requires_grad)
+        param_groups, summary = configure_stage(backbone, head, groups, stage, cfg.weight_decay)
+        requires_grad = sum(p.numel() for p in backbone.parameters() if p.requires_grad) + sum(
+            p.numel() for p in head.parameters() if p.requires_grad
+        )
         in_optimizer = sum(p.numel() for g in param_groups for p in g["params"])
         assert summary["trainable_params"] == want, stage.name
         assert requires_grad == want, stage.name
@@ -86,7 +85,9 @@ def test_stage_shapes_of_each_strategy():
     assert [(s.train_groups, s.epochs) for s in gr.stages] == [(0, 7), (1, 2), (2, 2), (3, 2)]
     lp = build_strategy(cfg.replace(strategy="lp_ft"), n)
     assert [(s.train_groups, s.epochs, s.bn) for s in lp.stages] == [
-        (0, 7, "frozen"), (ALL, 5, "frozen")]
+        (0, 7, "frozen"),
+        (ALL, 5, "frozen"),
+    ]
     # an explicit bn setting overrides every stage's default
     lp_train = build_strategy(cfg.replace(strategy="lp_ft", bn="train"), n)
     assert lp_train.stages[1].bn == "train"
@@ -105,12 +106,15 @@ def test_invalid_strategy_name_is_rejected_by_the_config():
         FitConfig(strategy="everything")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"lr": -1.0}, "lr must be > 0, got -1.0"),
-    ({"head_lr": 0.0}, "head_lr must be > 0"),
-    ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
-    ({"image_size": 0}, "image_size must be at least 8 pixels"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"lr": -1.0}, "lr must be > 0, got -1.0"),
+        ({"head_lr": 0.0}, "head_lr must be > 0"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
+        ({"image_size": 0}, "image_size must be at least 8 pixels"),
+    ],
+)
 def test_out_of_range_settings_are_named_by_the_config(bad, message):
     """Before a model is built: not torch's "Invalid learning rate" from the optimizer, and
     not a silent fallback to the backbone's image size for 0."""
@@ -150,8 +154,12 @@ def test_biases_and_norms_get_no_weight_decay():
     stage = build_strategy(cfg, 3).stages[0]
     param_groups, _ = configure_stage(backbone, head, groups, stage, cfg.weight_decay)
     decay_of = {id(p): g["weight_decay"] for g in param_groups for p in g["params"]}
-    norm_params = {id(p) for m in backbone.modules()
-                   if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    norm_params = {
+        id(p)
+        for m in backbone.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for p in m.parameters()
+    }
     assert len(norm_params) == 6  # weight + bias of 3 BatchNorms
     for name, p in list(backbone.named_parameters()) + list(head.named_parameters()):
         want = 0.0 if (id(p) in norm_params or name.endswith("bias")) else 0.07
@@ -179,13 +187,17 @@ def test_set_bn_mode_puts_frozen_groups_bn_in_eval():
 def test_fit_reports_stage_counts(key, arrays, caplog):
     kwargs, expected = EXPECTED[key]
     caplog.set_level(logging.INFO, logger="headstart")
-    clf = ImageClassifier("tiny:cnn", **{**FAST, "epochs": 1, "head_epochs": 1,
-                                         "val_fraction": 0.0}, **kwargs)
+    clf = ImageClassifier(
+        "tiny:cnn", **{**FAST, "epochs": 1, "head_epochs": 1, "val_fraction": 0.0}, **kwargs
+    )
     assert clf.fit(*arrays) is clf
     assert [s["trainable_params"] for s in clf.stages_] == expected
     assert all(s["total_params"] == TOTAL for s in clf.stages_)
-    stage_lines = [r.getMessage() for r in caplog.records
-                   if r.name == "headstart.strategies" and r.getMessage().startswith("stage ")]
+    stage_lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "headstart.strategies" and r.getMessage().startswith("stage ")
+    ]
     assert len(stage_lines) == len(expected)
     for line, want in zip(stage_lines, expected):
         assert "trainable" in line and "BN" in line
@@ -199,8 +211,9 @@ def test_fit_reports_stage_counts(key, arrays, caplog):
 
 def test_frozen_groups_keep_their_weights(arrays):
     before = create_backbone("tiny:cnn").state_dict()
-    clf = ImageClassifier("tiny:cnn", strategy="partial", partial_groups=1,
-                          **{**FAST, "val_fraction": 0.0}).fit(*arrays)
+    clf = ImageClassifier(
+        "tiny:cnn", strategy="partial", partial_groups=1, **{**FAST, "val_fraction": 0.0}
+    ).fit(*arrays)
     after = clf.model_.backbone.state_dict()
     for name, t in before.items():
         if name.startswith(("stem.", "block1.")):
@@ -227,16 +240,23 @@ def test_mlp_head_counts_and_zero_init_last_layer(arrays):
     _, summary = configure_stage(backbone, head, groups, build_strategy(cfg, 3).stages[0], 0.05)
     assert summary["trainable_params"] == n_head
     assert summary["total_params"] == BACKBONE + n_head
-    clf = ImageClassifier("tiny:cnn", strategy="lp_ft", head_hidden=[16],
-                          **{**FAST, "epochs": 1, "head_epochs": 1, "val_fraction": 0.0})
+    clf = ImageClassifier(
+        "tiny:cnn",
+        strategy="lp_ft",
+        head_hidden=[16],
+        **{**FAST, "epochs": 1, "head_epochs": 1, "val_fraction": 0.0},
+    )
     clf.fit(*arrays)
     assert [s["trainable_params"] for s in clf.stages_] == [n_head, BACKBONE + n_head]
 
 
 def test_min_steps_lengthens_training_stages_on_tiny_datasets():
     cfg = FitConfig(epochs=8, head_epochs=60, min_steps=60)
-    epochs = lambda name, steps: [(s.name, s.epochs) for s in  # noqa: E731
-                                  build_strategy(cfg.replace(strategy=name), 7, steps).stages]
+
+    def epochs(name, steps):
+        stages = build_strategy(cfg.replace(strategy=name), 7, steps).stages
+        return [(s.name, s.epochs) for s in stages]
+
     assert epochs("lp_ft", 1) == [("linear_probe", 60), ("finetune", 60)]
     assert epochs("lp_ft", 4) == [("linear_probe", 60), ("finetune", 15)]
     assert epochs("lp_ft", 100) == [("linear_probe", 60), ("finetune", 8)]
@@ -263,8 +283,9 @@ def test_bf16_mixed_precision_on_cpu(arrays):
 
         handle = register_module_forward_hook(spy)
         try:
-            clf = ImageClassifier("tiny:cnn", strategy="finetune", precision=precision,
-                                  **{**FAST, "epochs": 4}).fit(*arrays)
+            clf = ImageClassifier(
+                "tiny:cnn", strategy="finetune", precision=precision, **{**FAST, "epochs": 4}
+            ).fit(*arrays)
         finally:
             handle.remove()
         return clf, dtypes

@@ -39,32 +39,74 @@ def test_nested_fractions_are_nested_stratified_and_deterministic():
 
 
 def _run(run, strategy, fraction, acc, seed=0, n=100):
-    return {"name": f"{strategy}-f{fraction:g}-s{seed}", "strategy": strategy,
-            "fraction": fraction, "seed": seed, "n_train": int(n * fraction),
-            "fit_seconds": 1.0 + run, "epochs": 3, "epochs_to_best": 2, "best": "x",
-            "train_accuracy": min(1.0, acc + 0.1), "val_accuracy": acc, "gap": 0.1,
-            "test": {"accuracy": acc, "macro_f1": acc, "auroc": None, "n": 5000,
-                     "per_class": {"a": {"precision": 1.0, "recall": 1.0, "f1": 1.0,
-                                         "support": 25},
-                                   "b": {"precision": 1.0, "recall": 1.0, "f1": 1.0,
-                                         "support": 25}},
-                     "confusion_matrix": [[25, 0], [0, 25]]},
-            "history": [{"stage": "s", "global_epoch": e, "train_loss": 1.0, "val_loss": 1.0,
-                         "val_accuracy": acc} for e in (1, 2, 3)]}
+    return {
+        "name": f"{strategy}-f{fraction:g}-s{seed}",
+        "strategy": strategy,
+        "fraction": fraction,
+        "seed": seed,
+        "n_train": int(n * fraction),
+        "fit_seconds": 1.0 + run,
+        "epochs": 3,
+        "epochs_to_best": 2,
+        "best": "x",
+        "train_accuracy": min(1.0, acc + 0.1),
+        "val_accuracy": acc,
+        "gap": 0.1,
+        "test": {
+            "accuracy": acc,
+            "macro_f1": acc,
+            "auroc": None,
+            "n": 5000,
+            "per_class": {
+                "a": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 25},
+                "b": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 25},
+            },
+            "confusion_matrix": [[25, 0], [0, 25]],
+        },
+        "history": [
+            {
+                "stage": "s",
+                "global_epoch": e,
+                "train_loss": 1.0,
+                "val_loss": 1.0,
+                "val_accuracy": acc,
+            }
+            for e in (1, 2, 3)
+        ],
+    }
 
 
 def _result(table: dict) -> StudyResult:
     """``table``: {strategy: [acc at 0.1, acc at 0.5, acc at 1.0]}."""
-    runs = [_run(i, s, f, a) for i, (s, accs) in enumerate(table.items())
-            for f, a in zip((0.1, 0.5, 1.0), accs)]
-    return StudyResult(runs, "m", "image", ["a", "b"],
-                       settings={"fractions": [0.1, 0.5, 1.0], "seeds": [0], "n_pool": 100,
-                                 "n_val": 10, "n_test": 50, "scratch": {}})
+    runs = [
+        _run(i, s, f, a)
+        for i, (s, accs) in enumerate(table.items())
+        for f, a in zip((0.1, 0.5, 1.0), accs)
+    ]
+    return StudyResult(
+        runs,
+        "m",
+        "image",
+        ["a", "b"],
+        settings={
+            "fractions": [0.1, 0.5, 1.0],
+            "seeds": [0],
+            "n_pool": 100,
+            "n_val": 10,
+            "n_test": 50,
+            "scratch": {},
+        },
+    )
 
 
 def test_gains_data_to_match_and_negative_transfer():
-    res = _result({"lp_ft": [0.80, 0.90, 0.95], "feature_extract": [0.70, 0.85, 0.90],
-                   SCRATCH: [0.60, 0.85, 0.97]})
+    res = _result(
+        {
+            "lp_ft": [0.80, 0.90, 0.95],
+            "feature_extract": [0.70, 0.85, 0.90],
+            SCRATCH: [0.60, 0.85, 0.97],
+        }
+    )
     g = {x["fraction"]: x for x in res.gains()}
     assert g[0.1]["best_strategy"] == "lp_ft"
     assert g[0.1]["gain_points"] == pytest.approx(20.0)
@@ -73,12 +115,17 @@ def test_gains_data_to_match_and_negative_transfer():
     expected = float(np.exp(np.log(10) + (0.80 - 0.60) / 0.25 * (np.log(50) - np.log(10))))
     assert g[0.1]["scratch_items_to_match"] == pytest.approx(expected)
     assert g[0.5]["scratch_items_to_match"] == pytest.approx(
-        float(np.exp(np.log(50) + (0.90 - 0.85) / 0.12 * (np.log(100) - np.log(50)))))
+        float(np.exp(np.log(50) + (0.90 - 0.85) / 0.12 * (np.log(100) - np.log(50))))
+    )
     assert g[1.0]["scratch_items_to_match"] == pytest.approx(  # scratch passes 0.95 earlier
-        float(np.exp(np.log(50) + (0.95 - 0.85) / 0.12 * (np.log(100) - np.log(50)))))
+        float(np.exp(np.log(50) + (0.95 - 0.85) / 0.12 * (np.log(100) - np.log(50))))
+    )
     assert g[0.1]["beyond_seed_spread"] is None  # one seed: no spread to judge
-    assert [g[f]["verdict"] for f in (0.1, 0.5, 1.0)] == ["transfer", "transfer",
-                                                          "negative transfer"]
+    assert [g[f]["verdict"] for f in (0.1, 0.5, 1.0)] == [
+        "transfer",
+        "transfer",
+        "negative transfer",
+    ]
     never = _result({"lp_ft": [0.9, 0.95, 0.99], SCRATCH: [0.5, 0.6, 0.7]}).gains()
     assert never[0]["scratch_items_to_match"] is None
 
@@ -96,15 +143,17 @@ def test_a_difference_within_the_test_noise_is_a_tie():
 def test_the_classic_baseline_joins_the_verdict():
     from headstart.report.words import BASELINE, describe_gain
 
-    res = _result({"lp_ft": [0.80, 0.90, 0.95], SCRATCH: [0.50, 0.60, 0.70],
-                   BASELINE: [0.90, 0.91, 0.92]})
+    res = _result(
+        {"lp_ft": [0.80, 0.90, 0.95], SCRATCH: [0.50, 0.60, 0.70], BASELINE: [0.90, 0.91, 0.92]}
+    )
     g = {x["fraction"]: x for x in res.gains()}
     assert res.strategies() == ["lp_ft"]
     # 10 items: the baseline beats transfer beyond the noise although scratch does not
     assert g[0.1]["verdict"] == "negative transfer" and g[0.1]["rival"] == BASELINE
     assert g[0.1]["baseline_gain_points"] == pytest.approx(-10.0)
     assert g[0.1]["transfer_items_to_match_baseline"] == pytest.approx(
-        float(np.exp(np.log(10) + (0.90 - 0.80) / 0.10 * (np.log(50) - np.log(10)))))
+        float(np.exp(np.log(10) + (0.90 - 0.80) / 0.10 * (np.log(50) - np.log(10))))
+    )
     assert g[0.5]["verdict"] == "tie"  # 0.90 vs 0.91 on 5,000 items: within +-1.2
     assert g[1.0]["verdict"] == "transfer" and g[1.0]["baseline_items_to_match"] is None
     head, detail = describe_gain(g[0.1])
@@ -137,17 +186,27 @@ def small_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     x, y = make_arrays(n=90, n_classes=3)
     xt, yt = make_arrays(n=30, n_classes=3, seed=7)
-    res = run_study(x, y, model="tiny:cnn", out=out, test=(xt, yt),
-                    fractions=(0.5, 1.0), strategies=("feature_extract", "finetune"),
-                    **SETTINGS)
+    res = run_study(
+        x,
+        y,
+        model="tiny:cnn",
+        out=out,
+        test=(xt, yt),
+        fractions=(0.5, 1.0),
+        strategies=("feature_extract", "finetune"),
+        **SETTINGS,
+    )
     return out, res
 
 
 def test_study_runs_every_strategy_and_scratch_at_every_fraction(small_study):
     out, res = small_study
     names = sorted(r["name"] for r in res.runs)
-    assert names == sorted(f"{s}-f{f:g}-s0" for s in ("feature_extract", "finetune", SCRATCH,
-                                                      "baseline") for f in (0.5, 1.0))
+    assert names == sorted(
+        f"{s}-f{f:g}-s0"
+        for s in ("feature_extract", "finetune", SCRATCH, "baseline")
+        for f in (0.5, 1.0)
+    )
     by = {r["name"]: r for r in res.runs}
     assert by["scratch-f1-s0"]["backbone"] == "scratch:tiny:cnn"
     assert by["baseline-f1-s0"]["backbone"].endswith("pixels")  # the chosen classic model
@@ -180,8 +239,13 @@ def test_study_writes_csv_json_and_report(small_study):
 
 def test_killed_study_resumes_and_skips_finished_runs(tmp_path, monkeypatch):
     x, y = make_arrays(n=90, n_classes=3)
-    kw = dict(model="tiny:cnn", out=tmp_path, fractions=(0.5, 1.0),
-              strategies=("feature_extract",), **SETTINGS)
+    kw = dict(
+        model="tiny:cnn",
+        out=tmp_path,
+        fractions=(0.5, 1.0),
+        strategies=("feature_extract",),
+        **SETTINGS,
+    )
 
     def stop_after_two(done, total, name):
         if done == 2:
@@ -195,8 +259,9 @@ def test_killed_study_resumes_and_skips_finished_runs(tmp_path, monkeypatch):
         f.write('{"name": "feature_extract-f1-s0", "tor')  # killed mid-write
     calls = []
     real = study_mod._one_run
-    monkeypatch.setattr(study_mod, "_one_run", lambda *a, **k: calls.append(a[1].name) or
-                        real(*a, **k))
+    monkeypatch.setattr(
+        study_mod, "_one_run", lambda *a, **k: calls.append(a[1].name) or real(*a, **k)
+    )
     res = run_study(x, y, **kw)
     assert calls == ["feature_extract-f1-s0", "scratch-f1-s0"]  # and the baseline, not a fit
     assert len(res.runs) == 6
@@ -219,10 +284,31 @@ def test_cli_study(tmp_path):
     test = write_folder(tmp_path / "test", *make_arrays(n=15, n_classes=3, seed=4))
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        code = main(["-q", "study", str(folder), "--test", str(test), "--model", "tiny:cnn",
-                     "--out", str(tmp_path / "st"), "--fractions", "0.5,1", "--strategies",
-                     "feature_extract", "--epochs", "1", "--head-epochs", "2",
-                     "--num-workers", "0", "--device", "cpu"])
+        code = main(
+            [
+                "-q",
+                "study",
+                str(folder),
+                "--test",
+                str(test),
+                "--model",
+                "tiny:cnn",
+                "--out",
+                str(tmp_path / "st"),
+                "--fractions",
+                "0.5,1",
+                "--strategies",
+                "feature_extract",
+                "--epochs",
+                "1",
+                "--head-epochs",
+                "2",
+                "--num-workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
     assert code == 0, err.getvalue()
     text = out.getvalue()
     assert "study:" in text and "items:" in text and "report:" in text
@@ -238,8 +324,10 @@ def test_report_in_headless_chromium(small_study, tmp_path):
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.fail("Chromium is needed for the report test: apt-get install -y chromium "
-                    "(scripts/setup.sh installs it)")
+        pytest.fail(
+            "Chromium is needed for the report test: apt-get install -y chromium "
+            "(scripts/setup.sh installs it)"
+        )
     from playwright.sync_api import sync_playwright
 
     out, _ = small_study

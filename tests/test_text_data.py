@@ -13,25 +13,33 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from text_common import ids_of, random_text
 
 from headstart.data.images import DataError
-from headstart.data.text import (TextDataset, collate_text, encode_texts, open_text_source,
-                                 special_tokens)
+from headstart.data.text import (
+    TextDataset,
+    collate_text,
+    encode_texts,
+    open_text_source,
+    special_tokens,
+)
 from headstart.features import compute_features, length_sorted_batches
 from headstart.train import BucketBatchSampler, EpochSampler
 from headstart.zoo.base import TextPreprocess
 
 
-from text_common import (ids_of,
-                         random_text)
-
-
 # ====================================================================== 1. reading
 def _frame():
-    texts = ["the cat sat", "dogs bark loudly", "rain again today", "sunny and warm",
-             "a quiet night"]
-    return pd.DataFrame({"id": range(5), "body": texts,
-                         "tag": ["pets", "pets", "weather", "weather", "pets"]})
+    texts = [
+        "the cat sat",
+        "dogs bark loudly",
+        "rain again today",
+        "sunny and warm",
+        "a quiet night",
+    ]
+    return pd.DataFrame(
+        {"id": range(5), "body": texts, "tag": ["pets", "pets", "weather", "weather", "pets"]}
+    )
 
 
 def test_csv_jsonl_parquet_give_the_same_source(tmp_path):
@@ -39,9 +47,10 @@ def test_csv_jsonl_parquet_give_the_same_source(tmp_path):
     frame.to_csv(tmp_path / "d.csv", index=False)
     frame.to_json(tmp_path / "d.jsonl", orient="records", lines=True)
     frame.to_parquet(tmp_path / "d.parquet", index=False)
-    sources = {ext: open_text_source(tmp_path / f"d.{ext}", text_column="body",
-                                     label_column="tag")
-               for ext in ("csv", "jsonl", "parquet")}
+    sources = {
+        ext: open_text_source(tmp_path / f"d.{ext}", text_column="body", label_column="tag")
+        for ext in ("csv", "jsonl", "parquet")
+    }
     for ext, src in sources.items():
         assert src.texts == frame["body"].tolist(), ext
         assert src.classes == ["pets", "weather"], ext
@@ -77,9 +86,11 @@ def test_empty_text_names_file_row_and_column(tmp_path, ext, row):
     frame = _frame()
     frame.loc[2, "body"] = "   "
     path = tmp_path / f"d.{ext}"
-    {"csv": lambda: frame.to_csv(path, index=False),
-     "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
-     "parquet": lambda: frame.to_parquet(path, index=False)}[ext]()
+    {
+        "csv": lambda: frame.to_csv(path, index=False),
+        "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        "parquet": lambda: frame.to_parquet(path, index=False),
+    }[ext]()
     with pytest.raises(DataError) as info:
         open_text_source(path, text_column="body", label_column="tag")
     msg = str(info.value)
@@ -90,8 +101,9 @@ def test_csv_rows_are_named_by_their_file_line(tmp_path):
     """A quoted cell over several lines (an email body) and a blank line: the bad record
     is named by the line it starts on, where an editor shows it."""
     path = tmp_path / "mails.csv"
-    path.write_text('text,label\n"Dear friend,\n\nWIN a cruise\n",spam\n\nhello,ham\n'
-                    '" ",ham\nlast,spam\n')
+    path.write_text(
+        'text,label\n"Dear friend,\n\nWIN a cruise\n",spam\n\nhello,ham\n" ",ham\nlast,spam\n'
+    )
     with pytest.raises(DataError) as info:
         open_text_source(path)
     assert f"{path}: row 8," in str(info.value) and "empty text" in str(info.value)
@@ -101,7 +113,7 @@ def test_csv_rows_are_named_by_their_file_line(tmp_path):
 
 def test_latin1_byte_names_the_line(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_bytes("text,label\nfine,a\nalso fine,b\ncaf".encode() + b"\xe9,a\n")
+    path.write_bytes(b"text,label\nfine,a\nalso fine,b\ncaf" + b"\xe9,a\n")
     with pytest.raises(DataError) as info:
         open_text_source(path)
     msg = str(info.value)
@@ -119,15 +131,18 @@ def test_unknown_label_with_given_classes_names_the_row(tmp_path):
 
 
 def test_multi_label_from_jsonl_lists_and_csv_separator(tmp_path):
-    rows = [{"text": "sun and rain", "label": ["sun", "rain"]},
-            {"text": "only sun", "label": ["sun"]},
-            {"text": "snow now", "label": ["snow"]},
-            {"text": "rain snow sun", "label": ["rain", "snow", "sun"]}]
+    rows = [
+        {"text": "sun and rain", "label": ["sun", "rain"]},
+        {"text": "only sun", "label": ["sun"]},
+        {"text": "snow now", "label": ["snow"]},
+        {"text": "rain snow sun", "label": ["rain", "snow", "sun"]},
+    ]
     jsonl = tmp_path / "m.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     csv = tmp_path / "m.csv"
-    pd.DataFrame({"text": [r["text"] for r in rows],
-                  "label": [";".join(r["label"]) for r in rows]}).to_csv(csv, index=False)
+    pd.DataFrame(
+        {"text": [r["text"] for r in rows], "label": [";".join(r["label"]) for r in rows]}
+    ).to_csv(csv, index=False)
     expected = np.array([[1, 0, 1], [0, 0, 1], [0, 1, 0], [1, 1, 1]], dtype=np.float32)
     for src in (open_text_source(jsonl), open_text_source(csv, label_sep=";")):
         assert src.multi_label
@@ -173,8 +188,9 @@ def test_head_tail_keeps_a_quarter_head_and_three_quarters_tail(tok):
     pre = TextPreprocess(max_length=16, truncation="head_tail")
     [[got]] = encode_texts(tok, [text], pre)
     body = 14
-    assert got == [tok.cls_token_id] + full[:body // 4] + full[-(body - body // 4):] + \
-        [tok.sep_token_id]
+    assert got == [tok.cls_token_id] + full[: body // 4] + full[-(body - body // 4) :] + [
+        tok.sep_token_id
+    ]
     assert got[1:4] == full[:3] and got[4:-1] == full[-11:]
 
 
@@ -213,7 +229,7 @@ def test_chunks_are_consecutive_windows_up_to_max_chunks(tok):
     full, mid = ids_of(tok, long_text), ids_of(tok, medium)
     assert len(full) > 3 * 14 and len(mid) == 20
     got_long, got_mid = encode_texts(tok, [long_text, medium], pre)
-    assert got_long == [[cls_] + full[j:j + 14] + [sep] for j in (0, 14, 28)]
+    assert got_long == [[cls_] + full[j : j + 14] + [sep] for j in (0, 14, 28)]
     assert got_mid == [[cls_] + mid[:14] + [sep], [cls_] + mid[14:] + [sep]]
 
 
@@ -275,7 +291,7 @@ def test_collate_pads_to_the_longest_item_of_the_batch(tok):
     assert x["input_ids"].shape == (3, 10)  # the longest item, not max_length 64
     assert x["attention_mask"].tolist() == [[1] * n + [0] * (10 - n) for n in lengths]
     for row, d in zip(x["input_ids"].tolist(), docs):
-        assert row[:len(d[0])] == d[0] and all(v == 0 for v in row[len(d[0]):])
+        assert row[: len(d[0])] == d[0] and all(v == 0 for v in row[len(d[0]) :])
     assert "doc_index" not in x and "n_docs" not in x
     assert y.tolist() == [0, 1, 2]
 
@@ -307,8 +323,7 @@ def test_chunked_doc_feature_is_the_mean_of_its_chunk_features(tok, tiny_bert):
 
 # ====================================================================== 4. bucketing
 def _padding(batches, lengths) -> int:
-    return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
-               for b in batches)
+    return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
 
 
 def test_bucket_sampler_covers_every_index_once_with_less_padding():
@@ -320,7 +335,7 @@ def test_bucket_sampler_covers_every_index_once_with_less_padding():
     assert len(sampler) == len(batches) == 13
     assert all(1 <= len(b) <= 16 for b in batches)
     shuffled = list(EpochSampler(203, seed=3))
-    random_batches = [shuffled[j:j + 16] for j in range(0, 203, 16)]
+    random_batches = [shuffled[j : j + 16] for j in range(0, 203, 16)]
     assert _padding(batches, lengths) < 0.2 * _padding(random_batches, lengths)
 
 
@@ -342,8 +357,9 @@ def test_bucket_sampler_is_deterministic_per_seed_and_epoch():
 
 def test_bucket_sampler_ranks_share_the_work():
     lengths = np.random.default_rng(2).integers(1, 100, size=37).tolist()
-    ranks = [list(BucketBatchSampler(lengths, batch_size=4, seed=0, rank=r, world=2))
-             for r in (0, 1)]
+    ranks = [
+        list(BucketBatchSampler(lengths, batch_size=4, seed=0, rank=r, world=2)) for r in (0, 1)
+    ]
     # global batches of 2 x 4 texts of similar length, each split between the ranks
     assert len(ranks[0]) == len(ranks[1]) == 5
     covered = sorted(i for batches in ranks for b in batches for i in b)
@@ -370,8 +386,7 @@ def test_compute_features_with_bucketing_equals_without(tok, tiny_bert):
     batches = length_sorted_batches(ds.lengths, 4)
     assert [i for b in batches for i in b] != list(range(len(texts)))  # order does change
     collate = partial(collate_text, pad_id=0)
-    kw = dict(batch_size=4, device="cpu", channels_last=False, num_workers=0,
-              collate_fn=collate)
+    kw = dict(batch_size=4, device="cpu", channels_last=False, num_workers=0, collate_fn=collate)
     bucketed = compute_features(tiny_bert, ds, bucketing=True, **kw)
     plain = compute_features(tiny_bert, ds, bucketing=False, **kw)
     assert bucketed.shape == plain.shape == (len(texts), tiny_bert.feature_dim)
@@ -380,8 +395,6 @@ def test_compute_features_with_bucketing_equals_without(tok, tiny_bert):
         for i in (0, 7, len(texts) - 1):
             one = tiny_bert(collate([ds[i]])[0])[0]
             torch.testing.assert_close(bucketed[i], one, atol=1e-5, rtol=1e-5)
-
-
 
 
 # ====================================================================== 12. datasets
@@ -439,14 +452,24 @@ def test_email_to_text_keeps_what_a_reader_sees():
     from headstart.datasets import email_to_text
 
     text = email_to_text(MULTIPART_EMAIL)
-    assert text.startswith("Subject: Caf\u00e9 menu for Friday\n"
-                           "From: Alice Example <alice@example.org>\n\n")
+    assert text.startswith(
+        "Subject: Caf\u00e9 menu for Friday\nFrom: Alice Example <alice@example.org>\n\n"
+    )
     assert "Hello Bob," in text and "The caf\u00e9 serves soup on Friday." in text
     assert "be soft-wrapped by quoted-printable." in text  # soft line break joined
     assert "=C3" not in text and "=0A" not in text
     assert "HTMLONLYMARKER" not in text  # the plain alternative is preferred
-    for gone in ("ATTACHMENTMARKER", "QVRUQUNI", "secret.txt", "Received", "Return-Path",
-                 "X-Spam-Status", "Message-ID", "relay.example.net", "boundary"):
+    for gone in (
+        "ATTACHMENTMARKER",
+        "QVRUQUNI",
+        "secret.txt",
+        "Received",
+        "Return-Path",
+        "X-Spam-Status",
+        "Message-ID",
+        "relay.example.net",
+        "boundary",
+    ):
         assert gone not in text, gone
 
 

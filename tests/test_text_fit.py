@@ -13,16 +13,15 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from text_common import CLASSES, DIGIT_WORDS, LETTER_WORDS, STRATEGIES, TEXT_FAST, make_texts
 
 from headstart import TextClassifier
 from headstart.data.images import DataError
-from headstart.data.text import (collate_text, encode_texts)
+from headstart.data.text import collate_text, encode_texts
 from headstart.features import clear_memory_cache
 from headstart.zoo import create_backbone
 
 from conftest import make_multi_label_texts
-
-from text_common import (CLASSES, DIGIT_WORDS, LETTER_WORDS, STRATEGIES, TEXT_FAST, make_texts)
 
 
 # ====================================================================== 5. strategies
@@ -33,8 +32,9 @@ def fitted(text_data, tmp_path_factory):
     runs = {}
     for strategy in STRATEGIES:
         run_dir = tmp_path_factory.mktemp(f"text_{strategy}")
-        clf = TextClassifier("tiny:bert", strategy=strategy, partial_groups=1, lora_r=2,
-                             run_dir=run_dir, **TEXT_FAST)
+        clf = TextClassifier(
+            "tiny:bert", strategy=strategy, partial_groups=1, lora_r=2, run_dir=run_dir, **TEXT_FAST
+        )
         clf.fit(X, y)
         runs[strategy] = (clf, run_dir)
     return runs
@@ -52,10 +52,14 @@ def test_every_strategy_fits_and_predicts_known_classes(fitted, text_data, strat
     assert proba.shape == (20, 2)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
     assert clf.predict("abc bad cafe") in (["letters"], ["digits"])  # one text as a str
-    expected = {"feature_extract": ["linear_probe"], "finetune": ["finetune"],
-                "partial": ["partial"], "lp_ft": ["linear_probe", "finetune"],
-                "lora": ["linear_probe", "lora"],
-                "gradual": ["linear_probe", "unfreeze_1", "unfreeze_2", "unfreeze_3"]}
+    expected = {
+        "feature_extract": ["linear_probe"],
+        "finetune": ["finetune"],
+        "partial": ["partial"],
+        "lp_ft": ["linear_probe", "finetune"],
+        "lora": ["linear_probe", "lora"],
+        "gradual": ["linear_probe", "unfreeze_1", "unfreeze_2", "unfreeze_3"],
+    }
     assert [s["stage"] for s in clf.stages_] == expected[strategy]
 
 
@@ -73,8 +77,11 @@ def test_partial_trains_the_last_block_and_the_head(fitted):
 def test_finetune_trains_everything(fitted):
     clf, _ = fitted["finetune"]
     [summary] = clf.stages_
-    assert summary["trainable_params"] == summary["total_params"] == \
-        sum(p.numel() for p in clf.model_.parameters())
+    assert (
+        summary["trainable_params"]
+        == summary["total_params"]
+        == sum(p.numel() for p in clf.model_.parameters())
+    )
     assert summary["trainable_groups"] == ["embeddings", "layer.0", "layer.1"]
 
 
@@ -113,8 +120,12 @@ def test_save_and_load_give_identical_probabilities(fitted, text_data, strategy)
     np.testing.assert_allclose(any_task.predict_proba(Xt), expected, atol=1e-6, rtol=0)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["task"] == "text" and config["classes"] == CLASSES
-    assert config["preprocess"] == {"kind": "text", "max_length": 64, "truncation": "head",
-                                    "max_chunks": 1}
+    assert config["preprocess"] == {
+        "kind": "text",
+        "max_length": 64,
+        "truncation": "head",
+        "max_chunks": 1,
+    }
     assert (config["adapter"] is not None) == (strategy == "lora")
 
 
@@ -153,8 +164,10 @@ def test_a_long_text_is_a_text_and_a_folder_is_refused(fitted, tmp_path):
     assert clf.predict("a\x00b")  # a NUL byte: a text too
     assert list_inputs("text", [long])[0][1] == long
     assert list_inputs("text", [""]) == [("(empty text)", "")]  # not Path("") = the cwd
-    for refused in (lambda: clf.predict(str(tmp_path)),
-                    lambda: list_inputs("text", [str(tmp_path)])):
+    for refused in (
+        lambda: clf.predict(str(tmp_path)),
+        lambda: list_inputs("text", [str(tmp_path)]),
+    ):
         with pytest.raises(DataError, match="a folder; a text model reads texts"):
             refused()
     with pytest.raises(DataError, match="a folder; texts are read from a table file"):
@@ -195,8 +208,9 @@ def test_evaluate_reports_the_tfidf_baseline(fitted, text_data):
 
 def test_no_baseline_when_switched_off(text_data):
     (X, y), (Xt, yt) = text_data
-    clf = TextClassifier("tiny:bert", strategy="feature_extract", baseline=False,
-                         **TEXT_FAST).fit(X, y)
+    clf = TextClassifier("tiny:bert", strategy="feature_extract", baseline=False, **TEXT_FAST).fit(
+        X, y
+    )
     assert "baseline" not in clf.evaluate(Xt, yt)
 
 
@@ -227,8 +241,14 @@ def test_blend_predicts_the_mean_of_encoder_and_tfidf_probabilities(tmp_path):
     from headstart.metrics import classification_metrics
 
     (X, y), (Xt, yt) = _blend_fixture_texts()
-    clf = TextClassifier("tiny:bert", strategy="feature_extract", blend=True,
-                         blend_mode="mean", run_dir=tmp_path / "run", **TEXT_FAST).fit(X, y)
+    clf = TextClassifier(
+        "tiny:bert",
+        strategy="feature_extract",
+        blend=True,
+        blend_mode="mean",
+        run_dir=tmp_path / "run",
+        **TEXT_FAST,
+    ).fit(X, y)
     own = clf._head_proba(clf._features(clf._open_unlabeled(Xt)))
     tfidf = clf.baseline_.predict_proba(Xt)
     assert np.abs(own - tfidf).max() > 0.05  # two different models
@@ -286,17 +306,22 @@ def test_joint_blend_is_one_logistic_regression_on_tfidf_and_encoder_features(tm
     from headstart.metrics import classification_metrics
 
     (X, y), (Xt, yt) = _blend_fixture_texts()
-    clf = TextClassifier("tiny:bert", strategy="feature_extract", blend=True,
-                         blend_mode="joint", run_dir=tmp_path / "run",
-                         **{**TEXT_FAST, "val_fraction": 0.0}).fit(X, y)
+    clf = TextClassifier(
+        "tiny:bert",
+        strategy="feature_extract",
+        blend=True,
+        blend_mode="joint",
+        run_dir=tmp_path / "run",
+        **{**TEXT_FAST, "val_fraction": 0.0},
+    ).fit(X, y)
     assert clf.joint_.n_features_ == clf.model_.head.in_features
     # the same model by hand: sklearn on [tfidf, 0.5 * f / |f|] of the training texts
     vec = clf.joint_.vectorizer_
     unit = lambda f: 0.5 * f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731
     feats = clf._features(clf._open_unlabeled(X)).numpy()
     ref = LogisticRegression(C=10.0, max_iter=2000, random_state=0).fit(
-        sp.hstack([vec.transform(X), unit(feats)]).tocsr(),
-        [clf.classes_.index(c) for c in y])
+        sp.hstack([vec.transform(X), unit(feats)]).tocsr(), [clf.classes_.index(c) for c in y]
+    )
     test_feats = clf._features(clf._open_unlabeled(Xt)).numpy()
     want = ref.predict_proba(sp.hstack([vec.transform(Xt), unit(test_feats)]).tocsr())
     proba = clf.predict_proba(Xt)
@@ -307,11 +332,16 @@ def test_joint_blend_is_one_logistic_regression_on_tfidf_and_encoder_features(tm
 
     m = clf.evaluate(Xt, yt)  # own = joint; encoder, baseline and the mean blend beside
     labels = [clf.classes_.index(c) for c in yt]
-    for key, p in ((None, proba), ("encoder", own), ("baseline", tfidf),
-                   ("blend", (own + tfidf) / 2)):
+    for key, p in (
+        (None, proba),
+        ("encoder", own),
+        ("baseline", tfidf),
+        ("blend", (own + tfidf) / 2),
+    ):
         got = m if key is None else m[key]
         assert got["accuracy"] == pytest.approx(
-            classification_metrics(labels, p, clf.classes_)["accuracy"])
+            classification_metrics(labels, p, clf.classes_)["accuracy"]
+        )
     assert clf.metrics_["blend_mode"] == "joint"
     lookups = []  # the encoder's features of a call serve its head and the joint model
     real = clf._features
@@ -352,8 +382,7 @@ def test_tfidf_with_features_asks_for_them_by_shape():
 
 def test_blend_needs_the_baseline():
     with pytest.raises(ValueError, match="blend=True .*baseline=False"):
-        TextClassifier("tiny:bert", blend=True, baseline=False, **TEXT_FAST).fit(
-            *make_texts(10))
+        TextClassifier("tiny:bert", blend=True, baseline=False, **TEXT_FAST).fit(*make_texts(10))
 
 
 # ====================================================================== 7. chained transfer
@@ -362,8 +391,9 @@ def test_chained_transfer_to_new_classes(fitted, text_data, tmp_path):
     _, parent = fitted["finetune"]
     rename = {"letters": "L", "digits": "D"}
     child_dir = tmp_path / "child"
-    child = TextClassifier(str(parent), strategy="feature_extract", run_dir=child_dir,
-                           **TEXT_FAST).fit(X, [rename[c] for c in y])
+    child = TextClassifier(
+        str(parent), strategy="feature_extract", run_dir=child_dir, **TEXT_FAST
+    ).fit(X, [rename[c] for c in y])
     assert child.classes_ == ["D", "L"]
     assert set(child.predict(Xt)) <= {"D", "L"}
     assert child.score(Xt, [rename[c] for c in yt]) >= 0.8
@@ -390,8 +420,9 @@ def test_keep_head_starts_from_the_parents_head(fitted, text_data, caplog):
     assert np.abs(expected - 0.5).max() > 0.2  # the parent's head is far from uniform
     settings = {**TEXT_FAST, "head_epochs": 1, "head_lr": 1e-9, "weight_decay": 0.0}
     caplog.set_level(logging.INFO, logger="headstart.tasks.base")
-    kept = TextClassifier(str(parent_dir), strategy="feature_extract", keep_head=True,
-                          **settings).fit(X, y)
+    kept = TextClassifier(
+        str(parent_dir), strategy="feature_extract", keep_head=True, **settings
+    ).fit(X, y)
     assert "head initialised from" in caplog.text
     np.testing.assert_allclose(kept.predict_proba(Xt), expected, atol=1e-4)
     fresh = TextClassifier(str(parent_dir), strategy="feature_extract", **settings).fit(X, y)
@@ -401,8 +432,7 @@ def test_keep_head_starts_from_the_parents_head(fitted, text_data, caplog):
 def test_keep_head_with_other_classes_names_both_lists(fitted, text_data):
     (X, y), _ = text_data
     _, parent_dir = fitted["feature_extract"]
-    clf = TextClassifier(str(parent_dir), strategy="feature_extract", keep_head=True,
-                         **TEXT_FAST)
+    clf = TextClassifier(str(parent_dir), strategy="feature_extract", keep_head=True, **TEXT_FAST)
     with pytest.raises(ValueError) as info:
         clf.fit(X, ["L" if c == "letters" else "D" for c in y])
     msg = str(info.value)
@@ -423,8 +453,9 @@ def test_lora_run_as_backbone_has_its_adapters_merged(fitted, text_data, tok):
     assert backbone.lora is None
     assert not any("lora_" in n for n, _ in backbone.named_parameters())
     assert child.score(Xt, yt) >= 0.8
-    batch = collate_text([(d, torch.tensor(0)) for d in
-                          encode_texts(tok, Xt[:6], child.preprocess_)])[0]
+    batch = collate_text(
+        [(d, torch.tensor(0)) for d in encode_texts(tok, Xt[:6], child.preprocess_)]
+    )[0]
     plain = create_backbone("tiny:bert").eval()
     with torch.inference_mode():
         merged, adapted = backbone.eval()(batch), parent.model_.backbone.eval()(batch)
@@ -444,8 +475,9 @@ def multi_label_texts(n: int, seed: int):
 def multi_label_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("text_multi") / "run"
     X, y = multi_label_texts(45, 0)
-    clf = TextClassifier("tiny:bert", strategy="feature_extract", run_dir=run,
-                         **{**TEXT_FAST, "head_epochs": 30}).fit(X, y)
+    clf = TextClassifier(
+        "tiny:bert", strategy="feature_extract", run_dir=run, **{**TEXT_FAST, "head_epochs": 30}
+    ).fit(X, y)
     return clf, run
 
 
@@ -454,8 +486,7 @@ def test_multi_label_fit_predict_evaluate(multi_label_run):
     Xt, yt = multi_label_texts(15, 1)
     assert clf.multi_label_ and clf.classes_ == CLASSES
     pred = clf.predict(Xt)
-    assert len(pred) == 15 and all(isinstance(p, list) and set(p) <= set(CLASSES)
-                                   for p in pred)
+    assert len(pred) == 15 and all(isinstance(p, list) and set(p) <= set(CLASSES) for p in pred)
     proba = clf.predict_proba(Xt)
     assert proba.shape == (15, 2) and ((proba >= 0) & (proba <= 1)).all()
     assert not np.allclose(proba.sum(1), 1.0)  # sigmoids, not a softmax
@@ -485,8 +516,6 @@ def test_multi_label_model_evaluated_on_single_label_rows(multi_label_run, tmp_p
         assert m["micro_f1"] == as_lists["micro_f1"]
 
 
-
-
 # ---------------------------------------------------------------------- baseline on disk
 @pytest.mark.parametrize("with_features", [False, True])
 @pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
@@ -503,19 +532,20 @@ def test_tfidf_baseline_saved_and_loaded_predicts_the_same(tmp_path, kind, with_
     else:
         y = rng.integers(0, 2, (60, 3))
     feats = rng.normal(size=(60, 5)) + y.reshape(60, -1)[:, :1] if with_features else None
-    base = TfidfBaseline().fit(texts[:40], y[:40],
-                               features=feats[:40] if with_features else None)
+    base = TfidfBaseline().fit(texts[:40], y[:40], features=feats[:40] if with_features else None)
     base.save(tmp_path / "b")
     assert not list((tmp_path / "b").glob("*.pkl"))
     loaded = TfidfBaseline.load(tmp_path / "b")
     rest = feats[40:] if with_features else None
-    np.testing.assert_allclose(loaded.predict_proba(texts[40:], rest),
-                               base.predict_proba(texts[40:], rest), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict_proba(texts[40:], rest), base.predict_proba(texts[40:], rest), atol=1e-6
+    )
     # the same model as scikit-learn's own prediction
     design = base._design(base.vectorizer_.transform(texts[40:]), rest, 20)
     want = base.clf_.predict_proba(design)
-    np.testing.assert_allclose(base.predict_proba(texts[40:], rest)[:, :want.shape[1]], want,
-                               atol=1e-6)  # float32 TF-IDF rows
+    np.testing.assert_allclose(
+        base.predict_proba(texts[40:], rest)[:, : want.shape[1]], want, atol=1e-6
+    )  # float32 TF-IDF rows
 
 
 def test_loaded_text_run_reports_its_baseline(fitted, text_data):
@@ -549,7 +579,8 @@ def test_supervised_contrastive_loss_matches_a_naive_loop():
 def test_contrastive_fine_tuning_runs_and_changes_the_result(text_data):
     (X, y), _ = text_data
     plain = TextClassifier("tiny:bert", strategy="finetune", **TEXT_FAST).fit(X, y)
-    con = TextClassifier("tiny:bert", strategy="finetune",
-                         **{**TEXT_FAST, "contrastive": 1.0}).fit(X, y)
+    con = TextClassifier("tiny:bert", strategy="finetune", **{**TEXT_FAST, "contrastive": 1.0}).fit(
+        X, y
+    )
     assert not np.allclose(plain.predict_proba(X[:5]), con.predict_proba(X[:5]))
     assert con.config_.contrastive == 1.0

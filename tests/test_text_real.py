@@ -11,14 +11,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from text_common import TEXT_FAST
 
 from headstart import TextClassifier
-from headstart.data.text import (collate_text, encode_texts)
+from headstart.data.text import collate_text, encode_texts
 from headstart.features import clear_memory_cache
 from headstart.zoo import OfflineError, create_backbone
-
-
-from text_common import (TEXT_FAST)
 
 
 # ====================================================================== 9. hf: offline
@@ -33,8 +31,6 @@ def test_hf_id_offline_fails_fast_naming_the_packaged_model(monkeypatch, empty_h
     assert time.perf_counter() - t0 < 5
     msg = str(info.value)
     assert "packaged:minilm-l6" in msg and "hf:some-org/some-model-not-cached" in msg
-
-
 
 
 # ====================================================================== 11. slow: MiniLM
@@ -107,9 +103,10 @@ def minilm():
 
 def _embed(backbone, texts):
     pre = backbone.preprocess
-    batch = collate_text([(d, torch.tensor(0)) for d in
-                          encode_texts(backbone.tokenizer, texts, pre)],
-                         pad_id=backbone.tokenizer.pad_token_id)[0]
+    batch = collate_text(
+        [(d, torch.tensor(0)) for d in encode_texts(backbone.tokenizer, texts, pre)],
+        pad_id=backbone.tokenizer.pad_token_id,
+    )[0]
     with torch.inference_mode():
         return backbone(batch)
 
@@ -134,9 +131,15 @@ def test_minilm_loads_offline(minilm, no_network, monkeypatch):
 
 @pytest.mark.slow
 def test_minilm_paraphrases_are_closer_than_unrelated_sentences(minilm):
-    e = _embed(minilm, ["A man is playing a guitar.", "Someone is playing the guitar.",
-                        "The stock market fell sharply today.",
-                        "Interest rates were raised by the central bank."])
+    e = _embed(
+        minilm,
+        [
+            "A man is playing a guitar.",
+            "Someone is playing the guitar.",
+            "The stock market fell sharply today.",
+            "Interest rates were raised by the central bank.",
+        ],
+    )
     torch.testing.assert_close(e.norm(dim=1), torch.ones(4), atol=1e-4, rtol=0)
     sim = e @ e.T
     assert sim[0, 1] > 0.7 and sim[2, 3] > sim[0, 2] + 0.1
@@ -149,19 +152,22 @@ def test_minilm_end_to_end_feature_extract_and_lora(tmp_path, caplog):
     y = ["sports"] * 20 + ["cooking"] * 20
     Xt = SPORTS[20:] + COOKING[20:]
     yt = ["sports"] * len(SPORTS[20:]) + ["cooking"] * len(COOKING[20:])
-    common = dict(num_workers=0, device="cpu", val_fraction=0.2, head_epochs=40,
-                  early_stopping=0, seed=0)
+    common = dict(
+        num_workers=0, device="cpu", val_fraction=0.2, head_epochs=40, early_stopping=0, seed=0
+    )
     fe = TextClassifier("packaged:minilm-l6", strategy="feature_extract", **common).fit(X, y)
     assert fe.score(Xt, yt) >= 0.9
     assert fe.evaluate(Xt, yt)["baseline"]["n"] == len(Xt)
 
     caplog.set_level(logging.INFO, logger="headstart.strategies")
     run = tmp_path / "lora"
-    lora = TextClassifier("packaged:minilm-l6", strategy="lora", epochs=1, run_dir=run,
-                          **common).fit(X, y)
+    lora = TextClassifier(
+        "packaged:minilm-l6", strategy="lora", epochs=1, run_dir=run, **common
+    ).fit(X, y)
     assert lora.score(Xt, yt) >= 0.9
-    found = re.search(r"stage lora: trainable ([\d,]+) / ([\d,]+) parameters \(([\d.]+)%\)",
-                      caplog.text)
+    found = re.search(
+        r"stage lora: trainable ([\d,]+) / ([\d,]+) parameters \(([\d.]+)%\)", caplog.text
+    )
     assert found, caplog.text
     assert float(found.group(3)) < 5.0
     assert lora.stages_[1]["trainable_params"] < 0.05 * lora.stages_[1]["total_params"]

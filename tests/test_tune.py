@@ -23,8 +23,15 @@ def test_first_trial_is_the_default_and_the_best_is_refit(data, tmp_path):
     from headstart.tune import tune
 
     X, y = data
-    result = tune(X, y, model="tiny:cnn", trials=5, out=tmp_path,
-                  strategies=("feature_extract", "partial", "finetune"), **SETTINGS)
+    result = tune(
+        X,
+        y,
+        model="tiny:cnn",
+        trials=5,
+        out=tmp_path,
+        strategies=("feature_extract", "partial", "finetune"),
+        **SETTINGS,
+    )
     assert [t["number"] for t in result.trials] == list(range(5))
     first = result.trials[0]
     assert first["default"] and not any(t["default"] for t in result.trials[1:])
@@ -32,10 +39,13 @@ def test_first_trial_is_the_default_and_the_best_is_refit(data, tmp_path):
     # strategy stands in for it
     assert first["params"]["strategy"] == "feature_extract"
     assert first["params"]["head_lr"] == SETTINGS["head_lr"]
-    assert {t["params"]["strategy"] for t in result.trials} <= {"feature_extract", "partial",
-                                                                "finetune"}
+    assert {t["params"]["strategy"] for t in result.trials} <= {
+        "feature_extract",
+        "partial",
+        "finetune",
+    }
     for t in result.trials:
-        assert (("lr" in t["params"]) == (t["params"]["strategy"] != "feature_extract"))
+        assert ("lr" in t["params"]) == (t["params"]["strategy"] != "feature_extract")
         assert ("partial_groups" in t["params"]) == (t["params"]["strategy"] == "partial")
         if "partial_groups" in t["params"]:
             assert 1 <= t["params"]["partial_groups"] <= 3  # tiny:cnn has 3 groups
@@ -60,21 +70,53 @@ def test_a_rerun_continues_the_same_study(data, tmp_path):
     from headstart.tune import tune
 
     X, y = data
-    first = tune(X, y, model="tiny:cnn", trials=3, out=tmp_path, refit=False,
-                 strategies=("feature_extract",), **SETTINGS)
-    again = tune(X, y, model="tiny:cnn", trials=5, out=tmp_path, refit=False,
-                 strategies=("feature_extract",), **SETTINGS)
+    first = tune(
+        X,
+        y,
+        model="tiny:cnn",
+        trials=3,
+        out=tmp_path,
+        refit=False,
+        strategies=("feature_extract",),
+        **SETTINGS,
+    )
+    again = tune(
+        X,
+        y,
+        model="tiny:cnn",
+        trials=5,
+        out=tmp_path,
+        refit=False,
+        strategies=("feature_extract",),
+        **SETTINGS,
+    )
     assert again.study_name == first.study_name
     assert len(again.trials) == 5
     assert again.trials[:3] == first.trials  # kept as they were, not rerun
     seen = [t["params"] for t in first.trials[1:]]
     assert all(t["params"] not in seen for t in again.trials[3:])  # new points, not repeats
-    same = tune(X, y, model="tiny:cnn", trials=5, out=tmp_path, refit=False,
-                strategies=("feature_extract",), num_workers=0, **{
-                    k: v for k, v in SETTINGS.items() if k != "num_workers"})
+    same = tune(
+        X,
+        y,
+        model="tiny:cnn",
+        trials=5,
+        out=tmp_path,
+        refit=False,
+        strategies=("feature_extract",),
+        num_workers=0,
+        **{k: v for k, v in SETTINGS.items() if k != "num_workers"},
+    )
     assert len(same.trials) == 5  # nothing left to do
-    other = tune(X, y, model="tiny:cnn", trials=1, out=tmp_path, refit=False,
-                 strategies=("feature_extract",), **{**SETTINGS, "head_epochs": 3})
+    other = tune(
+        X,
+        y,
+        model="tiny:cnn",
+        trials=1,
+        out=tmp_path,
+        refit=False,
+        strategies=("feature_extract",),
+        **{**SETTINGS, "head_epochs": 3},
+    )
     assert other.study_name != first.study_name  # another budget is another study
 
 
@@ -96,11 +138,27 @@ def test_a_killed_search_resumes_with_its_finished_trials(data, tmp_path, monkey
 
     monkeypatch.setattr(TransferEstimator, "fit", dying_fit)
     with pytest.raises(KeyboardInterrupt):
-        tune(X, y, model="tiny:cnn", trials=4, out=tmp_path, refit=False,
-             strategies=("feature_extract", "finetune"), **SETTINGS)
+        tune(
+            X,
+            y,
+            model="tiny:cnn",
+            trials=4,
+            out=tmp_path,
+            refit=False,
+            strategies=("feature_extract", "finetune"),
+            **SETTINGS,
+        )
     monkeypatch.setattr(TransferEstimator, "fit", real_fit)
-    result = tune(X, y, model="tiny:cnn", trials=4, out=tmp_path, refit=False,
-                  strategies=("feature_extract", "finetune"), **SETTINGS)
+    result = tune(
+        X,
+        y,
+        model="tiny:cnn",
+        trials=4,
+        out=tmp_path,
+        refit=False,
+        strategies=("feature_extract", "finetune"),
+        **SETTINGS,
+    )
     states = [t["state"] for t in result.trials]
     assert states.count("COMPLETE") + states.count("PRUNED") == 4
     assert result.trials[0]["default"] and result.trials[0]["state"] == "COMPLETE"
@@ -116,8 +174,16 @@ def test_pruning_compares_fine_tuning_epochs_across_strategies(data, tmp_path):
     from headstart.tune import tune
 
     X, y = data
-    result = tune(X, y, model="tiny:cnn", trials=4, out=tmp_path, refit=False,
-                  strategies=("lp_ft", "finetune", "feature_extract"), **SETTINGS)
+    result = tune(
+        X,
+        y,
+        model="tiny:cnn",
+        trials=4,
+        out=tmp_path,
+        refit=False,
+        strategies=("lp_ft", "finetune", "feature_extract"),
+        **SETTINGS,
+    )
     storage = optuna.storages.RDBStorage(result.storage)
     study = optuna.load_study(study_name=result.study_name, storage=storage)
     seen = set()
@@ -140,8 +206,15 @@ def test_bad_arguments(data, tmp_path):
     with pytest.raises(ValueError, match="trials"):
         tune(X, y, model="tiny:cnn", trials=0, out=tmp_path)
     with pytest.raises(ValueError, match="validation"):
-        tune(X, y, model="tiny:cnn", trials=1, out=tmp_path, val_fraction=0.0, **{
-            k: v for k, v in SETTINGS.items()})
+        tune(
+            X,
+            y,
+            model="tiny:cnn",
+            trials=1,
+            out=tmp_path,
+            val_fraction=0.0,
+            **{k: v for k, v in SETTINGS.items()},
+        )
 
 
 def test_cli_tune(data, tmp_path, capsys):
@@ -152,10 +225,35 @@ def test_cli_tune(data, tmp_path, capsys):
     X, y = data
     root = write_folder(tmp_path / "train", X, y)
     out = tmp_path / "tune"
-    code = main(["-q", "tune", str(root), "--model", "tiny:cnn", "--trials", "3", "--out",
-                 str(out), "--strategies", "feature_extract,finetune", "--epochs", "1",
-                 "--head-epochs", "2", "--num-workers", "0", "--device", "cpu",
-                 "--batch-size", "16", "--lr", "0.01", "--head-lr", "0.01"])
+    code = main(
+        [
+            "-q",
+            "tune",
+            str(root),
+            "--model",
+            "tiny:cnn",
+            "--trials",
+            "3",
+            "--out",
+            str(out),
+            "--strategies",
+            "feature_extract,finetune",
+            "--epochs",
+            "1",
+            "--head-epochs",
+            "2",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0.01",
+            "--head-lr",
+            "0.01",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0, text
     assert "3 trials" in text and "best trial" in text and "default settings (trial 0)" in text

@@ -6,9 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headstart.zoo import (ModelCard, OfflineError, ZooError, create_backbone, get_card,
-                           list_models, register)
-from headstart.zoo import _REGISTRY  # noqa: PLC2701 - checked unchanged after a bad register
+from headstart.zoo import (
+    _REGISTRY,  # noqa: PLC2701 - checked unchanged after a bad register
+    ModelCard,
+    OfflineError,
+    ZooError,
+    create_backbone,
+    get_card,
+    list_models,
+    register,
+)
 
 PACKAGED = ("packaged:efficientnet_lite0", "packaged:efficientnet_lite2")
 
@@ -23,8 +30,7 @@ def test_offline_image_models():
     assert online and all(not m.offline for m in online)
     assert set(ids).isdisjoint(m.id for m in online)
     assert [m.id for m in list_models(source="packaged", modality="image")] == list(PACKAGED)
-    assert [m.id for m in list_models(source="packaged", modality="text")] == [
-        "packaged:minilm-l6"]
+    assert [m.id for m in list_models(source="packaged", modality="text")] == ["packaged:minilm-l6"]
     assert list_models(modality="no-such-modality") == []
 
 
@@ -34,8 +40,7 @@ def test_every_entry_has_complete_metadata():
     assert len({m.id for m in metas}) == len(metas)
     for m in metas:
         for field in ("source_data", "source_task", "domain", "licence", "modality"):
-            assert isinstance(getattr(m, field), str) and getattr(m, field).strip(), \
-                (m.id, field)
+            assert isinstance(getattr(m, field), str) and getattr(m, field).strip(), (m.id, field)
         assert isinstance(m.params, int) and m.params > 0, m.id
         assert ":" in m.id
     assert get_card("tiny:cnn").meta.params == 6088
@@ -129,8 +134,9 @@ def test_cut_fit_uses_the_smaller_features(arrays):
 
     from conftest import FAST
 
-    clf = ImageClassifier("tiny:cnn", strategy="finetune", cut=1,
-                          **{**FAST, "epochs": 1, "val_fraction": 0.0}).fit(*arrays)
+    clf = ImageClassifier(
+        "tiny:cnn", strategy="finetune", cut=1, **{**FAST, "epochs": 1, "val_fraction": 0.0}
+    ).fit(*arrays)
     assert clf.model_.backbone.feature_dim == 16
     assert clf.stages_[0]["trainable_params"] == 232 + 1184 + 16 * 2 + 2
 
@@ -149,7 +155,8 @@ def test_timm_cut_one_on_resnet_removes_the_last_stage():
     b = create_backbone("timm:resnet18", pretrained=False, cut=1)
     assert b.feature_dim == 256
     assert sum(p.numel() for p in b.parameters()) < sum(
-        p.numel() for p in create_backbone("timm:resnet18", pretrained=False).parameters())
+        p.numel() for p in create_backbone("timm:resnet18", pretrained=False).parameters()
+    )
 
 
 def test_scratch_baseline_metadata():
@@ -159,17 +166,20 @@ def test_scratch_baseline_metadata():
     assert b.feature_dim == 32
 
 
-@pytest.mark.parametrize("task, backbone, message", [
-    ("image", "tiny:bert", "tiny:bert is a text model; --task image needs an image backbone"),
-    ("text", "tiny:cnn", "tiny:cnn is an image model; --task text needs a text backbone"),
-    ("image", "tiny:wav2vec2", "tiny:wav2vec2 is an audio model; --task image needs an image"),
-])
+@pytest.mark.parametrize(
+    "task, backbone, message",
+    [
+        ("image", "tiny:bert", "tiny:bert is a text model; --task image needs an image backbone"),
+        ("text", "tiny:cnn", "tiny:cnn is an image model; --task text needs a text backbone"),
+        ("image", "tiny:wav2vec2", "tiny:wav2vec2 is an audio model; --task image needs an image"),
+    ],
+)
 def test_a_backbone_of_another_modality_is_refused_by_name(task, backbone, message):
     """Not a TypeError from deep in preprocessing: the error names the backbone, what it
     reads, and the command that lists the ones that fit."""
-    from conftest import FAST, make_arrays, make_texts
-
     from headstart.tasks import ESTIMATORS
+
+    from conftest import FAST, make_arrays, make_texts
 
     data = make_arrays(n=24) if task == "image" else make_texts(24, seed=0)
     with pytest.raises(ZooError, match=message) as err:

@@ -29,14 +29,30 @@ _PUBLIC = {
     "create_backbone": ".zoo",
     "list_models": ".zoo",
 }
-__all__ = ["AudioClassifier", "FitConfig", "ImageClassifier", "NotFittedError", "ObjectDetector",
-           "SpeechRecognizer", "TextClassifier", "create_backbone", "list_models", "rank"]
+__all__ = [
+    "AudioClassifier",
+    "FitConfig",
+    "ImageClassifier",
+    "NotFittedError",
+    "ObjectDetector",
+    "SpeechRecognizer",
+    "TextClassifier",
+    "create_backbone",
+    "list_models",
+    "rank",
+]
 
 if TYPE_CHECKING:
     from .config import FitConfig
     from .select import rank
-    from .tasks import (AudioClassifier, ImageClassifier, NotFittedError, ObjectDetector,
-                        SpeechRecognizer, TextClassifier)
+    from .tasks import (
+        AudioClassifier,
+        ImageClassifier,
+        NotFittedError,
+        ObjectDetector,
+        SpeechRecognizer,
+        TextClassifier,
+    )
     from .zoo import create_backbone, list_models
 
 

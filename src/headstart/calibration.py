@@ -44,8 +44,12 @@ def fit_temperature(logits, labels, bounds: tuple[float, float] = T_BOUNDS) -> f
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    res = minimize_scalar(lambda log_t: nll(z, y, math.exp(log_t)), bounds=(lo, hi),
-                          method="bounded", options={"xatol": 1e-7})
+    res = minimize_scalar(
+        lambda log_t: nll(z, y, math.exp(log_t)),
+        bounds=(lo, hi),
+        method="bounded",
+        options={"xatol": 1e-7},
+    )
     t = float(math.exp(res.x))
     return t if nll(z, y, t) <= nll(z, y, 1.0) else 1.0
 
@@ -57,11 +61,13 @@ def temperature_or_reason(logits, labels) -> tuple[float, str | None]:
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     if len(y) < MIN_ITEMS:
-        return 1.0, (f"{len(y)} validation item(s), fewer than the {MIN_ITEMS} a temperature "
-                     "is fitted on")
+        return 1.0, (
+            f"{len(y)} validation item(s), fewer than the {MIN_ITEMS} a temperature is fitted on"
+        )
     if np.all(z.argmax(1) == y):
-        return 1.0, ("every validation item is predicted right: no finite temperature "
-                     "minimises their NLL")
+        return 1.0, (
+            "every validation item is predicted right: no finite temperature minimises their NLL"
+        )
     return fit_temperature(z, y), None
 
 
@@ -83,9 +89,15 @@ def reliability(y_true, proba, n_bins: int = ECE_BINS) -> list[dict]:
     for i in range(n_bins):
         inside = which == i
         n = int(inside.sum())
-        out.append({"lower": i / n_bins, "upper": (i + 1) / n_bins, "count": n,
-                    "confidence": float(conf[inside].mean()) if n else None,
-                    "accuracy": float(right[inside].mean()) if n else None})
+        out.append(
+            {
+                "lower": i / n_bins,
+                "upper": (i + 1) / n_bins,
+                "count": n,
+                "confidence": float(conf[inside].mean()) if n else None,
+                "accuracy": float(right[inside].mean()) if n else None,
+            }
+        )
     return out
 
 
@@ -100,8 +112,9 @@ def ece_from_bins(bins: list[dict]) -> float:
     total = sum(b["count"] for b in bins)
     if not total:
         return float("nan")
-    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"])
-                     for b in bins if b["count"]))
+    return float(
+        sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
+    )
 
 
 def before_after(logits, labels, temperature: float) -> dict:
@@ -109,8 +122,13 @@ def before_after(logits, labels, temperature: float) -> dict:
     ``logits / temperature``."""
     before = reliability(labels, softmax(logits))
     after = reliability(labels, softmax(logits, temperature))
-    return {"temperature": float(temperature),
-            "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, temperature),
-            "ece_before": ece_from_bins(before), "ece_after": ece_from_bins(after),
-            "n": int(len(np.asarray(labels))),
-            "reliability_before": before, "reliability_after": after}
+    return {
+        "temperature": float(temperature),
+        "nll_before": nll(logits, labels),
+        "nll_after": nll(logits, labels, temperature),
+        "ece_before": ece_from_bins(before),
+        "ece_after": ece_from_bins(after),
+        "n": int(len(np.asarray(labels))),
+        "reliability_before": before,
+        "reliability_after": after,
+    }

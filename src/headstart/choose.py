@@ -55,8 +55,10 @@ def choose(candidates: list[Candidate], n: int, monitor: str) -> tuple[Candidate
     if monitor == "loss":
         why = "the lowest validation loss"
     elif len(tied) > 1:
-        why = (f"within the noise of {n} validation items (+-{margin:.3f} {metric}) the "
-               f"lowest validation loss decides")
+        why = (
+            f"within the noise of {n} validation items (+-{margin:.3f} {metric}) the "
+            f"lowest validation loss decides"
+        )
     else:
         why = f"the best validation {metric}, by more than the noise of {n} items (+-{margin:.3f})"
     return win, f"kept {win.where} ({_show(win, monitor)}) over {rivals}: {why}"
@@ -68,8 +70,9 @@ def _show(c: Candidate, monitor: str) -> str:
     return f"{monitor.replace('_', '-')} {c.score:.3f}, loss {c.loss:.4f}"
 
 
-def interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float
-                ) -> dict[str, torch.Tensor]:
+def interpolate(
+    start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     """WiSE-FT (Wortsman et al., CVPR 2022): ``(1 - alpha) * start + alpha * end`` for every
     floating tensor both hold (weights and BatchNorm statistics); other tensors (counters)
     are ``end``'s."""

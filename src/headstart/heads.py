@@ -46,8 +46,9 @@ class Head(nn.Module):
             layers += [nn.Dropout(spec.dropout), nn.Linear(width, h), nn.GELU()]
             width = h
         layers += [nn.Dropout(spec.dropout), nn.Linear(width, num_classes)]
-        self.layers = nn.Sequential(*[m for m in layers
-                                      if not (isinstance(m, nn.Dropout) and m.p == 0)])
+        self.layers = nn.Sequential(
+            *[m for m in layers if not (isinstance(m, nn.Dropout) and m.p == 0)]
+        )
         self.spec = spec
         self.in_features = in_features
         self.num_classes = num_classes
@@ -71,13 +72,15 @@ class Head(nn.Module):
         # a 0-dim buffer: the logits keep their dtype (bf16 under autocast)
         return self.layers(features) / self.temperature
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # weights saved before the head had a temperature: uncalibrated, T = 1
         # (``load_state_dict`` hands each module its own copy of the dict)
         state_dict.setdefault(prefix + "temperature", torch.ones(()))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class TransferModel(nn.Module):
@@ -94,8 +97,9 @@ class TransferModel(nn.Module):
         return (logits, features) if return_features else logits
 
 
-def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor,
-                                temperature: float = 0.1) -> torch.Tensor:
+def supervised_contrastive_loss(
+    features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1
+) -> torch.Tensor:
     """SupCon (Khosla et al. 2020) on L2-normalised features: each item is pulled towards
     the other items of its class in the batch and pushed from the rest. Items without a
     positive in the batch are left out; a batch without any positive gives 0."""
@@ -108,5 +112,5 @@ def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor,
     has = positives.any(1)
     if not has.any():
         return features.sum() * 0.0
-    mean_pos = (log_prob.masked_fill(~positives, 0.0).sum(1) / positives.sum(1).clamp(min=1))
+    mean_pos = log_prob.masked_fill(~positives, 0.0).sum(1) / positives.sum(1).clamp(min=1)
     return -mean_pos[has].mean()

@@ -19,8 +19,11 @@ IMBALANCED = 3.0
 # What imbalance="auto" does with imbalanced classes: the measured better of the two
 # (benchmarks/imbalance.py; figures in docs/results.md).
 AUTO_METHOD = "sample"
-METHODS = {"weight": "class-weighted loss", "sample": "class-balanced sampler",
-           "none": "plain loss and sampling"}
+METHODS = {
+    "weight": "class-weighted loss",
+    "sample": "class-balanced sampler",
+    "none": "plain loss and sampling",
+}
 
 
 def class_counts(labels, n_classes: int) -> np.ndarray | None:
@@ -72,8 +75,10 @@ class ClassBalance:
     def message(self) -> str:
         """One line: the counts, and what the fit does about them."""
         if self.ratio is None:
-            return (f"multi-label or sequence targets: {METHODS[self.method]}, monitoring "
-                    f"{_name(self.monitor)}")
+            return (
+                f"multi-label or sequence targets: {METHODS[self.method]}, monitoring "
+                f"{_name(self.monitor)}"
+            )
         assert self.counts is not None  # plan: counts wherever there is a ratio
         counts = _short(self.counts, "d")
         kind = "imbalanced classes" if self.imbalanced else "classes"
@@ -93,22 +98,29 @@ def plan(cfg, labels, classes) -> ClassBalance:
     counts = class_counts(labels, len(classes))
     if counts is None:
         if cfg.imbalance in ("weight", "sample"):
-            raise ValueError(f"imbalance={cfg.imbalance!r} weighs single-label classes; these "
-                             "targets are multi-label rows (or sequences): use imbalance auto "
-                             "or none")
+            raise ValueError(
+                f"imbalance={cfg.imbalance!r} weighs single-label classes; these "
+                "targets are multi-label rows (or sequences): use imbalance auto "
+                "or none"
+            )
         monitor = "accuracy" if cfg.monitor == "auto" else cfg.monitor
         return ClassBalance(monitor, "none", None, None, None, cfg.monitor, cfg.imbalance)
     ratio = imbalance_ratio(counts)
     imbalanced = ratio >= IMBALANCED
-    monitor = cfg.monitor if cfg.monitor != "auto" else \
-        "macro_f1" if imbalanced else "accuracy"
-    method = cfg.imbalance if cfg.imbalance != "auto" else \
-        AUTO_METHOD if imbalanced else "none"
+    monitor = cfg.monitor if cfg.monitor != "auto" else "macro_f1" if imbalanced else "accuracy"
+    method = cfg.imbalance if cfg.imbalance != "auto" else AUTO_METHOD if imbalanced else "none"
     weights = None
     if method != "none":
         weights = {c: round(float(w), 6) for c, w in zip(classes, class_weights(counts))}
-    return ClassBalance(monitor, method, ratio, {c: int(n) for c, n in zip(classes, counts)},
-                        weights, cfg.monitor, cfg.imbalance)
+    return ClassBalance(
+        monitor,
+        method,
+        ratio,
+        {c: int(n) for c, n in zip(classes, counts)},
+        weights,
+        cfg.monitor,
+        cfg.imbalance,
+    )
 
 
 def effective_monitor(cfg, labels, classes) -> str:

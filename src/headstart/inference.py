@@ -84,8 +84,9 @@ class Predictor:
     graph (``flip``: the crop and its mirror image; ``flip+crops``: also four corner crops).
     """
 
-    def __init__(self, estimator, engine=None, max_pixels: int | None = MAX_PIXELS,
-                 tta: str | None = None):
+    def __init__(
+        self, estimator, engine=None, max_pixels: int | None = MAX_PIXELS, tta: str | None = None
+    ):
         from .tasks.base import tta_views
 
         estimator._check_fitted()
@@ -100,17 +101,21 @@ class Predictor:
         # a run that kept its classic baseline predicts with it: no graph, no engine
         self.baseline = estimator.baseline_ if estimator._kept_baseline() else None
         if self.baseline is not None and engine is not None:
-            raise ValueError(f"this run kept its classic baseline ({self.baseline.name}), "
-                             "which has no ONNX graph: use engine torch")
+            raise ValueError(
+                f"this run kept its classic baseline ({self.baseline.name}), "
+                "which has no ONNX graph: use engine torch"
+            )
         # reading items and turning the graph's output into the run's: the task's
         self.feed = self.serving.feed(estimator, views, max_pixels, self.baseline)
         self._graph: nn.Module | None = None
-        self.engine = engine or (BaselineEngine(self.baseline) if self.baseline is not None
-                                 else TorchEngine(self.graph))
+        self.engine = engine or (
+            BaselineEngine(self.baseline) if self.baseline is not None else TorchEngine(self.graph)
+        )
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, engine: str = "torch", device: str = "cpu",
-                 **kwargs) -> "Predictor":
+    def from_run(
+        cls, run_dir: str | Path, engine: str = "torch", device: str = "cpu", **kwargs
+    ) -> Predictor:
         """``engine``: ``torch`` or ``onnx`` (the run's ``export/model.onnx``, written by
         ``headstart export``)."""
         from .tasks.registry import load_estimator
@@ -121,8 +126,9 @@ class Predictor:
         if engine == "onnx":
             path = Path(run_dir) / "export" / "model.onnx"
             if not path.is_file():
-                raise FileNotFoundError(f"{path}: no ONNX export; run `headstart export "
-                                        f"{run_dir} --format onnx` first")
+                raise FileNotFoundError(
+                    f"{path}: no ONNX export; run `headstart export {run_dir} --format onnx` first"
+                )
             return cls(est, engine=OnnxEngine(path), **kwargs)
         raise ValueError(f"engine={engine!r}: choose torch or onnx")
 
@@ -163,13 +169,14 @@ class Predictor:
         return self.feed.finish(proba, feats, prepared)
 
     # -------------------------------------------------------------- predicting
-    def predict(self, items: list, names: list[str] | None = None,
-                batch_size: int = 32) -> list[Prediction]:
+    def predict(
+        self, items: list, names: list[str] | None = None, batch_size: int = 32
+    ) -> list[Prediction]:
         """One :class:`Prediction` per item, in order."""
         names = names or [_item_name(item, i) for i, item in enumerate(items)]
         results: list[Prediction] = []
         for start in range(0, len(items), batch_size):
-            part = items[start:start + batch_size]
+            part = items[start : start + batch_size]
             prepared = self.prepare_many(part)
             ok = [j for j, p in enumerate(prepared) if not isinstance(p, Exception)]
             proba = self.run([prepared[j] for j in ok])
@@ -228,8 +235,7 @@ class TorchEngine:
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray | tuple:
         from .features import checked_fold
 
-        args = [torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
-                for v in inputs.values()]
+        args = [torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for v in inputs.values()]
         if self._folded is not None:
             self.graph, self._folded = checked_fold(self._folded, self.graph, *args), None
         out = self.graph(*args)
@@ -249,8 +255,7 @@ class OnnxEngine:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = Path(path)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray | tuple:

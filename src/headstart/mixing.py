@@ -44,8 +44,10 @@ class BatchMixer:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            raise ValueError(f"mix={self.kind} mixes batches of images (N, C, H, W), not "
-                             f"{type(x).__name__} batches: use mix=none")
+            raise ValueError(
+                f"mix={self.kind} mixes batches of images (N, C, H, W), not "
+                f"{type(x).__name__} batches: use mix=none"
+            )
         lam = float(self.rng.beta(self.alpha, self.alpha))
         perm = torch.as_tensor(self.rng.permutation(len(x)), device=x.device)
         if self.kind == "mixup":

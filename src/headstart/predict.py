@@ -33,13 +33,15 @@ def list_inputs(task: str, inputs: list, text_column: str = "text") -> list[tupl
     return serving_for(task).list_inputs(inputs, text_column)
 
 
-def iter_predictions(predictor: Predictor, entries: list[tuple[str, object]],
-                     batch_size: int = 64) -> Iterator:
+def iter_predictions(
+    predictor: Predictor, entries: list[tuple[str, object]], batch_size: int = 64
+) -> Iterator:
     """:class:`~headstart.inference.Prediction` per entry, batch by batch."""
     for start in range(0, len(entries), batch_size):
-        part = entries[start:start + batch_size]
-        yield from predictor.predict([item for _, item in part], names=[n for n, _ in part],
-                                     batch_size=batch_size)
+        part = entries[start : start + batch_size]
+        yield from predictor.predict(
+            [item for _, item in part], names=[n for n, _ in part], batch_size=batch_size
+        )
 
 
 @contextmanager
@@ -66,16 +68,20 @@ def _csv_out(out: str | Path | None):
         raise
 
 
-def write_predictions(predictor: Predictor, inputs: list, out: str | Path | None = None,
-                      batch_size: int = 64, progress: bool = True,
-                      text_column: str = "text") -> dict:
+def write_predictions(
+    predictor: Predictor,
+    inputs: list,
+    out: str | Path | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+    text_column: str = "text",
+) -> dict:
     """Predict ``inputs`` and write ``item, prediction, probability, error, p_<class>...``
     to ``out`` (default: stdout). Returns counts: items, predicted, errors."""
     from tqdm.auto import tqdm
 
     entries = predictor.serving.list_inputs(inputs, text_column)
-    header = ["item", "prediction", "probability", "error"] + [f"p_{c}" for c in
-                                                               predictor.classes]
+    header = ["item", "prediction", "probability", "error"] + [f"p_{c}" for c in predictor.classes]
     counts = {"items": len(entries), "predicted": 0, "errors": 0}
     with _csv_out(out) as writer:
         writer.writerow(header)
@@ -88,18 +94,33 @@ def write_predictions(predictor: Predictor, inputs: list, out: str | Path | None
                 counts["predicted"] += 1
                 label = predictor.labels(r.probabilities)
                 top = float(r.probabilities.max())
-                writer.writerow([r.item, ";".join(label) if isinstance(label, list) else label,
-                                 f"{top:.4f}", ""] + [f"{p:.6f}" for p in r.probabilities])
+                writer.writerow(
+                    [
+                        r.item,
+                        ";".join(label) if isinstance(label, list) else label,
+                        f"{top:.4f}",
+                        "",
+                    ]
+                    + [f"{p:.6f}" for p in r.probabilities]
+                )
             bar.update(1)
         bar.close()
     if counts["errors"]:
-        log.warning("%d of %d items could not be predicted; their rows say why",
-                    counts["errors"], counts["items"])
+        log.warning(
+            "%d of %d items could not be predicted; their rows say why",
+            counts["errors"],
+            counts["items"],
+        )
     return counts
 
 
-def write_detections(detector, inputs: list, out: str | Path | None = None,
-                     min_score: float = 0.5, progress: bool = True) -> dict:
+def write_detections(
+    detector,
+    inputs: list,
+    out: str | Path | None = None,
+    min_score: float = 0.5,
+    progress: bool = True,
+) -> dict:
     """Detect objects in ``inputs`` (image files, folders) and write one row per box,
     ``item, xmin, ymin, xmax, ymax, label, score, error``, to ``out`` (default: stdout).
     An image without boxes gets one row with empty box columns; an image that cannot be
@@ -120,14 +141,16 @@ def write_detections(detector, inputs: list, out: str | Path | None = None,
             if not len(det["boxes"]):
                 writer.writerow([name, "", "", "", "", "", "", ""])
             for box, score, label in zip(det["boxes"], det["scores"], det["labels"]):
-                writer.writerow([name, *(f"{float(v):.1f}" for v in box), label,
-                                 f"{float(score):.4f}", ""])
+                writer.writerow(
+                    [name, *(f"{float(v):.1f}" for v in box), label, f"{float(score):.4f}", ""]
+                )
                 counts["boxes"] += 1
     return counts
 
 
-def write_transcripts(recognizer, inputs: list, out: str | Path | None = None,
-                      batch_size: int = 64) -> dict:
+def write_transcripts(
+    recognizer, inputs: list, out: str | Path | None = None, batch_size: int = 64
+) -> dict:
     """Transcribe ``inputs`` (recordings, folders, CSVs with a path column) and write
     ``item, transcript, error`` rows to ``out`` (default: stdout); a recording that cannot
     be read gets its row with the reason. Returns counts: items, transcribed, errors."""
@@ -138,9 +161,11 @@ def write_transcripts(recognizer, inputs: list, out: str | Path | None = None,
     with _csv_out(out) as writer:
         writer.writerow(["item", "transcript", "error"])
         for start in range(0, len(entries), batch_size):
-            part = entries[start:start + batch_size]
-            problems = [_check_file(p) if existing_path(p) and Path(p).is_file() else
-                        "no such file" for p in part]
+            part = entries[start : start + batch_size]
+            problems = [
+                _check_file(p) if existing_path(p) and Path(p).is_file() else "no such file"
+                for p in part
+            ]
             good = [p for p, why in zip(part, problems) if not why]
             texts = iter(recognizer.transcribe(good) if good else [])
             for p, why in zip(part, problems):

@@ -50,8 +50,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from .inference import MAX_PIXELS, ItemError, ItemTooLarge, Predictor
-from .serve_http import (ApiError, Health, KeyCheck, ModelInfo, ModelSummary, Prediction,
-                         error_responses, exposure_warning, install_error_handlers)
+from .serve_http import (
+    ApiError,
+    Health,
+    KeyCheck,
+    ModelInfo,
+    ModelSummary,
+    Prediction,
+    error_responses,
+    exposure_warning,
+    install_error_handlers,
+)
 from .tasks.serving import BodyError, TaskServing
 
 log = logging.getLogger(__name__)
@@ -65,17 +74,17 @@ DEFAULT_TOP_K = 5
 class ServeSettings:
     """Limits and batching of one server; the CLI flags of `headstart serve`."""
 
-    engine: str = "torch"                    # torch, or onnx (RUN/export/model.onnx)
+    engine: str = "torch"  # torch, or onnx (RUN/export/model.onnx)
     max_upload_bytes: int = MAX_UPLOAD_BYTES  # request bodies larger than this: 413
-    max_pixels: int = MAX_PIXELS             # images larger than this: 413, from the header
-    max_text_chars: int = MAX_TEXT_CHARS     # longer texts: 413
-    max_batch: int = 32                      # items per model call
-    max_wait_ms: float = 2.0                 # how long a batch waits for more items
+    max_pixels: int = MAX_PIXELS  # images larger than this: 413, from the header
+    max_text_chars: int = MAX_TEXT_CHARS  # longer texts: 413
+    max_batch: int = 32  # items per model call
+    max_wait_ms: float = 2.0  # how long a batch waits for more items
     device: str = "cpu"
     # Authorization: Bearer <key> required on every route but /health, the page and the docs
     # (None: open to anyone who reaches the port); never shown in a repr or a log
     api_key: str | None = field(default=None, repr=False)
-    cors_origins: tuple[str, ...] = ()       # origins whose pages may call the API (CORS)
+    cors_origins: tuple[str, ...] = ()  # origins whose pages may call the API (CORS)
 
 
 # ---------------------------------------------------------------------- models
@@ -86,25 +95,33 @@ class ServedModel:
     config: dict
     serving: TaskServing  # the task's: how a request body becomes an item
     predictor: Predictor | None = None
-    batcher: "Batcher | None" = None
+    batcher: Batcher | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def task(self) -> str:
         return self.config.get("task", "image")
 
-    def load(self, settings: "ServeSettings") -> Predictor:
+    def load(self, settings: ServeSettings) -> Predictor:
         """The model's predictor, loaded on first use (once, whatever the concurrency)."""
         with self.lock:
             if self.predictor is None:
                 t0 = time.perf_counter()
-                predictor = Predictor.from_run(self.run_dir, engine=settings.engine,
-                                               device=settings.device,
-                                               max_pixels=settings.max_pixels)
+                predictor = Predictor.from_run(
+                    self.run_dir,
+                    engine=settings.engine,
+                    device=settings.device,
+                    max_pixels=settings.max_pixels,
+                )
                 self.batcher = Batcher(predictor, settings.max_batch, settings.max_wait_ms)
                 self.predictor = predictor
-                log.info("loaded %s from %s in %.1fs (%s engine)", self.name, self.run_dir,
-                         time.perf_counter() - t0, predictor.engine.name)
+                log.info(
+                    "loaded %s from %s in %.1fs (%s engine)",
+                    self.name,
+                    self.run_dir,
+                    time.perf_counter() - t0,
+                    predictor.engine.name,
+                )
         return self.predictor
 
     def describe(self) -> dict:
@@ -118,12 +135,17 @@ class ServedModel:
             "multi_label": bool(c.get("multi_label")),
             "loaded": self.predictor is not None,
             "engine": self.predictor.engine.name if self.predictor else None,
-            "backbone": {"id": c["backbone"]["id"], "feature_dim": c["backbone"].get(
-                "feature_dim")},
-            "source": {k: meta.get(k) for k in ("id", "source_data", "source_task", "domain",
-                                                 "licence", "params")},
-            "strategy": (c.get("strategy") or {}).get("name") if isinstance(
-                c.get("strategy"), dict) else c.get("strategy"),
+            "backbone": {
+                "id": c["backbone"]["id"],
+                "feature_dim": c["backbone"].get("feature_dim"),
+            },
+            "source": {
+                k: meta.get(k)
+                for k in ("id", "source_data", "source_task", "domain", "licence", "params")
+            },
+            "strategy": (c.get("strategy") or {}).get("name")
+            if isinstance(c.get("strategy"), dict)
+            else c.get("strategy"),
             "metrics": _plain_metrics(c.get("metrics", {})),
             "preprocess": c.get("preprocess"),
             "saved_at": c.get("saved_at"),
@@ -135,8 +157,11 @@ def _plain_metrics(metrics: dict) -> dict:
     out: dict[str, Any] = {}
     for split, values in metrics.items():
         if isinstance(values, dict):
-            out[split] = {k: v for k, v in values.items()
-                          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            out[split] = {
+                k: v
+                for k, v in values.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
         elif isinstance(values, (int, float, str)):
             out[split] = values
     return out
@@ -252,16 +277,25 @@ class BodyLimit:
                 await _send_json(send, 413, self._message(seen))
 
     def _message(self, size: int) -> str:
-        return (f"the request body ({size:,} bytes or more) is larger than the upload limit "
-                f"of {self.max_bytes:,} bytes; send a smaller file (the server's "
-                "--max-upload-mb sets the limit)")
+        return (
+            f"the request body ({size:,} bytes or more) is larger than the upload limit "
+            f"of {self.max_bytes:,} bytes; send a smaller file (the server's "
+            "--max-upload-mb sets the limit)"
+        )
 
 
 async def _send_json(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -286,14 +320,20 @@ def create_app(models, settings: ServeSettings | None = None):
     served: dict[str, ServedModel] = {}
     for name, run in models.items():
         if not name or any(c in name for c in "/{}?#%") or name in (".", ".."):
-            raise ValueError(f"{name!r}: a model name is part of its URL (/models/NAME/"
-                             "predict): use letters, digits, '-', '_' or '.'; name it: NAME=RUN")
+            raise ValueError(
+                f"{name!r}: a model name is part of its URL (/models/NAME/"
+                "predict): use letters, digits, '-', '_' or '.'; name it: NAME=RUN"
+            )
         if not is_run_dir(run):
-            raise ValueError(f"{run}: not a headstart run directory (config.json and "
-                             "model.safetensors written by `headstart fit`)")
+            raise ValueError(
+                f"{run}: not a headstart run directory (config.json and "
+                "model.safetensors written by `headstart fit`)"
+            )
         if settings.engine == "onnx" and not (Path(run) / "export" / "model.onnx").is_file():
-            raise ValueError(f"{run}: no ONNX export to serve with --engine onnx; run "
-                             f"`headstart export {run} --format onnx` first")
+            raise ValueError(
+                f"{run}: no ONNX export to serve with --engine onnx; run "
+                f"`headstart export {run} --format onnx` first"
+            )
         config = read_run_config(run)
         serving = serving_for(config.get("task", "image"), run)
         refusal = serving.refusal("serving", run)
@@ -302,20 +342,25 @@ def create_app(models, settings: ServeSettings | None = None):
         served[name] = ServedModel(name, Path(run), config, serving)
     default = next(iter(served))
 
-    app = FastAPI(title="headstart", version=_version(),
-                  description="Predictions of models fine-tuned with headstart. "
-                  + ("" if settings.api_key else
-                     f"Serving: {', '.join(served)} (default {default}). ")
-                  + 'Every error answers {"detail": str, "field"?: str}.')
+    app = FastAPI(
+        title="headstart",
+        version=_version(),
+        description="Predictions of models fine-tuned with headstart. "
+        + ("" if settings.api_key else f"Serving: {', '.join(served)} (default {default}). ")
+        + 'Every error answers {"detail": str, "field"?: str}.',
+    )
     app.state.served = served
     app.state.settings = settings
     install_error_handlers(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
     page = resources.files("headstart").joinpath("static/index.html").read_text("utf-8")
     guarded = [Depends(KeyCheck(settings.api_key))] if settings.api_key else []
@@ -324,8 +369,7 @@ def create_app(models, settings: ServeSettings | None = None):
 
     def lookup(name: str) -> ServedModel:
         if name not in served:
-            raise ApiError(404, f"no model named {name!r}; served: {', '.join(served)}",
-                           "name")
+            raise ApiError(404, f"no model named {name!r}; served: {', '.join(served)}", "name")
         return served[name]
 
     async def loaded(model: ServedModel) -> Predictor:
@@ -334,42 +378,74 @@ def create_app(models, settings: ServeSettings | None = None):
                 return await run_in_threadpool(model.load, settings)
             except Exception as exc:  # noqa: BLE001 - the client gets a 503, the log the trace
                 log.exception("cannot load model %s from %s", model.name, model.run_dir)
-                raise ApiError(503, f"model {model.name!r} could not be loaded "
-                                    f"({type(exc).__name__}); the server log says why") from None
+                raise ApiError(
+                    503,
+                    f"model {model.name!r} could not be loaded "
+                    f"({type(exc).__name__}); the server log says why",
+                ) from None
         return model.predictor
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
-        return HTMLResponse(page, headers={
-            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
-            "media-src blob:; "
-            "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"})
+        return HTMLResponse(
+            page,
+            headers={
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                "media-src blob:; "
+                "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"
+            },
+        )
 
     @app.get("/health", response_model=None, responses={200: {"model": Health}})
     async def health():
-        return {"status": "ok", "models": {n: m.predictor is not None
-                                           for n, m in served.items()}}
+        return {"status": "ok", "models": {n: m.predictor is not None for n, m in served.items()}}
 
-    @app.get("/models", dependencies=guarded, response_model=None,
-             responses={200: {"model": list[ModelSummary]}, **error_responses(*denied)})
+    @app.get(
+        "/models",
+        dependencies=guarded,
+        response_model=None,
+        responses={200: {"model": list[ModelSummary]}, **error_responses(*denied)},
+    )
     async def list_models():
-        return [{"name": m.name, "task": m.task, "classes": m.config["classes"],
-                 "loaded": m.predictor is not None, "default": m.name == default}
-                for m in served.values()]
+        return [
+            {
+                "name": m.name,
+                "task": m.task,
+                "classes": m.config["classes"],
+                "loaded": m.predictor is not None,
+                "default": m.name == default,
+            }
+            for m in served.values()
+        ]
 
-    @app.get("/model", dependencies=guarded, response_model=None,
-             responses={200: {"model": ModelInfo}, **error_responses(*denied)})
+    @app.get(
+        "/model",
+        dependencies=guarded,
+        response_model=None,
+        responses={200: {"model": ModelInfo}, **error_responses(*denied)},
+    )
     async def default_model():
         return served[default].describe()
 
     # the name is read from the path, not declared as a parameter: FastAPI would document
     # its validation error (a 422 no name can cause); the document lists the served names
-    @app.get("/models/{name}", dependencies=guarded, response_model=None,
-             responses={200: {"model": ModelInfo}, **error_responses(*denied, 404)},
-             openapi_extra={"parameters": [{
-                 "name": "name", "in": "path", "required": True,
-                 "schema": {"type": "string", "enum": list(served)},
-                 "description": "a served model"}]})
+    @app.get(
+        "/models/{name}",
+        dependencies=guarded,
+        response_model=None,
+        responses={200: {"model": ModelInfo}, **error_responses(*denied, 404)},
+        openapi_extra={
+            "parameters": [
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "enum": list(served)},
+                    "description": "a served model",
+                }
+            ]
+        },
+    )
     async def model_info(request: Request):
         return lookup(request.path_params["name"]).describe()
 
@@ -387,16 +463,16 @@ def create_app(models, settings: ServeSettings | None = None):
         assert model.batcher is not None  # load made it with the predictor
         proba = await model.batcher.submit(prepared)
         t2 = time.perf_counter()
-        order = proba.argsort()[::-1][:max(1, min(top_k, len(proba)))]
+        order = proba.argsort()[::-1][: max(1, min(top_k, len(proba)))]
         label = predictor.labels(proba)
         return {
             "model": model.name,
             "task": model.task,
             "prediction": label,
-            "predictions": [{"label": predictor.classes[i], "probability": float(proba[i])}
-                            for i in order],
-            "timing_ms": {"prepare": round((t1 - t0) * 1e3, 2),
-                          "model": round((t2 - t1) * 1e3, 2)},
+            "predictions": [
+                {"label": predictor.classes[i], "probability": float(proba[i])} for i in order
+            ],
+            "timing_ms": {"prepare": round((t1 - t0) * 1e3, 2), "model": round((t2 - t1) * 1e3, 2)},
         }
 
     top_k_query = Query(DEFAULT_TOP_K, ge=1, le=1000, description="how many classes to list")
@@ -404,22 +480,35 @@ def create_app(models, settings: ServeSettings | None = None):
     def predict_route(model: ServedModel):
         async def endpoint(request: Request, top_k: int = top_k_query):
             return await predict(model, request, top_k)
+
         return endpoint
 
-    docs: dict[str, Any] = {"response_model": None, "dependencies": guarded,
-            "responses": {200: {"model": Prediction}, **predict_errors}}
-    app.add_api_route("/predict", predict_route(served[default]), methods=["POST"],
-                      operation_id="predict", summary=f"Predict with the default model "
-                      f"({served[default].task})", name="predict",
-                      openapi_extra={"requestBody": served[default].serving.request_body(
-                          settings)}, **docs)
+    docs: dict[str, Any] = {
+        "response_model": None,
+        "dependencies": guarded,
+        "responses": {200: {"model": Prediction}, **predict_errors},
+    }
+    app.add_api_route(
+        "/predict",
+        predict_route(served[default]),
+        methods=["POST"],
+        operation_id="predict",
+        summary=f"Predict with the default model ({served[default].task})",
+        name="predict",
+        openapi_extra={"requestBody": served[default].serving.request_body(settings)},
+        **docs,
+    )
     for model in served.values():  # one route per model: each documents its task's bodies
-        app.add_api_route(f"/models/{model.name}/predict", predict_route(model),
-                          methods=["POST"], operation_id=f"predict_{model.name}",
-                          summary=f"Predict with {model.name} ({model.task})",
-                          name=f"predict_{model.name}",
-                          openapi_extra={"requestBody": model.serving.request_body(settings)},
-                          **docs)
+        app.add_api_route(
+            f"/models/{model.name}/predict",
+            predict_route(model),
+            methods=["POST"],
+            operation_id=f"predict_{model.name}",
+            summary=f"Predict with {model.name} ({model.task})",
+            name=f"predict_{model.name}",
+            openapi_extra={"requestBody": model.serving.request_body(settings)},
+            **docs,
+        )
 
     @app.post("/models/{name}/predict", include_in_schema=False, dependencies=guarded)
     async def predict_unknown(name: str):  # every served name has its route above
@@ -446,8 +535,13 @@ def _version() -> str:
         return "dev"
 
 
-def serve(models, host: str = "127.0.0.1", port: int = 8000,
-          settings: ServeSettings | None = None, preload: bool = False) -> None:
+def serve(
+    models,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    preload: bool = False,
+) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 

@@ -47,8 +47,9 @@ class Timing(BaseModel):
 class Prediction(BaseModel):
     model: str
     task: str
-    prediction: str | list[str] = Field(description="the top class (multi-label: the "
-                                        "classes at probability >= 0.5)")
+    prediction: str | list[str] = Field(
+        description="the top class (multi-label: the classes at probability >= 0.5)"
+    )
     predictions: list[Scored] = Field(description="the top_k classes, most probable first")
     timing_ms: Timing
 
@@ -85,8 +86,13 @@ class ModelInfo(BaseModel):
 class ApiError(HTTPException):
     """An HTTP error with the :class:`ErrorBody` ``field`` it blames (if any)."""
 
-    def __init__(self, status: int, detail: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(status, detail, headers=headers)
         self.field = field
 
@@ -94,13 +100,13 @@ class ApiError(HTTPException):
 _WHY = {
     400: "a malformed body: invalid JSON, a broken multipart form, too many form fields",
     401: "no API key, or a wrong one (the server runs with --api-key-file or "
-         "HEADSTART_API_KEY): send Authorization: Bearer <key>",
+    "HEADSTART_API_KEY): send Authorization: Bearer <key>",
     404: "no model of that name",
     413: "the body is over the upload limit, an image over the pixel limit (read from its "
-         "header), or a text over the character limit",
+    "header), or a text over the character limit",
     415: "a Content-Type this model does not read",
     422: "a body or parameter the model cannot take: not an image, not UTF-8 text, an empty "
-         "text, a missing, unknown or repeated field, top_k out of range",
+    "text, a missing, unknown or repeated field, top_k out of range",
     503: "the model could not be loaded (the server log says why)",
 }
 
@@ -111,14 +117,18 @@ def error_responses(*statuses: int) -> dict:
     for status in statuses:
         out[status] = {"model": ErrorBody, "description": _WHY[status]}
         if status == 401:
-            out[status]["headers"] = {"WWW-Authenticate": {
-                "description": "Bearer (the scheme to authenticate with)",
-                "schema": {"type": "string"}}}
+            out[status]["headers"] = {
+                "WWW-Authenticate": {
+                    "description": "Bearer (the scheme to authenticate with)",
+                    "schema": {"type": "string"},
+                }
+            }
     return out
 
 
-def error_response(status: int, detail: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, detail: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body: dict = {"detail": detail}
     if field:
         body["field"] = field
@@ -127,8 +137,9 @@ def error_response(status: int, detail: str, field: str | None = None,
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return error_response(exc.status_code, detail, getattr(exc, "field", None),
-                          getattr(exc, "headers", None))
+    return error_response(
+        exc.status_code, detail, getattr(exc, "field", None), getattr(exc, "headers", None)
+    )
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -156,25 +167,37 @@ class KeyCheck(HTTPBearer):
     answer's timing says nothing of how much of a guess was right."""
 
     def __init__(self, key: str):
-        super().__init__(scheme_name="apiKey", auto_error=False,
-                         description="the server's API key (serve --api-key-file or "
-                                     "HEADSTART_API_KEY), as Authorization: Bearer <key>")
+        super().__init__(
+            scheme_name="apiKey",
+            auto_error=False,
+            description="the server's API key (serve --api-key-file or "
+            "HEADSTART_API_KEY), as Authorization: Bearer <key>",
+        )
         if not key or not key.strip():
-            raise ValueError("the API key is empty; write a key (e.g. `python -c 'import "
-                             "secrets; print(secrets.token_urlsafe(32))'`) into the key file")
+            raise ValueError(
+                "the API key is empty; write a key (e.g. `python -c 'import "
+                "secrets; print(secrets.token_urlsafe(32))'`) into the key file"
+            )
         self.key = key.encode("utf-8")
 
     async def __call__(self, request: HTTPConnection) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if not header or scheme.lower() != "bearer" or not given.strip():
-            raise ApiError(401, "this server needs an API key: send the header "
-                                "'Authorization: Bearer <key>'", "Authorization",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "this server needs an API key: send the header 'Authorization: Bearer <key>'",
+                "Authorization",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self.key):
-            raise ApiError(401, "the API key is not this server's; send the key it was "
-                                "started with (--api-key-file or HEADSTART_API_KEY)",
-                           "Authorization", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise ApiError(
+                401,
+                "the API key is not this server's; send the key it was "
+                "started with (--api-key-file or HEADSTART_API_KEY)",
+                "Authorization",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
 
 
 def is_loopback(host: str) -> bool:
@@ -192,6 +215,8 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
     """The warning for serving on a non-loopback host without a key; None otherwise."""
     if api_key or is_loopback(host):
         return None
-    return (f"serving on {host} without an API key: anyone who can reach this port can use "
-            "every model; set one with --api-key-file FILE (or HEADSTART_API_KEY), or serve "
-            "on 127.0.0.1")
+    return (
+        f"serving on {host} without an API key: anyone who can reach this port can use "
+        "every model; set one with --api-key-file FILE (or HEADSTART_API_KEY), or serve "
+        "on 127.0.0.1"
+    )

@@ -61,22 +61,27 @@ class Strategy:
         for s in self.stages:
             if s.head_only:
                 where = "on cached features" if cached else "(backbone frozen)"
-                lines.append(f"  {s.name}: {s.epochs} epochs, trains the head only {where}, "
-                             f"head lr {s.head_lr:g}")
+                lines.append(
+                    f"  {s.name}: {s.epochs} epochs, trains the head only {where}, "
+                    f"head lr {s.head_lr:g}"
+                )
                 continue
             if s.adapters:
-                lines.append(f"  {s.name}: {s.epochs} epochs, trains LoRA adapters (lr "
-                             f"{s.lr:g}) + head (lr {s.head_lr:g}); backbone weights frozen")
+                lines.append(
+                    f"  {s.name}: {s.epochs} epochs, trains LoRA adapters (lr "
+                    f"{s.lr:g}) + head (lr {s.head_lr:g}); backbone weights frozen"
+                )
                 continue
             what = "all groups" if s.train_groups == ALL else f"the last {s.train_groups} groups"
-            lines.append(f"  {s.name}: {s.epochs} epochs, trains {what} + head, "
-                         f"lr {s.lr:g} (x{s.lr_decay:g} per earlier group), head lr "
-                         f"{s.head_lr:g}, BN statistics {s.bn}")
+            lines.append(
+                f"  {s.name}: {s.epochs} epochs, trains {what} + head, "
+                f"lr {s.lr:g} (x{s.lr_decay:g} per earlier group), head lr "
+                f"{s.head_lr:g}, BN statistics {s.bn}"
+            )
         return "\n".join(lines)
 
 
-def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = None
-                   ) -> Strategy:
+def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = None) -> Strategy:
     """The named strategy of ``cfg`` for a backbone with ``n_groups`` layer groups.
 
     With ``steps_per_epoch`` known, a stage that trains backbone layers runs at least
@@ -105,8 +110,10 @@ def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = 
         stages = (stage("finetune", ALL, ft_epochs(), "train"),)
     elif name == "partial":
         if not 1 <= cfg.partial_groups <= n_groups:
-            raise ValueError(f"partial_groups={cfg.partial_groups} must be between 1 and the "
-                             f"backbone's {n_groups} layer groups")
+            raise ValueError(
+                f"partial_groups={cfg.partial_groups} must be between 1 and the "
+                f"backbone's {n_groups} layer groups"
+            )
         stages = (stage("partial", cfg.partial_groups, ft_epochs(), "train"),)
     elif name == "gradual":
         stages = (probe,) + tuple(
@@ -120,8 +127,10 @@ def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = 
     elif name == "lora":
         # LoRA (Hu et al. 2021) after a linear probe: the adapters start as a no-op (B = 0),
         # the fitted head gives them a useful gradient from the first step.
-        stages = (probe, Stage("lora", 0, ft_epochs(), cfg.lora_lr, cfg.lora_lr, 1.0, "frozen",
-                               adapters=True))
+        stages = (
+            probe,
+            Stage("lora", 0, ft_epochs(), cfg.lora_lr, cfg.lora_lr, 1.0, "frozen", adapters=True),
+        )
     else:
         raise ValueError(f"unknown strategy {name!r}")
     return Strategy(name, stages)
@@ -138,19 +147,25 @@ def build_detection_strategy(cfg: FitConfig) -> Strategy:
     and affine weights) is frozen on pretrained weights (batches of a few tiles) and
     trains on a from-scratch backbone (``bn`` overrides)."""
     if cfg.strategy not in DETECT_STRATEGIES:
-        raise ValueError(f"strategy={cfg.strategy!r} is not available for detection; "
-                         f"choose one of {', '.join(DETECT_STRATEGIES)}")
-    bn = cfg.bn if cfg.bn != "auto" else \
-        "train" if cfg.backbone.startswith("scratch:") else "frozen"
+        raise ValueError(
+            f"strategy={cfg.strategy!r} is not available for detection; "
+            f"choose one of {', '.join(DETECT_STRATEGIES)}"
+        )
+    bn = (
+        cfg.bn if cfg.bn != "auto" else "train" if cfg.backbone.startswith("scratch:") else "frozen"
+    )
 
     def stage(name: str, groups: int, epochs: int) -> Stage:
-        return Stage(name, groups, epochs, cfg.lr, cfg.head_lr, cfg.lr_decay, bn,
-                     bn_weights_frozen=True)
+        return Stage(
+            name, groups, epochs, cfg.lr, cfg.head_lr, cfg.lr_decay, bn, bn_weights_frozen=True
+        )
 
-    stages = {"feature_extract": (stage("heads", 0, cfg.epochs),),
-              "partial": (stage("partial", cfg.partial_groups, cfg.epochs),),
-              "finetune": (stage("finetune", ALL, cfg.epochs),),
-              "lp_ft": (stage("heads", 0, cfg.head_epochs), stage("finetune", ALL, cfg.epochs))}
+    stages = {
+        "feature_extract": (stage("heads", 0, cfg.epochs),),
+        "partial": (stage("partial", cfg.partial_groups, cfg.epochs),),
+        "finetune": (stage("finetune", ALL, cfg.epochs),),
+        "lp_ft": (stage("heads", 0, cfg.head_epochs), stage("finetune", ALL, cfg.epochs)),
+    }
     return Strategy(cfg.strategy, stages[cfg.strategy])
 
 
@@ -158,8 +173,13 @@ def _is_bn(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._BatchNorm)
 
 
-def configure_stage(backbone: nn.Module, head: nn.Module, groups: list[LayerGroup],
-                    stage: Stage, weight_decay: float) -> tuple[list[dict], dict]:
+def configure_stage(
+    backbone: nn.Module,
+    head: nn.Module,
+    groups: list[LayerGroup],
+    stage: Stage,
+    weight_decay: float,
+) -> tuple[list[dict], dict]:
     """Set ``requires_grad`` for the stage and return AdamW param groups and a summary.
 
     Each trainable layer group gets its own rate: ``lr * lr_decay ** (distance from the
@@ -177,9 +197,18 @@ def configure_stage(backbone: nn.Module, head: nn.Module, groups: list[LayerGrou
         for p in adapters:
             p.requires_grad_(True)
         param_groups += _split_decay(adapters, stage.lr, weight_decay, "lora")
-    frozen_bn = {id(p) for i in trainable for module in groups[i].modules
-                 for m in module.modules() if _is_bn(m) for p in m.parameters()} \
-        if stage.bn == "frozen" and stage.bn_weights_frozen else set()
+    frozen_bn = (
+        {
+            id(p)
+            for i in trainable
+            for module in groups[i].modules
+            for m in module.modules()
+            if _is_bn(m)
+            for p in m.parameters()
+        }
+        if stage.bn == "frozen" and stage.bn_weights_frozen
+        else set()
+    )
     for i in trainable:
         lr = stage.lr * stage.lr_decay ** (n - 1 - i)
         params = [p for p in groups[i].parameters() if id(p) not in frozen_bn]
@@ -190,19 +219,27 @@ def configure_stage(backbone: nn.Module, head: nn.Module, groups: list[LayerGrou
         p.requires_grad_(True)
     param_groups += _split_decay(list(head.parameters()), stage.head_lr, weight_decay, "head")
     total = sum(p.numel() for p in backbone.parameters()) + sum(
-        p.numel() for p in head.parameters())
+        p.numel() for p in head.parameters()
+    )
     n_train = sum(p.numel() for g in param_groups for p in g["params"])
     summary = {
         "stage": stage.name,
         "trainable_params": n_train,
         "total_params": total,
-        "trainable_groups": ["lora adapters"] if stage.adapters else
-        [groups[i].name for i in trainable],
+        "trainable_groups": ["lora adapters"]
+        if stage.adapters
+        else [groups[i].name for i in trainable],
         "bn": stage.bn if trainable else "frozen",
     }
-    log.info("stage %s: trainable %s / %s parameters (%.1f%%), groups [%s] + head, BN %s",
-             stage.name, f"{n_train:,}", f"{total:,}", 100 * n_train / max(total, 1),
-             ", ".join(summary["trainable_groups"]), summary["bn"])
+    log.info(
+        "stage %s: trainable %s / %s parameters (%.1f%%), groups [%s] + head, BN %s",
+        stage.name,
+        f"{n_train:,}",
+        f"{total:,}",
+        100 * n_train / max(total, 1),
+        ", ".join(summary["trainable_groups"]),
+        summary["bn"],
+    )
     return param_groups, summary
 
 

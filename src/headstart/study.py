@@ -53,8 +53,9 @@ def nested_fractions(labels: np.ndarray, fractions, seed: int) -> dict[float, np
     for f in sorted(fractions):
         if not 0 < f <= 1:
             raise ValueError(f"fractions must be in (0, 1], got {f}")
-        out[f] = np.sort(np.concatenate([idx[:max(1, math.ceil(f * len(idx)))]
-                                         for idx in order.values()]))
+        out[f] = np.sort(
+            np.concatenate([idx[: max(1, math.ceil(f * len(idx)))] for idx in order.values()])
+        )
     return out
 
 
@@ -93,16 +94,26 @@ class StudyResult:
         points the advice left on the table."""
         out = []
         for f, adv in sorted(self.advice.items()):
-            scores = {s: c["accuracy"] for s in self.strategies()
-                      for c in self.curve(s) if c["fraction"] == f}
+            scores = {
+                s: c["accuracy"]
+                for s in self.strategies()
+                for c in self.curve(s)
+                if c["fraction"] == f
+            }
             if not scores:
                 continue
             best = max(scores, key=lambda s: scores[s])
             got = scores.get(adv["strategy"])
-            out.append({"fraction": f, "advised": adv["strategy"], "best": best,
-                        "hit": adv["strategy"] == best,
-                        "points_lost": None if got is None else 100 * (scores[best] - got),
-                        "reasons": adv["reasons"]})
+            out.append(
+                {
+                    "fraction": f,
+                    "advised": adv["strategy"],
+                    "best": best,
+                    "hit": adv["strategy"] == best,
+                    "points_lost": None if got is None else 100 * (scores[best] - got),
+                    "reasons": adv["reasons"],
+                }
+            )
         return out
 
     def curve(self, strategy: str) -> list[dict]:
@@ -112,15 +123,24 @@ class StudyResult:
             rs = [r for r in self.runs if r["strategy"] == strategy and r["fraction"] == f]
             if rs:
                 acc = [r["test"]["accuracy"] for r in rs]
-                rows.append({"fraction": f, "n_train": rs[0]["n_train"],
-                             "accuracy": float(np.mean(acc)), "std": float(np.std(acc)),
-                             "seeds": len(rs),
-                             "seconds": float(np.mean([r["fit_seconds"] for r in rs]))})
+                rows.append(
+                    {
+                        "fraction": f,
+                        "n_train": rs[0]["n_train"],
+                        "accuracy": float(np.mean(acc)),
+                        "std": float(np.std(acc)),
+                        "seeds": len(rs),
+                        "seconds": float(np.mean([r["fit_seconds"] for r in rs])),
+                    }
+                )
         return rows
 
     def strategies(self) -> list[str]:
-        return [s for s in dict.fromkeys(r["strategy"] for r in self.runs)
-                if s not in (SCRATCH, BASELINE)]
+        return [
+            s
+            for s in dict.fromkeys(r["strategy"] for r in self.runs)
+            if s not in (SCRATCH, BASELINE)
+        ]
 
     def gains(self) -> list[dict]:
         """Per fraction: the best transfer strategy against scratch and against the classic
@@ -135,14 +155,21 @@ class StudyResult:
         out = []
         for f in sorted({r["fraction"] for r in self.runs}):
             cands = [(c[f]["accuracy"], s, c[f]) for s, c in curves.items() if f in c]
-            rivals = {name: curve[f] for name, curve in ((SCRATCH, scratch),
-                                                         (BASELINE, baseline)) if f in curve}
+            rivals = {
+                name: curve[f]
+                for name, curve in ((SCRATCH, scratch), (BASELINE, baseline))
+                if f in curve
+            }
             if not cands or not rivals:
                 continue
             acc, best, cell = max(cands)
             n_test = min(r["test"]["n"] for r in self.runs if r["fraction"] == f)
-            row = {"fraction": f, "n_train": cell["n_train"], "best_strategy": best,
-                   "transfer_accuracy": acc}
+            row = {
+                "fraction": f,
+                "n_train": cell["n_train"],
+                "best_strategy": best,
+                "transfer_accuracy": acc,
+            }
             outcome = {}
             for name, rc in rivals.items():
                 # two standard errors of the difference of two accuracies on this test
@@ -152,29 +179,47 @@ class StudyResult:
                 diff = acc - rc["accuracy"]
                 outcome[name] = "win" if diff > margin else "loss" if -diff > margin else "tie"
                 spread = max(cell["std"], rc["std"])
-                row.update({f"{name}_accuracy": rc["accuracy"],
-                            f"{name}_gain_points": 100 * diff,
-                            f"{name}_margin_points": 100 * margin,
-                            f"{name}_beyond_seed_spread": bool(abs(diff) > 2 * spread)
-                            if spread > 0 else None})
+                row.update(
+                    {
+                        f"{name}_accuracy": rc["accuracy"],
+                        f"{name}_gain_points": 100 * diff,
+                        f"{name}_margin_points": 100 * margin,
+                        f"{name}_beyond_seed_spread": bool(abs(diff) > 2 * spread)
+                        if spread > 0
+                        else None,
+                    }
+                )
             strongest = max(rivals, key=lambda k: rivals[k]["accuracy"])
             lost = [k for k, v in outcome.items() if v == "loss"]
-            verdict = ("negative transfer" if lost else
-                       "transfer" if all(v == "win" for v in outcome.values()) else "tie")
-            row.update({
-                "verdict": verdict, "rival": lost[0] if len(lost) == 1 else strongest,
-                "scratch_items_to_match": self._to_match(SCRATCH, acc) if SCRATCH in rivals
-                else None,
-                "baseline_items_to_match": self._to_match(BASELINE, acc)
-                if BASELINE in rivals else None,
-                "transfer_items_to_match_baseline": self._to_match(
-                    best, rivals[BASELINE]["accuracy"]) if BASELINE in rivals else None,
-                "negative_transfer": bool(lost),
-                # the keys of a study without a classic baseline, as before
-                "margin_points": row.get(f"{strongest}_margin_points"),
-                "gain_points": row.get(f"{strongest}_gain_points"),
-                "beyond_seed_spread": row.get(f"{strongest}_beyond_seed_spread"),
-            })
+            verdict = (
+                "negative transfer"
+                if lost
+                else "transfer"
+                if all(v == "win" for v in outcome.values())
+                else "tie"
+            )
+            row.update(
+                {
+                    "verdict": verdict,
+                    "rival": lost[0] if len(lost) == 1 else strongest,
+                    "scratch_items_to_match": self._to_match(SCRATCH, acc)
+                    if SCRATCH in rivals
+                    else None,
+                    "baseline_items_to_match": self._to_match(BASELINE, acc)
+                    if BASELINE in rivals
+                    else None,
+                    "transfer_items_to_match_baseline": self._to_match(
+                        best, rivals[BASELINE]["accuracy"]
+                    )
+                    if BASELINE in rivals
+                    else None,
+                    "negative_transfer": bool(lost),
+                    # the keys of a study without a classic baseline, as before
+                    "margin_points": row.get(f"{strongest}_margin_points"),
+                    "gain_points": row.get(f"{strongest}_gain_points"),
+                    "beyond_seed_spread": row.get(f"{strongest}_beyond_seed_spread"),
+                }
+            )
             out.append(row)
         return out
 
@@ -183,8 +228,9 @@ class StudyResult:
         the measured fractions); None when it never does within the data."""
         from .baselines import items_to_match
 
-        return items_to_match([(c["n_train"], c["accuracy"]) for c in self.curve(strategy)],
-                              accuracy)
+        return items_to_match(
+            [(c["n_train"], c["accuracy"]) for c in self.curve(strategy)], accuracy
+        )
 
     def _scratch_to_match(self, accuracy: float) -> float | None:
         return self._to_match(SCRATCH, accuracy)
@@ -192,23 +238,44 @@ class StudyResult:
     def best_run(self) -> dict:
         """The run with the highest test accuracy at the largest fraction."""
         top = max(r["fraction"] for r in self.runs)
-        return max((r for r in self.runs if r["fraction"] == top),
-                   key=lambda r: r["test"]["accuracy"])
+        return max(
+            (r for r in self.runs if r["fraction"] == top), key=lambda r: r["test"]["accuracy"]
+        )
 
     def table_rows(self) -> list[dict]:
-        keys = ("name", "strategy", "fraction", "n_train", "seed", "fit_seconds",
-                "epochs", "epochs_to_best", "train_accuracy", "val_accuracy", "gap")
-        return [{**{k: r.get(k) for k in keys},
-                 "test_accuracy": r["test"]["accuracy"], "test_macro_f1": r["test"]["macro_f1"]}
-                for r in sorted(self.runs, key=lambda r: (r["fraction"], r["strategy"],
-                                                          r["seed"]))]
+        keys = (
+            "name",
+            "strategy",
+            "fraction",
+            "n_train",
+            "seed",
+            "fit_seconds",
+            "epochs",
+            "epochs_to_best",
+            "train_accuracy",
+            "val_accuracy",
+            "gap",
+        )
+        return [
+            {
+                **{k: r.get(k) for k in keys},
+                "test_accuracy": r["test"]["accuracy"],
+                "test_macro_f1": r["test"]["macro_f1"],
+            }
+            for r in sorted(self.runs, key=lambda r: (r["fraction"], r["strategy"], r["seed"]))
+        ]
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "task": self.task, "classes": self.classes,
-                "settings": self.settings, "gains": self.gains(),
-                "advice": self.advice_check(),
-                "curves": {s: self.curve(s) for s in [*self.strategies(), SCRATCH, BASELINE]},
-                "runs": self.runs}
+        return {
+            "model": self.model,
+            "task": self.task,
+            "classes": self.classes,
+            "settings": self.settings,
+            "gains": self.gains(),
+            "advice": self.advice_check(),
+            "curves": {s: self.curve(s) for s in [*self.strategies(), SCRATCH, BASELINE]},
+            "runs": self.runs,
+        }
 
     def report_data(self) -> dict:
         """What the HTML report renders: plain data, no methods."""
@@ -232,20 +299,36 @@ class StudyResult:
         atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
         atomic_write_json(out / "study.json", self.to_dict())
         atomic_write_bytes(out / "report.html", build_report(self.report_data()).encode())
-        return {"csv": out / "results.csv", "json": out / "study.json",
-                "report": out / "report.html"}
+        return {
+            "csv": out / "results.csv",
+            "json": out / "study.json",
+            "report": out / "report.html",
+        }
 
 
 def _fingerprint(parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=None,
-              task: str = "image",
-              strategies=STRATEGIES, fractions=FRACTIONS, seeds=(0,), scratch: bool = True,
-              baseline: bool = True,
-              val_fraction: float = 0.1, test_fraction: float = 0.2, progress=None,
-              advise: bool = True, **settings) -> StudyResult:
+def run_study(
+    data,
+    y=None,
+    *,
+    model: str | None = None,
+    out: str | Path,
+    test=None,
+    task: str = "image",
+    strategies=STRATEGIES,
+    fractions=FRACTIONS,
+    seeds=(0,),
+    scratch: bool = True,
+    baseline: bool = True,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    progress=None,
+    advise: bool = True,
+    **settings,
+) -> StudyResult:
     """Run (or finish) a study and write its results and report under ``out``.
 
     ``scratch`` / ``baseline``: also fit the network from random weights / the task's
@@ -263,8 +346,9 @@ def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=N
         raise ValueError(f"task={task!r}: choose one of {', '.join(ESTIMATORS)}")
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
-        raise ValueError(f"unknown strategy {bad[0]!r} for a study; choose from "
-                         f"{', '.join(STRATEGIES)}")
+        raise ValueError(
+            f"unknown strategy {bad[0]!r} for a study; choose from {', '.join(STRATEGIES)}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     baseline = bool(settings.pop("baseline", baseline))  # --no-baseline: no classic runs
@@ -287,36 +371,64 @@ def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=N
     tr_idx, va_idx = stratified_split(pool.labels, val_fraction, cfg.seed)
     train_pool, val_src = pool.subset(tr_idx), pool.subset(va_idx)
     subsets = nested_fractions(np.asarray(train_pool.labels), fractions, cfg.seed)
-    specs = [RunSpec(s, f, seed) for f in sorted(fractions) for seed in seeds
-             for s in [*strategies, *([SCRATCH] if scratch else []),
-                       *([BASELINE] if baseline else [])]]
-    key = _fingerprint([model, task, {k: v for k, v in cfg.to_dict().items()
-                                      if k not in ("num_workers", "device")},
-                        train_pool.fingerprint(), val_src.fingerprint(),
-                        test_src.fingerprint()])
+    specs = [
+        RunSpec(s, f, seed)
+        for f in sorted(fractions)
+        for seed in seeds
+        for s in [*strategies, *([SCRATCH] if scratch else []), *([BASELINE] if baseline else [])]
+    ]
+    key = _fingerprint(
+        [
+            model,
+            task,
+            {k: v for k, v in cfg.to_dict().items() if k not in ("num_workers", "device")},
+            train_pool.fingerprint(),
+            val_src.fingerprint(),
+            test_src.fingerprint(),
+        ]
+    )
     results = out / RESULTS
     done = _finished(results, key)
     total = len(specs)
-    log.info("study of %s: %d runs (%d finished), %d training items in the pool, %d "
-             "validation, %d test", model, total, sum(s.name in done for s in specs),
-             len(train_pool), len(val_src), len(test_src))
+    log.info(
+        "study of %s: %d runs (%d finished), %d training items in the pool, %d validation, %d test",
+        model,
+        total,
+        sum(s.name in done for s in specs),
+        len(train_pool),
+        len(val_src),
+        len(test_src),
+    )
     for i, spec in enumerate(specs, 1):
         if spec.name not in done:
             run = _one_baseline_run if spec.baseline else _one_run
-            record = run(ESTIMATORS[task], spec, model, cfg, train_pool.subset(
-                subsets[spec.fraction]), val_src, test_src, out / "work" / spec.name)
+            record = run(
+                ESTIMATORS[task],
+                spec,
+                model,
+                cfg,
+                train_pool.subset(subsets[spec.fraction]),
+                val_src,
+                test_src,
+                out / "work" / spec.name,
+            )
             record["study"] = key
             _append(results, record)
             done[spec.name] = record
-            log.info("study %d/%d %s: test accuracy %.4f (%.0f s)", i, total, spec.name,
-                     record["test"]["accuracy"], record["fit_seconds"])
+            log.info(
+                "study %d/%d %s: test accuracy %.4f (%.0f s)",
+                i,
+                total,
+                spec.name,
+                record["test"]["accuracy"],
+                record["fit_seconds"],
+            )
         if progress is not None:
             progress(i, total, spec.name)
     shutil.rmtree(out / "work", ignore_errors=True)
     advice = {}
     if advise:  # what advise says for each amount of data, checked against what won
         from .advise import advise as advise_fn
-
         from .config import FEATURE_SETTINGS
 
         feature = {k: v for k, v in settings.items() if k in FEATURE_SETTINGS}
@@ -326,15 +438,24 @@ def run_study(data, y=None, *, model: str | None = None, out: str | Path, test=N
                 advice[f] = advise_fn(subset, model=model, task=task, **feature).to_dict()
             except Exception as exc:  # noqa: BLE001 - the study stands without its advice
                 log.warning("advice for fraction %g failed: %s", f, exc)
-    result = StudyResult([done[s.name] for s in specs], model, task, list(source.classes),
-                         settings={"fractions": sorted(fractions), "strategies":
-                                   list(strategies), "seeds": list(seeds),
-                                   "scratch": SCRATCH_SETTINGS if scratch else None,
-                                   "baseline": baseline,
-                                   "fit": {k: v for k, v in cfg.to_dict().items()
-                                           if k in settings},
-                                   "n_pool": len(train_pool), "n_val": len(val_src),
-                                   "n_test": len(test_src)}, advice=advice)
+    result = StudyResult(
+        [done[s.name] for s in specs],
+        model,
+        task,
+        list(source.classes),
+        settings={
+            "fractions": sorted(fractions),
+            "strategies": list(strategies),
+            "seeds": list(seeds),
+            "scratch": SCRATCH_SETTINGS if scratch else None,
+            "baseline": baseline,
+            "fit": {k: v for k, v in cfg.to_dict().items() if k in settings},
+            "n_pool": len(train_pool),
+            "n_val": len(val_src),
+            "n_test": len(test_src),
+        },
+        advice=advice,
+    )
     result.write(out)
     return result
 
@@ -383,38 +504,70 @@ def _finished(results: Path, key: str) -> dict[str, dict]:
     return done
 
 
-def _one_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src,
-             work: Path) -> dict:
-    changes: dict[str, Any] = dict(SCRATCH_SETTINGS, backbone=f"scratch:{model}") \
-        if spec.scratch else {"strategy": spec.strategy, "backbone": model}
+def _one_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src, work: Path) -> dict:
+    changes: dict[str, Any] = (
+        dict(SCRATCH_SETTINGS, backbone=f"scratch:{model}")
+        if spec.scratch
+        else {"strategy": spec.strategy, "backbone": model}
+    )
     changes["baseline"] = False  # the study's own baseline runs fit it once per subset
     run_cfg = cfg.replace(seed=spec.seed, **changes)
     clf = cls(config=run_cfg, run_dir=work)
     t0 = time.perf_counter()
-    clf.fit(train_src, validation=val_src,
-            resume=(work / "checkpoints" / "last").is_dir())
+    clf.fit(train_src, validation=val_src, resume=(work / "checkpoints" / "last").is_dir())
     seconds = time.perf_counter() - t0
     history = clf.history_
     val_acc = [h.get("val_accuracy", float("nan")) for h in history]
-    best_epoch = int(np.nanargmax(val_acc)) + 1 if history and not np.all(np.isnan(val_acc)) \
-        else None
+    best_epoch = (
+        int(np.nanargmax(val_acc)) + 1 if history and not np.all(np.isnan(val_acc)) else None
+    )
     train_acc = clf.evaluate(train_src)["accuracy"]
     val = clf.metrics_.get("validation") or clf.evaluate(val_src)
     test = clf.evaluate(test_src)
-    return {"name": spec.name, "strategy": spec.strategy, "fraction": spec.fraction,
-            "seed": spec.seed, "n_train": len(train_src), "backbone": run_cfg.backbone,
-            "fit_seconds": seconds, "epochs": len(history), "epochs_to_best": best_epoch,
-            "best": clf.best_, "train_accuracy": train_acc, "val_accuracy": val["accuracy"],
-            "gap": train_acc - val["accuracy"],
-            "test": {k: test[k] for k in ("accuracy", "macro_f1", "auroc", "n", "per_class",
-                                          "confusion_matrix", "log_loss", "ece",
-                                          "reliability", "calibration") if k in test},
-            "history": [{k: h[k] for k in ("stage", "global_epoch", "train_loss", "val_loss",
-                                           "val_accuracy") if k in h} for h in history]}
+    return {
+        "name": spec.name,
+        "strategy": spec.strategy,
+        "fraction": spec.fraction,
+        "seed": spec.seed,
+        "n_train": len(train_src),
+        "backbone": run_cfg.backbone,
+        "fit_seconds": seconds,
+        "epochs": len(history),
+        "epochs_to_best": best_epoch,
+        "best": clf.best_,
+        "train_accuracy": train_acc,
+        "val_accuracy": val["accuracy"],
+        "gap": train_acc - val["accuracy"],
+        "test": {
+            k: test[k]
+            for k in (
+                "accuracy",
+                "macro_f1",
+                "auroc",
+                "n",
+                "per_class",
+                "confusion_matrix",
+                "log_loss",
+                "ece",
+                "reliability",
+                "calibration",
+            )
+            if k in test
+        },
+        "history": [
+            {
+                k: h[k]
+                for k in ("stage", "global_epoch", "train_loss", "val_loss", "val_accuracy")
+                if k in h
+            }
+            for h in history
+        ],
+    }
 
 
-def _one_baseline_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src,
-                      work: Path) -> dict:
+def _one_baseline_run(
+    cls, spec: RunSpec, model: str, cfg, train_src, val_src, test_src, work: Path
+) -> dict:
     """The classic baseline alone on the run's training subset, scored like a run."""
     from .metrics import classification_metrics
     from .tasks.baselined import baseline_only
@@ -427,12 +580,35 @@ def _one_baseline_run(cls, spec: RunSpec, model: str, cfg, train_src, val_src, t
         return classification_metrics(src.labels, est.baseline_proba(src), est.classes_)
 
     train, val, test = scored(train_src), scored(val_src), scored(test_src)
-    return {"name": spec.name, "strategy": BASELINE, "fraction": spec.fraction,
-            "seed": spec.seed, "n_train": len(train_src), "backbone": est.baseline_.name,
-            "fit_seconds": seconds, "epochs": 0, "epochs_to_best": None, "best": None,
-            "train_accuracy": train["accuracy"], "val_accuracy": val["accuracy"],
-            "gap": train["accuracy"] - val["accuracy"],
-            "test": {k: test[k] for k in ("accuracy", "macro_f1", "auroc", "n", "per_class",
-                                          "confusion_matrix", "log_loss", "ece",
-                                          "reliability") if k in test},
-            "baseline_fit": est.baseline_.summary(), "history": []}
+    return {
+        "name": spec.name,
+        "strategy": BASELINE,
+        "fraction": spec.fraction,
+        "seed": spec.seed,
+        "n_train": len(train_src),
+        "backbone": est.baseline_.name,
+        "fit_seconds": seconds,
+        "epochs": 0,
+        "epochs_to_best": None,
+        "best": None,
+        "train_accuracy": train["accuracy"],
+        "val_accuracy": val["accuracy"],
+        "gap": train["accuracy"] - val["accuracy"],
+        "test": {
+            k: test[k]
+            for k in (
+                "accuracy",
+                "macro_f1",
+                "auroc",
+                "n",
+                "per_class",
+                "confusion_matrix",
+                "log_loss",
+                "ece",
+                "reliability",
+            )
+            if k in test
+        },
+        "baseline_fit": est.baseline_.summary(),
+        "history": [],
+    }

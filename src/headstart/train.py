@@ -31,9 +31,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from tqdm.auto import tqdm
 
-from .artifacts import (atomic_save_tensors, atomic_write_bytes, load_checkpoint,
-                        optimizer_from_flat, optimizer_to_flat, save_checkpoint,
-                        state_dict_tensors)
+from .artifacts import (
+    atomic_save_tensors,
+    atomic_write_bytes,
+    load_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+    state_dict_tensors,
+)
 from .config import FitConfig, parse_duration
 from .features import length_sorted_batches, sharded_passes, to_device
 from .heads import TransferModel, supervised_contrastive_loss
@@ -48,8 +54,9 @@ class CheckpointMismatch(ValueError):
     """A resume was asked with settings or data other than the checkpoint's."""
 
 
-def epoch_order(n: int, generator: torch.Generator, weights: torch.Tensor | None = None
-                ) -> list[int]:
+def epoch_order(
+    n: int, generator: torch.Generator, weights: torch.Tensor | None = None
+) -> list[int]:
     """The items of one epoch: a permutation of ``range(n)``; with per-item ``weights``
     (``imbalance="sample"``), ``n`` draws with replacement in proportion to them. Every
     process draws the same order from the same seed, then takes its share."""
@@ -64,8 +71,9 @@ class EpochSampler(Sampler[int]):
     """A fresh permutation per epoch from a seeded generator (or weighted draws: see
     ``epoch_order``); shards by process rank."""
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1,
-                 weights: torch.Tensor | None = None):
+    def __init__(
+        self, n: int, seed: int, rank: int = 0, world: int = 1, weights: torch.Tensor | None = None
+    ):
         self.n, self.seed, self.rank, self.world = n, seed, rank, world
         self.weights = weights
         self.epoch = 0
@@ -78,7 +86,7 @@ class EpochSampler(Sampler[int]):
         order = epoch_order(self.n, g, self.weights)
         per_rank = math.ceil(self.n / self.world)
         order += order[: per_rank * self.world - self.n]  # pad so every rank gets as many
-        return iter(order[self.rank::self.world])
+        return iter(order[self.rank :: self.world])
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.world)
@@ -91,11 +99,20 @@ class ShardedBatchSampler(Sampler[list[int]]):
     global batch too small to give every process two items joins the one before it. Every
     process gets the same number of batches, so none waits for a step that never comes."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        weights: torch.Tensor | None = None,
+    ):
         if n < 2 * world:
-            raise ValueError(f"{n} training items cannot be shared by {world} processes "
-                             "(each needs at least two); use fewer processes")
+            raise ValueError(
+                f"{n} training items cannot be shared by {world} processes "
+                "(each needs at least two); use fewer processes"
+            )
         self.n, self.batch_size, self.seed = n, int(batch_size), seed
         self.rank, self.world, self.weights = rank, world, weights
         self.epoch = 0
@@ -115,7 +132,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = epoch_order(self.n, g, self.weights)
         for a, b in self._bounds():
-            yield order[a:b][self.rank::self.world]
+            yield order[a:b][self.rank :: self.world]
 
     def __len__(self) -> int:
         return len(self._bounds())
@@ -126,8 +143,17 @@ class BucketBatchSampler(Sampler[list[int]]):
     length, cut batches, shuffle the batches. Similar lengths share a batch (little
     padding) while the order stays random; seeded per epoch, sharded by rank."""
 
-    def __init__(self, lengths, batch_size: int, seed: int, rank: int = 0, world: int = 1,
-                 drop_last: bool = False, pool: int = 50, weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        lengths,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        drop_last: bool = False,
+        pool: int = 50,
+        weights: torch.Tensor | None = None,
+    ):
         self.lengths = [int(v) for v in lengths]
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
         self.drop_last, self.pool, self.weights = drop_last, pool, weights
@@ -144,15 +170,15 @@ class BucketBatchSampler(Sampler[list[int]]):
         size = self.batch_size * self.pool
         batches = []
         for j in range(0, len(order), size):
-            pool = sorted(order[j:j + size], key=lambda i: self.lengths[i])
-            batches += [pool[k:k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
+            pool = sorted(order[j : j + size], key=lambda i: self.lengths[i])
+            batches += [pool[k : k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
         if self.drop_last:
             batches = [b for b in batches if len(b) == self.batch_size] or batches[:1]
         perm = torch.randperm(len(batches), generator=g).tolist()
         batches = [batches[i] for i in perm]
         per_rank = math.ceil(len(batches) / self.world)
         batches += batches[: per_rank * self.world - len(batches)]
-        return batches[self.rank::self.world]
+        return batches[self.rank :: self.world]
 
     def _sharded_batches(self) -> list[list[int]]:
         """Data-parallel: global batches of ``batch_size * world`` items of similar length,
@@ -160,23 +186,25 @@ class BucketBatchSampler(Sampler[list[int]]):
         once per epoch, the same number of steps everywhere, no padding or dropping."""
         n, world = len(self.lengths), self.world
         if n < 2 * world:
-            raise ValueError(f"{n} training items cannot be shared by {world} processes "
-                             "(each needs at least two); use fewer processes")
+            raise ValueError(
+                f"{n} training items cannot be shared by {world} processes "
+                "(each needs at least two); use fewer processes"
+            )
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = epoch_order(n, g, self.weights)
         size = self.batch_size * world
         pooled = size * self.pool
         batches: list[list[int]] = []
         for j in range(0, n, pooled):
-            pool = sorted(order[j:j + pooled], key=lambda i: self.lengths[i])
+            pool = sorted(order[j : j + pooled], key=lambda i: self.lengths[i])
             for k in range(0, len(pool), size):
-                piece = pool[k:k + size]
+                piece = pool[k : k + size]
                 if len(piece) < 2 * world and batches:  # too few to give each process two
                     batches[-1] += piece
                 else:
                     batches.append(piece)
         perm = torch.randperm(len(batches), generator=g).tolist()
-        return [batches[i][self.rank::world] for i in perm]
+        return [batches[i][self.rank :: world] for i in perm]
 
     def __iter__(self):
         return iter(self._batches())
@@ -196,8 +224,12 @@ def make_scheduler(optimizer, kind: str, total_steps: int, warmup: float, min_wa
     warm = warmup_length(total_steps, warmup, min_warmup)
     if kind == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
-            pct_start=max(warm / total_steps, 1e-3), anneal_strategy="cos")
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total_steps,
+            pct_start=max(warm / total_steps, 1e-3),
+            anneal_strategy="cos",
+        )
 
     def factor(step: int) -> float:
         if step < warm:
@@ -237,11 +269,24 @@ class Trainer:
 
     max_grad_norm: float | None = None  # clip the gradients' norm to this (None: no clipping)
 
-    def __init__(self, model: nn.Module, groups: list[LayerGroup], strategy: Strategy,
-                 cfg: FitConfig, *, train_set: Dataset, val_set: Dataset | None, features,
-                 run_dir: str | Path | None = None, accelerator=None, collate_fn=None,
-                 fingerprint: str = "", callbacks=(), class_weights: torch.Tensor | None = None,
-                 sample_weights: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: list[LayerGroup],
+        strategy: Strategy,
+        cfg: FitConfig,
+        *,
+        train_set: Dataset,
+        val_set: Dataset | None,
+        features,
+        run_dir: str | Path | None = None,
+        accelerator=None,
+        collate_fn=None,
+        fingerprint: str = "",
+        callbacks=(),
+        class_weights: torch.Tensor | None = None,
+        sample_weights: torch.Tensor | None = None,
+    ):
         from accelerate import Accelerator
 
         # a TransferModel, or a task's model with the same .backbone / .head (detection's)
@@ -265,25 +310,32 @@ class Trainer:
             from accelerate.state import AcceleratorState
 
             AcceleratorState._reset_state(reset_partial_state=False)
-        self.accelerator = accelerator or Accelerator(cpu=use_cpu(cfg),
-                                                      mixed_precision=cfg.precision)
+        self.accelerator = accelerator or Accelerator(
+            cpu=use_cpu(cfg), mixed_precision=cfg.precision
+        )
         self.device = self.accelerator.device
         self.fsdp = self.accelerator.num_processes > 1 and (
-            cfg.parallel == "fsdp" or self.accelerator.distributed_type.value == "FSDP")
+            cfg.parallel == "fsdp" or self.accelerator.distributed_type.value == "FSDP"
+        )
         if cfg.parallel == "fsdp" and self.accelerator.num_processes == 1:
-            log.warning("parallel fsdp: one process, nothing to shard; training as usual "
-                        "(launch with torchrun / accelerate launch to shard)")
+            log.warning(
+                "parallel fsdp: one process, nothing to shard; training as usual "
+                "(launch with torchrun / accelerate launch to shard)"
+            )
         if self.fsdp and cfg.precision == "fp16":
-            raise ValueError("parallel fsdp with precision fp16 is not supported (its loss "
-                             "scaler is not shard-aware): use --precision bf16 or no")
+            raise ValueError(
+                "parallel fsdp with precision fp16 is not supported (its loss "
+                "scaler is not shard-aware): use --precision bf16 or no"
+            )
         self._mesh: Any = None  # FSDP's device mesh, made on first use
-        self._live: tuple[TransferModel, list[LayerGroup]] | None = None  # FSDP: (sharded copy of the model, its layer groups) while it trains
+        self._live: tuple[TransferModel, list[LayerGroup]] | None = (
+            None  # FSDP: (sharded copy of the model, its layer groups) while it trains
+        )
         self.num_workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         # class imbalance (headstart.imbalance): per-class loss weights, or per-item
         # sampling weights of the training items (the cached features' order is theirs)
-        self.class_weights = class_weights.to(self.device) if class_weights is not None \
-            else None
+        self.class_weights = class_weights.to(self.device) if class_weights is not None else None
         self.sample_weights = sample_weights
         self._stored: dict[str, dict[str, torch.Tensor]] = {}  # without a run directory
         self._estimated = False  # this stage's remaining time has been logged
@@ -304,15 +356,17 @@ class Trainer:
         ckpt = self._checkpoint_dir()
         loaded = load_checkpoint(ckpt) if (resume and ckpt) else None
         if resume and not loaded:  # said, not a silent start from scratch
-            log.warning("no checkpoint in %s; starting a new fit",
-                        ckpt or "memory: resume needs a run_dir")
+            log.warning(
+                "no checkpoint in %s; starting a new fit", ckpt or "memory: resume needs a run_dir"
+            )
         opt_state = None
         if loaded:
             tensors, meta = loaded
             if meta.get("fingerprint") != self.fingerprint:
                 raise CheckpointMismatch(
                     f"{ckpt}: this checkpoint belongs to a run with other settings or data; "
-                    "resume with the same config and data, or start a new run directory")
+                    "resume with the same config and data, or start a new run directory"
+                )
             state = LoopState(**meta["loop"])
             weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
             self._trained = set(weights) & self._param_names()
@@ -343,11 +397,16 @@ class Trainer:
         total = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
         sums = self.accelerator.gather(total.sum().reshape(1).to(self.device))
         if not bool((sums == sums[0]).all()):
-            raise RuntimeError(f"data-parallel processes ended with different weights "
-                               f"(checksums {sums.tolist()}); please report this")
-        log.info("data-parallel fit over %d processes (%s%s): identical weights on every "
-                 "process", self.accelerator.num_processes,
-                 self.accelerator.state.distributed_type.value, ", FSDP" if self.fsdp else "")
+            raise RuntimeError(
+                f"data-parallel processes ended with different weights "
+                f"(checksums {sums.tolist()}); please report this"
+            )
+        log.info(
+            "data-parallel fit over %d processes (%s%s): identical weights on every process",
+            self.accelerator.num_processes,
+            self.accelerator.state.distributed_type.value,
+            ", FSDP" if self.fsdp else "",
+        )
 
     # ---------------------------------------------------------------- stages
     def _run_stage(self, s: int, state: LoopState, opt_state) -> None:
@@ -355,10 +414,12 @@ class Trainer:
         starting = state.epoch == 0 and state.kept is not None
         if starting:  # from what the earlier stages keep (the probe's best epoch, not its last)
             self._restore_kept(state)
-        params, summary = configure_stage(self.model.backbone, self.model.head, self.groups,
-                                          stage, self.cfg.weight_decay)
-        self._trained.update(n for n, p in self.model.named_parameters(remove_duplicate=False)
-                             if p.requires_grad)
+        params, summary = configure_stage(
+            self.model.backbone, self.model.head, self.groups, stage, self.cfg.weight_decay
+        )
+        self._trained.update(
+            n for n, p in self.model.named_parameters(remove_duplicate=False) if p.requires_grad
+        )
         if starting:  # the candidate this stage must beat, with the weights it will train
             assert state.kept is not None  # "starting" is defined by it
             self._store(self._changeable_tensors(), "start", state.kept["where"])
@@ -373,14 +434,19 @@ class Trainer:
             stage = replace(stage, epochs=state.epoch_caps[str(s)])
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.cfg.weight_decay)
         raw_optimizer = optimizer
-        scheduler = make_scheduler(optimizer, self.cfg.schedule,
-                                   stage.epochs * len(train_loader), self.cfg.warmup,
-                                   self.cfg.warmup_steps)
+        scheduler = make_scheduler(
+            optimizer,
+            self.cfg.schedule,
+            stage.epochs * len(train_loader),
+            self.cfg.warmup,
+            self.cfg.warmup_steps,
+        )
         if opt_state is not None and state.epoch > 0:
             tensors, meta = opt_state
             full = optimizer_from_flat(tensors, meta["optimizer"])
-            optimizer.load_state_dict(self._shard_optimizer_state(optimizer, full)
-                                      if sharded else full)
+            optimizer.load_state_dict(
+                self._shard_optimizer_state(optimizer, full) if sharded else full
+            )
             scheduler.load_state_dict(meta["scheduler"])
         if sharded:
             prepared = module
@@ -394,11 +460,18 @@ class Trainer:
             if epoch >= stage.epochs:
                 break
             t0 = time.perf_counter()
-            train_loss = self._train_epoch(prepared, stage, s, epoch, train_loader, optimizer,
-                                           scheduler)
-            row = {"stage": stage.name, "epoch": epoch + 1, "global_epoch": len(state.history) + 1,
-                   "train_loss": train_loss, **self.loss_terms, "train_items": self.items_seen,
-                   "lr": scheduler.get_last_lr()[-1]}
+            train_loss = self._train_epoch(
+                prepared, stage, s, epoch, train_loader, optimizer, scheduler
+            )
+            row = {
+                "stage": stage.name,
+                "epoch": epoch + 1,
+                "global_epoch": len(state.history) + 1,
+                "train_loss": train_loss,
+                **self.loss_terms,
+                "train_items": self.items_seen,
+                "lr": scheduler.get_last_lr()[-1],
+            }
             if sharded:
                 self._gather_full(prepared)
             if val_loader is not None:
@@ -409,17 +482,27 @@ class Trainer:
                 state.epoch_caps[str(s)] = cap
                 if cap < stage.epochs:  # the rest of the schedule, compressed into cap epochs
                     stage = replace(stage, epochs=cap)
-                    scheduler = make_scheduler(raw_optimizer, self.cfg.schedule,
-                                               cap * len(train_loader), self.cfg.warmup,
-                                               self.cfg.warmup_steps)
+                    scheduler = make_scheduler(
+                        raw_optimizer,
+                        self.cfg.schedule,
+                        cap * len(train_loader),
+                        self.cfg.warmup,
+                        self.cfg.warmup_steps,
+                    )
                     for _ in range(len(train_loader)):
                         scheduler.step()
             if epoch + 1 < stage.epochs and epoch == first_epoch:
-                sooner = "; early stopping may end the stage sooner" if (
-                    self.cfg.early_stopping and not self._on_features(stage)) else ""
-                say_time_left(stage.name, row["seconds"] * (stage.epochs - epoch - 1),
-                              f"{stage.epochs - epoch - 1} more epoch(s) at "
-                              f"{row['seconds']:.1f} s each, validation included{sooner}")
+                sooner = (
+                    "; early stopping may end the stage sooner"
+                    if (self.cfg.early_stopping and not self._on_features(stage))
+                    else ""
+                )
+                say_time_left(
+                    stage.name,
+                    row["seconds"] * (stage.epochs - epoch - 1),
+                    f"{stage.epochs - epoch - 1} more epoch(s) at "
+                    f"{row['seconds']:.1f} s each, validation included{sooner}",
+                )
             state.history.append(row)
             state.epoch = epoch + 1
             stop = self._track_best(state, row, stage)
@@ -428,8 +511,12 @@ class Trainer:
                 callback(row)
             self._save(state, optimizer, scheduler)
             if stop:
-                log.info("stage %s: early stop after epoch %d (%d epochs without improvement)",
-                         stage.name, epoch + 1, state.bad_epochs)
+                log.info(
+                    "stage %s: early stop after epoch %d (%d epochs without improvement)",
+                    stage.name,
+                    epoch + 1,
+                    state.bad_epochs,
+                )
                 break
         if sharded:
             self._live = None
@@ -443,18 +530,28 @@ class Trainer:
         their share by their planned epochs."""
         assert self.budget is not None  # called only with a time budget
         elapsed = self._seconds_before + time.perf_counter() - self._started
-        later = sum(t.epochs for t in self.strategy.stages[s + 1:] if not self._on_features(t))
+        later = sum(t.epochs for t in self.strategy.stages[s + 1 :] if not self._on_features(t))
         share = stage.epochs / (stage.epochs + later)
         left = (self.budget - elapsed) * share
         cap = max(1, min(stage.epochs, 1 + int(left // max(epoch_seconds, 1e-9))))
         if cap < stage.epochs:
-            log.warning("time budget %s: stage %s runs %d of its %d epochs (%.1f s each, "
-                        "%s of the budget left for it; the LR schedule is compressed to fit)",
-                        format_duration(self.budget), stage.name, cap, stage.epochs,
-                        epoch_seconds, format_duration(max(left, 0)))
+            log.warning(
+                "time budget %s: stage %s runs %d of its %d epochs (%.1f s each, "
+                "%s of the budget left for it; the LR schedule is compressed to fit)",
+                format_duration(self.budget),
+                stage.name,
+                cap,
+                stage.epochs,
+                epoch_seconds,
+                format_duration(max(left, 0)),
+            )
         else:
-            log.info("time budget %s: stage %s fits its %d epochs", format_duration(self.budget),
-                     stage.name, stage.epochs)
+            log.info(
+                "time budget %s: stage %s fits its %d epochs",
+                format_duration(self.budget),
+                stage.name,
+                stage.epochs,
+            )
         return cap
 
     def _on_features(self, stage: Stage) -> bool:
@@ -473,42 +570,72 @@ class Trainer:
             train = TensorDataset(x, y)
             workers, collate = 0, None
         else:
-            train, val, workers, collate = (self.train_set, self.val_set, self.num_workers,
-                                            self.collate_fn)
+            train, val, workers, collate = (
+                self.train_set,
+                self.val_set,
+                self.num_workers,
+                self.collate_fn,
+            )
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         bucket = cfg.length_bucketing and getattr(train, "lengths", None) is not None
         if bucket:
-            batches = BucketBatchSampler(train.lengths, cfg.batch_size, cfg.seed, rank, world,
-                                         drop_last=len(train) > cfg.batch_size * world,
-                                         weights=self.sample_weights)
-            train_loader = DataLoader(train, batch_sampler=batches, num_workers=workers,
-                                      collate_fn=collate)
+            batches = BucketBatchSampler(
+                train.lengths,
+                cfg.batch_size,
+                cfg.seed,
+                rank,
+                world,
+                drop_last=len(train) > cfg.batch_size * world,
+                weights=self.sample_weights,
+            )
+            train_loader = DataLoader(
+                train, batch_sampler=batches, num_workers=workers, collate_fn=collate
+            )
         elif world > 1:  # data-parallel: every item once per epoch, same steps everywhere
-            batches = ShardedBatchSampler(len(train), cfg.batch_size, cfg.seed, rank, world,
-                                          weights=self.sample_weights)
-            train_loader = DataLoader(train, batch_sampler=batches, num_workers=workers,
-                                      collate_fn=collate)
+            batches = ShardedBatchSampler(
+                len(train), cfg.batch_size, cfg.seed, rank, world, weights=self.sample_weights
+            )
+            train_loader = DataLoader(
+                train, batch_sampler=batches, num_workers=workers, collate_fn=collate
+            )
         else:
             sampler = EpochSampler(len(train), cfg.seed, rank, world, self.sample_weights)
             drop_last = len(sampler) > cfg.batch_size
-            train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler,
-                                      num_workers=workers, drop_last=drop_last,
-                                      collate_fn=collate)
+            train_loader = DataLoader(
+                train,
+                batch_size=cfg.batch_size,
+                sampler=sampler,
+                num_workers=workers,
+                drop_last=drop_last,
+                collate_fn=collate,
+            )
         val_loader = None
         if val is not None and len(val):
             if bucket and getattr(val, "lengths", None) is not None:
-                val_loader = DataLoader(val, num_workers=workers, collate_fn=collate,
-                                        batch_sampler=length_sorted_batches(
-                                            val.lengths, cfg.eval_batch_size))
+                val_loader = DataLoader(
+                    val,
+                    num_workers=workers,
+                    collate_fn=collate,
+                    batch_sampler=length_sorted_batches(val.lengths, cfg.eval_batch_size),
+                )
             else:
-                val_loader = DataLoader(val, batch_size=cfg.eval_batch_size, shuffle=False,
-                                        num_workers=workers, collate_fn=collate)
+                val_loader = DataLoader(
+                    val,
+                    batch_size=cfg.eval_batch_size,
+                    shuffle=False,
+                    num_workers=workers,
+                    collate_fn=collate,
+                )
         return train_loader, val_loader
 
-    def _train_epoch(self, module, stage: Stage, s: int, epoch: int, loader, optimizer,
-                     scheduler) -> float:
-        sampler = loader.batch_sampler if isinstance(
-            loader.batch_sampler, (BucketBatchSampler, ShardedBatchSampler)) else loader.sampler
+    def _train_epoch(
+        self, module, stage: Stage, s: int, epoch: int, loader, optimizer, scheduler
+    ) -> float:
+        sampler = (
+            loader.batch_sampler
+            if isinstance(loader.batch_sampler, (BucketBatchSampler, ShardedBatchSampler))
+            else loader.sampler
+        )
         sampler.set_epoch(s * 100_000 + epoch)
         if hasattr(loader.dataset, "set_epoch"):
             loader.dataset.set_epoch(s * 100_000 + epoch)
@@ -516,8 +643,9 @@ class Trainer:
         # depends on (seed, stage, epoch) only, not on what ran before in this process: a
         # fit whose probe features came from the cache (no loader drew a seed) then trains
         # exactly like one that computed them, and a resumed epoch like the original.
-        torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, s, epoch, 17])
-                              .generate_state(1)[0]))
+        torch.manual_seed(
+            int(np.random.SeedSequence([self.cfg.seed, s, epoch, 17]).generate_state(1)[0])
+        )
         module.train()
         if not self._on_features(stage):
             model, groups = self._live or (self.model, self.groups)
@@ -525,8 +653,9 @@ class Trainer:
         total, count = 0.0, 0
         terms: dict[str, float] = {}  # a named loss's epoch sums
         mixer = None if self._on_features(stage) else batch_mixer(self.cfg, s, epoch)  # --mix
-        bar = tqdm(loader, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False,
-                   disable=None)
+        bar = tqdm(
+            loader, desc=f"{stage.name} {epoch + 1}/{stage.epochs}", leave=False, disable=None
+        )
         t0, steps, estimate_at = time.perf_counter(), len(loader), None
         if not self._estimated:  # the stage's first epoch in this process: say how long
             estimate_at = min(3, steps)
@@ -537,8 +666,11 @@ class Trainer:
             with self.accelerator.autocast():
                 if mixer is not None:
                     loss = mixed_loss(self.loss, module(x))
-                elif self.cfg.contrastive and not self._on_features(stage) and \
-                        not y.dtype.is_floating_point:
+                elif (
+                    self.cfg.contrastive
+                    and not self._on_features(stage)
+                    and not y.dtype.is_floating_point
+                ):
                     logits, feats = module(x, return_features=True)
                     ce = self.loss(logits, y)
                     assert isinstance(ce, torch.Tensor)  # classification: one loss tensor
@@ -561,13 +693,22 @@ class Trainer:
                 self._estimated = True
                 per_step = (time.perf_counter() - t0) / i
                 left = per_step * ((stage.epochs - epoch) * steps - i)
-                say_time_left(stage.name, left, f"{stage.epochs - epoch} epoch(s) of {steps} "
-                              f"steps at {per_step:.2f} s per step, validation not counted")
+                say_time_left(
+                    stage.name,
+                    left,
+                    f"{stage.epochs - epoch} epoch(s) of {steps} "
+                    f"steps at {per_step:.2f} s per step, validation not counted",
+                )
         names = sorted(terms)
         if self.accelerator.num_processes > 1:  # the epoch's loss over every process's items
-            sums = self.accelerator.reduce(torch.tensor(
-                [total, float(count), *(terms[k] for k in names)], dtype=torch.float64,
-                device=self.device), "sum")
+            sums = self.accelerator.reduce(
+                torch.tensor(
+                    [total, float(count), *(terms[k] for k in names)],
+                    dtype=torch.float64,
+                    device=self.device,
+                ),
+                "sum",
+            )
             total, count = float(sums[0]), int(sums[1])
             terms = {k: float(v) for k, v in zip(names, sums[2:])}
         self.items_seen = count
@@ -583,14 +724,16 @@ class Trainer:
         if y.dtype.is_floating_point:
             eps = self.cfg.label_smoothing
             return nn.functional.binary_cross_entropy_with_logits(
-                logits.float(), y * (1 - eps) + 0.5 * eps)
+                logits.float(), y * (1 - eps) + 0.5 * eps
+            )
         if self.class_weights is not None:
             # each item's smoothed cross-entropy times its own class's weight, over the
             # batch's weights. (CrossEntropyLoss(weight=...) also weighs the smoothing term of
             # each class by that class's weight: with spam weighted 10x, every ham item's
             # target leant a third of the way to spam, and the probe called 1 ham in 4 spam.)
-            per_item = nn.functional.cross_entropy(logits.float(), y, reduction="none",
-                                                   label_smoothing=self.cfg.label_smoothing)
+            per_item = nn.functional.cross_entropy(
+                logits.float(), y, reduction="none", label_smoothing=self.cfg.label_smoothing
+            )
             w = self.class_weights[y]
             return (w * per_item).sum() / w.sum()
         return self.criterion(logits, y)
@@ -616,15 +759,17 @@ class Trainer:
             return {
                 "val_loss": float(nn.functional.binary_cross_entropy_with_logits(logits, y)),
                 "val_accuracy": float((pred == y).all(1).float().mean()),
-                "val_macro_f1": float(f1_score(y.numpy(), pred.numpy(), average="macro",
-                                               zero_division=0)),
+                "val_macro_f1": float(
+                    f1_score(y.numpy(), pred.numpy(), average="macro", zero_division=0)
+                ),
             }
         pred = logits.argmax(1)
         return {
             "val_loss": float(nn.functional.cross_entropy(logits, y)),
             "val_accuracy": float((pred == y).float().mean()),
-            "val_macro_f1": float(f1_score(y.numpy(), pred.numpy(), average="macro",
-                                           zero_division=0)),
+            "val_macro_f1": float(
+                f1_score(y.numpy(), pred.numpy(), average="macro", zero_division=0)
+            ),
         }
 
     # ---------------------------------------------------------------- FSDP
@@ -645,8 +790,9 @@ class Trainer:
         live.to(memory_format=torch.contiguous_format)  # FSDP shards contiguous weights only
         for group in groups:
             if any(True for _ in group.parameters()):
-                fully_shard(group.modules if len(group.modules) > 1 else group.modules[0],
-                            mesh=self._mesh)
+                fully_shard(
+                    group.modules if len(group.modules) > 1 else group.modules[0], mesh=self._mesh
+                )
         fully_shard(live.head, mesh=self._mesh)
         fully_shard(live, mesh=self._mesh)  # the rest: stems, norms, poolers not in a group
         live.to(self.device)
@@ -655,9 +801,12 @@ class Trainer:
         mapped = [{**g, "params": [sharded[names[id(p)]] for p in g["params"]]} for g in params]
         self._live = (live, groups)
         shards = sum(p.to_local().numel() for p in sharded.values())
-        log.info("FSDP: this process holds %s of %s parameters (%d processes)",
-                 f"{shards:,}", f"{sum(p.numel() for p in sharded.values()):,}",
-                 self.accelerator.num_processes)
+        log.info(
+            "FSDP: this process holds %s of %s parameters (%d processes)",
+            f"{shards:,}",
+            f"{sum(p.numel() for p in sharded.values()):,}",
+            self.accelerator.num_processes,
+        )
         return live, mapped
 
     def _gather_full(self, live: nn.Module) -> None:
@@ -683,8 +832,13 @@ class Trainer:
         sd = optimizer.state_dict()
         if not self.fsdp:
             return sd
-        state = {pid: {k: (v.full_tensor().cpu() if isinstance(v, DTensor) else v)
-                       for k, v in entries.items()} for pid, entries in sd["state"].items()}
+        state = {
+            pid: {
+                k: (v.full_tensor().cpu() if isinstance(v, DTensor) else v)
+                for k, v in entries.items()
+            }
+            for pid, entries in sd["state"].items()
+        }
         return {"state": state, "param_groups": sd["param_groups"]}
 
     def _shard_optimizer_state(self, optimizer, full: dict) -> dict:
@@ -695,10 +849,14 @@ class Trainer:
         state = {}
         for pid, entries in full["state"].items():
             p = params[int(pid)]
-            state[pid] = {k: (distribute_tensor(v.to(self.device), p.device_mesh, p.placements)
-                              if isinstance(p, DTensor) and torch.is_tensor(v)
-                              and v.shape == p.shape else v)
-                          for k, v in entries.items()}
+            state[pid] = {
+                k: (
+                    distribute_tensor(v.to(self.device), p.device_mesh, p.placements)
+                    if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape
+                    else v
+                )
+                for k, v in entries.items()
+            }
         return {"state": state, "param_groups": full["param_groups"]}
 
     # ---------------------------------------------------------------- bookkeeping
@@ -716,8 +874,11 @@ class Trainer:
         state.bad_epochs += 1
         # a head-only stage on cached features costs little per epoch: it runs its whole
         # schedule (stopped while its rate is still near the peak, the probe is unfinished)
-        return bool(self.cfg.early_stopping) and not self._on_features(stage) and \
-            state.bad_epochs >= self.cfg.early_stopping
+        return (
+            bool(self.cfg.early_stopping)
+            and not self._on_features(stage)
+            and state.bad_epochs >= self.cfg.early_stopping
+        )
 
     def _score(self, row: dict) -> float:
         """The monitored validation metric of an epoch's row, higher is better."""
@@ -732,8 +893,11 @@ class Trainer:
         keep), on disk in a run directory, else in memory."""
         if self.run_dir is not None:
             if self.accelerator.is_main_process:
-                atomic_save_tensors(self.run_dir / "checkpoints" / f"{name}.safetensors",
-                                    weights, metadata={"where": where})
+                atomic_save_tensors(
+                    self.run_dir / "checkpoints" / f"{name}.safetensors",
+                    weights,
+                    metadata={"where": where},
+                )
         else:
             self._stored[name] = weights
 
@@ -754,8 +918,9 @@ class Trainer:
         not)."""
         weights = self._stored_weights(name)
         if weights is None:
-            raise RuntimeError(f"the {name!r} weights of this fit are missing from "
-                               f"{self.run_dir or 'memory'}")
+            raise RuntimeError(
+                f"the {name!r} weights of this fit are missing from {self.run_dir or 'memory'}"
+            )
         return weights
 
     def _restore_kept(self, state: LoopState) -> None:
@@ -797,12 +962,18 @@ class Trainer:
                 where, score = f"wise-ft {alpha:g}", self._score(row)
                 mixes[where] = weights
                 candidates.append(Candidate(where, score, row["val_loss"], order=2 * s + alpha))
-                log.info("%s: validation %s %.4f, loss %.4f", where, self.cfg.monitor, score,
-                         row["val_loss"])
+                log.info(
+                    "%s: validation %s %.4f, loss %.4f",
+                    where,
+                    self.cfg.monitor,
+                    score,
+                    row["val_loss"],
+                )
         win, state.selection = choose(candidates, state.val_items, self.cfg.monitor)
         if mixes:
-            state.selection += (f" (wise-ft A: the weights A of the way from {earlier.where} "
-                                f"to {best.where})")
+            state.selection += (
+                f" (wise-ft A: the weights A of the way from {earlier.where} to {best.where})"
+            )
         log.info("stage %s: %s", stage.name, state.selection)
         weights = start if win is earlier else end if win is best else mixes[win.where]
         if win.where in mixes:
@@ -833,34 +1004,43 @@ class Trainer:
             params = dict(self.model.named_parameters(remove_duplicate=False))
             for k in new:
                 t = params[k].detach()
-                self._fixed_sums[k] = (float(t.sum(dtype=torch.float64)), float(
-                    torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2)
-        return {"tensors": len(names), "sum": sum(self._fixed_sums[k][0] for k in names),
-                "sumsq": sum(self._fixed_sums[k][1] for k in names)}
+                self._fixed_sums[k] = (
+                    float(t.sum(dtype=torch.float64)),
+                    float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2,
+                )
+        return {
+            "tensors": len(names),
+            "sum": sum(self._fixed_sums[k][0] for k in names),
+            "sumsq": sum(self._fixed_sums[k][1] for k in names),
+        }
 
     def _check_fixed(self, saved: dict | None, where) -> None:
         if saved is None:  # a checkpoint that holds every tensor
             return
         now = self._fixed_checksum()
         same = now["tensors"] == saved["tensors"] and all(
-            math.isclose(now[k], saved[k], rel_tol=1e-7, abs_tol=1e-6) for k in ("sum", "sumsq"))
+            math.isclose(now[k], saved[k], rel_tol=1e-7, abs_tol=1e-6) for k in ("sum", "sumsq")
+        )
         if not same:
             raise CheckpointMismatch(
                 f"{where}: the checkpoint holds only the weights training changed, and the "
                 f"{saved['tensors']} frozen ones of this model differ from those it was trained "
                 "with (other pretrained weights, or a random init with another seed); resume "
-                "with the same backbone and seed, or start a new run directory")
+                "with the same backbone and seed, or start a new run directory"
+            )
 
     def _load_weights(self, weights: dict[str, torch.Tensor], where) -> None:
         """Load saved tensors; the ones a checkpoint leaves out must be frozen parameters."""
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        bad = sorted(set(missing) & (set(self.model.state_dict()) - self._param_names()
-                                     | self._trained))
+        bad = sorted(
+            set(missing) & (set(self.model.state_dict()) - self._param_names() | self._trained)
+        )
         if unexpected or bad:
             raise CheckpointMismatch(
                 f"{where}: its tensors do not fit this model (missing {bad[:3]}, unexpected "
                 f"{sorted(unexpected)[:3]}); resume with the same config, or start a new run "
-                "directory")
+                "directory"
+            )
 
     def _checkpoint_dir(self) -> Path | None:
         return self.run_dir / "checkpoints" / "last" if self.run_dir else None
@@ -875,8 +1055,11 @@ class Trainer:
             return
         tensors = {f"model.{k}": v for k, v in self._changeable_tensors().items()}
         tensors["rng.torch"] = torch.get_rng_state()
-        meta = {"fingerprint": self.fingerprint, "loop": asdict(state),
-                "fixed": self._fixed_checksum()}
+        meta = {
+            "fingerprint": self.fingerprint,
+            "loop": asdict(state),
+            "fixed": self._fixed_checksum(),
+        }
         if opt_sd is not None:
             opt_tensors, opt_meta = optimizer_to_flat(opt_sd)
             tensors.update(opt_tensors)
@@ -896,10 +1079,14 @@ class Trainer:
         atomic_write_bytes(self.run_dir / "history.csv", buf.getvalue().encode())
 
     def _log_epoch(self, row: dict) -> None:
-        parts = [f"{k} {v:.4f}" for k, v in row.items()
-                 if isinstance(v, float) and k not in ("lr", "seconds")]
-        log.info("%s epoch %d: %s (%.1fs)", row["stage"], row["epoch"], ", ".join(parts),
-                 row["seconds"])
+        parts = [
+            f"{k} {v:.4f}"
+            for k, v in row.items()
+            if isinstance(v, float) and k not in ("lr", "seconds")
+        ]
+        log.info(
+            "%s epoch %d: %s (%.1fs)", row["stage"], row["epoch"], ", ".join(parts), row["seconds"]
+        )
         if self.run_dir is None or not self.accelerator.is_main_process:
             return
         if self._tb is None:
@@ -942,7 +1129,7 @@ def launched_processes() -> int:
 def default_workers() -> int:
     import os
 
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count()) or 1
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ) or 1
     return 0 if cores <= 2 else min(4, cores - 1)
-

@@ -43,7 +43,7 @@ HEAD_ONLY_STAGES = ("linear_probe",)
 TUNE_BUDGET = {"epochs": 8, "early_stopping": 3}
 # Search ranges: (low, high), sampled on a log scale except dropout.
 SPACE = {
-    "lr": (1e-5, 1e-2),          # backbone peak learning rate (strategies that train it)
+    "lr": (1e-5, 1e-2),  # backbone peak learning rate (strategies that train it)
     "head_lr": (1e-4, 1e-1),
     "weight_decay": (1e-6, 1e-1),
     "dropout": (0.0, 0.5),
@@ -63,15 +63,38 @@ class TuneResult:
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("study_name", "storage", "monitor", "best",
-                                              "default", "best_run", "seconds", "settings",
-                                              "trials")}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "study_name",
+                "storage",
+                "monitor",
+                "best",
+                "default",
+                "best_run",
+                "seconds",
+                "settings",
+                "trials",
+            )
+        }
 
 
-def tune(data, y=None, *, model: str | None = None, task: str = "image", trials: int = 20,
-         out: str | Path = "runs/tune", storage: str | None = None,
-         study_name: str | None = None, strategies=STRATEGIES, timeout: float | None = None,
-         refit: bool = True, seed: int = 0, **settings) -> TuneResult:
+def tune(
+    data,
+    y=None,
+    *,
+    model: str | None = None,
+    task: str = "image",
+    trials: int = 20,
+    out: str | Path = "runs/tune",
+    storage: str | None = None,
+    study_name: str | None = None,
+    strategies=STRATEGIES,
+    timeout: float | None = None,
+    refit: bool = True,
+    seed: int = 0,
+    **settings,
+) -> TuneResult:
     """Run (or continue) a search of ``trials`` trials in all; ``settings`` are FitConfig
     fields every trial shares (default :data:`TUNE_BUDGET`)."""
     import optuna
@@ -83,8 +106,9 @@ def tune(data, y=None, *, model: str | None = None, task: str = "image", trials:
         raise ValueError(f"task={task!r}: choose one of {', '.join(ESTIMATORS)}")
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad or not strategies:
-        raise ValueError(f"strategies must be among {', '.join(STRATEGIES)}; got "
-                         f"{', '.join(bad) or 'none'}")
+        raise ValueError(
+            f"strategies must be among {', '.join(STRATEGIES)}; got {', '.join(bad) or 'none'}"
+        )
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     t0 = time.perf_counter()
@@ -100,35 +124,64 @@ def tune(data, y=None, *, model: str | None = None, task: str = "image", trials:
         raise ValueError("tuning needs a validation split: set val_fraction > 0")
     n_groups = len(create_backbone(base.backbone, pretrained=False, cut=base.cut).groups())
     neutral = ("num_workers", "device", "feature_cache", "eval_batch_size")
-    name = study_name or "headstart-" + hashlib.sha256(json.dumps(
-        [task, {k: v for k, v in base.to_dict().items() if k not in neutral},
-         sorted(strategies), train_src.fingerprint(),
-         val_src.fingerprint()], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    name = (
+        study_name
+        or "headstart-"
+        + hashlib.sha256(
+            json.dumps(
+                [
+                    task,
+                    {k: v for k, v in base.to_dict().items() if k not in neutral},
+                    sorted(strategies),
+                    train_src.fingerprint(),
+                    val_src.fingerprint(),
+                ],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
+    )
     storage = storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
     monitor = effective_monitor(base, train_src.labels, list(source.classes))  # "auto" resolved
     with _quiet_experimental(optuna):
         study = optuna.create_study(
-            study_name=name, storage=_storage(storage), direction="maximize",
+            study_name=name,
+            storage=_storage(storage),
+            direction="maximize",
             load_if_exists=True,
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2))
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
+        )
         # seeded, but by how far the study has come: a resumed search must not draw the
         # same first points again (TPE's start-up trials come from its random generator)
         study.sampler = optuna.samplers.TPESampler(seed=seed + 7919 * len(study.trials))
         if not study.trials:  # a new study: the default settings come first
-            study.enqueue_trial(_default_params(base, strategies, n_groups),
-                                user_attrs={"default": True})
+            study.enqueue_trial(
+                _default_params(base, strategies, n_groups), user_attrs={"default": True}
+            )
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     finished = [t for t in study.trials if t.state in states]
     todo = max(0, trials - len(finished))
-    log.info("tune %s: study %s in %s, %d of %d trials finished, %d to run; %d train / %d "
-             "validation items", base.backbone, name, storage, len(finished), trials, todo,
-             len(train_src), len(val_src))
+    log.info(
+        "tune %s: study %s in %s, %d of %d trials finished, %d to run; %d train / %d "
+        "validation items",
+        base.backbone,
+        name,
+        storage,
+        len(finished),
+        trials,
+        todo,
+        len(train_src),
+        len(val_src),
+    )
     if todo:
         with _quiet_experimental(optuna):
-            study.optimize(_objective(cls, base, train_src, val_src, strategies, n_groups,
-                                      monitor),
-                           n_trials=todo, timeout=timeout, gc_after_trial=True,
-                           catch=(RuntimeError, ValueError))
+            study.optimize(
+                _objective(cls, base, train_src, val_src, strategies, n_groups, monitor),
+                n_trials=todo,
+                timeout=timeout,
+                gc_after_trial=True,
+                catch=(RuntimeError, ValueError),
+            )
     table = [_trial_row(t) for t in study.trials]
     done = [r for r in table if r["state"] == "COMPLETE"]
     if not done:
@@ -142,15 +195,33 @@ def tune(data, y=None, *, model: str | None = None, task: str = "image", trials:
         clf = cls(config=base.replace(**params), run_dir=run)
         clf.fit(train_src, validation=val_src)
         best_run = str(run)
-        log.info("best trial %d refit into %s: validation %s %.4f (trial: %.4f)",
-                 best["number"], run, monitor, _best_score(clf, monitor), best["value"])
-    result = TuneResult(name, storage, monitor, table, best, default, best_run,
-                        time.perf_counter() - t0,
-                        settings={"trials": trials, "strategies": list(strategies),
-                                  "space": SPACE, "n_groups": n_groups,
-                                  "n_train": len(train_src), "n_val": len(val_src),
-                                  "fit": {k: v for k, v in base.to_dict().items()
-                                          if k in settings}})
+        log.info(
+            "best trial %d refit into %s: validation %s %.4f (trial: %.4f)",
+            best["number"],
+            run,
+            monitor,
+            _best_score(clf, monitor),
+            best["value"],
+        )
+    result = TuneResult(
+        name,
+        storage,
+        monitor,
+        table,
+        best,
+        default,
+        best_run,
+        time.perf_counter() - t0,
+        settings={
+            "trials": trials,
+            "strategies": list(strategies),
+            "space": SPACE,
+            "n_groups": n_groups,
+            "n_train": len(train_src),
+            "n_val": len(val_src),
+            "fit": {k: v for k, v in base.to_dict().items() if k in settings},
+        },
+    )
     write_results(result, out)
     return result
 
@@ -177,8 +248,12 @@ def _storage(url: str):
 def _default_params(cfg, strategies, n_groups: int) -> dict:
     own = AUTO_TRANSFER if cfg.strategy == "auto" else cfg.strategy  # auto trains lp_ft
     strategy = own if own in strategies else strategies[0]
-    params = {"strategy": strategy, "head_lr": cfg.head_lr, "weight_decay":
-              max(cfg.weight_decay, SPACE["weight_decay"][0]), "dropout": cfg.dropout}
+    params = {
+        "strategy": strategy,
+        "head_lr": cfg.head_lr,
+        "weight_decay": max(cfg.weight_decay, SPACE["weight_decay"][0]),
+        "dropout": cfg.dropout,
+    }
     if strategy != "feature_extract":
         params["lr"] = cfg.lr
     if strategy == "partial":
@@ -189,8 +264,7 @@ def _default_params(cfg, strategies, n_groups: int) -> dict:
 def _suggest(trial, strategies, n_groups: int) -> dict:
     params = {"strategy": trial.suggest_categorical("strategy", list(strategies))}
     params["head_lr"] = trial.suggest_float("head_lr", *SPACE["head_lr"], log=True)
-    params["weight_decay"] = trial.suggest_float("weight_decay", *SPACE["weight_decay"],
-                                                 log=True)
+    params["weight_decay"] = trial.suggest_float("weight_decay", *SPACE["weight_decay"], log=True)
     params["dropout"] = trial.suggest_float("dropout", *SPACE["dropout"])
     if params["strategy"] != "feature_extract":
         params["lr"] = trial.suggest_float("lr", *SPACE["lr"], log=True)
@@ -201,8 +275,9 @@ def _suggest(trial, strategies, n_groups: int) -> dict:
 
 def _score(row: dict, monitor: str) -> float | None:
     """An epoch row's validation score, higher is better (``-val_loss`` for loss)."""
-    value = -row["val_loss"] if monitor == "loss" and "val_loss" in row else \
-        row.get(f"val_{monitor}")
+    value = (
+        -row["val_loss"] if monitor == "loss" and "val_loss" in row else row.get(f"val_{monitor}")
+    )
     return None if value is None or math.isnan(value) else float(value)
 
 
@@ -255,14 +330,21 @@ def _trial_row(t) -> dict:
     seconds = t.user_attrs.get("seconds")
     if seconds is None and t.datetime_start and t.datetime_complete:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds()
-    return {"number": t.number, "state": t.state.name, "value": t.value,
-            "default": bool(t.user_attrs.get("default")), "params": dict(t.params),
-            "seconds": seconds, "best_epoch": t.user_attrs.get("best_epoch"),
-            "val_accuracy": t.user_attrs.get("val_accuracy"),
-            "val_macro_f1": t.user_attrs.get("val_macro_f1"),
-            "last_step": max(t.intermediate_values) if t.intermediate_values else None,
-            "pruned_at": (t.intermediate_values[max(t.intermediate_values)]
-                          if t.intermediate_values else None)}
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        "default": bool(t.user_attrs.get("default")),
+        "params": dict(t.params),
+        "seconds": seconds,
+        "best_epoch": t.user_attrs.get("best_epoch"),
+        "val_accuracy": t.user_attrs.get("val_accuracy"),
+        "val_macro_f1": t.user_attrs.get("val_macro_f1"),
+        "last_step": max(t.intermediate_values) if t.intermediate_values else None,
+        "pruned_at": (
+            t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        ),
+    }
 
 
 def write_results(result: TuneResult, out: str | Path) -> dict[str, Path]:
@@ -277,9 +359,17 @@ def write_results(result: TuneResult, out: str | Path) -> dict[str, Path]:
     writer = csv.writer(buf)
     writer.writerow(["number", "state", "value", "default", "seconds", "best_epoch", *keys])
     for r in result.trials:
-        writer.writerow([r["number"], r["state"], r["value"], r["default"],
-                         "" if r["seconds"] is None else f"{r['seconds']:.1f}",
-                         r["best_epoch"] or "", *[r["params"].get(k, "") for k in keys]])
+        writer.writerow(
+            [
+                r["number"],
+                r["state"],
+                r["value"],
+                r["default"],
+                "" if r["seconds"] is None else f"{r['seconds']:.1f}",
+                r["best_epoch"] or "",
+                *[r["params"].get(k, "") for k in keys],
+            ]
+        )
     paths = {"csv": out / "tune.csv", "json": out / "tune.json", "report": out / "report.html"}
     atomic_write_bytes(paths["csv"], buf.getvalue().encode())
     atomic_write_json(paths["json"], result.to_dict())

@@ -12,9 +12,17 @@ from .classic import AudioFeatures, ClassicBaseline, PixelFeatures, image_featur
 from .text import TfidfBaseline
 from .verdict import items_to_match, paired_difference, verdict
 
-__all__ = ["AudioFeatures", "ClassicBaseline", "PixelFeatures", "TfidfBaseline",
-           "image_featurizers", "items_to_match", "load_baseline", "paired_difference",
-           "verdict"]
+__all__ = [
+    "AudioFeatures",
+    "ClassicBaseline",
+    "PixelFeatures",
+    "TfidfBaseline",
+    "image_featurizers",
+    "items_to_match",
+    "load_baseline",
+    "paired_difference",
+    "verdict",
+]
 
 
 def load_baseline(folder: str | Path):

@@ -45,20 +45,28 @@ class PixelFeatures:
     def __call__(self, image) -> np.ndarray:
         from PIL import Image
 
-        img = image.resize((self.side, self.side), Image.Resampling.BOX if min(image.size)
-                           >= self.side else Image.Resampling.BILINEAR)
+        img = image.resize(
+            (self.side, self.side),
+            Image.Resampling.BOX if min(image.size) >= self.side else Image.Resampling.BILINEAR,
+        )
         arr = np.asarray(img, dtype=np.float32) / 255.0
         if self.hog:
             from skimage.feature import hog
 
             grey = arr.mean(axis=2)
-            return hog(grey, orientations=9, pixels_per_cell=(4, 4), cells_per_block=(2, 2),
-                       feature_vector=True).astype(np.float32)
+            return hog(
+                grey,
+                orientations=9,
+                pixels_per_cell=(4, 4),
+                cells_per_block=(2, 2),
+                feature_vector=True,
+            ).astype(np.float32)
         return (arr if self.colour else arr.mean(axis=2)).reshape(-1)
 
     def describe(self) -> str:
         what = "HOG of the" if self.hog else "raw"
-        return f"{what} {self.side}x{self.side} {'RGB' if self.colour and not self.hog else 'grey'} pixels"
+        colour = "RGB" if self.colour and not self.hog else "grey"
+        return f"{what} {self.side}x{self.side} {colour} pixels"
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, **asdict(self)}
@@ -88,7 +96,7 @@ class AudioFeatures:
         with torch.no_grad():
             mel = front(torch.from_numpy(wave)[None])[0].numpy().astype(np.float64)
         delta = np.diff(mel, axis=1) if mel.shape[1] > 1 else np.zeros_like(mel)
-        mfcc = dct(mel, type=2, axis=0, norm="ortho")[:self.n_mfcc]
+        mfcc = dct(mel, type=2, axis=0, norm="ortho")[: self.n_mfcc]
         parts = [m for x in (mel, delta, mfcc) for m in (x.mean(1), x.std(1))]
         return np.concatenate(parts).astype(np.float32)
 
@@ -107,8 +115,9 @@ def _log_mel(rate: int, n_mels: int):
     if (rate, n_mels) not in _FRONTS:
         from ..zoo.audio import LogMel
 
-        _FRONTS[(rate, n_mels)] = LogMel(rate=rate, n_fft=int(0.025 * rate),
-                                         hop=int(0.010 * rate), n_mels=n_mels).eval()
+        _FRONTS[(rate, n_mels)] = LogMel(
+            rate=rate, n_fft=int(0.025 * rate), hop=int(0.010 * rate), n_mels=n_mels
+        ).eval()
     return _FRONTS[(rate, n_mels)]
 
 
@@ -134,8 +143,7 @@ MODELS: dict[str, list[dict]] = {
     "knn": [{"k": k} for k in (1, 3, 5)],
     "svm": [{"C": c} for c in (1.0, 10.0)],
 }
-NAMES = {"logreg": "logistic regression", "knn": "k-nearest neighbours",
-         "svm": "RBF SVM"}
+NAMES = {"logreg": "logistic regression", "knn": "k-nearest neighbours", "svm": "RBF SVM"}
 
 
 def make_model(model: str, params: dict, balanced: bool, seed: int):
@@ -149,14 +157,19 @@ def make_model(model: str, params: dict, balanced: bool, seed: int):
 
     weight = "balanced" if balanced else None
     if model == "logreg":
-        return make_pipeline(StandardScaler(), LogisticRegression(
-            C=params["C"], max_iter=1000, class_weight=weight, random_state=seed))
+        return make_pipeline(
+            StandardScaler(),
+            LogisticRegression(
+                C=params["C"], max_iter=1000, class_weight=weight, random_state=seed
+            ),
+        )
     if model == "knn":
         return KNeighborsClassifier(n_neighbors=params["k"], weights="distance")
     if model == "svm":
-        return make_pipeline(StandardScaler(), SVC(C=params["C"], gamma="scale",
-                                                   class_weight=weight,
-                                                   decision_function_shape="ovr"))
+        return make_pipeline(
+            StandardScaler(),
+            SVC(C=params["C"], gamma="scale", class_weight=weight, decision_function_shape="ovr"),
+        )
     raise ValueError(f"unknown baseline model {model!r}; choose from {', '.join(MODELS)}")
 
 
@@ -185,8 +198,9 @@ def _cap(labels: np.ndarray, most: int, seed: int) -> np.ndarray:
         return np.arange(len(labels))
     from sklearn.model_selection import train_test_split
 
-    keep, _ = train_test_split(np.arange(len(labels)), train_size=most, random_state=seed,
-                               stratify=labels)
+    keep, _ = train_test_split(
+        np.arange(len(labels)), train_size=most, random_state=seed, stratify=labels
+    )
     return np.sort(keep)
 
 
@@ -206,14 +220,16 @@ class ClassicBaseline:
     ``predict_proba(vectors)`` the chosen featurizer's rows. ``metric``: what the
     cross-validation ranks by (accuracy, or macro_f1 on imbalanced classes)."""
 
-    def __init__(self, featurizers: list, seed: int = 0, balanced: bool = False,
-                 metric: str = "accuracy"):
+    def __init__(
+        self, featurizers: list, seed: int = 0, balanced: bool = False, metric: str = "accuracy"
+    ):
         self.featurizers = list(featurizers)
         self.seed, self.balanced, self.metric = seed, balanced, metric
 
     # -------------------------------------------------------------- fitting
-    def fit(self, vectors: list[np.ndarray], labels: np.ndarray,
-            n_classes: int | None = None) -> "ClassicBaseline":
+    def fit(
+        self, vectors: list[np.ndarray], labels: np.ndarray, n_classes: int | None = None
+    ) -> ClassicBaseline:
         from sklearn.model_selection import StratifiedKFold
 
         t0 = time.perf_counter()
@@ -227,8 +243,9 @@ class ClassicBaseline:
         if folds >= 2 and len(np.unique(y)) >= 2:
             cv_idx = _cap(y, CV_ITEMS_MAX, self.seed)
             yc = y[cv_idx]
-            split = list(StratifiedKFold(folds, shuffle=True, random_state=self.seed)
-                         .split(cv_idx, yc))
+            split = list(
+                StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(cv_idx, yc)
+            )
             for f, X in zip(self.featurizers, vectors):
                 Xc = np.asarray(X, dtype=np.float32)[cv_idx]
                 for model, grid in MODELS.items():
@@ -237,18 +254,29 @@ class ClassicBaseline:
                         for tr, te in split:
                             m = make_model(model, params, self.balanced, self.seed)
                             m.fit(Xc[tr], yc[tr])
-                            scores.append(score_predictions(yc[te], m.predict(Xc[te]),
-                                                            self.metric))
-                        rows.append({"features": f.describe(), "feature_index":
-                                     self.featurizers.index(f), "model": model,
-                                     "params": params, "cv": float(np.mean(scores)),
-                                     "cv_std": float(np.std(scores))})
+                            scores.append(score_predictions(yc[te], m.predict(Xc[te]), self.metric))
+                        rows.append(
+                            {
+                                "features": f.describe(),
+                                "feature_index": self.featurizers.index(f),
+                                "model": model,
+                                "params": params,
+                                "cv": float(np.mean(scores)),
+                                "cv_std": float(np.std(scores)),
+                            }
+                        )
             # ties go to the simpler model: the grid's order (logreg, k-NN, SVM; pixels first)
             best = max(rows, key=lambda r: r["cv"])
             self.cv_folds_ = folds
         else:  # one item in some class: no cross-validation; the nearest neighbour
-            best = {"features": self.featurizers[0].describe(), "feature_index": 0,
-                    "model": "knn", "params": {"k": 1}, "cv": None, "cv_std": None}
+            best = {
+                "features": self.featurizers[0].describe(),
+                "feature_index": 0,
+                "model": "knn",
+                "params": {"k": 1},
+                "cv": None,
+                "cv_std": None,
+            }
             self.cv_folds_ = 0
         self.cv_ = rows
         self.choice_ = best
@@ -258,9 +286,14 @@ class ClassicBaseline:
         self.X_, self.y_ = X[keep], y[keep]
         self._refit()
         self.fit_seconds_ = time.perf_counter() - t0
-        log.info("classic baseline: %s (CV %s over %d candidates, %d folds) in %.1fs",
-                 self.name, "n/a" if best["cv"] is None else f"{best['cv']:.4f}", len(rows),
-                 folds, self.fit_seconds_)
+        log.info(
+            "classic baseline: %s (CV %s over %d candidates, %d folds) in %.1fs",
+            self.name,
+            "n/a" if best["cv"] is None else f"{best['cv']:.4f}",
+            len(rows),
+            folds,
+            self.fit_seconds_,
+        )
         return self
 
     def _refit(self) -> None:
@@ -284,9 +317,14 @@ class ClassicBaseline:
     def summary(self) -> dict:
         """What was chosen and the cross-validation table behind it (for the run's
         metrics)."""
-        return {"name": self.name, "choice": self.choice_, "folds": self.cv_folds_,
-                "candidates": self.cv_, "n_train": int(len(self.y_)),
-                "fit_seconds": getattr(self, "fit_seconds_", None)}
+        return {
+            "name": self.name,
+            "choice": self.choice_,
+            "folds": self.cv_folds_,
+            "candidates": self.cv_,
+            "n_train": int(len(self.y_)),
+            "fit_seconds": getattr(self, "fit_seconds_", None),
+        }
 
     # -------------------------------------------------------------- persistence
     def save(self, folder) -> None:
@@ -296,29 +334,44 @@ class ClassicBaseline:
         from ..artifacts import atomic_save_tensors, atomic_write_json
 
         folder = Path(folder)
-        atomic_save_tensors(folder / "classic.safetensors", {
-            "vectors": torch.from_numpy(np.ascontiguousarray(self.X_)),
-            "labels": torch.from_numpy(np.ascontiguousarray(self.y_))})
-        atomic_write_json(folder / "classic.json", {
-            "format": "headstart-classic-baseline", "n_classes": self.n_classes_,
-            "featurizer": self.featurizer_.to_dict(), "choice": self.choice_,
-            "seed": self.seed, "balanced": self.balanced, "metric": self.metric,
-            "folds": self.cv_folds_, "candidates": self.cv_})
+        atomic_save_tensors(
+            folder / "classic.safetensors",
+            {
+                "vectors": torch.from_numpy(np.ascontiguousarray(self.X_)),
+                "labels": torch.from_numpy(np.ascontiguousarray(self.y_)),
+            },
+        )
+        atomic_write_json(
+            folder / "classic.json",
+            {
+                "format": "headstart-classic-baseline",
+                "n_classes": self.n_classes_,
+                "featurizer": self.featurizer_.to_dict(),
+                "choice": self.choice_,
+                "seed": self.seed,
+                "balanced": self.balanced,
+                "metric": self.metric,
+                "folds": self.cv_folds_,
+                "candidates": self.cv_,
+            },
+        )
 
     @classmethod
-    def load(cls, folder) -> "ClassicBaseline":
+    def load(cls, folder) -> ClassicBaseline:
         from safetensors.numpy import load_file
 
         folder = Path(folder)
         meta = json.loads((folder / "classic.json").read_text())
         tensors = load_file(str(folder / "classic.safetensors"))
         featurizer = featurizer_from_dict(meta["featurizer"])
-        self = cls([featurizer], seed=meta["seed"], balanced=meta["balanced"],
-                   metric=meta.get("metric", "accuracy"))
-        self.n_classes_, self.choice_ = meta["n_classes"], {**meta["choice"],
-                                                            "feature_index": 0}
-        self.featurizer_, self.cv_, self.cv_folds_ = featurizer, meta["candidates"], \
-            meta["folds"]
+        self = cls(
+            [featurizer],
+            seed=meta["seed"],
+            balanced=meta["balanced"],
+            metric=meta.get("metric", "accuracy"),
+        )
+        self.n_classes_, self.choice_ = meta["n_classes"], {**meta["choice"], "feature_index": 0}
+        self.featurizer_, self.cv_, self.cv_folds_ = featurizer, meta["candidates"], meta["folds"]
         self.X_, self.y_ = tensors["vectors"], tensors["labels"]
         self._refit()
         return self

@@ -27,31 +27,47 @@ def paired_difference(right_a: np.ndarray, right_b: np.ndarray) -> dict:
     d = a - b
     se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     mean = float(d.mean())
-    return {"n": n, "a": float(a.mean()), "b": float(b.mean()), "diff_points": 100 * mean,
-            "low_points": 100 * (mean - Z95 * se), "high_points": 100 * (mean + Z95 * se)}
+    return {
+        "n": n,
+        "a": float(a.mean()),
+        "b": float(b.mean()),
+        "diff_points": 100 * mean,
+        "low_points": 100 * (mean - Z95 * se),
+        "high_points": 100 * (mean + Z95 * se),
+    }
 
 
-def verdict(labels: np.ndarray, transfer_proba: np.ndarray, baseline_proba: np.ndarray,
-            source: str, baseline_name: str) -> dict:
+def verdict(
+    labels: np.ndarray,
+    transfer_proba: np.ndarray,
+    baseline_proba: np.ndarray,
+    source: str,
+    baseline_name: str,
+) -> dict:
     """Transfer against the classic baseline on one labelled set: the paired difference,
     the winner (``transfer``, ``baseline`` or ``tie``) and the sentence saying it."""
     y = np.asarray(labels)
-    cmp = paired_difference(np.argmax(transfer_proba, 1) == y,
-                            np.argmax(baseline_proba, 1) == y)
+    cmp = paired_difference(np.argmax(transfer_proba, 1) == y, np.argmax(baseline_proba, 1) == y)
     lo, hi, n = cmp["low_points"], cmp["high_points"], cmp["n"]
     span = f"{n} test items, 95% interval {lo:+.1f} to {hi:+.1f}"
     if lo > 0:
         winner = "transfer"
-        line = (f"transfer from {source} beats the best simple model by "
-                f"{cmp['diff_points']:.1f} points ({span}; {baseline_name})")
+        line = (
+            f"transfer from {source} beats the best simple model by "
+            f"{cmp['diff_points']:.1f} points ({span}; {baseline_name})"
+        )
     elif hi < 0:
         winner = "baseline"
-        line = (f"a simple model is better: {baseline_name}, by {-cmp['diff_points']:.1f} "
-                f"points over transfer from {source} ({span}); transfer does not pay here")
+        line = (
+            f"a simple model is better: {baseline_name}, by {-cmp['diff_points']:.1f} "
+            f"points over transfer from {source} ({span}); transfer does not pay here"
+        )
     else:
         winner = "tie"
-        line = (f"a simple model is as good: {baseline_name} (transfer from {source} "
-                f"{cmp['diff_points']:+.1f} points, {span})")
+        line = (
+            f"a simple model is as good: {baseline_name} (transfer from {source} "
+            f"{cmp['diff_points']:+.1f} points, {span})"
+        )
     return {**cmp, "winner": winner, "line": line, "baseline": baseline_name}
 
 

@@ -26,8 +26,9 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="headstart", description="Transfer learning: pre-trained model in, measured "
-        "fine-tuned model out.")
+        prog="headstart",
+        description="Transfer learning: pre-trained model in, measured fine-tuned model out.",
+    )
     parser.add_argument("--version", action="version", version=f"headstart {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")

@@ -25,14 +25,21 @@ def _show(value) -> str:
 
 def _default_help(name: str, default, tasks: tuple[str, ...]) -> str:
     """``(default: 12; text: 8, audio: 15)``: FitConfig's default, then each task's own."""
-    own = [f"{task}: {_show(TASK_DEFAULTS[task][name])}" for task in tasks
-           if name in TASK_DEFAULTS[task] and TASK_DEFAULTS[task][name] != default]
+    own = [
+        f"{task}: {_show(TASK_DEFAULTS[task][name])}"
+        for task in tasks
+        if name in TASK_DEFAULTS[task] and TASK_DEFAULTS[task][name] != default
+    ]
     return f"(default: {_show(default)}{'; ' + ', '.join(own) if own else ''})"
 
 
-def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None,
-                      title: str = "fit settings (also valid as keys of --config YAML)",
-                      tasks: tuple[str, ...] = FIT_TASKS, defaults: dict | None = None) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    only: tuple[str, ...] | None = None,
+    title: str = "fit settings (also valid as keys of --config YAML)",
+    tasks: tuple[str, ...] = FIT_TASKS,
+    defaults: dict | None = None,
+) -> None:
     """One flag per FitConfig field; its help names the defaults of each of ``tasks`` (the
     command's --task choices). ``defaults``: the command's own, over every task's."""
     hints = typing.get_type_hints(FitConfig)
@@ -66,20 +73,34 @@ def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | No
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """What ``fit`` and ``pretrain`` share besides the fit settings."""
-    p.add_argument("--val", default=None, help="validation data (default: hold out "
-                   "--val-fraction of the training data, stratified)")
+    p.add_argument(
+        "--val",
+        default=None,
+        help="validation data (default: hold out --val-fraction of the training data, stratified)",
+    )
     p.add_argument("--test", default=None, help="test data, evaluated after training")
     p.add_argument("--config", default=None, help="YAML file of fit settings")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its "
-                   "last checkpoint in --out (a finished run: nothing to do, no file rewritten; "
-                   "no checkpoint there: says so and starts a new fit)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its "
+        "last checkpoint in --out (a finished run: nothing to do, no file rewritten; "
+        "no checkpoint there: says so and starts a new fit)",
+    )
     p.add_argument("--path-column", default="path", help="CSV: the column of file paths")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
 
 
 # the library's per-epoch loggers, quieted by commands that run many fits
-LIBRARY_LOGS = ("headstart.tasks", "headstart.train", "headstart.strategies",
-                 "headstart.data", "headstart.zoo", "headstart.features", "headstart.select")
+LIBRARY_LOGS = (
+    "headstart.tasks",
+    "headstart.train",
+    "headstart.strategies",
+    "headstart.data",
+    "headstart.zoo",
+    "headstart.features",
+    "headstart.select",
+)
 
 
 def quiet_library_logs() -> None:
@@ -91,16 +112,20 @@ def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
     task_defaults = dict(TASK_DEFAULTS[getattr(args, "task", "image")])  # the estimator's
     base = FitConfig.read_yaml(args.config) if args.config else {}  # overrides the task's
     given = {f: getattr(args, f) for f in FitConfig.field_names() if hasattr(args, f)}
-    return FitConfig.from_dict({**task_defaults, **base, **given},
-                               args.config or "command line")
+    return FitConfig.from_dict({**task_defaults, **base, **given}, args.config or "command line")
 
 
 def open_labeled(task: str, data, cfg: FitConfig, args, classes=None):
     """Labeled data as the task reads it from the command line."""
     from ..tasks import serving_for
 
-    return serving_for(task).open_labeled(data, cfg, path_column=args.path_column,
-                                          classes=classes)
+    return serving_for(task).open_labeled(
+        data,
+        cfg,
+        path_column=args.path_column,
+        classes=classes,
+        fix=getattr(args, "fix_boxes", "error"),
+    )
 
 
 def task_flag(task: str) -> str:
@@ -121,8 +146,11 @@ def join_process_group(cfg: FitConfig) -> bool:
     return PartialState(cpu=use_cpu(cfg)).is_main_process
 
 
-def add_data_flags(p: argparse.ArgumentParser, config_help: str = "YAML file of fit settings",
-                   json_help: str | None = "print the result as JSON") -> None:
+def add_data_flags(
+    p: argparse.ArgumentParser,
+    config_help: str = "YAML file of fit settings",
+    json_help: str | None = "print the result as JSON",
+) -> None:
     """What every command that reads labelled data shares: --task, --config, --path-column
     and (unless ``json_help`` is None) --json."""
     p.add_argument("--task", choices=TASKS, default="image")

@@ -7,8 +7,14 @@ import logging
 from pathlib import Path
 
 from ..config import TASK_DEFAULTS, FitConfig
-from .flags import (FIT_TASKS, TASKS, add_config_flags, add_run_flags, fit_config_from_args,
-                    open_labeled)
+from .flags import (
+    FIT_TASKS,
+    TASKS,
+    add_config_flags,
+    add_run_flags,
+    fit_config_from_args,
+    open_labeled,
+)
 
 log = logging.getLogger("headstart")
 
@@ -19,79 +25,107 @@ PRETRAIN_ARCHS = {"audio": "audio:cnn", "asr": "audio:cnn"}
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("fit", help="fine-tune a pre-trained backbone on your images, texts or "
-                       "recordings, or a detector on your boxes")
-    p.add_argument("data", help="training data. image: a folder with one subfolder per class, "
-                   "or a CSV of path,label; text: a CSV/TSV/JSONL/Parquet table with text and "
-                   "label columns; audio: a folder with one subfolder of recordings per class, "
-                   "or a CSV of path,label; detect: a COCO .json, a folder of Pascal VOC .xml, "
-                   "or a YOLO folder (images/, labels/, classes.txt)")
-    p.add_argument("--task", choices=FIT_TASKS, default="image",
-                   help="image, text or audio classification, or detect (object detection) "
-                   "(default: image)")
-    p.add_argument("--fix-boxes", choices=["error", "clip", "drop"], default="error",
-                   help="detect: what a bad box does: stop with an error naming it (default), "
-                   "clip boxes that stick out of their image, or drop bad boxes")
+    p = sub.add_parser(
+        "fit",
+        help="fine-tune a pre-trained backbone on your images, texts or "
+        "recordings, or a detector on your boxes",
+    )
+    p.add_argument(
+        "data",
+        help="training data. image: a folder with one subfolder per class, "
+        "or a CSV of path,label; text: a CSV/TSV/JSONL/Parquet table with text and "
+        "label columns; audio: a folder with one subfolder of recordings per class, "
+        "or a CSV of path,label; detect: a COCO .json, a folder of Pascal VOC .xml, "
+        "or a YOLO folder (images/, labels/, classes.txt)",
+    )
+    p.add_argument(
+        "--task",
+        choices=FIT_TASKS,
+        default="image",
+        help="image, text or audio classification, or detect (object detection) (default: image)",
+    )
+    p.add_argument(
+        "--fix-boxes",
+        choices=["error", "clip", "drop"],
+        default="error",
+        help="detect: what a bad box does: stop with an error naming it (default), "
+        "clip boxes that stick out of their image, or drop bad boxes",
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/<strategy>)")
     add_run_flags(p)
     add_config_flags(p)
     p.set_defaults(handler=cmd_fit)
 
-    p = sub.add_parser("pretrain", help="train a source model from random weights on a large "
-                       "source corpus; its run directory is then the --backbone of `fit`")
+    p = sub.add_parser(
+        "pretrain",
+        help="train a source model from random weights on a large "
+        "source corpus; its run directory is then the --backbone of `fit`",
+    )
     p.add_argument("data", help="the source corpus (as for fit)")
     p.add_argument("--task", choices=(*TASKS, "asr"), default="audio")
-    p.add_argument("--arch", default=None, help="the architecture (default: audio:cnn for "
-                   "audio, the task's default backbone otherwise)")
+    p.add_argument(
+        "--arch",
+        default=None,
+        help="the architecture (default: audio:cnn for "
+        "audio, the task's default backbone otherwise)",
+    )
     p.add_argument("--out", required=True, help="run directory of the source model")
     add_run_flags(p)
-    add_config_flags(p, title="training settings (defaults: strategy finetune, lr 3e-3, "
-                      "same LR in every layer, BatchNorm trains)", tasks=(*TASKS, "asr"),
-                      defaults=PRETRAIN_DEFAULTS)
+    add_config_flags(
+        p,
+        title="training settings (defaults: strategy finetune, lr 3e-3, "
+        "same LR in every layer, BatchNorm trains)",
+        tasks=(*TASKS, "asr"),
+        defaults=PRETRAIN_DEFAULTS,
+    )
     p.set_defaults(handler=cmd_pretrain)
 
 
 def cmd_fit(args) -> int:
     from ..metrics import baseline_lines, recall_line
-    from ..tasks import ESTIMATORS
+    from ..tasks import estimator_class
 
     cfg = fit_config_from_args(args)
     out = Path(args.out or f"runs/{cfg.strategy}")
     if (out / "config.json").exists() and not args.resume:
         log.warning("%s already holds a run: it will be overwritten", out)
-    if args.task == "detect":
-        return _fit_detect(args, cfg, out)
     data = open_labeled(args.task, args.data, cfg, args)
     val = open_labeled(args.task, args.val, cfg, args, data.classes) if args.val else None
-    clf = ESTIMATORS[args.task](config=cfg, run_dir=out).fit(data, validation=val,
-                                                             resume=args.resume)
-    if not clf.is_main_process_:  # torchrun / accelerate launch: the first process reports
+    est = estimator_class(args.task)(config=cfg, run_dir=out).fit(
+        data, validation=val, resume=args.resume
+    )
+    if not est.is_main_process_:  # torchrun / accelerate launch: the first process reports
         return 0
+    test = None
     if args.test:
-        test = open_labeled(args.task, args.test, cfg, args, clf.classes_)
-        clf.metrics_["test"] = clf.evaluate(test)
-        clf.save(out)
-    m = clf.metrics_
+        test = open_labeled(args.task, args.test, cfg, args, est.classes_)
+        est.metrics_["test"] = est.evaluate(test)
+        est.save(out)
+    serving = est.serving_class()
+    notes = serving.after_fit(est, out, test)
+    m = est.metrics_
     if args.json:
-        print(json.dumps(m, indent=2))
+        print(json.dumps(m, indent=2, default=str))
         return 0
-    serving = clf.serving_class()
-    size = serving.input_summary(clf)
-    kept = m["best"] or "the last epoch (no validation)"
-    if getattr(clf, "winner_", "transfer") == "baseline":
+    kept = serving.kept_words(m["best"])
+    if getattr(est, "winner_", "transfer") == "baseline":
         kept = f"the classic baseline; the network's best: {kept}"
-    print(f"run: {out}  ({cfg.backbone}, strategy {cfg.strategy}, {size}, "
-          f"fit {m['fit_seconds']:.0f}s, kept {kept})")
+    print(
+        f"run: {out}  ({serving.model_words(est)}, strategy {cfg.strategy}, "
+        f"{serving.input_summary(est)}, fit {m['fit_seconds']:.0f}s, kept {kept})"
+    )
     for split in ("test", "validation"):  # the answer first: does transfer pay?
         if (m.get(split) or {}).get("verdict"):
             print(f"  verdict ({split}): {m[split]['verdict']['line']}")
             break
     if m.get("winner"):
         print(f"  strategy auto: {m['winner']['why']}")
-    for s in clf.stages_:
-        print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
-              f"{s['total_params']:,} params "
-              f"({100 * s['trainable_params'] / s['total_params']:.2f}%){serving.bn_note(s)}")
+    for s in est.stages_:
+        print(
+            f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
+            f"{s['total_params']:,} params "
+            f"({100 * s['trainable_params'] / s['total_params']:.2f}%){serving.bn_note(s)}"
+        )
     if m.get("selection") and "over" in m["selection"]:  # a choice among stages: why
         print(f"  {m['selection']}")
     balance = m.get("imbalance") or {}
@@ -102,48 +136,22 @@ def cmd_fit(args) -> int:
             print(f"  {split:<10} {serving.format_metrics(m[split])}")
             if m[split].get("per_class"):
                 print(f"  {'':<10} {recall_line(m[split]['per_class'])}")
-            for line in baseline_lines(m[split], m.get("baseline_name", ""),
-                                       m.get("blend_mode", "mean")):
+            for line in baseline_lines(
+                m[split], m.get("baseline_name", ""), m.get("blend_mode", "mean")
+            ):
                 print(f"  {'':<10} {line}")
-    return 0
-
-
-def _fit_detect(args, cfg: FitConfig, out: Path) -> int:
-    from ..data.boxes import read_boxes
-    from ..metrics import format_detection_metrics
-    from ..tasks.detect import ObjectDetector
-
-    det = ObjectDetector(config=cfg, run_dir=out).fit(args.data, validation=args.val,
-                                                      resume=args.resume, fix=args.fix_boxes)
-    test = None
-    if args.test:
-        test = read_boxes(args.test, classes=det.classes_, fix=args.fix_boxes)
-        det.metrics_["test"] = det.evaluate(test)
-        det.save(out)
-    report = det.write_report(out, test if test is not None else None)
-    m = det.metrics_
-    if args.json:
-        print(json.dumps(m, indent=2, default=str))
-        return 0
-    best = m["best"]
-    kept = (f"epoch {best['epoch']} of {best['stage']}" if best else
-            "the last epoch (no validation)")
-    print(f"run: {out}  ({cfg.detector} on {cfg.backbone}, strategy {cfg.strategy}, "
-          f"{m['tile_size']}px tiles, fit {m['fit_seconds']:.0f}s, kept {kept})")
-    for s in det.stage_summaries_:
-        print(f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "
-              f"{s['total_params']:,} params, BN {s['bn']}")
-    for split in ("validation", "test"):
-        if split in m:
-            print(f"  {split:<10} {format_detection_metrics(m[split])}")
-    print(f"  report: {report}")
+    for line in notes:
+        print(f"  {line}")
     return 0
 
 
 def cmd_pretrain(args) -> int:
     """``fit`` from random weights: strategy finetune, one LR everywhere, BN trains."""
-    arch = args.arch or PRETRAIN_ARCHS.get(args.task) or TASK_DEFAULTS[args.task].get(
-        "backbone", FitConfig.backbone)
+    arch = (
+        args.arch
+        or PRETRAIN_ARCHS.get(args.task)
+        or TASK_DEFAULTS[args.task].get("backbone", FitConfig.backbone)
+    )
     for key, value in PRETRAIN_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)

@@ -49,8 +49,7 @@ class BoxSample:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         self.labels = [str(v) for v in self.labels]
         if len(self.labels) != len(self.boxes):
-            raise ValueError(f"{self.path}: {len(self.boxes)} boxes but {len(self.labels)} "
-                             "labels")
+            raise ValueError(f"{self.path}: {len(self.boxes)} boxes but {len(self.labels)} labels")
 
     @property
     def name(self) -> str:
@@ -77,7 +76,7 @@ class BoxSource:
     def num_boxes(self) -> int:
         return sum(len(s.boxes) for s in self.samples)
 
-    def subset(self, indices) -> "BoxSource":
+    def subset(self, indices) -> BoxSource:
         return BoxSource([self.samples[i] for i in indices], self.classes, self.origin)
 
     def fingerprint(self) -> str:
@@ -99,9 +98,16 @@ class BoxSource:
 
 
 # ----------------------------------------------------------------------------- checks
-def check_boxes(path: str, width: int, height: int, boxes: np.ndarray, labels: list[str],
-                classes: list[str] | None, fix: str = "error",
-                where: list[str] | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+def check_boxes(
+    path: str,
+    width: int,
+    height: int,
+    boxes: np.ndarray,
+    labels: list[str],
+    classes: list[str] | None,
+    fix: str = "error",
+    where: list[str] | None = None,
+) -> tuple[np.ndarray, list[str], list[str]]:
     """Validate boxes of one image; returns (boxes, labels, dropped descriptions).
 
     ``where``: how to name each box in messages (default ``box k``)."""
@@ -117,19 +123,25 @@ def check_boxes(path: str, width: int, height: int, boxes: np.ndarray, labels: l
         if not np.all(np.isfinite(box)):
             problem = f"{name} {coords} has a non-numeric coordinate"
         elif classes is not None and label not in classes:
-            problem = (f"{name} {coords} has class {label!r}, which is not one of the "
-                       f"model's classes {classes}; rename it or train a model with it")
+            problem = (
+                f"{name} {coords} has class {label!r}, which is not one of the "
+                f"model's classes {classes}; rename it or train a model with it"
+            )
         elif x1 <= x0 or y1 <= y0:
-            problem = (f"{name} {coords} has zero or negative area (xmax must exceed xmin and "
-                       "ymax ymin); fix or delete it")
+            problem = (
+                f"{name} {coords} has zero or negative area (xmax must exceed xmin and "
+                "ymax ymin); fix or delete it"
+            )
         elif x0 < 0 or y0 < 0 or x1 > width or y1 > height:
             if fix == "clip":
                 box[:] = (max(x0, 0), max(y0, 0), min(x1, width), min(y1, height))
                 if box[2] <= box[0] or box[3] <= box[1]:
                     problem = f"{name} {coords} lies entirely outside the {width}x{height} image"
             else:
-                problem = (f"{name} {coords} lies outside the {width}x{height} image; fix it, "
-                           "or clip such boxes to the image (fix='clip', CLI --fix-boxes clip)")
+                problem = (
+                    f"{name} {coords} lies outside the {width}x{height} image; fix it, "
+                    "or clip such boxes to the image (fix='clip', CLI --fix-boxes clip)"
+                )
         if problem is None:
             keep.append(k)
         elif fix == "error":
@@ -144,14 +156,16 @@ def _image_size(path: Path, origin: str) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size
     except FileNotFoundError:
-        raise DataError(f"{origin}: the image {path} does not exist; fix the file name or "
-                        "put the image there") from None
+        raise DataError(
+            f"{origin}: the image {path} does not exist; fix the file name or put the image there"
+        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{origin}: the image {path} cannot be read ({exc})") from None
 
 
-def _finish(samples: list[BoxSample], classes: list[str] | None, origin: str,
-            dropped: list[str]) -> BoxSource:
+def _finish(
+    samples: list[BoxSample], classes: list[str] | None, origin: str, dropped: list[str]
+) -> BoxSource:
     if not samples:
         raise DataError(f"{origin}: no annotated images found")
     if classes is None:
@@ -164,8 +178,13 @@ def _finish(samples: list[BoxSample], classes: list[str] | None, origin: str,
 
 
 # ----------------------------------------------------------------------------- VOC
-def read_voc(path: str | Path, classes: list[str] | None = None, fix: str = "error",
-             images: str | Path | None = None, label_map: dict | None = None) -> BoxSource:
+def read_voc(
+    path: str | Path,
+    classes: list[str] | None = None,
+    fix: str = "error",
+    images: str | Path | None = None,
+    label_map: dict | None = None,
+) -> BoxSource:
     """Pascal VOC: one XML per image (a file, or a folder searched recursively). The image
     is ``<filename>`` beside the XML, in ``images``, or in a sibling ``JPEGImages``."""
     path = Path(path)
@@ -179,8 +198,9 @@ def read_voc(path: str | Path, classes: list[str] | None = None, fix: str = "err
         except (ET.ParseError, OSError) as exc:
             raise DataError(f"{xml}: not a readable Pascal VOC XML file ({exc})") from None
         if root.tag != "annotation":
-            raise DataError(f"{xml}: the root element is <{root.tag}>, not <annotation>: not "
-                            "a Pascal VOC file")
+            raise DataError(
+                f"{xml}: the root element is <{root.tag}>, not <annotation>: not a Pascal VOC file"
+            )
         filename = root.findtext("filename")
         if not filename:
             raise DataError(f"{xml}: no <filename>: which image do these boxes belong to?")
@@ -189,14 +209,19 @@ def read_voc(path: str | Path, classes: list[str] | None = None, fix: str = "err
         size = root.find("size")
         if size is not None and size.findtext("width"):
             try:
-                declared = (int(float(size.findtext("width") or "")),
-                            int(float(size.findtext("height") or "")))
+                declared = (
+                    int(float(size.findtext("width") or "")),
+                    int(float(size.findtext("height") or "")),
+                )
             except ValueError:
-                raise DataError(f"{xml}: <size> needs a numeric <width> and <height>; fix them "
-                                "or remove <size>") from None
+                raise DataError(
+                    f"{xml}: <size> needs a numeric <width> and <height>; fix them or remove <size>"
+                ) from None
             if declared != (width, height):
-                raise DataError(f"{xml}: <size> says {declared[0]}x{declared[1]} but {image} is "
-                                f"{width}x{height}; fix <size> or the image")
+                raise DataError(
+                    f"{xml}: <size> says {declared[0]}x{declared[1]} but {image} is "
+                    f"{width}x{height}; fix <size> or the image"
+                )
         boxes, labels, where = [], [], []
         for k, obj in enumerate(root.findall("object")):
             name = (obj.findtext("name") or "").strip()
@@ -204,22 +229,26 @@ def read_voc(path: str | Path, classes: list[str] | None = None, fix: str = "err
             if bb is None:
                 raise DataError(f"{xml}: <object> {k} ({name!r}) has no <bndbox>")
             try:
-                boxes.append([float(bb.findtext(t) or "")
-                              for t in ("xmin", "ymin", "xmax", "ymax")])
+                boxes.append(
+                    [float(bb.findtext(t) or "") for t in ("xmin", "ymin", "xmax", "ymax")]
+                )
             except (TypeError, ValueError):
-                raise DataError(f"{xml}: <object> {k} ({name!r}): <bndbox> needs numeric "
-                                "xmin, ymin, xmax, ymax") from None
+                raise DataError(
+                    f"{xml}: <object> {k} ({name!r}): <bndbox> needs numeric xmin, ymin, xmax, ymax"
+                ) from None
             labels.append(label_map.get(name, name) if label_map else name)
             where.append(f"<object> {k} ({name!r})")
-        b, lab, bad = check_boxes(str(xml), width, height, np.array(boxes), labels, classes,
-                                  fix, where)
+        b, lab, bad = check_boxes(
+            str(xml), width, height, np.array(boxes), labels, classes, fix, where
+        )
         dropped += bad
         samples.append(BoxSample(str(image), width, height, b, lab))
     return _finish(samples, classes, str(path), dropped)
 
 
-def _find_image(ann: Path, filename: str, images: str | Path | None,
-                recorded: str | None = None) -> Path:
+def _find_image(
+    ann: Path, filename: str, images: str | Path | None, recorded: str | None = None
+) -> Path:
     candidates = [Path(images) / filename] if images else []
     candidates += [ann.parent / filename, ann.parent.parent / "JPEGImages" / filename]
     if recorded and recorded.strip():  # <path>: where the image was when it was annotated
@@ -233,8 +262,10 @@ def _find_image(ann: Path, filename: str, images: str | Path | None,
             c = folder / f"{stem}{ext}"
             if c.is_file():
                 return c
-    raise DataError(f"{ann}: its image {filename!r} was not found (looked in "
-                    f"{', '.join(str(c.parent) for c in candidates)}); pass the image folder")
+    raise DataError(
+        f"{ann}: its image {filename!r} was not found (looked in "
+        f"{', '.join(str(c.parent) for c in candidates)}); pass the image folder"
+    )
 
 
 def write_voc(source: BoxSource, out: str | Path) -> Path:
@@ -262,8 +293,13 @@ def write_voc(source: BoxSource, out: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- COCO
-def read_coco(path: str | Path, classes: list[str] | None = None, fix: str = "error",
-              images: str | Path | None = None, label_map: dict | None = None) -> BoxSource:
+def read_coco(
+    path: str | Path,
+    classes: list[str] | None = None,
+    fix: str = "error",
+    images: str | Path | None = None,
+    label_map: dict | None = None,
+) -> BoxSource:
     """COCO JSON (``images``, ``annotations`` with ``bbox`` = x, y, width, height,
     ``categories``); image paths are relative to ``images`` or the JSON's folder."""
     path = Path(path)
@@ -278,8 +314,10 @@ def read_coco(path: str | Path, classes: list[str] | None = None, fix: str = "er
     by_image: dict = {img["id"]: [] for img in data["images"]}
     for k, ann in enumerate(data["annotations"]):
         if ann.get("image_id") not in by_image:
-            raise DataError(f"{path}: annotation {k} (id {ann.get('id')}) refers to image_id "
-                            f"{ann.get('image_id')}, which is not in 'images'")
+            raise DataError(
+                f"{path}: annotation {k} (id {ann.get('id')}) refers to image_id "
+                f"{ann.get('image_id')}, which is not in 'images'"
+            )
         by_image[ann["image_id"]].append((k, ann))
     root = Path(images) if images else path.parent
     samples, dropped = [], []
@@ -287,24 +325,38 @@ def read_coco(path: str | Path, classes: list[str] | None = None, fix: str = "er
         image = root / img["file_name"]
         width, height = _image_size(image, str(path))
         if (img.get("width"), img.get("height")) not in ((None, None), (width, height)):
-            raise DataError(f"{path}: image {img['file_name']!r} is declared "
-                            f"{img.get('width')}x{img.get('height')} but is {width}x{height}")
+            raise DataError(
+                f"{path}: image {img['file_name']!r} is declared "
+                f"{img.get('width')}x{img.get('height')} but is {width}x{height}"
+            )
         boxes, labels, where = [], [], []
         for k, ann in by_image[img["id"]]:
             if ann.get("category_id") not in cats:
-                raise DataError(f"{path}: annotation {k} (id {ann.get('id')}) of "
-                                f"{img['file_name']!r} has category_id {ann.get('category_id')}, "
-                                f"which is not in 'categories' ({sorted(cats)})")
+                raise DataError(
+                    f"{path}: annotation {k} (id {ann.get('id')}) of "
+                    f"{img['file_name']!r} has category_id {ann.get('category_id')}, "
+                    f"which is not in 'categories' ({sorted(cats)})"
+                )
             try:
                 x, y, w, h = (float(v) for v in ann["bbox"])
             except (KeyError, TypeError, ValueError):
-                raise DataError(f"{path}: annotation {k} (id {ann.get('id')}) needs a 'bbox' "
-                                "of 4 numbers [x, y, width, height]") from None
+                raise DataError(
+                    f"{path}: annotation {k} (id {ann.get('id')}) needs a 'bbox' "
+                    "of 4 numbers [x, y, width, height]"
+                ) from None
             boxes.append([x, y, x + w, y + h])
             labels.append(cats[ann["category_id"]])
             where.append(f"annotation {k} (id {ann.get('id')}, {labels[-1]!r})")
-        b, lab, bad = check_boxes(f"{path} [{img['file_name']}]", width, height,
-                                  np.array(boxes), labels, classes, fix, where)
+        b, lab, bad = check_boxes(
+            f"{path} [{img['file_name']}]",
+            width,
+            height,
+            np.array(boxes),
+            labels,
+            classes,
+            fix,
+            where,
+        )
         dropped += bad
         samples.append(BoxSample(str(image), width, height, b, lab))
     if classes is None:
@@ -325,22 +377,43 @@ def write_coco(source: BoxSource, out: str | Path) -> Path:
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for i, s in enumerate(_whole_images(source), start=1):
-        images.append({"id": i, "file_name": _relative(s.path, out.parent), "width": s.width,
-                       "height": s.height})
+        images.append(
+            {
+                "id": i,
+                "file_name": _relative(s.path, out.parent),
+                "width": s.width,
+                "height": s.height,
+            }
+        )
         for box, label in zip(s.boxes, s.labels):
             x0, y0, x1, y1 = (float(v) for v in box)
-            annotations.append({"id": len(annotations) + 1, "image_id": i,
-                                "category_id": cat_id[label], "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-    data = {"images": images, "annotations": annotations,
-            "categories": [{"id": cat_id[c], "name": c} for c in source.classes]}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i,
+                    "category_id": cat_id[label],
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+    data = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": cat_id[c], "name": c} for c in source.classes],
+    }
     _atomic_text(out, json.dumps(data, indent=1))
     return out
 
 
 # ----------------------------------------------------------------------------- YOLO
-def read_yolo(path: str | Path, classes: list[str] | None = None, fix: str = "error",
-              images: str | Path | None = None, label_map: dict | None = None) -> BoxSource:
+def read_yolo(
+    path: str | Path,
+    classes: list[str] | None = None,
+    fix: str = "error",
+    images: str | Path | None = None,
+    label_map: dict | None = None,
+) -> BoxSource:
     """YOLO txt: ``images/`` and ``labels/`` folders (``labels/x.txt`` for
     ``images/x.jpg``), one ``class cx cy w h`` line per box in 0-1 image units; class
     names from ``classes.txt`` or ``data.yaml`` (``names``) in the folder."""
@@ -368,19 +441,29 @@ def read_yolo(path: str | Path, classes: list[str] | None = None, fix: str = "er
                 if len(parts) != 5:
                     raise ValueError
             except (ValueError, IndexError):
-                raise DataError(f"{txt}: line {n} {line.strip()!r} is not 'class cx cy w h'") \
-                    from None
+                raise DataError(
+                    f"{txt}: line {n} {line.strip()!r} is not 'class cx cy w h'"
+                ) from None
             if not 0 <= cls < len(names):
-                raise DataError(f"{txt}: line {n}: class {cls} is not in the dataset's "
-                                f"{len(names)} class names {names}; fix the line or "
-                                "classes.txt / data.yaml")
+                raise DataError(
+                    f"{txt}: line {n}: class {cls} is not in the dataset's "
+                    f"{len(names)} class names {names}; fix the line or "
+                    "classes.txt / data.yaml"
+                )
             name = names[cls]
             labels.append(label_map.get(name, name) if label_map else name)
-            boxes.append([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width,
-                          (cy + h / 2) * height])
+            boxes.append(
+                [
+                    (cx - w / 2) * width,
+                    (cy - h / 2) * height,
+                    (cx + w / 2) * width,
+                    (cy + h / 2) * height,
+                ]
+            )
             where.append(f"line {n}")
-        b, lab, bad = check_boxes(str(txt), width, height, np.array(boxes), labels, classes,
-                                  fix, where)
+        b, lab, bad = check_boxes(
+            str(txt), width, height, np.array(boxes), labels, classes, fix, where
+        )
         dropped += bad
         samples.append(BoxSample(str(image), width, height, b, lab))
     if classes is None:
@@ -400,8 +483,10 @@ def _yolo_names(path: Path) -> list[str]:
             return [names[k] for k in sorted(names)]
         if isinstance(names, list):
             return [str(n) for n in names]
-    raise DataError(f"{path}: YOLO class names not found: write classes.txt (one name per "
-                    "line) or data.yaml with names")
+    raise DataError(
+        f"{path}: YOLO class names not found: write classes.txt (one name per "
+        "line) or data.yaml with names"
+    )
 
 
 def write_yolo(source: BoxSource, out: str | Path) -> Path:
@@ -423,11 +508,14 @@ def write_yolo(source: BoxSource, out: str | Path) -> Path:
         lines = []
         for box, label in zip(s.boxes, s.labels):
             x0, y0, x1, y1 = (float(v) for v in box)
-            lines.append(f"{index[label]} {(x0 + x1) / 2 / s.width:.6f} "
-                         f"{(y0 + y1) / 2 / s.height:.6f} {(x1 - x0) / s.width:.6f} "
-                         f"{(y1 - y0) / s.height:.6f}")
-        _atomic_text(out / "labels" / f"{Path(s.path).stem}.txt", "\n".join(lines) +
-                     ("\n" if lines else ""))
+            lines.append(
+                f"{index[label]} {(x0 + x1) / 2 / s.width:.6f} "
+                f"{(y0 + y1) / 2 / s.height:.6f} {(x1 - x0) / s.width:.6f} "
+                f"{(y1 - y0) / s.height:.6f}"
+            )
+        _atomic_text(
+            out / "labels" / f"{Path(s.path).stem}.txt", "\n".join(lines) + ("\n" if lines else "")
+        )
     return out
 
 
@@ -446,13 +534,20 @@ def detect_format(path: str | Path) -> str:
         jsons = list(path.glob("*.json"))
         if len(jsons) == 1:
             return "coco"
-    raise DataError(f"{path}: cannot tell the box format; give a COCO .json, a folder of "
-                    "Pascal VOC .xml files, or a YOLO folder with images/ and labels/")
+    raise DataError(
+        f"{path}: cannot tell the box format; give a COCO .json, a folder of "
+        "Pascal VOC .xml files, or a YOLO folder with images/ and labels/"
+    )
 
 
-def read_boxes(path, classes: list[str] | None = None, fix: str = "error",
-               format: str | None = None, images=None, label_map: dict | None = None
-               ) -> BoxSource:
+def read_boxes(
+    path,
+    classes: list[str] | None = None,
+    fix: str = "error",
+    format: str | None = None,
+    images=None,
+    label_map: dict | None = None,
+) -> BoxSource:
     """Read any of the three formats (guessed from ``path`` unless ``format`` is given)."""
     if isinstance(path, BoxSource):
         if classes is None:
@@ -478,8 +573,10 @@ def write_boxes(source: BoxSource, out, format: str) -> Path:
 
 def _whole_images(source: BoxSource) -> list[BoxSample]:
     if any(s.window is not None for s in source.samples):
-        raise ValueError("this source holds parts of images (a spatial split); write the "
-                         "source it was split from")
+        raise ValueError(
+            "this source holds parts of images (a spatial split); write the "
+            "source it was split from"
+        )
     return source.samples
 
 
@@ -497,8 +594,9 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 # ----------------------------------------------------------------------------- splits, tiles
-def spatial_split(source: BoxSource, fraction: float, seed: int = 0
-                  ) -> tuple[BoxSource, BoxSource | None]:
+def spatial_split(
+    source: BoxSource, fraction: float, seed: int = 0
+) -> tuple[BoxSource, BoxSource | None]:
     """Hold out ``fraction`` for validation without leaking pixels: whole images when there
     are at least 5, else the bottom ``fraction`` band of every image (a box goes to the
     side holding its centre, clipped to it)."""
@@ -515,20 +613,33 @@ def spatial_split(source: BoxSource, fraction: float, seed: int = 0
         cut = int(round(y1 - fraction * (y1 - y0)))
         train.append(crop_sample(s, (x0, y0, x1, cut), by="centre"))
         val.append(crop_sample(s, (x0, cut, x1, y1), by="centre"))
-    return (BoxSource(train, source.classes, source.origin),
-            BoxSource(val, source.classes, source.origin + " (validation band)"))
+    return (
+        BoxSource(train, source.classes, source.origin),
+        BoxSource(val, source.classes, source.origin + " (validation band)"),
+    )
 
 
-def crop_sample(s: BoxSample, window: tuple[int, int, int, int], by: str = "visible",
-                min_visible: float = 0.5) -> BoxSample:
+def crop_sample(
+    s: BoxSample, window: tuple[int, int, int, int], by: str = "visible", min_visible: float = 0.5
+) -> BoxSample:
     """The part of ``s`` inside ``window``; boxes clipped to it. ``by="centre"`` keeps the
     boxes whose centre is inside, ``"visible"`` those with >= ``min_visible`` of their
     area inside."""
     x0, y0, x1, y1 = window
     b = s.boxes
-    clipped = np.stack([np.clip(b[:, 0], x0, x1), np.clip(b[:, 1], y0, y1),
-                        np.clip(b[:, 2], x0, x1), np.clip(b[:, 3], y0, y1)], 1) \
-        if len(b) else b.copy()
+    clipped = (
+        np.stack(
+            [
+                np.clip(b[:, 0], x0, x1),
+                np.clip(b[:, 1], y0, y1),
+                np.clip(b[:, 2], x0, x1),
+                np.clip(b[:, 3], y0, y1),
+            ],
+            1,
+        )
+        if len(b)
+        else b.copy()
+    )
     if by == "centre":
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
         keep = (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
@@ -537,12 +648,17 @@ def crop_sample(s: BoxSample, window: tuple[int, int, int, int], by: str = "visi
         inside = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
         keep = inside >= min_visible * area
     keep &= (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    return replace(s, boxes=clipped[keep], labels=[lab for lab, k in zip(s.labels, keep) if k],
-                   window=(int(x0), int(y0), int(x1), int(y1)))
+    return replace(
+        s,
+        boxes=clipped[keep],
+        labels=[lab for lab, k in zip(s.labels, keep) if k],
+        window=(int(x0), int(y0), int(x1), int(y1)),
+    )
 
 
-def tile_windows(width: int, height: int, size: int, overlap: float = 0.25,
-                 origin: tuple[int, int] = (0, 0)) -> list[tuple[int, int, int, int]]:
+def tile_windows(
+    width: int, height: int, size: int, overlap: float = 0.25, origin: tuple[int, int] = (0, 0)
+) -> list[tuple[int, int, int, int]]:
     """Windows of ``size`` px covering a ``width`` x ``height`` region, neighbours sharing
     ``overlap`` of a tile; the last row/column is moved back to end at the edge, so every
     window is full size unless the region is smaller than a tile."""
@@ -557,12 +673,20 @@ def tile_windows(width: int, height: int, size: int, overlap: float = 0.25,
         return sorted(set(out))
 
     ox, oy = origin
-    return [(ox + x, oy + y, ox + min(x + size, width), oy + min(y + size, height))
-            for y in starts(height) for x in starts(width)]
+    return [
+        (ox + x, oy + y, ox + min(x + size, width), oy + min(y + size, height))
+        for y in starts(height)
+        for x in starts(width)
+    ]
 
 
-def tile_source(source: BoxSource, size: int, overlap: float = 0.25,
-                min_visible: float = 0.5, keep_empty: bool = True) -> BoxSource:
+def tile_source(
+    source: BoxSource,
+    size: int,
+    overlap: float = 0.25,
+    min_visible: float = 0.5,
+    keep_empty: bool = True,
+) -> BoxSource:
     """Every sample cut into overlapping tiles (boxes with >= ``min_visible`` of their area
     in a tile are kept, clipped)."""
     tiles = []
@@ -575,9 +699,12 @@ def tile_source(source: BoxSource, size: int, overlap: float = 0.25,
     return BoxSource(tiles, source.classes, f"{source.origin} ({size}px tiles)")
 
 
-def merge_tile_detections(parts: list[tuple[tuple[int, int, int, int], dict]],
-                          region: tuple[int, int, int, int], iou: float = 0.5,
-                          edge: float = 2.0) -> dict:
+def merge_tile_detections(
+    parts: list[tuple[tuple[int, int, int, int], dict]],
+    region: tuple[int, int, int, int],
+    iou: float = 0.5,
+    edge: float = 2.0,
+) -> dict:
     """Boxes of overlapping tiles -> boxes of the whole region.
 
     ``parts``: (tile window in image pixels, {"boxes" in tile pixels, "scores", "labels"}).
@@ -607,8 +734,11 @@ def merge_tile_detections(parts: list[tuple[tuple[int, int, int, int], dict]],
         labels.append(torch.as_tensor(det["labels"], dtype=torch.int64).reshape(-1))
         cut.append(touches)
     if not boxes:
-        return {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                "labels": torch.zeros(0, dtype=torch.int64)}
+        return {
+            "boxes": torch.zeros(0, 4),
+            "scores": torch.zeros(0),
+            "labels": torch.zeros(0, dtype=torch.int64),
+        }
     b, s, lab, c = torch.cat(boxes), torch.cat(scores), torch.cat(labels), torch.cat(cut)
     if c.any() and (~c).any():
         whole, part = b[~c], b[c]

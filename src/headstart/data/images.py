@@ -20,8 +20,18 @@ from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
 
 
 class DataError(ValueError):
@@ -45,10 +55,11 @@ class ImageSource:
         item = self.items[i]
         return str(item) if isinstance(item, (str, Path)) else f"{self.origin}[{i}]"
 
-    def subset(self, indices) -> "ImageSource":
+    def subset(self, indices) -> ImageSource:
         indices = np.asarray(indices, dtype=np.int64)
-        return ImageSource([self.items[i] for i in indices], self.labels[indices],
-                           self.classes, self.origin)
+        return ImageSource(
+            [self.items[i] for i in indices], self.labels[indices], self.classes, self.origin
+        )
 
     def fingerprint(self) -> str:
         """Identity of the data for feature caching: paths + sizes + mtimes, or pixel bytes."""
@@ -87,8 +98,10 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
     elif np.issubdtype(arr.dtype, np.floating):
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     else:
-        raise DataError(f"arrays of dtype {arr.dtype} are not supported: use uint8 (0-255), "
-                        "uint16 or float (0-1)")
+        raise DataError(
+            f"arrays of dtype {arr.dtype} are not supported: use uint8 (0-255), "
+            "uint16 or float (0-1)"
+        )
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         raise DataError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4; got {arr.shape}")
     return Image.fromarray(arr)
@@ -104,7 +117,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         return array_to_image(np.clip(arr, 0, 1) if arr.max() <= 1 else arr / arr.max()).convert(
-            "RGB")
+            "RGB"
+        )
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
@@ -126,8 +140,9 @@ def _check_file(path: str) -> str | None:
     return None
 
 
-def check_files(paths: list[str], skip_bad: bool, what: str, check=None,
-                kind: str = "unreadable image(s)") -> tuple[list[int], list[str]]:
+def check_files(
+    paths: list[str], skip_bad: bool, what: str, check=None, kind: str = "unreadable image(s)"
+) -> tuple[list[int], list[str]]:
     """Run ``check`` (default: decode as an image; it returns None or the reason) on every
     file (threads); return kept indices and skipped names, or raise naming the bad ones."""
     workers = min(8, (os.cpu_count() or 1) * 2)
@@ -150,8 +165,9 @@ def check_files(paths: list[str], skip_bad: bool, what: str, check=None,
 
 def _image_files(folder: Path) -> list[str]:
     """Image files anywhere below ``folder``, sorted."""
-    return sorted(str(p) for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def existing_path(entry) -> Path | None:
@@ -175,13 +191,16 @@ def _csv_path(csv_path: Path, value: str) -> Path:
 def _check_classes(labels: list[str], what: str) -> list[str]:
     classes = sorted(set(labels))
     if len(classes) < 2:
-        raise DataError(f"{what}: found only {len(classes)} class ({', '.join(classes) or 'none'})"
-                        "; a classifier needs items of at least two classes")
+        raise DataError(
+            f"{what}: found only {len(classes)} class ({', '.join(classes) or 'none'})"
+            "; a classifier needs items of at least two classes"
+        )
     return classes
 
 
-def class_folders(root: str | Path, list_files, kind: str,
-                  extensions: tuple[str, ...]) -> tuple[list[str], list[str]]:
+def class_folders(
+    root: str | Path, list_files, kind: str, extensions: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
     """``root/<class>/<file>``: (paths, class names) of the files ``list_files(folder)``
     finds in each class subfolder; an empty class folder raises, named."""
     root = Path(root)
@@ -189,14 +208,17 @@ def class_folders(root: str | Path, list_files, kind: str,
         raise DataError(f"{root}: no such directory (expected one subfolder per class)")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
-        raise DataError(f"{root}: no class subfolders; put each class's {kind} in "
-                        f"{root}/<class name>/")
+        raise DataError(
+            f"{root}: no class subfolders; put each class's {kind} in {root}/<class name>/"
+        )
     paths, labels = [], []
     for d in subdirs:
         files = list_files(d)
         if not files:
-            raise DataError(f"{d}: class folder '{d.name}' has no {kind} "
-                            f"({', '.join(extensions)}); add {kind} or remove the folder")
+            raise DataError(
+                f"{d}: class folder '{d.name}' has no {kind} "
+                f"({', '.join(extensions)}); add {kind} or remove the folder"
+            )
         paths += files
         labels += [d.name] * len(files)
     return paths, labels
@@ -210,19 +232,24 @@ def read_csv_rows(csv_path: Path, columns: tuple[str, ...]) -> list[tuple[int, d
             have = reader.fieldnames or []
             for col in columns:
                 if col not in have:
-                    hint = ("; or, for a CSV of texts, use --task text (TextClassifier)"
-                            if "text" in have and "text" not in columns else "")
-                    raise DataError(f"{csv_path}: no column {col!r} (columns: "
-                                    f"{', '.join(have) or 'none'}); name the columns with "
-                                    "path_column= / label_column= (--path-column/--label-column)"
-                                    + hint)
+                    hint = (
+                        "; or, for a CSV of texts, use --task text (TextClassifier)"
+                        if "text" in have and "text" not in columns
+                        else ""
+                    )
+                    raise DataError(
+                        f"{csv_path}: no column {col!r} (columns: "
+                        f"{', '.join(have) or 'none'}); name the columns with "
+                        "path_column= / label_column= (--path-column/--label-column)" + hint
+                    )
             return list(enumerate(reader, start=2))
     except UnicodeDecodeError as exc:
         raise DataError(f"{csv_path}: not UTF-8 text ({exc}); save the CSV as UTF-8") from exc
 
 
-def csv_files(csv_path: Path, path_column: str, label_column: str, skip_bad: bool,
-              need_label: bool = True) -> tuple[list[str], list[str], list[str]]:
+def csv_files(
+    csv_path: Path, path_column: str, label_column: str, skip_bad: bool, need_label: bool = True
+) -> tuple[list[str], list[str], list[str]]:
     """(paths, labels, missing) of a CSV of file paths (relative to the CSV's folder, or
     absolute) and labels; rows naming a missing file raise, named by line, unless
     ``skip_bad``."""
@@ -230,8 +257,10 @@ def csv_files(csv_path: Path, path_column: str, label_column: str, skip_bad: boo
     for line, row in read_csv_rows(csv_path, (path_column, label_column)):
         rel, label = (row.get(path_column) or "").strip(), (row.get(label_column) or "").strip()
         if not rel or (need_label and not label):
-            raise DataError(f"{csv_path}, line {line}: empty {path_column!r} or "
-                            f"{label_column!r}; every row needs both")
+            raise DataError(
+                f"{csv_path}, line {line}: empty {path_column!r} or "
+                f"{label_column!r}; every row needs both"
+            )
         p = _csv_path(csv_path, rel)
         if not p.is_file():
             missing.append(f"line {line}: {p}")
@@ -240,21 +269,29 @@ def csv_files(csv_path: Path, path_column: str, label_column: str, skip_bad: boo
         labels.append(label)
     if missing and not skip_bad:
         listed = "\n".join(f"  {m}" for m in missing[:10])
-        raise DataError(f"{csv_path}: {len(missing)} row(s) name a file that does not exist:\n"
-                        f"{listed}\nFix the paths (relative paths are read from the CSV's "
-                        "folder), or pass skip_bad=True (--skip-bad) to leave them out.")
+        raise DataError(
+            f"{csv_path}: {len(missing)} row(s) name a file that does not exist:\n"
+            f"{listed}\nFix the paths (relative paths are read from the CSV's "
+            "folder), or pass skip_bad=True (--skip-bad) to leave them out."
+        )
     return paths, labels, missing
 
 
-def from_folder(root: str | Path, skip_bad: bool = False,
-                classes: list[str] | None = None) -> ImageSource:
+def from_folder(
+    root: str | Path, skip_bad: bool = False, classes: list[str] | None = None
+) -> ImageSource:
     """``root/<class>/<image>``: one subfolder per class, images anywhere below it."""
     paths, labels = class_folders(root, _image_files, "images", IMAGE_EXTENSIONS)
     return _make_source(paths, labels, str(root), skip_bad, classes)
 
 
-def from_csv(csv_path: str | Path, path_column: str = "path", label_column: str = "label",
-             skip_bad: bool = False, classes: list[str] | None = None) -> ImageSource:
+def from_csv(
+    csv_path: str | Path,
+    path_column: str = "path",
+    label_column: str = "label",
+    skip_bad: bool = False,
+    classes: list[str] | None = None,
+) -> ImageSource:
     """A CSV with a path column (relative to the CSV's folder, or absolute) and a label."""
     csv_path = Path(csv_path)
     paths, labels, missing = csv_files(csv_path, path_column, label_column, skip_bad)
@@ -272,20 +309,29 @@ def _make_source(paths, labels, origin, skip_bad, classes) -> ImageSource:
         classes = _check_classes(labels, origin)
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise DataError(f"{origin}: label(s) {', '.join(unknown)} are not among the model's "
-                        f"classes ({', '.join(classes)})")
+        raise DataError(
+            f"{origin}: label(s) {', '.join(unknown)} are not among the model's "
+            f"classes ({', '.join(classes)})"
+        )
     index = {c: i for i, c in enumerate(classes)}
-    source = ImageSource(paths, np.array([index[c] for c in labels], dtype=np.int64), classes,
-                         origin, skipped)
+    source = ImageSource(
+        paths, np.array([index[c] for c in labels], dtype=np.int64), classes, origin, skipped
+    )
     counts = Counter(labels)
-    log.info("%s: %d images, %d classes (smallest %s: %d)%s", origin, len(paths), len(found),
-             *min(counts.items(), key=lambda kv: kv[1]),
-             f", skipped {len(skipped)} unreadable" if skipped else "")
+    log.info(
+        "%s: %d images, %d classes (smallest %s: %d)%s",
+        origin,
+        len(paths),
+        len(found),
+        *min(counts.items(), key=lambda kv: kv[1]),
+        f", skipped {len(skipped)} unreadable" if skipped else "",
+    )
     return source
 
 
-def from_arrays(images, labels, classes: list[str] | None = None,
-                origin: str = "array") -> ImageSource:
+def from_arrays(
+    images, labels, classes: list[str] | None = None, origin: str = "array"
+) -> ImageSource:
     """In-memory images (N x H x W[xC] array or a list of arrays) and labels.
 
     Labels may be class names or integers; with ``classes`` given, a label matching a class
@@ -300,8 +346,7 @@ def from_arrays(images, labels, classes: list[str] | None = None,
     return ImageSource(items, y, classes, origin)
 
 
-def resolve_labels(labels, classes: list[str] | None, origin: str) -> tuple[np.ndarray,
-                                                                            list[str]]:
+def resolve_labels(labels, classes: list[str] | None, origin: str) -> tuple[np.ndarray, list[str]]:
     """In-memory labels -> (positions into the classes, the classes). Without ``classes``
     they are the sorted distinct labels (at least two); with them, a label matching a class
     name is that class, else an integer label is a position in ``classes``."""
@@ -315,19 +360,30 @@ def resolve_labels(labels, classes: list[str] | None, origin: str) -> tuple[np.n
         classes = [str(c) for c in classes]
         names = {c: i for i, c in enumerate(classes)}
         # a label is a class name first; an integer that names no class is a position
-        y = np.array([names[str(v)] if str(v) in names else v if isinstance(v, int) else -1
-                      for v in labels], dtype=np.int64)
+        y = np.array(
+            [names[str(v)] if str(v) in names else v if isinstance(v, int) else -1 for v in labels],
+            dtype=np.int64,
+        )
         bad = [i for i, v in enumerate(y) if not 0 <= v < len(classes)]
         if bad:
-            raise DataError(f"{origin}: label {labels[bad[0]]!r} at row {bad[0]} is not one of "
-                            f"the {len(classes)} classes {classes}")
+            raise DataError(
+                f"{origin}: label {labels[bad[0]]!r} at row {bad[0]} is not one of "
+                f"the {len(classes)} classes {classes}"
+            )
     if given_classes is None:
         _check_classes(classes, origin)
     return y, classes
 
 
-def open_source(data, labels=None, *, classes=None, skip_bad: bool = False,
-                path_column: str = "path", label_column: str = "label") -> ImageSource:
+def open_source(
+    data,
+    labels=None,
+    *,
+    classes=None,
+    skip_bad: bool = False,
+    path_column: str = "path",
+    label_column: str = "label",
+) -> ImageSource:
     """Anything users pass as image data -> ImageSource."""
     if isinstance(data, ImageSource):
         return data
@@ -339,8 +395,9 @@ def open_source(data, labels=None, *, classes=None, skip_bad: bool = False,
             if not p.is_file():
                 raise DataError(f"{p}: no such CSV file")
             return from_csv(p, path_column, label_column, skip_bad=skip_bad, classes=classes)
-        raise DataError(f"{p}: expected a folder with one subfolder per class, or a .csv of "
-                        "path,label rows")
+        raise DataError(
+            f"{p}: expected a folder with one subfolder per class, or a .csv of path,label rows"
+        )
     if labels is None:
         raise DataError("in-memory images need labels: fit(images, labels)")
     return from_arrays(data, labels, classes=classes)
@@ -360,7 +417,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int):
             f"cannot hold out a stratified {val_fraction:.0%} for validation: the smallest "
             f"class has {counts[counts > 0].min()} image(s) and there are "
             f"{np.count_nonzero(counts)} classes; add images, raise val_fraction, or pass a "
-            "validation set")
+            "validation set"
+        )
     train, val = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
     return np.sort(train), np.sort(val)
 

@@ -35,8 +35,10 @@ import rdata
 log = logging.getLogger(__name__)
 
 # rdata knows "data.frame" but not tibble's classes; a tibble is a data.frame underneath.
-_CONSTRUCTORS = {**rdata.conversion.DEFAULT_CLASS_MAP,
-                 "tbl_df": rdata.conversion.dataframe_constructor}
+_CONSTRUCTORS = {
+    **rdata.conversion.DEFAULT_CLASS_MAP,
+    "tbl_df": rdata.conversion.dataframe_constructor,
+}
 _LZMA_MAX_DICT = 1 << 26  # 64 MiB: the largest dictionary any xz preset uses
 
 
@@ -90,8 +92,9 @@ def _read_index(rdx_path: str | Path) -> tuple[dict[str, tuple[int, int]], int]:
     index = _unserialize(Path(rdx_path).read_bytes(), str(rdx_path))
     if not isinstance(index, dict) or not {"variables", "compressed"} <= set(index):
         raise ValueError(f"{rdx_path}: not a lazy-load index (no 'variables'/'compressed' list)")
-    variables = {str(name): (int(pos[0]), int(pos[1]))
-                 for name, pos in (index["variables"] or {}).items()}
+    variables = {
+        str(name): (int(pos[0]), int(pos[1])) for name, pos in (index["variables"] or {}).items()
+    }
     return variables, int(index["compressed"][0])
 
 
@@ -119,9 +122,15 @@ def read_lazyload_object(rdb_path: str | Path, rdx_path: str | Path, name: str):
         blob = f.read(length)
     what = f"{rdb_path} [{name}]"
     if len(blob) != length:
-        raise ValueError(f"{what}: file ends {len(blob)} bytes into a {length}-byte blob "
-                         f"at offset {offset}")
+        raise ValueError(
+            f"{what}: file ends {len(blob)} bytes into a {length}-byte blob at offset {offset}"
+        )
     obj = _unserialize(_decompress(blob, compressed, what), what)
-    log.debug("read %s (%d bytes, compression %d) in %.2f s", what, length, compressed,
-              time.perf_counter() - start)
+    log.debug(
+        "read %s (%d bytes, compression %d) in %.2f s",
+        what,
+        length,
+        compressed,
+        time.perf_counter() - start,
+    )
     return obj

@@ -45,27 +45,111 @@ ACCENTS = {
     "french": ("fr",),
     "italian": ("it",),
 }
-COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "forward",
-            "four")
+COMMANDS = (
+    "yes",
+    "no",
+    "up",
+    "down",
+    "left",
+    "right",
+    "on",
+    "off",
+    "stop",
+    "go",
+    "forward",
+    "four",
+)
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Voice variants that sound like people (no robots, whispers or effects).
 VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5", "klatt",
-    "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "adam", "Alex", "Alicia", "Andrea", "Andy",
-    "Annie", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "Denis",
-    "Diogo", "ed", "edward", "edward2", "Gene", "Gene2", "grandma", "grandpa", "gustave",
-    "Henrique", "Hugo", "iven", "iven2", "iven3", "iven4", "Jacky", "john", "kaukovalta", "Lee",
-    "linda", "Marco", "marcelo", "Mario", "max", "Michael", "michel", "miguel", "Mike",
-    "norbert", "Nguyen", "pablo", "paul", "pedro", "quincy", "rob", "robert", "sandro",
-    "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac")
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "klatt5",
+    "klatt6",
+    "adam",
+    "Alex",
+    "Alicia",
+    "Andrea",
+    "Andy",
+    "Annie",
+    "antonio",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "boris",
+    "caleb",
+    "david",
+    "Denis",
+    "Diogo",
+    "ed",
+    "edward",
+    "edward2",
+    "Gene",
+    "Gene2",
+    "grandma",
+    "grandpa",
+    "gustave",
+    "Henrique",
+    "Hugo",
+    "iven",
+    "iven2",
+    "iven3",
+    "iven4",
+    "Jacky",
+    "john",
+    "kaukovalta",
+    "Lee",
+    "linda",
+    "Marco",
+    "marcelo",
+    "Mario",
+    "max",
+    "Michael",
+    "michel",
+    "miguel",
+    "Mike",
+    "norbert",
+    "Nguyen",
+    "pablo",
+    "paul",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "sandro",
+    "shelby",
+    "steph",
+    "steph2",
+    "steph3",
+    "travis",
+    "victor",
+    "zac",
+)
 RATE = 16000
 
 
 def espeak_binary() -> str:
     exe = shutil.which("espeak-ng")
     if exe is None:
-        raise DataError("espeak-ng is not installed: `apt-get install espeak-ng` (Debian/Ubuntu; "
-                        "scripts/setup.sh does it), then run this again")
+        raise DataError(
+            "espeak-ng is not installed: `apt-get install espeak-ng` (Debian/Ubuntu; "
+            "scripts/setup.sh does it), then run this again"
+        )
     return exe
 
 
@@ -77,12 +161,23 @@ def speak(text: str, voice: str, variant: str, wpm: int, pitch: int) -> np.ndarr
 
     from .audio import read_audio
 
-    cmd = [espeak_binary(), "-v", f"{voice}+{variant}", "-s", str(wpm), "-p", str(pitch),
-           "--stdout", text]
+    cmd = [
+        espeak_binary(),
+        "-v",
+        f"{voice}+{variant}",
+        "-s",
+        str(wpm),
+        "-p",
+        str(pitch),
+        "--stdout",
+        text,
+    ]
     done = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
     if done.returncode != 0 or not done.stdout:
-        raise DataError(f"espeak-ng failed for voice {voice}+{variant}: "
-                        f"{done.stderr.decode(errors='replace').strip() or 'no audio'}")
+        raise DataError(
+            f"espeak-ng failed for voice {voice}+{variant}: "
+            f"{done.stderr.decode(errors='replace').strip() or 'no audio'}"
+        )
     wave, rate = sf.read(io.BytesIO(done.stdout), dtype="float32")
     return read_audio(wave, RATE, rate, f"espeak {voice}+{variant}")
 
@@ -92,13 +187,13 @@ def _noisy(wave: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, floa
     loud = np.flatnonzero(np.abs(wave) > 0.01 * max(np.abs(wave).max(), 1e-6))
     if len(loud):
         margin = RATE // 20
-        wave = wave[max(0, loud[0] - margin): loud[-1] + margin]
+        wave = wave[max(0, loud[0] - margin) : loud[-1] + margin]
     white = rng.standard_normal(len(wave) + 1).astype(np.float32)
     tilt = rng.uniform(0.0, 0.95)  # 0: white, near 1: brown-ish
     noise = white[1:] + tilt * white[:-1]
-    power = float(np.mean(wave ** 2)) or 1e-8
+    power = float(np.mean(wave**2)) or 1e-8
     snr = rng.uniform(*snr_db)
-    noise *= np.sqrt(power / 10 ** (snr / 10) / float(np.mean(noise ** 2)))
+    noise *= np.sqrt(power / 10 ** (snr / 10) / float(np.mean(noise**2)))
     out = wave + noise
     return (out / max(1.0, float(np.abs(out).max()) / 0.95)).astype(np.float32)
 
@@ -111,8 +206,14 @@ def _speakers(voices, variants, n: int, rng: np.random.Generator) -> list[dict]:
     out = []
     for k in range(n):
         voice, variant = pairs[order[k % len(pairs)]]
-        out.append({"voice": voice, "variant": variant, "wpm": int(rng.integers(120, 201)),
-                    "pitch": int(rng.integers(25, 76))})
+        out.append(
+            {
+                "voice": voice,
+                "variant": variant,
+                "wpm": int(rng.integers(120, 201)),
+                "pitch": int(rng.integers(25, 76)),
+            }
+        )
     return out
 
 
@@ -123,26 +224,41 @@ def _render(jobs: list[dict], folder: Path, snr_db, workers: int) -> list[dict]:
     def one(job: dict) -> dict:
         rng = np.random.default_rng(job["seed"])
         spk = job["speaker"]
-        wave = speak(job["text"], spk["voice"], spk["variant"],
-                     int(spk["wpm"] + rng.integers(-10, 11)),
-                     int(np.clip(spk["pitch"] + rng.integers(-5, 6), 0, 99)))
+        wave = speak(
+            job["text"],
+            spk["voice"],
+            spk["variant"],
+            int(spk["wpm"] + rng.integers(-10, 11)),
+            int(np.clip(spk["pitch"] + rng.integers(-5, 6), 0, 99)),
+        )
         wave = _noisy(wave, rng, snr_db)
         path = folder / job["file"]
         path.parent.mkdir(parents=True, exist_ok=True)
         sf.write(str(path), wave, RATE, subtype="PCM_16")
-        return {"path": str(path.relative_to(folder)), "label": job["label"],
-                "speaker": f"{spk['voice']}+{spk['variant']}@{spk['wpm']}wpm/p{spk['pitch']}"}
+        return {
+            "path": str(path.relative_to(folder)),
+            "label": job["label"],
+            "speaker": f"{spk['voice']}+{spk['variant']}@{spk['wpm']}wpm/p{spk['pitch']}",
+        }
 
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, jobs))
 
 
-def build_accent_corpus(out: str | Path, source: str = "us", target: str = "scotland",
-                        task: str = "commands", source_speakers: int = 120,
-                        per_speaker: int = 2, target_per_word: int = 20,
-                        subsets: tuple[int, ...] = (5,), test_speakers: int = 16,
-                        seed: int = 0, snr_db: tuple[float, float] = (10.0, 30.0),
-                        workers: int = 4) -> dict:
+def build_accent_corpus(
+    out: str | Path,
+    source: str = "us",
+    target: str = "scotland",
+    task: str = "commands",
+    source_speakers: int = 120,
+    per_speaker: int = 2,
+    target_per_word: int = 20,
+    subsets: tuple[int, ...] = (5,),
+    test_speakers: int = 16,
+    seed: int = 0,
+    snr_db: tuple[float, float] = (10.0, 30.0),
+    workers: int = 4,
+) -> dict:
     """Write the corpus to ``out`` and return its summary (also ``out/corpus.json``).
 
     ``task``: ``commands`` (one of :data:`COMMANDS` per recording, class folders) or
@@ -166,8 +282,8 @@ def build_accent_corpus(out: str | Path, source: str = "us", target: str = "scot
     variants = list(VARIANTS)
     rng.shuffle(variants)
     held = variants[:test_speakers]  # timbres only the test speakers have
-    target_variants = variants[test_speakers:test_speakers + 12]
-    source_variants = variants[test_speakers + 12:]
+    target_variants = variants[test_speakers : test_speakers + 12]
+    source_variants = variants[test_speakers + 12 :]
     speakers = {
         "source": _speakers(ACCENTS[source], source_variants, source_speakers, rng),
         "target-train": _speakers(ACCENTS[target], target_variants, 12, rng),
@@ -183,20 +299,27 @@ def build_accent_corpus(out: str | Path, source: str = "us", target: str = "scot
         return " ".join(digits), " ".join(digits)
 
     per_split = {"source": per_speaker, "target-test": 1, "source-test": 1}
-    summary: dict[str, Any] = {"source_accent": source, "target_accent": target, "voices": {
-        "source": list(ACCENTS[source]), "target": list(ACCENTS[target])}, "task": task,
-        "seed": seed, "snr_db": list(snr_db), "splits": {}}
+    summary: dict[str, Any] = {
+        "source_accent": source,
+        "target_accent": target,
+        "voices": {"source": list(ACCENTS[source]), "target": list(ACCENTS[target])},
+        "task": task,
+        "seed": seed,
+        "snr_db": list(snr_db),
+        "splits": {},
+    }
     for split, spks in speakers.items():
         jobs: list[dict[str, Any]] = []
         units = len(COMMANDS) if task == "commands" else 10
         if split == "target-train":  # target_per_word recordings of each word, each word's
             for k in range(target_per_word * units):  # by different speakers in turn
                 text, label = utterance(k)
-                jobs.append({"text": text, "label": label,
-                             "speaker": spks[(k + k // units) % len(spks)]})
+                jobs.append(
+                    {"text": text, "label": label, "speaker": spks[(k + k // units) % len(spks)]}
+                )
         else:
             for spk in spks:
-                for r in range(per_split[split]):
+                for _ in range(per_split[split]):
                     for w in range(units):
                         text, label = utterance(w)
                         jobs.append({"text": text, "label": label, "speaker": spk})
@@ -207,20 +330,26 @@ def build_accent_corpus(out: str | Path, source: str = "us", target: str = "scot
         rows = _render(jobs, out / split, snr_db, workers)
         with open(out / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "label" if task == "commands" else "transcript",
-                             "speaker"])
+            writer.writerow(["path", "label" if task == "commands" else "transcript", "speaker"])
             for row in rows:
                 writer.writerow([f"{split}/{row['path']}", row["label"], row["speaker"]])
-        summary["splits"][split] = {"recordings": len(rows),
-                                    "speakers": len({r["speaker"] for r in rows})}
-        log.info("%s: %d recordings by %d speakers", split, len(rows),
-                 summary["splits"][split]["speakers"])
+        summary["splits"][split] = {
+            "recordings": len(rows),
+            "speakers": len({r["speaker"] for r in rows}),
+        }
+        log.info(
+            "%s: %d recordings by %d speakers",
+            split,
+            len(rows),
+            summary["splits"][split]["speakers"],
+        )
     for k in subsets:  # nested: the first k recordings of each word of target-train
         if k >= target_per_word:
             continue
         _subset(out, "target-train", f"target-train-{k}", k, task)
-        summary["splits"][f"target-train-{k}"] = {"recordings": k * (len(COMMANDS) if task ==
-                                                                    "commands" else 10)}
+        summary["splits"][f"target-train-{k}"] = {
+            "recordings": k * (len(COMMANDS) if task == "commands" else 10)
+        }
     summary["words"] = list(COMMANDS) if task == "commands" else list(DIGITS)
     atomic_write_json(out / "corpus.json", json.loads(json.dumps(summary)))
     return summary

@@ -51,10 +51,15 @@ class TextSource:
         row = self.rows[i] if self.rows else i + 1
         return f"{self.origin}:row {row}"
 
-    def subset(self, indices) -> "TextSource":
+    def subset(self, indices) -> TextSource:
         indices = np.asarray(indices, dtype=np.int64)
-        return TextSource([self.texts[i] for i in indices], self.labels[indices], self.classes,
-                          self.origin, [self.rows[i] for i in indices] if self.rows else [])
+        return TextSource(
+            [self.texts[i] for i in indices],
+            self.labels[indices],
+            self.classes,
+            self.origin,
+            [self.rows[i] for i in indices] if self.rows else [],
+        )
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -70,9 +75,11 @@ def table_path(entry: str, text_column: str = "text") -> Path | None:
     when ``entry`` is a text itself; a folder is an error."""
     path = existing_path(entry)
     if path is not None and path.is_dir():
-        raise DataError(f"{path}: a folder; a text model reads texts (in quotes on the "
-                        "command line, or a list of str), or table files (CSV, TSV, JSONL, "
-                        f"Parquet) with a {text_column!r} column")
+        raise DataError(
+            f"{path}: a folder; a text model reads texts (in quotes on the "
+            "command line, or a list of str), or table files (CSV, TSV, JSONL, "
+            f"Parquet) with a {text_column!r} column"
+        )
     return path
 
 
@@ -85,24 +92,29 @@ def read_table(path: str | Path, blank_lines: bool = False):
 
     path = Path(path)
     if path.is_dir():
-        raise DataError(f"{path}: a folder; texts are read from a table file (CSV, TSV, "
-                        "JSONL, Parquet) with a text and a label column")
+        raise DataError(
+            f"{path}: a folder; texts are read from a table file (CSV, TSV, "
+            "JSONL, Parquet) with a text and a label column"
+        )
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return pd.read_parquet(path)
     if suffix not in TABLE_SUFFIXES:
-        raise DataError(f"{path}: unsupported table format {suffix!r}; use CSV, TSV, JSONL "
-                        "or Parquet")
+        raise DataError(
+            f"{path}: unsupported table format {suffix!r}; use CSV, TSV, JSONL or Parquet"
+        )
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line_no = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line_no} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} "
-                        f"at offset {exc.start}); re-save the file as UTF-8 (e.g. `iconv -f "
-                        "latin1 -t utf-8`)") from None
+        raise DataError(
+            f"{path}: line {line_no} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} "
+            f"at offset {exc.start}); re-save the file as UTF-8 (e.g. `iconv -f "
+            "latin1 -t utf-8`)"
+        ) from None
 
     if suffix in (".jsonl", ".json"):
         rows, lines = [], []
@@ -112,16 +124,23 @@ def read_table(path: str | Path, blank_lines: bool = False):
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {i} is not valid JSON ({exc.msg}); JSONL "
-                                "needs one JSON object per line") from None
+                raise DataError(
+                    f"{path}: line {i} is not valid JSON ({exc.msg}); JSONL "
+                    "needs one JSON object per line"
+                ) from None
             lines.append(i)
         frame = pd.DataFrame(rows)
         frame.attrs["rows"] = lines  # file line of each record, for error messages
         return frame
     sep = "\t" if suffix == ".tsv" else ","
     try:
-        frame = pd.read_csv(StringIO(text), sep=sep, dtype=str, keep_default_na=False,
-                            skip_blank_lines=not blank_lines)
+        frame = pd.read_csv(
+            StringIO(text),
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=not blank_lines,
+        )
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: not a valid CSV ({exc})") from None
     starts = _record_lines(text, sep, blank_lines)
@@ -163,18 +182,28 @@ def empty_rows_message(origin: str, text_column: str, rows: list[int]) -> str:
     """The error for empty texts: every row named (up to :data:`MAX_ROWS_NAMED`), and the
     total, so that one pass over the file fixes them all."""
     if len(rows) == 1:
-        return (f"{origin}: row {rows[0]}, column {text_column!r}: empty text; "
-                "remove the row or fill in its text")
+        return (
+            f"{origin}: row {rows[0]}, column {text_column!r}: empty text; "
+            "remove the row or fill in its text"
+        )
     named = ", ".join(f"row {r}" for r in rows[:MAX_ROWS_NAMED])
-    more = (f" and {len(rows) - MAX_ROWS_NAMED:,} more" if len(rows) > MAX_ROWS_NAMED
-            else "")
-    return (f"{origin}: {len(rows):,} rows have an empty text in column {text_column!r}: "
-            f"{named}{more}; remove the rows or fill in their texts")
+    more = f" and {len(rows) - MAX_ROWS_NAMED:,} more" if len(rows) > MAX_ROWS_NAMED else ""
+    return (
+        f"{origin}: {len(rows):,} rows have an empty text in column {text_column!r}: "
+        f"{named}{more}; remove the rows or fill in their texts"
+    )
 
 
-def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
-                 text_column: str = "text", label_column: str = "label",
-                 label_sep: str | None = None, rows: list[int] | None = None) -> TextSource:
+def build_source(
+    texts,
+    raw_labels,
+    classes: list[str] | None,
+    origin: str,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_sep: str | None = None,
+    rows: list[int] | None = None,
+) -> TextSource:
     """Check texts and labels, and map labels onto ``classes`` (sorted, if not given)."""
     rows = rows or list(range(1, len(texts) + 1))
     clean, empty = [], []
@@ -183,8 +212,10 @@ def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
             try:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
-                raise DataError(f"{origin}: row {row}, column {text_column!r}: not valid "
-                                "UTF-8; decode the text first or re-save as UTF-8") from None
+                raise DataError(
+                    f"{origin}: row {row}, column {text_column!r}: not valid "
+                    "UTF-8; decode the text first or re-save as UTF-8"
+                ) from None
         if not isinstance(text, str) or not text.strip():
             empty.append(row)
         clean.append(text)
@@ -197,8 +228,10 @@ def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
         if cell is None:
             raise DataError(f"{origin}: row {row}, column {label_column!r}: empty label")
     multi = any(isinstance(c, list) for c in cells)
-    as_lists = [c if isinstance(c, list) else [cast(str, c)]  # an empty label raised above
-                for c in cells]
+    as_lists = [
+        c if isinstance(c, list) else [cast(str, c)]  # an empty label raised above
+        for c in cells
+    ]
     if classes is None:
         classes = sorted({c for cell in as_lists for c in cell})
         if not multi:  # (a test set, opened with the model's classes, may hold one)
@@ -207,8 +240,10 @@ def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
     for cell, row in zip(as_lists, rows):
         for c in cell:
             if c not in index:
-                raise DataError(f"{origin}: row {row}, column {label_column!r}: unknown label "
-                                f"{c!r}; the model knows {', '.join(map(str, classes))}")
+                raise DataError(
+                    f"{origin}: row {row}, column {label_column!r}: unknown label "
+                    f"{c!r}; the model knows {', '.join(map(str, classes))}"
+                )
     labels: np.ndarray
     if multi:
         labels = np.zeros((len(clean), len(classes)), dtype=np.float32)
@@ -219,18 +254,27 @@ def build_source(texts, raw_labels, classes: list[str] | None, origin: str,
     return TextSource(clean, labels, list(classes), origin, rows)
 
 
-def open_text_source(data, y=None, *, classes: list[str] | None = None,
-                     text_column: str = "text", label_column: str = "label",
-                     label_sep: str | None = None, labeled: bool = True) -> TextSource:
+def open_text_source(
+    data,
+    y=None,
+    *,
+    classes: list[str] | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    label_sep: str | None = None,
+    labeled: bool = True,
+) -> TextSource:
     """Texts from a table file, a DataFrame, a list of strings (+ ``y``) or a TextSource."""
     import pandas as pd
 
     if isinstance(data, TextSource):
         if classes is not None and list(classes) != data.classes and labeled:
-            names = [data.classes[i] for i in data.labels] if not data.multi_label else \
-                [[data.classes[j] for j in np.flatnonzero(r)] for r in data.labels]
-            return build_source(data.texts, names, list(classes), data.origin,
-                                rows=data.rows)
+            names = (
+                [data.classes[i] for i in data.labels]
+                if not data.multi_label
+                else [[data.classes[j] for j in np.flatnonzero(r)] for r in data.labels]
+            )
+            return build_source(data.texts, names, list(classes), data.origin, rows=data.rows)
         return data
     if isinstance(data, (str, Path)):
         path = Path(data)
@@ -240,26 +284,45 @@ def open_text_source(data, y=None, *, classes: list[str] | None = None,
     else:
         texts = list(data)
         if labeled and y is None:
-            raise DataError("labels are missing: pass y (one label, or a list of labels, per "
-                            "text) or a table with a label column")
-        return build_source(texts, list(y) if (labeled and y is not None) else None,
-                            classes, "texts", label_sep=label_sep)
+            raise DataError(
+                "labels are missing: pass y (one label, or a list of labels, per "
+                "text) or a table with a label column"
+            )
+        return build_source(
+            texts,
+            list(y) if (labeled and y is not None) else None,
+            classes,
+            "texts",
+            label_sep=label_sep,
+        )
     for col in [text_column] + ([label_column] if labeled else []):
         if col not in frame.columns:
-            raise DataError(f"{origin}: no column {col!r}; the columns are "
-                            f"{', '.join(map(str, frame.columns))}. Name the right one with "
-                            f"--{'text' if col == text_column else 'label'}-column")
+            raise DataError(
+                f"{origin}: no column {col!r}; the columns are "
+                f"{', '.join(map(str, frame.columns))}. Name the right one with "
+                f"--{'text' if col == text_column else 'label'}-column"
+            )
     header = 2 if origin.endswith((".csv", ".tsv")) else 1
-    rows = frame.attrs.get("rows") or ([i + header for i in range(len(frame))]
-                                       if origin != "DataFrame" else None)
+    rows = frame.attrs.get("rows") or (
+        [i + header for i in range(len(frame))] if origin != "DataFrame" else None
+    )
     labels = frame[label_column].tolist() if labeled else None
-    return build_source(frame[text_column].tolist(), labels, classes, origin, text_column,
-                        label_column, label_sep, rows)
+    return build_source(
+        frame[text_column].tolist(),
+        labels,
+        classes,
+        origin,
+        text_column,
+        label_column,
+        label_sep,
+        rows,
+    )
 
 
 # ---------------------------------------------------------------------- tokens
-def encode_texts(tokenizer, texts: list[str], pre: TextPreprocess,
-                 batch: int = 256) -> list[list[list[int]]]:
+def encode_texts(
+    tokenizer, texts: list[str], pre: TextPreprocess, batch: int = 256
+) -> list[list[list[int]]]:
     """Token ids per text, as a list of chunks (each with the model's special tokens).
 
     Only what the truncation policy keeps is tokenised in full: a long document's head
@@ -286,12 +349,12 @@ def encode_texts(tokenizer, texts: list[str], pre: TextPreprocess,
             ids, tail_ids[i] = _tokenize(tokenizer, [texts[i]], 1)[0], []
         if head_tail:
             if tail_ids[i]:
-                ids = ids[:n_head] + tail_ids[i][-(body - n_head):]
+                ids = ids[:n_head] + tail_ids[i][-(body - n_head) :]
             elif len(ids) > body:
-                ids = ids[:n_head] + ids[-(body - n_head):]
+                ids = ids[:n_head] + ids[-(body - n_head) :]
             pieces = [ids]
         elif pre.truncation == "chunks":
-            pieces = [ids[j:j + body] for j in range(0, max(len(ids), 1), body)][:chunks_wanted]
+            pieces = [ids[j : j + body] for j in range(0, max(len(ids), 1), body)][:chunks_wanted]
         else:
             pieces = [ids[:body]]
         out.append([prefix + p + suffix for p in pieces])
@@ -303,16 +366,17 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
-            return full[:start], full[start + len(plain):]
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
     raise ValueError(f"{type(tokenizer).__name__}: cannot locate its special tokens")
 
 
 def _tokenize(tokenizer, texts: list[str], batch: int) -> list[list[int]]:
     ids: list[list[int]] = []
     for j in range(0, len(texts), batch):
-        enc = tokenizer(texts[j:j + batch], add_special_tokens=False, truncation=False,
-                        verbose=False)
+        enc = tokenizer(
+            texts[j : j + batch], add_special_tokens=False, truncation=False, verbose=False
+        )
         ids.extend(enc["input_ids"])
     return ids
 
@@ -324,15 +388,24 @@ class TextDataset(Dataset):
     epoch, drawn from a generator seeded by (seed, epoch, item), in their order; the
     features of evaluation still average all of a text's chunks."""
 
-    def __init__(self, source: TextSource, tokenizer, pre: TextPreprocess,
-                 encoded: list | None = None, train_chunks: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        source: TextSource,
+        tokenizer,
+        pre: TextPreprocess,
+        encoded: list | None = None,
+        train_chunks: int = 0,
+        seed: int = 0,
+    ):
         self.source = source
-        self.encoded = encoded if encoded is not None else encode_texts(tokenizer, source.texts,
-                                                                        pre)
+        self.encoded = (
+            encoded if encoded is not None else encode_texts(tokenizer, source.texts, pre)
+        )
         self.train_chunks, self.seed, self.epoch = int(train_chunks), int(seed), 0
         k = self.train_chunks or None  # bucket by the tokens an epoch reads of each text
-        self.lengths = np.array([sum(sorted(map(len, doc), reverse=True)[:k])
-                                 for doc in self.encoded])
+        self.lengths = np.array(
+            [sum(sorted(map(len, doc), reverse=True)[:k]) for doc in self.encoded]
+        )
         self.labels = torch.as_tensor(source.labels)
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
@@ -346,8 +419,7 @@ class TextDataset(Dataset):
         doc = self.encoded[i]
         if self.train_chunks and len(doc) > self.train_chunks:
             rng = np.random.default_rng([self.seed, self.epoch, i])
-            doc = [doc[j] for j in sorted(rng.choice(len(doc), self.train_chunks,
-                                                     replace=False))]
+            doc = [doc[j] for j in sorted(rng.choice(len(doc), self.train_chunks, replace=False))]
         return doc, self.labels[i]
 
 
@@ -364,6 +436,7 @@ def collate_text(batch, pad_id: int = 0):
     x = {"input_ids": ids, "attention_mask": mask}
     if len(chunks) != len(docs):
         x["doc_index"] = torch.repeat_interleave(
-            torch.arange(len(docs)), torch.as_tensor([len(d) for d in docs]))
+            torch.arange(len(docs)), torch.as_tensor([len(d) for d in docs])
+        )
         x["n_docs"] = torch.tensor(len(docs))
     return x, torch.stack(list(labels))

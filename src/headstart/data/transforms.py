@@ -21,8 +21,12 @@ from torchvision.transforms.v2 import functional as F
 from ..zoo.base import PreprocessConfig
 from .images import DataError, ImageSource, load_image
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 AUGMENT: dict[str, dict[str, Any] | None] = {
     # scale range of random resized crops, flip, colour jitter strength, then a policy of
@@ -52,8 +56,9 @@ TTA_VIEWS = {
 }
 
 
-def augment_plan(augment: str, source_side: float | None = None, crop_min: float | None = None,
-                 flip: bool = True) -> dict[str, Any] | None:
+def augment_plan(
+    augment: str, source_side: float | None = None, crop_min: float | None = None, flip: bool = True
+) -> dict[str, Any] | None:
     """The random transforms of a training item: ``augment``'s preset, its crop's area range
     raised to ``crop_min`` when given, else to SMALL_CROP for a small source (median side
     ``source_side`` < SMALL_SOURCE px, with the narrower aspect range); no flip with
@@ -82,8 +87,9 @@ def augment_plan(augment: str, source_side: float | None = None, crop_min: float
 UPSCALE_CAP = 5
 
 
-def resolve_image_size(requested: int | None, preprocess: PreprocessConfig,
-                       median_side: float | None) -> int:
+def resolve_image_size(
+    requested: int | None, preprocess: PreprocessConfig, median_side: float | None
+) -> int:
     """The side to feed the backbone: as asked, else its own size, capped for small images."""
     if requested:
         return int(requested)
@@ -121,8 +127,7 @@ def tta_preprocesses(preprocess: PreprocessConfig, tta: str) -> list[PreprocessC
     if tta not in TTA_VIEWS:
         raise ValueError(f"tta={tta!r}: choose one of none, {', '.join(TTA_VIEWS)}")
     base = {f.name: getattr(preprocess, f.name) for f in fields(PreprocessConfig)}
-    return [preprocess if v == "centre" else ViewPreprocess(**base, view=v)
-            for v in TTA_VIEWS[tta]]
+    return [preprocess if v == "centre" else ViewPreprocess(**base, view=v) for v in TTA_VIEWS[tta]]
 
 
 class ImageTransform:
@@ -137,16 +142,23 @@ class ImageTransform:
     generator, forked and seeded from ``rng``).
     """
 
-    def __init__(self, size: int, preprocess: PreprocessConfig, augment: str = "none",
-                 source_side: float | None = None, crop_min: float | None = None,
-                 flip: bool = True):
+    def __init__(
+        self,
+        size: int,
+        preprocess: PreprocessConfig,
+        augment: str = "none",
+        source_side: float | None = None,
+        crop_min: float | None = None,
+        flip: bool = True,
+    ):
         self.size = int(size)
         self.preprocess = preprocess
         self.augment = augment_plan(augment, source_side, crop_min, flip)
         self.view = getattr(preprocess, "view", "centre")
         if self.view != "centre" and self.view not in TTA_VIEWS["flip+crops"]:
-            raise ValueError(f"view={self.view!r}: choose one of "
-                             f"{', '.join(TTA_VIEWS['flip+crops'])}")
+            raise ValueError(
+                f"view={self.view!r}: choose one of {', '.join(TTA_VIEWS['flip+crops'])}"
+            )
         self.resample = _RESAMPLE.get(preprocess.interpolation, Image.Resampling.BICUBIC)
         self.mean = torch.tensor(preprocess.mean).view(3, 1, 1)
         self.std = torch.tensor(preprocess.std).view(3, 1, 1)
@@ -165,8 +177,9 @@ class ImageTransform:
         if self.view in ("centre", "flip"):
             img = self.center_crop(img)
             return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if self.view == "flip" else img
-        img = self._resize_shorter(img, int(math.floor(
-            self.size / min(self.preprocess.crop_pct, 0.875))))
+        img = self._resize_shorter(
+            img, int(math.floor(self.size / min(self.preprocess.crop_pct, 0.875)))
+        )
         w, h = img.size
         left = 0 if self.view.endswith("left") else w - self.size
         top = 0 if self.view.startswith("top") else h - self.size
@@ -221,7 +234,7 @@ class ImageTransform:
             # torchvision's policies draw from torch's global generator: fork it and seed it
             # from the item's rng, so the draw is the item's whatever the process or worker
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(rng.integers(2 ** 62)))
+                torch.manual_seed(int(rng.integers(2**62)))
                 img = self.policy(img)
         return img
 
@@ -241,8 +254,9 @@ def _policy(name: str | None):
 class ImageDataset(Dataset):
     """(tensor, label) pairs; ``set_epoch`` changes the augmentation draw."""
 
-    def __init__(self, source: ImageSource, transform: ImageTransform, seed: int = 0,
-                 train: bool = False):
+    def __init__(
+        self, source: ImageSource, transform: ImageTransform, seed: int = 0, train: bool = False
+    ):
         self.source = source
         self.transform = transform
         self.seed = int(seed)
@@ -259,7 +273,8 @@ class ImageDataset(Dataset):
         try:
             img = load_image(self.source.items[i])
         except (OSError, ValueError) as exc:
-            raise DataError(f"{self.source.name(i)}: cannot read this image ({exc}); fix or "
-                            "remove it") from exc
+            raise DataError(
+                f"{self.source.name(i)}: cannot read this image ({exc}); fix or remove it"
+            ) from exc
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
         return self.transform(img, rng), int(self.source.labels[i])

@@ -14,17 +14,19 @@ def describe_gain(g: dict) -> tuple[str, str]:
     if g["verdict"] == "negative transfer":
         head = f"NEGATIVE TRANSFER: {rival} beat every transfer strategy"
     elif g["verdict"] == "transfer":
-        beaten = " and ".join(RIVAL_WORDS[k] for k in (SCRATCH, BASELINE)
-                              if f"{k}_accuracy" in g)
+        beaten = " and ".join(RIVAL_WORDS[k] for k in (SCRATCH, BASELINE) if f"{k}_accuracy" in g)
         head = f"transfer beat {beaten}"
     else:
-        head = (f"a tie: against {rival} the difference is within the test set's noise "
-                f"(+-{g['margin_points']:.1f} points)")
+        head = (
+            f"a tie: against {rival} the difference is within the test set's noise "
+            f"(+-{g['margin_points']:.1f} points)"
+        )
     parts = [f"{g['best_strategy']} {100 * g['transfer_accuracy']:.1f}%"]
     for k, words in ((SCRATCH, "scratch"), (BASELINE, "classic baseline")):
         if f"{k}_accuracy" in g:
-            parts.append(f"{g[f'{k}_gain_points']:+.1f} pts over {words} "
-                         f"({100 * g[f'{k}_accuracy']:.1f}%)")
+            parts.append(
+                f"{g[f'{k}_gain_points']:+.1f} pts over {words} ({100 * g[f'{k}_accuracy']:.1f}%)"
+            )
     needs = []
     if g.get("scratch_items_to_match") is not None:
         needs.append(f"scratch needs ~{g['scratch_items_to_match']:.0f} items to match it")
@@ -33,10 +35,16 @@ def describe_gain(g: dict) -> tuple[str, str]:
     if "baseline_accuracy" in g:
         if g["baseline_accuracy"] > g["transfer_accuracy"]:
             m = g.get("transfer_items_to_match_baseline")
-            needs.append(f"transfer needs ~{m:.0f} items to match the baseline" if m
-                         else "transfer never matches the baseline here")
+            needs.append(
+                f"transfer needs ~{m:.0f} items to match the baseline"
+                if m
+                else "transfer never matches the baseline here"
+            )
         else:
             m = g.get("baseline_items_to_match")
-            needs.append(f"the baseline needs ~{m:.0f} items to match transfer" if m
-                         else "the baseline never matches transfer here")
+            needs.append(
+                f"the baseline needs ~{m:.0f} items to match transfer"
+                if m
+                else "the baseline never matches transfer here"
+            )
     return head, "; ".join([", ".join(parts), *needs])

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from ..config import CLASSIFY_TASKS
-
 from .scores import SCORES, Score, ScoreError
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ class Candidate:
     cut: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> "Candidate":
+    def parse(cls, text: str) -> Candidate:
         name, sep, cut = text.strip().rpartition("@")
         if sep and cut.isdigit():
             return cls(name, int(cut))
@@ -54,10 +53,16 @@ class RankRow:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        return {"backbone": self.candidate.backbone, "cut": self.candidate.cut,
-                "label": self.candidate.label, "scores": self.scores,
-                "feature_dim": self.feature_dim, "params": self.params,
-                "seconds": round(self.seconds, 3), "error": self.error}
+        return {
+            "backbone": self.candidate.backbone,
+            "cut": self.candidate.cut,
+            "label": self.candidate.label,
+            "scores": self.scores,
+            "feature_dim": self.feature_dim,
+            "params": self.params,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -76,8 +81,10 @@ class RankResult:
     def best(self) -> RankRow:
         ok = [r for r in self.rows if r.error is None]
         if not ok:
-            raise ScoreError("no candidate could be scored: " +
-                             "; ".join(f"{r.candidate.label}: {r.error}" for r in self.rows))
+            raise ScoreError(
+                "no candidate could be scored: "
+                + "; ".join(f"{r.candidate.label}: {r.error}" for r in self.rows)
+            )
         return ok[0]
 
     def fit_params(self) -> dict:
@@ -85,11 +92,16 @@ class RankResult:
         return {"backbone": self.best.candidate.backbone, "cut": self.best.candidate.cut}
 
     def to_dict(self) -> dict:
-        return {"score": self.score, "task": self.task, "n_items": self.n_items,
-                "n_classes": self.n_classes, "sampled": self.sampled,
-                "seconds": round(self.seconds, 3), "best": self.fit_params() if any(
-                    r.error is None for r in self.rows) else None,
-                "rows": [r.to_dict() for r in self.rows]}
+        return {
+            "score": self.score,
+            "task": self.task,
+            "n_items": self.n_items,
+            "n_classes": self.n_classes,
+            "sampled": self.sampled,
+            "seconds": round(self.seconds, 3),
+            "best": self.fit_params() if any(r.error is None for r in self.rows) else None,
+            "rows": [r.to_dict() for r in self.rows],
+        }
 
     def table(self) -> str:
         names = list(dict.fromkeys(k for r in self.rows for k in r.scores))
@@ -99,20 +111,33 @@ class RankResult:
         for i, r in enumerate(self.rows, 1):
             if r.error:  # each cut point of an unloadable model has its error: printed once
                 first = said.setdefault(r.error, i)
-                lines.append([str(i), r.candidate.label, f"error: {r.error}" if first == i
-                              else f"error: as row {first}"])
+                lines.append(
+                    [
+                        str(i),
+                        r.candidate.label,
+                        f"error: {r.error}" if first == i else f"error: as row {first}",
+                    ]
+                )
                 continue
             cells = [_fmt(r.scores.get(k)) for k in names]
-            lines.append([str(i), r.candidate.label, *cells, str(r.feature_dim),
-                          f"{r.params / 1e6:.2f}M" if r.params else "-", f"{r.seconds:.1f}"])
-        widths = [max([len(head[j])] + [len(l[j]) for l in lines
-                                         if len(l) == len(head) or j < 2])
-                  for j in range(len(head))]
+            lines.append(
+                [
+                    str(i),
+                    r.candidate.label,
+                    *cells,
+                    str(r.feature_dim),
+                    f"{r.params / 1e6:.2f}M" if r.params else "-",
+                    f"{r.seconds:.1f}",
+                ]
+            )
+        widths = [
+            max([len(head[j])] + [len(row[j]) for row in lines if len(row) == len(head) or j < 2])
+            for j in range(len(head))
+        ]
         out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
         for line in lines:
             if len(line) != len(head):
-                out.append("  ".join([line[0].ljust(widths[0]), line[1].ljust(widths[1]),
-                                      line[2]]))
+                out.append("  ".join([line[0].ljust(widths[0]), line[1].ljust(widths[1]), line[2]]))
             else:
                 out.append("  ".join(c.ljust(w) for c, w in zip(line, widths)))
         return "\n".join(out)
@@ -132,8 +157,9 @@ def _sample(labels: np.ndarray, max_items: int, seed: int) -> np.ndarray:
     at least ``MIN_PER_CLASS`` of each (all of a smaller class) so every score has data."""
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
-    share = np.maximum(np.minimum(counts, MIN_PER_CLASS),
-                       np.floor(counts * max_items / len(labels))).astype(int)
+    share = np.maximum(
+        np.minimum(counts, MIN_PER_CLASS), np.floor(counts * max_items / len(labels))
+    ).astype(int)
     picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, share)]
     return np.sort(np.concatenate(picked))
 
@@ -153,8 +179,11 @@ def _probe_parts(est, source, cfg, max_items: int):
     except DataError:  # too few items for fit's validation split: rank them all as one part
         train_src, val_src = source, None
     if len(source) > max_items:
-        return train_src, [train_src.subset(_sample(np.asarray(train_src.labels), max_items,
-                                                    cfg.seed))], True
+        return (
+            train_src,
+            [train_src.subset(_sample(np.asarray(train_src.labels), max_items, cfg.seed))],
+            True,
+        )
     return train_src, [p for p in (train_src, val_src) if p is not None], False
 
 
@@ -165,8 +194,18 @@ def probed_items(est, source, cfg, max_items: int = DEFAULT_MAX_ITEMS):
     return parts[0] if sampled or len(parts) == 1 else source
 
 
-def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
-         max_items: int = DEFAULT_MAX_ITEMS, config=None, **settings) -> RankResult:
+def rank(
+    data,
+    models,
+    y=None,
+    *,
+    task: str = "image",
+    scores=None,
+    score=None,
+    max_items: int = DEFAULT_MAX_ITEMS,
+    config=None,
+    **settings,
+) -> RankResult:
     """Score candidate backbones on labeled target data before any training.
 
     ``models``: ids (``packaged:efficientnet_lite0``, ``hf:...``, a run directory), with an
@@ -193,10 +232,15 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
 
     t_start = time.perf_counter()
     if task not in RANK_TASKS:
-        raise ValueError(f"task={task!r}: rank scores classifier backbones, choose one of "
-                         f"{', '.join(RANK_TASKS)}" + (" (detection and speech-recognition "
-                                                       "backbones are not ranked yet)"
-                                                       if task in ESTIMATORS else ""))
+        raise ValueError(
+            f"task={task!r}: rank scores classifier backbones, choose one of "
+            f"{', '.join(RANK_TASKS)}"
+            + (
+                " (detection and speech-recognition backbones are not ranked yet)"
+                if task in ESTIMATORS
+                else ""
+            )
+        )
     if max_items < 1:
         raise ValueError(f"max_items must be >= 1 (items ranked), got {max_items}")
     specs = _score_specs(scores)
@@ -213,12 +257,15 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
     cfg = est.resolved_config()
     source = est.read_labeled(data, y, cfg=cfg)  # read once; split takes the source
     if source.labels.ndim != 1:
-        raise ValueError("rank needs single-label data (one class per item); multi-label "
-                         "rows cannot be ranked yet")
+        raise ValueError(
+            "rank needs single-label data (one class per item); multi-label "
+            "rows cannot be ranked yet"
+        )
     train_src, parts, sampled = _probe_parts(est, source, cfg, max_items)
     labels = np.concatenate([np.asarray(p.labels) for p in parts])
-    device = torch.device("cuda" if cfg.device in ("auto", "cuda") and
-                          torch.cuda.is_available() else "cpu")
+    device = torch.device(
+        "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    )
     groups: dict[str, list[Candidate]] = {}
     for cand in candidates:  # the cut points of one backbone share its forward pass
         groups.setdefault(cand.backbone, []).append(cand)
@@ -227,20 +274,27 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
         t0 = time.perf_counter()
         try:
             torch.manual_seed(cfg.seed)  # a random-init candidate gets the weights fit starts from
-            base = create_backbone(model_id, pretrained=True,
-                                   cut=group[0].cut if len(group) == 1 else 0).to(device)
+            base = create_backbone(
+                model_id, pretrained=True, cut=group[0].cut if len(group) == 1 else 0
+            ).to(device)
             preprocess = est.input_spec(base, train_src, cfg)
         except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the ranking
             log.warning("rank: %s could not be loaded: %s", model_id, exc)
-            rows += [RankRow(c, {}, seconds=time.perf_counter() - t0,
-                             error=f"{type(exc).__name__}: {exc}") for c in group]
+            rows += [
+                RankRow(
+                    c, {}, seconds=time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}"
+                )
+                for c in group
+            ]
             continue
         variants, errors = _variants(base, group, device, cfg.seed)
         rows += [RankRow(c, {}, error=e) for c, e in errors.items()]
         try:
             with sharded_passes():  # under torchrun: each process computes a share
-                feats = {c: torch.cat(f) for c, f in
-                         est.frozen_features(base, variants, preprocess, parts, cfg).items()}
+                feats = {
+                    c: torch.cat(f)
+                    for c, f in est.frozen_features(base, variants, preprocess, parts, cfg).items()
+                }
         except Exception as exc:  # noqa: BLE001
             log.warning("rank: %s: the forward pass failed: %s", model_id, exc)
             rows += [RankRow(c, {}, error=f"{type(exc).__name__}: {exc}") for c in variants]
@@ -249,9 +303,15 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
         for cand, backbone in variants.items():
             t1 = time.perf_counter()
             values = _scores(specs, feats[cand], labels, backbone.source_head(), device)
-            rows.append(RankRow(cand, values, feature_dim=int(feats[cand].shape[1]),
-                                params=sum(p.numel() for p in backbone.parameters()),
-                                seconds=seconds + time.perf_counter() - t1))
+            rows.append(
+                RankRow(
+                    cand,
+                    values,
+                    feature_dim=int(feats[cand].shape[1]),
+                    params=sum(p.numel() for p in backbone.parameters()),
+                    seconds=seconds + time.perf_counter() - t1,
+                )
+            )
         del base, variants
 
     def order(row: RankRow):
@@ -259,9 +319,15 @@ def rank(data, models, y=None, *, task: str = "image", scores=None, score=None,
         return (row.error is not None, math.isnan(v), -v if not math.isnan(v) else 0.0)
 
     rows.sort(key=order)
-    return RankResult(rows, score, task, n_items=len(labels),
-                      n_classes=len(np.unique(labels)), sampled=sampled,
-                      seconds=time.perf_counter() - t_start)
+    return RankResult(
+        rows,
+        score,
+        task,
+        n_items=len(labels),
+        n_classes=len(np.unique(labels)),
+        sampled=sampled,
+        seconds=time.perf_counter() - t_start,
+    )
 
 
 def _variants(base, group: list[Candidate], device, seed: int):
@@ -280,8 +346,9 @@ def _variants(base, group: list[Candidate], device, seed: int):
                 variants[cand] = base.with_cut(cand.cut).to(device)
             else:
                 torch.manual_seed(seed)
-                variants[cand] = create_backbone(cand.backbone, pretrained=True,
-                                                 cut=cand.cut).to(device)
+                variants[cand] = create_backbone(cand.backbone, pretrained=True, cut=cand.cut).to(
+                    device
+                )
         except Exception as exc:  # noqa: BLE001 - e.g. a cut out of range
             log.warning("rank: %s could not be built: %s", cand.label, exc)
             errors[cand] = f"{type(exc).__name__}: {exc}"
@@ -304,8 +371,10 @@ def _score_specs(scores) -> dict[str, Score]:
         elif callable(item):
             name = getattr(item, "__name__", "")
             if not name.isidentifier():  # a lambda or a partial
-                raise ValueError(f"the score function {item!r} needs a name for its column: "
-                                 "define it with def, or pass Score('name', fn)")
+                raise ValueError(
+                    f"the score function {item!r} needs a name for its column: "
+                    "define it with def, or pass Score('name', fn)"
+                )
             spec = Score(name, item, False, (item.__doc__ or "").strip().split("\n")[0])
         elif item in SCORES:
             spec = SCORES[item]
@@ -316,8 +385,10 @@ def _score_specs(scores) -> dict[str, Score]:
             raise ValueError(f"two scores are named {spec.name!r}: give one another name")
         specs[spec.name] = spec
     if unknown:
-        raise ValueError(f"unknown score(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(SCORES)}, or pass a function or a Score")
+        raise ValueError(
+            f"unknown score(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(SCORES)}, or pass a function or a Score"
+        )
     return specs
 
 

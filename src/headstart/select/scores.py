@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 log = logging.getLogger(__name__)
 
 
@@ -56,8 +55,10 @@ def _check(features, labels, source_probs=None, *, needs_source: bool = False):
     if f.ndim != 2:
         raise ScoreError(f"features must be a 2-D array (items, dims), got shape {f.shape}")
     if y.ndim != 1 or len(y) != len(f):
-        raise ScoreError(f"labels must be one class index per item: {len(f)} items, labels of "
-                         f"shape {y.shape} (multi-label data cannot be ranked)")
+        raise ScoreError(
+            f"labels must be one class index per item: {len(f)} items, labels of "
+            f"shape {y.shape} (multi-label data cannot be ranked)"
+        )
     if len(f) < 2:
         raise ScoreError("at least two items are needed to score")
     if not np.isfinite(f).all():
@@ -68,15 +69,18 @@ def _check(features, labels, source_probs=None, *, needs_source: bool = False):
             raise ScoreError("this score needs the source head's probabilities (source_probs)")
         p = np.asarray(source_probs, dtype=np.float64)
         if p.ndim != 2 or len(p) != len(f):
-            raise ScoreError(f"source_probs must be (items, source classes) with {len(f)} "
-                             f"rows, got shape {p.shape}")
+            raise ScoreError(
+                f"source_probs must be (items, source classes) with {len(f)} "
+                f"rows, got shape {p.shape}"
+            )
         return f, y, p
     return f, y, None
 
 
 # ---------------------------------------------------------------------------------- LogME
-def logme(features, labels, source_probs=None, *, tol: float = 1e-10,
-          max_iter: int = 1000) -> float:
+def logme(
+    features, labels, source_probs=None, *, tol: float = 1e-10, max_iter: int = 1000
+) -> float:
     """LogME (You et al. 2021): mean over classes of the maximised log evidence per item.
 
     One thin SVD ``F = U S V^T`` gives every quantity of the fixed-point iteration
@@ -114,8 +118,9 @@ def logme(features, labels, source_probs=None, *, tol: float = 1e-10,
         res2 = ((alpha[:, None] * z / denom) ** 2).sum(1) + outside
         new_alpha = np.clip(gamma / np.maximum(m2, tiny), a_lo, a_hi)
         new_beta = np.clip((n - gamma) / np.maximum(res2, tiny), 1e-8, 1e8)
-        done = np.all(np.abs(new_alpha - alpha) <= tol * np.abs(alpha)) and \
-            np.all(np.abs(new_beta - beta) <= tol * np.abs(beta))
+        done = np.all(np.abs(new_alpha - alpha) <= tol * np.abs(alpha)) and np.all(
+            np.abs(new_beta - beta) <= tol * np.abs(beta)
+        )
         alpha, beta = new_alpha, new_beta
         if done:
             break
@@ -123,8 +128,14 @@ def logme(features, labels, source_probs=None, *, tol: float = 1e-10,
     m2 = ((beta[:, None] * s * z / denom) ** 2).sum(1)
     res2 = ((alpha[:, None] * z / denom) ** 2).sum(1) + outside
     logdet = np.log(denom).sum(1) + (d - r) * np.log(alpha)
-    evidence = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * math.log(2 * math.pi)
-                - beta / 2 * res2 - alpha / 2 * m2 - logdet / 2)
+    evidence = (
+        n / 2 * np.log(beta)
+        + d / 2 * np.log(alpha)
+        - n / 2 * math.log(2 * math.pi)
+        - beta / 2 * res2
+        - alpha / 2 * m2
+        - logdet / 2
+    )
     return float(np.mean(evidence / n))
 
 
@@ -170,9 +181,17 @@ def _pca_scores(f: np.ndarray, variance: float) -> np.ndarray:
     return u[:, :k] * (s[:k] / math.sqrt(total / len(f)))
 
 
-def nleep(features, labels, source_probs=None, *, variance: float = 0.8,
-          components_per_class: int = 5, covariance: str = "diag", fits: int = 3,
-          seed: int = 0) -> float:
+def nleep(
+    features,
+    labels,
+    source_probs=None,
+    *,
+    variance: float = 0.8,
+    components_per_class: int = 5,
+    covariance: str = "diag",
+    fits: int = 3,
+    seed: int = 0,
+) -> float:
     """N-LEEP (Li et al. 2021): LEEP with the source head replaced by a Gaussian mixture.
 
     The features are reduced by PCA to the components that explain ``variance`` of their
@@ -202,8 +221,9 @@ def nleep(features, labels, source_probs=None, *, variance: float = 0.8,
     k = max(1, min(components_per_class * n_classes, len(y)))
     values = []
     for i in range(max(1, fits)):
-        gmm = GaussianMixture(n_components=k, covariance_type=covariance, reg_covar=1e-4,
-                              random_state=seed + i)
+        gmm = GaussianMixture(
+            n_components=k, covariance_type=covariance, reg_covar=1e-4, random_state=seed + i
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             probs = gmm.fit(z).predict_proba(z)
@@ -228,8 +248,9 @@ def _ledoit_wolf(x: np.ndarray) -> float:
     return 0.0 if beta == 0 else beta / delta
 
 
-def h_score(features, labels, source_probs=None, *, shrinkage: str | float = "ledoit_wolf"
-            ) -> float:
+def h_score(
+    features, labels, source_probs=None, *, shrinkage: str | float = "ledoit_wolf"
+) -> float:
     """H-score (Bao et al. 2019) with a shrunk feature covariance (Ibrahim et al. 2023):
     tr(((1-a) S + a mu I)^-1 (1-a) S_b), S the feature covariance, mu = tr(S)/D, S_b the
     covariance of the class-conditional means (weighted by class frequency). ``shrinkage``
@@ -280,8 +301,9 @@ def _folds(y: np.ndarray, folds: int, seed: int):
     return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
 
 
-def knn_accuracy(features, labels, source_probs=None, *, k: int = 5, folds: int = 5,
-                 seed: int = 0) -> float:
+def knn_accuracy(
+    features, labels, source_probs=None, *, k: int = 5, folds: int = 5, seed: int = 0
+) -> float:
     """Accuracy of a k-nearest-neighbour vote (cosine similarity; ties go to the nearer
     neighbour), averaged over stratified folds."""
     f, y, _ = _check(features, labels, source_probs)
@@ -304,8 +326,9 @@ def knn_accuracy(features, labels, source_probs=None, *, k: int = 5, folds: int 
     return float(np.mean(accs))
 
 
-def linear_probe_accuracy(features, labels, source_probs=None, *, c: float = 1.0,
-                          folds: int = 5, seed: int = 0) -> float:
+def linear_probe_accuracy(
+    features, labels, source_probs=None, *, c: float = 1.0, folds: int = 5, seed: int = 0
+) -> float:
     """Accuracy of an L2-regularised logistic regression on standardised features,
     averaged over stratified folds."""
     from sklearn.linear_model import LogisticRegression
@@ -338,15 +361,35 @@ class Score:
     summary: str = ""
 
 
-SCORES: dict[str, Score] = {s.name: s for s in (
-    Score("logme", logme, False, "LogME evidence per item (You et al. 2021)"),
-    Score("leep", leep, True, "LEEP log-likelihood (Nguyen et al. 2020); needs the source head"),
-    Score("nce", nce, True, "negative conditional entropy (Tran et al. 2019); needs the "
-                            "source head"),
-    Score("nleep", nleep, False, "N-LEEP: LEEP on a Gaussian mixture of the PCA-reduced "
-                                 "features (Li et al. 2021); no source head needed"),
-    Score("h_score", h_score, False, "shrinkage H-score (Bao et al. 2019; Ibrahim et al. 2023)"),
-    Score("knn", knn_accuracy, False, "5-NN cosine accuracy, stratified 5-fold CV"),
-    Score("linear", linear_probe_accuracy, False, "logistic-regression accuracy, stratified "
-                                                  "5-fold CV"),
-)}
+SCORES: dict[str, Score] = {
+    s.name: s
+    for s in (
+        Score("logme", logme, False, "LogME evidence per item (You et al. 2021)"),
+        Score(
+            "leep", leep, True, "LEEP log-likelihood (Nguyen et al. 2020); needs the source head"
+        ),
+        Score(
+            "nce",
+            nce,
+            True,
+            "negative conditional entropy (Tran et al. 2019); needs the source head",
+        ),
+        Score(
+            "nleep",
+            nleep,
+            False,
+            "N-LEEP: LEEP on a Gaussian mixture of the PCA-reduced "
+            "features (Li et al. 2021); no source head needed",
+        ),
+        Score(
+            "h_score", h_score, False, "shrinkage H-score (Bao et al. 2019; Ibrahim et al. 2023)"
+        ),
+        Score("knn", knn_accuracy, False, "5-NN cosine accuracy, stratified 5-fold CV"),
+        Score(
+            "linear",
+            linear_probe_accuracy,
+            False,
+            "logistic-regression accuracy, stratified 5-fold CV",
+        ),
+    )
+}

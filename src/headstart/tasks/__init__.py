@@ -12,6 +12,19 @@ from .text import TextClassifier
 for _cls in (ImageClassifier, TextClassifier, AudioClassifier, SpeechRecognizer, ObjectDetector):
     register(_cls)
 
-__all__ = ["AudioClassifier", "ESTIMATORS", "ImageClassifier", "NotFittedError", "ObjectDetector",
-           "SpeechRecognizer", "TaskServing", "TextClassifier", "TransferEstimator",
-           "estimator_class", "load_estimator", "register", "run_task", "serving_for"]
+__all__ = [
+    "AudioClassifier",
+    "ESTIMATORS",
+    "ImageClassifier",
+    "NotFittedError",
+    "ObjectDetector",
+    "SpeechRecognizer",
+    "TaskServing",
+    "TextClassifier",
+    "TransferEstimator",
+    "estimator_class",
+    "load_estimator",
+    "register",
+    "run_task",
+    "serving_for",
+]

@@ -45,16 +45,19 @@ def encode(texts: list[str], vocab: list[str], origin: str = "") -> np.ndarray:
     for r, text in enumerate(texts):
         unknown = sorted({c for c in text if c not in index})
         if unknown:
-            raise DataError(f"{origin} row {r + 1}: character(s) {unknown} are not in the "
-                            f"model's alphabet {''.join(vocab)!r}; remove them from the "
-                            "transcript")
+            raise DataError(
+                f"{origin} row {r + 1}: character(s) {unknown} are not in the "
+                f"model's alphabet {''.join(vocab)!r}; remove them from the "
+                "transcript"
+            )
         if not text:
-            raise DataError(f"{origin} row {r + 1}: empty transcript; every recording needs "
-                            "the words spoken")
+            raise DataError(
+                f"{origin} row {r + 1}: empty transcript; every recording needs the words spoken"
+            )
         rows.append([index[c] for c in text])
     out = np.zeros((len(rows), max((len(r) for r in rows), default=1)), dtype=np.int64)
     for r, ids in enumerate(rows):
-        out[r, :len(ids)] = ids
+        out[r, : len(ids)] = ids
     return out
 
 
@@ -69,9 +72,11 @@ def transcripts(source: AudioSource) -> list[str]:
     """The transcripts of ``source``; a clear error for recordings that came without them
     (an AudioSource of labelled recordings passed to a recogniser)."""
     if source.transcripts is None:
-        raise DataError(f"{source.origin}: these recordings have no transcripts; speech "
-                        "recognition reads a CSV of path,transcript rows (or waveforms with "
-                        "their texts)")
+        raise DataError(
+            f"{source.origin}: these recordings have no transcripts; speech "
+            "recognition reads a CSV of path,transcript rows (or waveforms with "
+            "their texts)"
+        )
     return source.transcripts
 
 
@@ -82,12 +87,14 @@ def _item_name(source: AudioSource, k: int) -> str:
 
 def cropped(source: AudioSource, clip_seconds: float) -> list[str]:
     """Names of the recordings longer than the clip (cropped to it, losing words)."""
-    return [_item_name(source, int(k))
-            for k in np.flatnonzero(durations(source) > clip_seconds + 1e-6)]
+    return [
+        _item_name(source, int(k)) for k in np.flatnonzero(durations(source) > clip_seconds + 1e-6)
+    ]
 
 
-def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
-                          sources: list[AudioSource], clip_given: bool) -> int:
+def check_transcripts_fit(
+    backbone: Backbone, preprocess: AudioPreprocess, sources: list[AudioSource], clip_given: bool
+) -> int:
     """Every transcript must fit the frames the backbone gives for one clip, or CTC cannot
     align it (its loss is infinite, and ``zero_infinity`` would skip the recording without
     a word). Recordings longer than the clip are cropped (a random window in training, the
@@ -112,17 +119,23 @@ def check_transcripts_fit(backbone: Backbone, preprocess: AudioPreprocess,
                 f"{'...' if len(text) > 60 else ''} needs {need} frames, and {backbone.id} "
                 f"gives {frames} for a {preprocess.clip_seconds:g} s clip, so CTC cannot align "
                 "it; check that the transcript belongs to the recording, split the recording, "
-                "or raise --clip-seconds")
+                "or raise --clip-seconds"
+            )
         cut = cropped(source, preprocess.clip_seconds)
         if cut:
-            log.warning("%s: %d recording(s) last longer than the %g s clip and are cropped "
-                        "to it, losing the words at their start or end (%s%s)%s",
-                        source.origin, len(cut),
-                        preprocess.clip_seconds, ", ".join(cut[:3]),
-                        ", ..." if len(cut) > 3 else "",
-                        "; raise --clip-seconds if words are lost" if clip_given else
-                        f"; the auto clip covers 95% of the training recordings (at most "
-                        f"{MAX_AUTO_CLIP:g} s): if words are lost, set --clip-seconds")
+            log.warning(
+                "%s: %d recording(s) last longer than the %g s clip and are cropped "
+                "to it, losing the words at their start or end (%s%s)%s",
+                source.origin,
+                len(cut),
+                preprocess.clip_seconds,
+                ", ".join(cut[:3]),
+                ", ..." if len(cut) > 3 else "",
+                "; raise --clip-seconds if words are lost"
+                if clip_given
+                else f"; the auto clip covers 95% of the training recordings (at most "
+                f"{MAX_AUTO_CLIP:g} s): if words are lost, set --clip-seconds",
+            )
     return frames
 
 
@@ -194,8 +207,9 @@ class CTCTrainer(Trainer):
     def loss(self, log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         lengths = (y > 0).sum(1)
         frames = torch.full((len(y),), log_probs.shape[1], dtype=torch.long)
-        return nn.functional.ctc_loss(log_probs.float().transpose(0, 1), y, frames, lengths,
-                                      blank=BLANK, zero_infinity=True)
+        return nn.functional.ctc_loss(
+            log_probs.float().transpose(0, 1), y, frames, lengths, blank=BLANK, zero_infinity=True
+        )
 
     def evaluate_loader(self, module, loader) -> dict:
         from torchmetrics.functional.text import char_error_rate, word_error_rate
@@ -205,8 +219,12 @@ class CTCTrainer(Trainer):
         hyp = greedy_decode(log_probs, vocab)
         ref = ["".join(vocab[k - 1] for k in row if k > 0) for row in y.tolist()]
         cer = float(char_error_rate(hyp, ref))
-        return {"val_loss": float(self.loss(log_probs, y)), "val_accuracy": max(0.0, 1 - cer),
-                "val_cer": cer, "val_wer": float(word_error_rate(hyp, ref))}
+        return {
+            "val_loss": float(self.loss(log_probs, y)),
+            "val_accuracy": max(0.0, 1 - cer),
+            "val_cer": cer,
+            "val_wer": float(word_error_rate(hyp, ref)),
+        }
 
 
 def _parent_alphabet(parent: str) -> list[str]:
@@ -214,8 +232,9 @@ def _parent_alphabet(parent: str) -> list[str]:
     from ..zoo.local import is_run_dir, read_run_config
 
     if not is_run_dir(parent) or read_run_config(parent).get("task") != "asr":
-        raise ValueError(f"keep_head needs a speech-recogniser run directory as backbone, not "
-                         f"{parent!r}")
+        raise ValueError(
+            f"keep_head needs a speech-recogniser run directory as backbone, not {parent!r}"
+        )
     return list(read_run_config(parent)["classes"])
 
 
@@ -238,9 +257,11 @@ class SpeechRecognizer(AudioClassifier):
         if not isinstance(backbone, AudioBackbone):  # the ones with sequence_dim
             from ..zoo.base import ZooError
 
-            raise ZooError(f"{backbone.id}: speech recognition needs an audio backbone with "
-                           "frame features (audio:cnn and its runs, packaged:crepe-*, "
-                           "packaged:ge2e)")
+            raise ZooError(
+                f"{backbone.id}: speech recognition needs an audio backbone with "
+                "frame features (audio:cnn and its runs, packaged:crepe-*, "
+                "packaged:ge2e)"
+            )
         return CTCHead(backbone.sequence_dim, n_out + 1, spec)
 
     @staticmethod
@@ -248,9 +269,12 @@ class SpeechRecognizer(AudioClassifier):
         return CTCModel(backbone, head)
 
     def trainer(self, *args, **kwargs) -> CTCTrainer:
-        check_transcripts_fit(self.model_.backbone, self.preprocess_,
-                              [d.source for d in (kwargs["train_set"], kwargs["val_set"]) if d],
-                              bool(self.config_.clip_seconds))
+        check_transcripts_fit(
+            self.model_.backbone,
+            self.preprocess_,
+            [d.source for d in (kwargs["train_set"], kwargs["val_set"]) if d],
+            bool(self.config_.clip_seconds),
+        )
         t = CTCTrainer(*args, **kwargs)
         t.vocab = list(self.classes_)
         return t
@@ -278,8 +302,9 @@ class SpeechRecognizer(AudioClassifier):
         order = np.random.default_rng(cfg.seed).permutation(len(source))
         return source, source.subset(np.sort(order[n_val:])), source.subset(np.sort(order[:n_val]))
 
-    def _compute_features(self, network, backbone: Backbone, preprocess, source,
-                          cfg: FitConfig) -> torch.Tensor:
+    def _compute_features(
+        self, network, backbone: Backbone, preprocess, source, cfg: FitConfig
+    ) -> torch.Tensor:
         return super()._compute_features(_Frames(backbone), backbone, preprocess, source, cfg)
 
     def fit(self, X, y=None, **kwargs):
@@ -287,8 +312,10 @@ class SpeechRecognizer(AudioClassifier):
         ``label_column``), or waveforms + texts with ``array_rate``."""
         cfg = self.resolved_config()
         if cfg.strategy == "lora":
-            raise ValueError("strategy lora is not supported for speech recognition yet; use "
-                             "finetune, partial, gradual, lp_ft or feature_extract")
+            raise ValueError(
+                "strategy lora is not supported for speech recognition yet; use "
+                "finetune, partial, gradual, lp_ft or feature_extract"
+            )
         return super().fit(X, y, **kwargs)
 
     def run_config(self) -> dict:
@@ -303,10 +330,16 @@ class SpeechRecognizer(AudioClassifier):
             clip = self.preprocess_.clip_seconds
             long = cropped(source, clip)
             if long:
-                log.warning("%d recording(s) last longer than the model's %g s clip: only "
-                            "their middle %g s are transcribed (%s%s); split them into shorter "
-                            "ones", len(long), clip, clip, ", ".join(long[:3]),
-                            ", ..." if len(long) > 3 else "")
+                log.warning(
+                    "%d recording(s) last longer than the model's %g s clip: only "
+                    "their middle %g s are transcribed (%s%s); split them into shorter "
+                    "ones",
+                    len(long),
+                    clip,
+                    clip,
+                    ", ".join(long[:3]),
+                    ", ..." if len(long) > 3 else "",
+                )
         frames = self._features(source).to(next(head.parameters()).device)
         if not len(frames):
             return torch.empty(0, 0, head.num_classes)
@@ -316,8 +349,9 @@ class SpeechRecognizer(AudioClassifier):
         """The words in each recording (paths, a folder, a CSV with a path column, or
         waveforms with ``array_rate``)."""
         self._check_fitted()
-        return greedy_decode(self._log_probs(open_audio_inputs(X, rate=self.config_.array_rate)),
-                             self.classes_)
+        return greedy_decode(
+            self._log_probs(open_audio_inputs(X, rate=self.config_.array_rate)), self.classes_
+        )
 
     def predict(self, X) -> list[str]:
         return self.transcribe(X)
@@ -338,11 +372,13 @@ class SpeechRecognizer(AudioClassifier):
         source = open_transcribed(X, y, self.config_)
         refs = [normalise(t) for t in transcripts(source)]
         hyp = greedy_decode(self._log_probs(source), self.classes_)
-        return {"cer": float(char_error_rate(hyp, refs)), "wer": float(word_error_rate(hyp, refs)),
-                "sentence_accuracy": float(np.mean([h == r for h, r in zip(hyp, refs)])),
-                "n": len(refs),
-                "examples": [{"reference": r, "transcript": h}
-                             for r, h in list(zip(refs, hyp))[:10]]}
+        return {
+            "cer": float(char_error_rate(hyp, refs)),
+            "wer": float(word_error_rate(hyp, refs)),
+            "sentence_accuracy": float(np.mean([h == r for h, r in zip(hyp, refs)])),
+            "n": len(refs),
+            "examples": [{"reference": r, "transcript": h} for r, h in list(zip(refs, hyp))[:10]],
+        }
 
     def score(self, X, y=None) -> float:
         return 1.0 - self.evaluate(X, y)["cer"]

@@ -7,8 +7,7 @@ import math
 import numpy as np
 
 from ..config import TASK_DEFAULTS, FitConfig
-from ..data.audio import (AudioDataset, AudioSource, open_audio_inputs, open_audio_source,
-                          read_audio)
+from ..data.audio import AudioDataset, AudioSource, open_audio_inputs, open_audio_source, read_audio
 from ..zoo.audio import AudioBackbone
 from ..zoo.base import AudioPreprocess, Backbone, ZooError
 from .base import TransferEstimator
@@ -62,26 +61,48 @@ class AudioClassifier(TransferEstimator):
     defaults = AUDIO_DEFAULTS
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> AudioSource:
-        return open_audio_source(X, y, classes=classes, rate=cfg.array_rate,
-                                 skip_bad=cfg.skip_bad, label_column=cfg.label_column)
+        return open_audio_source(
+            X,
+            y,
+            classes=classes,
+            rate=cfg.array_rate,
+            skip_bad=cfg.skip_bad,
+            label_column=cfg.label_column,
+        )
 
     def _open_unlabeled(self, X) -> AudioSource:
         return open_audio_inputs(X, rate=self.config_.array_rate)
 
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> AudioPreprocess:
         if not isinstance(backbone, AudioBackbone):  # the ones with set_augment
-            raise ZooError(f"{backbone.id} cannot be fine-tuned for --task {self.task}: it has "
-                           "no spectrogram augmentation hook; choose another audio backbone "
-                           "(`headstart models --modality audio`)")
+            raise ZooError(
+                f"{backbone.id} cannot be fine-tuned for --task {self.task}: it has "
+                "no spectrogram augmentation hook; choose another audio backbone "
+                "(`headstart models --modality audio`)"
+            )
         backbone.set_augment(cfg.augment)  # SpecAugment while backbone layers train
-        return AudioPreprocess(sample_rate=backbone.preprocess.sample_rate,
-                               clip_seconds=resolve_clip(cfg, backbone, train_source))
+        return AudioPreprocess(
+            sample_rate=backbone.preprocess.sample_rate,
+            clip_seconds=resolve_clip(cfg, backbone, train_source),
+        )
 
-    def _dataset(self, source, preprocess: AudioPreprocess, train: bool,
-                 cfg: FitConfig, backbone: Backbone | None = None) -> AudioDataset:
+    def _dataset(
+        self,
+        source,
+        preprocess: AudioPreprocess,
+        train: bool,
+        cfg: FitConfig,
+        backbone: Backbone | None = None,
+    ) -> AudioDataset:
         cache = self.__dict__.setdefault("_decoded", {})  # recordings decoded once per fit
-        return AudioDataset(source, preprocess, cfg.augment if train else "none",
-                            seed=cfg.seed, train=train, cache=cache)
+        return AudioDataset(
+            source,
+            preprocess,
+            cfg.augment if train else "none",
+            seed=cfg.seed,
+            train=train,
+            cache=cache,
+        )
 
     def _new_baseline(self, cfg: FitConfig, train_src, balanced: bool, metric: str):
         from ..baselines import AudioFeatures, ClassicBaseline
@@ -91,11 +112,14 @@ class AudioClassifier(TransferEstimator):
         if pre is None:
             pre = create_backbone(cfg.backbone, pretrained=False).preprocess
             if not isinstance(pre, AudioPreprocess):
-                raise ZooError(f"{cfg.backbone} is not an audio model; --task {self.task} needs "
-                               "an audio backbone (`headstart models --modality audio`)")
+                raise ZooError(
+                    f"{cfg.backbone} is not an audio model; --task {self.task} needs "
+                    "an audio backbone (`headstart models --modality audio`)"
+                )
         rate = pre.sample_rate
-        return ClassicBaseline([AudioFeatures(rate=rate)], seed=cfg.seed, balanced=balanced,
-                               metric=metric)
+        return ClassicBaseline(
+            [AudioFeatures(rate=rate)], seed=cfg.seed, balanced=balanced, metric=metric
+        )
 
     def _baseline_item(self, source: AudioSource, i: int, featurizer) -> np.ndarray:
         # the whole recording at the features' rate (the network's clip crops it)

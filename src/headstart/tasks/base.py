@@ -21,8 +21,7 @@ from torch.utils.data import Dataset
 
 from ..artifacts import atomic_save_tensors, atomic_write_json, state_dict_tensors
 from ..config import FitConfig
-from ..features import (cache_key, cached_features, compute_features, concat_datasets,
-                        weights_hash)
+from ..features import cache_key, cached_features, compute_features, concat_datasets, weights_hash
 from ..heads import Head, HeadSpec, TransferModel
 from ..imbalance import loop_weights, plan
 from ..metrics import classification_metrics, multilabel_metrics
@@ -37,8 +36,13 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # Settings that change nothing a checkpoint holds; a resumed run may differ in them.
-_RESUME_NEUTRAL = ("num_workers", "device", "feature_cache", "eval_batch_size",
-                   "calibrate")  # calibration comes after the loop
+_RESUME_NEUTRAL = (
+    "num_workers",
+    "device",
+    "feature_cache",
+    "eval_batch_size",
+    "calibrate",
+)  # calibration comes after the loop
 
 
 class NotFittedError(RuntimeError):
@@ -77,10 +81,17 @@ def resolve_config(est) -> FitConfig:
 def fit_fingerprint(cfg: FitConfig, train_src, val_src) -> str:
     """What a checkpoint must have been written with for a fit to resume from it: the
     settings (but the ``_RESUME_NEUTRAL`` ones) and the training and validation data."""
-    return hashlib.sha256(json.dumps(
-        [{k: v for k, v in cfg.to_dict().items() if k not in _RESUME_NEUTRAL},
-         train_src.fingerprint(), val_src.fingerprint() if val_src else None],
-        sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return hashlib.sha256(
+        json.dumps(
+            [
+                {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_NEUTRAL},
+                train_src.fingerprint(),
+                val_src.fingerprint() if val_src else None,
+            ],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:24]
 
 
 def tta_views(est, tta: str | None) -> list:
@@ -90,13 +101,17 @@ def tta_views(est, tta: str | None) -> list:
         return []
     kept = getattr(est, "_kept_baseline", None)
     if kept is not None and kept():
-        raise ValueError(f"tta={tta}: this run kept its classic baseline "
-                         f"({est.baseline_.name}), which has no test-time views (drop --tta)")
+        raise ValueError(
+            f"tta={tta}: this run kept its classic baseline "
+            f"({est.baseline_.name}), which has no test-time views (drop --tta)"
+        )
     hook = getattr(est, "_tta_views", None)
     views = hook(tta) if hook is not None else []
     if not views:
-        raise ValueError(f"tta={tta}: test-time augmentation is for image models; this is a "
-                         f"{getattr(est, 'task', type(est).__name__)} model (drop --tta)")
+        raise ValueError(
+            f"tta={tta}: test-time augmentation is for image models; this is a "
+            f"{getattr(est, 'task', type(est).__name__)} model (drop --tta)"
+        )
     return views
 
 
@@ -118,8 +133,14 @@ class TransferEstimator(BaselineMixin):
     data_origin_: str | None
     fingerprint_: str | None
 
-    def __init__(self, backbone: str | None = None, strategy: str | None = None,
-                 config: FitConfig | None = None, run_dir: str | Path | None = None, **params):
+    def __init__(
+        self,
+        backbone: str | None = None,
+        strategy: str | None = None,
+        config: FitConfig | None = None,
+        run_dir: str | Path | None = None,
+        **params,
+    ):
         self.backbone = backbone
         self.strategy = strategy
         self.config = config
@@ -131,12 +152,15 @@ class TransferEstimator(BaselineMixin):
         task given a text encoder, ...), before anything reads data with it."""
         got = backbone.meta.modality
         if self.modality and got != self.modality:
+
             def a(word):
                 return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
-            raise ZooError(f"{backbone.id} is {a(got)} model; --task {self.task} needs "
-                           f"{a(self.modality)} backbone (`headstart models --modality "
-                           f"{self.modality}`)")
+            raise ZooError(
+                f"{backbone.id} is {a(got)} model; --task {self.task} needs "
+                f"{a(self.modality)} backbone (`headstart models --modality "
+                f"{self.modality}`)"
+            )
 
     # ------------------------------------------------------------ task hooks
     def _open_labeled(self, X, y, classes, cfg: FitConfig):  # -> source with .labels/.classes
@@ -148,8 +172,9 @@ class TransferEstimator(BaselineMixin):
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> InputSpec:
         return backbone.preprocess
 
-    def _dataset(self, source, preprocess: Any, train: bool,
-                 cfg: FitConfig, backbone: Backbone | None = None) -> Dataset:
+    def _dataset(
+        self, source, preprocess: Any, train: bool, cfg: FitConfig, backbone: Backbone | None = None
+    ) -> Dataset:
         """``backbone``: the one the items are for (default: the fitted model's)."""
         raise NotImplementedError
 
@@ -160,11 +185,14 @@ class TransferEstimator(BaselineMixin):
     def _check_augment(self, cfg: FitConfig) -> None:
         """A clear error for an augmentation the task's data cannot take."""
         if cfg.augment not in self.augments:
-            raise ValueError(f"augment={cfg.augment} is for image classification; --task "
-                             f"{self.task} takes {' | '.join(self.augments)}")
+            raise ValueError(
+                f"augment={cfg.augment} is for image classification; --task "
+                f"{self.task} takes {' | '.join(self.augments)}"
+            )
         if cfg.mix != "none" and not self.mixes:
-            raise ValueError(f"mix={cfg.mix} mixes image batches; --task {self.task} cannot "
-                             "take it (mix=none)")
+            raise ValueError(
+                f"mix={cfg.mix} mixes image batches; --task {self.task} cannot take it (mix=none)"
+            )
 
     def _tta_views(self, tta: str) -> list:
         """The input specs of the test-time views ``tta`` names, the first one the
@@ -196,8 +224,13 @@ class TransferEstimator(BaselineMixin):
 
     # ------------------------------------------------------------ sklearn API
     def get_params(self, deep: bool = True) -> dict:
-        return {"backbone": self.backbone, "strategy": self.strategy, "config": self.config,
-                "run_dir": self.run_dir, **self.params}
+        return {
+            "backbone": self.backbone,
+            "strategy": self.strategy,
+            "config": self.config,
+            "run_dir": self.run_dir,
+            **self.params,
+        }
 
     def set_params(self, **params):
         for key in ("backbone", "strategy", "config", "run_dir"):
@@ -228,13 +261,15 @@ class TransferEstimator(BaselineMixin):
         self._check_backbone(backbone)
         return self._input_spec(backbone, train_src, cfg or self.resolved_config())
 
-    def frozen_features(self, base: Backbone, variants: dict, preprocess, parts: list,
-                        cfg: FitConfig | None = None) -> dict:
+    def frozen_features(
+        self, base: Backbone, variants: dict, preprocess, parts: list, cfg: FitConfig | None = None
+    ) -> dict:
         """``{name: [features of each part]}``: the frozen passes of ``variants`` (name ->
         ``base`` or a cut of it) over each source in ``parts``, through the on-disk
         feature cache that ``fit`` shares."""
-        return self._parts_features(base, variants, preprocess, parts,
-                                    cfg or self.resolved_config())
+        return self._parts_features(
+            base, variants, preprocess, parts, cfg or self.resolved_config()
+        )
 
     def fit(self, X, y=None, *, validation=None, resume: bool = False, callbacks=()):
         """Fit on ``X`` (folder / CSV / arrays + ``y``); hold out a stratified validation
@@ -252,21 +287,31 @@ class TransferEstimator(BaselineMixin):
         self._check_backbone(backbone)
         groups = backbone.groups()
         if cfg.strategy == "lora":
-            backbone.add_lora({"r": cfg.lora_r, "alpha": cfg.lora_alpha,
-                               "dropout": cfg.lora_dropout,
-                               "targets": [t.strip() for t in cfg.lora_targets.split(",")
-                                           if t.strip()]})
+            backbone.add_lora(
+                {
+                    "r": cfg.lora_r,
+                    "alpha": cfg.lora_alpha,
+                    "dropout": cfg.lora_dropout,
+                    "targets": [t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
+                }
+            )
         preprocess = self._input_spec(backbone, train_src, cfg)
-        head = self._new_head(backbone, len(source.classes),
-                              HeadSpec(cfg.head_hidden, cfg.dropout))
+        head = self._new_head(backbone, len(source.classes), HeadSpec(cfg.head_hidden, cfg.dropout))
         if cfg.keep_head:
             self._reuse_head(head, cfg.backbone, list(source.classes))
         model = self._new_model(backbone, head)
         steps = -(-len(train_src) // cfg.batch_size)
         strategy = build_strategy(cfg, len(groups), steps_per_epoch=steps)
-        log.info("%s on %s: %d train / %d validation items, %d classes, input %s\n%s",
-                 cfg.backbone, source.origin, len(train_src), len(val_src) if val_src else 0,
-                 len(source.classes), preprocess.input_size, strategy.describe())
+        log.info(
+            "%s on %s: %d train / %d validation items, %d classes, input %s\n%s",
+            cfg.backbone,
+            source.origin,
+            len(train_src),
+            len(val_src) if val_src else 0,
+            len(source.classes),
+            preprocess.input_size,
+            strategy.describe(),
+        )
         self.model_, self.classes_, self.preprocess_ = model, list(source.classes), preprocess
         self.config_ = cfg
         self.data_origin_ = str(source.origin)
@@ -280,8 +325,9 @@ class TransferEstimator(BaselineMixin):
         def features(split: str):
             # one frozen pass reads both parts; the second call finds its part cached
             i = 0 if split == "train" else 1
-            feats = self._parts_features(self.model_.backbone, {0: self.model_.backbone},
-                                         self.preprocess_, parts, cfg)[0]
+            feats = self._parts_features(
+                self.model_.backbone, {0: self.model_.backbone}, self.preprocess_, parts, cfg
+            )[0]
             return feats[i], torch.as_tensor(parts[i].labels)
 
         fingerprint = fit_fingerprint(cfg, train_src, val_src)
@@ -289,11 +335,20 @@ class TransferEstimator(BaselineMixin):
         self.fingerprint_ = fingerprint  # saved in config.json: a resume knows it is done
         if resume and self._load_finished(run_dir, strategy, cfg):
             return self
-        trainer = self.trainer(model, groups, strategy, cfg.replace(monitor=balance.monitor),
-                               train_set=train_set, val_set=val_set, features=features,
-                               run_dir=run_dir, fingerprint=fingerprint,
-                               collate_fn=self._collate(), callbacks=callbacks,
-                               **loop_weights(balance, train_src.labels))
+        trainer = self.trainer(
+            model,
+            groups,
+            strategy,
+            cfg.replace(monitor=balance.monitor),
+            train_set=train_set,
+            val_set=val_set,
+            features=features,
+            run_dir=run_dir,
+            fingerprint=fingerprint,
+            collate_fn=self._collate(),
+            callbacks=callbacks,
+            **loop_weights(balance, train_src.labels),
+        )
         state = trainer.run(resume=resume)
         model.eval()
         self.strategy_ = strategy
@@ -302,11 +357,17 @@ class TransferEstimator(BaselineMixin):
         self.best_ = state.best_where
         self.fit_seconds_ = time.perf_counter() - t0
         self.selection_ = state.selection
-        self.metrics_ = {"fit_seconds": self.fit_seconds_, "best": state.best_where,
-                         "selection": state.selection, "imbalance": balance.to_dict()}
+        self.metrics_ = {
+            "fit_seconds": self.fit_seconds_,
+            "best": state.best_where,
+            "selection": state.selection,
+            "imbalance": balance.to_dict(),
+        }
         if cfg.time_budget:  # what the budget let each stage that trains the backbone run
-            self.metrics_["time_budget"] = {"budget": cfg.time_budget, "epochs": {
-                strategy.stages[int(k)].name: v for k, v in state.epoch_caps.items()}}
+            self.metrics_["time_budget"] = {
+                "budget": cfg.time_budget,
+                "epochs": {strategy.stages[int(k)].name: v for k, v in state.epoch_caps.items()},
+            }
         self._calibrate(val_src, cfg)
         self._fit_baseline(train_src, cfg, balance)
         self._after_fit(train_src, val_src, cfg)
@@ -328,9 +389,15 @@ class TransferEstimator(BaselineMixin):
         if not isinstance(getattr(head, "temperature", None), torch.Tensor):
             return  # a head without a temperature (speech recognition's CTC head)
         head.temperature.fill_(1.0)
-        reason = ("multi-label: each class has its own sigmoid" if self.multi_label_
-                  else "calibrate=False" if not cfg.calibrate
-                  else "no validation part" if val_src is None or not len(val_src) else None)
+        reason = (
+            "multi-label: each class has its own sigmoid"
+            if self.multi_label_
+            else "calibrate=False"
+            if not cfg.calibrate
+            else "no validation part"
+            if val_src is None or not len(val_src)
+            else None
+        )
         if reason is None:
             logits = self._head_logits(self._features(val_src)).double().numpy()
             labels = np.asarray(val_src.labels)
@@ -342,9 +409,16 @@ class TransferEstimator(BaselineMixin):
         head.temperature.fill_(t)
         c = before_after(logits, labels, t)
         self.metrics_["calibration"] = {**c, "fitted_on": "validation"}
-        log.info("calibration: temperature %.3f fitted on %d validation items; NLL %.4f -> "
-                 "%.4f, ECE %.4f -> %.4f", t, c["n"], c["nll_before"], c["nll_after"],
-                 c["ece_before"], c["ece_after"])
+        log.info(
+            "calibration: temperature %.3f fitted on %d validation items; NLL %.4f -> "
+            "%.4f, ECE %.4f -> %.4f",
+            t,
+            c["n"],
+            c["nll_before"],
+            c["nll_after"],
+            c["ece_before"],
+            c["ece_after"],
+        )
 
     @staticmethod
     def _reuse_head(head: Head, parent: str, classes: list[str]) -> None:
@@ -357,17 +431,21 @@ class TransferEstimator(BaselineMixin):
             raise ValueError(f"keep_head needs a run directory as backbone, not {parent!r}")
         config = read_run_config(parent)
         if list(config["classes"]) != classes:
-            raise ValueError(f"keep_head: {parent} predicts {config['classes']}, this data has "
-                             f"{classes}; the head can only be kept for the same classes "
-                             "(drop keep_head for a new head)")
+            raise ValueError(
+                f"keep_head: {parent} predicts {config['classes']}, this data has "
+                f"{classes}; the head can only be kept for the same classes "
+                "(drop keep_head for a new head)"
+            )
         state = load_file(str(Path(parent) / RUN_WEIGHTS))
         own = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
         own.pop("temperature", None)  # the parent's calibration: this head trains at T = 1
         try:
             head.load_state_dict(own)
         except RuntimeError as exc:
-            raise ValueError(f"keep_head: {parent}'s head has another shape (hidden sizes "
-                             f"{config['head'].get('hidden')}); use the same head_hidden") from exc
+            raise ValueError(
+                f"keep_head: {parent}'s head has another shape (hidden sizes "
+                f"{config['head'].get('hidden')}); use the same head_hidden"
+            ) from exc
         log.info("chained transfer: head initialised from %s", parent)
 
     def _load_finished(self, run_dir: Path | None, strategy, cfg: FitConfig) -> bool:
@@ -382,13 +460,16 @@ class TransferEstimator(BaselineMixin):
         except (OSError, ValueError, ZooError):
             return False
         loop = meta.get("loop") or {}
-        if not (meta.get("fingerprint") == saved.get("fingerprint") == self.fingerprint_
-                and loop.get("stage", 0) >= len(strategy.stages)):
+        if not (
+            meta.get("fingerprint") == saved.get("fingerprint") == self.fingerprint_
+            and loop.get("stage", 0) >= len(strategy.stages)
+        ):
             return False  # a fit to do or to complete (killed while saving), or refused
         device = "cpu" if use_cpu(cfg) else "cuda" if cfg.device == "auto" else cfg.device
         done = type(self).load(run_dir, device=device)
-        self.__dict__.update({k: v for k, v in vars(done).items()
-                              if k.endswith("_") and not k.startswith("_")})
+        self.__dict__.update(
+            {k: v for k, v in vars(done).items() if k.endswith("_") and not k.startswith("_")}
+        )
         self.config_, self.strategy_ = cfg, strategy  # cfg: the same but for _RESUME_NEUTRAL
         self.history_, self.stages_ = loop["history"], loop["stage_summaries"]
         self.best_, self.fit_seconds_ = loop["best_where"], self.metrics_.get("fit_seconds")
@@ -399,8 +480,10 @@ class TransferEstimator(BaselineMixin):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted: call fit() or "
-                                 f"{type(self).__name__}.load(run_dir) first")
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted: call fit() or "
+                f"{type(self).__name__}.load(run_dir) first"
+            )
 
     def _split(self, X, y, validation, cfg: FitConfig):
         """(all labeled data, train part, validation part or None), as ``fit`` splits it."""
@@ -416,24 +499,30 @@ class TransferEstimator(BaselineMixin):
 
     def _features(self, source) -> torch.Tensor:
         """Backbone features of ``source`` (eval mode), cached by weights + input + data."""
-        return self._backbone_features(self.model_.backbone, self.preprocess_, source,
-                                       self.config_)
+        return self._backbone_features(self.model_.backbone, self.preprocess_, source, self.config_)
 
-    def _backbone_features(self, backbone: Backbone, preprocess, source,
-                           cfg: FitConfig) -> torch.Tensor:
+    def _backbone_features(
+        self, backbone: Backbone, preprocess, source, cfg: FitConfig
+    ) -> torch.Tensor:
         """What ``_features`` computes, for any backbone: one part of ``_parts_features``
         (the keys ``rank`` and ``fit`` cache their parts under)."""
         return self._parts_features(backbone, {0: backbone}, preprocess, [source], cfg)[0][0]
 
-    def _feature_key(self, backbone: Backbone, preprocess, source, weights: str | None = None
-                     ) -> str:
+    def _feature_key(
+        self, backbone: Backbone, preprocess, source, weights: str | None = None
+    ) -> str:
         """``weights``: ``weights_hash(backbone)``, when the caller has it already."""
-        return cache_key(task=self.task, arch=backbone.architecture(),
-                         weights=weights or weights_hash(backbone),
-                         preprocess=preprocess.to_dict(), data=source.fingerprint())
+        return cache_key(
+            task=self.task,
+            arch=backbone.architecture(),
+            weights=weights or weights_hash(backbone),
+            preprocess=preprocess.to_dict(),
+            data=source.fingerprint(),
+        )
 
-    def _parts_features(self, base: Backbone, variants: dict, preprocess, parts: list,
-                        cfg: FitConfig) -> dict:
+    def _parts_features(
+        self, base: Backbone, variants: dict, preprocess, parts: list, cfg: FitConfig
+    ) -> dict:
         """``{name: [features of each part]}`` for ``variants`` (name -> a backbone made
         from ``base``: itself or a cut of it), each part cached under the key ``_features``
         gives it. The uncached ones come from one pass over the parts together (one
@@ -448,14 +537,22 @@ class TransferEstimator(BaselineMixin):
             if (name, i) not in computed:
                 rest = parts[i:]
                 if shared:
-                    feats = self._compute_features(_AtCuts(base, [b.cut for b in
-                                                                  variants.values()]),
-                                                   base, preprocess, rest, cfg)
-                    per = dict(zip(variants, feats.split(
-                        [b.feature_dim for b in variants.values()], 1)))
+                    feats = self._compute_features(
+                        _AtCuts(base, [b.cut for b in variants.values()]),
+                        base,
+                        preprocess,
+                        rest,
+                        cfg,
+                    )
+                    per = dict(
+                        zip(variants, feats.split([b.feature_dim for b in variants.values()], 1))
+                    )
                 else:
-                    per = {name: self._compute_features(variants[name], variants[name],
-                                                        preprocess, rest, cfg)}
+                    per = {
+                        name: self._compute_features(
+                            variants[name], variants[name], preprocess, rest, cfg
+                        )
+                    }
                 for n, f in per.items():
                     for j, chunk in enumerate(f.split([len(p) for p in rest]), start=i):
                         computed[(n, j)] = chunk.contiguous()
@@ -465,12 +562,14 @@ class TransferEstimator(BaselineMixin):
             weights = weights_hash(backbone)
             for i, part in enumerate(parts):
                 key = self._feature_key(backbone, preprocess, part, weights)
-                out[name].append(cached_features(key, lambda n=name, i=i: compute(n, i),
-                                                 cfg.feature_cache))
+                out[name].append(
+                    cached_features(key, lambda n=name, i=i: compute(n, i), cfg.feature_cache)
+                )
         return out
 
-    def _compute_features(self, network, backbone: Backbone, preprocess, source,
-                          cfg: FitConfig) -> torch.Tensor:
+    def _compute_features(
+        self, network, backbone: Backbone, preprocess, source, cfg: FitConfig
+    ) -> torch.Tensor:
         """One frozen pass of ``network`` (``backbone`` or a module around it) over
         ``source``, read as ``backbone`` reads its inputs. ``source`` may be a list of
         sources, read in one pass: their features come back concatenated in order."""
@@ -478,11 +577,16 @@ class TransferEstimator(BaselineMixin):
         workers = cfg.num_workers if cfg.num_workers is not None else default_workers()
         device = next(backbone.parameters()).device
         return compute_features(
-            network, concat_datasets([self._dataset(s, preprocess, False, cfg, backbone)
-                                      for s in sources]),
-            cfg.eval_batch_size, device, cfg.channels_last, workers,
-            desc=f"features {sources[0].origin}", collate_fn=self._collate(backbone),
-            bucketing=cfg.length_bucketing)
+            network,
+            concat_datasets([self._dataset(s, preprocess, False, cfg, backbone) for s in sources]),
+            cfg.eval_batch_size,
+            device,
+            cfg.channels_last,
+            workers,
+            desc=f"features {sources[0].origin}",
+            collate_fn=self._collate(backbone),
+            bucketing=cfg.length_bucketing,
+        )
 
     def predict_proba(self, X, tta: str | None = None) -> np.ndarray:
         """``tta``: average the probabilities over test-time views (images: ``flip`` =
@@ -509,8 +613,9 @@ class TransferEstimator(BaselineMixin):
             out += self._head_proba(feats)
         return (out / len(views)).astype(np.float32)
 
-    def _output_proba(self, source, proba: np.ndarray, feats: torch.Tensor | None = None
-                      ) -> np.ndarray:
+    def _output_proba(
+        self, source, proba: np.ndarray, feats: torch.Tensor | None = None
+    ) -> np.ndarray:
         """What the estimator predicts, from its network's ``proba`` (text: may blend in
         the TF-IDF baseline); ``feats``: the backbone features ``proba`` came from, when the
         caller has them (else an override that needs them looks them up)."""
@@ -523,12 +628,14 @@ class TransferEstimator(BaselineMixin):
         head = self.model_.head
         head.eval()
         feats = feats.to(next(head.parameters()).device)
-        logits = torch.cat([head(chunk) for chunk in feats.split(4096)]) if len(feats) else \
-            torch.empty(0, len(self.classes_))
+        logits = (
+            torch.cat([head(chunk) for chunk in feats.split(4096)])
+            if len(feats)
+            else torch.empty(0, len(self.classes_))
+        )
         return logits.float().cpu()
 
-    def _head_proba(self, feats: torch.Tensor, logits: torch.Tensor | None = None
-                    ) -> np.ndarray:
+    def _head_proba(self, feats: torch.Tensor, logits: torch.Tensor | None = None) -> np.ndarray:
         """The head's probabilities from backbone features (or from their ``logits``)."""
         logits = self._head_logits(feats) if logits is None else logits
         if getattr(self, "multi_label_", False):
@@ -566,8 +673,7 @@ class TransferEstimator(BaselineMixin):
             fn = multilabel_metrics if source.labels.ndim == 2 else classification_metrics
             metrics = fn(source.labels, kept, self.classes_)
             if source.labels.ndim == 1 and not self._kept_baseline():
-                calibration = None if views else self._calibration_metrics(logits,
-                                                                           source.labels)
+                calibration = None if views else self._calibration_metrics(logits, source.labels)
                 if calibration is not None:
                     metrics["calibration"] = calibration
             self._extra_metrics(source, metrics, own)
@@ -611,8 +717,16 @@ class TransferEstimator(BaselineMixin):
 
         self._check_fitted()
         versions = {}
-        for pkg in ("headstart", "torch", "timm", "accelerate", "safetensors", "transformers",
-                    "peft", "scikit-learn"):
+        for pkg in (
+            "headstart",
+            "torch",
+            "timm",
+            "accelerate",
+            "safetensors",
+            "transformers",
+            "peft",
+            "scikit-learn",
+        ):
             try:
                 versions[pkg] = version(pkg)
             except PackageNotFoundError:
@@ -625,8 +739,12 @@ class TransferEstimator(BaselineMixin):
             "classes": self.classes_,
             "multi_label": getattr(self, "multi_label_", False),
             "adapter": backbone.lora,
-            "backbone": {"id": self.config_.backbone, "architecture": backbone.architecture(),
-                         "meta": backbone.meta.to_dict(), "feature_dim": backbone.feature_dim},
+            "backbone": {
+                "id": self.config_.backbone,
+                "architecture": backbone.architecture(),
+                "meta": backbone.meta.to_dict(),
+                "feature_dim": backbone.feature_dim,
+            },
             "head": {**self.model_.head.spec.to_dict(), "in_features": backbone.feature_dim},
             "preprocess": self.preprocess_.to_dict(),
             "strategy": self.strategy_.to_dict() if hasattr(self, "strategy_") else None,
@@ -649,8 +767,9 @@ class TransferEstimator(BaselineMixin):
             backbone.save_assets(run_dir / assets)
         if backbone.lora:
             self._save_adapter(run_dir / "adapter", backbone.lora)
-        atomic_save_tensors(run_dir / RUN_WEIGHTS,
-                            state_dict_tensors(self.model_), metadata={"format": "pt"})
+        atomic_save_tensors(
+            run_dir / RUN_WEIGHTS, state_dict_tensors(self.model_), metadata={"format": "pt"}
+        )
         self._save_baseline(run_dir)
         atomic_write_json(run_dir / RUN_CONFIG, self.run_config())
         return run_dir
@@ -661,15 +780,30 @@ class TransferEstimator(BaselineMixin):
         from peft import LoraConfig
 
         backbone = self.model_.backbone
-        tensors = {f"base_model.model.{k.removeprefix('model.').replace('.default', '')}": v
-                   for k, v in state_dict_tensors(backbone).items() if "lora_" in k}
-        config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                            target_modules=lora["targets"], bias="none",
-                            base_model_name_or_path=self.config_.backbone)
-        atomic_save_tensors(folder / "adapter_model.safetensors", tensors,
-                            metadata={"format": "pt"})
-        atomic_write_json(folder / "adapter_config.json", json.loads(json.dumps(
-            config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v))))
+        tensors = {
+            f"base_model.model.{k.removeprefix('model.').replace('.default', '')}": v
+            for k, v in state_dict_tensors(backbone).items()
+            if "lora_" in k
+        }
+        config = LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=lora["targets"],
+            bias="none",
+            base_model_name_or_path=self.config_.backbone,
+        )
+        atomic_save_tensors(
+            folder / "adapter_model.safetensors", tensors, metadata={"format": "pt"}
+        )
+        atomic_write_json(
+            folder / "adapter_config.json",
+            json.loads(
+                json.dumps(
+                    config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)
+                )
+            ),
+        )
         atomic_save_tensors(folder / "head.safetensors", state_dict_tensors(self.model_.head))
 
     @classmethod
@@ -686,13 +820,17 @@ class TransferEstimator(BaselineMixin):
         if config.get("adapter"):
             backbone.add_lora(config["adapter"])
         head_cfg = config["head"]
-        head = cls._new_head(backbone, len(config["classes"]),
-                             HeadSpec(tuple(head_cfg["hidden"]), head_cfg["dropout"]))
+        head = cls._new_head(
+            backbone,
+            len(config["classes"]),
+            HeadSpec(tuple(head_cfg["hidden"]), head_cfg["dropout"]),
+        )
         model = cls._new_model(backbone, head)
         model.load_state_dict(load_file(str(run_dir / RUN_WEIGHTS)))
         model.to(device).eval()
-        fit_cfg = FitConfig.from_dict(config["fit_config"]) if config.get("fit_config") \
-            else FitConfig()
+        fit_cfg = (
+            FitConfig.from_dict(config["fit_config"]) if config.get("fit_config") else FitConfig()
+        )
         est = cls(config=fit_cfg, run_dir=run_dir)
         est.model_, est.classes_ = model, list(config["classes"])
         est.preprocess_ = preprocess_from_dict(config["preprocess"])

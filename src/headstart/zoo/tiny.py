@@ -36,8 +36,9 @@ class TinyCNN(Backbone):
             from .base import ZooError
 
             raise ZooError(f"{self.id}: cut must be 0, 1 or 2 (it has 3 layer groups)")
-        self.preprocess = PreprocessConfig(input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                           interpolation="bilinear", crop_pct=1.0)
+        self.preprocess = PreprocessConfig(
+            input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear", crop_pct=1.0
+        )
         gen = torch.random.fork_rng(devices=[])
         with gen:
             torch.manual_seed(seed)

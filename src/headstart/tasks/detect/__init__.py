@@ -17,16 +17,28 @@ Images larger than the tile size are cut into overlapping tiles for training and
 >>> det.predict(["a.png"])[0]["boxes"]
 """
 
+from ...metrics import format_detection_metrics
 from ...strategies import DETECT_STRATEGIES
 from ...zoo.torchvision_detect import TORCHVISION_DETECTORS, build_torchvision_detector
 from .data import TileDataset, load_rgb
 from .estimator import DEFAULT_TILE, ObjectDetector
-from ...metrics import format_detection_metrics
 from .metrics import detection_metrics
 from .network import MAX_DETECTIONS, PyramidBackbone, build_zoo_detector, fit_anchor_sizes
 from .trainer import DetectionTrainer
 
-__all__ = ["DEFAULT_TILE", "DETECT_STRATEGIES", "MAX_DETECTIONS", "TORCHVISION_DETECTORS",
-           "DetectionTrainer", "ObjectDetector", "PyramidBackbone", "TileDataset",
-           "build_torchvision_detector", "build_zoo_detector", "detection_metrics",
-           "fit_anchor_sizes", "format_detection_metrics", "load_rgb"]
+__all__ = [
+    "DEFAULT_TILE",
+    "DETECT_STRATEGIES",
+    "MAX_DETECTIONS",
+    "TORCHVISION_DETECTORS",
+    "DetectionTrainer",
+    "ObjectDetector",
+    "PyramidBackbone",
+    "TileDataset",
+    "build_torchvision_detector",
+    "build_zoo_detector",
+    "detection_metrics",
+    "fit_anchor_sizes",
+    "format_detection_metrics",
+    "load_rgb",
+]

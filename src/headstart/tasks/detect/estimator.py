@@ -22,8 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...artifacts import atomic_save_tensors, atomic_write_bytes, atomic_write_json, \
-    state_dict_tensors
+from ...artifacts import (
+    atomic_save_tensors,
+    atomic_write_bytes,
+    atomic_write_json,
+    state_dict_tensors,
+)
 from ...config import TASK_DEFAULTS, FitConfig
 from ...data.boxes import BoxSource, read_boxes, spatial_split, tile_source
 from ...data.images import DataError
@@ -35,8 +39,15 @@ from ..base import FORMAT_VERSION, TransferEstimator, fit_fingerprint, tta_views
 from ..serving import DetectionServing
 from .data import ImageSet, TileDataset, collate, list_images, load_rgb
 from .metrics import detection_metrics
-from .network import (DetectionModel, body_groups, build_zoo_detector, detect_region,
-                      fit_anchor_sizes, no_resize_transform, pyramid_maps)
+from .network import (
+    DetectionModel,
+    body_groups,
+    build_zoo_detector,
+    detect_region,
+    fit_anchor_sizes,
+    no_resize_transform,
+    pyramid_maps,
+)
 from .trainer import DetectionTrainer
 
 log = logging.getLogger(__name__)
@@ -73,20 +84,25 @@ class ObjectDetector(TransferEstimator):
     def resolved_config(self) -> FitConfig:
         cfg = super().resolved_config()
         if cfg.strategy not in DETECT_STRATEGIES:
-            raise ValueError(f"strategy={cfg.strategy!r} is not available for detection; "
-                             f"choose one of {', '.join(DETECT_STRATEGIES)}")
+            raise ValueError(
+                f"strategy={cfg.strategy!r} is not available for detection; "
+                f"choose one of {', '.join(DETECT_STRATEGIES)}"
+            )
         return cfg
 
     def _check_augment(self, cfg: FitConfig) -> None:
-        if cfg.augment not in ("none", "light", "strong") or cfg.mix != "none" or \
-                cfg.contrastive:
-            raise ValueError(f"augment={cfg.augment}, mix={cfg.mix}, contrastive="
-                             f"{cfg.contrastive:g}: detection augments by flips (and colour "
-                             "jitter with strong): augment none | light | strong, mix none, "
-                             "contrastive 0")
+        if cfg.augment not in ("none", "light", "strong") or cfg.mix != "none" or cfg.contrastive:
+            raise ValueError(
+                f"augment={cfg.augment}, mix={cfg.mix}, contrastive="
+                f"{cfg.contrastive:g}: detection augments by flips (and colour "
+                "jitter with strong): augment none | light | strong, mix none, "
+                "contrastive 0"
+            )
         if cfg.monitor != "auto":
-            raise ValueError(f"monitor={cfg.monitor}: a detector keeps the epoch with the best "
-                             "validation mAP@0.5; leave monitor auto")
+            raise ValueError(
+                f"monitor={cfg.monitor}: a detector keeps the epoch with the best "
+                "validation mAP@0.5; leave monitor auto"
+            )
         if cfg.parallel == "fsdp":
             raise ValueError("parallel fsdp is not supported for detection; use ddp")
 
@@ -103,8 +119,9 @@ class ObjectDetector(TransferEstimator):
         return build_detection_strategy(cfg.replace(strategy="finetune")).stages[0].bn
 
     # ------------------------------------------------------------ model
-    def _build(self, cfg: FitConfig, classes: list[str], pretrained: bool,
-               run_dir: Path | None = None) -> torch.nn.Module:
+    def _build(
+        self, cfg: FitConfig, classes: list[str], pretrained: bool, run_dir: Path | None = None
+    ) -> torch.nn.Module:
         """The torchvision detector (its weights: pretrained, or to be loaded from
         ``run_dir``); sets the backbone's architecture, metadata and input statistics."""
         if cfg.backbone.startswith("torchvision:"):
@@ -112,8 +129,9 @@ class ObjectDetector(TransferEstimator):
 
             self.backbone_arch_ = {"id": cfg.backbone}
             self.backbone_meta_ = {"id": cfg.backbone, **TORCHVISION_META}
-            model: Any = build_torchvision_detector(cfg.backbone.removeprefix("torchvision:"),
-                                                    len(classes), pretrained)
+            model: Any = build_torchvision_detector(
+                cfg.backbone.removeprefix("torchvision:"), len(classes), pretrained
+            )
             self.mean_std_ = (list(model.transform.image_mean), list(model.transform.image_std))
             model.transform = no_resize_transform(*self.mean_std_)
             return model
@@ -124,15 +142,19 @@ class ObjectDetector(TransferEstimator):
             self.backbone_arch_ = body.architecture()
             self.backbone_meta_ = body.meta.to_dict()
         if body.meta.modality != "image" or not isinstance(body.preprocess, PreprocessConfig):
-            raise ZooError(f"{cfg.backbone}: a {body.meta.modality} model cannot carry an "
-                           "image detector; use an image backbone (packaged:efficientnet_lite0)")
+            raise ZooError(
+                f"{cfg.backbone}: a {body.meta.modality} model cannot carry an "
+                "image detector; use an image backbone (packaged:efficientnet_lite0)"
+            )
         self.mean_std_ = (list(body.preprocess.mean), list(body.preprocess.std))
-        return build_zoo_detector(cfg.detector, body, len(classes), cfg.fpn_channels,
-                                  self.anchor_sizes_)
+        return build_zoo_detector(
+            cfg.detector, body, len(classes), cfg.fpn_channels, self.anchor_sizes_
+        )
 
     # ------------------------------------------------------------ fit
-    def fit(self, X, y=None, *, validation=None, resume: bool = False, callbacks=(),
-            fix: str = "error"):
+    def fit(
+        self, X, y=None, *, validation=None, resume: bool = False, callbacks=(), fix: str = "error"
+    ):
         """Fit on annotated images (COCO JSON / VOC folder / YOLO folder / BoxSource).
         Without ``validation``, ``val_fraction`` is held out spatially (see
         :func:`~headstart.data.boxes.spatial_split`): no pixel is in both.
@@ -152,20 +174,29 @@ class ObjectDetector(TransferEstimator):
             train_src, val_src = spatial_split(source, cfg.val_fraction, cfg.seed)
         self.config_, self.classes_ = cfg, list(source.classes)
         self.anchor_sizes_ = fit_anchor_sizes(
-            np.concatenate([s.boxes for s in train_src.samples]), pyramid_maps(cfg.detector))
-        detector = self._build(cfg, self.classes_,
-                               pretrained=not cfg.backbone.startswith("scratch:"))
+            np.concatenate([s.boxes for s in train_src.samples]), pyramid_maps(cfg.detector)
+        )
+        detector = self._build(
+            cfg, self.classes_, pretrained=not cfg.backbone.startswith("scratch:")
+        )
         self.model_ = detector
         self.data_origin_ = str(source.origin)
         tiles = tile_source(train_src, self.tile_size, cfg.tile_overlap)
         if tiles.num_boxes == 0:
             raise DataError(f"{source.origin}: no box is left in the training tiles")
         strategy = build_detection_strategy(cfg)
-        log.info("%s %s on %s: %d training tiles of %d px (%d boxes), validation %s; "
-                 "classes %s\n%s", cfg.detector if not cfg.backbone.startswith("torchvision:")
-                 else "", cfg.backbone, source.origin, len(tiles), self.tile_size,
-                 tiles.num_boxes, f"{val_src.num_boxes} boxes" if val_src else "none",
-                 self.classes_, strategy.describe(cached=False))
+        log.info(
+            "%s %s on %s: %d training tiles of %d px (%d boxes), validation %s; classes %s\n%s",
+            cfg.detector if not cfg.backbone.startswith("torchvision:") else "",
+            cfg.backbone,
+            source.origin,
+            len(tiles),
+            self.tile_size,
+            tiles.num_boxes,
+            f"{val_src.num_boxes} boxes" if val_src else "none",
+            self.classes_,
+            strategy.describe(cached=False),
+        )
         run_dir = Path(self.run_dir) if self.run_dir else None
         self.fingerprint_ = fit_fingerprint(cfg, train_src, val_src)
         if resume and self._load_finished(run_dir, strategy, cfg):
@@ -173,12 +204,18 @@ class ObjectDetector(TransferEstimator):
             self.stages_ = _with_epochs(self.stages_, strategy)
             return self
         trainer = DetectionTrainer(
-            DetectionModel(detector), body_groups(detector), strategy,
+            DetectionModel(detector),
+            body_groups(detector),
+            strategy,
             cfg.replace(monitor="loss"),  # val_loss = 1 - mAP@0.5 (see DetectionTrainer)
             train_set=TileDataset(tiles, self.classes_, cfg.augment, cfg.seed),
             val_set=ImageSet(val_src) if val_src is not None and len(val_src) else None,
-            features=None, run_dir=run_dir, fingerprint=self.fingerprint_,
-            collate_fn=collate, callbacks=callbacks)
+            features=None,
+            run_dir=run_dir,
+            fingerprint=self.fingerprint_,
+            collate_fn=collate,
+            callbacks=callbacks,
+        )
         trainer.classes = self.classes_
         trainer.tile_size, trainer.tile_overlap = self.tile_size, cfg.tile_overlap
         trainer.nms_iou = cfg.nms_iou
@@ -190,9 +227,14 @@ class ObjectDetector(TransferEstimator):
         self.best_ = _best_epoch(state.history, state.kept)
         self.selection_ = state.selection
         self.fit_seconds_ = time.perf_counter() - t0
-        self.metrics_ = {"fit_seconds": self.fit_seconds_, "best": self.best_,
-                         "selection": state.selection, "train_tiles": len(tiles),
-                         "train_boxes": tiles.num_boxes, "tile_size": self.tile_size}
+        self.metrics_ = {
+            "fit_seconds": self.fit_seconds_,
+            "best": self.best_,
+            "selection": state.selection,
+            "train_tiles": len(tiles),
+            "train_boxes": tiles.num_boxes,
+            "tile_size": self.tile_size,
+        }
         if val_src is not None and len(val_src):
             self.metrics_["validation"] = self._evaluate_source(val_src)
         self.is_main_process_ = trainer.accelerator.is_main_process
@@ -201,8 +243,9 @@ class ObjectDetector(TransferEstimator):
         return self
 
     # ------------------------------------------------------------ inference
-    def predict(self, X, score_threshold: float = 0.05, batch_size: int | None = None
-                ) -> list[dict]:
+    def predict(
+        self, X, score_threshold: float = 0.05, batch_size: int | None = None
+    ) -> list[dict]:
         """Per image: ``{"path", "region", "boxes" [N,4] xyxy pixels, "scores", "labels"}``,
         best first; ``X``: image files, folders, or an annotated source (its images)."""
         self._check_fitted()
@@ -216,13 +259,25 @@ class ObjectDetector(TransferEstimator):
         for path, region in items:
             image = load_rgb(path)
             region = region or (0, 0, image.shape[1], image.shape[0])
-            det = detect_region(self.model_, image, region, self.tile_size,
-                                self.config_.tile_overlap, self.config_.nms_iou, bs)
+            det = detect_region(
+                self.model_,
+                image,
+                region,
+                self.tile_size,
+                self.config_.tile_overlap,
+                self.config_.nms_iou,
+                bs,
+            )
             keep = det["scores"] >= score_threshold
-            out.append({"path": str(path), "region": list(region),
-                        "boxes": det["boxes"][keep].numpy(),
-                        "scores": det["scores"][keep].numpy(),
-                        "labels": [self.classes_[int(k) - 1] for k in det["labels"][keep]]})
+            out.append(
+                {
+                    "path": str(path),
+                    "region": list(region),
+                    "boxes": det["boxes"][keep].numpy(),
+                    "scores": det["scores"][keep].numpy(),
+                    "labels": [self.classes_[int(k) - 1] for k in det["labels"][keep]],
+                }
+            )
         return out
 
     def predict_proba(self, X, tta: str | None = None):
@@ -253,44 +308,70 @@ class ObjectDetector(TransferEstimator):
 
         self._check_fitted()
         versions = {}
-        for pkg in ("headstart", "torch", "torchvision", "timm", "accelerate", "torchmetrics",
-                    "pycocotools"):
+        for pkg in (
+            "headstart",
+            "torch",
+            "torchvision",
+            "timm",
+            "accelerate",
+            "torchmetrics",
+            "pycocotools",
+        ):
             try:
                 versions[pkg] = version(pkg)
             except PackageNotFoundError:
                 pass
         cfg = self.config_
         strategy = getattr(self, "strategy_", None)
-        return json.loads(json.dumps({
-            "format": "headstart-run", "format_version": FORMAT_VERSION, "task": self.task,
-            "classes": self.classes_,
-            "detector": {"arch": cfg.backbone if cfg.backbone.startswith("torchvision:")
-                         else cfg.detector, "fpn_channels": cfg.fpn_channels,
-                         "tile_size": self.tile_size, "tile_overlap": cfg.tile_overlap,
-                         "anchor_sizes": getattr(self, "anchor_sizes_", None),
-                         "mean": self.mean_std_[0], "std": self.mean_std_[1]},
-            "backbone": {"id": cfg.backbone, "architecture": self.backbone_arch_,
-                         "meta": self.backbone_meta_},
-            "strategy": strategy.to_dict() if strategy is not None else None,
-            "stages": getattr(self, "stages_", []),
-            "history": getattr(self, "history_", []),
-            "metrics": getattr(self, "metrics_", {}),
-            "data": {"origin": getattr(self, "data_origin_", None)},
-            "fingerprint": getattr(self, "fingerprint_", None),
-            "fit_config": cfg.to_dict(), "versions": versions,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }, default=_jsonable))
+        return json.loads(
+            json.dumps(
+                {
+                    "format": "headstart-run",
+                    "format_version": FORMAT_VERSION,
+                    "task": self.task,
+                    "classes": self.classes_,
+                    "detector": {
+                        "arch": cfg.backbone
+                        if cfg.backbone.startswith("torchvision:")
+                        else cfg.detector,
+                        "fpn_channels": cfg.fpn_channels,
+                        "tile_size": self.tile_size,
+                        "tile_overlap": cfg.tile_overlap,
+                        "anchor_sizes": getattr(self, "anchor_sizes_", None),
+                        "mean": self.mean_std_[0],
+                        "std": self.mean_std_[1],
+                    },
+                    "backbone": {
+                        "id": cfg.backbone,
+                        "architecture": self.backbone_arch_,
+                        "meta": self.backbone_meta_,
+                    },
+                    "strategy": strategy.to_dict() if strategy is not None else None,
+                    "stages": getattr(self, "stages_", []),
+                    "history": getattr(self, "history_", []),
+                    "metrics": getattr(self, "metrics_", {}),
+                    "data": {"origin": getattr(self, "data_origin_", None)},
+                    "fingerprint": getattr(self, "fingerprint_", None),
+                    "fit_config": cfg.to_dict(),
+                    "versions": versions,
+                    "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+                default=_jsonable,
+            )
+        )
 
     def save(self, run_dir: str | Path) -> Path:
         """Weights (safetensors), history.csv, then config.json, each written atomically."""
         run_dir = Path(run_dir)
-        atomic_save_tensors(run_dir / RUN_WEIGHTS, state_dict_tensors(self.model_),
-                            metadata={"format": "pt"})
+        atomic_save_tensors(
+            run_dir / RUN_WEIGHTS, state_dict_tensors(self.model_), metadata={"format": "pt"}
+        )
         history = getattr(self, "history_", [])
         if history:
             keys = list(dict.fromkeys(k for row in history for k in row))
-            lines = [",".join(keys)] + [",".join(str(row.get(k, "")) for k in keys)
-                                        for row in history]
+            lines = [",".join(keys)] + [
+                ",".join(str(row.get(k, "")) for k in keys) for row in history
+            ]
             atomic_write_bytes(run_dir / "history.csv", ("\n".join(lines) + "\n").encode())
         atomic_write_json(run_dir / RUN_CONFIG, self.run_config())
         return run_dir
@@ -332,15 +413,23 @@ class ObjectDetector(TransferEstimator):
         for k, p in enumerate(self.predict(X, score_threshold=score_threshold)):
             x0, y0, x1, y1 = p["region"]
             true = truths[k].boxes if truths is not None else None
-            image = draw_boxes(load_rgb(p["path"])[y0:y1, x0:x1], p["boxes"], p["labels"],
-                               p["scores"], true, origin=(x0, y0),
-                               show_labels=len(self.classes_) > 1, max_side=max_side)
+            image = draw_boxes(
+                load_rgb(p["path"])[y0:y1, x0:x1],
+                p["boxes"],
+                p["labels"],
+                p["scores"],
+                true,
+                origin=(x0, y0),
+                show_labels=len(self.classes_) > 1,
+                max_side=max_side,
+            )
             n_true = f", {len(true)} true" if true is not None else ""
             out.append((f"{Path(p['path']).name}: {len(p['boxes'])} predicted{n_true}", image))
         return out
 
-    def draw(self, X, out_dir: str | Path, score_threshold: float = 0.5,
-             max_side: int = 1400) -> list[Path]:
+    def draw(
+        self, X, out_dir: str | Path, score_threshold: float = 0.5, max_side: int = 1400
+    ) -> list[Path]:
         """:meth:`render` as PNG files in ``out_dir``."""
         from ...report.pictures import encode
 
@@ -352,8 +441,9 @@ class ObjectDetector(TransferEstimator):
             written.append(path)
         return written
 
-    def write_report(self, run_dir: str | Path, X=None, compare: dict | None = None,
-                     max_images: int = 4) -> Path:
+    def write_report(
+        self, run_dir: str | Path, X=None, compare: dict | None = None, max_images: int = 4
+    ) -> Path:
         """``run_dir/report.html``: one self-contained page (see
         :func:`headstart.report.build_detection_report`); ``X``: images to draw."""
         from ...report import build_detection_report
@@ -365,11 +455,13 @@ class ObjectDetector(TransferEstimator):
                 X = X.subset(range(min(max_images, len(X))))
             else:
                 X = list_images(X)[:max_images]
-            pictures = [(title, encode(image, "JPEG"))
-                        for title, image in self.render(X, max_side=1000)]
+            pictures = [
+                (title, encode(image, "JPEG")) for title, image in self.render(X, max_side=1000)
+            ]
         path = Path(run_dir) / "report.html"
-        atomic_write_bytes(path, build_detection_report(self.run_config(), pictures,
-                                                        compare).encode())
+        atomic_write_bytes(
+            path, build_detection_report(self.run_config(), pictures, compare).encode()
+        )
         return path
 
 

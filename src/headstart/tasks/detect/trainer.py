@@ -34,9 +34,11 @@ class DetectionTrainer(Trainer):
     def loss(self, losses: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, torch.Tensor]:
         total = functools.reduce(operator.add, losses.values())
         if not torch.isfinite(total):
-            raise FloatingPointError(f"the detection loss became {float(total)} ("
-                                     + ", ".join(f"{k} {float(v):.4g}" for k, v in
-                                                 losses.items()) + "); lower --lr / --head-lr")
+            raise FloatingPointError(
+                f"the detection loss became {float(total)} ("
+                + ", ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+                + "); lower --lr / --head-lr"
+            )
         return losses
 
     def evaluate_loader(self, module, loader) -> dict:
@@ -45,10 +47,22 @@ class DetectionTrainer(Trainer):
         preds, truths = [], []
         for samples, _ in loader:
             for s in samples:
-                out = detect_region(detector, load_rgb(s.path), s.region(), self.tile_size,
-                                    self.tile_overlap, self.nms_iou, self.cfg.eval_batch_size)
-                preds.append({"boxes": out["boxes"], "scores": out["scores"],
-                              "labels": [self.classes[int(k) - 1] for k in out["labels"]]})
+                out = detect_region(
+                    detector,
+                    load_rgb(s.path),
+                    s.region(),
+                    self.tile_size,
+                    self.tile_overlap,
+                    self.nms_iou,
+                    self.cfg.eval_batch_size,
+                )
+                preds.append(
+                    {
+                        "boxes": out["boxes"],
+                        "scores": out["scores"],
+                        "labels": [self.classes[int(k) - 1] for k in out["labels"]],
+                    }
+                )
                 truths.append(s)
         detector.train(was)
         m = detection_metrics(preds, truths, list(self.classes))

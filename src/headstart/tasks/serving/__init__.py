@@ -12,5 +12,13 @@ from .detect import DetectionServing
 from .image import ImageServing
 from .text import TextServing
 
-__all__ = ["AudioServing", "BodyError", "DetectionServing", "Feed", "ImageServing",
-           "SpeechServing", "TaskServing", "TextServing"]
+__all__ = [
+    "AudioServing",
+    "BodyError",
+    "DetectionServing",
+    "Feed",
+    "ImageServing",
+    "SpeechServing",
+    "TaskServing",
+    "TextServing",
+]

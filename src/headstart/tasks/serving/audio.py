@@ -48,11 +48,12 @@ class AudioFeed(Feed):
                 if len(item) == 0:
                     raise ItemError("empty file: no audio bytes were sent")
                 try:
-                    data, rate = sf.read(io.BytesIO(bytes(item)), dtype="float32",
-                                         always_2d=True)
+                    data, rate = sf.read(io.BytesIO(bytes(item)), dtype="float32", always_2d=True)
                 except Exception as exc:  # noqa: BLE001 - libsndfile's errors vary
-                    raise ItemError(f"the upload is not audio libsndfile can read (WAV, FLAC, "
-                                    f"OGG, MP3, ...): {exc}") from exc
+                    raise ItemError(
+                        f"the upload is not audio libsndfile can read (WAV, FLAC, "
+                        f"OGG, MP3, ...): {exc}"
+                    ) from exc
                 wave = read_audio(data, pre.sample_rate, rate, "the upload")
             elif isinstance(item, (str, Path)):
                 if existing_path(item) is None or not Path(item).is_file():
@@ -79,11 +80,16 @@ class AudioServing(TaskServing):
     input_names = ("waveform",)
     form_field = "'file' (the recording)"
 
-    def open_labeled(self, data, cfg, path_column: str = "path", classes=None):
+    def open_labeled(self, data, cfg, path_column: str = "path", classes=None, fix: str = "error"):
         from ...data.audio import open_audio_source
 
-        return open_audio_source(data, classes=classes, skip_bad=cfg.skip_bad,
-                                 path_column=path_column, label_column=cfg.label_column)
+        return open_audio_source(
+            data,
+            classes=classes,
+            skip_bad=cfg.skip_bad,
+            path_column=path_column,
+            label_column=cfg.label_column,
+        )
 
     def open_inputs(self, data):
         from ...data.audio import open_audio_inputs
@@ -112,7 +118,7 @@ class AudioServing(TaskServing):
                 "stack as float32 [batch, samples]",
             ],
             "inside_graph": "the backbone's spectral front end (STFT, mel filter bank, log), "
-                            "the network, the head",
+            "the network, the head",
             **pre.to_dict(),
         }
         return inputs, recipe
@@ -129,7 +135,7 @@ class SpeechServing(AudioServing):
     what = "speech recognisers"
     served = False
 
-    def open_labeled(self, data, cfg, path_column: str = "path", classes=None):
+    def open_labeled(self, data, cfg, path_column: str = "path", classes=None, fix: str = "error"):
         from ...data.audio import open_transcribed
 
         return open_transcribed(data, None, cfg, path_column=path_column)
@@ -144,28 +150,45 @@ class SpeechServing(AudioServing):
         raise self._no_graph()
 
     def input_summary(self, estimator) -> str:
-        return (f"{estimator.preprocess_.clip_seconds:g} s clips, alphabet "
-                f"{''.join(estimator.classes_)!r}")
+        return (
+            f"{estimator.preprocess_.clip_seconds:g} s clips, alphabet "
+            f"{''.join(estimator.classes_)!r}"
+        )
 
     def format_metrics(self, m: dict) -> str:
-        return (f"CER {m['cer']:.3f}  WER {m['wer']:.3f}  sentence accuracy "
-                f"{m['sentence_accuracy']:.3f}  (n={m['n']})")
+        return (
+            f"CER {m['cer']:.3f}  WER {m['wer']:.3f}  sentence accuracy "
+            f"{m['sentence_accuracy']:.3f}  (n={m['n']})"
+        )
 
     def evaluation_lines(self, estimator, m: dict) -> list[str]:
-        return [self.format_metrics(m), *(f"  {ex['reference']!r:<32} -> {ex['transcript']!r}"
-                                          for ex in m["examples"])]
+        return [
+            self.format_metrics(m),
+            *(f"  {ex['reference']!r:<32} -> {ex['transcript']!r}" for ex in m["examples"]),
+        ]
 
-    def predict_to_csv(self, run_dir, inputs: list, out=None, *, engine: str = "torch",
-                       tta: str = "none", batch_size: int = 64, min_score: float = 0.5,
-                       progress: bool = True) -> str:
+    def predict_to_csv(
+        self,
+        run_dir,
+        inputs: list,
+        out=None,
+        *,
+        engine: str = "torch",
+        tta: str = "none",
+        batch_size: int = 64,
+        min_score: float = 0.5,
+        progress: bool = True,
+    ) -> str:
         """Transcripts, ``item, transcript, error``."""
         from ...predict import write_transcripts
-        from ..registry import load_estimator
         from ..base import tta_views
+        from ..registry import load_estimator
 
         rec = load_estimator(run_dir)
         tta_views(rec, tta)  # a clear error: speech recognition has no test-time views
         counts = write_transcripts(rec, inputs, out, batch_size=batch_size)
-        return (f"wrote {counts['transcribed']} transcripts to {out}"
-                + (f"; {counts['errors']} recording(s) failed, see their 'error' column"
-                   if counts["errors"] else ""))
+        return f"wrote {counts['transcribed']} transcripts to {out}" + (
+            f"; {counts['errors']} recording(s) failed, see their 'error' column"
+            if counts["errors"]
+            else ""
+        )

@@ -60,9 +60,9 @@ class Feed:
 class TaskServing:
     """The serving half of a task. Stateless: one instance per task class."""
 
-    task = "base"       # the run's config.json ``task``, named in messages
-    what = "models"     # the task's models in the plural, for messages
-    served = True       # whether export and serve take its runs
+    task = "base"  # the run's config.json ``task``, named in messages
+    what = "models"  # the task's models in the plural, for messages
+    served = True  # whether export and serve take its runs
     kind: str = "images"  # what an input folder holds
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     input_names: tuple[str, ...] = ()  # the inference graph's inputs, in order
@@ -73,12 +73,15 @@ class TaskServing:
         where it can."""
         if self.served:
             return None
-        return (f"{run_dir}: {doing} {self.what} is not supported yet; predict with "
-                f"`headstart predict {run_dir} INPUTS`")
+        return (
+            f"{run_dir}: {doing} {self.what} is not supported yet; predict with "
+            f"`headstart predict {run_dir} INPUTS`"
+        )
 
     # ------------------------------------------------------------ reading raw inputs
-    def open_labeled(self, data, cfg, path_column: str = "path", classes=None):
-        """Labeled data as the command line names it (folder, CSV, table)."""
+    def open_labeled(self, data, cfg, path_column: str = "path", classes=None, fix: str = "error"):
+        """Labeled data as the command line names it (folder, CSV, table; ``fix``: what
+        a bad box does, detection)."""
         raise NotImplementedError(f"{self.what} read their data in `fit` itself")
 
     def open_inputs(self, data):
@@ -115,18 +118,26 @@ class TaskServing:
             with open(p, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
                 if "path" not in (reader.fieldnames or []):
-                    raise DataError(f"{p}: no column 'path' (columns: "
-                                    f"{', '.join(reader.fieldnames or [])}); name each image's "
-                                    "file in a 'path' column")
+                    raise DataError(
+                        f"{p}: no column 'path' (columns: "
+                        f"{', '.join(reader.fieldnames or [])}); name each image's "
+                        "file in a 'path' column"
+                    )
                 rows = [(line, r["path"]) for line, r in enumerate(reader, 2)]
-            return [(str(_csv_path(p, v)) if v else f"{p}:row {line}",
-                     str(_csv_path(p, v)) if v else "") for line, v in rows]
+            return [
+                (
+                    str(_csv_path(p, v)) if v else f"{p}:row {line}",
+                    str(_csv_path(p, v)) if v else "",
+                )
+                for line, v in rows
+            ]
         return [(str(p), str(p))]
 
     # ------------------------------------------------------------ inference
     def _no_graph(self) -> ValueError:
-        return ValueError(f"{self.what} have no inference graph; predict with "
-                          "`headstart predict RUN INPUTS`")
+        return ValueError(
+            f"{self.what} have no inference graph; predict with `headstart predict RUN INPUTS`"
+        )
 
     def graph(self, estimator, model, multi_label: bool):
         """The fitted ``model`` as a module from the graph's inputs to probabilities."""
@@ -174,16 +185,28 @@ class TaskServing:
         :meth:`read_request` reads, and nothing it refuses."""
         what = f"the {self.kind[:-1]} file's bytes"
         raw = {"schema": {"type": "string", "format": "binary", "description": what}}
-        return {"required": True, "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "additionalProperties": False,
-                           "required": ["file"], "properties": {"file": {
-                               "type": "string", "format": "binary",
-                               "description": f"the {self.kind[:-1]} file"}}},
-                "encoding": {"file": {"contentType": f"{self.task}/*"}}},
-            f"{self.task}/*": raw,
-            "application/octet-stream": raw,
-        }}
+        return {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["file"],
+                        "properties": {
+                            "file": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": f"the {self.kind[:-1]} file",
+                            }
+                        },
+                    },
+                    "encoding": {"file": {"contentType": f"{self.task}/*"}},
+                },
+                f"{self.task}/*": raw,
+                "application/octet-stream": raw,
+            },
+        }
 
     async def read_request(self, request, ctype: str, settings):
         """The one item a request carries (a file's bytes here); :class:`BodyError` when
@@ -193,12 +216,18 @@ class TaskServing:
             check_fields(form, ("file",), self)
             return await upload_bytes(form, "file", self)
         if ctype == "application/json":
-            raise BodyError(415, f"an {self.task} model takes a multipart upload (field 'file') "
-                                 f"or the raw file bytes (Content-Type {self.task}/...), not JSON")
+            raise BodyError(
+                415,
+                f"an {self.task} model takes a multipart upload (field 'file') "
+                f"or the raw file bytes (Content-Type {self.task}/...), not JSON",
+            )
         if ctype.startswith(f"{self.task}/") or ctype == "application/octet-stream":
             return await request.body()
-        raise unsupported(ctype, "a multipart form with field 'file', or the file's bytes with "
-                                 f"Content-Type {self.task}/*")
+        raise unsupported(
+            ctype,
+            "a multipart form with field 'file', or the file's bytes with "
+            f"Content-Type {self.task}/*",
+        )
 
     # ------------------------------------------------------------ command line
     def input_summary(self, estimator) -> str:
@@ -208,6 +237,18 @@ class TaskServing:
     def bn_note(self, stage: dict) -> str:
         """What a training stage's line says of BatchNorm (nothing by default)."""
         return ""
+
+    def model_words(self, estimator) -> str:
+        """The model as ``fit``'s summary names it."""
+        return estimator.config_.backbone
+
+    def kept_words(self, best) -> str:
+        """Which weights the fit kept (its metrics' ``best``), in words."""
+        return best or "the last epoch (no validation)"
+
+    def after_fit(self, estimator, run_dir, test) -> list[str]:
+        """What ``fit`` writes once the run is saved (and tested), as lines to print."""
+        return []
 
     def format_metrics(self, m: dict) -> str:
         from ...metrics import format_metrics
@@ -229,39 +270,64 @@ class TaskServing:
             lines.append(f"verdict: {m['verdict']['line']}")
         lines.append(self.format_metrics(m))
         if "tta" in m:
-            lines.append(f"  test-time augmentation: the mean over {len(m['tta']['views'])} "
-                         f"views ({', '.join(m['tta']['views'])})")
+            lines.append(
+                f"  test-time augmentation: the mean over {len(m['tta']['views'])} "
+                f"views ({', '.join(m['tta']['views'])})"
+            )
         if "calibration" in m:
             lines.append(f"  {format_calibration(m['calibration'])}")
-        lines += [f"  {line}" for line in baseline_lines(
-            m, estimator.metrics_.get("baseline_name", ""),
-            estimator.metrics_.get("blend_mode", "mean"))]
+        lines += [
+            f"  {line}"
+            for line in baseline_lines(
+                m,
+                estimator.metrics_.get("baseline_name", ""),
+                estimator.metrics_.get("blend_mode", "mean"),
+            )
+        ]
         width = max(len(c) for c in estimator.classes_)
         lines.append(f"{'class':<{width}}  precision  recall     f1  support")
         for c, v in m["per_class"].items():
-            lines.append(f"{c:<{width}}  {v['precision']:9.3f}  {v['recall']:6.3f}  "
-                         f"{v['f1']:5.3f}  {v['support']:7d}")
+            lines.append(
+                f"{c:<{width}}  {v['precision']:9.3f}  {v['recall']:6.3f}  "
+                f"{v['f1']:5.3f}  {v['support']:7d}"
+            )
         if "confusion_matrix" in m:
             lines.append("confusion matrix (rows: true, columns: predicted):")
             for c, row in zip(estimator.classes_, m["confusion_matrix"]):
                 lines.append(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
         return lines
 
-    def predict_to_csv(self, run_dir, inputs: list, out=None, *, engine: str = "torch",
-                       tta: str = "none", batch_size: int = 64, min_score: float = 0.5,
-                       progress: bool = True) -> str:
+    def predict_to_csv(
+        self,
+        run_dir,
+        inputs: list,
+        out=None,
+        *,
+        engine: str = "torch",
+        tta: str = "none",
+        batch_size: int = 64,
+        min_score: float = 0.5,
+        progress: bool = True,
+    ) -> str:
         """``headstart predict``: predict ``inputs`` with the run into a CSV (``out``, or
         stdout); returns the line that sums it up."""
         from ...inference import Predictor
         from ...predict import write_predictions
 
         predictor = Predictor.from_run(run_dir, engine=engine, tta=tta)
-        counts = write_predictions(predictor, inputs, out, batch_size=batch_size,
-                                   progress=progress,
-                                   text_column=predictor.estimator.config_.text_column)
-        return (f"wrote {counts['predicted']} predictions to {out}"
-                + (f"; {counts['errors']} item(s) failed, see their 'error' column"
-                   if counts["errors"] else ""))
+        counts = write_predictions(
+            predictor,
+            inputs,
+            out,
+            batch_size=batch_size,
+            progress=progress,
+            text_column=predictor.estimator.config_.text_column,
+        )
+        return f"wrote {counts['predicted']} predictions to {out}" + (
+            f"; {counts['errors']} item(s) failed, see their 'error' column"
+            if counts["errors"]
+            else ""
+        )
 
 
 # ---------------------------------------------------------------------- HTTP helpers
@@ -273,11 +339,14 @@ async def read_form(request, settings, serving: TaskServing):
     from starlette.exceptions import HTTPException
 
     try:
-        return await request.form(max_files=1, max_fields=MAX_FORM_FIELDS,
-                                  max_part_size=settings.max_text_chars * 4)
+        return await request.form(
+            max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=settings.max_text_chars * 4
+        )
     except HTTPException as exc:  # the multipart parser's own refusal (400)
-        raise BodyError(exc.status_code, f"{exc.detail}; this {serving.task} model reads "
-                                         f"a form with {serving.form_field}") from None
+        raise BodyError(
+            exc.status_code,
+            f"{exc.detail}; this {serving.task} model reads a form with {serving.form_field}",
+        ) from None
 
 
 def check_fields(form, allowed: tuple[str, ...], serving: TaskServing) -> None:
@@ -285,8 +354,12 @@ def check_fields(form, allowed: tuple[str, ...], serving: TaskServing) -> None:
     two things is answered, not guessed at."""
     for name in form.keys():
         if name not in allowed:
-            raise BodyError(422, f"this {serving.task} model reads no form field {name!r}; "
-                                 f"send {serving.form_field} alone", name)
+            raise BodyError(
+                422,
+                f"this {serving.task} model reads no form field {name!r}; "
+                f"send {serving.form_field} alone",
+                name,
+            )
         count = len(form.getlist(name))
         if count > 1:
             raise BodyError(422, f"the form has {count} fields {name!r}; send one", name)
@@ -301,14 +374,21 @@ async def upload_bytes(form, name: str, serving: TaskServing) -> bytes:
         return await value.read()
     if value is None:
         raise missing_field(form, serving.task, serving.form_field)
-    raise BodyError(422, f"the form field {name!r} is a plain value; send it as a file "
-                         f"(a part with a file name: curl -F {name}=@FILE)", name)
+    raise BodyError(
+        422,
+        f"the form field {name!r} is a plain value; send it as a file "
+        f"(a part with a file name: curl -F {name}=@FILE)",
+        name,
+    )
 
 
 def missing_field(form, task: str, wanted: str) -> BodyError:
     given = ", ".join(sorted(form.keys())) or "none"
-    return BodyError(422, f"this {task} model needs a form field {wanted}; the form has: "
-                          f"{given}", wanted.split("'")[1] if "'" in wanted else None)
+    return BodyError(
+        422,
+        f"this {task} model needs a form field {wanted}; the form has: {given}",
+        wanted.split("'")[1] if "'" in wanted else None,
+    )
 
 
 def unsupported(ctype: str, how: str) -> BodyError:

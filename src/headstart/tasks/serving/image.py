@@ -30,10 +30,12 @@ class ImageGraph(nn.Module):
         self.model = model
         self.multi_label = bool(multi_label)
         # (x/255 - mean) / std == (x - 255 mean) / (255 std): one subtract, one divide
-        self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-                             * 255.0)
-        self.register_buffer("scale", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-                             * 255.0)
+        self.register_buffer(
+            "shift", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        )
+        self.register_buffer(
+            "scale", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.permute(0, 3, 1, 2).to(torch.float32)
@@ -64,8 +66,10 @@ def open_image(item, max_pixels: int | None = MAX_PIXELS):
             if max_pixels and w * h > max_pixels:
                 raise ItemTooLarge(_too_many_pixels(name, w, h, max_pixels))
             if min(w, h) < 1 or max(w, h) > MAX_ASPECT * min(w, h):
-                raise ItemTooLarge(f"{name}: {w}x{h} pixels; sides more than {MAX_ASPECT} "
-                                   "times apart are not supported, crop the image first")
+                raise ItemTooLarge(
+                    f"{name}: {w}x{h} pixels; sides more than {MAX_ASPECT} "
+                    "times apart are not supported, crop the image first"
+                )
             img.load()
             return to_rgb(img)
     except ItemError:
@@ -75,22 +79,28 @@ def open_image(item, max_pixels: int | None = MAX_PIXELS):
         bomb = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # PIL refuses past twice its warning limit
         limit = min(max_pixels or bomb, bomb)
         if size is None:
-            raise ItemTooLarge(f"{name}: the image header says it has more pixels than the "
-                               f"limit of {limit:,}; downscale it") from exc
+            raise ItemTooLarge(
+                f"{name}: the image header says it has more pixels than the "
+                f"limit of {limit:,}; downscale it"
+            ) from exc
         raise ItemTooLarge(_too_many_pixels(name, *size, limit)) from exc
     except FileNotFoundError as exc:
         raise ItemError(f"{name}: no such file") from exc
     except UnidentifiedImageError as exc:
-        raise ItemError(f"{name}: not an image PIL can read (JPEG, PNG, WebP, BMP, GIF, "
-                        "TIFF, ...)") from exc
+        raise ItemError(
+            f"{name}: not an image PIL can read (JPEG, PNG, WebP, BMP, GIF, TIFF, ...)"
+        ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ItemError(f"{name}: cannot decode this image ({exc}); the file may be "
-                        "truncated or corrupt") from exc
+        raise ItemError(
+            f"{name}: cannot decode this image ({exc}); the file may be truncated or corrupt"
+        ) from exc
 
 
 def _too_many_pixels(name: str, w: int, h: int, limit: int) -> str:
-    return (f"{name}: the image header says {w}x{h} pixels, more than the limit of "
-            f"{limit:,}; downscale it")
+    return (
+        f"{name}: the image header says {w}x{h} pixels, more than the limit of "
+        f"{limit:,}; downscale it"
+    )
 
 
 def header_size(item) -> tuple[int, int] | None:
@@ -161,11 +171,16 @@ class ImageServing(TaskServing):
     input_names = ("image",)
     form_field = "'file' (the image)"
 
-    def open_labeled(self, data, cfg, path_column: str = "path", classes=None):
+    def open_labeled(self, data, cfg, path_column: str = "path", classes=None, fix: str = "error"):
         from ...data.images import open_source
 
-        return open_source(data, classes=classes, skip_bad=cfg.skip_bad,
-                           path_column=path_column, label_column=cfg.label_column)
+        return open_source(
+            data,
+            classes=classes,
+            skip_bad=cfg.skip_bad,
+            path_column=path_column,
+            label_column=cfg.label_column,
+        )
 
     def open_inputs(self, data):
         from ...data.images import open_inputs
@@ -182,8 +197,13 @@ class ImageServing(TaskServing):
     def export_inputs(self, predictor) -> tuple[list[dict], dict]:
         pre = predictor.estimator.preprocess_
         scale = int(pre.input_size / pre.crop_pct)
-        inputs = [{"name": "image", "dtype": "uint8", "shape": ["batch", pre.input_size,
-                                                               pre.input_size, 3]}]
+        inputs = [
+            {
+                "name": "image",
+                "dtype": "uint8",
+                "shape": ["batch", pre.input_size, pre.input_size, 3],
+            }
+        ]
         recipe = {
             "steps": [
                 "decode to 8-bit RGB (grey and palette converted, transparency on white)",
@@ -192,8 +212,7 @@ class ImageServing(TaskServing):
                 f"centre-crop {pre.input_size} x {pre.input_size}",
                 "stack as uint8 [batch, height, width, 3] (channels last)",
             ],
-            "inside_graph": f"x / 255, minus mean {list(pre.mean)}, over std {list(pre.std)}, "
-                            "NCHW",
+            "inside_graph": f"x / 255, minus mean {list(pre.mean)}, over std {list(pre.std)}, NCHW",
             **pre.to_dict(),
         }
         return inputs, recipe

@@ -14,8 +14,16 @@ from torch import nn
 from ...data.images import DataError
 from ...heads import TransferModel
 from ...inference import ItemError
-from .base import (BodyError, Feed, TaskServing, check_fields, missing_field, read_form,
-                   unsupported, upload_bytes)
+from .base import (
+    BodyError,
+    Feed,
+    TaskServing,
+    check_fields,
+    missing_field,
+    read_form,
+    unsupported,
+    upload_bytes,
+)
 
 
 class TextGraph(nn.Module):
@@ -30,16 +38,21 @@ class TextGraph(nn.Module):
         self.multi_label = bool(multi_label)
         self.features = bool(features)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         docs, chunks, length = input_ids.shape
         valid = (attention_mask.sum(-1) > 0).to(torch.float32).unsqueeze(-1)  # [D, C, 1]
         # padding chunks attend to their first token, so no row of attention is empty
         first = torch.zeros_like(attention_mask)
         first[:, :, 0] = 1
         mask = torch.maximum(attention_mask, first)
-        feats = self.model.backbone({"input_ids": input_ids.reshape(docs * chunks, length),
-                                     "attention_mask": mask.reshape(docs * chunks, length)})
+        feats = self.model.backbone(
+            {
+                "input_ids": input_ids.reshape(docs * chunks, length),
+                "attention_mask": mask.reshape(docs * chunks, length),
+            }
+        )
         feats = feats.reshape(docs, chunks, -1).float()
         pooled = (feats * valid).sum(1) / valid.sum(1).clamp(min=1.0)
         logits = self.model.head(pooled).float()
@@ -83,8 +96,9 @@ class TextFeed(Feed):
                 good.append(i)
                 texts.append(item)
         if texts:
-            encoded = encode_texts(self.estimator.model_.backbone.tokenizer, texts,
-                                   self.estimator.preprocess_)
+            encoded = encode_texts(
+                self.estimator.model_.backbone.tokenizer, texts, self.estimator.preprocess_
+            )
             for i, chunks, text in zip(good, encoded, texts):
                 out[i] = PreparedText(chunks, text)
         return out
@@ -96,8 +110,8 @@ class TextFeed(Feed):
         mask = np.zeros((len(prepared), chunks, length), dtype=np.int64)
         for d, doc in enumerate(prepared):
             for c, piece in enumerate(doc):
-                ids[d, c, :len(piece)] = piece
-                mask[d, c, :len(piece)] = 1
+                ids[d, c, : len(piece)] = piece
+                mask[d, c, : len(piece)] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
     def baseline_inputs(self, prepared: list) -> list[str]:
@@ -110,9 +124,11 @@ class TextFeed(Feed):
         texts = [p.text for p in prepared]
         if est._joint():
             if feats is None:
-                raise ValueError("this run blends TF-IDF with the encoder's features "
-                                 "(--blend-mode joint) but the graph gives no features: "
-                                 "export it again with this headstart")
+                raise ValueError(
+                    "this run blends TF-IDF with the encoder's features "
+                    "(--blend-mode joint) but the graph gives no features: "
+                    "export it again with this headstart"
+                )
             return est.joint_.predict_proba(texts, feats)
         from ...baselines.text import blend_proba
 
@@ -125,11 +141,16 @@ class TextServing(TaskServing):
     input_names = ("input_ids", "attention_mask")
     form_field = "'text' (or 'file', a text file)"
 
-    def open_labeled(self, data, cfg, path_column: str = "path", classes=None):
+    def open_labeled(self, data, cfg, path_column: str = "path", classes=None, fix: str = "error"):
         from ...data.text import open_text_source
 
-        return open_text_source(data, classes=classes, text_column=cfg.text_column,
-                                label_column=cfg.label_column, label_sep=cfg.label_sep)
+        return open_text_source(
+            data,
+            classes=classes,
+            text_column=cfg.text_column,
+            label_column=cfg.label_column,
+            label_sep=cfg.label_sep,
+        )
 
     def entries(self, entry, i: int, text_column: str) -> list[tuple[str, object]]:
         """A table file's rows (its ``text_column``), or one text."""
@@ -138,16 +159,20 @@ class TextServing(TaskServing):
         p = table_path(entry, text_column) if isinstance(entry, str) else None
         if p is None:  # a text (a file is a table, or read_table says which formats are)
             text = str(entry)
-            return [(text if len(text) <= 60 else text[:57] + "...", text) if text.strip()
-                    else ("(empty text)", text)]
+            return [
+                (text if len(text) <= 60 else text[:57] + "...", text)
+                if text.strip()
+                else ("(empty text)", text)
+            ]
         frame = read_table(p, blank_lines=True)
         if text_column not in frame.columns:
-            raise DataError(f"{p}: no column {text_column!r}; the columns are "
-                            f"{', '.join(map(str, frame.columns))}")
+            raise DataError(
+                f"{p}: no column {text_column!r}; the columns are "
+                f"{', '.join(map(str, frame.columns))}"
+            )
         header = 2 if p.suffix.lower() in (".csv", ".tsv") else 1
         rows = frame.attrs.get("rows") or [k + header for k in range(len(frame))]
-        return [(f"{p}:row {r}", _cell_text(v))
-                for r, v in zip(rows, frame[text_column].tolist())]
+        return [(f"{p}:row {r}", _cell_text(v)) for r, v in zip(rows, frame[text_column].tolist())]
 
     def graph(self, estimator, model, multi_label: bool) -> TextGraph:
         return TextGraph(model, multi_label, features=estimator._joint())
@@ -159,8 +184,13 @@ class TextServing(TaskServing):
     def check_items(self, estimator, source) -> list:
         from ...data.text import open_text_source
 
-        texts = source if isinstance(source, list) else open_text_source(
-            source, text_column=estimator.config_.text_column, labeled=False).texts
+        texts = (
+            source
+            if isinstance(source, list)
+            else open_text_source(
+                source, text_column=estimator.config_.text_column, labeled=False
+            ).texts
+        )
         return list(texts)
 
     def check_source(self, items: list) -> list:
@@ -178,8 +208,10 @@ class TextServing(TaskServing):
         est = predictor.estimator
         pre = est.preprocess_
         prefix, suffix = special_tokens(est.model_.backbone.tokenizer)
-        inputs = [{"name": n, "dtype": "int64", "shape": ["docs", "chunks", "tokens"]}
-                  for n in self.input_names]
+        inputs = [
+            {"name": n, "dtype": "int64", "shape": ["docs", "chunks", "tokens"]}
+            for n in self.input_names
+        ]
         recipe = {
             "steps": [
                 "tokenise the text without special tokens (tokenizer/ beside the model)",
@@ -197,11 +229,16 @@ class TextServing(TaskServing):
     def export_outputs(self, estimator) -> dict:
         if not estimator._joint():
             return {}
-        return {"features_output": {
-            "name": "features", "dtype": "float32", "shape": ["batch", "dim"],
-            "use": "with the text, the input of the run's joint TF-IDF + features logistic "
-                   "regression (RUN/joint/: vocabulary, idf, weights; the features enter L2-"
-                   "normalised, times feature_weight, after the TF-IDF columns)"}}
+        return {
+            "features_output": {
+                "name": "features",
+                "dtype": "float32",
+                "shape": ["batch", "dim"],
+                "use": "with the text, the input of the run's joint TF-IDF + features logistic "
+                "regression (RUN/joint/: vocabulary, idf, weights; the features enter L2-"
+                "normalised, times feature_weight, after the TF-IDF columns)",
+            }
+        }
 
     def features_check(self, estimator, source, reference: np.ndarray, feats):
         if not estimator._joint():
@@ -210,8 +247,9 @@ class TextServing(TaskServing):
 
         def difference(graph_feats, rows: list[int]) -> float:
             texts = [source.texts[i] for i in rows]
-            return np.abs(estimator.joint_.predict_proba(texts, graph_feats)
-                          - joint_reference[rows]).max()
+            return np.abs(
+                estimator.joint_.predict_proba(texts, graph_feats) - joint_reference[rows]
+            ).max()
 
         return difference
 
@@ -219,56 +257,84 @@ class TextServing(TaskServing):
         estimator.model_.backbone.tokenizer.save_pretrained(str(folder / "tokenizer"))
         notes = ["tokenizer saved in tokenizer/"]
         if estimator._joint():
-            notes.append("this run predicts with one logistic regression on TF-IDF and the "
-                         "encoder's features (--blend-mode joint): the file gives the "
-                         "encoder's probabilities and, as its second output, those features; "
-                         "`headstart predict/serve --engine onnx` feed them with the texts to "
-                         "RUN/joint/, as should any other runtime")
+            notes.append(
+                "this run predicts with one logistic regression on TF-IDF and the "
+                "encoder's features (--blend-mode joint): the file gives the "
+                "encoder's probabilities and, as its second output, those features; "
+                "`headstart predict/serve --engine onnx` feed them with the texts to "
+                "RUN/joint/, as should any other runtime"
+            )
         elif estimator._blends():
-            notes.append("this run blends its TF-IDF baseline in (--blend): the file is the "
-                         "encoder alone; `headstart predict/serve --engine onnx` average its "
-                         "probabilities with the baseline's (RUN/baseline/), as should any "
-                         "other runtime")
+            notes.append(
+                "this run blends its TF-IDF baseline in (--blend): the file is the "
+                "encoder alone; `headstart predict/serve --engine onnx` average its "
+                "probabilities with the baseline's (RUN/baseline/), as should any "
+                "other runtime"
+            )
         return notes
 
     # ------------------------------------------------------------ HTTP
     def request_body(self, settings) -> dict:
-        text = {"type": "string", "minLength": 1, "maxLength": settings.max_text_chars,
-                "pattern": r"\S", "description": "the text to classify (not blank)"}
-        text_file = {"type": "string", "format": "binary",
-                     "description": "a UTF-8 text file (instead of 'text')"}
-        one = {"type": "object", "additionalProperties": False,
-               "properties": {"text": text}, "required": ["text"]}
-        return {"required": True, "content": {
-            "application/json": {"schema": one},
-            "multipart/form-data": {
-                "schema": {"type": "object", "additionalProperties": False,
-                           "properties": {"text": text, "file": text_file},
-                           "oneOf": [{"required": ["text"]}, {"required": ["file"]}]},
-                "encoding": {"file": {"contentType": "text/plain"}}},
-            "application/x-www-form-urlencoded": {"schema": one},
-            "text/plain": {"schema": text},
-        }}
+        text = {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": settings.max_text_chars,
+            "pattern": r"\S",
+            "description": "the text to classify (not blank)",
+        }
+        text_file = {
+            "type": "string",
+            "format": "binary",
+            "description": "a UTF-8 text file (instead of 'text')",
+        }
+        one = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"text": text},
+            "required": ["text"],
+        }
+        return {
+            "required": True,
+            "content": {
+                "application/json": {"schema": one},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {"text": text, "file": text_file},
+                        "oneOf": [{"required": ["text"]}, {"required": ["file"]}],
+                    },
+                    "encoding": {"file": {"contentType": "text/plain"}},
+                },
+                "application/x-www-form-urlencoded": {"schema": one},
+                "text/plain": {"schema": text},
+            },
+        }
 
     async def read_request(self, request, ctype: str, settings) -> str:
         """The text of a form (field ``text``, or ``file``: a UTF-8 text file), of JSON
         ``{"text": ...}``, or of a text/plain body."""
         if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
             form = await read_form(request, settings, self)
-            check_fields(form, ("text", "file") if ctype.startswith("multipart") else ("text",),
-                         self)
+            check_fields(
+                form, ("text", "file") if ctype.startswith("multipart") else ("text",), self
+            )
             if "file" in form and "text" in form:
-                raise BodyError(422, "the form has both 'text' and 'file'; send one of them",
-                                "file")
+                raise BodyError(
+                    422, "the form has both 'text' and 'file'; send one of them", "file"
+                )
             if "file" in form:
                 return _text_of(await upload_bytes(form, "file", self), settings, "file")
             text = form.get("text")
             if isinstance(text, str):
                 return _check_text(text, settings, "text")
             if text is not None:
-                raise BodyError(422, "the form field 'text' is a file; send the text as a "
-                                     "plain field (curl -F text=...) or the file as 'file'",
-                                "text")
+                raise BodyError(
+                    422,
+                    "the form field 'text' is a file; send the text as a "
+                    "plain field (curl -F text=...) or the file as 'file'",
+                    "text",
+                )
             raise missing_field(form, self.task, self.form_field)
         if ctype == "application/json":
             return _check_text(_json_text(await request.body()), settings, "text")
@@ -297,11 +363,19 @@ def _cell_text(value) -> str:
 
 # A file's first bytes -> what it is, to say so when it is sent to a text model.
 SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF87a", "a GIF image"), (b"GIF89a", "a GIF image"), (b"BM", "a BMP image"),
-    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF-", "a PDF document"),
-    (b"PK\x03\x04", "a ZIP archive (or an Office document)"), (b"\x1f\x8b", "a gzip archive"),
-    (b"fLaC", "a FLAC recording"), (b"OggS", "an Ogg recording"), (b"ID3", "an MP3 recording"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF-", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"fLaC", "a FLAC recording"),
+    (b"OggS", "an Ogg recording"),
+    (b"ID3", "an MP3 recording"),
 )
 
 
@@ -315,8 +389,13 @@ def sniff(data: bytes) -> str | None:
 def _not_text(data: bytes, ctype: str | None = None) -> str:
     """The message for a body that is no text: what it looks like, and what to send."""
     what = sniff(data)
-    looks = (f"the body looks like {what}" if what
-             else f"the body is sent as {ctype}" if ctype else "the body is not UTF-8 text")
+    looks = (
+        f"the body looks like {what}"
+        if what
+        else f"the body is sent as {ctype}"
+        if ctype
+        else "the body is not UTF-8 text"
+    )
     return f'this model reads text; send JSON {{"text": ...}} \u2014 {looks}'
 
 
@@ -326,20 +405,25 @@ def _json_text(body: bytes) -> str:
     try:
         parsed = json.loads(body)
     except UnicodeDecodeError:
-        raise BodyError(400, "the body is not valid JSON: it is not UTF-8 "
-                             f"({_not_text(body)})") from None
+        raise BodyError(
+            400, f"the body is not valid JSON: it is not UTF-8 ({_not_text(body)})"
+        ) from None
     except json.JSONDecodeError as exc:
         raise BodyError(400, f"the body is not valid JSON ({exc})") from None
     except RecursionError:
-        raise BodyError(400, "the JSON body is nested too deeply; send "
-                             '{"text": "..."}') from None
+        raise BodyError(400, 'the JSON body is nested too deeply; send {"text": "..."}') from None
     if not isinstance(parsed, dict) or not isinstance(parsed.get("text"), str):
-        raise BodyError(422, 'send {"text": "..."}: a JSON object with a string field '
-                             "'text'", "text")
+        raise BodyError(
+            422, 'send {"text": "..."}: a JSON object with a string field \'text\'', "text"
+        )
     extra = sorted(k for k in parsed if k != "text")
     if extra:
-        raise BodyError(422, f"the JSON object has a field {extra[0]!r} this model does not "
-                             'read; send {"text": "..."} alone', extra[0])
+        raise BodyError(
+            422,
+            f"the JSON object has a field {extra[0]!r} this model does not "
+            'read; send {"text": "..."} alone',
+            extra[0],
+        )
     return parsed["text"]
 
 
@@ -349,20 +433,30 @@ def _text_of(data: bytes, settings, field: str | None) -> str:
     except UnicodeDecodeError as exc:
         if sniff(data):
             raise BodyError(422, _not_text(data), field) from None
-        raise BodyError(422, f"the text is not UTF-8 (byte {exc.start}: "
-                             f"0x{data[exc.start]:02x}); send UTF-8 text", field) from None
+        raise BodyError(
+            422,
+            f"the text is not UTF-8 (byte {exc.start}: 0x{data[exc.start]:02x}); send UTF-8 text",
+            field,
+        ) from None
     return _check_text(text, settings, field)
 
 
 def _check_text(text: str, settings, field: str | None) -> str:
     if len(text) > settings.max_text_chars:
-        raise BodyError(413, f"the text has {len(text):,} characters, more than the limit "
-                             f"of {settings.max_text_chars:,}", field)
+        raise BodyError(
+            413,
+            f"the text has {len(text):,} characters, more than the limit "
+            f"of {settings.max_text_chars:,}",
+            field,
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate, from a JSON \ud800 escape
-        raise BodyError(422, f"the text holds a lone surrogate (character {exc.start}); "
-                             "send valid Unicode", field) from None
+        raise BodyError(
+            422,
+            f"the text holds a lone surrogate (character {exc.start}); send valid Unicode",
+            field,
+        ) from None
     if not text.strip():
         raise BodyError(422, "empty text: there is nothing to classify", field)
     return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -173,7 +174,7 @@ def test_each_stage_logs_an_estimate_of_its_remaining_time(data, caplog, monkeyp
     from headstart import train
 
     ticks = iter(range(10**6))
-    monkeypatch.setattr(train.time, "perf_counter", lambda: 20.0 * next(ticks))
+    monkeypatch.setattr(time, "perf_counter", lambda: 20.0 * next(ticks))
     x, y = data
     with caplog.at_level(logging.INFO, logger="headstart.train"):
         ImageClassifier("tiny:cnn", strategy="lp_ft", **FAST).fit(x, y)
@@ -203,7 +204,6 @@ def test_budget_epochs_share_what_is_left_by_planned_epochs(caplog):
     import logging
     from types import SimpleNamespace
 
-    from headstart import train
     from headstart.strategies import Stage, Strategy
     from headstart.train import Trainer
 
@@ -212,7 +212,7 @@ def test_budget_epochs_share_what_is_left_by_planned_epochs(caplog):
         Stage("a", 1, 10, 1e-3, 1e-3, 1, "frozen"),
         Stage("b", 2, 30, 1e-3, 1e-3, 1, "frozen"),
     )
-    now = train.time.perf_counter()
+    now = time.perf_counter()
     fake = SimpleNamespace(
         budget=100.0, _seconds_before=20.0, _started=now - 20.0, strategy=Strategy("x", stages)
     )

@@ -10,6 +10,9 @@ HOG / TF-IDF / log-mel statistics with logistic regression, k-NN or an RBF SVM, 
 cross-validation on the same training items) is the other. The verdict at each fraction
 weighs the best transfer strategy against the stronger of the two. Finished runs are
 appended to ``results.jsonl``: a killed study rerun with the same settings skips them.
+
+Long file: the study's result (its curves and verdicts) and the runner that fills it, one
+data model read by the CLI and the report.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ stick out of the image, ``fix="drop"`` drops the bad ones and counts them).
 
 Large images are cut into overlapping tiles (:func:`tile_windows`) for training and
 inference; :func:`merge_tile_detections` puts the tiles' boxes back together.
+
+Long file: three annotation formats, their checks and tiling, kept together so a box read in
+one format is written in another by the same code.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 A task subclass says how to read its data and turn it into tensors; building the model
 (zoo backbone + new head), the strategy, the training loop, feature caching, metrics and
 the run directory live here once.
+
+Long file: the estimator contract (fit, features, calibration, evaluate, save, load) that
+every task subclasses; each part reads the fitted state the others write.
 """
 
 from __future__ import annotations

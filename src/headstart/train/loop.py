@@ -11,17 +11,18 @@ Determinism: the shuffling of epoch ``e`` of stage ``s`` comes from a generator 
 SpecAugment) is reseeded from (seed, s, e) at the start of every epoch (and checkpointed);
 so a run killed at any point and resumed ends with the same weights as one that was never
 interrupted, and a fit does not depend on what ran before it in the process.
+
+Long file: one class, the loop; its storage and FSDP halves are already in checkpoints.py and
+sharding.py, and what is left shares the stage's state from start to end.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,186 +32,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from tqdm.auto import tqdm
 
-from .artifacts import (
-    atomic_save_tensors,
-    atomic_write_bytes,
+from ..artifacts import (
     load_checkpoint,
     optimizer_from_flat,
-    optimizer_to_flat,
-    save_checkpoint,
-    state_dict_tensors,
 )
-from .config import FitConfig, parse_duration
-from .features import length_sorted_batches, sharded_passes, to_device
-from .heads import TransferModel, supervised_contrastive_loss
-from .mixing import batch_mixer
-from .strategies import Stage, Strategy, configure_stage, set_bn_mode
-from .zoo.base import LayerGroup
+from ..config import FitConfig, parse_duration
+from ..features import length_sorted_batches, sharded_passes, to_device
+from ..heads import TransferModel, supervised_contrastive_loss
+from ..mixing import batch_mixer
+from ..strategies import Stage, Strategy, configure_stage, set_bn_mode
+from ..zoo.base import LayerGroup
+from .checkpoints import CheckpointMismatch, CheckpointStore, LoopState
+from .samplers import BucketBatchSampler, EpochSampler, ShardedBatchSampler
+from .sharding import FsdpSharding
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointMismatch(ValueError):
-    """A resume was asked with settings or data other than the checkpoint's."""
-
-
-def epoch_order(
-    n: int, generator: torch.Generator, weights: torch.Tensor | None = None
-) -> list[int]:
-    """The items of one epoch: a permutation of ``range(n)``; with per-item ``weights``
-    (``imbalance="sample"``), ``n`` draws with replacement in proportion to them. Every
-    process draws the same order from the same seed, then takes its share."""
-    if weights is None:
-        return torch.randperm(n, generator=generator).tolist()
-    if len(weights) != n:
-        raise ValueError(f"{len(weights)} sampling weights for {n} training items")
-    return torch.multinomial(weights.double(), n, replacement=True, generator=generator).tolist()
-
-
-class EpochSampler(Sampler[int]):
-    """A fresh permutation per epoch from a seeded generator (or weighted draws: see
-    ``epoch_order``); shards by process rank."""
-
-    def __init__(
-        self, n: int, seed: int, rank: int = 0, world: int = 1, weights: torch.Tensor | None = None
-    ):
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world
-        self.weights = weights
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = epoch_order(self.n, g, self.weights)
-        per_rank = math.ceil(self.n / self.world)
-        order += order[: per_rank * self.world - self.n]  # pad so every rank gets as many
-        return iter(order[self.rank :: self.world])
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.world)
-
-
-class ShardedBatchSampler(Sampler[list[int]]):
-    """Batches for one process of a data-parallel run in which every item is seen exactly
-    once per epoch: a seeded permutation is cut into global batches of ``batch_size *
-    world`` items, each split across the processes (sizes differ by at most one); a last
-    global batch too small to give every process two items joins the one before it. Every
-    process gets the same number of batches, so none waits for a step that never comes."""
-
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world: int = 1,
-        weights: torch.Tensor | None = None,
-    ):
-        if n < 2 * world:
-            raise ValueError(
-                f"{n} training items cannot be shared by {world} processes "
-                "(each needs at least two); use fewer processes"
-            )
-        self.n, self.batch_size, self.seed = n, int(batch_size), seed
-        self.rank, self.world, self.weights = rank, world, weights
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _bounds(self) -> list[tuple[int, int]]:
-        size = self.batch_size * self.world
-        starts = list(range(0, self.n, size))
-        bounds = [(a, min(a + size, self.n)) for a in starts]
-        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < 2 * self.world:
-            bounds[-2:] = [(bounds[-2][0], self.n)]
-        return bounds
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = epoch_order(self.n, g, self.weights)
-        for a, b in self._bounds():
-            yield order[a:b][self.rank :: self.world]
-
-    def __len__(self) -> int:
-        return len(self._bounds())
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """Length bucketing for training: shuffle, sort within pools of ``pool`` batches by
-    length, cut batches, shuffle the batches. Similar lengths share a batch (little
-    padding) while the order stays random; seeded per epoch, sharded by rank."""
-
-    def __init__(
-        self,
-        lengths,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world: int = 1,
-        drop_last: bool = False,
-        pool: int = 50,
-        weights: torch.Tensor | None = None,
-    ):
-        self.lengths = [int(v) for v in lengths]
-        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
-        self.drop_last, self.pool, self.weights = drop_last, pool, weights
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> list[list[int]]:
-        if self.world > 1:
-            return self._sharded_batches()
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = epoch_order(len(self.lengths), g, self.weights)
-        size = self.batch_size * self.pool
-        batches = []
-        for j in range(0, len(order), size):
-            pool = sorted(order[j : j + size], key=lambda i: self.lengths[i])
-            batches += [pool[k : k + self.batch_size] for k in range(0, len(pool), self.batch_size)]
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size] or batches[:1]
-        perm = torch.randperm(len(batches), generator=g).tolist()
-        batches = [batches[i] for i in perm]
-        per_rank = math.ceil(len(batches) / self.world)
-        batches += batches[: per_rank * self.world - len(batches)]
-        return batches[self.rank :: self.world]
-
-    def _sharded_batches(self) -> list[list[int]]:
-        """Data-parallel: global batches of ``batch_size * world`` items of similar length,
-        each split across the processes (like :class:`ShardedBatchSampler`): every item
-        once per epoch, the same number of steps everywhere, no padding or dropping."""
-        n, world = len(self.lengths), self.world
-        if n < 2 * world:
-            raise ValueError(
-                f"{n} training items cannot be shared by {world} processes "
-                "(each needs at least two); use fewer processes"
-            )
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = epoch_order(n, g, self.weights)
-        size = self.batch_size * world
-        pooled = size * self.pool
-        batches: list[list[int]] = []
-        for j in range(0, n, pooled):
-            pool = sorted(order[j : j + pooled], key=lambda i: self.lengths[i])
-            for k in range(0, len(pool), size):
-                piece = pool[k : k + size]
-                if len(piece) < 2 * world and batches:  # too few to give each process two
-                    batches[-1] += piece
-                else:
-                    batches.append(piece)
-        perm = torch.randperm(len(batches), generator=g).tolist()
-        return [batches[i][self.rank :: world] for i in perm]
-
-    def __iter__(self):
-        return iter(self._batches())
-
-    def __len__(self) -> int:
-        return len(self._batches())
 
 
 def warmup_length(total_steps: int, warmup: float, min_steps: int = 0) -> int:
@@ -242,22 +78,7 @@ def make_scheduler(optimizer, kind: str, total_steps: int, warmup: float, min_wa
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@dataclass
-class LoopState:
-    stage: int = 0
-    epoch: int = 0  # next epoch to run within the stage
-    bad_epochs: int = 0
-    best: list | None = None  # this stage's best: [score, -loss] compared lexicographically
-    best_where: str = ""
-    kept: dict | None = None  # the candidate (choose.Candidate) the finished stages keep
-    selection: str = ""  # why it is kept, for the fit summary
-    val_items: int = 0
-    epoch_caps: dict = field(default_factory=dict)  # stage index -> epochs (time_budget)
-    history: list[dict] = field(default_factory=list)
-    stage_summaries: list[dict] = field(default_factory=list)
-
-
-class Trainer:
+class Trainer(CheckpointStore, FsdpSharding):
     """Runs a strategy's stages on a TransferModel.
 
     ``features(split)`` returns cached ``(features, labels)`` for "train"/"val" and is
@@ -772,93 +593,6 @@ class Trainer:
             ),
         }
 
-    # ---------------------------------------------------------------- FSDP
-    def _shard(self, params: list[dict]) -> tuple[nn.Module, list[dict]]:
-        """FSDP2 (``torch.distributed.fsdp.fully_shard``): a copy of the model in which each
-        layer group, the head and the rest (the root) are sharded across the processes, and
-        the stage's AdamW param groups mapped onto the copy's sharded parameters. The whole
-        model stays in host memory (for checkpoints, the best epoch and the result)."""
-        import copy
-
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        if self._mesh is None:
-            self._mesh = init_device_mesh(self.device.type, (self.accelerator.num_processes,))
-        self.model.to("cpu")
-        live, groups = copy.deepcopy((self.model, self.groups))  # groups point into the copy
-        live.to(memory_format=torch.contiguous_format)  # FSDP shards contiguous weights only
-        for group in groups:
-            if any(True for _ in group.parameters()):
-                fully_shard(
-                    group.modules if len(group.modules) > 1 else group.modules[0], mesh=self._mesh
-                )
-        fully_shard(live.head, mesh=self._mesh)
-        fully_shard(live, mesh=self._mesh)  # the rest: stems, norms, poolers not in a group
-        live.to(self.device)
-        names = {id(p): n for n, p in self.model.named_parameters()}
-        sharded = dict(live.named_parameters())
-        mapped = [{**g, "params": [sharded[names[id(p)]] for p in g["params"]]} for g in params]
-        self._live = (live, groups)
-        shards = sum(p.to_local().numel() for p in sharded.values())
-        log.info(
-            "FSDP: this process holds %s of %s parameters (%d processes)",
-            f"{shards:,}",
-            f"{sum(p.numel() for p in sharded.values()):,}",
-            self.accelerator.num_processes,
-        )
-        return live, mapped
-
-    def _gather_full(self, live: nn.Module) -> None:
-        """FSDP, after an epoch: every process takes the first process's buffers (BN
-        statistics, as DDP does) so validation agrees everywhere, and the full weights are
-        gathered, one tensor at a time, into the unsharded model."""
-        import torch.distributed as dist
-        from torch.distributed.tensor import DTensor
-
-        full = {}
-        for name, t in live.state_dict().items():
-            if isinstance(t, DTensor):
-                t = t.full_tensor()
-            else:
-                dist.broadcast(t, src=0)
-            full[name] = t.detach().to("cpu")
-        self.model.load_state_dict(full)
-
-    def _full_optimizer_state(self, optimizer) -> dict:
-        """``optimizer.state_dict()`` with every sharded moment gathered whole (FSDP)."""
-        from torch.distributed.tensor import DTensor
-
-        sd = optimizer.state_dict()
-        if not self.fsdp:
-            return sd
-        state = {
-            pid: {
-                k: (v.full_tensor().cpu() if isinstance(v, DTensor) else v)
-                for k, v in entries.items()
-            }
-            for pid, entries in sd["state"].items()
-        }
-        return {"state": state, "param_groups": sd["param_groups"]}
-
-    def _shard_optimizer_state(self, optimizer, full: dict) -> dict:
-        """Resume under FSDP: cut the checkpoint's whole moments like their parameters."""
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        state = {}
-        for pid, entries in full["state"].items():
-            p = params[int(pid)]
-            state[pid] = {
-                k: (
-                    distribute_tensor(v.to(self.device), p.device_mesh, p.placements)
-                    if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape
-                    else v
-                )
-                for k, v in entries.items()
-            }
-        return {"state": state, "param_groups": full["param_groups"]}
-
     # ---------------------------------------------------------------- bookkeeping
     def _track_best(self, state: LoopState, row: dict, stage: Stage) -> bool:
         """Update the best weights; True when the stage should stop early."""
@@ -887,42 +621,6 @@ class Trainer:
     def _keep_best(self, state: LoopState) -> None:
         self._store(self._changeable_tensors(), "best", state.best_where)
 
-    def _store(self, weights: dict[str, torch.Tensor], name: str, where: str) -> None:
-        """Keep a weight set: ``best`` (this stage's best epoch), ``start`` (what the stage
-        started from: the earlier stages' choice) or ``kept`` (what the finished stages
-        keep), on disk in a run directory, else in memory."""
-        if self.run_dir is not None:
-            if self.accelerator.is_main_process:
-                atomic_save_tensors(
-                    self.run_dir / "checkpoints" / f"{name}.safetensors",
-                    weights,
-                    metadata={"where": where},
-                )
-        else:
-            self._stored[name] = weights
-
-    def _stored_weights(self, name: str) -> dict[str, torch.Tensor] | None:
-        path = self.run_dir / "checkpoints" / f"{name}.safetensors" if self.run_dir else None
-        if path is not None:
-            if self.accelerator.num_processes > 1:
-                self.accelerator.wait_for_everyone()  # the first process wrote it
-            if path.is_file():
-                from safetensors.torch import load_file
-
-                return load_file(str(path))
-            return None
-        return self._stored.get(name)
-
-    def _weights(self, name: str) -> dict[str, torch.Tensor]:
-        """Stored weights the loop's state says exist (``_stored_weights`` where they may
-        not)."""
-        weights = self._stored_weights(name)
-        if weights is None:
-            raise RuntimeError(
-                f"the {name!r} weights of this fit are missing from {self.run_dir or 'memory'}"
-            )
-        return weights
-
     def _restore_kept(self, state: LoopState) -> None:
         weights, kept = self._stored_weights("kept"), state.kept
         if weights is not None and kept is not None:
@@ -934,7 +632,7 @@ class Trainer:
         :mod:`headstart.choose`, among the earlier stages' choice, this stage's best epoch
         and (``wise_ft``, after a stage that trained backbone layers from an earlier
         stage's result) mixes of the two."""
-        from .choose import Candidate, choose, interpolate
+        from ..choose import Candidate, choose, interpolate
 
         stage = self.strategy.stages[s]
         if state.best is None:  # no validation: the latest weights are the result
@@ -981,102 +679,6 @@ class Trainer:
         state.kept = win.to_dict()
         self._load_weights(weights, win.where)
         self._store(weights, "kept", win.where)
-
-    # ------------------------------------------------- what a checkpoint holds of the model
-    def _param_names(self) -> set[str]:
-        if self._names is None:
-            self._names = {n for n, _ in self.model.named_parameters(remove_duplicate=False)}
-        return self._names
-
-    def _changeable_tensors(self) -> dict[str, torch.Tensor]:
-        """The model's tensors that training can have changed: every buffer (BatchNorm
-        statistics) and each parameter some stage so far has trained. A frozen parameter is
-        the built model's (pretrained weights, or a seeded init) and is checked, not saved."""
-        fixed = self._param_names() - self._trained
-        return state_dict_tensors(self.model, skip=fixed)
-
-    def _fixed_checksum(self) -> dict:
-        """Float64 sum and sum of squares of the parameters no stage has trained (cached: they
-        never change), so a resume can tell that its freshly built model holds the same ones."""
-        names = sorted(self._param_names() - self._trained)
-        new = [k for k in names if k not in self._fixed_sums]
-        if new:
-            params = dict(self.model.named_parameters(remove_duplicate=False))
-            for k in new:
-                t = params[k].detach()
-                self._fixed_sums[k] = (
-                    float(t.sum(dtype=torch.float64)),
-                    float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2,
-                )
-        return {
-            "tensors": len(names),
-            "sum": sum(self._fixed_sums[k][0] for k in names),
-            "sumsq": sum(self._fixed_sums[k][1] for k in names),
-        }
-
-    def _check_fixed(self, saved: dict | None, where) -> None:
-        if saved is None:  # a checkpoint that holds every tensor
-            return
-        now = self._fixed_checksum()
-        same = now["tensors"] == saved["tensors"] and all(
-            math.isclose(now[k], saved[k], rel_tol=1e-7, abs_tol=1e-6) for k in ("sum", "sumsq")
-        )
-        if not same:
-            raise CheckpointMismatch(
-                f"{where}: the checkpoint holds only the weights training changed, and the "
-                f"{saved['tensors']} frozen ones of this model differ from those it was trained "
-                "with (other pretrained weights, or a random init with another seed); resume "
-                "with the same backbone and seed, or start a new run directory"
-            )
-
-    def _load_weights(self, weights: dict[str, torch.Tensor], where) -> None:
-        """Load saved tensors; the ones a checkpoint leaves out must be frozen parameters."""
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        bad = sorted(
-            set(missing) & (set(self.model.state_dict()) - self._param_names() | self._trained)
-        )
-        if unexpected or bad:
-            raise CheckpointMismatch(
-                f"{where}: its tensors do not fit this model (missing {bad[:3]}, unexpected "
-                f"{sorted(unexpected)[:3]}); resume with the same config, or start a new run "
-                "directory"
-            )
-
-    def _checkpoint_dir(self) -> Path | None:
-        return self.run_dir / "checkpoints" / "last" if self.run_dir else None
-
-    def _save(self, state: LoopState, optimizer, scheduler) -> None:
-        ckpt = self._checkpoint_dir()
-        if ckpt is None:
-            return
-        # under FSDP every process takes part in gathering the optimizer's shards
-        opt_sd = self._full_optimizer_state(optimizer) if optimizer is not None else None
-        if not self.accelerator.is_main_process:
-            return
-        tensors = {f"model.{k}": v for k, v in self._changeable_tensors().items()}
-        tensors["rng.torch"] = torch.get_rng_state()
-        meta = {
-            "fingerprint": self.fingerprint,
-            "loop": asdict(state),
-            "fixed": self._fixed_checksum(),
-        }
-        if opt_sd is not None:
-            opt_tensors, opt_meta = optimizer_to_flat(opt_sd)
-            tensors.update(opt_tensors)
-            meta["optimizer"] = opt_meta
-            meta["scheduler"] = scheduler.state_dict()
-        save_checkpoint(ckpt, tensors, meta)
-        self._write_history(state.history)
-
-    def _write_history(self, history: list[dict]) -> None:
-        if not history or self.run_dir is None:
-            return
-        columns = list(dict.fromkeys(k for row in history for k in row))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-        atomic_write_bytes(self.run_dir / "history.csv", buf.getvalue().encode())
 
     def _log_epoch(self, row: dict) -> None:
         parts = [

@@ -344,11 +344,16 @@ def test_serve_tells_an_audio_model_s_clients_what_it_takes(fitted):
     with TestClient(create_app({"kw": str(run)})) as client:
         image = client.post("/predict", content=b"\x89PNG", headers={"content-type": "image/png"})
         json_body = client.post("/predict", json={"text": "hello"})
-        form = client.post("/predict", data={"text": "hello"})
+        form = client.post("/predict", data={"text": "hello"})  # url-encoded: no file
+        multipart = client.post("/predict", files={"text": (None, "hello")})  # no 'file'
     assert image.status_code == 415 and "text model" not in image.text
     assert "Content-Type audio/*" in image.json()["detail"], image.text
     assert json_body.status_code == 415 and "audio/..." in json_body.json()["detail"]
-    assert form.status_code == 422 and "'file' (the recording)" in form.json()["detail"]
+    # the documented contract (issue 36): a url-encoded form is a media type it does not take
+    assert form.status_code == 415 and "field 'file'" in form.json()["detail"], form.text
+    assert "audio/*" in form.json()["detail"]
+    assert multipart.status_code == 422, multipart.text
+    assert "'file' (the recording)" in multipart.json()["detail"]
 
 
 def test_feature_extract_on_a_packaged_encoder(tones):

@@ -214,7 +214,11 @@ def test_budget_epochs_share_what_is_left_by_planned_epochs(caplog):
     )
     now = time.perf_counter()
     fake = SimpleNamespace(
-        budget=100.0, _seconds_before=20.0, _started=now - 20.0, strategy=Strategy("x", stages)
+        budget=100.0,
+        _seconds_before=20.0,
+        _started=now - 20.0,
+        strategy=Strategy("x", stages),
+        _on_features=lambda stage: stage.head_only,  # the loop's rule with cached features
     )
     with caplog.at_level(logging.INFO, logger="headstart.train"):
         # 60 s left, a's share 10/40 = 15 s, 2 s per epoch: 1 + 7 = 8 epochs of 10

@@ -176,6 +176,7 @@ def _run(script: Path, data: Path, out: Path, procs: int, batch: int):
     return subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=900)
 
 
+@pytest.mark.distributed
 def test_two_processes_detect_like_one(scenes, tmp_path):
     """torchrun, 2 CPU processes (gloo) with 2 tiles each against 1 process with 4: the same
     global batches. Both processes end with identical weights (checked in the fit), every

@@ -33,11 +33,11 @@ class DetectionServing(TaskServing):
         )
 
     def kept_words(self, best) -> str:
-        return (
-            f"epoch {best['epoch']} of {best['stage']}"
-            if best
-            else "the last epoch (no validation)"
-        )
+        if not best:
+            return "the last epoch (no validation)"
+        if best["epoch"] is None:  # a WiSE-FT mix of two stages' weights: no epoch of its own
+            return best["stage"]
+        return f"epoch {best['epoch']} of {best['stage']}"
 
     def after_fit(self, estimator, run_dir, test) -> list[str]:
         return [f"report: {estimator.write_report(run_dir, test)}"]

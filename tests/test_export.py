@@ -29,43 +29,8 @@ from headstart.inference import Predictor
 from conftest import FAST, TEXT_FIT, make_arrays, write_folder
 from conftest import make_multi_label_texts as _make_multi_label_texts
 from conftest import make_texts as _make_texts
+from text_common import DIGIT_WORDS, LETTER_WORDS
 
-LETTER_WORDS = [
-    "abc",
-    "bad",
-    "cafe",
-    "dead",
-    "face",
-    "bead",
-    "fade",
-    "aged",
-    "ebb",
-    "gag",
-    "hag",
-    "deaf",
-    "beef",
-    "head",
-    "chef",
-    "edge",
-]
-DIGIT_WORDS = [
-    "123",
-    "456",
-    "789",
-    "2024",
-    "314",
-    "999",
-    "1010",
-    "42",
-    "777",
-    "808",
-    "5150",
-    "31337",
-    "606",
-    "2718",
-    "1618",
-    "90210",
-]
 TEXT_FIT = {**TEXT_FIT, "lora_lr": 5e-3}
 TOL = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

@@ -7,9 +7,10 @@ import json
 
 import pandas as pd
 import pytest
-from text_common import CLASSES, make_texts
 
 from headstart.cli import main
+
+from text_common import CLASSES, make_texts
 
 # ====================================================================== 10. CLI
 CLI_FLAGS = [

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from text_common import ids_of, random_text
 
 from headstart.data.images import DataError
 from headstart.data.text import (
@@ -26,6 +25,8 @@ from headstart.data.text import (
 from headstart.features import compute_features, length_sorted_batches
 from headstart.train import BucketBatchSampler, EpochSampler
 from headstart.zoo.base import TextPreprocess
+
+from text_common import ids_of, random_text
 
 
 # ====================================================================== 1. reading

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from text_common import CLASSES, DIGIT_WORDS, LETTER_WORDS, STRATEGIES, TEXT_FAST, make_texts
 
 from headstart import TextClassifier
 from headstart.data.images import DataError
@@ -22,6 +21,7 @@ from headstart.features import clear_memory_cache
 from headstart.zoo import create_backbone
 
 from conftest import make_multi_label_texts
+from text_common import CLASSES, DIGIT_WORDS, LETTER_WORDS, STRATEGIES, TEXT_FAST, make_texts
 
 
 # ====================================================================== 5. strategies

@@ -11,12 +11,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from text_common import TEXT_FAST
 
 from headstart import TextClassifier
 from headstart.data.text import collate_text, encode_texts
 from headstart.features import clear_memory_cache
 from headstart.zoo import OfflineError, create_backbone
+
+from text_common import TEXT_FAST
 
 
 # ====================================================================== 9. hf: offline

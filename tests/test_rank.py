@@ -322,7 +322,7 @@ def test_multi_label_data_is_refused_clearly():
 
 
 def test_text_candidates_rank_on_token_features():
-    from test_text import make_texts
+    from text_common import make_texts
 
     texts, labels = make_texts(40)
     res = rank(

@@ -204,6 +204,13 @@ class FitConfig:
         "weight sets (WiSE-FT: 0.25, 0.5, 0.75 of the way) on validation and "
         "keep the best by the same rule",
     )
+    ema: float = _f(
+        0.0,
+        "keep an exponential moving average of the weights while a stage trains "
+        "backbone layers (decay, e.g. 0.999; warmed up over the first steps) and "
+        "weigh the averaged weights against the stage's best epoch and the WiSE-FT "
+        "mixes by the same rule; 0 = off",
+    )
     early_stopping: int = _f(5, "stop a stage after this many epochs without improvement (0 = off)")
     monitor: str = _f(
         "auto",
@@ -351,6 +358,8 @@ class FitConfig:
             parse_duration(self.time_budget)  # a clear error now, not after the probe
         if self.train_chunks < 0:
             raise ValueError(f"train_chunks must be >= 0 (0: all), got {self.train_chunks}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema is a decay in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.val_fraction < 1.0:

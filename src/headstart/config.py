@@ -429,6 +429,14 @@ class FitConfig:
         return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+def settings_over(given: dict) -> dict:
+    """``given`` settings to lay over a task's defaults: ``--no-baseline`` also drops a
+    default ``blend`` (which blends the baseline in) unless blend is asked for too."""
+    if given.get("baseline") is False and "blend" not in given:
+        return {**given, "blend": False}
+    return dict(given)
+
+
 # Each task's own defaults, over FitConfig's (plain data here, so `headstart fit --help`
 # shows them without importing the tasks; each estimator's ``defaults`` is its dict).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -444,6 +452,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "contrastive": 1.0,
         "batch_size": 16,
         "eval_batch_size": 64,
+        # the TF-IDF baseline and the trained encoder's features in one logistic regression:
+        # on 8-32 emails per class it beat TF-IDF on every draw, the encoder alone did not
+        "blend": True,
         "lr": 1e-4,
         "head_lr": 1e-2,
         "lr_decay": 0.9,

@@ -67,6 +67,7 @@ class TaskServing:
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     input_names: tuple[str, ...] = ()  # the inference graph's inputs, in order
     form_field = "'file'"  # what an HTTP form must carry, for the message
+    data_in_settings = False  # whether fit's DATA may be left out (control: --env)
 
     def refusal(self, doing: str, run_dir) -> str | None:
         """Why ``doing`` ("exporting", "serving") cannot take a run of this task; None

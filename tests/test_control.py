@@ -195,3 +195,30 @@ def test_serving_reads_envs_and_rolls_out(source, tmp_path):
     rows = out.read_text().splitlines()
     assert rows[0] == "env,seed,return,length" and rows[1].startswith("Pendulum-v1[g=12],")
     assert "wrote 1 episodes" in line
+
+
+def test_onnx_export_gives_the_policys_actions(source, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from headstart.export import export_model
+
+    result = export_model(source, "onnx", out=tmp_path / "policy.onnx")
+    assert result.max_abs_diff < 1e-4 and result.batch_sizes == [32, 1]
+    import onnxruntime as ort
+
+    est = ControlEstimator.load(source)
+    obs = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    session = ort.InferenceSession(result.path, providers=["CPUExecutionProvider"])
+    got = session.run(["action"], {"observation": obs})[0]
+    assert np.abs(got - est.predict(obs)).max() < 1e-4
+
+
+def test_command_line_evaluates_and_refuses_missing_data(source, capsys):
+    from headstart.cli import main
+
+    assert main(["evaluate", str(source), "Pendulum-v1[g=12]"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out episodes" in out and "Pendulum-v1[g=12]" in out
+    assert main(["fit", "--task", "image"]) == 2
+    assert "give the training DATA" in capsys.readouterr().err
+    assert main(["evaluate", str(source), "Pendulum-v1[gravity=3]"]) == 2
+    assert "no parameter 'gravity'" in capsys.readouterr().err

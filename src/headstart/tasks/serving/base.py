@@ -162,6 +162,13 @@ class TaskServing:
         dimension of every input)."""
         return {name: {0: batch} for name in self.input_names}
 
+    def export_run(
+        self, estimator, run_dir, format, out, check, n_check: int, tolerance: float, opset: int
+    ) -> dict | None:
+        """A task that exports its own graph: the export's result fields (checked for
+        parity); None: the classifiers' export (:func:`headstart.export.export_model`)."""
+        return None
+
     def export_inputs(self, predictor) -> tuple[list[dict], dict]:
         """The exported graph's inputs, and the preprocessing recipe outside it."""
         raise self._no_graph()

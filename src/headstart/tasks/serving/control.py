@@ -38,6 +38,22 @@ class ControlServing(TaskServing):
             raise DataError("no target environment: pass --env ID (e.g. --env Pendulum-v1)")
         return parse_env(str(env), cfg.env_set if str(env) == (cfg.env or str(env)) else "")
 
+    def refusal(self, doing: str, run_dir) -> str | None:
+        if doing == "exporting":
+            return None  # the policy network exports (export_run); serving over HTTP does not
+        return (
+            f"{run_dir}: {doing} {self.what} over HTTP is not supported; export the policy "
+            f"(`headstart export {run_dir}`) or roll it out with `headstart predict {run_dir} ENV`"
+        )
+
+    def export_run(
+        self, estimator, run_dir, format, out, check, n_check: int, tolerance: float, opset: int
+    ) -> dict | None:
+        """The policy network (raw observations -> actions, normalisation inside) as ONNX or
+        TorchScript, kept only where it gives the actions ``predict`` gives on real
+        observations (an episode of ``check``, default the run's target env)."""
+        return estimator.export_policy(run_dir, format, out, check, n_check, tolerance, opset)
+
     def input_summary(self, estimator) -> str:
         shape = estimator.spaces_["observation_shape"]
         return f"{estimator.algo_.upper()} on {estimator.spec_.label}, observations {shape}"

@@ -33,175 +33,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import atomic_save_tensors, atomic_write_json
-from ..config import TASK_DEFAULTS, FitConfig
-from ..data.envs import EnvSpec, check_spaces, make_env, parse_env
-from ..data.images import DataError
-from ..zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
-from .base import FORMAT_VERSION, NotFittedError, TransferEstimator
-from .serving.control import ControlServing
+from ...artifacts import atomic_save_tensors, atomic_write_json
+from ...config import TASK_DEFAULTS, FitConfig
+from ...data.envs import EnvSpec, check_spaces, make_env, parse_env
+from ...data.images import DataError
+from ...zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
+from ..base import FORMAT_VERSION, NotFittedError, TransferEstimator
+from ..serving.control import ControlServing
+from .policy import (
+    CHECKPOINT,
+    EVAL_SEED,
+    NORM_CLIP,
+    NORM_EPS,
+    PRIOR_COUNT,
+    STRATEGIES,
+    ObsNorm,
+    PolicyGraph,
+    SpacesEnv,
+    algo_class,
+    env_spaces,
+    export_policy,
+    param_groups,
+    plan_stages,
+    rollout,
+    torch_threads,
+)
 
 log = logging.getLogger(__name__)
-
-ALGOS = {"sac": "SAC", "td3": "TD3", "ppo": "PPO"}
-STRATEGIES = ("zero_shot", "finetune", "partial", "lp_ft")
-EVAL_SEED = 1_000_000  # evaluation episodes start here: seeds no training episode uses
-CHECKPOINT = "checkpoint"
-NORM_CLIP, NORM_EPS = 10.0, 1e-8  # VecNormalize's defaults
-PRIOR_COUNT = 1000.0  # carried-over normalisation statistics weigh as this many observations
-
-
-def algo_class(name: str):
-    import stable_baselines3
-
-    if name not in ALGOS:
-        raise ValueError(f"algo={name!r}: choose one of {', '.join(ALGOS)}")
-    return getattr(stable_baselines3, ALGOS[name])
-
-
-def param_groups(algo: str, policy) -> dict[str, list[torch.nn.Parameter]]:
-    """The policy's parameters as the strategies see them: ``features`` (the actor's
-    hidden layers), ``last`` (its output layer) and ``value`` (the critic / value net)."""
-    if algo == "sac":
-        return {
-            "features": list(policy.actor.latent_pi.parameters()),
-            "last": [*policy.actor.mu.parameters(), *policy.actor.log_std.parameters()],
-            "value": list(policy.critic.parameters()),
-        }
-    if algo == "td3":
-        layers = [m for m in policy.actor.mu if isinstance(m, torch.nn.Linear)]
-        last = list(layers[-1].parameters())
-        ids = {id(p) for p in last}
-        return {
-            "features": [p for p in policy.actor.parameters() if id(p) not in ids],
-            "last": last,
-            "value": list(policy.critic.parameters()),
-        }
-    ext = policy.mlp_extractor
-    return {
-        "features": list(ext.policy_net.parameters()),
-        "last": [*policy.action_net.parameters(), policy.log_std]
-        if hasattr(policy, "log_std")
-        else list(policy.action_net.parameters()),
-        "value": [*ext.value_net.parameters(), *policy.value_net.parameters()],
-    }
-
-
-def plan_stages(
-    strategy: str, scratch: bool, steps: int, value_fraction: float, warmup: int = 0
-) -> list[dict]:
-    """``[{"stage", "steps", "frozen"}]``: what each stage trains, in env steps (``warmup``:
-    the first steps only collect data; lp_ft's value stage counts from its end)."""
-    if scratch:
-        return [{"stage": "scratch", "steps": steps, "frozen": []}]
-    if strategy == "zero_shot":
-        return []
-    if strategy == "finetune":
-        return [{"stage": "finetune", "steps": steps, "frozen": []}]
-    if strategy == "partial":
-        return [{"stage": "partial", "steps": steps, "frozen": ["features"]}]
-    first = min(steps, warmup + int(round((steps - warmup) * value_fraction)))
-    stages = [{"stage": "value", "steps": first, "frozen": ["features", "last"]}] if first else []
-    return stages + [{"stage": "finetune", "steps": steps - first, "frozen": []}]
-
-
-class _SpacesEnv:
-    """The spaces of a saved policy, for SB3 to build its networks on (never stepped)."""
-
-    def __new__(cls, spaces: dict):
-        import gymnasium as gym
-
-        class SpacesEnv(gym.Env):
-            def __init__(self):
-                self.observation_space = gym.spaces.Box(
-                    -np.inf, np.inf, tuple(spaces["observation_shape"]), np.float32
-                )
-                if spaces["action_kind"] == "Box":
-                    self.action_space = gym.spaces.Box(
-                        np.array(spaces["action_low"], np.float32),
-                        np.array(spaces["action_high"], np.float32),
-                    )
-                else:
-                    self.action_space = gym.spaces.Discrete(spaces["action_n"])
-
-            def reset(self, *, seed=None, options=None):
-                return self.observation_space.sample(), {}
-
-            def step(self, action):
-                raise RuntimeError("a stand-in for the saved spaces; not an environment")
-
-        return SpacesEnv()
-
-
-def env_spaces(env) -> dict:
-    obs, act = env.observation_space, env.action_space
-    out: dict[str, Any] = {
-        "observation_shape": list(obs.shape),
-        "action_kind": type(act).__name__,
-        "action_shape": list(act.shape or ()),
-    }
-    if out["action_kind"] == "Box":
-        out["action_low"], out["action_high"] = act.low.tolist(), act.high.tolist()
-    else:
-        out["action_n"] = int(act.n)
-    return out
-
-
-class ObsNorm:
-    """Running observation mean / variance (VecNormalize's statistics), as plain arrays."""
-
-    def __init__(self, mean, var, count: float):
-        self.mean = np.asarray(mean, np.float64)
-        self.var = np.asarray(var, np.float64)
-        self.count = float(count)
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        z = (obs - self.mean) / np.sqrt(self.var + NORM_EPS)
-        return np.clip(z, -NORM_CLIP, NORM_CLIP).astype(np.float32)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {
-            "obs_norm.mean": torch.from_numpy(self.mean.copy()),
-            "obs_norm.var": torch.from_numpy(self.var.copy()),
-        }
-
-
-def rollout(act, spec: EnvSpec, seeds: list[int], norm: ObsNorm | None) -> dict:
-    """Episodes of ``act`` (observation batch -> action batch) on ``spec``, one per seed:
-    returns, lengths, their mean and standard deviation."""
-    env, _ = make_env(spec)
-    returns, lengths = [], []
-    try:
-        for seed in seeds:
-            obs, _ = env.reset(seed=int(seed))
-            env.action_space.seed(int(seed))
-            total, n, done = 0.0, 0, False
-            while not done:
-                x = np.asarray(obs, np.float32)[None]
-                action = act(norm(x) if norm is not None else x)[0]
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                n += 1
-                done = terminated or truncated
-            returns.append(total)
-            lengths.append(n)
-    finally:
-        env.close()
-    return {
-        "env": spec.label,
-        "episodes": len(seeds),
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "mean_length": float(np.mean(lengths)),
-        "returns": [round(r, 3) for r in returns],
-        "lengths": lengths,
-        "seeds": [int(s) for s in seeds],
-    }
-
-
-def _torch_threads() -> None:
-    if os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
 
 class ControlEstimator(TransferEstimator):
@@ -336,7 +194,7 @@ class ControlEstimator(TransferEstimator):
         """Train in the target environment ``X`` for ``steps`` env steps (a learning curve
         on held-out seeds every ``eval_every``); ``resume``: go on from the run's last
         checkpoint."""
-        _torch_threads()
+        torch_threads()
         t0 = time.time()
         cfg = self.resolved_config()
         spec = self._target(X, cfg)
@@ -674,7 +532,7 @@ class ControlEstimator(TransferEstimator):
         cfg = FitConfig.from_dict(config["fit_config"])
         pol = config["policy"]
         est = cls(config=cfg, run_dir=run_dir)
-        env = _SpacesEnv(pol["spaces"])
+        env = SpacesEnv(pol["spaces"])
         model = est._new_model(
             pol["algo"], env, cfg.replace(head_hidden=tuple(pol["net_arch"])), cfg.lr, 1
         )
@@ -701,51 +559,23 @@ class ControlEstimator(TransferEstimator):
         est.env_changes_ = est.metrics_.get("env_changes", [])
         return est
 
+    def export_policy(
+        self,
+        run_dir,
+        format: str = "onnx",
+        out=None,
+        check=None,
+        n_check: int = 32,
+        tolerance: float = 1e-4,
+        opset: int = 18,
+    ) -> dict:
+        """The policy network as ONNX or TorchScript, checked for parity
+        (:func:`headstart.tasks.control.policy.export_policy`)."""
+        self._check_fitted()
+        return export_policy(self, run_dir, format, out, check, n_check, tolerance, opset)
+
     def actor_module(self) -> torch.nn.Module:
         """observations (raw) -> deterministic actions, normalisation inside: the graph an
         export writes."""
         self._check_fitted()
         return PolicyGraph(self)
-
-
-class PolicyGraph(torch.nn.Module):
-    """A fitted policy as one module: raw observations in, the actions ``predict`` gives
-    out (normalised, clipped, through the actor, scaled to the action bounds)."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-    low: torch.Tensor
-    high: torch.Tensor
-    actor: Any
-
-    def __init__(self, est: ControlEstimator):
-        super().__init__()
-        norm = est.norm_
-        dim = est.spaces_["observation_shape"][0]
-        mean = torch.zeros(dim) if norm is None else torch.tensor(norm.mean, dtype=torch.float32)
-        std = (
-            torch.ones(dim)
-            if norm is None
-            else torch.sqrt(torch.tensor(norm.var, dtype=torch.float64) + NORM_EPS).float()
-        )
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.clip = NORM_CLIP if norm is not None else float("inf")
-        self.algo = est.algo_
-        policy = est.model_.policy
-        self.actor = policy.actor if est.algo_ in ("sac", "td3") else policy
-        low = np.array(est.spaces_.get("action_low", [-1.0]), np.float32)
-        high = np.array(est.spaces_.get("action_high", [1.0]), np.float32)
-        self.register_buffer("low", torch.from_numpy(low))
-        self.register_buffer("high", torch.from_numpy(high))
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        x = ((obs - self.mean) / self.std).clamp(-self.clip, self.clip)
-        if self.algo == "sac":
-            a = self.actor(x, deterministic=True)
-        elif self.algo == "td3":
-            a = self.actor(x)
-        else:
-            a = self.actor.get_distribution(x).mode()  # PPO: the Gaussian's mean
-            return torch.maximum(torch.minimum(a, self.high), self.low)
-        return self.low + 0.5 * (a + 1.0) * (self.high - self.low)

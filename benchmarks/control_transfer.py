@@ -62,7 +62,14 @@ PAIRS = {
         "eval_every": 750,
     },
 }
-STRATEGIES = ("finetune", "lp_ft")
+STRATEGIES = (
+    "finetune",
+    "lp_ft",
+    "finetune_w1000",
+    "lp_ft_w1000",
+    "finetune_fixednorm",
+    "lp_ft_fixednorm",
+)
 MEASURED = ("pendulum", "reacher")  # the pairs the bar is judged on
 
 
@@ -96,10 +103,18 @@ def run_pair(name: str, seeds: list[int], work: Path, strategies) -> None:
         for run, steps in todo:
             if _done(read_rows(ROWS), pair=name, run=run, seed=seed):
                 continue
+            # STRATEGY_wK: the source policy collects K steps before the first update
+            # STRATEGY_fixednorm: the source's observation statistics, not adapted
+            strategy = run.removesuffix("_fixednorm")
+            extra: dict = {"adapt_norm": False} if strategy != run else {}
+            strategy, _, warm = strategy.partition("_w")
+            if warm:
+                extra["learning_starts"] = int(warm)
             t0 = time.time()
             est = ControlEstimator(
                 backbone="scratch" if run == "scratch" else str(src_dir),
-                strategy="finetune" if run == "scratch" else run,
+                strategy="finetune" if run == "scratch" else strategy,
+                **extra,
                 env=pair["target"],
                 env_set=pair["target_set"],
                 steps=steps,
@@ -208,7 +223,7 @@ def main() -> None:
     p.add_argument("what", choices=["run", "summary"])
     p.add_argument("--pairs", default=",".join(PAIRS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--strategies", default=",".join(STRATEGIES[:2]))
     p.add_argument("--work", default="/tmp/control_transfer")
     args = p.parse_args()
     if args.what == "run":

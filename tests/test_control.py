@@ -139,8 +139,14 @@ def test_partial_freezes_the_feature_layers_lp_ft_trains_the_value_first(source,
     # the observation statistics came from the source and kept adapting
     assert not np.array_equal(a["obs_norm.mean"], b["obs_norm.mean"])
     lp = ControlEstimator(
-        backbone=str(source), strategy="lp_ft", env="Pendulum-v1", env_set="g=14", **TINY
+        backbone=str(source),
+        strategy="lp_ft",
+        env="Pendulum-v1",
+        env_set="g=14",
+        adapt_norm=False,
+        **TINY,
     ).fit()
+    assert lp.norm_ is not None and np.array_equal(lp.norm_.mean, a["obs_norm.mean"].numpy())
     assert [s["stage"] for s in lp.stages_] == ["value", "finetune"]
     assert [s["steps"] for s in lp.stages_] == [72, 88]  # warm-up 50 + 20% of the other 110
     assert lp.stages_[0]["trainable_params"] < lp.stages_[1]["trainable_params"]

@@ -375,6 +375,11 @@ class FitConfig:
         "control: normalise observations (running mean / variance, carried over from the "
         "source and adapted to the target)",
     )
+    adapt_norm: bool = _f(
+        True,
+        "control, a transferred policy: keep updating the carried-over observation "
+        "statistics on the target's observations (--no-adapt-norm: keep the source's)",
+    )
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():

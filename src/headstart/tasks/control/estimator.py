@@ -182,6 +182,7 @@ class ControlEstimator(TransferEstimator):
             rms: Any = venv.obs_rms
             rms.mean, rms.var = norm.mean.copy(), norm.var.copy()
             rms.count = min(norm.count, PRIOR_COUNT)
+            venv.training = cfg.adapt_norm
         return venv
 
     @staticmethod

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 CHOICES = {
-    "strategy": ("feature_extract", "finetune", "partial", "gradual", "lp_ft", "lora", "auto"),
+    "strategy": (
+        "feature_extract",
+        "finetune",
+        "partial",
+        "gradual",
+        "lp_ft",
+        "lora",
+        "auto",
+        "zero_shot",
+    ),
     "truncation": ("head", "head_tail", "chunks"),
     "augment": ("none", "light", "strong", "trivial", "randaugment"),
     "mix": ("none", "mixup", "cutmix"),
@@ -23,6 +32,7 @@ CHOICES = {
     "detector": ("fasterrcnn", "retinanet", "fcos"),
     "blend_mode": ("mean", "joint"),
     "keep": ("best", "last_stage"),
+    "algo": ("sac", "td3", "ppo"),
 }
 
 # What `--strategy auto` trains before it weighs the network against the classic baseline.
@@ -88,7 +98,7 @@ class FitConfig:
         "| lp_ft (linear probe, then fine-tune everything) | lora (linear "
         "probe, then low-rank adapters via PEFT) | auto (lp_ft, then keep "
         "whichever of it and the classic baseline scores higher on "
-        "validation beyond its noise)",
+        "validation beyond its noise) | zero_shot (control: the source policy as it is)",
     )
     cut: int = _f(0, "remove this many trailing feature stages of the backbone")
     keep_head: bool = _f(
@@ -342,6 +352,41 @@ class FitConfig:
         "validation part that scales the logits (calibrated probabilities: "
         "lower NLL and ECE, the same predicted classes)",
     )
+    env: str = _f(
+        "",
+        "control: the target environment, a gymnasium id (Pendulum-v1, Hopper-v5) or "
+        "package.module:ClassName",
+    )
+    env_set: str = _f(
+        "",
+        "control: changes to the environment's dynamics, NAME=VALUE,... (classic envs: "
+        "set an attribute, g=14; MuJoCo: scale the model's value, torso_mass=1.5, "
+        "friction=0.5, gravity=1.2, gear=0.8)",
+    )
+    steps: int = _f(20000, "control: the budget in environment steps")
+    algo: str = _f(
+        "sac", "control: the Stable-Baselines3 algorithm of a new policy: sac | td3 | ppo"
+    )
+    eval_every: int = _f(
+        1000, "control: steps between evaluations (learning curve) and checkpoints"
+    )
+    eval_episodes: int = _f(5, "control: episodes of each evaluation, on held-out seeds")
+    learning_starts: int = _f(
+        100, "control (sac, td3): random-action steps before the first update of a new policy"
+    )
+    value_fraction: float = _f(
+        0.2, "control, lp_ft: the share of the steps that train the value function alone"
+    )
+    normalize: bool = _f(
+        True,
+        "control: normalise observations (running mean / variance, carried over from the "
+        "source and adapted to the target)",
+    )
+    adapt_norm: bool = _f(
+        True,
+        "control, a transferred policy: keep updating the carried-over observation "
+        "statistics on the target's observations (--no-adapt-norm: keep the source's)",
+    )
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -351,7 +396,15 @@ class FitConfig:
                     f"{name}={value!r} is not valid; choose one of {', '.join(allowed)}"
                 )
         self.head_hidden = tuple(int(h) for h in self.head_hidden)
-        for name in ("epochs", "head_epochs", "batch_size", "eval_batch_size"):
+        for name in (
+            "epochs",
+            "head_epochs",
+            "batch_size",
+            "eval_batch_size",
+            "steps",
+            "eval_every",
+            "eval_episodes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.time_budget is not None:
@@ -362,6 +415,8 @@ class FitConfig:
             raise ValueError(f"ema is a decay in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.value_fraction < 1.0:
+            raise ValueError(f"value_fraction must be in [0, 1), got {self.value_fraction}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("lr", "head_lr", "lora_lr"):
@@ -502,6 +557,18 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "augment": "light",
         "val_fraction": 0.2,
         "warmup_steps": 0,  # 5% of the steps warm up, however few (tiles come in fours)
+        "channels_last": False,
+    },
+    # Control: SB3's SAC on small MLPs; a new policy learns at head_lr, a transferred one is
+    # fine-tuned at the smaller lr.
+    "control": {
+        "backbone": "scratch",
+        "strategy": "finetune",
+        "lr": 3e-4,
+        "head_lr": 1e-3,
+        "batch_size": 256,
+        "head_hidden": (64, 64),
+        "weight_decay": 0.0,
         "channels_last": False,
     },
 }

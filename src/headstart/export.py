@@ -93,6 +93,9 @@ def export_model(
     refusal = serving.refusal("exporting", run_dir)
     if refusal:
         raise ExportError(refusal)
+    own = serving.export_run(est, run_dir, format, out, check, n_check, tolerance, opset)
+    if own is not None:  # a task whose graph is not a classifier's (a control policy)
+        return ExportResult(**own)
     if est._kept_baseline():
         raise ExportError(
             f"{run_dir}: this run kept its classic baseline ({est.baseline_.name}) over the "

@@ -131,6 +131,11 @@ def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = 
             probe,
             Stage("lora", 0, ft_epochs(), cfg.lora_lr, cfg.lora_lr, 1.0, "frozen", adapters=True),
         )
+    elif name == "zero_shot":
+        raise ValueError(
+            "strategy zero_shot (the source as it is) is for --task control; a classifier "
+            "trains at least its new head: use feature_extract"
+        )
     else:
         raise ValueError(f"unknown strategy {name!r}")
     return Strategy(name, stages)

@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from ..config import CHOICES, CLASSIFY_TASKS, TASK_DEFAULTS, FitConfig, settings_over
 
 TASKS = CLASSIFY_TASKS
-FIT_TASKS = (*TASKS, "asr", "detect")
+FIT_TASKS = (*TASKS, "asr", "detect", "control")
 
 
 def _show(value) -> str:

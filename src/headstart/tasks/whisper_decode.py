@@ -36,7 +36,13 @@ class WhisperText:
         extra = folder / "whisper.json"
         settings = json.loads(extra.read_text()) if extra.is_file() else {}
         self.english_only = english_only
-        tid = self.tokenizer.token_to_id
+
+        def tid(token: str) -> int:
+            found = self.tokenizer.token_to_id(token)
+            if found is None:
+                raise ValueError(f"{folder}/tokenizer.json has no {token} token: not Whisper's")
+            return int(found)
+
         self.eot = tid("<|endoftext|>")
         self.sot = tid("<|startoftranscript|>")
         self.no_timestamps = tid("<|notimestamps|>")
@@ -49,14 +55,26 @@ class WhisperText:
 
     def encode(self, text: str) -> list[int]:
         """A transcript's tokens (a leading space, as Whisper writes words), without the
-        prompt; raises ValueError for text the tokenizer cannot represent exactly."""
+        prompt. ValueError for text the tokenizer cannot represent exactly: control,
+        unassigned or surrogate characters, or Whisper's own special tokens (``<|en|>``)."""
         text = str(text).strip()
-        ids = self.tokenizer.encode(" " + text, add_special_tokens=False).ids
-        if self.decode(ids) != text:
-            bad = sorted({c for c in text if self.decode(self.raw_encode(c)) != c})
+        bad = sorted(
+            {
+                c
+                for c in text
+                if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") and not c.isspace()
+            }
+        )
+        if bad:
+            raise ValueError(f"characters {bad} cannot be encoded by the Whisper tokenizer")
+        try:
+            ids = self.tokenizer.encode(" " + text, add_special_tokens=False).ids
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library's errors vary
+            raise ValueError(f"the Whisper tokenizer cannot encode it ({exc})") from exc
+        if any(i >= self.eot for i in ids) or self.decode(ids) != text:
             raise ValueError(
-                f"characters {bad or '?'} cannot be encoded by the Whisper tokenizer "
-                "(they would come back changed)"
+                "it holds Whisper's special tokens (such as <|endoftext|>) or text the "
+                "tokenizer does not give back unchanged"
             )
         return ids
 
@@ -137,8 +155,9 @@ def beam_decode(
         for step in range(min(max_tokens, MAX_TOKENS)):
             seqs = torch.tensor([text.prompt + s for _, s in alive], device=states.device)
             logits = head.proj_out(
-                head.decoder(input_ids=seqs, encoder_hidden_states=enc[: len(alive)])
-                .last_hidden_state[:, -1]
+                head.decoder(
+                    input_ids=seqs, encoder_hidden_states=enc[: len(alive)]
+                ).last_hidden_state[:, -1]
             )
             logp = torch.log_softmax(logits.float(), -1)
             logp[:, always] = -float("inf")
@@ -147,7 +166,9 @@ def beam_decode(
             cands = []
             for (score, seq), lp in zip(alive, logp):
                 top = torch.topk(lp, beams + 1)
-                cands += [(score + float(v), seq + [int(k)]) for v, k in zip(top.values, top.indices)]
+                cands += [
+                    (score + float(v), seq + [int(k)]) for v, k in zip(top.values, top.indices)
+                ]
             cands.sort(key=lambda c: -c[0])
             alive = []
             for score, seq in cands:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .base import SourceMeta, ZooError
 
@@ -375,9 +374,7 @@ def create_packaged_whisper_encoder(name: str, pretrained: bool, cut: int):
     else:
         from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-        model = WhisperForConditionalGeneration(
-            WhisperConfig.from_dict(hf_config(PACKAGES[name]))
-        )
+        model = WhisperForConditionalGeneration(WhisperConfig.from_dict(hf_config(PACKAGES[name])))
     return WhisperEncoderBackbone(
         model.get_encoder(), f"packaged:{name}", WHISPER_META[name], cut=cut
     )

@@ -367,6 +367,7 @@ class WhisperRecognizer(TransferEstimator):
         self.stages_, self.best_ = state.stage_summaries, state.best_where
         self.fit_seconds_ = time.perf_counter() - t0
         self.metrics_ = {"fit_seconds": self.fit_seconds_, "best": state.best_where}
+        self.is_main_process_ = trainer.accelerator.is_main_process
         if val_src is not None:
             self.metrics_["validation"] = self.evaluate(val_src)
         if self.run_dir is not None:

@@ -72,6 +72,21 @@ def wer_spelled(est, test: Path) -> float:
     )
 
 
+def wise_eval(asr, zero, alpha: float, test: Path, real: Path) -> dict:
+    """WiSE-FT (Wortsman et al. 2022): the decoder's weights mixed, ``alpha`` x fine-tuned +
+    (1 - alpha) x source, evaluated on the accent test set and the real clips."""
+    tuned = {k: v.clone() for k, v in asr.model_.head.state_dict().items()}
+    source = zero.model_.head.state_dict()
+    asr.model_.head.load_state_dict(
+        {k: alpha * v + (1 - alpha) * source[k].to(v.dtype) for k, v in tuned.items()}
+    )
+    try:
+        m, r = asr.evaluate(str(test)), asr.evaluate(str(real))
+    finally:
+        asr.model_.head.load_state_dict(tuned)
+    return {"wise_alpha": alpha, "wer": m["wer"], "cer": m["cer"], "real_wer": r["wer"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", default="spanish")
@@ -83,6 +98,11 @@ def main() -> None:
     ap.add_argument("--head-lr", type=float, default=3e-5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--feature-cache", default=None, help="keep encoder states on disk here")
+    ap.add_argument(
+        "--wise",
+        default="",
+        help="also evaluate WiSE-FT mixes: alphas (0..1, weight of the fine-tuned decoder)",
+    )
     ap.add_argument(
         "--no-zero-shot", action="store_true", help="skip the zero-shot rows (LibriVox kept)"
     )
@@ -139,6 +159,14 @@ def main() -> None:
                 "eval_seconds": time.perf_counter() - t - fit_s,
             }
             rows.append(row)
+            for alpha in [float(a) for a in args.wise.split(",") if a]:
+                wise_row = wise_eval(asr, zero, alpha, test, real)
+                rows.append({**row, **wise_row})
+                print(
+                    f"{size:>3}/slot seed {seed} WiSE-FT alpha {alpha:g}: accent WER "
+                    f"{wise_row['wer']:.3f}; LibriVox WER {wise_row['real_wer']:.3f}",
+                    flush=True,
+                )
             print(
                 f"{size:>3}/slot seed {seed}: accent WER {m['wer']:.3f} CER {m['cer']:.3f}; "
                 f"LibriVox WER {r['wer']:.3f} (zero-shot {zs_real['wer']:.3f}); fit "
@@ -148,7 +176,7 @@ def main() -> None:
     print(f"\nsummary (target {args.target}; strategy {args.strategy}; medians over seeds):")
     print(f"  zero-shot            accent WER {zs['wer']:.3f} (spelled {zs_spelled:.3f})")
     for size in sorted({r["size"] for r in rows}):
-        sel = [r for r in rows if r["size"] == size]
+        sel = [r for r in rows if r["size"] == size and "wise_alpha" not in r]
         wer = float(np.median([r["wer"] for r in sel]))
         real_wer = float(np.median([r["real_wer"] for r in sel]))
         print(

@@ -58,6 +58,13 @@ if ! command -v espeak-ng >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq espeak-ng >/dev/null
 fi
 
+# issue 31: 14 real recordings with transcripts (LibriVox clips, BSD-2) for the Whisper
+# sanity check (zero-shot WER, forgetting after accent fine-tuning).
+if [ ! -d /usr/share/pocketsphinx/test/data ] && ! dpkg -s pocketsphinx-testdata >/dev/null 2>&1; then
+  apt_update_once
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq pocketsphinx-testdata >/dev/null
+fi
+
 # Text corpora, into $HEADSTART_DATA (default ~/.cache/headstart/data):
 DATA=${HEADSTART_DATA:-$HOME/.cache/headstart/data}
 mkdir -p "$DATA"

@@ -24,6 +24,7 @@ from ..zoo.audio import AudioBackbone
 from ..zoo.base import AudioPreprocess, Backbone
 from .audio import MAX_AUTO_CLIP, AudioClassifier, durations
 from .serving import SpeechServing
+from .whisper_asr import WhisperRecognizer
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,25 @@ class SpeechRecognizer(AudioClassifier):
     task = "asr"
     defaults = ASR_DEFAULTS
     serving_class = SpeechServing
+
+    def __new__(cls, backbone=None, strategy=None, config=None, run_dir=None, **params):
+        """A Whisper backbone (``packaged:whisper-*``) gives a :class:`WhisperRecognizer`
+        (encoder-decoder, its own tokenizer) instead of a CTC head on frame features."""
+        from ..zoo.whisper import is_whisper_id
+
+        chosen = backbone if backbone is not None else getattr(config, "backbone", None)
+        if cls is SpeechRecognizer and is_whisper_id(chosen):
+            return WhisperRecognizer(backbone, strategy, config, run_dir, **params)
+        return super().__new__(cls)
+
+    @classmethod
+    def load(cls, run_dir, device: str = "cpu"):
+        """A fitted recogniser from its run directory (CTC or Whisper)."""
+        from ..zoo.local import read_run_config
+
+        if read_run_config(run_dir).get("decoder") == "whisper":
+            return WhisperRecognizer.load(run_dir, device=device)
+        return super().load(run_dir, device=device)
 
     @staticmethod
     def _new_head(backbone: Backbone, n_out: int, spec: HeadSpec) -> CTCHead:

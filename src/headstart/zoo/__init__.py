@@ -9,6 +9,9 @@ Backbone ids read ``source:name``:
   WavLM, Whisper's encoder, ...) (needs network or the HF cache);
 * ``packaged:crepe-tiny``, ``packaged:crepe-full``, ``packaged:ge2e`` - audio encoders
   trained on real recordings, from PyPI packages (offline);
+* ``packaged:whisper-tiny.en``, ``packaged:whisper-base`` - OpenAI Whisper (680k hours of web
+  speech, MIT) from PyPI packages in CTranslate2 format, converted once into the cache: the
+  encoder for ``--task audio``, the encoder-decoder for ``--task asr``;
 * ``audio:cnn`` - a log-mel CNN architecture to pretrain (``headstart pretrain``);
 * ``tiny:cnn``, ``tiny:bert``, ``tiny:wav2vec2``, ``tiny:whisper`` - random-init, for plumbing
   tests only;
@@ -253,6 +256,12 @@ def _register_builtin() -> None:
 
     register(ModelCard(TINY_WAV2VEC2_META, create_tiny_wav2vec2))
     register(ModelCard(TINY_WHISPER_META, create_tiny_whisper))
+
+    from .whisper import PACKAGES as WHISPER_PACKAGES
+    from .whisper import WHISPER_META, create_packaged_whisper_encoder
+
+    for name in WHISPER_PACKAGES:  # the encoder for --task audio; --task asr: the whole model
+        register(ModelCard(WHISPER_META[name], partial(create_packaged_whisper_encoder, name)))
 
 
 _register_builtin()

@@ -150,6 +150,8 @@ class SpeechServing(AudioServing):
         raise self._no_graph()
 
     def input_summary(self, estimator) -> str:
+        if not estimator.classes_:  # a Whisper recogniser: its own tokenizer, no alphabet
+            return f"up to {estimator.preprocess_.clip_seconds:g} s recordings, Whisper's tokenizer"
         return (
             f"{estimator.preprocess_.clip_seconds:g} s clips, alphabet "
             f"{''.join(estimator.classes_)!r}"

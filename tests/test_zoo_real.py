@@ -204,3 +204,88 @@ def test_mpnet_assembles_once_and_refuses_a_damaged_archive(monkeypatch, tmp_pat
     with pytest.raises(ZooError, match="SHA-256"):
         mpnet.mpnet_folder(tmp_path)
     assert list(tmp_path.iterdir()) == []  # the work folder is removed
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_fits_saves_and_exports_to_onnx(tmp_path):
+    import numpy as np
+
+    from headstart import ImageClassifier
+    from headstart.datasets import DatasetMissing, fashion_mnist, per_class_subset
+    from headstart.export import export_model
+
+    try:
+        x, y, classes = fashion_mnist("test")
+    except DatasetMissing as exc:
+        pytest.fail(str(exc))
+    train = per_class_subset(y, 8, seed=0)
+    test = np.setdiff1d(per_class_subset(y, 12, seed=1), train)[:40]
+    run = tmp_path / "run"
+    clf = ImageClassifier(
+        "packaged:mobilenet_v2",
+        strategy="feature_extract",
+        head_epochs=5,
+        image_size=64,
+        num_workers=0,
+        device="cpu",
+        val_fraction=0.0,
+        baseline=False,
+        run_dir=run,
+    ).fit(x[train], [classes[i] for i in y[train]])
+    assert clf.stages_[-1]["bn"] == "frozen"
+    result = export_model(run, "onnx", check=list(x[test]))
+    assert result.max_abs_diff < 1e-4 and result.checked_items == min(32, len(test))
+    config = json.loads((run / "config.json").read_text())
+    assert config["preprocess"]["interpolation"] == "bilinear"
+
+
+@pytest.mark.slow
+def test_mpnet_lora_fit_reloads(tmp_path, caplog):
+    """The text strategies reach MPNet as they reach MiniLM (two blocks kept: fast)."""
+    import logging
+
+    import numpy as np
+
+    from headstart import TextClassifier
+    from headstart.features import clear_memory_cache
+
+    sports = [
+        "The striker scored twice in the final minutes of the match.",
+        "Our goalkeeper saved a penalty in extra time.",
+        "The team won the league after a long season.",
+        "She ran the marathon in under three hours.",
+        "The coach changed tactics at half time.",
+        "Fans cheered as the tennis final went to five sets.",
+    ]
+    cooking = [
+        "Simmer the tomato sauce with garlic for twenty minutes.",
+        "Whisk the eggs and sugar until the mixture is pale.",
+        "Bake the bread at a high temperature for a crisp crust.",
+        "Season the soup with salt, pepper and fresh herbs.",
+        "Fry the onions slowly until they caramelise.",
+        "Knead the dough and let it rise for an hour.",
+    ]
+    X, y = sports + cooking, ["sports"] * 6 + ["cooking"] * 6
+    caplog.set_level(logging.INFO, logger="headstart.strategies")
+    run = tmp_path / "lora"
+    clf = TextClassifier(
+        "packaged:mpnet-base",
+        cut=10,
+        strategy="lora",
+        epochs=1,
+        head_epochs=30,
+        max_length=32,
+        num_workers=0,
+        device="cpu",
+        val_fraction=0.0,
+        baseline=False,
+        seed=0,
+        run_dir=run,
+    ).fit(X, y)
+    assert "stage lora: trainable" in caplog.text
+    assert clf.stages_[-1]["trainable_params"] < 0.05 * clf.stages_[-1]["total_params"]
+    assert clf.score(X, y) >= 0.9
+    expected = clf.predict_proba(X)
+    clear_memory_cache()
+    loaded = TextClassifier.load(run)
+    np.testing.assert_allclose(loaded.predict_proba(X), expected, atol=1e-5, rtol=0)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from pathlib import Path
 import re
+from pathlib import Path
 from typing import cast
 
 import torch

@@ -193,9 +193,11 @@ def load_packaged_imagenet(name: str, pretrained: bool = True) -> nn.Module:
     else:
         arch, rename = PACKAGES[name][0], rename_efficientnet_keys
     model = timm.create_model(arch, pretrained=False)
-    if name == "mobilenet_v2":
-        model.pretrained_cfg = {**model.pretrained_cfg, **TORCHVISION_CFG}
-        model.pretrained_cfg.pop("url", None), model.pretrained_cfg.pop("hf_hub_id", None)
+    if name == "mobilenet_v2":  # torchvision's preprocessing, not timm's own weights'
+        cfg = {**getattr(model, "pretrained_cfg", {}), **TORCHVISION_CFG}
+        for hub_key in ("url", "hf_hub_id"):
+            cfg.pop(hub_key, None)
+        setattr(model, "pretrained_cfg", cfg)  # noqa: B010 - a timm attribute nn.Module does not declare
     if pretrained:
         state = torch.load(weights_path(name), map_location="cpu", weights_only=True)
         renamed = rename(state, model)

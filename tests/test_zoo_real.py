@@ -41,6 +41,7 @@ def test_models_offline_lists_all_six_real_backbones_with_metadata(capsys):
     assert main(["models", "--offline"]) == 0
     table = capsys.readouterr().out
     assert all(model_id in table for model_id in REAL_IMAGE + REAL_TEXT)
+    assert "input: 3x224x224 bilinear" in table and "input: cased WordPiece" in table
 
 
 def test_a_missing_mpnet_part_is_named_with_its_install_line(monkeypatch, tmp_path):

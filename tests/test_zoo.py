@@ -17,7 +17,12 @@ from headstart.zoo import (
     register,
 )
 
-PACKAGED = ("packaged:efficientnet_lite0", "packaged:efficientnet_lite2")
+PACKAGED = (
+    "packaged:efficientnet_lite0",
+    "packaged:efficientnet_lite1",
+    "packaged:efficientnet_lite2",
+    "packaged:mobilenet_v2",
+)
 
 
 def test_offline_image_models():
@@ -30,7 +35,10 @@ def test_offline_image_models():
     assert online and all(not m.offline for m in online)
     assert set(ids).isdisjoint(m.id for m in online)
     assert [m.id for m in list_models(source="packaged", modality="image")] == list(PACKAGED)
-    assert [m.id for m in list_models(source="packaged", modality="text")] == ["packaged:minilm-l6"]
+    assert [m.id for m in list_models(source="packaged", modality="text")] == [
+        "packaged:minilm-l6",
+        "packaged:mpnet-base",
+    ]
     assert list_models(modality="no-such-modality") == []
 
 

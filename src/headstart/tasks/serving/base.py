@@ -295,6 +295,10 @@ class TaskServing:
             lines.append("confusion matrix (rows: true, columns: predicted):")
             for c, row in zip(estimator.classes_, m["confusion_matrix"]):
                 lines.append(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
+        if "clinical" in m:
+            from ...clinical import format_clinical
+
+            lines += format_clinical(m["clinical"], m["clinical"]["positive"])
         return lines
 
     def predict_to_csv(

@@ -43,14 +43,26 @@ class ImageGraph(nn.Module):
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
 
-def open_image(item, max_pixels: int | None = MAX_PIXELS):
-    """A path, bytes, a file object, an array or a PIL image -> RGB PIL image.
+def open_image(item, max_pixels: int | None = MAX_PIXELS, window: str | None = None):
+    """A path, bytes, a file object, an array or a PIL image -> RGB PIL image; a DICOM /
+    NIfTI file (or DICOM bytes) -> its windowed grey image (``window``: as the run read its
+    training data), float PIL mode ``F``.
 
     Refuses images over ``max_pixels`` from the header alone (before decoding)."""
     from PIL import Image, UnidentifiedImageError
 
     from ...data.images import load_image, to_rgb
+    from ...data.medical import MedicalError, is_dicom_bytes, is_medical, load_medical
 
+    if is_medical(item) or (
+        isinstance(item, (bytes, bytearray, memoryview)) and is_dicom_bytes(bytes(item))
+    ):
+        try:
+            return load_medical(item, window)
+        except MedicalError as exc:
+            raise ItemError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise ItemError(f"{item}: no such file") from exc
     if isinstance(item, np.ndarray):
         return load_image(item)
     if isinstance(item, Image.Image):
@@ -132,6 +144,21 @@ def header_size(item) -> tuple[int, int] | None:
     return None
 
 
+def _grey_rgb(img):
+    """A float grey PIL image (mode ``F``, 0-255) as 8-bit RGB."""
+    from PIL import Image
+
+    arr = np.clip(np.asarray(img, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr).convert("RGB")
+
+
+def _uint8_rgb(img) -> np.ndarray:
+    """A crop as ``uint8 [S, S, 3]`` (a float grey crop rounded and repeated)."""
+    if img.mode == "F":
+        return np.asarray(_grey_rgb(img), dtype=np.uint8)
+    return np.asarray(img, dtype=np.uint8)
+
+
 class ImageFeed(Feed):
     """Decoding and the evaluation's resize and centre crop (one crop per test-time view),
     the exact steps ``fit`` and ``evaluate`` use; what no graph can do the way training did
@@ -145,16 +172,21 @@ class ImageFeed(Feed):
         self.max_pixels = max_pixels
         pre = estimator.preprocess_
         self.transforms = [ImageTransform(v.input_size, v, "none") for v in views or [pre]]
+        self.window = getattr(estimator.config_, "window", None)
 
     def prepare_many(self, items: list) -> list:
         out = []
         for item in items:
             try:
-                img = open_image(item, self.max_pixels)
+                img = open_image(item, self.max_pixels, self.window)
+                if img.mode == "F" and self.baseline is not None:
+                    img = _grey_rgb(img)
                 if self.baseline is not None:  # the baseline's own vector of the image
                     out.append(self.baseline.featurizer_(img))
                     continue
-                crops = [np.asarray(t.eval_image(img), dtype=np.uint8) for t in self.transforms]
+                # the graph takes uint8 crops: a float DICOM crop is rounded here, after
+                # the resize (training rounds nowhere; the difference is < 0.5 grey level)
+                crops = [_uint8_rgb(t.eval_image(img)) for t in self.transforms]
                 out.append(np.stack(crops) if self.views else crops[0])
             except ItemError as exc:
                 out.append(exc)
@@ -180,12 +212,30 @@ class ImageServing(TaskServing):
             skip_bad=cfg.skip_bad,
             path_column=path_column,
             label_column=cfg.label_column,
+            group_column=cfg.group_column,
+            window=cfg.window,
         )
 
     def open_inputs(self, data):
         from ...data.images import open_inputs
 
         return open_inputs(data)
+
+    def entries(self, entry, i: int, text_column: str) -> list[tuple[str, object]]:
+        """As every task lists them, but a multi-frame DICOM file or a NIfTI volume gives
+        one entry per slice (``path#frame=K``)."""
+        from ...data.medical import MedicalError, expand_slices, is_medical
+
+        out = []
+        for name, item in super().entries(entry, i, text_column):
+            if isinstance(item, str) and is_medical(item) and Path(item).is_file():
+                try:
+                    out += [(s, s) for s in expand_slices([item])[0]]
+                    continue
+                except MedicalError:
+                    pass  # the unreadable file gets its own error row when read
+            out.append((name, item))
+        return out
 
     def graph(self, estimator, model, multi_label: bool) -> ImageGraph:
         pre = estimator.preprocess_

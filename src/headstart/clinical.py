@@ -71,8 +71,10 @@ def point_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
     """Sensitivity, specificity, PPV, NPV and accuracy of boolean predictions (NaN where
     a denominator is 0) and the confusion counts."""
     y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
-    tp, fn = int(np.sum(y & pred)), int(np.sum(y & ~pred))
-    tn, fp = int(np.sum(~y & ~pred)), int(np.sum(~y & pred))
+    n_pos, n_pred = int(np.count_nonzero(y)), int(np.count_nonzero(pred))
+    tp = int(np.count_nonzero(y & pred))
+    fn, fp = n_pos - tp, n_pred - tp
+    tn = len(y) - tp - fn - fp
     return {
         "sensitivity": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
@@ -97,10 +99,21 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if not n_pos or not n_neg:
         return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(score)
+    ranks = _ranks(np.asarray(score, dtype=np.float64))
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties given their mean rank (``scipy.stats.rankdata``'s average
+    method, without its per-call overhead: the bootstrap calls this thousands of times)."""
+    sorter = np.argsort(x, kind="mergesort")
+    xs = x[sorter]
+    new = np.r_[True, xs[1:] != xs[:-1]]
+    dense = np.cumsum(new)
+    bounds = np.r_[np.flatnonzero(new), len(x)]
+    ranks = np.empty(len(x))
+    ranks[sorter] = 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
+    return ranks
 
 
 def auprc(y: np.ndarray, score: np.ndarray) -> float:
@@ -109,9 +122,13 @@ def auprc(y: np.ndarray, score: np.ndarray) -> float:
     y = np.asarray(y).astype(bool)
     if not y.any():
         return float("nan")
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(y, score))
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="mergesort")
+    s, hit = np.asarray(score, dtype=np.float64)[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last item of each tie
+    tps = np.cumsum(hit)[last]
+    precision = tps / (last + 1.0)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def _resamples(n: int, groups, n_boot: int, seed: int) -> list[np.ndarray]:
@@ -155,25 +172,26 @@ def clinical_metrics(
     score = np.asarray(score, dtype=np.float64)
     at = point_metrics(y, score >= threshold)
     resamples = _resamples(len(y), groups, n_boot, seed)
-    stats = {
-        **{
-            name: (lambda yy, ss, name=name: point_metrics(yy, ss >= threshold)[name])
-            for name in POINT_METRICS
-        },
-        "auroc": auroc,
-        "auprc": auprc,
+    names = (*POINT_METRICS, "auroc", "auprc")
+    boot = np.full((len(resamples), len(names)), np.nan)
+    for r, i in enumerate(resamples):
+        yy, ss = y[i], score[i]
+        pm = point_metrics(yy, ss >= threshold)
+        boot[r] = [*(pm[n] for n in POINT_METRICS), auroc(yy, ss), auprc(yy, ss)]
+    values = {
+        **{n: at[n] for n in POINT_METRICS},
+        "auroc": auroc(y, score),
+        "auprc": auprc(y, score),
     }
     out: dict = {}
-    for name, fn in stats.items():
-        value = at[name] if name in POINT_METRICS else fn(y, score)
-        boot = np.array([fn(y[i], score[i]) for i in resamples])
-        boot = boot[np.isfinite(boot)]
+    for k, name in enumerate(names):
+        col = boot[:, k][np.isfinite(boot[:, k])]
         lo, hi = (
-            np.percentile(boot, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
-            if len(boot)
+            np.percentile(col, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
+            if len(col)
             else (np.nan, np.nan)
         )
-        out[name] = {"value": float(value), "low": float(lo), "high": float(hi)}
+        out[name] = {"value": float(values[name]), "low": float(lo), "high": float(hi)}
     n_groups = None if groups is None else len(set(str(g) for g in groups))
     out["confusion_matrix"] = [[at["tn"], at["fp"]], [at["fn"], at["tp"]]]
     out["threshold"] = float(threshold)

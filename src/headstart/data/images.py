@@ -385,9 +385,7 @@ def from_csv(
     return source
 
 
-def _make_source(
-    paths, labels, origin, skip_bad, classes, groups=None, window=None
-) -> ImageSource:
+def _make_source(paths, labels, origin, skip_bad, classes, groups=None, window=None) -> ImageSource:
     keep, skipped = check_files(paths, skip_bad, origin)
     paths = [paths[i] for i in keep]
     labels = [labels[i] for i in keep]

@@ -117,9 +117,7 @@ def _pydicom():
     try:
         import pydicom
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise MedicalError(
-            "reading DICOM needs pydicom: pip install 'headstart[medical]'"
-        ) from exc
+        raise MedicalError("reading DICOM needs pydicom: pip install 'headstart[medical]'") from exc
     return pydicom
 
 
@@ -127,9 +125,7 @@ def _nibabel():
     try:
         import nibabel
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise MedicalError(
-            "reading NIfTI needs nibabel: pip install 'headstart[medical]'"
-        ) from exc
+        raise MedicalError("reading NIfTI needs nibabel: pip install 'headstart[medical]'") from exc
     return nibabel
 
 
@@ -175,9 +171,10 @@ def _decode_error(path: str, ds, exc: Exception) -> MedicalError:
         if need
         else "install pylibjpeg with its plugins, or python-gdcm"
     )
-    first = str(exc).strip().splitlines()
+    lines = str(exc).strip().splitlines()
+    why = lines[-1].strip() if lines else type(exc).__name__
     return MedicalError(
-        f"{path}: cannot decode its pixel data, compressed as {name} ({first[-1] if first else exc}); "
+        f"{path}: cannot decode its pixel data, compressed as {name} ({why}); "
         f"{hint}, or convert the file to an uncompressed transfer syntax"
     )
 
@@ -256,7 +253,11 @@ def read_nifti(path: str, frame: int | None = None) -> tuple[np.ndarray, dict]:
         while arr.ndim > 2:  # a 4-D series: its first volume
             arr = arr[..., 0]
     # NIfTI stores x (left-right) first: transpose so rows are the image's rows
-    return np.ascontiguousarray(arr.T[::-1]), {"window": None, "monochrome1": False, "colour": False}
+    return np.ascontiguousarray(arr.T[::-1]), {
+        "window": None,
+        "monochrome1": False,
+        "colour": False,
+    }
 
 
 def apply_window(values: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -334,3 +335,61 @@ def medical_size(item) -> tuple[int, int]:
         return int(shape[0]), int(shape[1])  # transposed on reading: rows = second axis
     ds = _read_header(path)
     return int(ds.Columns), int(ds.Rows)
+
+
+def write_dicom(
+    path: str | Path,
+    pixels: np.ndarray,
+    *,
+    patient_id: str = "anonymous",
+    study_uid: str | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    photometric: str = "MONOCHROME2",
+    modality: str = "OT",
+) -> Path:
+    """Write a grey ``uint16`` / ``int16`` H x W array as a DICOM Part 10 file (Secondary
+    Capture, explicit VR little endian, 16 bits stored), atomically: test sets, and images
+    converted for a model that reads DICOM. ``slope``/``intercept``: the rescale to
+    modality values; ``window``: (centre, width) stored as the file's VOI window."""
+    import os
+    import tempfile
+
+    pydicom = _pydicom()
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    arr = np.asarray(pixels)
+    if arr.ndim != 2 or arr.dtype not in (np.uint16, np.int16):
+        raise MedicalError(f"write_dicom: a 2-D uint16 or int16 array, got {arr.dtype} {arr.shape}")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = str(patient_id)
+    ds.PatientName = str(patient_id)
+    ds.Modality = modality
+    ds.RescaleSlope = f"{slope:g}"
+    ds.RescaleIntercept = f"{intercept:g}"
+    if window is not None:
+        ds.WindowCenter = f"{window[0]:g}"
+        ds.WindowWidth = f"{window[1]:g}"
+    ds.set_pixel_data(arr, photometric_interpretation=photometric, bits_stored=16)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        ds.save_as(tmp, enforce_file_format=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -226,7 +226,7 @@ class ImageServing(TaskServing):
         one entry per slice (``path#frame=K``)."""
         from ...data.medical import MedicalError, expand_slices, is_medical
 
-        out = []
+        out: list[tuple[str, object]] = []
         for name, item in super().entries(entry, i, text_column):
             if isinstance(item, str) and is_medical(item) and Path(item).is_file():
                 try:

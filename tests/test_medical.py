@@ -228,3 +228,40 @@ def test_fit_on_dicom_csv_with_patients_evaluate_predict_serve(tmp_path):
     # an upload of DICOM bytes reads as the file does
     img = open_image(Path(first).read_bytes())
     assert img.mode == "F" and img.size == (16, 16)
+
+
+def test_predict_explain_writes_grad_cam_overlays_and_every_run_has_a_model_card(tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    from PIL import Image
+
+    from headstart import ImageClassifier
+    from headstart.cli import main
+
+    csv_path = _dicom_csv(tmp_path, n_patients=8, per=3)
+    run = tmp_path / "run"
+    ImageClassifier(
+        "tiny:cnn",
+        run_dir=run,
+        group_column="patient_id",
+        operating_point="youden",
+        val_fraction=0.25,
+        baseline=False,
+        **FAST,
+    ).fit(str(csv_path))
+    card = (run / "model_card.md").read_text()
+    for part in ("## Source model", "## Intended use", "## Training data", "8 patients"):
+        assert part in card, part
+    assert "| sensitivity |" in card and "youden" in card and "external sites" in card
+    out = tmp_path / "maps"
+    rc = main(["predict", str(run), str(tmp_path / "dcm"), "--out", str(tmp_path / "p.csv"),
+               "--explain", str(out)])  # fmt: skip
+    assert rc == 0
+    index = list(csv.DictReader(open(out / "index.csv")))
+    assert len(index) == 24
+    panel = np.asarray(Image.open(out / index[0]["file"]))
+    assert panel.shape[1] == 2 * panel.shape[0] and panel.shape[2] == 3
+    left, right = panel[:, : panel.shape[0]], panel[:, panel.shape[0] :]
+    assert not np.array_equal(left, right)  # the map is drawn over the crop
+    assert np.allclose(left[..., 0], left[..., 1])  # the crop is the grey DICOM image
+    preds = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [r["prediction"] for r in preds] == [r["prediction"] for r in index]

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..artifacts import atomic_save_tensors, atomic_write_json, state_dict_tensors
+from ..artifacts import (
+    atomic_save_tensors,
+    atomic_write_bytes,
+    atomic_write_json,
+    state_dict_tensors,
+)
 from ..config import FitConfig
 from ..features import cache_key, cached_features, compute_features, concat_datasets, weights_hash
 from ..heads import Head, HeadSpec, TransferModel
@@ -116,6 +121,24 @@ def tta_views(est, tta: str | None) -> list:
             f"{getattr(est, 'task', type(est).__name__)} model (drop --tta)"
         )
     return views
+
+
+def _data_summary(source, train_src, val_src, cfg: FitConfig) -> dict:
+    """How many items, per class, and patients a fit read (for the run's model card)."""
+    labels = np.asarray(source.labels)
+    out: dict = {
+        "items": len(source),
+        "train": len(train_src),
+        "validation": len(val_src) if val_src is not None else 0,
+    }
+    if labels.ndim == 1:
+        counts = np.bincount(labels, minlength=len(source.classes))
+        out["per_class"] = {str(c): int(n) for c, n in zip(source.classes, counts)}
+    groups = getattr(source, "groups", None)
+    if groups is not None:
+        out["groups"] = len(set(str(g) for g in groups))
+        out["group_column"] = cfg.group_column
+    return out
 
 
 class TransferEstimator(BaselineMixin):
@@ -318,6 +341,7 @@ class TransferEstimator(BaselineMixin):
         self.model_, self.classes_, self.preprocess_ = model, list(source.classes), preprocess
         self.config_ = cfg
         self.data_origin_ = str(source.origin)
+        self.data_summary_ = _data_summary(source, train_src, val_src, cfg)
         self.multi_label_ = bool(source.labels.ndim == 2)
         balance = plan(cfg, train_src.labels, list(source.classes))
         (log.warning if balance.imbalanced else log.info)("%s", balance.message())
@@ -846,7 +870,10 @@ class TransferEstimator(BaselineMixin):
             "strategy": self.strategy_.to_dict() if hasattr(self, "strategy_") else None,
             "stages": getattr(self, "stages_", []),
             "metrics": getattr(self, "metrics_", {}),
-            "data": {"origin": getattr(self, "data_origin_", None)},
+            "data": {
+                "origin": getattr(self, "data_origin_", None),
+                **(getattr(self, "data_summary_", None) or {}),
+            },
             "fingerprint": getattr(self, "fingerprint_", None),  # of the fit's settings + data
             "winner": getattr(self, "winner_", "transfer"),  # what predicts: network or baseline
             # the decision threshold chosen on validation (clinical), or None
@@ -869,7 +896,11 @@ class TransferEstimator(BaselineMixin):
             run_dir / RUN_WEIGHTS, state_dict_tensors(self.model_), metadata={"format": "pt"}
         )
         self._save_baseline(run_dir)
-        atomic_write_json(run_dir / RUN_CONFIG, self.run_config())
+        config = self.run_config()
+        atomic_write_json(run_dir / RUN_CONFIG, config)
+        from ..report.model_card import render_model_card
+
+        atomic_write_bytes(run_dir / "model_card.md", render_model_card(config).encode())
         return run_dir
 
     def _save_adapter(self, folder: Path, lora: dict) -> None:
@@ -936,6 +967,7 @@ class TransferEstimator(BaselineMixin):
         est.config_ = fit_cfg
         est.metrics_ = config.get("metrics", {})
         est.data_origin_ = (config.get("data") or {}).get("origin")
+        est.data_summary_ = {k: v for k, v in (config.get("data") or {}).items() if k != "origin"}
         est.stages_ = config.get("stages", [])
         est.fingerprint_ = config.get("fingerprint")
         est.operating_point_ = config.get("operating_point")

@@ -301,6 +301,14 @@ class TaskServing:
             lines += format_clinical(m["clinical"], m["clinical"]["positive"])
         return lines
 
+    def explain(self, run_dir, inputs: list, out_dir) -> str:
+        """``headstart predict --explain DIR``: a heat map per input (image classifiers:
+        Grad-CAM); returns the line that sums it up."""
+        raise ValueError(
+            f"--explain draws Grad-CAM heat maps of image classifiers; {self.what} have "
+            "none (drop --explain)"
+        )
+
     def predict_to_csv(
         self,
         run_dir,

@@ -237,6 +237,20 @@ class ImageServing(TaskServing):
             out.append((name, item))
         return out
 
+    def explain(self, run_dir, inputs: list, out_dir) -> str:
+        from ...explain import explain_items
+        from ..registry import load_estimator
+
+        estimator = load_estimator(run_dir)
+        if estimator._kept_baseline():
+            raise ValueError(
+                f"{run_dir} kept its classic baseline ({estimator.baseline_.name}), which "
+                "has no network to draw Grad-CAM maps from"
+            )
+        entries = self.list_inputs(inputs)
+        explain_items(estimator, [i for _, i in entries], out_dir, [n for n, _ in entries])
+        return f"wrote {len(entries)} Grad-CAM overlays and index.csv to {out_dir}"
+
     def graph(self, estimator, model, multi_label: bool) -> ImageGraph:
         pre = estimator.preprocess_
         return ImageGraph(model, pre.mean, pre.std, multi_label)

@@ -220,6 +220,14 @@ def test_fit_on_dicom_csv_with_patients_evaluate_predict_serve(tmp_path):
     m = clf.evaluate(str(csv_path))
     assert m["clinical"]["bootstrap"]["unit"] == "patient"
     assert m["clinical"]["bootstrap"]["groups"] == 12
+    # data without the id column still evaluates, resampling images
+    plain = tmp_path / "plain.csv"
+    rows = list(csv.DictReader(open(csv_path)))
+    with open(plain, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label"])
+        w.writeheader()
+        w.writerows({"path": r["path"], "label": r["label"]} for r in rows)
+    assert clf.evaluate(str(plain))["clinical"]["bootstrap"]["unit"] == "item"
     loaded = ImageClassifier.load(run)
     first = str(source.items[0])
     proba = loaded.predict_proba([first])
@@ -265,3 +273,32 @@ def test_predict_explain_writes_grad_cam_overlays_and_every_run_has_a_model_card
     assert np.allclose(left[..., 0], left[..., 1])  # the crop is the grey DICOM image
     preds = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert [r["prediction"] for r in preds] == [r["prediction"] for r in index]
+
+
+def test_medmnist_loader_on_a_small_npz_and_dicom_export(tmp_path):
+    from headstart.datasets import export_dicom_csv, medmnist_npz
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "pneumoniamnist.npz"
+    np.savez(
+        npz,
+        train_images=rng.integers(0, 256, (10, 28, 28), dtype=np.uint8),
+        train_labels=(np.arange(10) % 2).reshape(-1, 1),
+        val_images=rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+        val_labels=np.zeros((4, 1), dtype=np.int64),
+        test_images=rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+        test_labels=np.ones((4, 1), dtype=np.int64),
+    )
+    x, y, classes = medmnist_npz(npz, "train", ["normal", "pneumonia"])
+    assert x.shape == (10, 28, 28) and list(y[:4]) == [0, 1, 0, 1]
+    assert classes == ["normal", "pneumonia"]
+    with pytest.raises(FileNotFoundError, match="zenodo"):
+        medmnist_npz(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="split"):
+        medmnist_npz(npz, "dev")
+    csv_path = export_dicom_csv(x, y, classes, tmp_path / "out", patients=np.arange(10) // 2)
+    source = open_source(csv_path, group_column="patient_id")
+    assert len(source) == 10 and len(set(source.groups)) == 5
+    ds = pydicom.dcmread(source.items[3])
+    assert ds.BitsStored == 16 and ds.PhotometricInterpretation == "MONOCHROME2"
+    np.testing.assert_array_equal(ds.pixel_array, x[3].astype(np.uint16) * 257)

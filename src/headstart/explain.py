@@ -93,9 +93,8 @@ def explain_items(estimator, items: list, out_dir, names: list[str] | None = Non
     from PIL import Image
 
     from .artifacts import atomic_write_bytes
-    from .data.images import load_pixels, open_inputs
+    from .data.images import load_pixels, open_inputs, uint8_rgb
     from .data.transforms import ImageTransform
-    from .tasks.serving.image import _uint8_rgb
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +108,7 @@ def explain_items(estimator, items: list, out_dir, names: list[str] | None = Non
     for start in range(0, len(source), 16):
         part = range(start, min(start + 16, len(source)))
         imgs = [load_pixels(source.items[i], source.window) for i in part]
-        crops = [_uint8_rgb(transform.eval_image(img)) for img in imgs]
+        crops = [uint8_rgb(transform.eval_image(img)) for img in imgs]
         x = torch.stack([transform(img) for img in imgs])
         maps = grad_cam_maps(estimator, x, [int(chosen[i]) for i in part])
         for j, i in enumerate(part):

@@ -118,6 +118,19 @@ def load_pixels(item, window: str | None = None) -> Image.Image:
     return load_image(item)
 
 
+def grey_rgb(img: Image.Image) -> Image.Image:
+    """A float grey PIL image (mode ``F``, 0-255) as 8-bit RGB (rounded)."""
+    arr = np.clip(np.asarray(img, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr).convert("RGB")
+
+
+def uint8_rgb(img: Image.Image) -> np.ndarray:
+    """An image as ``uint8 [H, W, 3]`` (a float grey one rounded and repeated)."""
+    if img.mode == "F":
+        return np.asarray(grey_rgb(img), dtype=np.uint8)
+    return np.asarray(img, dtype=np.uint8)
+
+
 def array_to_image(arr: np.ndarray) -> Image.Image:
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # CHW -> HWC
@@ -353,6 +366,15 @@ def from_csv(
     """A CSV with a path column (relative to the CSV's folder, or absolute) and a label;
     ``group_column``: a patient / study id per row, which every split keeps together."""
     csv_path = Path(csv_path)
+    if group_column and classes is not None:  # data for a fitted model: ids are optional
+        have = read_csv_rows(csv_path, (path_column, label_column))
+        if have and group_column not in have[0][1]:
+            log.info(
+                "%s: no %r column; bootstrap intervals resample images, not patients",
+                csv_path,
+                group_column,
+            )
+            group_column = None
     columns = (path_column, label_column) + ((group_column,) if group_column else ())
     rows = read_csv_rows(csv_path, columns)
     if group_column is None and classes is None:

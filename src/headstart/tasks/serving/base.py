@@ -284,6 +284,10 @@ class TaskServing:
                 estimator.metrics_.get("blend_mode", "mean"),
             )
         ]
+        if "clinical" in m:  # before the tables: the confusion matrix stays the last lines
+            from ...clinical import format_clinical
+
+            lines += format_clinical(m["clinical"], m["clinical"]["positive"])
         width = max(len(c) for c in estimator.classes_)
         lines.append(f"{'class':<{width}}  precision  recall     f1  support")
         for c, v in m["per_class"].items():
@@ -295,10 +299,6 @@ class TaskServing:
             lines.append("confusion matrix (rows: true, columns: predicted):")
             for c, row in zip(estimator.classes_, m["confusion_matrix"]):
                 lines.append(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
-        if "clinical" in m:
-            from ...clinical import format_clinical
-
-            lines += format_clinical(m["clinical"], m["clinical"]["positive"])
         return lines
 
     def explain(self, run_dir, inputs: list, out_dir) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...data.images import grey_rgb, uint8_rgb
 from ...inference import MAX_PIXELS, ItemError, ItemTooLarge
 from .base import Feed, TaskServing
 
@@ -144,21 +145,6 @@ def header_size(item) -> tuple[int, int] | None:
     return None
 
 
-def _grey_rgb(img):
-    """A float grey PIL image (mode ``F``, 0-255) as 8-bit RGB."""
-    from PIL import Image
-
-    arr = np.clip(np.asarray(img, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr).convert("RGB")
-
-
-def _uint8_rgb(img) -> np.ndarray:
-    """A crop as ``uint8 [S, S, 3]`` (a float grey crop rounded and repeated)."""
-    if img.mode == "F":
-        return np.asarray(_grey_rgb(img), dtype=np.uint8)
-    return np.asarray(img, dtype=np.uint8)
-
-
 class ImageFeed(Feed):
     """Decoding and the evaluation's resize and centre crop (one crop per test-time view),
     the exact steps ``fit`` and ``evaluate`` use; what no graph can do the way training did
@@ -180,13 +166,13 @@ class ImageFeed(Feed):
             try:
                 img = open_image(item, self.max_pixels, self.window)
                 if img.mode == "F" and self.baseline is not None:
-                    img = _grey_rgb(img)
+                    img = grey_rgb(img)
                 if self.baseline is not None:  # the baseline's own vector of the image
                     out.append(self.baseline.featurizer_(img))
                     continue
                 # the graph takes uint8 crops: a float DICOM crop is rounded here, after
                 # the resize (training rounds nowhere; the difference is < 0.5 grey level)
-                crops = [_uint8_rgb(t.eval_image(img)) for t in self.transforms]
+                crops = [uint8_rgb(t.eval_image(img)) for t in self.transforms]
                 out.append(np.stack(crops) if self.views else crops[0])
             except ItemError as exc:
                 out.append(exc)

@@ -233,9 +233,24 @@ def test_fit_on_dicom_csv_with_patients_evaluate_predict_serve(tmp_path):
     proba = loaded.predict_proba([first])
     pred = Predictor(loaded).predict([first])[0]
     np.testing.assert_allclose(pred.probabilities, proba[0], atol=1e-4)
-    # an upload of DICOM bytes reads as the file does
+    # an upload of DICOM bytes reads as the file does, and `serve` answers it
     img = open_image(Path(first).read_bytes())
     assert img.mode == "F" and img.size == (16, 16)
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from headstart.serve import ServeSettings, create_app
+
+    with TestClient(create_app({"ct": run}, ServeSettings())) as client:
+        data = Path(first).read_bytes()
+        raw = client.post(
+            "/predict", content=data, headers={"content-type": "application/octet-stream"}
+        )
+        form = client.post("/predict", files={"file": ("x.dcm", data, "application/dicom")})
+    for r in (raw, form):
+        assert r.status_code == 200, r.text
+        top = r.json()["predictions"][0]
+        assert top["probability"] == pytest.approx(float(proba[0].max()), abs=1e-4)
 
 
 def test_predict_explain_writes_grad_cam_overlays_and_every_run_has_a_model_card(tmp_path):

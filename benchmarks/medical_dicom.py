@@ -46,7 +46,11 @@ SETTINGS = dict(
     device="cpu",
     baseline=False,
     early_stopping=0,
+    val_fraction=0.25,
 )
+
+
+EFFECT = 60.0  # grey levels of each patient's fixed texture
 
 
 def patients_set(x, y, n_patients: int, per: int, seed: int, offset: int = 0):
@@ -60,7 +64,7 @@ def patients_set(x, y, n_patients: int, per: int, seed: int, offset: int = 0):
     for p in range(n_patients):
         label = p % 2
         gain = rng.uniform(0.6, 1.25)
-        texture = rng.normal(0, 40, (28, 28))  # the patient's own "scanner" pattern
+        texture = rng.normal(0, EFFECT, (28, 28))  # the patient's own "scanner" pattern
         for _ in range(per):
             i = pools[label][taken[label]]
             taken[label] += 1
@@ -84,8 +88,9 @@ def one_seed(x, y, seed: int, n_patients: int, per: int, root: Path, backbone: s
     from headstart import ImageClassifier
     from headstart.datasets import export_dicom_csv
 
-    train = patients_set(x, y, n_patients, per, seed)
-    test = patients_set(x[::-1], y[::-1], n_patients // 2, per, seed + 1000, offset=10_000)
+    half = len(y) // 2  # training and new patients draw from disjoint halves of the images
+    train = patients_set(x[:half], y[:half], n_patients, per, seed)
+    test = patients_set(x[half:], y[half:], n_patients // 2, per, seed + 1000, offset=10_000)
     train_csv = export_dicom_csv(train[0], train[1], list(CLASSES), root / "train", train[2])
     test_csv = export_dicom_csv(test[0], test[1], list(CLASSES), root / "test", test[2])
     out = {"seed": seed, "train_images": len(train[1]), "test_images": len(test[1])}
@@ -124,6 +129,7 @@ def cli_run(root: Path, backbone: str) -> dict:
         "--group-column", "patient_id", "--operating-point", "sensitivity=0.9",
         "--strategy", "feature_extract", "--image-size", "64", "--epochs", "30",
         "--head-epochs", "30", "--no-baseline", "--num-workers", "0", "--device", "cpu",
+        "--val-fraction", "0.25",
     ]  # fmt: skip
     steps = {
         "fit": fit,
@@ -153,14 +159,43 @@ def cli_run(root: Path, backbone: str) -> dict:
     return printed
 
 
+def summarize(rows: list[dict], args) -> None:
+    """Medians over the seeds, and each seed's optimism (validation minus new-patient
+    AUROC) under both splits."""
+    print(
+        f"\n{args.backbone}, {CLASSES[0]} vs {CLASSES[1]}, {args.patients} training "
+        f"patients x {args.per} images, seeds {[r['seed'] for r in rows]}:"
+    )
+    print(f"{'split':<9} {'val AUROC':>10} {'new-patient AUROC':>18}  per-seed gap (val - new)")
+    for name in ("random", "grouped"):
+        v = statistics.median(r[name]["val_auroc"] for r in rows)
+        t = statistics.median(r[name]["new_patients_auroc"] for r in rows)
+        gaps = [r[name]["val_auroc"] - r[name]["new_patients_auroc"] for r in rows]
+        print(
+            f"{name:<9} {v:10.3f} {t:18.3f}  "
+            + " ".join(f"{g:+.3f}" for g in gaps)
+            + f"  (mean {statistics.mean(gaps):+.3f})"
+        )
+    shared = statistics.median(r["random"]["val_images_of_patients_in_training"] for r in rows)
+    print(
+        f"random split: {shared:.0%} of the validation images are of patients seen in "
+        "training; grouped split: 0%"
+    )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--patients", type=int, default=60, help="training patients per seed")
-    p.add_argument("--per", type=int, default=8, help="images per patient")
+    p.add_argument("--patients", type=int, default=80, help="training patients per seed")
+    p.add_argument("--per", type=int, default=6, help="images per patient")
     p.add_argument("--backbone", default="packaged:efficientnet_lite0")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--keep-maps", default=None, help="copy the first seed's Grad-CAM maps here")
+    p.add_argument("--no-cli", action="store_true", help="skip the command-line run")
+    p.add_argument("--summarize", default=None, help="print the summary of a --json file")
+    p.add_argument(
+        "--effect", type=float, default=EFFECT, help="grey levels of the patient texture"
+    )
     args = p.parse_args(argv)
     import logging
 
@@ -170,6 +205,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     for name in ("headstart", "headstart.tasks", "headstart.train", "headstart.features"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    globals()["EFFECT"] = args.effect
+    if args.summarize:
+        summarize(json.loads(Path(args.summarize).read_text()), args)
+        return 0
     x, y = fashion_pair()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,7 +217,7 @@ def main(argv=None) -> int:
             row = one_seed(x, y, seed, args.patients, args.per, root, args.backbone)
             rows.append(row)
             print(json.dumps(row), flush=True)
-            if seed == args.seeds[0]:
+            if seed == args.seeds[0] and not args.no_cli:
                 cli = cli_run(root, args.backbone)
                 if args.keep_maps:
                     import shutil
@@ -186,18 +225,7 @@ def main(argv=None) -> int:
                     shutil.copytree(root / "maps", args.keep_maps, dirs_exist_ok=True)
                 print(cli["evaluate"].pop("output"))
                 print(json.dumps(cli), flush=True)
-    print(f"\n{args.backbone}, {CLASSES[0]} vs {CLASSES[1]}, {args.patients} training "
-          f"patients x {args.per} images, seeds {args.seeds} (medians):")  # fmt: skip
-    print(f"{'split':<9} {'val AUROC':>10} {'new-patient AUROC':>18} {'gap':>7}")
-    for name in ("random", "grouped"):
-        v = statistics.median(r[name]["val_auroc"] for r in rows)
-        t = statistics.median(r[name]["new_patients_auroc"] for r in rows)
-        print(f"{name:<9} {v:10.3f} {t:18.3f} {v - t:+7.3f}")
-    shared = statistics.median(r["random"]["val_images_of_patients_in_training"] for r in rows)
-    print(
-        f"random split: {shared:.0%} of the validation images are of patients seen in "
-        "training; grouped split: 0%"
-    )
+    summarize(rows, args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -159,8 +159,15 @@ def test_fit_saves_the_operating_point_and_predict_and_serving_apply_it(tmp_path
     # three classes need a positive class for one-vs-rest
     three, names = make_arrays(60, n_classes=3, seed=1)
     with pytest.raises(ValueError, match="positive-class"):
-        ImageClassifier("tiny:cnn", operating_point="youden", **FAST).fit(three, names)
+        ImageClassifier("tiny:cnn", operating_point="youden", baseline=False, **FAST).fit(
+            three, names
+        )
     ovr = ImageClassifier(
-        "tiny:cnn", operating_point="youden", positive_class="c", val_fraction=0.3, **FAST
+        "tiny:cnn",
+        operating_point="youden",
+        positive_class="c",
+        val_fraction=0.3,
+        baseline=False,
+        **FAST,
     ).fit(three, names)
     assert ovr.evaluate(three, names)["clinical"]["positive"] == "c"

@@ -14,14 +14,7 @@ from conftest import FAST, make_arrays
 
 pydicom = pytest.importorskip("pydicom")
 
-from headstart.data.images import (  # noqa: E402
-    DataError,
-    grouped_split,
-    load_pixels,
-    open_inputs,
-    open_source,
-    stratified_folds,
-)
+from headstart.data.images import DataError, load_pixels, open_inputs, open_source  # noqa: E402
 from headstart.data.medical import (  # noqa: E402
     WINDOW_PRESETS,
     MedicalError,
@@ -31,6 +24,7 @@ from headstart.data.medical import (  # noqa: E402
     read_unit,
     write_dicom,
 )
+from headstart.data.splits import grouped_split, stratified_folds  # noqa: E402
 
 FILES = Path(pydicom.data.__file__).parent / "test_files"  # shipped with pydicom, offline
 

@@ -363,7 +363,7 @@ def run_study(
     after 3, and images enlarged at most 3x (:data:`STUDY_UPSCALE_CAP`)). Without ``test``,
     a stratified ``test_fraction`` of ``data`` is held out. ``progress(done, total, name)``
     is called after each run."""
-    from .data.images import stratified_split
+    from .data.splits import stratified_split
     from .tasks import ESTIMATORS
 
     if task not in ESTIMATORS:

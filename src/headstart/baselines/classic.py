@@ -236,7 +236,7 @@ class ClassicBaseline:
     ) -> ClassicBaseline:
         """``groups``: a patient / study id per item; the cross-validation folds then keep
         each group on one side."""
-        from ..data.images import stratified_folds
+        from ..data.splits import stratified_folds
 
         t0 = time.perf_counter()
         y = np.asarray(labels, dtype=np.int64)

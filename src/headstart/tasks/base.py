@@ -604,7 +604,7 @@ class TransferEstimator(BaselineMixin):
 
     def _split(self, X, y, validation, cfg: FitConfig):
         """(all labeled data, train part, validation part or None), as ``fit`` splits it."""
-        from ..data.images import stratified_split
+        from ..data.splits import stratified_split
 
         source = self._open_labeled(X, y, None, cfg)
         if validation is not None:

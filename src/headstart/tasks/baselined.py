@@ -61,7 +61,7 @@ def baseline_cv(cls, cfg, source, folds: int = 5) -> tuple[str, float]:
     """(name, cross-validated accuracy) of the task's classic baseline on ``source``:
     stratified folds, as ``rank``'s probes are scored (``advise`` puts the two side by
     side on the same items)."""
-    from ..data.images import stratified_folds
+    from ..data.splits import stratified_folds
 
     y = np.asarray(source.labels)
     k = int(min(folds, np.bincount(y)[np.bincount(y) > 0].min()))

@@ -56,6 +56,34 @@ def test_item_bootstrap_matches_scipy_percentile_interval():
         assert ours[0] == pytest.approx(ref.low, abs=0.015)
         assert ours[1] == pytest.approx(ref.high, abs=0.015)
         assert ours[0] < stat(y, score) < ours[1]
+    # clinical_metrics' vectorised resamples (count weights) give the same intervals
+    c = clinical_metrics(y, score, 0.5, n_boot=4000)
+    for name, stat in (("auroc", auroc), ("sensitivity", None)):
+        fn = stat or (lambda yy, ss: point_metrics(yy, ss >= 0.5)["sensitivity"])
+        ref = bootstrap(
+            (y, score), fn, paired=True, vectorized=False, n_resamples=4000,
+            method="percentile", random_state=1,
+        ).confidence_interval  # fmt: skip
+        assert c[name]["low"] == pytest.approx(ref.low, abs=0.015)
+        assert c[name]["high"] == pytest.approx(ref.high, abs=0.015)
+
+
+def test_weighted_resamples_equal_the_resampled_items_exactly():
+    """A resample with repeats is the items weighted by how often each was drawn: the
+    vectorised statistics equal point_metrics / auroc / auprc on the drawn items."""
+    from headstart.clinical import POINT_METRICS, _weighted_stats
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        y = rng.random(50) < 0.4
+        s = np.round(rng.random(50), 1)  # ties
+        order = np.argsort(s, kind="mergesort")
+        y, s = y[order], s[order]
+        idx = rng.integers(0, 50, 50)
+        w = np.bincount(idx, minlength=50)[None].astype(float)
+        pm = point_metrics(y[idx], s[idx] >= 0.5)
+        ref = [pm[k] for k in POINT_METRICS] + [auroc(y[idx], s[idx]), auprc(y[idx], s[idx])]
+        np.testing.assert_allclose(_weighted_stats(y, s, 0.5, w)[0], ref, atol=1e-12)
 
 
 def test_patient_bootstrap_matches_scipy_over_patients_and_is_wider():
@@ -88,6 +116,10 @@ def test_patient_bootstrap_matches_scipy_over_patients_and_is_wider():
     assert ours[1] == pytest.approx(ref.high, abs=0.02)
     items = bootstrap_interval(auroc, y, score, n_boot=3000, seed=0)
     assert (ours[1] - ours[0]) > 1.3 * (items[1] - items[0])
+    c = clinical_metrics(y, score, 0.5, groups=patients, n_boot=3000)
+    assert c["auroc"]["low"] == pytest.approx(ref.low, abs=0.02)
+    assert c["auroc"]["high"] == pytest.approx(ref.high, abs=0.02)
+    assert c["bootstrap"]["unit"] == "patient" and c["bootstrap"]["groups"] == 40
 
 
 def test_operating_points_meet_the_asked_value_on_validation():

@@ -143,6 +143,50 @@ def _resamples(n: int, groups, n_boot: int, seed: int) -> list[np.ndarray]:
     return [np.concatenate([members[g] for g in row]) for row in draws]
 
 
+def _weight_chunks(n: int, groups, n_boot: int, seed: int, chunk: int = 64):
+    """The bootstrap resamples as count weights over the items, ``[b, n]`` per chunk: how
+    often each item is drawn (with ``groups``: how often its group is drawn). A resample
+    with repeats is the original items weighted by these counts, so one sort serves all."""
+    rng = np.random.default_rng(seed)
+    codes = None
+    if groups is not None:
+        codes = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
+    k = n if codes is None else int(codes.max()) + 1
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        draws = rng.integers(0, k, size=(b, k)) + (np.arange(b) * k)[:, None]
+        counts = np.bincount(draws.ravel(), minlength=b * k).reshape(b, k).astype(np.float64)
+        yield counts if codes is None else counts[:, codes]
+
+
+def _weighted_stats(y: np.ndarray, score: np.ndarray, threshold: float, w: np.ndarray):
+    """``[b, 7]``: sensitivity, specificity, PPV, NPV, accuracy at ``threshold``, AUROC and
+    AUPRC of the items under each row of weights ``w`` (NaN where undefined): the same
+    figures as :func:`point_metrics`, :func:`auroc` and :func:`auprc` on the resample.
+    The items must come sorted by ``score`` (ascending)."""
+    pred = score >= threshold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tp = w @ (y & pred).astype(np.float64)
+        fn = w @ (y & ~pred).astype(np.float64)
+        fp = w @ (~y & pred).astype(np.float64)
+        tn = w @ (~y & ~pred).astype(np.float64)
+        out = [tp / (tp + fn), tn / (tn + fp), tp / (tp + fp), tn / (tn + fn)]
+        out.append((tp + tn) / (tp + tn + fp + fn))
+        # each distinct score's positive and negative weight, ascending
+        starts = np.r_[0, np.flatnonzero(np.diff(score)) + 1]
+        wp = np.add.reduceat(w * y, starts, axis=1)
+        wn = np.add.reduceat(w * ~y, starts, axis=1)
+        n_pos, n_neg = wp.sum(1), wn.sum(1)
+        below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each score
+        out.append((wp * (below + 0.5 * wn)).sum(1) / (n_pos * n_neg))
+        # average precision: thresholds from the highest score down
+        tps = np.cumsum(wp[:, ::-1], axis=1)
+        seen = np.cumsum((wp + wn)[:, ::-1], axis=1)
+        precision = np.where(seen > 0, tps / seen, 0.0)
+        out.append((wp[:, ::-1] * precision).sum(1) / n_pos)
+    return np.stack(out, axis=1)
+
+
 def bootstrap_interval(
     stat, y, score, groups=None, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
 ) -> tuple[float, float]:
@@ -171,13 +215,15 @@ def clinical_metrics(
     y = np.asarray(y).astype(bool)
     score = np.asarray(score, dtype=np.float64)
     at = point_metrics(y, score >= threshold)
-    resamples = _resamples(len(y), groups, n_boot, seed)
     names = (*POINT_METRICS, "auroc", "auprc")
-    boot = np.full((len(resamples), len(names)), np.nan)
-    for r, i in enumerate(resamples):
-        yy, ss = y[i], score[i]
-        pm = point_metrics(yy, ss >= threshold)
-        boot[r] = [*(pm[n] for n in POINT_METRICS), auroc(yy, ss), auprc(yy, ss)]
+    order = np.argsort(score, kind="mergesort")  # one sort serves every resample
+    sorted_groups = None if groups is None else np.asarray(groups, dtype=object)[order]
+    boot = np.concatenate(
+        [
+            _weighted_stats(y[order], score[order], threshold, w)
+            for w in _weight_chunks(len(y), sorted_groups, n_boot, seed)
+        ]
+    )
     values = {
         **{n: at[n] for n in POINT_METRICS},
         "auroc": auroc(y, score),

@@ -513,3 +513,10 @@ def test_spam_assassin_reads_a_small_corpus(tmp_path):
     assert texts[1].startswith("Subject: Big sale")
     raw, _, _ = spam_assassin(root=tmp_path, clean=False)
     assert "Received:" in raw[0]
+
+
+def test_texts_and_labels_of_different_lengths_are_refused():
+    from headstart import TextClassifier
+
+    with pytest.raises(DataError, match="3 texts but 2 labels; give one label per text"):
+        TextClassifier("tiny:bert").read_labeled(["a b", "c d", "e f"], ["x", "y"])

@@ -27,13 +27,20 @@ from text_common import CLASSES, DIGIT_WORDS, LETTER_WORDS, STRATEGIES, TEXT_FAS
 # ====================================================================== 5. strategies
 @pytest.fixture(scope="module")
 def fitted(text_data, tmp_path_factory):
-    """One tiny:bert fit per strategy, each saved in its own run directory."""
+    """One tiny:bert fit per strategy, each saved in its own run directory (the encoder
+    alone: no TF-IDF blend, which the text defaults add)."""
     (X, y), _ = text_data
     runs = {}
     for strategy in STRATEGIES:
         run_dir = tmp_path_factory.mktemp(f"text_{strategy}")
         clf = TextClassifier(
-            "tiny:bert", strategy=strategy, partial_groups=1, lora_r=2, run_dir=run_dir, **TEXT_FAST
+            "tiny:bert",
+            strategy=strategy,
+            partial_groups=1,
+            lora_r=2,
+            run_dir=run_dir,
+            blend=False,
+            **TEXT_FAST,
         )
         clf.fit(X, y)
         runs[strategy] = (clf, run_dir)
@@ -418,7 +425,7 @@ def test_keep_head_starts_from_the_parents_head(fitted, text_data, caplog):
     parent, parent_dir = fitted["feature_extract"]
     expected = parent.predict_proba(Xt)
     assert np.abs(expected - 0.5).max() > 0.2  # the parent's head is far from uniform
-    settings = {**TEXT_FAST, "head_epochs": 1, "head_lr": 1e-9, "weight_decay": 0.0}
+    settings = {**TEXT_FAST, "head_epochs": 1, "head_lr": 1e-9, "weight_decay": 0.0, "blend": False}
     caplog.set_level(logging.INFO, logger="headstart.tasks.base")
     kept = TextClassifier(
         str(parent_dir), strategy="feature_extract", keep_head=True, **settings
@@ -584,3 +591,20 @@ def test_contrastive_fine_tuning_runs_and_changes_the_result(text_data):
     )
     assert not np.allclose(plain.predict_proba(X[:5]), con.predict_proba(X[:5]))
     assert con.config_.contrastive == 1.0
+
+
+def test_text_defaults_blend_tfidf_in_unless_the_baseline_is_off():
+    """The text default predicts with the TF-IDF baseline and the encoder's features in one
+    logistic regression; --no-baseline drops that default instead of refusing it."""
+    import argparse
+
+    from headstart.cli.flags import fit_config_from_args
+
+    assert TextClassifier().resolved_config().blend
+    assert not TextClassifier(baseline=False).resolved_config().blend
+    with pytest.raises(ValueError, match="drop --no-baseline, or --blend"):
+        TextClassifier(baseline=False, blend=True).resolved_config()
+    args = argparse.Namespace(task="text", config=None, baseline=False)
+    assert not fit_config_from_args(args).blend
+    assert fit_config_from_args(argparse.Namespace(task="text", config=None)).blend
+    assert not fit_config_from_args(argparse.Namespace(task="image", config=None)).blend

@@ -225,6 +225,13 @@ class FitConfig:
         "weight sets (WiSE-FT: 0.25, 0.5, 0.75 of the way) on validation and "
         "keep the best by the same rule",
     )
+    ema: float = _f(
+        0.0,
+        "keep an exponential moving average of the weights while a stage trains "
+        "backbone layers (decay, e.g. 0.999; warmed up over the first steps) and "
+        "weigh the averaged weights against the stage's best epoch and the WiSE-FT "
+        "mixes by the same rule; 0 = off",
+    )
     early_stopping: int = _f(5, "stop a stage after this many epochs without improvement (0 = off)")
     monitor: str = _f(
         "auto",
@@ -399,6 +406,8 @@ class FitConfig:
             parse_operating_point(self.operating_point)
         if self.train_chunks < 0:
             raise ValueError(f"train_chunks must be >= 0 (0: all), got {self.train_chunks}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema is a decay in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -468,6 +477,14 @@ class FitConfig:
         return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+def settings_over(given: dict) -> dict:
+    """``given`` settings to lay over a task's defaults: ``--no-baseline`` also drops a
+    default ``blend`` (which blends the baseline in) unless blend is asked for too."""
+    if given.get("baseline") is False and "blend" not in given:
+        return {**given, "blend": False}
+    return dict(given)
+
+
 # Each task's own defaults, over FitConfig's (plain data here, so `headstart fit --help`
 # shows them without importing the tasks; each estimator's ``defaults`` is its dict).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -483,6 +500,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "contrastive": 1.0,
         "batch_size": 16,
         "eval_batch_size": 64,
+        # the TF-IDF baseline and the trained encoder's features in one logistic regression:
+        # on 8-32 emails per class it beat TF-IDF on every draw, the encoder alone did not
+        "blend": True,
         "lr": 1e-4,
         "head_lr": 1e-2,
         "lr_decay": 0.9,

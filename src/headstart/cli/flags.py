@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import MISSING, fields
 
-from ..config import CHOICES, CLASSIFY_TASKS, TASK_DEFAULTS, FitConfig
+from ..config import CHOICES, CLASSIFY_TASKS, TASK_DEFAULTS, FitConfig, settings_over
 
 TASKS = CLASSIFY_TASKS
 FIT_TASKS = (*TASKS, "asr", "detect")
@@ -112,7 +112,9 @@ def fit_config_from_args(args: argparse.Namespace) -> FitConfig:
     task_defaults = dict(TASK_DEFAULTS[getattr(args, "task", "image")])  # the estimator's
     base = FitConfig.read_yaml(args.config) if args.config else {}  # overrides the task's
     given = {f: getattr(args, f) for f in FitConfig.field_names() if hasattr(args, f)}
-    return FitConfig.from_dict({**task_defaults, **base, **given}, args.config or "command line")
+    return FitConfig.from_dict(
+        {**task_defaults, **settings_over({**base, **given})}, args.config or "command line"
+    )
 
 
 def open_labeled(task: str, data, cfg: FitConfig, args, classes=None):

@@ -223,6 +223,11 @@ def build_source(
         raise DataError(empty_rows_message(origin, text_column, empty))
     if raw_labels is None:
         return TextSource(clean, np.full(len(clean), -1), list(classes or []), origin, rows)
+    if len(raw_labels) != len(clean):  # zip would silently drop the tail of the longer one
+        raise DataError(
+            f"{origin}: {len(clean)} texts but {len(raw_labels)} labels; give one label per "
+            "text (y must be as long as X)"
+        )
     cells = [_cell_labels(v, label_sep) for v in raw_labels]
     for cell, row in zip(cells, rows):
         if cell is None:

@@ -28,7 +28,7 @@ from ..artifacts import (
     atomic_write_json,
     state_dict_tensors,
 )
-from ..config import FitConfig
+from ..config import FitConfig, settings_over
 from ..features import cache_key, cached_features, compute_features, concat_datasets, weights_hash
 from ..heads import Head, HeadSpec, TransferModel
 from ..imbalance import loop_weights, plan
@@ -83,7 +83,7 @@ def resolve_config(est) -> FitConfig:
     unknown = sorted(set(changes) - set(FitConfig.field_names()))
     if unknown:
         raise TypeError(f"unknown setting(s) {', '.join(unknown)}; see FitConfig fields")
-    return cfg.replace(**changes)
+    return cfg.replace(**settings_over(changes))
 
 
 def fit_fingerprint(cfg: FitConfig, train_src, val_src) -> str:

@@ -177,6 +177,10 @@ class CheckpointStore:
             tensors.update(opt_tensors)
             meta["optimizer"] = opt_meta
             meta["scheduler"] = scheduler.state_dict()
+            ema = getattr(self, "_ema", None)  # --ema: the stage's weight average so far
+            if ema is not None:
+                tensors.update({f"ema.{k}": v for k, v in ema.state().items()})
+                meta["ema_updates"] = ema.updates
         save_checkpoint(ckpt, tensors, meta)
         self._write_history(state.history)
 

@@ -43,6 +43,7 @@ from ..mixing import batch_mixer
 from ..strategies import Stage, Strategy, configure_stage, set_bn_mode
 from ..zoo.base import LayerGroup
 from .checkpoints import CheckpointMismatch, CheckpointStore, LoopState
+from .ema import WeightEma
 from .samplers import BucketBatchSampler, EpochSampler, ShardedBatchSampler
 from .sharding import FsdpSharding
 
@@ -169,6 +170,8 @@ class Trainer(CheckpointStore, FsdpSharding):
         self._trained: set[str] = set()
         self._fixed_sums: dict[str, tuple[float, float]] = {}
         self._names: set[str] | None = None
+        self._ema: WeightEma | None = None  # --ema: the weight average of the running stage
+        self._ema_resume: tuple[dict, int] | None = None  # a checkpoint's (shadow, updates)
 
     # ---------------------------------------------------------------- public
     def run(self, resume: bool = False) -> LoopState:
@@ -194,6 +197,9 @@ class Trainer(CheckpointStore, FsdpSharding):
             self._check_fixed(meta.get("fixed"), ckpt)
             self._load_weights(weights, ckpt)
             torch.set_rng_state(tensors["rng.torch"])
+            shadow = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+            if shadow:
+                self._ema_resume = (shadow, int(meta.get("ema_updates", 0)))
             opt_state = (tensors, meta) if meta.get("optimizer") else None
             log.info("resuming from %s: stage %d, epoch %d", ckpt, state.stage, state.epoch)
         self.model.to(self.device)
@@ -251,6 +257,7 @@ class Trainer(CheckpointStore, FsdpSharding):
         if sharded:  # train a sharded copy; self.model gets its full weights every epoch
             module, params = self._shard(params)
         train_loader, val_loader = self._loaders(stage)
+        self._start_ema(stage, state, sharded)
         if str(s) in state.epoch_caps:  # --time-budget chose this stage's epochs
             stage = replace(stage, epochs=state.epoch_caps[str(s)])
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.cfg.weight_decay)
@@ -506,6 +513,8 @@ class Trainer(CheckpointStore, FsdpSharding):
             if self.max_grad_norm:
                 self.accelerator.clip_grad_norm_(module.parameters(), self.max_grad_norm)
             optimizer.step()
+            if self._ema is not None:
+                self._ema.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             total += float(loss.detach()) * len(y)
@@ -631,7 +640,7 @@ class Trainer(CheckpointStore, FsdpSharding):
         """At a stage's end: the weights the fit keeps so far, by the rule of
         :mod:`headstart.choose`, among the earlier stages' choice, this stage's best epoch
         and (``wise_ft``, after a stage that trained backbone layers from an earlier
-        stage's result) mixes of the two."""
+        stage's result) mixes of the two; with ``--ema``, also the stage's weight average."""
         from ..choose import Candidate, choose, interpolate
 
         stage = self.strategy.stages[s]
@@ -642,16 +651,29 @@ class Trainer(CheckpointStore, FsdpSharding):
             self._store(self._changeable_tensors(), "kept", where)
             return
         best = Candidate(state.best_where, state.best[0], -state.best[1], order=2 * s + 1)
-        if state.kept is None or self.cfg.keep == "last_stage":
+        averaged = self._ema_candidate(s, stage, val_loader)
+        if self.cfg.keep == "last_stage" or (state.kept is None and averaged is None):
             state.kept, state.selection = best.to_dict(), f"kept {best.where}"
             self._store(self._weights("best"), "kept", best.where)
             return
+        end = self._weights("best")
+        mixes = {}
+        if averaged is not None:
+            mixes[averaged[0].where] = averaged[1]
+        if state.kept is None:  # a first stage: its best epoch against its weight average
+            assert averaged is not None
+            win, state.selection = choose([best, averaged[0]], state.val_items, self.cfg.monitor)
+            log.info("stage %s: %s", stage.name, state.selection)
+            weights = end if win is best else averaged[1]
+            state.kept = win.to_dict()
+            self._load_weights(weights, win.where)
+            self._store(weights, "kept", win.where)
+            return
         earlier = Candidate(**state.kept)
-        candidates = [earlier, best]
+        candidates = [earlier, best] + ([averaged[0]] if averaged is not None else [])
         # "start", not "kept": a resume after a crash between writing the winner and the
         # checkpoint settles the stage again from the same weights
-        start, end = self._weights("start"), self._weights("best")
-        mixes = {}
+        start = self._weights("start")
         if self.cfg.wise_ft and not stage.head_only and val_loader is not None:
             for alpha in (0.25, 0.5, 0.75):
                 weights = interpolate(start, end, alpha)
@@ -668,17 +690,50 @@ class Trainer(CheckpointStore, FsdpSharding):
                     row["val_loss"],
                 )
         win, state.selection = choose(candidates, state.val_items, self.cfg.monitor)
-        if mixes:
+        if any(w.startswith("wise-ft") for w in mixes):
             state.selection += (
                 f" (wise-ft A: the weights A of the way from {earlier.where} to {best.where})"
             )
         log.info("stage %s: %s", stage.name, state.selection)
         weights = start if win is earlier else end if win is best else mixes[win.where]
-        if win.where in mixes:
+        if win.where.startswith("wise-ft"):
             win = replace(win, where=f"{win.where} of {earlier.where} -> {best.where}")
         state.kept = win.to_dict()
         self._load_weights(weights, win.where)
         self._store(weights, "kept", win.where)
+
+    def _start_ema(self, stage: Stage, state: LoopState, sharded: bool) -> None:
+        """``--ema``: a weight average for a stage that trains backbone layers (from the
+        checkpoint's shadow when a resume starts inside the stage)."""
+        resume, self._ema_resume, self._ema = self._ema_resume, None, None
+        if not self.cfg.ema or stage.head_only:
+            return
+        if sharded:  # each process holds a shard of the weights, not the whole of them
+            log.warning("ema: not kept under FSDP sharding; training without a weight average")
+            return
+        shadow, updates = resume if (resume is not None and state.epoch > 0) else (None, 0)
+        self._ema = WeightEma(self.model, self.cfg.ema, shadow, updates)
+
+    def _ema_candidate(self, s: int, stage: Stage, val_loader):
+        """(candidate, weights) of the stage's weight average, scored on validation; None
+        without ``--ema`` or validation."""
+        from ..choose import Candidate
+
+        ema, self._ema = self._ema, None
+        if ema is None or val_loader is None or not ema.updates or self.cfg.keep == "last_stage":
+            return None
+        weights = {**self._changeable_tensors(), **ema.state()}
+        self._load_weights(weights, "the weight average (ema)")
+        row = self.evaluate_loader(self.model, val_loader)
+        where = f"ema {ema.decay:g} of {stage.name} ({ema.updates} steps)"
+        log.info(
+            "%s: validation %s %.4f, loss %.4f",
+            where,
+            self.cfg.monitor,
+            self._score(row),
+            row["val_loss"],
+        )
+        return Candidate(where, self._score(row), row["val_loss"], order=2 * s + 0.9), weights
 
     def _log_epoch(self, row: dict) -> None:
         parts = [

@@ -124,16 +124,15 @@ def test_16_bit_detail_reaches_the_network_input(tmp_path):
     from headstart.data.transforms import ImageDataset, ImageTransform
     from headstart.zoo import create_backbone
 
-    ramp = np.tile(np.linspace(0, 4000, 64), (64, 1)).astype(np.uint16)
-    path = write_dicom(tmp_path / "ramp.dcm", ramp, window=(2000, 4001))
+    ramp = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)  # 4096 levels, 12 bits
+    path = write_dicom(tmp_path / "ramp.dcm", ramp, window=(2048, 4097))
     img = load_pixels(str(path))
     assert img.mode == "F"
     pre = create_backbone("tiny:cnn").preprocess
     ds = ImageDataset(open_inputs(str(path)), ImageTransform(64, pre, "none"))
     x, _ = ds[0]
     assert x.shape == (3, 64, 64)
-    assert len(np.unique(x[0].numpy())) > 256 or len(np.unique(ramp)) <= 256
-    assert len(np.unique(np.round(x[0].numpy(), 6))) > 60
+    assert len(np.unique(x[0].numpy())) > 1000  # an 8-bit pipeline has at most 256
 
 
 def test_nifti_volume_slices(tmp_path):

@@ -156,7 +156,8 @@ def baseline_run(tmp_path_factory):
 def test_baseline_sees_only_the_training_part(baseline_run):
     clf, _ = baseline_run
     images, labels = _pattern_images(12)
-    from headstart.data.images import open_source, stratified_split
+    from headstart.data.images import open_source
+    from headstart.data.splits import stratified_split
 
     src = open_source(images, labels)
     tr, va = stratified_split(src.labels, clf.config_.val_fraction, clf.config_.seed)

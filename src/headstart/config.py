@@ -61,6 +61,8 @@ FEATURE_SETTINGS = (
     "text_column",
     "label_column",
     "label_sep",
+    "group_column",
+    "window",
     "skip_bad",
     "clip_seconds",
     "array_rate",
@@ -78,6 +80,25 @@ def parse_duration(text: str | float) -> float:
     if not number > 0:
         raise ValueError(f"time budget {text!r} must be more than 0")
     return number
+
+
+def parse_operating_point(text: str) -> tuple[str, float | None]:
+    """``sensitivity=0.95`` -> ("sensitivity", 0.95); ``specificity=0.9``; ``youden`` ->
+    ("youden", None); ``threshold=0.3`` (a fixed probability)."""
+    value = str(text).strip().lower().replace(" ", "")
+    if value == "youden":
+        return "youden", None
+    name, _, number = value.partition("=")
+    try:
+        target = float(number)
+    except ValueError:
+        target = -1.0
+    if name not in ("sensitivity", "specificity", "threshold") or not 0 < target < 1:
+        raise ValueError(
+            f"operating_point={text!r}: write sensitivity=0.95, specificity=0.9, "
+            "threshold=0.3 (a value strictly between 0 and 1) or youden"
+        )
+    return name, target
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -277,6 +298,31 @@ class FitConfig:
     )
     text_column: str = _f("text", "text: the column holding the text (CSV/JSONL/Parquet)")
     label_column: str = _f("label", "the column holding the label(s)")
+    group_column: str | None = _f(
+        None,
+        "image CSV: the column holding a patient / study id; every split (validation, "
+        "study fractions, tune, the baseline's cross-validation) keeps one id's images "
+        "together, and bootstrap intervals resample ids",
+    )
+    window: str | None = _f(
+        None,
+        "DICOM / NIfTI: how values become grey levels: the file's own window (default), "
+        "minmax, a preset (lung, mediastinum, soft_tissue, abdomen, liver, bone, brain, "
+        "subdural, stroke) or 'centre,width' (e.g. -600,1500 in HU)",
+    )
+    operating_point: str | None = _f(
+        None,
+        "two classes (or one-vs-rest with --positive-class): the decision threshold, chosen "
+        "on the validation part: sensitivity=0.95, specificity=0.9 or youden; saved in the "
+        "run, predict and serve apply it, evaluate reports sensitivity, specificity, PPV, "
+        "NPV at it (default: no threshold, the most probable class)",
+    )
+    positive_class: str | None = _f(
+        None,
+        "the class the clinical metrics call positive (default: with two classes, the "
+        "second in sorted order, e.g. 'malignant' of benign/malignant; with more, needed "
+        "for one-vs-rest)",
+    )
     label_sep: str | None = _f(
         None,
         "text: separator of several labels in one CSV cell "
@@ -409,6 +455,8 @@ class FitConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.time_budget is not None:
             parse_duration(self.time_budget)  # a clear error now, not after the probe
+        if self.operating_point is not None:
+            parse_operating_point(self.operating_point)
         if self.train_chunks < 0:
             raise ValueError(f"train_chunks must be >= 0 (0: all), got {self.train_chunks}")
         if not 0.0 <= self.ema < 1.0:

@@ -115,6 +115,90 @@ def export_image_folder(
     return out
 
 
+# ---------------------------------------------------------------------- medical images
+MEDMNIST_HOWTO = (
+    "MedMNIST is not in any package registry: with internet, download e.g. "
+    "https://zenodo.org/records/10519652/files/pneumoniamnist.npz (or `pip install "
+    "medmnist` and `python -m medmnist save --flag=pneumoniamnist`), then pass its path"
+)
+
+
+def medmnist_npz(path: str | Path, split: str = "train", classes: list[str] | None = None):
+    """A MedMNIST ``.npz`` file's split as (uint8 images N x H x W[x3], int64 labels, class
+    names). ``classes``: the names of the label values (MedMNIST's ``INFO[flag]['label']``
+    in order; default ``"0"``, ``"1"``, ...). Multi-label sets (ChestMNIST) are refused:
+    pick one finding and binarise its column first."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file. {MEDMNIST_HOWTO}")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split={split!r}: choose train, val or test")
+    with np.load(path) as data:
+        missing = {f"{split}_images", f"{split}_labels"} - set(data.files)
+        if missing:
+            raise ValueError(
+                f"{path}: not a MedMNIST file (no {', '.join(sorted(missing))}; it has "
+                f"{', '.join(data.files)})"
+            )
+        images = np.asarray(data[f"{split}_images"])
+        labels = np.asarray(data[f"{split}_labels"])
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise ValueError(
+            f"{path}: {labels.shape[1]} labels per image (multi-label); take one column "
+            "as a binary label first"
+        )
+    labels = labels.reshape(-1).astype(np.int64)
+    n = int(labels.max()) + 1 if len(labels) else 0
+    names = [str(c) for c in classes] if classes else [str(i) for i in range(n)]
+    if len(names) < n:
+        raise ValueError(f"{path}: labels go up to {n - 1}, {len(names)} class names given")
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: images are {images.dtype}, MedMNIST's are uint8")
+    return images, labels, names
+
+
+def export_dicom_csv(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    out: str | Path,
+    patients=None,
+    bits: int = 16,
+) -> Path:
+    """Write grey uint8 images as 16-bit MONOCHROME2 DICOM files (values scaled by 257, so
+    0-255 -> 0-65535) in ``out/dcm/`` and ``out/labels.csv`` (path, label, patient_id):
+    data for `headstart fit out/labels.csv --group-column patient_id`. ``patients``: an id
+    per image (default: one patient per image)."""
+    import csv
+
+    from .artifacts import atomic_write_bytes
+    from .data.medical import write_dicom
+
+    out = Path(out)
+    rows = []
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        grey = np.asarray(img)
+        if grey.ndim == 3:
+            grey = grey.mean(axis=2).round().astype(np.uint8)
+        pid = str(patients[i]) if patients is not None else f"P{i:06d}"
+        scale = 257 if bits == 16 else 1
+        path = write_dicom(
+            out / "dcm" / f"{i:06d}.dcm",
+            grey.astype(np.uint16) * scale,
+            patient_id=pid,
+            window=(32768.0, 65536.0) if bits == 16 else (128.0, 256.0),  # the full range
+        )
+        rows.append((f"dcm/{path.name}", classes[int(lab)], pid))
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "patient_id"])
+    w.writerows(rows)
+    atomic_write_bytes(out / "labels.csv", buf.getvalue().encode())
+    return out / "labels.csv"
+
+
 # ---------------------------------------------------------------------- text corpora
 SPAM_GROUPS = {
     "easy-ham-1": "ham",

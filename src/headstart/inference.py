@@ -193,6 +193,9 @@ class Predictor:
         """The predicted class (multi-label: the classes at >= 0.5)."""
         if self.multi_label:
             return [c for c, p in zip(self.classes, proba) if p >= 0.5]
+        # the run's operating point (a threshold chosen on validation), else the argmax
+        if getattr(self.estimator, "operating_point_", None):
+            return self.classes[int(self.estimator._thresholded(np.asarray(proba)[None])[0])]
         return self.classes[int(np.argmax(proba))]
 
 

@@ -47,9 +47,15 @@ STUDY_BUDGET = {"epochs": 8, "early_stopping": 3}
 STUDY_UPSCALE_CAP = 3
 
 
-def nested_fractions(labels: np.ndarray, fractions, seed: int) -> dict[float, np.ndarray]:
+def nested_fractions(
+    labels: np.ndarray, fractions, seed: int, groups=None
+) -> dict[float, np.ndarray]:
     """Stratified, nested subsets: for each fraction, the first ceil(f * n_c) items of one
-    fixed shuffle of every class c (at least one per class)."""
+    fixed shuffle of every class c (at least one per class). ``groups`` (patient ids):
+    whole groups instead, the first ceil(f * g_c) of one shuffle of the groups whose
+    majority class is c, so a patient's images are all in or all out."""
+    if groups is not None:
+        return _nested_group_fractions(labels, fractions, seed, groups)
     rng = np.random.default_rng(seed)
     order = {c: rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
     out = {}
@@ -59,6 +65,21 @@ def nested_fractions(labels: np.ndarray, fractions, seed: int) -> dict[float, np
         out[f] = np.sort(
             np.concatenate([idx[: max(1, math.ceil(f * len(idx)))] for idx in order.values()])
         )
+    return out
+
+
+def _nested_group_fractions(labels, fractions, seed: int, groups) -> dict[float, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    names = np.asarray([str(g) for g in groups])
+    ids, codes = np.unique(names, return_inverse=True)
+    majority = np.array([np.bincount(labels[codes == g]).argmax() for g in range(len(ids))])
+    order = {c: rng.permutation(np.flatnonzero(majority == c)) for c in np.unique(majority)}
+    out = {}
+    for f in sorted(fractions):
+        if not 0 < f <= 1:
+            raise ValueError(f"fractions must be in (0, 1], got {f}")
+        chosen = np.concatenate([g[: max(1, math.ceil(f * len(g)))] for g in order.values()])
+        out[f] = np.flatnonzero(np.isin(codes, chosen))
     return out
 
 
@@ -342,7 +363,7 @@ def run_study(
     after 3, and images enlarged at most 3x (:data:`STUDY_UPSCALE_CAP`)). Without ``test``,
     a stratified ``test_fraction`` of ``data`` is held out. ``progress(done, total, name)``
     is called after each run."""
-    from .data.images import stratified_split
+    from .data.splits import stratified_split
     from .tasks import ESTIMATORS
 
     if task not in ESTIMATORS:
@@ -363,7 +384,9 @@ def run_study(
     if source.labels.ndim != 1:
         raise ValueError("a study needs single-label data")
     if test is None:
-        pool_idx, test_idx = stratified_split(source.labels, test_fraction, cfg.seed)
+        pool_idx, test_idx = stratified_split(
+            source.labels, test_fraction, cfg.seed, getattr(source, "groups", None)
+        )
         pool, test_src = source.subset(pool_idx), source.subset(test_idx)
     else:
         tx, ty = test if isinstance(test, tuple) else (test, None)  # data, or (X, y)
@@ -371,9 +394,13 @@ def run_study(
     if task == "image" and "image_size" not in settings:
         cfg = cfg.replace(image_size=_study_image_size(cfg, source))
         settings["image_size"] = cfg.image_size  # shown in the report, used by the advice
-    tr_idx, va_idx = stratified_split(pool.labels, val_fraction, cfg.seed)
+    tr_idx, va_idx = stratified_split(
+        pool.labels, val_fraction, cfg.seed, getattr(pool, "groups", None)
+    )
     train_pool, val_src = pool.subset(tr_idx), pool.subset(va_idx)
-    subsets = nested_fractions(np.asarray(train_pool.labels), fractions, cfg.seed)
+    subsets = nested_fractions(
+        np.asarray(train_pool.labels), fractions, cfg.seed, getattr(train_pool, "groups", None)
+    )
     specs = [
         RunSpec(s, f, seed)
         for f in sorted(fractions)

@@ -228,9 +228,15 @@ class ClassicBaseline:
 
     # -------------------------------------------------------------- fitting
     def fit(
-        self, vectors: list[np.ndarray], labels: np.ndarray, n_classes: int | None = None
+        self,
+        vectors: list[np.ndarray],
+        labels: np.ndarray,
+        n_classes: int | None = None,
+        groups=None,
     ) -> ClassicBaseline:
-        from sklearn.model_selection import StratifiedKFold
+        """``groups``: a patient / study id per item; the cross-validation folds then keep
+        each group on one side."""
+        from ..data.splits import stratified_folds
 
         t0 = time.perf_counter()
         y = np.asarray(labels, dtype=np.int64)
@@ -243,8 +249,8 @@ class ClassicBaseline:
         if folds >= 2 and len(np.unique(y)) >= 2:
             cv_idx = _cap(y, CV_ITEMS_MAX, self.seed)
             yc = y[cv_idx]
-            split = list(
-                StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(cv_idx, yc)
+            split = stratified_folds(
+                yc, folds, self.seed, None if groups is None else np.asarray(groups)[cv_idx]
             )
             for f, X in zip(self.featurizers, vectors):
                 Xc = np.asarray(X, dtype=np.float32)[cv_idx]

@@ -149,6 +149,13 @@ def cmd_fit(args) -> int:
                 m[split], m.get("baseline_name", ""), m.get("blend_mode", "mean")
             ):
                 print(f"  {'':<10} {line}")
+            if m[split].get("clinical"):
+                from ..clinical import format_clinical
+
+                for line in format_clinical(m[split]["clinical"], m[split]["clinical"]["positive"]):
+                    print(f"  {'':<10} {line}")
+    if (out / "model_card.md").is_file():
+        print(f"  model card: {out / 'model_card.md'}")
     for line in notes:
         print(f"  {line}")
     return 0

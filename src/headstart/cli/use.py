@@ -64,6 +64,14 @@ def add_parsers(sub) -> None:
         default=0.5,
         help="detect: the lowest score of a box written (default: 0.5)",
     )
+    p.add_argument(
+        "--explain",
+        default=None,
+        metavar="DIR",
+        help="image models: also write a Grad-CAM heat map of each input's predicted "
+        "class into DIR (the evaluation crop beside the map over it; DIR/index.csv "
+        "lists them)",
+    )
     p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("export", help="export a run to ONNX or TorchScript, checked for parity")
@@ -160,6 +168,9 @@ def cmd_predict(args) -> int:
     )
     if args.out:
         print(line, file=sys.stderr)
+    if args.explain:
+        serving = run_task(args.run).serving_class()
+        print(serving.explain(args.run, args.inputs, args.explain), file=sys.stderr)
     return 0
 
 

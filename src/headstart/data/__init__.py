@@ -9,8 +9,8 @@ from .images import (
     load_image,
     open_inputs,
     open_source,
-    stratified_split,
 )
+from .splits import grouped_split, stratified_folds, stratified_split
 from .transforms import ImageDataset, ImageTransform, median_side, resolve_image_size
 
 __all__ = [
@@ -21,10 +21,12 @@ __all__ = [
     "from_arrays",
     "from_csv",
     "from_folder",
+    "grouped_split",
     "load_image",
     "median_side",
     "open_inputs",
     "open_source",
     "resolve_image_size",
+    "stratified_folds",
     "stratified_split",
 ]

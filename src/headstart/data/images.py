@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from .medical import (
+    MEDICAL_EXTENSIONS,
+    MedicalError,
+    check_medical,
+    expand_slices,
+    is_medical,
+    item_path,
+    load_medical,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,9 @@ class ImageSource:
     classes: list[str]
     origin: str
     skipped: list[str] = field(default_factory=list)
+    # patient / study id of each item (grouped splits keep a group together), or None
+    groups: np.ndarray | None = None
+    window: str | None = None  # DICOM / NIfTI: how values become grey levels (medical.Window)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -58,7 +72,12 @@ class ImageSource:
     def subset(self, indices) -> ImageSource:
         indices = np.asarray(indices, dtype=np.int64)
         return ImageSource(
-            [self.items[i] for i in indices], self.labels[indices], self.classes, self.origin
+            [self.items[i] for i in indices],
+            self.labels[indices],
+            self.classes,
+            self.origin,
+            groups=None if self.groups is None else self.groups[indices],
+            window=self.window,
         )
 
     def fingerprint(self) -> str:
@@ -66,9 +85,11 @@ class ImageSource:
         import hashlib
 
         h = hashlib.sha256()
+        if self.window not in (None, "file"):
+            h.update(f"window={self.window}|".encode())
         for item in self.items:
             if isinstance(item, (str, Path)):
-                st = os.stat(item)
+                st = os.stat(item_path(item))
                 h.update(f"{item}|{st.st_size}|{st.st_mtime_ns}".encode())
             else:
                 arr = np.ascontiguousarray(item)
@@ -77,13 +98,37 @@ class ImageSource:
         return h.hexdigest()[:24]
 
 
-def load_image(item) -> Image.Image:
-    """Any supported image as 8-bit RGB: grey, RGBA/LA (on white), palette, 16-bit, float."""
+def load_image(item, window: str | None = None) -> Image.Image:
+    """Any supported image as 8-bit RGB: grey, RGBA/LA (on white), palette, 16-bit, float;
+    DICOM / NIfTI windowed as ``window`` says (:mod:`.medical`)."""
+    if is_medical(item):
+        return load_medical(item, window, high_depth=False)
     if isinstance(item, (str, Path)):
         with Image.open(item) as img:
             img.load()
             return to_rgb(img)
     return to_rgb(array_to_image(np.asarray(item)))
+
+
+def load_pixels(item, window: str | None = None) -> Image.Image:
+    """What the network's input is made from: :func:`load_image`, but a grey DICOM / NIfTI
+    image stays float (PIL mode ``F``, 0-255 unrounded) so its depth survives resizing."""
+    if is_medical(item):
+        return load_medical(item, window, high_depth=True)
+    return load_image(item)
+
+
+def grey_rgb(img: Image.Image) -> Image.Image:
+    """A float grey PIL image (mode ``F``, 0-255) as 8-bit RGB (rounded)."""
+    arr = np.clip(np.asarray(img, dtype=np.float32) + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr).convert("RGB")
+
+
+def uint8_rgb(img: Image.Image) -> np.ndarray:
+    """An image as ``uint8 [H, W, 3]`` (a float grey one rounded and repeated)."""
+    if img.mode == "F":
+        return np.asarray(grey_rgb(img), dtype=np.uint8)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def array_to_image(arr: np.ndarray) -> Image.Image:
@@ -130,6 +175,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def _check_file(path: str) -> str | None:
     """None if the image decodes, else the reason."""
+    if is_medical(path):
+        return check_medical(path)
     try:
         with Image.open(path) as img:
             img.load()
@@ -166,7 +213,10 @@ def check_files(
 def _image_files(folder: Path) -> list[str]:
     """Image files anywhere below ``folder``, sorted."""
     return sorted(
-        str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        str(p)
+        for p in folder.rglob("*")
+        if p.is_file()
+        and (p.suffix.lower() in IMAGE_EXTENSIONS or p.name.lower().endswith(MEDICAL_EXTENSIONS))
     )
 
 
@@ -278,11 +328,30 @@ def csv_files(
 
 
 def from_folder(
-    root: str | Path, skip_bad: bool = False, classes: list[str] | None = None
+    root: str | Path,
+    skip_bad: bool = False,
+    classes: list[str] | None = None,
+    window: str | None = None,
 ) -> ImageSource:
-    """``root/<class>/<image>``: one subfolder per class, images anywhere below it."""
-    paths, labels = class_folders(root, _image_files, "images", IMAGE_EXTENSIONS)
-    return _make_source(paths, labels, str(root), skip_bad, classes)
+    """``root/<class>/<image>``: one subfolder per class, images anywhere below it (DICOM
+    and NIfTI too; a multi-frame file or a volume gives one item per slice)."""
+    paths, labels = class_folders(
+        root, _image_files, "images", IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS
+    )
+    return _make_source(paths, labels, str(root), skip_bad, classes, window=window)
+
+
+# CSV columns that look like a patient / study id: a fit warns when one exists but no
+# --group-column is set (a random split would put one patient on both sides).
+_ID_LIKE = re.compile(
+    r"(patient|subject|study|participant|case|person|series|mrn|accession)|(^|_)(pid|sid)$|_id$",
+    re.I,
+)
+
+
+def id_like_columns(columns, used: tuple[str, ...]) -> list[str]:
+    """The columns of ``columns`` (but ``used``) whose name looks like a patient / study id."""
+    return [c for c in columns if c not in used and _ID_LIKE.search(c or "")]
 
 
 def from_csv(
@@ -291,19 +360,64 @@ def from_csv(
     label_column: str = "label",
     skip_bad: bool = False,
     classes: list[str] | None = None,
+    group_column: str | None = None,
+    window: str | None = None,
 ) -> ImageSource:
-    """A CSV with a path column (relative to the CSV's folder, or absolute) and a label."""
+    """A CSV with a path column (relative to the CSV's folder, or absolute) and a label;
+    ``group_column``: a patient / study id per row, which every split keeps together."""
     csv_path = Path(csv_path)
+    if group_column and classes is not None:  # data for a fitted model: ids are optional
+        have = read_csv_rows(csv_path, (path_column, label_column))
+        if have and group_column not in have[0][1]:
+            log.info(
+                "%s: no %r column; bootstrap intervals resample images, not patients",
+                csv_path,
+                group_column,
+            )
+            group_column = None
+    columns = (path_column, label_column) + ((group_column,) if group_column else ())
+    rows = read_csv_rows(csv_path, columns)
+    if group_column is None and classes is None:
+        suspects = id_like_columns(rows[0][1].keys() if rows else (), columns)
+        if suspects:
+            log.warning(
+                "%s: column %r looks like a patient / study id but no group column is set: "
+                "splits are random over images, so one patient's images can fall on both "
+                "sides and inflate the validation score; pass --group-column %s "
+                "(group_column=) to keep each one's images together",
+                csv_path,
+                suspects[0],
+                suspects[0],
+            )
     paths, labels, missing = csv_files(csv_path, path_column, label_column, skip_bad)
-    source = _make_source(paths, labels, str(csv_path), skip_bad, classes)
+    groups = None
+    if group_column:
+        by_path = {}
+        for line, row in rows:
+            gid = (row.get(group_column) or "").strip()
+            if not gid:
+                raise DataError(
+                    f"{csv_path}, line {line}: empty {group_column!r}; every row needs its "
+                    "patient / study id (or drop --group-column)"
+                )
+            by_path[str(_csv_path(csv_path, (row.get(path_column) or "").strip()))] = gid
+        groups = [by_path[p] for p in paths]
+    source = _make_source(paths, labels, str(csv_path), skip_bad, classes, groups, window)
     source.skipped = missing + source.skipped
     return source
 
 
-def _make_source(paths, labels, origin, skip_bad, classes) -> ImageSource:
+def _make_source(paths, labels, origin, skip_bad, classes, groups=None, window=None) -> ImageSource:
     keep, skipped = check_files(paths, skip_bad, origin)
     paths = [paths[i] for i in keep]
     labels = [labels[i] for i in keep]
+    groups = None if groups is None else [groups[i] for i in keep]
+    try:
+        paths, came_from = expand_slices(paths)  # a multi-frame file: one item per slice
+    except MedicalError as exc:
+        raise DataError(str(exc)) from exc
+    labels = [labels[i] for i in came_from]
+    groups = None if groups is None else [groups[i] for i in came_from]
     found = sorted(set(labels))
     if classes is None:  # training data: at least two classes
         classes = _check_classes(labels, origin)
@@ -315,7 +429,13 @@ def _make_source(paths, labels, origin, skip_bad, classes) -> ImageSource:
         )
     index = {c: i for i, c in enumerate(classes)}
     source = ImageSource(
-        paths, np.array([index[c] for c in labels], dtype=np.int64), classes, origin, skipped
+        paths,
+        np.array([index[c] for c in labels], dtype=np.int64),
+        classes,
+        origin,
+        skipped,
+        groups=None if groups is None else np.asarray(groups, dtype=object),
+        window=window,
     )
     counts = Counter(labels)
     log.info(
@@ -383,47 +503,49 @@ def open_source(
     skip_bad: bool = False,
     path_column: str = "path",
     label_column: str = "label",
+    group_column: str | None = None,
+    window: str | None = None,
+    groups=None,
 ) -> ImageSource:
-    """Anything users pass as image data -> ImageSource."""
+    """Anything users pass as image data -> ImageSource. ``groups``: for in-memory images,
+    a patient / study id per image."""
     if isinstance(data, ImageSource):
         return data
     if isinstance(data, (str, Path)):
         p = Path(data)
         if p.is_dir():
-            return from_folder(p, skip_bad=skip_bad, classes=classes)
+            if group_column:
+                raise DataError(
+                    f"{p}: group_column={group_column!r} needs a CSV (path, label and the id "
+                    "column); a folder of classes has no patient ids"
+                )
+            return from_folder(p, skip_bad=skip_bad, classes=classes, window=window)
         if p.suffix.lower() == ".csv":
             if not p.is_file():
                 raise DataError(f"{p}: no such CSV file")
-            return from_csv(p, path_column, label_column, skip_bad=skip_bad, classes=classes)
+            return from_csv(
+                p,
+                path_column,
+                label_column,
+                skip_bad=skip_bad,
+                classes=classes,
+                group_column=group_column,
+                window=window,
+            )
         raise DataError(
             f"{p}: expected a folder with one subfolder per class, or a .csv of path,label rows"
         )
     if labels is None:
         raise DataError("in-memory images need labels: fit(images, labels)")
-    return from_arrays(data, labels, classes=classes)
+    source = from_arrays(data, labels, classes=classes)
+    if groups is not None:
+        if len(groups) != len(source):
+            raise DataError(f"{len(source)} images but {len(groups)} group ids")
+        source.groups = np.asarray(list(groups), dtype=object)
+    return source
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int):
-    """Train and validation indices, same class balance in both."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(labels))
-    counts = np.bincount(labels)
-    n_val = int(round(val_fraction * len(labels)))
-    if val_fraction == 0 or n_val == 0:
-        return idx, idx[:0]
-    if counts[counts > 0].min() < 2 or n_val < np.count_nonzero(counts):
-        raise DataError(
-            f"cannot hold out a stratified {val_fraction:.0%} for validation: the smallest "
-            f"class has {counts[counts > 0].min()} image(s) and there are "
-            f"{np.count_nonzero(counts)} classes; add images, raise val_fraction, or pass a "
-            "validation set"
-        )
-    train, val = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
-    return np.sort(train), np.sort(val)
-
-
-def open_inputs(data, *, path_column: str = "path") -> ImageSource:
+def open_inputs(data, *, path_column: str = "path", window: str | None = None) -> ImageSource:
     """Inputs to predict on (labels, if any, are ignored): a folder (flat or per class), a
     CSV with a path column, a list of paths, or arrays. Unreadable files raise, named."""
     if isinstance(data, ImageSource):
@@ -445,8 +567,17 @@ def open_inputs(data, *, path_column: str = "path") -> ImageSource:
         else:
             raise DataError(f"{p}: no such file or directory")
         check_files(paths, skip_bad=False, what=str(p))
-        return ImageSource(paths, np.zeros(len(paths), dtype=np.int64), [], str(p))
+        paths = _slices(paths)
+        return ImageSource(paths, np.zeros(len(paths), dtype=np.int64), [], str(p), window=window)
     items = list(data)
     if items and isinstance(items[0], (str, Path)):
         check_files([str(i) for i in items], skip_bad=False, what="inputs")
-    return ImageSource(items, np.zeros(len(items), dtype=np.int64), [], "inputs")
+        items = _slices([str(i) for i in items])
+    return ImageSource(items, np.zeros(len(items), dtype=np.int64), [], "inputs", window=window)
+
+
+def _slices(paths: list[str]) -> list[str]:
+    try:
+        return expand_slices(paths)[0]
+    except MedicalError as exc:
+        raise DataError(str(exc)) from exc

@@ -19,7 +19,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
 from ..zoo.base import PreprocessConfig
-from .images import DataError, ImageSource, load_image
+from .images import DataError, ImageSource, load_pixels
+from .medical import is_medical, medical_size
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -107,6 +108,8 @@ def median_side(source: ImageSource, sample: int = 64) -> float:
         if isinstance(item, np.ndarray):
             shape = item.shape if item.ndim == 2 or item.shape[-1] in (1, 3, 4) else item.shape[1:]
             sides.append(min(shape[:2]))
+        elif is_medical(item):
+            sides.append(min(medical_size(item)))
         else:
             with Image.open(item) as img:
                 sides.append(min(img.size))
@@ -169,6 +172,9 @@ class ImageTransform:
             img = self.eval_image(img)
         else:
             img = self._random(img, rng)
+        if img.mode == "F":  # a DICOM / NIfTI grey image, float 0-255: depth kept to here
+            grey = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).div_(255.0)
+            return (grey.unsqueeze(0).expand(3, -1, -1) - self.mean) / self.std
         t = F.pil_to_tensor(img).float().div_(255.0)
         return t.sub_(self.mean).div_(self.std)
 
@@ -224,6 +230,10 @@ class ImageTransform:
         if plan["flip"] and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         jitter = plan["jitter"]
+        if img.mode == "F" and (jitter or self.policy is not None):
+            # colour jitter and the policies work on 8-bit RGB: round the grey image here
+            img = Image.fromarray(np.clip(np.asarray(img) + 0.5, 0, 255).astype(np.uint8))
+            img = img.convert("RGB")
         if jitter:
             t = F.pil_to_tensor(img)
             t = F.adjust_brightness(t, 1 + rng.uniform(-jitter, jitter))
@@ -271,7 +281,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            img = load_image(self.source.items[i])
+            img = load_pixels(self.source.items[i], getattr(self.source, "window", None))
         except (OSError, ValueError) as exc:
             raise DataError(
                 f"{self.source.name(i)}: cannot read this image ({exc}); fix or remove it"

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..artifacts import atomic_save_tensors, atomic_write_json, state_dict_tensors
+from ..artifacts import (
+    atomic_save_tensors,
+    atomic_write_bytes,
+    atomic_write_json,
+    state_dict_tensors,
+)
 from ..config import FitConfig, settings_over
 from ..features import cache_key, cached_features, compute_features, concat_datasets, weights_hash
 from ..heads import Head, HeadSpec, TransferModel
@@ -116,6 +121,24 @@ def tta_views(est, tta: str | None) -> list:
             f"{getattr(est, 'task', type(est).__name__)} model (drop --tta)"
         )
     return views
+
+
+def _data_summary(source, train_src, val_src, cfg: FitConfig) -> dict:
+    """How many items, per class, and patients a fit read (for the run's model card)."""
+    labels = np.asarray(source.labels)
+    out: dict = {
+        "items": len(source),
+        "train": len(train_src),
+        "validation": len(val_src) if val_src is not None else 0,
+    }
+    if labels.ndim == 1:
+        counts = np.bincount(labels, minlength=len(source.classes))
+        out["per_class"] = {str(c): int(n) for c, n in zip(source.classes, counts)}
+    groups = getattr(source, "groups", None)
+    if groups is not None:
+        out["groups"] = len(set(str(g) for g in groups))
+        out["group_column"] = cfg.group_column
+    return out
 
 
 class TransferEstimator(BaselineMixin):
@@ -318,6 +341,7 @@ class TransferEstimator(BaselineMixin):
         self.model_, self.classes_, self.preprocess_ = model, list(source.classes), preprocess
         self.config_ = cfg
         self.data_origin_ = str(source.origin)
+        self.data_summary_ = _data_summary(source, train_src, val_src, cfg)
         self.multi_label_ = bool(source.labels.ndim == 2)
         balance = plan(cfg, train_src.labels, list(source.classes))
         (log.warning if balance.imbalanced else log.info)("%s", balance.message())
@@ -375,6 +399,7 @@ class TransferEstimator(BaselineMixin):
         self._fit_baseline(train_src, cfg, balance)
         self._after_fit(train_src, val_src, cfg)
         self._choose_winner(val_src, cfg, balance)
+        self._choose_operating_point(val_src, cfg)
         if val_src is not None:
             self.metrics_["validation"] = self.evaluate(val_src)
         self.is_main_process_ = trainer.accelerator.is_main_process
@@ -422,6 +447,95 @@ class TransferEstimator(BaselineMixin):
             c["ece_before"],
             c["ece_after"],
         )
+
+    def _positive(self) -> int | None:
+        """The positive class's position for clinical metrics (two classes: the second,
+        or ``positive_class``); None for multi-label or more classes without one."""
+        from ..clinical import positive_index
+
+        if getattr(self, "multi_label_", False):
+            return None
+        return positive_index(self.classes_, self.config_.positive_class)
+
+    def _choose_operating_point(self, val_src, cfg: FitConfig) -> None:
+        """``operating_point`` (``sensitivity=0.95``, ``youden``, ...): the threshold on the
+        positive class's probability, chosen on the validation part's predictions of the
+        kept model; ``predict`` and serving apply it (``operating_point_``)."""
+        from ..clinical import choose_threshold
+
+        self.operating_point_ = None
+        if cfg.operating_point is None:
+            return
+        pos = self._positive()
+        if pos is None:
+            raise ValueError(
+                f"operating_point={cfg.operating_point}: needs two classes or, for "
+                f"{len(self.classes_)} classes, --positive-class (one-vs-rest)"
+            )
+        rule = cfg.operating_point.strip().lower()
+        if val_src is None or not len(val_src):
+            if not rule.startswith("threshold="):
+                raise ValueError(
+                    f"operating_point={cfg.operating_point}: chosen on validation, and this "
+                    "fit has none (val_fraction > 0 or a validation set)"
+                )
+            y, score = np.zeros(0), np.zeros(0)
+        else:
+            y = np.asarray(val_src.labels) == pos
+            score = self.predict_proba(val_src)[:, pos]
+        op = choose_threshold(y, score, cfg.operating_point)
+        self.operating_point_ = {
+            "positive": self.classes_[pos],
+            "positive_index": pos,
+            **op,
+        }
+        log.info(
+            "operating point %s: %s when p(%s) >= %.4f (validation sensitivity %.3f, "
+            "specificity %.3f on %d items)",
+            op["rule"],
+            self.classes_[pos],
+            self.classes_[pos],
+            op["threshold"],
+            op["validation"]["sensitivity"],
+            op["validation"]["specificity"],
+            op["n_validation"],
+        )
+
+    def _clinical_metrics(self, source, metrics: dict, proba: np.ndarray) -> None:
+        """``metrics["clinical"]``: sensitivity, specificity, PPV, NPV, AUROC, AUPRC with
+        95% bootstrap intervals (patients resampled when the source has groups) at the
+        run's operating point (else 0.5), for two classes or one-vs-rest."""
+        from ..clinical import clinical_metrics
+
+        pos = self._positive()
+        labels = np.asarray(source.labels)
+        if pos is None or labels.ndim != 1 or not len(labels):
+            return
+        op = getattr(self, "operating_point_", None)
+        threshold = op["threshold"] if op else 0.5
+        c = clinical_metrics(
+            labels == pos,
+            np.asarray(proba)[:, pos],
+            threshold,
+            getattr(source, "groups", None),
+            seed=self.config_.seed,
+        )
+        c["positive"] = self.classes_[pos]
+        c["operating_point"] = (
+            {k: op[k] for k in ("rule", "threshold", "validation")} if op else None
+        )
+        metrics["clinical"] = c
+
+    def _thresholded(self, proba: np.ndarray) -> np.ndarray:
+        """Class indices: the positive class where its probability reaches the operating
+        point's threshold, else the most probable other class (argmax without one)."""
+        op = getattr(self, "operating_point_", None)
+        if not op or not len(proba):
+            return np.asarray(proba).argmax(1)
+        pos = op["positive_index"]
+        others = np.asarray(proba, dtype=np.float64).copy()
+        others[:, pos] = -np.inf
+        return np.where(proba[:, pos] >= op["threshold"], pos, others.argmax(1))
 
     @staticmethod
     def _reuse_head(head: Head, parent: str, classes: list[str]) -> None:
@@ -490,14 +604,16 @@ class TransferEstimator(BaselineMixin):
 
     def _split(self, X, y, validation, cfg: FitConfig):
         """(all labeled data, train part, validation part or None), as ``fit`` splits it."""
-        from ..data.images import stratified_split
+        from ..data.splits import stratified_split
 
         source = self._open_labeled(X, y, None, cfg)
         if validation is not None:
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)
             return source, source, self._open_labeled(vx, vy, source.classes, cfg)
         strata = source.labels.argmax(1) if source.labels.ndim == 2 else source.labels
-        tr, va = stratified_split(strata, cfg.val_fraction, cfg.seed)
+        tr, va = stratified_split(
+            strata, cfg.val_fraction, cfg.seed, getattr(source, "groups", None)
+        )
         return source, source.subset(tr), (source.subset(va) if len(va) else None)
 
     def _features(self, source) -> torch.Tensor:
@@ -650,7 +766,7 @@ class TransferEstimator(BaselineMixin):
         proba = self.predict_proba(X)
         if getattr(self, "multi_label_", False):
             return [[c for c, p in zip(self.classes_, row) if p >= 0.5] for row in proba]
-        return [self.classes_[i] for i in proba.argmax(1)]
+        return [self.classes_[i] for i in self._thresholded(proba)]
 
     def evaluate(self, X, y=None, tta: str | None = None) -> dict:
         """Accuracy, macro-F1, AUROC, NLL (``log_loss``), ECE, reliability bins, per-class
@@ -680,6 +796,7 @@ class TransferEstimator(BaselineMixin):
                 if calibration is not None:
                     metrics["calibration"] = calibration
             self._extra_metrics(source, metrics, own)
+            self._clinical_metrics(source, metrics, kept)
             self._baseline_metrics(source, metrics, transfer)
         finally:
             del self._baseline_memo
@@ -753,9 +870,14 @@ class TransferEstimator(BaselineMixin):
             "strategy": self.strategy_.to_dict() if hasattr(self, "strategy_") else None,
             "stages": getattr(self, "stages_", []),
             "metrics": getattr(self, "metrics_", {}),
-            "data": {"origin": getattr(self, "data_origin_", None)},
+            "data": {
+                "origin": getattr(self, "data_origin_", None),
+                **(getattr(self, "data_summary_", None) or {}),
+            },
             "fingerprint": getattr(self, "fingerprint_", None),  # of the fit's settings + data
             "winner": getattr(self, "winner_", "transfer"),  # what predicts: network or baseline
+            # the decision threshold chosen on validation (clinical), or None
+            "operating_point": getattr(self, "operating_point_", None),
             "fit_config": self.config_.to_dict(),
             "versions": versions,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -774,7 +896,11 @@ class TransferEstimator(BaselineMixin):
             run_dir / RUN_WEIGHTS, state_dict_tensors(self.model_), metadata={"format": "pt"}
         )
         self._save_baseline(run_dir)
-        atomic_write_json(run_dir / RUN_CONFIG, self.run_config())
+        config = self.run_config()
+        atomic_write_json(run_dir / RUN_CONFIG, config)
+        from ..report.model_card import render_model_card
+
+        atomic_write_bytes(run_dir / "model_card.md", render_model_card(config).encode())
         return run_dir
 
     def _save_adapter(self, folder: Path, lora: dict) -> None:
@@ -841,7 +967,9 @@ class TransferEstimator(BaselineMixin):
         est.config_ = fit_cfg
         est.metrics_ = config.get("metrics", {})
         est.data_origin_ = (config.get("data") or {}).get("origin")
+        est.data_summary_ = {k: v for k, v in (config.get("data") or {}).items() if k != "origin"}
         est.stages_ = config.get("stages", [])
         est.fingerprint_ = config.get("fingerprint")
+        est.operating_point_ = config.get("operating_point")
         est._load_baseline(run_dir, config)
         return est

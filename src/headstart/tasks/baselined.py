@@ -61,14 +61,14 @@ def baseline_cv(cls, cfg, source, folds: int = 5) -> tuple[str, float]:
     """(name, cross-validated accuracy) of the task's classic baseline on ``source``:
     stratified folds, as ``rank``'s probes are scored (``advise`` puts the two side by
     side on the same items)."""
-    from sklearn.model_selection import StratifiedKFold
+    from ..data.splits import stratified_folds
 
     y = np.asarray(source.labels)
     k = int(min(folds, np.bincount(y)[np.bincount(y) > 0].min()))
     if k < 2:
         raise ValueError("cross-validation needs at least 2 items of every class")
     scores, name = [], ""
-    for tr, te in StratifiedKFold(k, shuffle=True, random_state=cfg.seed).split(y, y):
+    for tr, te in stratified_folds(y, k, cfg.seed, getattr(source, "groups", None)):
         est = baseline_only(cls, cfg, source.subset(tr))
         name = est.baseline_.name
         scores.append(_score(y[te], est._baseline_proba(source.subset(te)), "accuracy"))
@@ -130,6 +130,7 @@ class BaselineMixin:
                 [self._baseline_inputs(train_src, f) for f in featurizers],
                 train_src.labels,
                 n_classes=len(self.classes_),
+                groups=getattr(train_src, "groups", None),
             )
         self.baseline_ = baseline
         self.metrics_["baseline_name"] = baseline.name

@@ -41,10 +41,22 @@ class ImageClassifier(TransferEstimator):
     mixes = True
 
     def _open_labeled(self, X, y, classes, cfg: FitConfig) -> ImageSource:
-        return open_source(X, y, classes=classes, skip_bad=cfg.skip_bad)
+        return open_source(
+            X,
+            y,
+            classes=classes,
+            skip_bad=cfg.skip_bad,
+            label_column=cfg.label_column,
+            group_column=cfg.group_column,
+            window=cfg.window,
+        )
 
     def _open_unlabeled(self, X) -> ImageSource:
-        return open_inputs(X)
+        window = self.config_.window if hasattr(self, "config_") else None
+        source = open_inputs(X, window=window)
+        if source.window is None:  # a source given as is: read as the model was trained
+            source.window = window
+        return source
 
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> PreprocessConfig:
         own = backbone.preprocess
@@ -94,7 +106,7 @@ class ImageClassifier(TransferEstimator):
         return ClassicBaseline(featurizers, seed=cfg.seed, balanced=balanced, metric=metric)
 
     def _baseline_item(self, source: ImageSource, i: int, featurizer):
-        return load_image(source.items[i])
+        return load_image(source.items[i], getattr(source, "window", None))
 
 
 def _in_colour(source: ImageSource, sample: int = 32) -> bool:
@@ -103,7 +115,7 @@ def _in_colour(source: ImageSource, sample: int = 32) -> bool:
 
     step = max(1, len(source) // sample)
     for item in source.items[::step][:sample]:
-        arr = np.asarray(load_image(item), dtype=np.int16)
+        arr = np.asarray(load_image(item, getattr(source, "window", None)), dtype=np.int16)
         if (
             np.abs(arr[..., 0] - arr[..., 1]).max() > 2
             or np.abs(arr[..., 1] - arr[..., 2]).max() > 2

@@ -292,6 +292,10 @@ class TaskServing:
                 estimator.metrics_.get("blend_mode", "mean"),
             )
         ]
+        if "clinical" in m:  # before the tables: the confusion matrix stays the last lines
+            from ...clinical import format_clinical
+
+            lines += format_clinical(m["clinical"], m["clinical"]["positive"])
         width = max(len(c) for c in estimator.classes_)
         lines.append(f"{'class':<{width}}  precision  recall     f1  support")
         for c, v in m["per_class"].items():
@@ -304,6 +308,14 @@ class TaskServing:
             for c, row in zip(estimator.classes_, m["confusion_matrix"]):
                 lines.append(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
         return lines
+
+    def explain(self, run_dir, inputs: list, out_dir) -> str:
+        """``headstart predict --explain DIR``: a heat map per input (image classifiers:
+        Grad-CAM); returns the line that sums it up."""
+        raise ValueError(
+            f"--explain draws Grad-CAM heat maps of image classifiers; {self.what} have "
+            "none (drop --explain)"
+        )
 
     def predict_to_csv(
         self,

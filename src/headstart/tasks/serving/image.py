@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...data.images import grey_rgb, uint8_rgb
 from ...inference import MAX_PIXELS, ItemError, ItemTooLarge
 from .base import Feed, TaskServing
 
@@ -43,14 +44,26 @@ class ImageGraph(nn.Module):
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
 
-def open_image(item, max_pixels: int | None = MAX_PIXELS):
-    """A path, bytes, a file object, an array or a PIL image -> RGB PIL image.
+def open_image(item, max_pixels: int | None = MAX_PIXELS, window: str | None = None):
+    """A path, bytes, a file object, an array or a PIL image -> RGB PIL image; a DICOM /
+    NIfTI file (or DICOM bytes) -> its windowed grey image (``window``: as the run read its
+    training data), float PIL mode ``F``.
 
     Refuses images over ``max_pixels`` from the header alone (before decoding)."""
     from PIL import Image, UnidentifiedImageError
 
     from ...data.images import load_image, to_rgb
+    from ...data.medical import MedicalError, is_dicom_bytes, is_medical, load_medical
 
+    if is_medical(item) or (
+        isinstance(item, (bytes, bytearray, memoryview)) and is_dicom_bytes(bytes(item))
+    ):
+        try:
+            return load_medical(item, window)
+        except MedicalError as exc:
+            raise ItemError(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise ItemError(f"{item}: no such file") from exc
     if isinstance(item, np.ndarray):
         return load_image(item)
     if isinstance(item, Image.Image):
@@ -145,16 +158,21 @@ class ImageFeed(Feed):
         self.max_pixels = max_pixels
         pre = estimator.preprocess_
         self.transforms = [ImageTransform(v.input_size, v, "none") for v in views or [pre]]
+        self.window = getattr(estimator.config_, "window", None)
 
     def prepare_many(self, items: list) -> list:
         out = []
         for item in items:
             try:
-                img = open_image(item, self.max_pixels)
+                img = open_image(item, self.max_pixels, self.window)
+                if img.mode == "F" and self.baseline is not None:
+                    img = grey_rgb(img)
                 if self.baseline is not None:  # the baseline's own vector of the image
                     out.append(self.baseline.featurizer_(img))
                     continue
-                crops = [np.asarray(t.eval_image(img), dtype=np.uint8) for t in self.transforms]
+                # the graph takes uint8 crops: a float DICOM crop is rounded here, after
+                # the resize (training rounds nowhere; the difference is < 0.5 grey level)
+                crops = [uint8_rgb(t.eval_image(img)) for t in self.transforms]
                 out.append(np.stack(crops) if self.views else crops[0])
             except ItemError as exc:
                 out.append(exc)
@@ -180,12 +198,44 @@ class ImageServing(TaskServing):
             skip_bad=cfg.skip_bad,
             path_column=path_column,
             label_column=cfg.label_column,
+            group_column=cfg.group_column,
+            window=cfg.window,
         )
 
     def open_inputs(self, data):
         from ...data.images import open_inputs
 
         return open_inputs(data)
+
+    def entries(self, entry, i: int, text_column: str) -> list[tuple[str, object]]:
+        """As every task lists them, but a multi-frame DICOM file or a NIfTI volume gives
+        one entry per slice (``path#frame=K``)."""
+        from ...data.medical import MedicalError, expand_slices, is_medical
+
+        out: list[tuple[str, object]] = []
+        for name, item in super().entries(entry, i, text_column):
+            if isinstance(item, str) and is_medical(item) and Path(item).is_file():
+                try:
+                    out += [(s, s) for s in expand_slices([item])[0]]
+                    continue
+                except MedicalError:
+                    pass  # the unreadable file gets its own error row when read
+            out.append((name, item))
+        return out
+
+    def explain(self, run_dir, inputs: list, out_dir) -> str:
+        from ...explain import explain_items
+        from ..registry import load_estimator
+
+        estimator = load_estimator(run_dir)
+        if estimator._kept_baseline():
+            raise ValueError(
+                f"{run_dir} kept its classic baseline ({estimator.baseline_.name}), which "
+                "has no network to draw Grad-CAM maps from"
+            )
+        entries = self.list_inputs(inputs)
+        explain_items(estimator, [i for _, i in entries], out_dir, [n for n, _ in entries])
+        return f"wrote {len(entries)} Grad-CAM overlays and index.csv to {out_dir}"
 
     def graph(self, estimator, model, multi_label: bool) -> ImageGraph:
         pre = estimator.preprocess_

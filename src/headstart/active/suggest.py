@@ -1,0 +1,413 @@
+"""``suggest``: which unlabelled items of a pool to label next, as a CSV to fill in.
+
+From a trained run (or a fitted estimator): the run's probabilities on the pool
+(uncertainty) and its backbone's features (diversity, against the items labelled already:
+the run's own training data, or ``labeled``). From a backbone id and no labels at all (a
+cold start): a diverse first batch, k-center on the frozen features. The features go
+through the estimators' public ``frozen_features`` and the on-disk feature cache, so a
+second ``suggest`` (or the ``fit`` after it) does not recompute them.
+
+The CSV has the item column ``fit`` reads (``path``, or the text column), an empty label
+column to fill in, and why each item was chosen; ``fit`` takes the filled-in CSV back.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import atomic_write_bytes
+from ..config import CLASSIFY_TASKS, FitConfig
+from ..data.images import DataError
+from .choose import METHODS, Picks, choose, resolve_method
+
+log = logging.getLogger(__name__)
+
+
+def _s(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class SuggestSettings:
+    """Every default of ``suggest`` (the CLI flags of ``headstart suggest``)."""
+
+    budget: int = _s(50, "how many items to suggest for labelling")
+    method: str = _s(
+        "auto",
+        "how to choose: badge (uncertain and diverse at once: k-means++ on the last "
+        "layer's gradient embeddings) | margin | entropy (the least sure items) | "
+        "margin-kcenter (the least sure 4 x budget, then spread out) | kcenter "
+        "(spread out over the features, no model needed) | auto (badge from a "
+        "trained run, kcenter on a cold start)",
+    )
+    seed: int = _s(0, "seed of badge's random draws")
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
+@dataclass
+class Suggestion:
+    """One item to label: where it is in the pool, what it is, and why it was chosen."""
+
+    rank: int
+    index: int  # position in the pool as read
+    item: Any  # a file path, a text, or an in-memory item
+    name: str
+    score: float
+    uncertainty: float | None
+    distance: float | None
+    predicted: str | None
+    confidence: float | None
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {
+            "rank": self.rank,
+            "index": self.index,
+            "name": self.name,
+            "score": self.score,
+            "uncertainty": self.uncertainty,
+            "distance": self.distance,
+            "predicted": self.predicted,
+            "confidence": self.confidence,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Suggestions:
+    """The items to label, best first; ``to_csv`` writes the sheet to fill in."""
+
+    rows: list[Suggestion]
+    method: str
+    model: str
+    task: str
+    pool_size: int
+    labeled_size: int
+    excluded: int  # pool items left out: labelled already
+    item_column: str
+    label_column: str
+
+    @property
+    def indices(self) -> np.ndarray:
+        return np.asarray([r.index for r in self.rows], dtype=np.int64)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """The sheet to fill in: the item (a path relative to the CSV's folder, or the
+        text), an empty label, then rank, predicted, confidence, uncertainty, distance,
+        score and reason. Written atomically."""
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            raise ValueError(f"{path}: the suggestions are written as CSV; name a .csv file")
+        head = [
+            self.item_column,
+            self.label_column,
+            "rank",
+            "predicted",
+            "confidence",
+            "uncertainty",
+            "distance",
+            "score",
+            "reason",
+        ]
+        lines: list[list[str]] = []
+        for r in self.rows:
+            lines.append(
+                [
+                    _cell(r, self.item_column, path),
+                    "",
+                    str(r.rank),
+                    r.predicted or "",
+                    _num(r.confidence),
+                    _num(r.uncertainty),
+                    _num(r.distance),
+                    _num(r.score),
+                    r.reason,
+                ]
+            )
+        from io import StringIO
+
+        buf = StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(head)
+        writer.writerows(lines)
+        atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
+        return path
+
+    def summary(self) -> str:
+        labelled = (
+            f", diverse against {self.labeled_size} labelled items" if self.labeled_size else ""
+        )
+        left = f"; {self.excluded} pool items already labelled left out" if self.excluded else ""
+        return (
+            f"{len(self.rows)} of {self.pool_size} pool items suggested by {self.method} "
+            f"({self.task}, {self.model}{labelled}){left}"
+        )
+
+    def table(self, limit: int = 10) -> str:
+        out = []
+        for r in self.rows[:limit]:
+            out.append(f"{r.rank:>4}  {_short(r.name, 48):<48}  {r.reason}")
+        if len(self.rows) > limit:
+            out.append(f"  ... and {len(self.rows) - limit} more")
+        return "\n".join(out)
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _cell(r: Suggestion, column: str, csv_path: Path) -> str:
+    """The item as the CSV names it: a file path relative to the CSV's folder (absolute
+    where there is none), or the text itself."""
+    if not isinstance(r.item, (str, Path)):
+        raise ValueError(
+            f"pool item {r.index} ({r.name}) is in memory and has no file to name in "
+            f"the {column!r} column; pass the pool as files, or use Suggestions.indices"
+        )
+    if column != "path":
+        return str(r.item)
+    try:
+        return Path(os.path.relpath(Path(r.item).resolve(), csv_path.resolve().parent)).as_posix()
+    except ValueError:  # another drive (Windows)
+        return str(Path(r.item).resolve())
+
+
+def suggest(
+    model,
+    pool,
+    budget: int = SuggestSettings.budget,
+    *,
+    labeled=None,
+    method: str = SuggestSettings.method,
+    task: str | None = None,
+    seed: int = SuggestSettings.seed,
+    config: FitConfig | None = None,
+    **settings,
+) -> Suggestions:
+    """The ``budget`` items of ``pool`` most worth labelling next.
+
+    ``model``: a run directory or a fitted estimator (uncertainty from its predictions,
+    diversity on its backbone's features), or a backbone id such as
+    ``packaged:efficientnet_lite0`` (a cold start: a diverse first batch; ``task`` is the
+    backbone's modality unless given). ``pool``: unlabelled items as the task reads them
+    for ``predict`` (a folder, a CSV with a path column, a table of texts, a list).
+    ``labeled``: items labelled already (their labels are not read); default: the run's
+    own training data, where its files are still there. Pool items that are labelled
+    already are left out. ``method``: :data:`headstart.active.METHODS`. ``settings`` /
+    ``config``: FitConfig fields for a cold start's features (``feature_cache``, image
+    size, text truncation, ...)."""
+    est, fitted, label = _estimator(model, task, config, settings)
+    cfg = est.config_ if fitted else est.resolved_config()
+    if settings.get("feature_cache") and fitted:
+        cfg = cfg.replace(feature_cache=settings["feature_cache"])
+    serving = est.serving_class()
+    source = _read(est, pool, "pool", serving.pool_help)
+    done = None
+    if labeled is not None:
+        done = _read(est, labeled, "labeled", serving.pool_help, allow_empty=True)
+    elif fitted:
+        done = _run_training_data(est, serving.pool_help)
+    keep = _not_labelled(source, done)
+    excluded = len(source) - len(keep)
+    if not len(keep):
+        raise ValueError(
+            f"{source.origin}: every pool item is labelled already ({len(source)} items); "
+            "point --pool at items without labels"
+        )
+    if excluded:
+        log.info("suggest: %d pool items are labelled already: left out", excluded)
+        source = source.subset(keep)
+    if not 1 <= budget <= len(source):
+        raise ValueError(
+            f"budget {budget}: the pool {source.origin} has {len(source)} items to choose "
+            f"from; pass a budget between 1 and {len(source)} (--budget)"
+        )
+    if fitted and getattr(est, "multi_label_", False) and method != "kcenter":
+        raise ValueError(
+            "suggest: a multi-label run has no single-label uncertainty yet; pass "
+            "method=kcenter (--method kcenter) to choose by diversity alone"
+        )
+    wants_proba = fitted and method != "kcenter"
+    backbone = est.model_.backbone if fitted else _cold_backbone(est, cfg)
+    preprocess = est.preprocess_ if fitted else est.input_spec(backbone, source, cfg)
+    parts = [source] + ([done] if done is not None and len(done) else [])
+    feats = est.frozen_features(backbone, {0: backbone}, preprocess, parts, cfg)[0]
+    pool_f = feats[0].float().numpy()
+    lab_f = feats[1].float().numpy() if len(feats) > 1 else None
+    proba = est.predict_proba(source) if wants_proba else None
+    resolved = resolve_method(method, proba is not None)
+    lab_p = (
+        est.predict_proba(done) if resolved == "badge" and lab_f is not None and fitted else None
+    )
+    picks = choose(pool_f, budget, proba, lab_f, lab_p, method=resolved, seed=seed)
+    classes = list(getattr(est, "classes_", []) or [])
+    rows = _rows(source, picks, proba, classes, lab_f is not None)
+    return Suggestions(
+        rows,
+        picks.method,
+        label,
+        est.task,
+        pool_size=len(source) + excluded,
+        labeled_size=0 if lab_f is None else len(lab_f),
+        excluded=excluded,
+        item_column=serving.item_column(cfg),
+        label_column=cfg.label_column,
+    )
+
+
+def _estimator(model, task: str | None, config, settings: dict):
+    """(estimator, whether it is fitted, how to name the model) of ``suggest``'s model."""
+    from ..tasks import ESTIMATORS, TransferEstimator, load_estimator, run_task
+    from ..zoo import create_backbone
+    from ..zoo.local import is_run_dir
+
+    if isinstance(model, TransferEstimator):
+        if not hasattr(model, "model_"):
+            raise ValueError(
+                f"this {type(model).__name__} is not fitted; fit it first, or pass a "
+                "backbone id for a cold start"
+            )
+        _check_task(model.task, "the estimator")
+        return model, True, type(model).__name__
+    if isinstance(model, (str, Path)) and is_run_dir(model):
+        _check_task(run_task(model).task, str(model))
+        return load_estimator(model), True, str(model)
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        raise ValueError(
+            f"{model}: a folder but not a headstart run (no config.json and weights); pass "
+            "a run directory `headstart fit --out` wrote, or a backbone id "
+            "(`headstart models --offline`)"
+        )
+    name = str(model)
+    if task is None:
+        modality = create_backbone(name, pretrained=False).meta.modality
+        found = [t for t in CLASSIFY_TASKS if ESTIMATORS[t].modality == modality]
+        if not found:
+            raise ValueError(f"{name} is a {modality} model; suggest chooses for classifiers")
+        task = found[0]
+    _check_task(task, name)
+    return ESTIMATORS[task](backbone=name, config=config, **settings), False, name
+
+
+def _check_task(task: str, where: str) -> None:
+    if task not in CLASSIFY_TASKS:
+        raise ValueError(
+            f"{where}: a {task} model; suggest chooses items for classifiers "
+            f"({', '.join(CLASSIFY_TASKS)})"
+        )
+
+
+def _cold_backbone(est, cfg: FitConfig):
+    import torch
+
+    from ..zoo import create_backbone
+
+    torch.manual_seed(cfg.seed)  # a random-init backbone gets the weights fit starts from
+    return create_backbone(cfg.backbone, pretrained=True, cut=cfg.cut).eval()
+
+
+def _read(est, data, what: str, hint: str, allow_empty: bool = False):
+    """The items of ``data`` (labels ignored); a missing path or an empty pool is a clear
+    error naming it."""
+    if isinstance(data, (str, Path)) and not Path(data).exists():
+        raise DataError(f"{data}: no such file or folder; the {what} items are {hint}")
+    source = est.read_unlabeled(data)
+    if not len(source) and not allow_empty:
+        raise DataError(f"{getattr(source, 'origin', data)}: the {what} is empty; it is {hint}")
+    return source
+
+
+def _run_training_data(est, hint: str):
+    """The run's own training items (from ``data.origin`` in its config), or None with a
+    note where they are not on disk (arrays, or moved)."""
+    origin = getattr(est, "data_origin_", None)
+    if not origin or not Path(origin).exists():
+        log.info(
+            "suggest: the run's training data (%s) is not on disk; diversity is measured "
+            "within the pool alone (pass labeled= / --labeled to count labelled items)",
+            origin or "in memory",
+        )
+        return None
+    return est.read_unlabeled(origin)
+
+
+def _key(item) -> str | None:
+    """What identifies an item across sources: a file's resolved path, or the text."""
+    if isinstance(item, Path) or (isinstance(item, str) and os.path.sep in item):
+        try:
+            if Path(item).exists():
+                return "path:" + str(Path(item).resolve())
+        except (OSError, ValueError):
+            pass
+    return "item:" + item if isinstance(item, str) else None
+
+
+def _items(source) -> list:
+    texts = getattr(source, "texts", None)
+    return list(texts) if texts is not None else list(source.items)
+
+
+def _not_labelled(source, done) -> np.ndarray:
+    """Positions of the pool items that are not among the labelled ones."""
+    if done is None or not len(done):
+        return np.arange(len(source))
+    seen = {k for k in map(_key, _items(done)) if k is not None}
+    return np.asarray(
+        [i for i, item in enumerate(_items(source)) if _key(item) not in seen], dtype=np.int64
+    )
+
+
+def _rows(source, picks: Picks, proba, classes: list[str], has_labeled: bool) -> list:
+    items = _items(source)
+    rows = []
+    for rank, (i, score) in enumerate(zip(picks.indices, picks.score), 1):
+        i = int(i)
+        u = None if picks.uncertainty is None else float(picks.uncertainty[rank - 1])
+        d = None if picks.distance is None else float(picks.distance[rank - 1])
+        predicted = confidence = None
+        why = []
+        if proba is not None:
+            p = np.asarray(proba[i], dtype=np.float64)
+            top = np.argsort(-p)[:2]
+            predicted, confidence = classes[top[0]], float(p[top[0]])
+            why.append(
+                f"unsure: {classes[top[0]]} {p[top[0]]:.2f} vs {classes[top[1]]} {p[top[1]]:.2f}"
+            )
+        if d is not None and np.isfinite(d):
+            against = "labelled or already chosen" if has_labeled else "already chosen"
+            why.append(f"distance {d:.3f} to the nearest {against} item")
+        elif d is not None:
+            why.append("the first pick: the most typical item of the pool")
+        rows.append(
+            Suggestion(
+                rank,
+                i,
+                items[i],
+                source.name(i),
+                float(score),
+                u,
+                d if d is not None and np.isfinite(d) else None,
+                predicted,
+                confidence,
+                "; ".join(why),
+            )
+        )
+    return rows
+
+
+__all__ = ["METHODS", "SuggestSettings", "Suggestion", "Suggestions", "suggest"]

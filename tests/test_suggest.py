@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from headstart.active import badge, choose, kcenter_greedy, suggest, uncertainty
-from headstart.active.choose import typiclust
+from headstart.active.acquire import typiclust
 from headstart.data.images import DataError
 
 from conftest import FAST, TEXT_FIT, make_arrays, make_texts, write_folder
@@ -215,10 +215,25 @@ def test_a_run_ranks_by_its_own_uncertainty_and_skips_its_training_items(tmp_pat
     u = [r.uncertainty for r in result.rows]
     assert u == sorted(u, reverse=True) and all(r.predicted in "abc" for r in result.rows)
     assert result.rows[0].reason.startswith("unsure: ")
-    # the default from a run: BADGE, its distances measured against the training items
+    # BADGE, its distances measured against the training items
+    b = suggest(str(run), extra, 4, method="badge")
+    assert b.method == "badge" and b.labeled_size == 24
+    assert all(r.distance is not None and r.confidence is not None for r in b.rows)
+    # the default: 24 labels for 3 classes are few (< 20 per class): typical items first
     auto = suggest(str(run), extra, 4)
-    assert auto.method == "badge" and auto.labeled_size == 24
-    assert all(r.distance is not None and r.confidence is not None for r in auto.rows)
+    assert auto.method == "typiclust" and "typical of a group of" in auto.rows[0].reason
+
+
+def test_auto_chooses_typical_items_while_labels_are_few_then_badge():
+    from headstart.active.acquire import resolve_method
+
+    assert resolve_method("auto", has_proba=False) == "typiclust"  # cold start
+    assert resolve_method("auto", True, labeled_count=199, n_classes=10) == "typiclust"
+    assert resolve_method("auto", True, labeled_count=200, n_classes=10) == "badge"
+    f = np.random.default_rng(0).normal(size=(30, 4))
+    p = np.random.default_rng(1).dirichlet(np.ones(2), size=30)
+    assert choose(f, 3, p, labeled_count=40).method == "badge"
+    assert choose(f, 3, p, labeled=f[:5]).method == "typiclust"
 
 
 def test_text_cold_start_round_trip(tmp_path):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +25,10 @@ import numpy as np
 from ..artifacts import atomic_write_bytes
 from ..config import CLASSIFY_TASKS, FitConfig
 from ..data.images import DataError
-from .choose import METHODS, Picks, choose, resolve_method
+from .acquire import Picks, choose, resolve_method
+from .settings import WITHOUT_MODEL, SuggestSettings
 
 log = logging.getLogger(__name__)
-
-
-def _s(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True)
-class SuggestSettings:
-    """Every default of ``suggest`` (the CLI flags of ``headstart suggest``)."""
-
-    budget: int = _s(50, "how many items to suggest for labelling")
-    method: str = _s(
-        "auto",
-        "how to choose: badge (uncertain and diverse at once: k-means++ on the last "
-        "layer's gradient embeddings) | margin | entropy (the least sure items) | "
-        "margin-kcenter (the least sure 4 x budget, then spread out) | kcenter "
-        "(spread out over the features, no model needed) | auto (badge from a "
-        "trained run, kcenter on a cold start)",
-    )
-    seed: int = _s(0, "seed of badge's random draws")
-
-    @classmethod
-    def help(cls, name: str) -> str:
-        return next(f.metadata["help"] for f in fields(cls) if f.name == name)
 
 
 @dataclass
@@ -237,24 +214,27 @@ def suggest(
             f"budget {budget}: the pool {source.origin} has {len(source)} items to choose "
             f"from; pass a budget between 1 and {len(source)} (--budget)"
         )
-    if fitted and getattr(est, "multi_label_", False) and method != "kcenter":
+    multi = fitted and getattr(est, "multi_label_", False)
+    if multi and method not in ("auto", *WITHOUT_MODEL):
         raise ValueError(
-            "suggest: a multi-label run has no single-label uncertainty yet; pass "
-            "method=kcenter (--method kcenter) to choose by diversity alone"
+            f"method={method}: a multi-label run has no single-label uncertainty yet; "
+            f"pass method={' or '.join(WITHOUT_MODEL)} (--method) to choose by the features"
         )
-    wants_proba = fitted and method != "kcenter"
     backbone = est.model_.backbone if fitted else _cold_backbone(est, cfg)
     preprocess = est.preprocess_ if fitted else est.input_spec(backbone, source, cfg)
     parts = [source] + ([done] if done is not None and len(done) else [])
     feats = est.frozen_features(backbone, {0: backbone}, preprocess, parts, cfg)[0]
     pool_f = feats[0].float().numpy()
     lab_f = feats[1].float().numpy() if len(feats) > 1 else None
-    proba = est.predict_proba(source) if wants_proba else None
-    resolved = resolve_method(method, proba is not None)
-    lab_p = (
-        est.predict_proba(done) if resolved == "badge" and lab_f is not None and fitted else None
+    # the run's probabilities: uncertainty, and the predicted column the labeller sees
+    proba = est.predict_proba(source) if fitted and not multi else None
+    count = len(lab_f) if lab_f is not None else _trained_on(est) if fitted else 0
+    n_classes = len(est.classes_) if fitted else None
+    resolved = resolve_method(method, proba is not None, count, n_classes)
+    lab_p = est.predict_proba(done) if resolved == "badge" and lab_f is not None else None
+    picks = choose(
+        pool_f, budget, proba, lab_f, lab_p, method=resolved, seed=seed, labeled_count=count
     )
-    picks = choose(pool_f, budget, proba, lab_f, lab_p, method=resolved, seed=seed)
     classes = list(getattr(est, "classes_", []) or [])
     rows = _rows(source, picks, proba, classes, lab_f is not None)
     return Suggestions(
@@ -346,29 +326,37 @@ def _run_training_data(est, hint: str):
     return est.read_unlabeled(origin)
 
 
-def _key(item) -> str | None:
-    """What identifies an item across sources: a file's resolved path, or the text."""
-    if isinstance(item, Path) or (isinstance(item, str) and os.path.sep in item):
-        try:
-            if Path(item).exists():
-                return "path:" + str(Path(item).resolve())
-        except (OSError, ValueError):
-            pass
-    return "item:" + item if isinstance(item, str) else None
+def _trained_on(est) -> int:
+    """How many items the run was trained on (its config's data summary)."""
+    summary = getattr(est, "data_summary_", None) or {}
+    return int(summary.get("train") or summary.get("items") or 0)
 
 
 def _items(source) -> list:
+    """What each item is: the texts of a text source, else its items (paths, arrays)."""
     texts = getattr(source, "texts", None)
     return list(texts) if texts is not None else list(source.items)
+
+
+def _keys(source) -> list:
+    """What identifies each item across sources: the text, or the file's resolved path;
+    None for an in-memory item (never matched)."""
+    texts = getattr(source, "texts", None)
+    if texts is not None:
+        return ["text:" + t for t in texts]
+    return [
+        "path:" + str(Path(i).resolve()) if isinstance(i, (str, Path)) else None
+        for i in source.items
+    ]
 
 
 def _not_labelled(source, done) -> np.ndarray:
     """Positions of the pool items that are not among the labelled ones."""
     if done is None or not len(done):
         return np.arange(len(source))
-    seen = {k for k in map(_key, _items(done)) if k is not None}
+    seen = {k for k in _keys(done) if k is not None}
     return np.asarray(
-        [i for i, item in enumerate(_items(source)) if _key(item) not in seen], dtype=np.int64
+        [i for i, k in enumerate(_keys(source)) if k is None or k not in seen], dtype=np.int64
     )
 
 
@@ -388,6 +376,8 @@ def _rows(source, picks: Picks, proba, classes: list[str], has_labeled: bool) ->
             why.append(
                 f"unsure: {classes[top[0]]} {p[top[0]]:.2f} vs {classes[top[1]]} {p[top[1]]:.2f}"
             )
+        if picks.notes is not None:
+            why.append(picks.notes[rank - 1])
         if d is not None and np.isfinite(d):
             against = "labelled or already chosen" if has_labeled else "already chosen"
             why.append(f"distance {d:.3f} to the nearest {against} item")
@@ -410,4 +400,4 @@ def _rows(source, picks: Picks, proba, classes: list[str], has_labeled: bool) ->
     return rows
 
 
-__all__ = ["METHODS", "SuggestSettings", "Suggestion", "Suggestions", "suggest"]
+__all__ = ["Suggestion", "Suggestions", "suggest"]

@@ -10,18 +10,20 @@ from .flags import task_flag
 
 
 def add_parsers(sub) -> None:
-    from ..active.suggest import SuggestSettings
+    from ..active.settings import METHODS, SuggestSettings
 
     p = sub.add_parser(
         "suggest",
         help="choose which unlabelled items to label next (active learning), "
         "written as a CSV to fill in that `fit` reads back",
         description="Rank a pool of unlabelled items by what labelling them is worth and "
-        "write the best BUDGET as a CSV with an empty label column. From a trained run: "
-        "the items its model is least sure of, spread over its features (and away from "
-        "what it was trained on). From a backbone id (a cold start, no labels yet): a "
-        "diverse first batch. Fill in the label column, then `headstart fit OUT.csv` "
-        "(images, audio: a path,label CSV; text: a text,label table).",
+        "write the best BUDGET as a CSV with an empty label column. From a backbone id (a "
+        "cold start, no labels yet): the most typical item of each of the largest groups "
+        "in the pool. From a trained run: the same while labels are few (fewer than 20 "
+        "per class), away from what it was trained on; from there, the items its model is "
+        "least sure of, spread over its features. Fill in the label column, then "
+        "`headstart fit OUT.csv` (images, audio: a path,label CSV; text: a text,label "
+        "table).",
     )
     p.add_argument(
         "model",
@@ -57,7 +59,7 @@ def add_parsers(sub) -> None:
     )
     p.add_argument(
         "--method",
-        choices=["auto", "badge", "margin", "entropy", "margin-kcenter", "kcenter", "typiclust"],
+        choices=METHODS,
         default=SuggestSettings.method,
         help=f"{SuggestSettings.help('method')} (default: {SuggestSettings.method})",
     )

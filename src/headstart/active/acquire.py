@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The methods `choose` takes; `auto` resolves to one of them (`resolve_method`).
-METHODS = ("auto", "badge", "margin", "entropy", "kcenter", "margin-kcenter", "typiclust")
+from .settings import METHODS, WITHOUT_MODEL
+
 UNCERTAINTY = ("margin", "entropy")
 # margin-kcenter: the k-center pass runs over this many times the budget of the most
 # uncertain items
@@ -46,6 +46,7 @@ class Picks:
     method: str
     uncertainty: np.ndarray | None = None
     distance: np.ndarray | None = None
+    notes: list[str] | None = None  # why each was picked, in words (typiclust)
 
 
 def resolve_method(
@@ -59,7 +60,7 @@ def resolve_method(
     if method == "auto":
         few = labeled_count < LOW_BUDGET_PER_CLASS * (n_classes or 0)
         return "badge" if has_proba and not few else "typiclust"
-    if method not in ("kcenter", "typiclust") and not has_proba:
+    if method not in WITHOUT_MODEL and not has_proba:
         raise ValueError(
             f"method={method}: needs a model's probabilities; a cold start (a backbone "
             "id, no trained run) chooses by diversity alone: method=typiclust, kcenter or auto"
@@ -148,7 +149,7 @@ def typiclust(features, k: int, labeled=None, neighbours: int = TYPICAL_NEIGHBOU
     covered = np.bincount(km.labels_[: len(lab)], minlength=n_clusters).astype(np.int64)
     dens = _typicality(f, assign, n_clusters, neighbours)
     taken = np.zeros(len(f), dtype=bool)
-    picked, scores = [], []
+    picked, scores, notes = [], [], []
     for _ in range(k):
         free = np.bincount(assign[~taken], minlength=n_clusters)
         # the fewest labelled / picked items first, then the largest
@@ -158,11 +159,15 @@ def typiclust(features, k: int, labeled=None, neighbours: int = TYPICAL_NEIGHBOU
         i = int(members[np.argmax(dens[members])])
         picked.append(i)
         scores.append(float(dens[i]))
+        notes.append(
+            f"typical of a group of {size[c]} pool items, {covered[c]} of them "
+            "labelled or chosen before"
+        )
         taken[i] = True
         covered[c] += 1
     idx = np.asarray(picked, dtype=np.int64)
     dist = _pick_distances(normalise(features), idx, labeled)  # in the features' own space
-    return Picks(idx, np.asarray(scores), "typiclust", distance=dist)
+    return Picks(idx, np.asarray(scores), "typiclust", distance=dist, notes=notes)
 
 
 def _whitened(f: np.ndarray, seed: int, dims: int = TYPICAL_DIMS) -> np.ndarray:

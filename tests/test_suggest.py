@@ -193,8 +193,7 @@ def test_cold_start_writes_a_sheet_that_fit_reads_back(pool, tmp_path):
     with pytest.raises(DataError, match="line 2: empty 'path' or 'label'"):
         ImageClassifier("tiny:cnn", **FAST).fit(out)  # not filled in yet: a clear error
     fill_labels(out, lambda row: Path(row["path"]).parent.name)
-    clf = ImageClassifier("tiny:cnn", **{**FAST, "val_fraction": 0.25, "baseline": False})
-    clf.fit(out)
+    clf = ImageClassifier("tiny:cnn", **{**FAST, "val_fraction": 0.25}).fit(out)
     assert clf.classes_ == sorted({Path(r["path"]).parent.name for r in rows})
     assert clf.data_summary_["items"] == 12
 

@@ -221,6 +221,7 @@ def test_a_run_ranks_by_its_own_uncertainty_and_skips_its_training_items(tmp_pat
     # the default: 24 labels for 3 classes are few (< 20 per class): typical items first
     auto = suggest(str(run), extra, 4)
     assert auto.method == "typiclust" and "typical of a group of" in auto.rows[0].reason
+    assert "the run guesses" in auto.rows[0].reason and "unsure" not in auto.rows[0].reason
 
 
 def test_auto_chooses_typical_items_while_labels_are_few_then_badge():
@@ -278,6 +279,8 @@ def test_errors_name_the_file_and_the_fix(pool, tmp_path):
         suggest("tiny:cnn", pool, 3, labeled=pool)
     with pytest.raises(ValueError, match="a folder but not a headstart run"):
         suggest(str(tmp_path), pool, 3)
+    with pytest.raises(ValueError, match="runs/gone: no such run directory"):
+        suggest("runs/gone", pool, 3)
     result = suggest("tiny:cnn", make_arrays(n=10)[0], 2)  # in memory: no path to write
     with pytest.raises(ValueError, match="in memory and has no file"):
         result.to_csv(tmp_path / "x.csv")

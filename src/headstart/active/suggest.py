@@ -133,7 +133,8 @@ class Suggestions:
     def table(self, limit: int = 10) -> str:
         out = []
         for r in self.rows[:limit]:
-            out.append(f"{r.rank:>4}  {_short(r.name, 48):<48}  {r.reason}")
+            what = r.name if self.item_column == "path" else f"{r.name}: {r.item}"
+            out.append(f"{r.rank:>4}  {_short(what, 48):<48}  {r.reason}")
         if len(self.rows) > limit:
             out.append(f"  ... and {len(self.rows) - limit} more")
         return "\n".join(out)
@@ -274,6 +275,11 @@ def _estimator(model, task: str | None, config, settings: dict):
             "(`headstart models --offline`)"
         )
     name = str(model)
+    if ":" not in name and not Path(name).exists() and ("/" in name or os.sep in name):
+        raise ValueError(
+            f"{name}: no such run directory; pass a run `headstart fit --out` wrote, or a "
+            "backbone id (`headstart models --offline`)"
+        )
     if task is None:
         modality = create_backbone(name, pretrained=False).meta.modality
         found = [t for t in CLASSIFY_TASKS if ESTIMATORS[t].modality == modality]
@@ -369,20 +375,25 @@ def _rows(source, picks: Picks, proba, classes: list[str], has_labeled: bool) ->
         d = None if picks.distance is None else float(picks.distance[rank - 1])
         predicted = confidence = None
         why = []
+        if picks.notes is not None:
+            why.append(picks.notes[rank - 1])
         if proba is not None:
             p = np.asarray(proba[i], dtype=np.float64)
             top = np.argsort(-p)[:2]
             predicted, confidence = classes[top[0]], float(p[top[0]])
-            why.append(
-                f"unsure: {classes[top[0]]} {p[top[0]]:.2f} vs {classes[top[1]]} {p[top[1]]:.2f}"
-            )
-        if picks.notes is not None:
-            why.append(picks.notes[rank - 1])
+            if picks.uncertainty is not None:  # chosen (partly) for the model's doubt
+                why.insert(
+                    0,
+                    f"unsure: {classes[top[0]]} {p[top[0]]:.2f} vs {classes[top[1]]} "
+                    f"{p[top[1]]:.2f}",
+                )
+            else:
+                why.append(f"the run guesses {predicted} ({confidence:.2f})")
         if d is not None and np.isfinite(d):
             against = "labelled or already chosen" if has_labeled else "already chosen"
             why.append(f"distance {d:.3f} to the nearest {against} item")
-        elif d is not None:
-            why.append("the first pick: the most typical item of the pool")
+        elif d is not None and picks.method == "kcenter":
+            why.append("the first pick: the item nearest the pool's mean")
         rows.append(
             Suggestion(
                 rank,

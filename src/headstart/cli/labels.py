@@ -107,9 +107,14 @@ def cmd_suggest(args) -> int:
     else:
         print(result.summary())
         print(result.table())
+    before = (
+        " (fit reads one file: add these rows to the items labelled before)"
+        if result.labeled_size
+        else ""
+    )
     print(
         f"wrote {out}: fill in its {result.label_column!r} column, then "
-        f"`headstart fit {out}{task_flag(result.task)}`",
+        f"`headstart fit {out}{task_flag(result.task)}`{before}",
         file=sys.stderr,
     )
     return 0

@@ -214,6 +214,8 @@ def test_a_run_ranks_by_its_own_uncertainty_and_skips_its_training_items(tmp_pat
     u = [r.uncertainty for r in result.rows]
     assert u == sorted(u, reverse=True) and all(r.predicted in "abc" for r in result.rows)
     assert result.rows[0].reason.startswith("unsure: ")
+    with pytest.raises(ValueError, match="image_size would not apply"):
+        suggest(str(run), extra, 4, image_size=64)
     # BADGE, its distances measured against the training items
     b = suggest(str(run), extra, 4, method="badge")
     assert b.method == "badge" and b.labeled_size == 24

@@ -181,15 +181,24 @@ def suggest(
 
     ``model``: a run directory or a fitted estimator (uncertainty from its predictions,
     diversity on its backbone's features), or a backbone id such as
-    ``packaged:efficientnet_lite0`` (a cold start: a diverse first batch; ``task`` is the
-    backbone's modality unless given). ``pool``: unlabelled items as the task reads them
-    for ``predict`` (a folder, a CSV with a path column, a table of texts, a list).
+    ``packaged:efficientnet_lite0`` (a cold start: the typical items of the pool's largest
+    groups; ``task`` is the backbone's modality unless given). ``pool``: unlabelled items
+    as the task reads them for ``predict`` (a folder, a CSV with a path column, a table of
+    texts, a list).
     ``labeled``: items labelled already (their labels are not read); default: the run's
     own training data, where its files are still there. Pool items that are labelled
     already are left out. ``method``: :data:`headstart.active.METHODS`. ``settings`` /
     ``config``: FitConfig fields for a cold start's features (``feature_cache``, image
-    size, text truncation, ...)."""
+    size, text truncation, ...); a run reads items as it was trained, and takes only
+    ``feature_cache``."""
     est, fitted, label = _estimator(model, task, config, settings)
+    ignored = sorted(set(settings) - {"feature_cache"}) + (["config"] if config else [])
+    if fitted and ignored:
+        raise ValueError(
+            f"{label}: a trained run reads its items as it was trained; "
+            f"{', '.join(ignored)} would not apply (only feature_cache does): leave "
+            f"{'it' if len(ignored) == 1 else 'them'} out"
+        )
     cfg = est.config_ if fitted else est.resolved_config()
     if settings.get("feature_cache") and fitted:
         cfg = cfg.replace(feature_cache=settings["feature_cache"])

@@ -18,7 +18,7 @@ from headstart.active import badge, choose, kcenter_greedy, suggest, uncertainty
 from headstart.active.acquire import typiclust
 from headstart.data.images import DataError
 
-from conftest import FAST, TEXT_FIT, make_arrays, make_texts, write_folder
+from conftest import FAST, TEXT_FIT, make_arrays, make_texts, write_csv, write_folder
 
 
 def blobs(centres: list, per: int = 20, spread: float = 0.01, seed: int = 0) -> np.ndarray:
@@ -224,6 +224,20 @@ def test_a_run_ranks_by_its_own_uncertainty_and_skips_its_training_items(tmp_pat
     auto = suggest(str(run), extra, 4)
     assert auto.method == "typiclust" and "typical of a group of" in auto.rows[0].reason
     assert "the run guesses" in auto.rows[0].reason and "unsure" not in auto.rows[0].reason
+
+
+def test_a_run_whose_training_files_are_gone_still_suggests(tmp_path, caplog):
+    from headstart import ImageClassifier
+
+    train = write_csv(tmp_path / "train", *make_arrays(n=24, n_classes=3, seed=2))
+    run = tmp_path / "run"
+    ImageClassifier("tiny:cnn", run_dir=run, **{**FAST, "val_fraction": 0.25}).fit(train)
+    (train.parent / "img" / "003.png").write_bytes(b"not an image any more")
+    pool = write_folder(tmp_path / "pool", *make_arrays(n=9, n_classes=3, seed=3))
+    with caplog.at_level("WARNING", logger="headstart.active"):
+        result = suggest(str(run), pool, 3)
+    assert result.labeled_size == 0 and len(result.rows) == 3
+    assert "training data" in caplog.text and "cannot be read" in caplog.text
 
 
 def test_auto_chooses_typical_items_while_labels_are_few_then_badge():

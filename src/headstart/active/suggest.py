@@ -338,7 +338,16 @@ def _run_training_data(est, hint: str):
             origin or "in memory",
         )
         return None
-    return est.read_unlabeled(origin)
+    try:
+        return est.read_unlabeled(origin)
+    except DataError as exc:  # moved, deleted or unreadable since the fit
+        log.warning(
+            "suggest: the run's training data %s cannot be read (%s); diversity is measured "
+            "within the pool alone (pass labeled= / --labeled)",
+            origin,
+            str(exc).splitlines()[0],
+        )
+        return None
 
 
 def _trained_on(est) -> int:

@@ -113,6 +113,19 @@ def test_one_item_per_class_falls_back_to_the_nearest_neighbour():
     assert base.predict_proba(_vectors(f, images)).argmax(1).tolist() == [0, 1, 2]
 
 
+def test_folds_smaller_than_k_skip_those_nearest_neighbour_candidates():
+    """9 items, the smallest class 2: 2 folds of 4-5 training items, fewer than k = 5 (a
+    first batch labelled from `headstart suggest` had fit stop in scikit-learn here)."""
+    images, labels = _pattern_images(3)
+    keep = list(range(9))
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2])
+    f = PixelFeatures(16, colour=False)
+    base = ClassicBaseline([f]).fit([_vectors(f, images[keep])], y, 3)
+    assert base.cv_folds_ == 2
+    tried = [(r["model"], r["params"]) for r in base.cv_]
+    assert ("knn", {"k": 1}) in tried and ("knn", {"k": 5}) not in tried
+
+
 # ---------------------------------------------------------------------- the verdict
 def test_paired_difference_and_verdict_lines():
     right = np.array([1] * 90 + [0] * 10)

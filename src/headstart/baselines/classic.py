@@ -252,10 +252,13 @@ class ClassicBaseline:
             split = stratified_folds(
                 yc, folds, self.seed, None if groups is None else np.asarray(groups)[cv_idx]
             )
+            smallest = min(len(tr) for tr, _ in split)  # k-NN needs k training items
             for f, X in zip(self.featurizers, vectors):
                 Xc = np.asarray(X, dtype=np.float32)[cv_idx]
                 for model, grid in MODELS.items():
                     for params in grid:
+                        if model == "knn" and params["k"] > smallest:
+                            continue
                         scores = []
                         for tr, te in split:
                             m = make_model(model, params, self.balanced, self.seed)

@@ -1,5 +1,5 @@
-"""``headstart`` command line: one module per command family (training, evidence, use,
-catalog), the flags they share in :mod:`.flags`.
+"""``headstart`` command line: one module per command family (training, evidence, labels,
+use, catalog), the flags they share in :mod:`.flags`.
 
 ``fit`` flags are generated from :class:`headstart.config.FitConfig` (``--head-lr`` sets
 ``head_lr``); a YAML file given with ``--config`` uses the same names, and flags given on
@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from . import catalog, evidence, training, use
+from . import catalog, evidence, labels, training, use
 from .flags import LIBRARY_LOGS, fit_config_from_args
 
 __all__ = ["build_parser", "fit_config_from_args", "main"]
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and results only")
     sub = parser.add_subparsers(dest="command", required=True)
-    for family in (training, evidence, use, catalog):
+    for family in (training, evidence, labels, use, catalog):
         family.add_parsers(sub)
     return parser
 

@@ -71,7 +71,8 @@ class AudioClassifier(TransferEstimator):
         )
 
     def _open_unlabeled(self, X) -> AudioSource:
-        return open_audio_inputs(X, rate=self.config_.array_rate)
+        cfg = getattr(self, "config_", None) or self.resolved_config()  # unfitted: suggest
+        return open_audio_inputs(X, rate=cfg.array_rate)
 
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> AudioPreprocess:
         if not isinstance(backbone, AudioBackbone):  # the ones with set_augment

@@ -276,6 +276,13 @@ class TransferEstimator(BaselineMixin):
         ``.labels``, ``.classes``, ``.subset(indices)`` and ``.fingerprint()``."""
         return self._open_labeled(X, y, classes, cfg or self.resolved_config())
 
+    def read_unlabeled(self, X):
+        """Items to predict on or to choose from (``suggest``'s pool): a folder, a CSV
+        with a path column, a table of texts, a list of paths or texts, arrays; labels,
+        where the data has them, are ignored. Works before ``fit`` too (the settings are
+        then the estimator's own)."""
+        return self._open_unlabeled(X)
+
     def split(self, X, y=None, validation=None, cfg: FitConfig | None = None):
         """``(all labelled items, training part, validation part or None)`` as ``fit``
         splits them; ``X`` may be a source that :meth:`read_labeled` returned."""

@@ -53,11 +53,14 @@ class TextClassifier(TransferEstimator):
         )
 
     def _open_unlabeled(self, X) -> TextSource:
-        cfg = self.config_
+        cfg = getattr(self, "config_", None) or self.resolved_config()  # unfitted: suggest
         if isinstance(X, str) and table_path(X, cfg.text_column) is None:
             X = [X]  # one text, not a file
         return open_text_source(
-            X, classes=self.classes_, text_column=cfg.text_column, labeled=False
+            X,
+            classes=getattr(self, "classes_", None),
+            text_column=cfg.text_column,
+            labeled=False,
         )
 
     def _input_spec(self, backbone: Backbone, train_source, cfg: FitConfig) -> TextPreprocess:

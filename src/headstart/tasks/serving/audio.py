@@ -79,6 +79,7 @@ class AudioServing(TaskServing):
     kind, extensions = "recordings", AUDIO_EXTENSIONS
     input_names = ("waveform",)
     form_field = "'file' (the recording)"
+    pool_help = "a folder of recordings (searched recursively) or a CSV with a 'path' column"
 
     def open_labeled(self, data, cfg, path_column: str = "path", classes=None, fix: str = "error"):
         from ...data.audio import open_audio_source

@@ -68,6 +68,12 @@ class TaskServing:
     input_names: tuple[str, ...] = ()  # the inference graph's inputs, in order
     form_field = "'file'"  # what an HTTP form must carry, for the message
     data_in_settings = False  # whether fit's DATA may be left out (control: --env)
+    # what a pool of unlabelled items may be (`suggest --pool`), for messages
+    pool_help = "a folder of images (searched recursively) or a CSV with a 'path' column"
+
+    def item_column(self, cfg) -> str:
+        """The column of a CSV that names each item (``fit`` reads it back)."""
+        return "path"
 
     def refusal(self, doing: str, run_dir) -> str | None:
         """Why ``doing`` ("exporting", "serving") cannot take a run of this task; None

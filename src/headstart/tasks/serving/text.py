@@ -140,6 +140,10 @@ class TextServing(TaskServing):
     what = "text classifiers"
     input_names = ("input_ids", "attention_mask")
     form_field = "'text' (or 'file', a text file)"
+    pool_help = "a table file (CSV, TSV, JSONL, Parquet) with a text column, or a list of texts"
+
+    def item_column(self, cfg) -> str:
+        return cfg.text_column
 
     def open_labeled(self, data, cfg, path_column: str = "path", classes=None, fix: str = "error"):
         from ...data.text import open_text_source

@@ -203,6 +203,9 @@ def test_asr_dispatches_on_the_backbone():
     cfg = est.resolved_config()
     assert isinstance(est, WhisperRecognizer)
     assert cfg.head_lr == 3e-5 and cfg.strategy == "finetune"  # CTC rates rebased, not the strategy
+    assert cfg.wise_mix == 0.8  # the Whisper default on the command line too
+    off = FitConfig.from_dict({**cli_cfg.to_dict(), "wise_mix": 1.0})  # `--wise-mix 1`
+    assert SpeechRecognizer(config=off).resolved_config().wise_mix == 1.0
 
 
 def _model():

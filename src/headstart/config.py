@@ -600,6 +600,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "head_hidden": (128,),
         "label_smoothing": 0.0,
         "channels_last": False,
+        # read by the Whisper recogniser only (its default); here so that `--wise-mix 1`
+        # on the command line differs from the default and is kept
+        "wise_mix": 0.8,
     },
     "detect": {
         "strategy": "partial",

@@ -203,6 +203,9 @@ def test_asr_dispatches_on_the_backbone():
     cfg = est.resolved_config()
     assert isinstance(est, WhisperRecognizer)
     assert cfg.head_lr == 3e-5 and cfg.strategy == "finetune"  # CTC rates rebased, not the strategy
+    assert cfg.wise_mix == 0.8  # the Whisper default on the command line too
+    off = FitConfig.from_dict({**cli_cfg.to_dict(), "wise_mix": 1.0})  # `--wise-mix 1`
+    assert SpeechRecognizer(config=off).resolved_config().wise_mix == 1.0
 
 
 def _model():
@@ -236,6 +239,34 @@ def test_strategies_train_what_they_say(strategy, groups, head_only):
     assert summary["trainable_params"] == head + (enc if groups else 0)
     with pytest.raises(ValueError, match="not available for a Whisper"):
         whisper_strategy(cfg.replace(strategy="gradual"), 4)
+
+
+def test_wise_mix_blends_fine_tuned_and_source_weights():
+    """WiSE-FT after a fit (issue 31: it keeps the LibriVox WER the digit-string decoder
+    lost): each changed weight becomes alpha x fine-tuned + (1 - alpha) x source; unchanged
+    ones (the frozen encoder) stay bit for bit."""
+    from headstart.config import FitConfig
+    from headstart.tasks.whisper_asr import mixable_weights, wise_mix
+
+    model = _model()
+    source = mixable_weights(model)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(1.0)
+    tuned = mixable_weights(model)
+    wise_mix(model, source, 0.8)
+    after = model.state_dict()
+    changed = [k for k in source if not torch.equal(source[k], tuned[k])]
+    assert changed and all(k.startswith("head.") for k in changed)
+    for k in source:
+        assert torch.allclose(after[k], 0.8 * tuned[k] + 0.2 * source[k], atol=1e-6)
+        if k not in changed:
+            assert torch.equal(after[k], source[k])
+    assert WhisperRecognizer("packaged:whisper-tiny.en").resolved_config().wise_mix == 0.8
+    assert FitConfig().wise_mix == 1.0  # the other tasks: off
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="wise_mix"):
+            FitConfig(wise_mix=bad)
 
 
 def test_loss_ignores_the_prompt_and_padding():
@@ -357,6 +388,7 @@ def test_fit_save_load_on_real_weights(tmp_path):
         "packaged:whisper-tiny.en", head_epochs=1, val_fraction=0.4, run_dir=run
     ).fit(str(data))
     assert isinstance(asr, WhisperRecognizer) and asr.history_[0]["val_wer"] <= 0.2
+    assert asr.metrics_["wise_mix"] == 0.8  # the default: WiSE-FT toward the source
     for f in ("model.safetensors", "config.json", "whisper/tokenizer.json"):
         assert (run / f).is_file()
     back = SpeechRecognizer.load(run)

@@ -235,6 +235,13 @@ class FitConfig:
         "weight sets (WiSE-FT: 0.25, 0.5, 0.75 of the way) on validation and "
         "keep the best by the same rule",
     )
+    wise_mix: float = _f(
+        1.0,
+        "Whisper recogniser: after the fit, the weights become this share of the "
+        "fine-tuned ones plus the rest of the source model's (WiSE-FT), keeping more of "
+        "what the source transcribed (general speech) beside the new accent or words; 1 = "
+        "the fine-tuned weights alone (Whisper's default 0.8: docs/audio.md)",
+    )
     ema: float = _f(
         0.0,
         "keep an exponential moving average of the weights while a stage trains "
@@ -459,6 +466,10 @@ class FitConfig:
             parse_operating_point(self.operating_point)
         if self.train_chunks < 0:
             raise ValueError(f"train_chunks must be >= 0 (0: all), got {self.train_chunks}")
+        if not 0.0 < self.wise_mix <= 1.0:
+            raise ValueError(
+                f"wise_mix is the fine-tuned weights' share in (0, 1] (1: off), got {self.wise_mix}"
+            )
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema is a decay in [0, 1) (0: off; e.g. 0.999), got {self.ema}")
         if self.warmup_steps < 0:
@@ -589,6 +600,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "head_hidden": (128,),
         "label_smoothing": 0.0,
         "channels_last": False,
+        # read by the Whisper recogniser only (its default); here so that `--wise-mix 1`
+        # on the command line differs from the default and is kept
+        "wise_mix": 0.8,
     },
     "detect": {
         "strategy": "partial",

@@ -71,6 +71,7 @@ WHISPER_DEFAULTS = {
     "min_steps": 0,
     "partial_groups": 2,
     "lora_lr": 1e-3,
+    "wise_mix": 0.8,
 }
 STRATEGIES = ("feature_extract", "partial", "finetune", "lora")
 
@@ -235,6 +236,27 @@ def whisper_strategy(cfg: FitConfig, n_groups: int):
     return Strategy(name, (stage,))
 
 
+def mixable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the network's floating-point weights (the source's, before a fit)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+@torch.no_grad()
+def wise_mix(model: nn.Module, source: dict[str, torch.Tensor], alpha: float) -> None:
+    """WiSE-FT (Wortsman et al. 2022) in place: each weight becomes ``alpha`` x its
+    fine-tuned value + (1 - ``alpha``) x the source's. Fine-tuning the decoder on a narrow
+    set (digit strings) teaches it to write that set for any speech; a mix keeps the new
+    accent's gain and what the source transcribed (docs/audio.md, issue 31's figures)."""
+    seen = set()  # tied weights (the output projection is the token embedding): mixed once
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        if k in source and not torch.equal(v, source[k].to(v.device, v.dtype)):
+            v.copy_(alpha * v + (1 - alpha) * source[k].to(v.device, v.dtype))
+    log.info("wise_mix %g: weights %g x fine-tuned + %g x source", alpha, alpha, 1 - alpha)
+
+
 class WhisperRecognizer(TransferEstimator):
     """Fine-tune Whisper on (recording, transcript) pairs.
 
@@ -310,6 +332,7 @@ class WhisperRecognizer(TransferEstimator):
                     "targets": [t.strip() for t in cfg.lora_targets.split(",") if t.strip()],
                 }
             )
+        source_weights = mixable_weights(model) if cfg.wise_mix < 1 else None
         source = self._open(X, y, cfg)
         val_src: AudioSource | None
         if validation is not None:
@@ -363,10 +386,16 @@ class WhisperRecognizer(TransferEstimator):
         trainer.text = text
         state = trainer.run(resume=resume)
         model.eval()
+        if source_weights is not None:
+            wise_mix(model, source_weights, cfg.wise_mix)
         self.strategy_, self.history_ = strategy, state.history
         self.stages_, self.best_ = state.stage_summaries, state.best_where
         self.fit_seconds_ = time.perf_counter() - t0
-        self.metrics_ = {"fit_seconds": self.fit_seconds_, "best": state.best_where}
+        self.metrics_ = {
+            "fit_seconds": self.fit_seconds_,
+            "best": state.best_where,
+            "wise_mix": cfg.wise_mix,
+        }
         self.is_main_process_ = trainer.accelerator.is_main_process
         if val_src is not None:
             self.metrics_["validation"] = self.evaluate(val_src)

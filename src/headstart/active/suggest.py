@@ -3,9 +3,10 @@
 From a trained run (or a fitted estimator): the run's probabilities on the pool
 (uncertainty) and its backbone's features (diversity, against the items labelled already:
 the run's own training data, or ``labeled``). From a backbone id and no labels at all (a
-cold start): a diverse first batch, k-center on the frozen features. The features go
-through the estimators' public ``frozen_features`` and the on-disk feature cache, so a
-second ``suggest`` (or the ``fit`` after it) does not recompute them.
+cold start): a diverse first batch, the most typical item of each of the pool's largest
+groups on the frozen features (TypiClust; k-center picked outliers, docs/results.md).
+The features go through the estimators' public ``frozen_features`` and the on-disk
+feature cache, so a second ``suggest`` (or the ``fit`` after it) does not recompute them.
 
 The CSV has the item column ``fit`` reads (``path``, or the text column), an empty label
 column to fill in, and why each item was chosen; ``fit`` takes the filled-in CSV back.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +48,8 @@ class Suggestion:
     reason: str
 
     def to_dict(self) -> dict:
-        return {
-            "rank": self.rank,
-            "index": self.index,
-            "name": self.name,
-            "score": self.score,
-            "uncertainty": self.uncertainty,
-            "distance": self.distance,
-            "predicted": self.predicted,
-            "confidence": self.confidence,
-            "reason": self.reason,
-        }
+        """Every field but the item itself (a text or an array: ``name`` says which)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "item"}
 
 
 @dataclass

@@ -10,7 +10,7 @@ from .flags import task_flag
 
 
 def add_parsers(sub) -> None:
-    from ..active.settings import METHODS, SuggestSettings
+    from ..active.settings import METHODS
 
     p = sub.add_parser(
         "suggest",
@@ -39,12 +39,7 @@ def add_parsers(sub) -> None:
         "recursively), a CSV with a 'path' column, or a table of texts (CSV, TSV, JSONL, "
         "Parquet) with a text column",
     )
-    p.add_argument(
-        "--budget",
-        type=int,
-        default=SuggestSettings.budget,
-        help=f"{SuggestSettings.help('budget')} (default: {SuggestSettings.budget})",
-    )
+    _setting_flag(p, "budget", type=int)
     p.add_argument(
         "--out",
         default="to_label.csv",
@@ -57,12 +52,7 @@ def add_parsers(sub) -> None:
         "keep away from them, and pool items among them are left out (default: the "
         "run's own training data, where it is still on disk)",
     )
-    p.add_argument(
-        "--method",
-        choices=METHODS,
-        default=SuggestSettings.method,
-        help=f"{SuggestSettings.help('method')} (default: {SuggestSettings.method})",
-    )
+    _setting_flag(p, "method", choices=METHODS)
     p.add_argument(
         "--task",
         choices=CLASSIFY_TASKS,
@@ -76,14 +66,18 @@ def add_parsers(sub) -> None:
         metavar="DIR",
         help="where frozen features are cached (default: $HEADSTART_CACHE/features, as rank's)",
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=SuggestSettings.seed,
-        help=f"{SuggestSettings.help('seed')} (default: {SuggestSettings.seed})",
-    )
+    _setting_flag(p, "seed", type=int)
     p.add_argument("--json", action="store_true", help="print the suggestions as JSON")
     p.set_defaults(handler=cmd_suggest)
+
+
+def _setting_flag(p, name: str, **kw) -> None:
+    """``--NAME`` with SuggestSettings' default and help (the library's defaults)."""
+    from ..active.settings import SuggestSettings
+
+    default = getattr(SuggestSettings, name)
+    helptext = f"{SuggestSettings.help(name)} (default: {default})"
+    p.add_argument(f"--{name}", default=default, help=helptext, **kw)
 
 
 def cmd_suggest(args) -> int:

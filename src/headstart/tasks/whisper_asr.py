@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..choose import interpolate
 from ..config import FitConfig
 from ..data.audio import AudioSource, open_audio_inputs, open_transcribed
 from ..data.images import DataError
@@ -246,14 +247,10 @@ def wise_mix(model: nn.Module, source: dict[str, torch.Tensor], alpha: float) ->
     """WiSE-FT (Wortsman et al. 2022) in place: each weight becomes ``alpha`` x its
     fine-tuned value + (1 - ``alpha``) x the source's. Fine-tuning the decoder on a narrow
     set (digit strings) teaches it to write that set for any speech; a mix keeps the new
-    accent's gain and what the source transcribed (docs/audio.md, issue 31's figures)."""
-    seen = set()  # tied weights (the output projection is the token embedding): mixed once
-    for k, v in model.state_dict().items():
-        if v.data_ptr() in seen:
-            continue
-        seen.add(v.data_ptr())
-        if k in source and not torch.equal(v, source[k].to(v.device, v.dtype)):
-            v.copy_(alpha * v + (1 - alpha) * source[k].to(v.device, v.dtype))
+    accent's gain and what the source transcribed (docs/audio.md, issue 31's figures).
+    Tied weights (the output projection is the token embedding) get the same mix under
+    both names, so loading writes it once over."""
+    model.load_state_dict(interpolate(source, model.state_dict(), alpha))
     log.info("wise_mix %g: weights %g x fine-tuned + %g x source", alpha, alpha, 1 - alpha)
 
 

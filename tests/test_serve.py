@@ -175,6 +175,30 @@ def test_info_endpoints(runs, client):
     assert health["status"] == "ok" and set(health["models"]) == {"img", "txt"}
 
 
+def test_explain_answers_the_grad_cam_map_of_the_prediction(runs, client):
+    """POST /models/img/explain: the upload's evaluation crop beside the same Grad-CAM
+    panel `predict --explain` writes; text models have no such route."""
+    import io
+
+    from PIL import Image
+
+    from headstart.explain import explained_panels
+
+    listed = {m["name"]: m["explains"] for m in client.get("/models").json()}
+    assert listed == {"img": True, "txt": False}
+    r = client.post("/models/img/explain", **upload(runs.images[2]))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+    [want] = explained_panels(runs.img, [np.asarray(Image.open(runs.images[2]).convert("RGB"))])
+    assert got.shape == want.shape == (32, 64, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert not np.array_equal(got[:, :32], got[:, 32:])  # the map is drawn over the crop
+    bad = client.post("/models/img/explain", files={"file": ("x.png", b"zip!", "image/png")})
+    assert bad.status_code == 422 and "not an image" in bad.json()["detail"]
+    assert client.post("/models/txt/explain", json={"text": "abc"}).status_code in (404, 405)
+    assert "/models/img/explain" in client.get("/openapi.json").json()["paths"]
+
+
 def test_models_load_lazily_one_by_one(runs):
     app = make_app(runs)
     with TestClient(app) as c:
@@ -656,7 +680,7 @@ def test_web_page_in_headless_chromium(runs, live, tmp_path):
             assert page.is_visible("#drop") and not page.is_visible("#text")
 
             page.set_input_files("#file", image)
-            wait_state(page, "predicted")
+            wait_state(page, "explained")  # predicted, then the Grad-CAM map under the bars
             verdict = page.inner_text("#verdict")
             assert api_image["prediction"] in verdict
             assert verdict == f"Prediction: {api_image['prediction']}"
@@ -664,6 +688,9 @@ def test_web_page_in_headless_chromium(runs, live, tmp_path):
             assert rows.count() == 3
             assert rows.first.locator(".name").inner_text() == api_image["prediction"]
             assert page.is_visible("#preview") and not page.is_visible("#error")
+            assert page.is_visible("#why-img")
+            size = page.eval_on_selector("#why-img", "i => [i.naturalWidth, i.naturalHeight]")
+            assert size == [64, 32]  # the 32 px crop beside its map
             page.screenshot(path=str(shot), full_page=True)
 
             page.select_option("#model", "txt")
@@ -693,6 +720,7 @@ def test_web_page_in_headless_chromium(runs, live, tmp_path):
         u.startswith(live.base + "/") or u.startswith(("blob:", "data:")) for u in requests
     ), requests
     assert any(u.endswith("/models/img/predict?top_k=5") for u in requests)
+    assert any(u.endswith("/models/img/explain") for u in requests)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape[1] == 1000 and pixels.std() > 5 and (pixels < 128).mean() > 0.005
 

@@ -83,42 +83,60 @@ def overlay(crop_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.n
     )
 
 
-def explain_items(estimator, items: list, out_dir, names: list[str] | None = None) -> Path:
-    """Write ``out_dir/<k>_<name>_<class>.png`` for each item (its evaluation crop beside
-    the crop with the predicted class's Grad-CAM map over it) and ``out_dir/index.csv``
-    (item, prediction, probability, file). Returns ``out_dir``."""
-    import io
-
+def explained_panels(estimator, items: list, targets: list[int] | None = None) -> list:
+    """For each item (a path, bytes or an array), its evaluation crop beside the crop with
+    the Grad-CAM map of class ``targets[i]`` (default: the predicted class) over it, as
+    uint8 H x 2W x 3 arrays; read with the window the run read its training data with."""
     import torch
-    from PIL import Image
 
-    from .artifacts import atomic_write_bytes
     from .data.images import load_pixels, open_inputs, uint8_rgb
     from .data.transforms import ImageTransform
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     source = open_inputs(items, window=getattr(estimator.config_, "window", None))
-    names = names or [source.name(i) for i in range(len(source))]
+    if targets is None:
+        targets = [int(c) for c in estimator._thresholded(estimator.predict_proba(source))]
     pre = estimator.preprocess_
     transform = ImageTransform(pre.input_size, pre, "none")
-    proba = estimator.predict_proba(source)
-    chosen = estimator._thresholded(proba)
-    rows = []
+    panels = []
     for start in range(0, len(source), 16):
         part = range(start, min(start + 16, len(source)))
         imgs = [load_pixels(source.items[i], source.window) for i in part]
         crops = [uint8_rgb(transform.eval_image(img)) for img in imgs]
         x = torch.stack([transform(img) for img in imgs])
-        maps = grad_cam_maps(estimator, x, [int(chosen[i]) for i in part])
-        for j, i in enumerate(part):
-            cls = estimator.classes_[int(chosen[i])]
-            name = f"{i:04d}_{_safe_stem(names[i])}_{_safe_stem(cls)}.png"
-            panel = np.concatenate([crops[j], overlay(crops[j], maps[j])], axis=1)
-            buf = io.BytesIO()
-            Image.fromarray(panel).save(buf, format="PNG")
-            atomic_write_bytes(out / name, buf.getvalue())
-            rows.append([names[i], cls, f"{float(proba[i, int(chosen[i])]):.4f}", name])
+        maps = grad_cam_maps(estimator, x, [int(targets[i]) for i in part])
+        panels += [np.concatenate([c, overlay(c, m)], axis=1) for c, m in zip(crops, maps)]
+    return panels
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def explain_items(estimator, items: list, out_dir, names: list[str] | None = None) -> Path:
+    """Write ``out_dir/<k>_<name>_<class>.png`` for each item (its evaluation crop beside
+    the crop with the predicted class's Grad-CAM map over it) and ``out_dir/index.csv``
+    (item, prediction, probability, file). Returns ``out_dir``."""
+    from .artifacts import atomic_write_bytes
+    from .data.images import open_inputs
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = open_inputs(items, window=getattr(estimator.config_, "window", None))
+    names = names or [source.name(i) for i in range(len(source))]
+    proba = estimator.predict_proba(source)
+    chosen = [int(c) for c in estimator._thresholded(proba)]
+    rows = []
+    for i, panel in enumerate(explained_panels(estimator, source.items, chosen)):
+        cls = estimator.classes_[chosen[i]]
+        name = f"{i:04d}_{_safe_stem(names[i])}_{_safe_stem(cls)}.png"
+        atomic_write_bytes(out / name, png_bytes(panel))
+        rows.append([names[i], cls, f"{float(proba[i, chosen[i]]):.4f}", name])
     tmp = out / f".index.csv.{os.getpid()}.tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -127,3 +145,18 @@ def explain_items(estimator, items: list, out_dir, names: list[str] | None = Non
     os.replace(tmp, out / "index.csv")
     log.info("wrote %d Grad-CAM overlays to %s", len(rows), out)
     return out
+
+
+def confident_right_and_wrong(
+    labels: np.ndarray, proba: np.ndarray, predicted: np.ndarray, k: int = 6
+) -> dict[str, list[int]]:
+    """fastai's ``top_losses`` idea: the ``k`` right items the model was surest of and the
+    ``k`` wrong ones it was surest of (the largest losses), as indices, surest first."""
+    n = np.arange(len(labels))
+    sure = proba[n, predicted]
+    right = n[predicted == labels]
+    wrong = n[predicted != labels]
+    return {
+        "right": [int(i) for i in right[np.argsort(-sure[right], kind="stable")][:k]],
+        "wrong": [int(i) for i in wrong[np.argsort(-sure[wrong], kind="stable")][:k]],
+    }

@@ -47,7 +47,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 from .inference import MAX_PIXELS, ItemError, ItemTooLarge, Predictor
 from .serve_http import (
@@ -97,6 +97,7 @@ class ServedModel:
     predictor: Predictor | None = None
     batcher: Batcher | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    explainer: Any = None  # the PyTorch estimator Grad-CAM needs (any engine), on first use
 
     @property
     def task(self) -> str:
@@ -123,6 +124,15 @@ class ServedModel:
                     predictor.engine.name,
                 )
         return self.predictor
+
+    def load_explainer(self):
+        """The run's estimator (Grad-CAM differentiates the PyTorch model), loaded once."""
+        from .tasks import load_estimator
+
+        with self.lock:
+            if self.explainer is None:
+                self.explainer = load_estimator(self.run_dir)
+        return self.explainer
 
     def describe(self) -> dict:
         """What `/models/{name}` shows; read from the run's config, no loading needed."""
@@ -414,6 +424,7 @@ def create_app(models, settings: ServeSettings | None = None):
                 "classes": m.config["classes"],
                 "loaded": m.predictor is not None,
                 "default": m.name == default,
+                "explains": m.serving.explains(m.config),
             }
             for m in served.values()
         ]
@@ -509,6 +520,45 @@ def create_app(models, settings: ServeSettings | None = None):
             openapi_extra={"requestBody": model.serving.request_body(settings)},
             **docs,
         )
+
+    def explain_route(model: ServedModel):
+        async def endpoint(request: Request):
+            item = await _read_item(request, model.serving, settings)
+            try:
+                estimator = await run_in_threadpool(model.load_explainer)
+            except Exception as exc:  # noqa: BLE001 - the client gets a 503, the log the trace
+                log.exception("cannot load model %s from %s", model.name, model.run_dir)
+                raise ApiError(503, f"model {model.name!r} could not be loaded") from exc
+            try:
+                png = await run_in_threadpool(
+                    model.serving.explain_png, estimator, item, settings.max_pixels
+                )
+            except ItemTooLarge as exc:
+                raise ApiError(413, str(exc)) from None
+            except ItemError as exc:
+                raise ApiError(422, str(exc)) from None
+            return Response(png, media_type="image/png")
+
+        return endpoint
+
+    for model in served.values():  # Grad-CAM where the task draws one (image classifiers)
+        if model.serving.explains(model.config):
+            app.add_api_route(
+                f"/models/{model.name}/explain",
+                explain_route(model),
+                methods=["POST"],
+                operation_id=f"explain_{model.name}",
+                summary=f"The Grad-CAM map of {model.name}'s prediction, as a PNG (the "
+                "evaluation crop beside it with the map over it)",
+                name=f"explain_{model.name}",
+                openapi_extra={"requestBody": model.serving.request_body(settings)},
+                response_class=Response,
+                dependencies=guarded,
+                responses={
+                    200: {"content": {"image/png": {}}, "description": "the map"},
+                    **predict_errors,
+                },
+            )
 
     @app.post("/models/{name}/predict", include_in_schema=False, dependencies=guarded)
     async def predict_unknown(name: str):  # every served name has its route above

@@ -65,6 +65,7 @@ class ModelSummary(BaseModel):
     classes: list[str]
     loaded: bool
     default: bool
+    explains: bool  # POST /models/{name}/explain draws the prediction's Grad-CAM map
 
 
 class ModelInfo(BaseModel):

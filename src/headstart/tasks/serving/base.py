@@ -315,6 +315,14 @@ class TaskServing:
                 lines.append(f"{c:<{width}}  " + " ".join(f"{v:5d}" for v in row))
         return lines
 
+    def explains(self, config: dict) -> bool:
+        """Whether ``serve`` draws heat maps of this run's predictions (its config.json)."""
+        return False
+
+    def explain_png(self, estimator, item, max_pixels: int | None) -> bytes:
+        """One served item's heat map as PNG bytes (where :meth:`explains`)."""
+        raise NotImplementedError(f"{self.what} draw no heat maps")
+
     def explain(self, run_dir, inputs: list, out_dir) -> str:
         """``headstart predict --explain DIR``: a heat map per input (image classifiers:
         Grad-CAM); returns the line that sums it up."""

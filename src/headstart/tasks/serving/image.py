@@ -237,6 +237,30 @@ class ImageServing(TaskServing):
         explain_items(estimator, [i for _, i in entries], out_dir, [n for n, _ in entries])
         return f"wrote {len(entries)} Grad-CAM overlays and index.csv to {out_dir}"
 
+    def after_fit(self, estimator, run_dir, test) -> list[str]:
+        """With a test set: ``run_dir/report.html``, the surest right and wrong test items
+        with their Grad-CAM maps beside the run's metrics."""
+        if test is None:
+            return []
+        from ...artifacts import atomic_write_bytes
+        from ...report.classifier import build_classifier_report
+
+        gallery = report_gallery(estimator, test)
+        path = Path(run_dir) / "report.html"
+        atomic_write_bytes(path, build_classifier_report(estimator.run_config(), gallery).encode())
+        return [f"report: {path}"]
+
+    def explains(self, config: dict) -> bool:
+        return config.get("winner") != "baseline"  # a kept classic baseline has no map
+
+    def explain_png(self, estimator, item, max_pixels: int | None) -> bytes:
+        """The evaluation crop of an upload beside its predicted class's Grad-CAM map."""
+        from ...explain import explained_panels, png_bytes
+
+        img = open_image(item, max_pixels, getattr(estimator.config_, "window", None))
+        pixels = uint8_rgb(img)  # a windowed DICOM upload: grey levels rounded, as served
+        return png_bytes(explained_panels(estimator, [pixels])[0])
+
     def graph(self, estimator, model, multi_label: bool) -> ImageGraph:
         pre = estimator.preprocess_
         return ImageGraph(model, pre.mean, pre.std, multi_label)
@@ -272,3 +296,68 @@ class ImageServing(TaskServing):
 
     def bn_note(self, stage: dict) -> str:
         return f", BN {stage['bn']}"
+
+
+# the report's gallery reads at most this many test items (a sample, said so): Grad-CAM
+# needs the items' probabilities, and a second pass over 10,000 test images costs minutes
+GALLERY_SAMPLE = 1000
+
+
+def report_gallery(estimator, test, k: int = 6, seed: int = 0) -> dict | None:
+    """The ``k`` test items the run was surest of, right and wrong, each as its evaluation
+    crop beside its Grad-CAM map (crops alone where the run kept its classic baseline,
+    which has no network to map); None for a multi-label run."""
+    from ...explain import confident_right_and_wrong, explained_panels, png_bytes
+
+    if getattr(estimator, "multi_label_", False):
+        return None
+    n = len(test)
+    rows = np.arange(n)
+    if n > GALLERY_SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(n, GALLERY_SAMPLE, replace=False))
+    sample = test.subset(rows)
+    proba = estimator.predict_proba(sample)
+    predicted = np.asarray(estimator._thresholded(proba))
+    picked = confident_right_and_wrong(np.asarray(sample.labels), proba, predicted, k)
+    maps = not estimator._kept_baseline()
+    order = picked["right"] + picked["wrong"]
+    if maps:
+        panels = explained_panels(
+            estimator, [sample.items[i] for i in order], [int(predicted[i]) for i in order]
+        )
+    else:
+        panels = [_crop(estimator, sample.items[i]) for i in order]
+    entries = [
+        {
+            "item": sample.name(i),
+            "truth": estimator.classes_[int(sample.labels[i])],
+            "predicted": estimator.classes_[int(predicted[i])],
+            "probability": float(proba[i, predicted[i]]),
+            "png": png_bytes(panel),
+        }
+        for i, panel in zip(order, panels)
+    ]
+    how = (
+        "Each: the evaluation crop, then its Grad-CAM map for the predicted class (red: the "
+        "regions that raised that class's score)."
+        if maps
+        else "The run kept its classic baseline, which has no network map: crops alone."
+    )
+    of = f"{n:,} test items"
+    if n > len(rows):
+        of = f"{len(rows):,} test items sampled at random from {n:,}"
+    return {
+        "right": entries[: len(picked["right"])],
+        "wrong": entries[len(picked["right"]) :],
+        "maps": maps,
+        "note": f"Of {of}. {how}",
+    }
+
+
+def _crop(estimator, item) -> np.ndarray:
+    from ...data.images import load_pixels
+    from ...data.transforms import ImageTransform
+
+    pre = estimator.preprocess_
+    img = load_pixels(item, getattr(estimator.config_, "window", None))
+    return uint8_rgb(ImageTransform(pre.input_size, pre, "none").eval_image(img))

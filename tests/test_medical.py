@@ -310,3 +310,31 @@ def test_medmnist_loader_on_a_small_npz_and_dicom_export(tmp_path):
     ds = pydicom.dcmread(source.items[3])
     assert ds.BitsStored == 16 and ds.PhotometricInterpretation == "MONOCHROME2"
     np.testing.assert_array_equal(ds.pixel_array, x[3].astype(np.uint16) * 257)
+
+
+def test_cold_start_suggest_reads_a_dicom_pool_with_the_window_asked_for(tmp_path):
+    """Before any fit there is no run to remember a window: suggest's --window is it."""
+    from headstart import ImageClassifier
+    from headstart.active import suggest
+    from headstart.cli import main
+
+    _dicom_csv(tmp_path, n_patients=4, per=3)
+    pool = tmp_path / "dcm"
+    plain = ImageClassifier("tiny:cnn").read_unlabeled(str(pool))
+    bone = ImageClassifier("tiny:cnn", window="bone").read_unlabeled(str(pool))
+    assert plain.window is None and bone.window == "bone"
+    first = plain.items[0]
+    assert not np.array_equal(
+        np.asarray(load_pixels(first, plain.window)), np.asarray(load_pixels(first, "bone"))
+    )
+    out = tmp_path / "to_label.csv"
+    cache = str(tmp_path / "cache")
+    rc = main(["suggest", "tiny:cnn", "--pool", str(pool), "--budget", "3", "--window", "bone",
+               "--out", str(out), "--feature-cache", cache])  # fmt: skip
+    assert rc == 0 and len(list(csv.DictReader(open(out)))) == 3
+    run = tmp_path / "run"
+    ImageClassifier("tiny:cnn", run_dir=run, baseline=False, val_fraction=0.34, **FAST).fit(
+        str(tmp_path / "data.csv")
+    )
+    with pytest.raises(ValueError, match="window would not apply"):
+        suggest(str(run), str(pool), 3, window="bone")

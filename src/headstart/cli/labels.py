@@ -6,7 +6,17 @@ import json
 import sys
 
 from ..config import CLASSIFY_TASKS
-from .flags import task_flag
+from .flags import add_config_flags, task_flag
+
+# FitConfig fields a cold start reads the pool with (flags given are passed on)
+COLD_START_SETTINGS = (
+    "image_size",
+    "window",
+    "max_length",
+    "truncation",
+    "text_column",
+    "clip_seconds",
+)
 
 
 def add_parsers(sub) -> None:
@@ -68,6 +78,12 @@ def add_parsers(sub) -> None:
     )
     _setting_flag(p, "seed", type=int)
     p.add_argument("--json", action="store_true", help="print the suggestions as JSON")
+    add_config_flags(
+        p,
+        only=COLD_START_SETTINGS,
+        title="cold start: how the pool is read (a run reads items as it was trained)",
+        tasks=CLASSIFY_TASKS,
+    )
     p.set_defaults(handler=cmd_suggest)
 
 
@@ -94,6 +110,7 @@ def cmd_suggest(args) -> int:
         task=args.task,
         seed=args.seed,
         feature_cache=cache,
+        **{k: getattr(args, k) for k in COLD_START_SETTINGS if hasattr(args, k)},
     )
     out = result.to_csv(args.out)
     if args.json:

@@ -52,7 +52,8 @@ class ImageClassifier(TransferEstimator):
         )
 
     def _open_unlabeled(self, X) -> ImageSource:
-        window = self.config_.window if hasattr(self, "config_") else None
+        # fitted: as the model was trained; before fit (suggest's cold start): as set
+        window = (self.config_ if hasattr(self, "config_") else self.resolved_config()).window
         source = open_inputs(X, window=window)
         if source.window is None:  # a source given as is: read as the model was trained
             source.window = window

@@ -307,8 +307,9 @@ class FitConfig:
     label_column: str = _f("label", "the column holding the label(s)")
     group_column: str | None = _f(
         None,
-        "image CSV: the column holding a patient / study id; every split (validation, "
-        "study fractions, tune, the baseline's cross-validation) keeps one id's images "
+        "the column holding a group id (image/audio CSV, text table: patient, study, "
+        "speaker, sender); every split (validation, "
+        "study fractions, tune, the baseline's cross-validation) keeps one id's items "
         "together, and bootstrap intervals resample ids",
     )
     window: str | None = _f(

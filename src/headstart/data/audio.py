@@ -30,6 +30,7 @@ from .images import (
     check_files,
     class_folders,
     csv_files,
+    csv_groups,
     read_csv_rows,
     resolve_labels,
 )
@@ -56,6 +57,7 @@ class AudioSource(ImageSource):
             self.labels[indices],
             self.classes,
             self.origin,
+            groups=None if self.groups is None else self.groups[indices],
             rate=self.rate,
             transcripts=[self.transcripts[i] for i in indices]
             if self.transcripts is not None
@@ -142,9 +144,10 @@ def _audio_files(folder: Path) -> list[str]:
     )
 
 
-def _labeled(paths, labels, origin, skip_bad, classes, skipped=()) -> AudioSource:
+def _labeled(paths, labels, origin, skip_bad, classes, skipped=(), groups=None) -> AudioSource:
     keep, bad = check_audio_files(paths, skip_bad, origin)
     paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    kept_groups = None if groups is None else np.array([str(groups[i]) for i in keep])
     if classes is None:
         classes = _check_classes(labels, origin)
     unknown = sorted(set(labels) - set(classes))
@@ -169,6 +172,7 @@ def _labeled(paths, labels, origin, skip_bad, classes, skipped=()) -> AudioSourc
         list(classes),
         origin,
         skipped=[*skipped, *bad],
+        groups=kept_groups,
     )
 
 
@@ -187,15 +191,23 @@ def audio_from_csv(
     skip_bad: bool = False,
     classes: list[str] | None = None,
     transcripts: bool = False,
+    group_column: str | None = None,
 ) -> AudioSource:
     """A CSV with a path column (relative to the CSV's folder, or absolute) and a label (or,
-    with ``transcripts=True``, the words spoken)."""
+    with ``transcripts=True``, the words spoken); ``group_column``: a speaker (or session)
+    id per row, which every split keeps together."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such CSV file")
     paths, labels, missing = csv_files(
         csv_path, path_column, label_column, skip_bad, need_label=not transcripts
     )
+    groups = None
+    if group_column and not transcripts:
+        rows = read_csv_rows(csv_path, (path_column,))
+        if not rows or group_column in rows[0][1] or classes is None:  # absent: named error
+            rows = read_csv_rows(csv_path, (path_column, group_column))
+            groups = csv_groups(csv_path, rows, path_column, group_column, paths)
     if transcripts:
         keep, bad = check_audio_files(paths, skip_bad, str(csv_path))
         return AudioSource(
@@ -206,7 +218,7 @@ def audio_from_csv(
             transcripts=[labels[i] for i in keep],
             skipped=[*missing, *bad],
         )
-    return _labeled(paths, labels, str(csv_path), skip_bad, classes, missing)
+    return _labeled(paths, labels, str(csv_path), skip_bad, classes, missing, groups)
 
 
 def audio_from_arrays(
@@ -255,8 +267,10 @@ def open_audio_source(
     path_column: str = "path",
     label_column: str = "label",
     transcripts: bool = False,
+    group_column: str | None = None,
 ) -> AudioSource:
-    """Anything users pass as labeled audio -> AudioSource."""
+    """Anything users pass as labeled audio -> AudioSource (``group_column``: a CSV's
+    speaker id column; folders and arrays carry none)."""
     if isinstance(data, AudioSource):
         return data
     if isinstance(data, (str, Path)):
@@ -271,6 +285,7 @@ def open_audio_source(
                 skip_bad=skip_bad,
                 classes=classes,
                 transcripts=transcripts,
+                group_column=group_column,
             )
         want = (
             "a .csv of path,transcript rows"

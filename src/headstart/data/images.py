@@ -390,21 +390,25 @@ def from_csv(
                 suspects[0],
             )
     paths, labels, missing = csv_files(csv_path, path_column, label_column, skip_bad)
-    groups = None
-    if group_column:
-        by_path = {}
-        for line, row in rows:
-            gid = (row.get(group_column) or "").strip()
-            if not gid:
-                raise DataError(
-                    f"{csv_path}, line {line}: empty {group_column!r}; every row needs its "
-                    "patient / study id (or drop --group-column)"
-                )
-            by_path[str(_csv_path(csv_path, (row.get(path_column) or "").strip()))] = gid
-        groups = [by_path[p] for p in paths]
+    groups = csv_groups(csv_path, rows, path_column, group_column, paths) if group_column else None
     source = _make_source(paths, labels, str(csv_path), skip_bad, classes, groups, window)
     source.skipped = missing + source.skipped
     return source
+
+
+def csv_groups(csv_path: Path, rows, path_column: str, group_column: str, paths) -> list[str]:
+    """The group id (patient, study, speaker) of each of ``paths`` from the CSV's
+    ``group_column`` (``rows``: :func:`read_csv_rows` with that column); empty ids raise."""
+    by_path = {}
+    for line, row in rows:
+        gid = (row.get(group_column) or "").strip()
+        if not gid:
+            raise DataError(
+                f"{csv_path}, line {line}: empty {group_column!r}; every row needs its "
+                "group id (patient, study, speaker) or drop --group-column"
+            )
+        by_path[str(_csv_path(csv_path, (row.get(path_column) or "").strip()))] = gid
+    return [by_path[p] for p in paths]
 
 
 def _make_source(paths, labels, origin, skip_bad, classes, groups=None, window=None) -> ImageSource:

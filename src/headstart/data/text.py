@@ -39,6 +39,7 @@ class TextSource:
     classes: list[str]
     origin: str
     rows: list[int] = field(default_factory=list)  # 1-based rows in the origin file
+    groups: np.ndarray | None = None  # a sender / author id per text, kept together by splits
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -59,6 +60,7 @@ class TextSource:
             self.classes,
             self.origin,
             [self.rows[i] for i in indices] if self.rows else [],
+            None if self.groups is None else self.groups[indices],
         )
 
     def fingerprint(self) -> str:
@@ -268,8 +270,11 @@ def open_text_source(
     label_column: str = "label",
     label_sep: str | None = None,
     labeled: bool = True,
+    group_column: str | None = None,
 ) -> TextSource:
-    """Texts from a table file, a DataFrame, a list of strings (+ ``y``) or a TextSource."""
+    """Texts from a table file, a DataFrame, a list of strings (+ ``y``) or a TextSource.
+    ``group_column``: a table's sender / author id column; every split keeps one id's
+    texts together (optional in data for a fitted model, ``classes`` given)."""
     import pandas as pd
 
     if isinstance(data, TextSource):
@@ -279,7 +284,9 @@ def open_text_source(
                 if not data.multi_label
                 else [[data.classes[j] for j in np.flatnonzero(r)] for r in data.labels]
             )
-            return build_source(data.texts, names, list(classes), data.origin, rows=data.rows)
+            out = build_source(data.texts, names, list(classes), data.origin, rows=data.rows)
+            out.groups = data.groups
+            return out
         return data
     if isinstance(data, (str, Path)):
         path = Path(data)
@@ -312,7 +319,7 @@ def open_text_source(
         [i + header for i in range(len(frame))] if origin != "DataFrame" else None
     )
     labels = frame[label_column].tolist() if labeled else None
-    return build_source(
+    source = build_source(
         frame[text_column].tolist(),
         labels,
         classes,
@@ -322,6 +329,29 @@ def open_text_source(
         label_sep,
         rows,
     )
+    if group_column and labeled:
+        source.groups = _groups(frame, group_column, origin, source.rows, classes is not None)
+    return source
+
+
+def _groups(frame, column: str, origin: str, rows: list[int], optional: bool):
+    """The table's ``column`` as one id per text; a missing column raises unless
+    ``optional``, an empty id raises, named by row."""
+    if column not in frame.columns:
+        if optional:
+            return None
+        raise DataError(
+            f"{origin}: no column {column!r} (--group-column); the columns are "
+            f"{', '.join(map(str, frame.columns))}"
+        )
+    ids = ["" if v is None or v != v else str(v).strip() for v in frame[column].tolist()]
+    empty = [row for gid, row in zip(ids, rows) if not gid]
+    if empty:
+        raise DataError(
+            f"{origin}: row {empty[0]}: empty {column!r}; every row needs its group id "
+            f"({len(empty)} row(s) have none), or drop --group-column"
+        )
+    return np.array(ids)
 
 
 # ---------------------------------------------------------------------- tokens

@@ -68,6 +68,7 @@ class AudioClassifier(TransferEstimator):
             rate=cfg.array_rate,
             skip_bad=cfg.skip_bad,
             label_column=cfg.label_column,
+            group_column=cfg.group_column,
         )
 
     def _open_unlabeled(self, X) -> AudioSource:

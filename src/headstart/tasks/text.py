@@ -50,6 +50,7 @@ class TextClassifier(TransferEstimator):
             text_column=cfg.text_column,
             label_column=cfg.label_column,
             label_sep=cfg.label_sep,
+            group_column=cfg.group_column,
         )
 
     def _open_unlabeled(self, X) -> TextSource:

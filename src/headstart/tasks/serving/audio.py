@@ -90,6 +90,7 @@ class AudioServing(TaskServing):
             skip_bad=cfg.skip_bad,
             path_column=path_column,
             label_column=cfg.label_column,
+            group_column=cfg.group_column,
         )
 
     def open_inputs(self, data):

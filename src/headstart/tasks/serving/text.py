@@ -154,6 +154,7 @@ class TextServing(TaskServing):
             text_column=cfg.text_column,
             label_column=cfg.label_column,
             label_sep=cfg.label_sep,
+            group_column=cfg.group_column,
         )
 
     def entries(self, entry, i: int, text_column: str) -> list[tuple[str, object]]:

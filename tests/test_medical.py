@@ -338,3 +338,54 @@ def test_cold_start_suggest_reads_a_dicom_pool_with_the_window_asked_for(tmp_pat
     )
     with pytest.raises(ValueError, match="window would not apply"):
         suggest(str(run), str(pool), 3, window="bone")
+
+
+def _volume(path, n=5, side=16, seed=0):
+    """A 3-D NIfTI volume whose slice k holds values near 100 k (the slice's own level)."""
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(seed)
+    vol = np.stack([100.0 * k + rng.normal(0, 5, (side, side)) for k in range(n)], axis=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(vol.astype(np.float32), np.eye(4)), path)
+    return path
+
+
+def test_slices_stack_reads_each_slice_with_its_neighbours_as_channels(tmp_path):
+    from headstart import ImageClassifier
+    from headstart.config import FitConfig
+
+    vol = _volume(tmp_path / "v.nii.gz")
+    window = FitConfig(slices="stack", window="200,500").pixel_window()
+    assert window == "200,500+stack" and FitConfig(window="lung").pixel_window() == "lung"
+    mid = np.asarray(load_pixels(f"{vol}#frame=2", window), dtype=np.float64)
+    single = [
+        np.asarray(load_pixels(f"{vol}#frame={k}", "200,500"), dtype=np.float64) for k in range(5)
+    ]
+    assert mid.shape == (16, 16, 3)
+    for channel, k in enumerate((1, 2, 3)):  # slices 1, 2, 3 on red, green, blue
+        assert np.abs(mid[..., channel] - single[k]).max() <= 1.0
+    first = np.asarray(load_pixels(f"{vol}#frame=0", window), dtype=np.float64)
+    assert np.abs(first[..., 0] - single[0]).max() <= 1.0  # the edge repeats its own slice
+    assert np.abs(first[..., 2] - single[1]).max() <= 1.0
+    source = ImageClassifier("tiny:cnn", slices="stack").read_unlabeled(str(vol))
+    assert len(source) == 5 and source.window == "file+stack"
+
+
+def test_a_stack_run_predicts_volumes_as_it_was_trained(tmp_path):
+    from headstart import ImageClassifier
+
+    rows = ["path,label"]
+    for i in range(8):
+        _volume(tmp_path / "vol" / f"{i}.nii.gz", seed=i)
+        rows.append(f"vol/{i}.nii.gz,{'ab'[i % 2]}")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    est = ImageClassifier(
+        "tiny:cnn", run_dir=run, slices="stack", baseline=False, val_fraction=0.25, **FAST
+    ).fit(str(tmp_path / "data.csv"))
+    assert est.config_.slices == "stack"
+    reloaded = ImageClassifier.load(run)
+    assert reloaded.config_.pixel_window() == "file+stack"
+    item = str(tmp_path / "vol" / "3.nii.gz")
+    np.testing.assert_allclose(reloaded.predict_proba(item), est.predict_proba(item), atol=1e-6)
+    assert reloaded.predict_proba(item).shape == (5, 2)  # one row per slice

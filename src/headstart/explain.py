@@ -92,7 +92,7 @@ def explained_panels(estimator, items: list, targets: list[int] | None = None) -
     from .data.images import load_pixels, open_inputs, uint8_rgb
     from .data.transforms import ImageTransform
 
-    source = open_inputs(items, window=getattr(estimator.config_, "window", None))
+    source = open_inputs(items, window=estimator.config_.pixel_window())
     if targets is None:
         targets = [int(c) for c in estimator._thresholded(estimator.predict_proba(source))]
     pre = estimator.preprocess_
@@ -127,7 +127,7 @@ def explain_items(estimator, items: list, out_dir, names: list[str] | None = Non
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    source = open_inputs(items, window=getattr(estimator.config_, "window", None))
+    source = open_inputs(items, window=estimator.config_.pixel_window())
     names = names or [source.name(i) for i in range(len(source))]
     proba = estimator.predict_proba(source)
     chosen = [int(c) for c in estimator._thresholded(proba)]

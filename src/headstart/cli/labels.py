@@ -12,6 +12,7 @@ from .flags import add_config_flags, task_flag
 COLD_START_SETTINGS = (
     "image_size",
     "window",
+    "slices",
     "max_length",
     "truncation",
     "text_column",

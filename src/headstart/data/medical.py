@@ -19,7 +19,7 @@ the package to install.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +67,15 @@ class Window:
     name: str = "file"
     centre: float | None = None
     width: float | None = None
+    stack: bool = False  # 2.5-D: a volume's slice with its neighbours as three channels
 
     @classmethod
     def parse(cls, spec: str | None) -> Window:
-        if spec in (None, "", "file"):
+        text = str(spec or "").strip().lower()
+        if text.endswith("+stack"):  # FitConfig.pixel_window's mark of --slices stack
+            return replace(cls.parse(text.removesuffix("+stack")), stack=True)
+        if text in ("", "file"):
             return cls("file")
-        text = str(spec).strip().lower()
         if text == "minmax":
             return cls("minmax")
         if text in WINDOW_PRESETS:
@@ -292,6 +295,11 @@ def read_unit(item, window: Window | str | None = None) -> np.ndarray:
         values, info = read_dicom(io.BytesIO(bytes(item)))
     else:
         path, frame = split_item(item)
+        if win.stack and frame is not None:  # 2.5-D: slices K-1, K, K+1 as channels
+            last = n_slices(path) - 1
+            near = (max(frame - 1, 0), frame, min(frame + 1, last))
+            single = replace(win, stack=False)
+            return np.stack([read_unit(f"{path}#frame={k}", single) for k in near], axis=-1)
         values, info = read_nifti(path, frame) if _is_nifti(path) else read_dicom(path, frame)
     if info["colour"]:
         return np.clip(values, 0.0, 1.0)
@@ -303,6 +311,8 @@ def read_unit(item, window: Window | str | None = None) -> np.ndarray:
         unit = _minmax(values)
     if info.get("monochrome1"):
         unit = 1.0 - unit
+    if win.stack:  # a 2-D image among stacked slices: its one slice on all three channels
+        return np.repeat(unit[..., None], 3, axis=-1)
     return unit
 
 

@@ -48,12 +48,13 @@ class ImageClassifier(TransferEstimator):
             skip_bad=cfg.skip_bad,
             label_column=cfg.label_column,
             group_column=cfg.group_column,
-            window=cfg.window,
+            window=cfg.pixel_window(),
         )
 
     def _open_unlabeled(self, X) -> ImageSource:
         # fitted: as the model was trained; before fit (suggest's cold start): as set
-        window = (self.config_ if hasattr(self, "config_") else self.resolved_config()).window
+        cfg = self.config_ if hasattr(self, "config_") else self.resolved_config()
+        window = cfg.pixel_window()
         source = open_inputs(X, window=window)
         if source.window is None:  # a source given as is: read as the model was trained
             source.window = window

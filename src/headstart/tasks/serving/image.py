@@ -158,7 +158,7 @@ class ImageFeed(Feed):
         self.max_pixels = max_pixels
         pre = estimator.preprocess_
         self.transforms = [ImageTransform(v.input_size, v, "none") for v in views or [pre]]
-        self.window = getattr(estimator.config_, "window", None)
+        self.window = estimator.config_.pixel_window()
 
     def prepare_many(self, items: list) -> list:
         out = []
@@ -199,7 +199,7 @@ class ImageServing(TaskServing):
             path_column=path_column,
             label_column=cfg.label_column,
             group_column=cfg.group_column,
-            window=cfg.window,
+            window=cfg.pixel_window(),
         )
 
     def open_inputs(self, data):
@@ -257,7 +257,7 @@ class ImageServing(TaskServing):
         """The evaluation crop of an upload beside its predicted class's Grad-CAM map."""
         from ...explain import explained_panels, png_bytes
 
-        img = open_image(item, max_pixels, getattr(estimator.config_, "window", None))
+        img = open_image(item, max_pixels, estimator.config_.pixel_window())
         pixels = uint8_rgb(img)  # a windowed DICOM upload: grey levels rounded, as served
         return png_bytes(explained_panels(estimator, [pixels])[0])
 
@@ -359,5 +359,5 @@ def _crop(estimator, item) -> np.ndarray:
     from ...data.transforms import ImageTransform
 
     pre = estimator.preprocess_
-    img = load_pixels(item, getattr(estimator.config_, "window", None))
+    img = load_pixels(item, estimator.config_.pixel_window())
     return uint8_rgb(ImageTransform(pre.input_size, pre, "none").eval_image(img))

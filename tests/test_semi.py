@@ -73,6 +73,17 @@ def test_class_quota_follows_the_labelled_class_shares():
     assert semi.class_quota([10, 0], 1000, 1.0).tolist() == [1000, 0]
 
 
+def test_a_refit_on_more_items_runs_about_the_labelled_fits_steps():
+    from headstart.config import FitConfig
+
+    cfg = FitConfig(head_epochs=60, epochs=12)
+    big = semi.refit_config(cfg, 90, 2700)  # 30x the items: 2 head epochs -> floor 10
+    assert (big.head_epochs, big.epochs) == (10, 2)
+    small = semi.refit_config(cfg, 90, 180)  # twice the items: half the epochs
+    assert (small.head_epochs, small.epochs) == (30, 6)
+    assert semi.refit_config(cfg, 90, 90) == cfg
+
+
 # ---------------------------------------------------------------------- the fit
 def _spy_joined(monkeypatch) -> list:
     """Record what each refit trains on: (all labels, pool rows, pool labels given)."""

@@ -8,7 +8,8 @@ strategy (``fit(X, y, unlabeled=POOL)``, ``headstart fit DATA --unlabeled POOL``
    most a quota per class (the labelled class shares of the pool, growing with the
    rounds), the most confident first: a class the model favours cannot swamp the rest.
 3. A new fit, from the same source model, learns from the labelled items and the
-   pseudo-labels (each drawn in proportion to its confidence; a labelled item weighs 1).
+   pseudo-labels (each drawn in proportion to its confidence; a labelled item weighs 1),
+   its epochs scaled down to about the labelled fit's optimizer steps (``refit_config``).
    Everything the strategy fits learns from them: the network, the classic baseline and
    the text model's TF-IDF + encoder blend.
 4. Never lose: the new model is kept only where its validation score (the monitored
@@ -261,9 +262,8 @@ def _rounds(est, train_src, val_src, pool, truth, cfg, callbacks) -> list[dict]:
             break
         data = joined(train_src, pool, pl.indices, pl.labels)
         weights = np.concatenate([np.ones(len(train_src)), pl.confidence])
-        other = type(est)(config=cfg, run_dir=None).fit(
-            data, validation=val_src, callbacks=callbacks, sample_weight=weights
-        )
+        other = type(est)(config=refit_config(cfg, len(train_src), len(data)), run_dir=None)
+        other.fit(data, validation=val_src, callbacks=callbacks, sample_weight=weights)
         score = float(other.metrics_["validation"][monitor])
         row.update(after=score, kept=score >= best)
         row["why"] = f"validation {monitor} {best:.4f} -> {score:.4f}: " + (
@@ -275,6 +275,19 @@ def _rounds(est, train_src, val_src, pool, truth, cfg, callbacks) -> list[dict]:
             _adopt(est, other)
             best = score
     return out
+
+
+def refit_config(cfg, labelled: int, items: int):
+    """The settings of a refit on ``items`` (labelled + pseudo-labelled) where the labelled
+    fit read ``labelled``: epochs scaled by ``labelled / items``, so the refit runs about
+    the labelled fit's optimizer steps (60 head epochs of 90 images would be 60 of 5,000),
+    but at least 10 head-only epochs and 2 epochs of each stage that trains the backbone
+    (never more than the settings say)."""
+    scale = labelled / max(items, 1)
+    return cfg.replace(
+        head_epochs=min(cfg.head_epochs, max(10, round(cfg.head_epochs * scale))),
+        epochs=min(cfg.epochs, max(2, round(cfg.epochs * scale))),
+    )
 
 
 def _accuracy(truth: np.ndarray, labels: np.ndarray) -> dict:

@@ -10,8 +10,9 @@ strategy (``fit(X, y, unlabeled=POOL)``, ``headstart fit DATA --unlabeled POOL``
 3. A new fit, from the same source model, learns from the labelled items and the
    pseudo-labels (each drawn in proportion to its confidence; a labelled item weighs 1),
    its epochs scaled down to about the labelled fit's optimizer steps (``refit_config``).
-   Everything the strategy fits learns from them: the network, the classic baseline and
-   the text model's TF-IDF + encoder blend.
+   Everything that predicts learns from them: the network, the text model's TF-IDF +
+   encoder blend, and the classic baseline where ``strategy=auto`` may keep it (one that is
+   only reported beside the network stays the labelled items' own).
 4. Never lose: the new model is kept only where its validation score (the monitored
    metric, on the labelled validation part, which no pseudo-label touches) is at least the
    kept model's; a tie keeps the new one, which has learned from more items. Otherwise the
@@ -240,6 +241,12 @@ def _rounds(est, train_src, val_src, pool, truth, cfg, callbacks) -> list[dict]:
     counts = np.bincount(np.asarray(train_src.labels), minlength=len(classes))
     monitor = _monitor(est)
     best = float(est.metrics_["validation"][monitor])
+    # a classic baseline that only stands beside the network in the report (not the text
+    # blend, not auto's rival) is not refitted: it stays the one of the labelled items
+    carried = None
+    if getattr(est, "baseline_", None) is not None and not (cfg.blend or cfg.strategy == "auto"):
+        keys = ("baseline_name", "baseline_fit")
+        carried = (est.baseline_, {k: est.metrics_[k] for k in keys if k in est.metrics_})
     out: list[dict] = []
     for r in range(1, cfg.pseudo_rounds + 1):
         quota = class_quota(counts, len(pool), r / cfg.pseudo_rounds)
@@ -262,8 +269,13 @@ def _rounds(est, train_src, val_src, pool, truth, cfg, callbacks) -> list[dict]:
             break
         data = joined(train_src, pool, pl.indices, pl.labels)
         weights = np.concatenate([np.ones(len(train_src)), pl.confidence])
-        other = type(est)(config=refit_config(cfg, len(train_src), len(data)), run_dir=None)
+        refit = refit_config(cfg, len(train_src), len(data))
+        if carried is not None:
+            refit = refit.replace(baseline=False)
+        other = type(est)(config=refit, run_dir=None)
         other.fit(data, validation=val_src, callbacks=callbacks, sample_weight=weights)
+        if carried is not None:
+            _carry_baseline(other, carried, val_src)
         score = float(other.metrics_["validation"][monitor])
         row.update(after=score, kept=score >= best)
         row["why"] = f"validation {monitor} {best:.4f} -> {score:.4f}: " + (
@@ -271,8 +283,10 @@ def _rounds(est, train_src, val_src, pool, truth, cfg, callbacks) -> list[dict]:
         )
         log.info("self-training round %d: %d pseudo-labels; %s", r, len(pl.indices), row["why"])
         out.append(row)
+        row["refit"] = {k: getattr(refit, k) for k in ("head_epochs", "epochs", "baseline")}
         if row["kept"]:
             _adopt(est, other)
+            est.config_ = cfg  # the settings asked for (the refit's are in the round's row)
             best = score
     return out
 
@@ -288,6 +302,14 @@ def refit_config(cfg, labelled: int, items: int):
         head_epochs=min(cfg.head_epochs, max(10, round(cfg.head_epochs * scale))),
         epochs=min(cfg.epochs, max(2, round(cfg.epochs * scale))),
     )
+
+
+def _carry_baseline(other, carried, val_src) -> None:
+    """``other`` (fitted without a baseline) gets the labelled fit's baseline, and its
+    validation metrics the baseline's lines."""
+    other.baseline_, other.winner_ = carried[0], "transfer"
+    other.metrics_.update(carried[1])
+    other.metrics_["validation"] = other.evaluate(val_src)
 
 
 def _accuracy(truth: np.ndarray, labels: np.ndarray) -> dict:

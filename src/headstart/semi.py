@@ -206,10 +206,10 @@ def self_train(est, X, y, unlabeled, *, validation=None, resume=False, callbacks
     try:
         est.fit(train_src, validation=val_src, resume=resume, callbacks=callbacks)
         truth = pool_truth(est, unlabeled, pool)
-        rounds = _rounds(est, train_src, val_src, pool, truth, cfg, callbacks)
+        monitor = _monitor(est)  # the labelled fit's: every round is compared by it
+        rounds = _rounds(est, train_src, val_src, pool, truth, cfg, callbacks, monitor)
     finally:
         est.run_dir = run_dir
-    monitor = _monitor(est)
     kept = [r for r in rounds if r["kept"]]
     start = rounds[0]["before"] if rounds else None
     est.metrics_["semi"] = {
@@ -235,11 +235,10 @@ def self_train(est, X, y, unlabeled, *, validation=None, resume=False, callbacks
     return est
 
 
-def _rounds(est, train_src, val_src, pool, truth, cfg, callbacks) -> list[dict]:
+def _rounds(est, train_src, val_src, pool, truth, cfg, callbacks, monitor) -> list[dict]:
     """Each round's record; ``est`` ends as the kept model."""
     classes = list(est.classes_)
     counts = np.bincount(np.asarray(train_src.labels), minlength=len(classes))
-    monitor = _monitor(est)
     best = float(est.metrics_["validation"][monitor])
     # a classic baseline that only stands beside the network in the report (not the text
     # blend, not auto's rival) is not refitted: it stays the one of the labelled items

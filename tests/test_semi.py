@@ -225,3 +225,22 @@ def test_a_missing_pool_is_a_clear_error(tmp_path, capsys):
         ImageClassifier("tiny:cnn", **{**SEMI_FAST, "val_fraction": 0.0}).fit(
             *make_arrays(n=12, n_classes=3), unlabeled=make_arrays(n=6, n_classes=3)[0]
         )
+
+
+def test_sample_weight_reaches_the_sampler_for_the_training_part_only():
+    import torch
+
+    from headstart.tasks.base import _with_item_weights
+
+    w = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    out = _with_item_weights({}, w, np.array([4, 0, 2]), 5)  # the training part's rows
+    assert out["sample_weights"].tolist() == [5.0, 1.0, 3.0]
+    balanced = {"sample_weights": torch.tensor([2.0, 1.0, 1.0])}  # imbalance="sample"
+    assert _with_item_weights(balanced, w, np.array([4, 0, 2]), 5)["sample_weights"].tolist() == [
+        10.0,
+        1.0,
+        3.0,
+    ]
+    for bad in (w[:4], -w, np.zeros(5), np.array([1.0, np.nan, 1.0, 1.0, 1.0])):
+        with pytest.raises(ValueError, match="sample_weight"):
+            _with_item_weights({}, bad, np.arange(3), 5)

@@ -371,6 +371,21 @@ class FitConfig:
         "trains; costs one pass over them) | mean (of the encoder's and "
         "TF-IDF's probabilities)",
     )
+    pseudo_threshold: float = _f(
+        0.9,
+        "fit with an unlabelled pool (--unlabeled): the calibrated confidence a pool "
+        "item's predicted class needs to become a pseudo-label; a class the model is "
+        "confident about less often gets a lower bar (FlexMatch: times b / (2 - b), b its "
+        "share of confident items against the most confident class's), never below "
+        "halfway between chance and certainty",
+    )
+    pseudo_rounds: int = _f(
+        2,
+        "--unlabeled: rounds of self-training (the kept model labels the pool, a new fit "
+        "learns from the labelled items and the pseudo-labels, weighted by confidence); "
+        "round r of R takes at most r / R of each class's share of the pool (the labelled "
+        "class shares), the most confident first",
+    )
     lora_r: int = _f(8, "lora: rank of the adapters")
     lora_alpha: float = _f(16.0, "lora: scaling numerator (update = alpha / r * B A)")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapters' input")
@@ -477,6 +492,12 @@ class FitConfig:
             parse_duration(self.time_budget)  # a clear error now, not after the probe
         if self.operating_point is not None:
             parse_operating_point(self.operating_point)
+        if not 0.0 < self.pseudo_threshold < 1.0:
+            raise ValueError(
+                f"pseudo_threshold is a probability in (0, 1), got {self.pseudo_threshold}"
+            )
+        if self.pseudo_rounds < 1:
+            raise ValueError(f"pseudo_rounds must be >= 1, got {self.pseudo_rounds}")
         if self.train_chunks < 0:
             raise ValueError(f"train_chunks must be >= 0 (0: all), got {self.train_chunks}")
         if not 0.0 < self.wise_mix <= 1.0:

@@ -57,6 +57,17 @@ def add_parsers(sub) -> None:
         "clip boxes that stick out of their image, or drop bad boxes",
     )
     p.add_argument("--out", default=None, help="run directory (default: runs/<strategy>)")
+    p.add_argument(
+        "--unlabeled",
+        default=None,
+        metavar="POOL",
+        help="image, text, audio: unlabelled items to self-train on (a folder of images "
+        "or recordings, a CSV of paths, a table or text file of texts; labels it carries "
+        "are not trained on, only used to score the pseudo-labels): the fitted model "
+        "labels them, the confident ones (--pseudo-threshold, a quota per class) train a "
+        "new model over --pseudo-rounds rounds, kept only if it is at least as good on "
+        "validation",
+    )
     add_run_flags(p)
     add_config_flags(p)
     p.set_defaults(handler=cmd_fit)
@@ -100,8 +111,14 @@ def cmd_fit(args) -> int:
         log.warning("%s already holds a run: it will be overwritten", out)
     data = open_labeled(args.task, args.data, cfg, args)
     val = open_labeled(args.task, args.val, cfg, args, data.classes) if args.val else None
+    pool = getattr(args, "unlabeled", None)
+    if pool is not None and args.task not in TASKS:
+        raise ValueError(
+            f"--unlabeled is for image, text and audio classification, not --task {args.task}"
+        )
+    extra = {"unlabeled": pool} if pool is not None else {}
     est = estimator_class(args.task)(config=cfg, run_dir=out).fit(
-        data, validation=val, resume=args.resume
+        data, validation=val, resume=args.resume, **extra
     )
     if not est.is_main_process_:  # torchrun / accelerate launch: the first process reports
         return 0
@@ -129,6 +146,8 @@ def cmd_fit(args) -> int:
             break
     if m.get("winner"):
         print(f"  strategy auto: {m['winner']['why']}")
+    if m.get("semi"):
+        print(f"  unlabelled pool: {m['semi']['line']}")
     for s in est.stages_:
         print(
             f"  stage {s['stage']}: trainable {s['trainable_params']:,} / "

@@ -146,6 +146,9 @@ def cmd_evaluate(args) -> int:
         return 0
     for line in serving.evaluation_lines(est, m):
         print(line)
+    semi = (getattr(est, "metrics_", None) or {}).get("semi")
+    if semi:  # how the run was trained, from its config.json
+        print(f"  trained with an unlabelled pool: {semi['line']}")
     return 0
 
 

@@ -67,6 +67,12 @@ def render_model_card(config: dict) -> str:
         )
     if fit.get("window"):
         lines.append(f"- DICOM / NIfTI window: `{fit['window']}`")
+    semi = metrics.get("semi")
+    if semi:
+        lines.append(
+            f"- self-training on {semi.get('pool')} unlabelled items "
+            f"(`{semi.get('pool_origin', '')}`): {semi.get('line', '')}"
+        )
     lines += ["", "## Metrics (validation part)"]
     if val:
         lines.append(

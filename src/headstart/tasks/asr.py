@@ -310,17 +310,19 @@ class SpeechRecognizer(AudioClassifier):
         source.classes = list(vocab)
         return source
 
-    def _split(self, X, y, validation, cfg: FitConfig):
+    def _split_at(self, X, y, validation, cfg: FitConfig):
         """Random (not stratified) validation share: a transcript is no class."""
         source = self._open_labeled(X, y, None, cfg)
         if validation is not None:
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)
-            return source, source, self._open_labeled(vx, vy, source.classes, cfg)
+            val = self._open_labeled(vx, vy, source.classes, cfg)
+            return source, source, val, np.arange(len(source))
         n_val = int(round(cfg.val_fraction * len(source)))
         if n_val == 0:
-            return source, source, None
+            return source, source, None, np.arange(len(source))
         order = np.random.default_rng(cfg.seed).permutation(len(source))
-        return source, source.subset(np.sort(order[n_val:])), source.subset(np.sort(order[:n_val]))
+        tr = np.sort(order[n_val:])
+        return source, source.subset(tr), source.subset(np.sort(order[:n_val])), tr
 
     def _compute_features(
         self, network, backbone: Backbone, preprocess, source, cfg: FitConfig

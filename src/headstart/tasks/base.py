@@ -141,6 +141,28 @@ def _data_summary(source, train_src, val_src, cfg: FitConfig) -> dict:
     return out
 
 
+def refuse_pool(task: str, unlabeled, sample_weight) -> None:
+    """A clear error for ``fit``'s classification extras given to a task without them."""
+    for name, value in (("unlabeled", unlabeled), ("sample_weight", sample_weight)):
+        if value is not None:
+            raise ValueError(
+                f"{name}= is for image, text and audio classification; --task {task} cannot take it"
+            )
+
+
+def _with_item_weights(weights: dict, sample_weight, train_idx, n: int) -> dict:
+    """The loop's keywords with ``sample_weight`` (one per item of the data) folded into
+    the sampler's per-item weights of the training part."""
+    w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+    if len(w) != n or not np.all(np.isfinite(w)) or (w < 0).any() or not w.sum() > 0:
+        raise ValueError(
+            f"sample_weight: give {n} finite weights >= 0 (one per item), not all 0; got {len(w)}"
+        )
+    item = torch.as_tensor(w[np.asarray(train_idx)], dtype=torch.float32)
+    drawn = weights.get("sample_weights")
+    return {**weights, "sample_weights": item if drawn is None else drawn * item}
+
+
 class TransferEstimator(BaselineMixin):
     """Base of the task estimators. ``__init__`` only stores arguments.
 
@@ -304,18 +326,40 @@ class TransferEstimator(BaselineMixin):
             base, variants, preprocess, parts, cfg or self.resolved_config()
         )
 
-    def fit(self, X, y=None, *, validation=None, resume: bool = False, callbacks=()):
+    def fit(
+        self,
+        X,
+        y=None,
+        *,
+        validation=None,
+        resume: bool = False,
+        callbacks=(),
+        unlabeled=None,
+        sample_weight=None,
+    ):
         """Fit on ``X`` (folder / CSV / arrays + ``y``); hold out a stratified validation
         share unless ``validation`` (same kinds, or ``(X_val, y_val)``) is given.
 
         ``callbacks``: functions called with each epoch's row (stage, epoch, global_epoch,
-        train_loss, val_loss, val_accuracy, ...); an exception they raise ends the fit."""
+        train_loss, val_loss, val_accuracy, ...); an exception they raise ends the fit.
+        ``unlabeled``: a pool of unlabelled items (as ``read_unlabeled`` reads them, or
+        ``(X_pool, y_pool)`` whose labels only score the pseudo-labels): self-training on
+        top of the strategy, kept only where it is at least as good on validation
+        (:mod:`headstart.semi`; ``metrics_["semi"]`` says what it did).
+        ``sample_weight``: one weight per item of ``X``; the training loop draws items in
+        proportion to it (times the class-balancing weights, if any)."""
+        if unlabeled is not None:
+            from ..semi import self_train
+
+            return self_train(
+                self, X, y, unlabeled, validation=validation, resume=resume, callbacks=callbacks
+            )
         cfg = self.resolved_config()
         self._check_augment(cfg)
         t0 = time.perf_counter()
         self.__dict__.pop("_encoded", None)  # tokenised texts of an earlier fit's tokenizer
         torch.manual_seed(cfg.seed)
-        source, train_src, val_src = self._split(X, y, validation, cfg)
+        source, train_src, val_src, train_idx = self._split_at(X, y, validation, cfg)
         backbone = create_backbone(cfg.backbone, pretrained=True, cut=cfg.cut)
         self._check_backbone(backbone)
         groups = backbone.groups()
@@ -352,6 +396,9 @@ class TransferEstimator(BaselineMixin):
         self.multi_label_ = bool(source.labels.ndim == 2)
         balance = plan(cfg, train_src.labels, list(source.classes))
         (log.warning if balance.imbalanced else log.info)("%s", balance.message())
+        weights = loop_weights(balance, train_src.labels)
+        if sample_weight is not None:
+            weights = _with_item_weights(weights, sample_weight, train_idx, len(source))
         train_set = self._dataset(train_src, preprocess, True, cfg)
         val_set = self._dataset(val_src, preprocess, False, cfg) if val_src else None
         parts = [p for p in (train_src, val_src) if p is not None]
@@ -381,7 +428,7 @@ class TransferEstimator(BaselineMixin):
             fingerprint=fingerprint,
             collate_fn=self._collate(),
             callbacks=callbacks,
-            **loop_weights(balance, train_src.labels),
+            **weights,
         )
         state = trainer.run(resume=resume)
         model.eval()
@@ -611,17 +658,22 @@ class TransferEstimator(BaselineMixin):
 
     def _split(self, X, y, validation, cfg: FitConfig):
         """(all labeled data, train part, validation part or None), as ``fit`` splits it."""
+        return self._split_at(X, y, validation, cfg)[:3]
+
+    def _split_at(self, X, y, validation, cfg: FitConfig):
+        """``_split``'s parts, then the positions in ``X`` of the training part's items."""
         from ..data.splits import stratified_split
 
         source = self._open_labeled(X, y, None, cfg)
         if validation is not None:
             vx, vy = validation if isinstance(validation, tuple) else (validation, None)
-            return source, source, self._open_labeled(vx, vy, source.classes, cfg)
+            val = self._open_labeled(vx, vy, source.classes, cfg)
+            return source, source, val, np.arange(len(source))
         strata = source.labels.argmax(1) if source.labels.ndim == 2 else source.labels
         tr, va = stratified_split(
             strata, cfg.val_fraction, cfg.seed, getattr(source, "groups", None)
         )
-        return source, source.subset(tr), (source.subset(va) if len(va) else None)
+        return source, source.subset(tr), (source.subset(va) if len(va) else None), tr
 
     def _features(self, source) -> torch.Tensor:
         """Backbone features of ``source`` (eval mode), cached by weights + input + data."""
@@ -687,11 +739,24 @@ class TransferEstimator(BaselineMixin):
         for name, backbone in variants.items():
             weights = weights_hash(backbone)
             for i, part in enumerate(parts):
+                pieces = getattr(part, "pieces", None)
+                if pieces is not None:  # rows of other sources (self-training): their caches
+                    out[name].append(self._pieces_features(backbone, preprocess, pieces, cfg))
+                    continue
                 key = self._feature_key(backbone, preprocess, part, weights)
                 out[name].append(
                     cached_features(key, lambda n=name, i=i: compute(n, i), cfg.feature_cache)
                 )
         return out
+
+    def _pieces_features(self, backbone: Backbone, preprocess, pieces, cfg) -> torch.Tensor:
+        """Features of a source made of rows of others (``pieces``: ``(source, positions or
+        None for all)``): each source's features, cached whole, then the rows taken."""
+        feats = []
+        for src, rows in pieces:
+            f = self._parts_features(backbone, {0: backbone}, preprocess, [src], cfg)[0][0]
+            feats.append(f if rows is None else f[torch.as_tensor(rows, dtype=torch.long)])
+        return torch.cat(feats)
 
     def _compute_features(
         self, network, backbone: Backbone, preprocess, source, cfg: FitConfig

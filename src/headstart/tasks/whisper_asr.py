@@ -40,7 +40,13 @@ from ..data.audio import AudioSource, open_audio_inputs, open_transcribed
 from ..data.images import DataError
 from ..train import Trainer
 from ..zoo.base import AudioPreprocess
-from .base import FORMAT_VERSION, TransferEstimator, fit_fingerprint, resolve_config
+from .base import (
+    FORMAT_VERSION,
+    TransferEstimator,
+    fit_fingerprint,
+    refuse_pool,
+    resolve_config,
+)
 from .serving import SpeechServing
 from .whisper_data import (
     RATE,
@@ -313,9 +319,20 @@ class WhisperRecognizer(TransferEstimator):
     def _open(self, X, y, cfg: FitConfig) -> AudioSource:
         return open_transcribed(X, y, cfg)
 
-    def fit(self, X, y=None, *, validation=None, resume: bool = False, callbacks=()):
+    def fit(
+        self,
+        X,
+        y=None,
+        *,
+        validation=None,
+        resume: bool = False,
+        callbacks=(),
+        unlabeled=None,
+        sample_weight=None,
+    ):
         """Fit on recordings with transcripts (CSV of path,transcript, or waveforms + texts
         with ``array_rate``); ``validation`` as for every task, else ``val_fraction``."""
+        refuse_pool(self.task, unlabeled, sample_weight)
         cfg = self.resolved_config()
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)

@@ -38,7 +38,7 @@ from ...config import TASK_DEFAULTS, FitConfig
 from ...data.envs import EnvSpec, check_spaces, make_env, parse_env
 from ...data.images import DataError
 from ...zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
-from ..base import FORMAT_VERSION, NotFittedError, TransferEstimator
+from ..base import FORMAT_VERSION, NotFittedError, TransferEstimator, refuse_pool
 from ..serving.control import ControlServing
 from .policy import (
     CHECKPOINT,
@@ -191,10 +191,21 @@ class ControlEstimator(TransferEstimator):
         return None if rms is None else ObsNorm(rms.mean, rms.var, rms.count)
 
     # ------------------------------------------------------------ fit
-    def fit(self, X=None, y=None, *, validation=None, resume: bool = False, callbacks=()):
+    def fit(
+        self,
+        X=None,
+        y=None,
+        *,
+        validation=None,
+        resume: bool = False,
+        callbacks=(),
+        unlabeled=None,
+        sample_weight=None,
+    ):
         """Train in the target environment ``X`` for ``steps`` env steps (a learning curve
         on held-out seeds every ``eval_every``); ``resume``: go on from the run's last
         checkpoint."""
+        refuse_pool(self.task, unlabeled, sample_weight)
         torch_threads()
         t0 = time.time()
         cfg = self.resolved_config()

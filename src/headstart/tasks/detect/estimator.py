@@ -35,7 +35,7 @@ from ...strategies import DETECT_STRATEGIES, build_detection_strategy
 from ...zoo import create_backbone, rebuild_backbone
 from ...zoo.base import PreprocessConfig, ZooError
 from ...zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
-from ..base import FORMAT_VERSION, TransferEstimator, fit_fingerprint, tta_views
+from ..base import FORMAT_VERSION, TransferEstimator, fit_fingerprint, refuse_pool, tta_views
 from ..serving import DetectionServing
 from .data import ImageSet, TileDataset, collate, list_images, load_rgb
 from .metrics import detection_metrics
@@ -153,7 +153,16 @@ class ObjectDetector(TransferEstimator):
 
     # ------------------------------------------------------------ fit
     def fit(
-        self, X, y=None, *, validation=None, resume: bool = False, callbacks=(), fix: str = "error"
+        self,
+        X,
+        y=None,
+        *,
+        validation=None,
+        resume: bool = False,
+        callbacks=(),
+        unlabeled=None,
+        sample_weight=None,
+        fix: str = "error",
     ):
         """Fit on annotated images (COCO JSON / VOC folder / YOLO folder / BoxSource).
         Without ``validation``, ``val_fraction`` is held out spatially (see
@@ -161,6 +170,7 @@ class ObjectDetector(TransferEstimator):
 
         ``callbacks``: functions called with each epoch's row; an exception they raise
         ends the fit (its last checkpoint stays: ``resume=True`` continues it)."""
+        refuse_pool(self.task, unlabeled, sample_weight)
         cfg = self.resolved_config()
         self._check_augment(cfg)
         t0 = time.perf_counter()

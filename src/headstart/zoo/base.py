@@ -202,6 +202,15 @@ class Backbone(nn.Module):
         """The feature maps ``indices`` (into :meth:`pyramid_spec`) of a batch ``x``."""
         raise ZooError(f"{self.id}: this backbone gives no multi-scale feature maps")
 
+    def detection_head(self) -> nn.Module | None:
+        """The source's own detection head when the source is a detector (its neck is part
+        of the backbone; see :meth:`neck_features`), else None."""
+        return None
+
+    def neck_features(self, x) -> list:
+        """The maps the source's own detection head reads (a detector source only)."""
+        raise ZooError(f"{self.id}: this backbone is not a detector")
+
     def sequence(self, x):
         """Frame-level features (batch, frames, sequence_dim) of an audio batch, for a
         recogniser that reads them in order (CTC); audio backbones implement it."""

@@ -32,13 +32,14 @@ from ...config import TASK_DEFAULTS, FitConfig
 from ...data.boxes import BoxSource, read_boxes, spatial_split, tile_source
 from ...data.images import DataError
 from ...strategies import DETECT_STRATEGIES, build_detection_strategy
-from ...zoo import create_backbone, rebuild_backbone
+from ...zoo import create_backbone, rebuild_backbone, source_task
 from ...zoo.base import PreprocessConfig, ZooError
 from ...zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
 from ..base import FORMAT_VERSION, TransferEstimator, fit_fingerprint, refuse_pool, tta_views
 from ..serving import DetectionServing
 from .data import ImageSet, TileDataset, collate, list_images, load_rgb
 from .metrics import detection_metrics
+from .nanodet import SourceDetector
 from .network import (
     DetectionModel,
     body_groups,
@@ -53,6 +54,8 @@ from .trainer import DetectionTrainer
 log = logging.getLogger(__name__)
 
 DEFAULT_TILE = 512
+# zero-shot: an image up to this side is one window, resized whole to the source's input
+ZERO_SHOT_TILE = 4096
 
 
 class ObjectDetector(TransferEstimator):
@@ -147,9 +150,32 @@ class ObjectDetector(TransferEstimator):
                 "image detector; use an image backbone (packaged:efficientnet_lite0)"
             )
         self.mean_std_ = (list(body.preprocess.mean), list(body.preprocess.std))
+        if body.detection_head() is not None:  # a detector source: its neck and head kept
+            return SourceDetector(body, classes, list(body.meta.notes["classes"]), *self.mean_std_)
         return build_zoo_detector(
             cfg.detector, body, len(classes), cfg.fpn_channels, self.anchor_sizes_
         )
+
+    @classmethod
+    def pretrained(cls, backbone: str = "packaged:nanodet-coco", device: str = "cpu"):
+        """A detector source as it is (zero-shot): its own classes (COCO's 80), each image
+        resized whole to the source's input; ``predict`` / ``evaluate`` with no fit."""
+        body = create_backbone(backbone)
+        if body.detection_head() is None or not isinstance(body.preprocess, PreprocessConfig):
+            raise ZooError(
+                f"{backbone}: not a detector; zero-shot detection needs a detector source "
+                "(packaged:nanodet-coco)"
+            )
+        classes = list(body.meta.notes["classes"])
+        est = cls(backbone=backbone, image_size=ZERO_SHOT_TILE, nms_iou=0.6)
+        est.config_, est.classes_ = est.resolved_config(), classes
+        est.backbone_arch_, est.backbone_meta_ = body.architecture(), body.meta.to_dict()
+        est.mean_std_ = (list(body.preprocess.mean), list(body.preprocess.std))
+        side = body.preprocess.input_size
+        model = SourceDetector(body, classes, classes, *est.mean_std_, detections=100, resize=side)
+        est.model_ = model.to(device).eval()
+        est.metrics_, est.history_, est.stages_, est.best_ = {}, [], [], None
+        return est
 
     # ------------------------------------------------------------ fit
     def fit(
@@ -197,7 +223,9 @@ class ObjectDetector(TransferEstimator):
         strategy = build_detection_strategy(cfg)
         log.info(
             "%s %s on %s: %d training tiles of %d px (%d boxes), validation %s; classes %s\n%s",
-            cfg.detector if not cfg.backbone.startswith("torchvision:") else "",
+            ""
+            if cfg.backbone.startswith("torchvision:") or isinstance(detector, SourceDetector)
+            else cfg.detector,
             cfg.backbone,
             source.origin,
             len(tiles),
@@ -343,6 +371,7 @@ class ObjectDetector(TransferEstimator):
                     "detector": {
                         "arch": cfg.backbone
                         if cfg.backbone.startswith("torchvision:")
+                        or isinstance(self.model_, SourceDetector)
                         else cfg.detector,
                         "fpn_channels": cfg.fpn_channels,
                         "tile_size": self.tile_size,
@@ -390,6 +419,8 @@ class ObjectDetector(TransferEstimator):
     def load(cls, run_dir: str | Path, device: str = "cpu") -> ObjectDetector:
         from safetensors.torch import load_file
 
+        if source_task(str(run_dir)) == cls.task:  # a detector source, used as it is
+            return cls.pretrained(str(run_dir), device)
         run_dir = Path(run_dir)
         config = read_run_config(run_dir)
         if config.get("task") != cls.task:

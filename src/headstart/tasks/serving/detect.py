@@ -25,10 +25,13 @@ class DetectionServing(TaskServing):
         return f", BN {stage['bn']}"
 
     def model_words(self, estimator) -> str:
+        from ..detect.nanodet import SourceDetector
+
         cfg = estimator.config_
+        whole = isinstance(getattr(estimator, "model_", None), SourceDetector)
         return (
             cfg.backbone
-            if cfg.backbone.startswith("torchvision:")
+            if cfg.backbone.startswith("torchvision:") or whole
             else f"{cfg.detector} on {cfg.backbone}"
         )
 

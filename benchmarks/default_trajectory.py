@@ -7,9 +7,9 @@ test accuracy, to compare two commits (or two thread counts) epoch by epoch:
 import json
 import time
 
-import low_data
-
 from headstart import ImageClassifier
+
+import low_data
 
 x, y, xt, yt = low_data.target_data("fmnist100", 0)
 t0 = time.perf_counter()

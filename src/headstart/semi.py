@@ -118,18 +118,6 @@ def _joined(train_src, pool_part, labels):
     return dataclasses.replace(train_src, **changes)
 
 
-def _keys(source) -> list:
-    """What identifies each item across two readings: the text, or the file's resolved
-    path; None for an in-memory item."""
-    texts = getattr(source, "texts", None)
-    if texts is not None:
-        return ["text:" + t for t in texts]
-    return [
-        "path:" + str(Path(i).resolve()) if isinstance(i, (str, Path)) else None
-        for i in source.items
-    ]
-
-
 def read_pool(est, unlabeled):
     """The pool as unlabelled items (its labels, if any, are not read); a missing path or
     an empty pool is a clear error naming it."""
@@ -150,6 +138,8 @@ def read_pool(est, unlabeled):
 def pool_truth(est, unlabeled, pool) -> np.ndarray | None:
     """The pool's own labels as class indices (-1: unknown or a class the model does not
     have), only to score the pseudo-labels; None when the pool has none."""
+    from .data.splits import item_keys
+
     X, y = unlabeled if isinstance(unlabeled, tuple) else (unlabeled, None)
     if y is None and not isinstance(X, (str, Path)):
         return None
@@ -165,8 +155,8 @@ def pool_truth(est, unlabeled, pool) -> np.ndarray | None:
     labels = ours[np.asarray(known.labels)]
     if y is not None and len(known) == len(pool):  # arrays: the same order
         return labels
-    by_key = {k: lab for k, lab in zip(_keys(known), labels) if k is not None}
-    return np.asarray([by_key.get(k, -1) if k else -1 for k in _keys(pool)], dtype=np.int64)
+    by_key = {k: lab for k, lab in zip(item_keys(known), labels) if k is not None}
+    return np.asarray([by_key.get(k, -1) if k else -1 for k in item_keys(pool)], dtype=np.int64)
 
 
 # ---------------------------------------------------------------------- the fit

@@ -218,8 +218,8 @@ class GflHead(nn.Module):
 
     def replace_classes(self, num_classes: int, keep: list[int | None]) -> None:
         """New class layers for ``num_classes`` classes: class ``k`` starts from the source
-        class ``keep[k]`` (its weights copied) or, where None, from zero weights and the prior
-        bias (every point says 0.01 before training)."""
+        class ``keep[k]`` (its weights copied) or, where None, from NanoDet's init: weights
+        normal with std 0.01 and the prior bias (every point says about 0.01 before training)."""
         new = nn.ModuleList()
         for old in self.cls_layers():
             conv = nn.Conv2d(old.in_channels, num_classes, 1)
@@ -370,7 +370,7 @@ def model_json() -> Path:
 
 def load_tfjs_weights(net: NanoDetNet, path: str | Path) -> None:
     """Fill ``net`` (80 COCO classes) with the TF.js graph's weights, conv by conv, checking
-    every shape, stride and padding against the graph."""
+    every shape and stride against the graph (padding is not read: the parity test covers it)."""
     from .tfjs_graph import read_tfjs_graph
 
     graph = read_tfjs_graph(path)

@@ -385,8 +385,10 @@ def load_tfjs_weights(net: NanoDetNet, path: str | Path) -> None:
         if len(adds) != 1:
             raise ZooError(f"{path}: {node.name} has no single bias add after it")
         bias = graph.weight(graph.producer(adds[0], 1).name)
-        stride = node.get("strides", [1, 1, 1, 1])[1]
-        if stride != conv.stride[0] or node.get("data_format") != "NHWC":
+        stride, layout = node.get("strides", [1, 1, 1, 1])[1], node.get("data_format")
+        if layout != "NHWC":
+            raise ZooError(f"{path}: {node.name} reads {layout} tensors, expected NHWC")
+        if stride != conv.stride[0]:
             raise ZooError(f"{path}: {node.name} has stride {stride}, expected {conv.stride[0]}")
         weight = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
         if conv is targets[0]:  # the graph reads BGR; this module reads RGB

@@ -278,7 +278,10 @@ def test_resume_with_a_pool_resumes_the_labelled_fit(tmp_path, caplog):
     px, _ = make_arrays(n=30, n_classes=3, seed=5)
     settings = {**SEMI_FAST, "pseudo_rounds": 1}
     run = tmp_path / "run"
-    ImageClassifier("tiny:cnn", run_dir=run, **settings).fit(x, y, unlabeled=px)
+    first: list = []
+    ImageClassifier("tiny:cnn", run_dir=run, **settings).fit(
+        x, y, unlabeled=px, callbacks=[first.append]
+    )
     assert (run / "checkpoints" / "last" / "state.json").is_file()
     epochs: list = []
     with caplog.at_level(logging.INFO):
@@ -286,5 +289,9 @@ def test_resume_with_a_pool_resumes_the_labelled_fit(tmp_path, caplog):
             x, y, unlabeled=px, resume=True, callbacks=[epochs.append]
         )
     assert "starting a new fit" not in caplog.text
+    refit = clf.metrics_["semi"]["rounds"][0]["refit"]
+    # the resumed run trains only the round's refit; the first also trained the labelled fit
+    assert len(epochs) == refit["head_epochs"] + refit["epochs"]
+    assert len(first) == len(epochs) + SEMI_FAST["head_epochs"] + SEMI_FAST["epochs"]
     assert clf.metrics_["semi"]["rounds"]
     assert json.loads((run / "config.json").read_text())["metrics"]["semi"]["pool"] == 30

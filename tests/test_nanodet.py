@@ -78,6 +78,32 @@ def test_reader_names_a_truncated_shard(tmp_path):
 
 
 # ----------------------------------------------------------------------------- network, decode
+def test_a_graph_in_another_layout_is_named_as_such(monkeypatch, tmp_path):
+    """A convolution whose data_format is not NHWC is refused with that reason, not with a
+    stride that matches."""
+    import base64
+
+    from headstart.zoo import nanodet, tfjs_graph
+
+    net = NanoDetNet()
+    first = net.convolutions()[0]
+    b64 = lambda t: base64.b64encode(t.encode()).decode()  # noqa: E731
+    nodes, weights = {}, {}
+    for i in range(len(net.convolutions())):
+        name = "convolution" if i == 0 else f"convolution_{i}"
+        attr = {"strides": {"list": {"i": ["1", "2", "2", "1"]}}, "data_format": {"s": b64("NCHW")}}
+        nodes[name] = tfjs_graph.GraphNode(name, "Conv2D", ["x", f"w{i}"], attr)
+        nodes[f"w{i}"] = tfjs_graph.GraphNode(f"w{i}", "Const", [])
+        nodes[f"b{i}"] = tfjs_graph.GraphNode(f"b{i}", "Const", [])
+        nodes[f"add{i}"] = tfjs_graph.GraphNode(f"add{i}", "BiasAdd", [name, f"b{i}"])
+    weights["w0"] = np.zeros((3, 3, 3, first.out_channels), np.float32)
+    weights["b0"] = np.zeros(first.out_channels, np.float32)
+    graph = tfjs_graph.TfjsGraph(tmp_path / "m.json", nodes, weights, {}, {})
+    monkeypatch.setattr(tfjs_graph, "read_tfjs_graph", lambda path: graph)
+    with pytest.raises(ZooError, match="NCHW"):
+        nanodet.load_tfjs_weights(net, tmp_path / "m.json")
+
+
 def test_network_shapes_and_contract():
     net = NanoDetNet()
     outs = net(torch.zeros(1, 3, 96, 128))

@@ -244,3 +244,54 @@ def test_sample_weight_reaches_the_sampler_for_the_training_part_only():
     for bad in (w[:4], -w, np.zeros(5), np.array([1.0, np.nan, 1.0, 1.0, 1.0])):
         with pytest.raises(ValueError, match="sample_weight"):
             _with_item_weights({}, bad, np.arange(3), 5)
+
+
+def test_joined_texts_keep_one_group_per_text():
+    """A text table read with a group column: the joined source's groups stay one per
+    text (the labelled ones' own, each pseudo-labelled text a group of its own), or the
+    baseline's grouped cross-validation and ``subset`` read the wrong texts."""
+    from headstart.data.text import TextSource
+
+    train = TextSource(
+        ["a", "b", "c", "d"],
+        np.array([0, 1, 0, 1]),
+        ["x", "y"],
+        "t.csv",
+        groups=np.array(["s1", "s1", "s2", "s2"], dtype=object),
+    )
+    pool = TextSource(["e", "f", "g"], np.zeros(3, np.int64), ["x", "y"], "p.csv")
+    out = semi.joined(train, pool, np.array([2, 0]), np.array([1, 0]))
+    assert out.texts == ["a", "b", "c", "d", "g", "e"]
+    assert out.labels.tolist() == [0, 1, 0, 1, 1, 0]
+    assert out.groups is not None and len(out.groups) == len(out.texts)
+    assert out.groups[:4].tolist() == ["s1", "s1", "s2", "s2"]
+    assert len(set(out.groups[4:])) == 2 and not set(out.groups[4:]) & {"s1", "s2"}
+    assert out.subset([1, 5]).groups.tolist() == ["s1", out.groups[5]]
+
+
+def test_resume_with_a_pool_resumes_the_labelled_fit(tmp_path, caplog):
+    """The labelled fit keeps its checkpoints in the run directory, so ``resume=True``
+    continues it instead of silently starting over (the rounds then run again)."""
+    import logging
+
+    x, y = make_arrays(n=24, n_classes=3, seed=0)
+    px, _ = make_arrays(n=30, n_classes=3, seed=5)
+    settings = {**SEMI_FAST, "pseudo_rounds": 1}
+    run = tmp_path / "run"
+    first: list = []
+    ImageClassifier("tiny:cnn", run_dir=run, **settings).fit(
+        x, y, unlabeled=px, callbacks=[first.append]
+    )
+    assert (run / "checkpoints" / "last" / "state.json").is_file()
+    epochs: list = []
+    with caplog.at_level(logging.INFO):
+        clf = ImageClassifier("tiny:cnn", run_dir=run, **settings).fit(
+            x, y, unlabeled=px, resume=True, callbacks=[epochs.append]
+        )
+    assert "starting a new fit" not in caplog.text
+    refit = clf.metrics_["semi"]["rounds"][0]["refit"]
+    # the resumed run trains only the round's refit; the first also trained the labelled fit
+    assert len(epochs) == refit["head_epochs"] + refit["epochs"]
+    assert len(first) == len(epochs) + SEMI_FAST["head_epochs"] + SEMI_FAST["epochs"]
+    assert clf.metrics_["semi"]["rounds"]
+    assert json.loads((run / "config.json").read_text())["metrics"]["semi"]["pool"] == 30

@@ -103,30 +103,19 @@ def joined(train_src, pool, rows, labels):
 
 
 def _joined(train_src, pool_part, labels):
-    labels = np.concatenate([np.asarray(train_src.labels), np.asarray(labels, dtype=np.int64)])
-    if hasattr(train_src, "texts"):
-        return dataclasses.replace(
-            train_src, texts=list(train_src.texts) + list(pool_part.texts), labels=labels, rows=[]
-        )
-    changes: dict = {"items": list(train_src.items) + list(pool_part.items), "labels": labels}
+    if getattr(train_src, "transcripts", None) is not None:
+        raise ValueError("unlabeled: self-training is for classification, not transcripts")
+    changes: dict = {
+        "labels": np.concatenate([np.asarray(train_src.labels), np.asarray(labels, dtype=np.int64)])
+    }
+    if hasattr(train_src, "texts"):  # row numbers name the origin file's rows: not the pool's
+        changes.update(texts=list(train_src.texts) + list(pool_part.texts), rows=[])
+    else:
+        changes["items"] = list(train_src.items) + list(pool_part.items)
     if getattr(train_src, "groups", None) is not None:  # each pool item a group of its own
         extra = np.asarray([f"pool:{i}" for i in range(len(pool_part))], dtype=object)
         changes["groups"] = np.concatenate([np.asarray(train_src.groups, dtype=object), extra])
-    if getattr(train_src, "transcripts", None) is not None:
-        raise ValueError("unlabeled: self-training is for classification, not transcripts")
     return dataclasses.replace(train_src, **changes)
-
-
-def _keys(source) -> list:
-    """What identifies each item across two readings: the text, or the file's resolved
-    path; None for an in-memory item."""
-    texts = getattr(source, "texts", None)
-    if texts is not None:
-        return ["text:" + t for t in texts]
-    return [
-        "path:" + str(Path(i).resolve()) if isinstance(i, (str, Path)) else None
-        for i in source.items
-    ]
 
 
 def read_pool(est, unlabeled):
@@ -149,6 +138,8 @@ def read_pool(est, unlabeled):
 def pool_truth(est, unlabeled, pool) -> np.ndarray | None:
     """The pool's own labels as class indices (-1: unknown or a class the model does not
     have), only to score the pseudo-labels; None when the pool has none."""
+    from .data.splits import item_keys
+
     X, y = unlabeled if isinstance(unlabeled, tuple) else (unlabeled, None)
     if y is None and not isinstance(X, (str, Path)):
         return None
@@ -164,8 +155,8 @@ def pool_truth(est, unlabeled, pool) -> np.ndarray | None:
     labels = ours[np.asarray(known.labels)]
     if y is not None and len(known) == len(pool):  # arrays: the same order
         return labels
-    by_key = {k: lab for k, lab in zip(_keys(known), labels) if k is not None}
-    return np.asarray([by_key.get(k, -1) if k else -1 for k in _keys(pool)], dtype=np.int64)
+    by_key = {k: lab for k, lab in zip(item_keys(known), labels) if k is not None}
+    return np.asarray([by_key.get(k, -1) if k else -1 for k in item_keys(pool)], dtype=np.int64)
 
 
 # ---------------------------------------------------------------------- the fit
@@ -189,7 +180,8 @@ def self_train(est, X, y, unlabeled, *, validation=None, resume=False, callbacks
     """``est.fit`` with an unlabelled pool (see the module's docstring); returns ``est``
     holding the kept model, ``metrics_["semi"]`` recording the pool, the pseudo-labels of
     each round (per class, their accuracy where the pool's labels are known), the bar, and
-    whether the pool model was kept."""
+    whether the pool model was kept. ``resume`` continues the labelled fit from its
+    checkpoints in ``est.run_dir``; the rounds run again."""
     t0 = time.perf_counter()
     cfg = est.resolved_config()
     pool = read_pool(est, unlabeled)  # a bad pool path fails before any work
@@ -202,14 +194,12 @@ def self_train(est, X, y, unlabeled, *, validation=None, resume=False, callbacks
         )
     if train_src.labels.ndim != 1:
         raise ValueError("unlabeled: self-training is for single-label classification")
-    run_dir, est.run_dir = est.run_dir, None  # the kept model is saved once, at the end
-    try:
-        est.fit(train_src, validation=val_src, resume=resume, callbacks=callbacks)
-        truth = pool_truth(est, unlabeled, pool)
-        monitor = _monitor(est)  # the labelled fit's: every round is compared by it
-        rounds = _rounds(est, train_src, val_src, pool, truth, cfg, callbacks, monitor)
-    finally:
-        est.run_dir = run_dir
+    # the labelled fit keeps its checkpoints (and saves) in the run directory, so that
+    # ``resume`` continues it; the kept model overwrites that save at the end
+    est.fit(train_src, validation=val_src, resume=resume, callbacks=callbacks)
+    truth = pool_truth(est, unlabeled, pool)
+    monitor = _monitor(est)  # the labelled fit's: every round is compared by it
+    rounds = _rounds(est, train_src, val_src, pool, truth, cfg, callbacks, monitor)
     kept = [r for r in rounds if r["kept"]]
     start = rounds[0]["before"] if rounds else None
     est.metrics_["semi"] = {
@@ -230,8 +220,8 @@ def self_train(est, X, y, unlabeled, *, validation=None, resume=False, callbacks
         "line": summary_line(rounds, len(pool), monitor),
     }
     log.info("unlabelled pool: %s", est.metrics_["semi"]["line"])
-    if run_dir is not None and getattr(est, "is_main_process_", True):
-        est.save(run_dir)
+    if est.run_dir is not None and getattr(est, "is_main_process_", True):
+        est.save(est.run_dir)
     return est
 
 

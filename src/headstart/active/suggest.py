@@ -26,6 +26,7 @@ import numpy as np
 from ..artifacts import atomic_write_bytes
 from ..config import CLASSIFY_TASKS, FitConfig
 from ..data.images import DataError
+from ..data.splits import item_keys
 from .acquire import Picks, choose, resolve_method
 from .settings import WITHOUT_MODEL, SuggestSettings
 
@@ -354,25 +355,13 @@ def _items(source) -> list:
     return list(texts) if texts is not None else list(source.items)
 
 
-def _keys(source) -> list:
-    """What identifies each item across sources: the text, or the file's resolved path;
-    None for an in-memory item (never matched)."""
-    texts = getattr(source, "texts", None)
-    if texts is not None:
-        return ["text:" + t for t in texts]
-    return [
-        "path:" + str(Path(i).resolve()) if isinstance(i, (str, Path)) else None
-        for i in source.items
-    ]
-
-
 def _not_labelled(source, done) -> np.ndarray:
     """Positions of the pool items that are not among the labelled ones."""
     if done is None or not len(done):
         return np.arange(len(source))
-    seen = {k for k in _keys(done) if k is not None}
+    seen = {k for k in item_keys(done) if k is not None}
     return np.asarray(
-        [i for i, k in enumerate(_keys(source)) if k is None or k not in seen], dtype=np.int64
+        [i for i, k in enumerate(item_keys(source)) if k is None or k not in seen], dtype=np.int64
     )
 
 

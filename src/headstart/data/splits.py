@@ -1,8 +1,11 @@
 """Splits of labelled items: stratified by class and, given a patient / study id per item,
 grouped so that no patient's images fall on both sides (validation, study fractions, tune,
-the classic baseline's cross-validation)."""
+the classic baseline's cross-validation); and the keys that match items across readings.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -73,3 +76,15 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int, groups=None):
     if k < 2:
         raise DataError("grouped cross-validation needs at least 2 groups (patients)")
     return list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(idx, labels, codes))
+
+
+def item_keys(source) -> list:
+    """What identifies each item across two readings of the data: the text, or the file's
+    resolved path; None for an in-memory item (never matched)."""
+    texts = getattr(source, "texts", None)
+    if texts is not None:
+        return ["text:" + t for t in texts]
+    return [
+        "path:" + str(Path(i).resolve()) if isinstance(i, (str, Path)) else None
+        for i in source.items
+    ]

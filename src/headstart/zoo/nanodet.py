@@ -218,8 +218,8 @@ class GflHead(nn.Module):
 
     def replace_classes(self, num_classes: int, keep: list[int | None]) -> None:
         """New class layers for ``num_classes`` classes: class ``k`` starts from the source
-        class ``keep[k]`` (its weights copied) or, where None, from zero weights and the prior
-        bias (every point says 0.01 before training)."""
+        class ``keep[k]`` (its weights copied) or, where None, from NanoDet's init: weights
+        normal with std 0.01 and the prior bias (every point says about 0.01 before training)."""
         new = nn.ModuleList()
         for old in self.cls_layers():
             conv = nn.Conv2d(old.in_channels, num_classes, 1)
@@ -370,7 +370,7 @@ def model_json() -> Path:
 
 def load_tfjs_weights(net: NanoDetNet, path: str | Path) -> None:
     """Fill ``net`` (80 COCO classes) with the TF.js graph's weights, conv by conv, checking
-    every shape, stride and padding against the graph."""
+    every shape and stride against the graph (padding is not read: the parity test covers it)."""
     from .tfjs_graph import read_tfjs_graph
 
     graph = read_tfjs_graph(path)
@@ -385,8 +385,10 @@ def load_tfjs_weights(net: NanoDetNet, path: str | Path) -> None:
         if len(adds) != 1:
             raise ZooError(f"{path}: {node.name} has no single bias add after it")
         bias = graph.weight(graph.producer(adds[0], 1).name)
-        stride = node.get("strides", [1, 1, 1, 1])[1]
-        if stride != conv.stride[0] or node.get("data_format") != "NHWC":
+        stride, layout = node.get("strides", [1, 1, 1, 1])[1], node.get("data_format")
+        if layout != "NHWC":
+            raise ZooError(f"{path}: {node.name} reads {layout} tensors, expected NHWC")
+        if stride != conv.stride[0]:
             raise ZooError(f"{path}: {node.name} has stride {stride}, expected {conv.stride[0]}")
         weight = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
         if conv is targets[0]:  # the graph reads BGR; this module reads RGB

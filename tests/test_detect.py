@@ -965,3 +965,31 @@ def test_metrics_duplicates_match_once():
     preds = [_pred([box, box + 1], [0.9, 0.8], ["square", "square"])]
     m = detection_metrics(preds, truths, CLASSES)
     assert m["recall"] == 1.0 and m["precision"] == pytest.approx(0.5)
+
+
+def test_best_f1_threshold_against_a_brute_force_over_the_grid():
+    from headstart.tasks.detect.metrics import THRESHOLDS, best_f1_threshold
+
+    truths = _truths()
+    # every true box found with a low, quality-focal-like score; three false boxes lower still
+    a = [[10, 10, 30, 30], [50, 50, 80, 90], [0, 0, 5, 5]]
+    b = [[5, 60, 25, 80], [70, 0, 99, 20], [40, 40, 45, 45]]
+    preds = [
+        _pred(a, [0.32, 0.41, 0.12], ["square", "circle", "square"]),
+        _pred(b, [0.36, 0.26, 0.21], ["square", "circle", "circle"]),
+    ]
+    got = best_f1_threshold(preds, truths, CLASSES)
+    f1 = {t: detection_metrics(preds, truths, CLASSES, t)["f1"] for t in THRESHOLDS}
+    assert got == max(THRESHOLDS, key=lambda t: (f1[t], t)) == 0.3
+    assert f1[0.3] == 1.0 and f1[0.5] == 0.0  # the usual 0.5 cut would keep no box
+
+
+def test_a_fit_keeps_the_score_threshold_of_its_best_validation_f1(detector, saved):
+    from headstart.tasks.detect.metrics import THRESHOLDS
+
+    cut = detector.score_threshold_
+    assert cut in THRESHOLDS
+    assert detector.metrics_["validation"]["score_threshold"] == cut
+    config = json.loads((saved / "config.json").read_text())
+    assert config["detector"]["score_threshold"] == cut
+    assert ObjectDetector.load(saved).score_threshold_ == cut

@@ -118,7 +118,7 @@ def write_detections(
     detector,
     inputs: list,
     out: str | Path | None = None,
-    min_score: float = 0.5,
+    min_score: float | None = None,
     progress: bool = True,
 ) -> dict:
     """Detect objects in ``inputs`` (image files, folders) and write one row per box,
@@ -126,6 +126,9 @@ def write_detections(
     An image without boxes gets one row with empty box columns; an image that cannot be
     read gets its row with the reason in ``error``. Returns counts: images, boxes, errors."""
     from tqdm.auto import tqdm
+
+    if min_score is None:  # the run's own cut: the best F1 on its validation images
+        min_score = getattr(detector, "score_threshold_", 0.5)
 
     entries = [name for name, _ in detector.serving_class().list_inputs(inputs)]
     counts = {"images": len(entries), "boxes": 0, "errors": 0}

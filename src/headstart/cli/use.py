@@ -61,8 +61,9 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--min-score",
         type=float,
-        default=0.5,
-        help="detect: the lowest score of a box written (default: 0.5)",
+        default=None,
+        help="detect: the lowest score of a box written (default: the run's, the score "
+        "of the best F1 on its validation images; 0.5 for a run without one)",
     )
     p.add_argument(
         "--explain",

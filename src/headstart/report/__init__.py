@@ -451,7 +451,8 @@ def build_detection_report(
     if pictures:
         parts.append(
             "<h2>Predictions</h2><p class=muted>Blue: predicted boxes (score "
-            "&ge; 0.5); red: the true boxes.</p>"
+            f"&ge; {det.get('score_threshold', 0.5):g}, the best F1 on validation); red: the "
+            "true boxes.</p>"
         )
         for title, data in pictures:
             b64 = base64.b64encode(data).decode()

@@ -38,7 +38,7 @@ from ...zoo.local import RUN_CONFIG, RUN_WEIGHTS, read_run_config
 from ..base import FORMAT_VERSION, TransferEstimator, fit_fingerprint, refuse_pool, tta_views
 from ..serving import DetectionServing
 from .data import ImageSet, TileDataset, collate, list_images, load_rgb
-from .metrics import detection_metrics
+from .metrics import best_f1_threshold, detection_metrics
 from .nanodet import SourceDetector
 from .network import (
     DetectionModel,
@@ -273,8 +273,13 @@ class ObjectDetector(TransferEstimator):
             "train_boxes": tiles.num_boxes,
             "tile_size": self.tile_size,
         }
+        self.score_threshold_ = 0.5  # without validation: the usual default
         if val_src is not None and len(val_src):
-            self.metrics_["validation"] = self._evaluate_source(val_src)
+            preds = self.predict(val_src, score_threshold=0.0)
+            self.score_threshold_ = best_f1_threshold(preds, val_src.samples, self.classes_)
+            self.metrics_["validation"] = detection_metrics(
+                preds, val_src.samples, self.classes_, self.score_threshold_
+            )
         self.is_main_process_ = trainer.accelerator.is_main_process
         if run_dir is not None and self.is_main_process_:  # one writer in a parallel run
             self.save(run_dir)
@@ -323,7 +328,8 @@ class ObjectDetector(TransferEstimator):
 
     def _evaluate_source(self, source: BoxSource) -> dict:
         preds = self.predict(source, score_threshold=0.0)
-        return detection_metrics(preds, source.samples, self.classes_)
+        cut = getattr(self, "score_threshold_", 0.5)
+        return detection_metrics(preds, source.samples, self.classes_, cut)
 
     def evaluate(self, X, y=None, tta: str | None = None, fix: str = "error") -> dict:
         """mAP@0.5, mAP@0.5:0.95, per-class AP (at 0.5 and 0.5:0.95), precision/recall on
@@ -377,6 +383,8 @@ class ObjectDetector(TransferEstimator):
                         "tile_size": self.tile_size,
                         "tile_overlap": cfg.tile_overlap,
                         "anchor_sizes": getattr(self, "anchor_sizes_", None),
+                        # the box score of the best validation F1: predict's default cut
+                        "score_threshold": getattr(self, "score_threshold_", 0.5),
                         "mean": self.mean_std_[0],
                         "std": self.mean_std_[1],
                     },
@@ -431,6 +439,7 @@ class ObjectDetector(TransferEstimator):
         est.backbone_arch_ = config["backbone"]["architecture"]
         est.backbone_meta_ = config["backbone"]["meta"]
         est.anchor_sizes_ = config["detector"].get("anchor_sizes")
+        est.score_threshold_ = config["detector"].get("score_threshold", 0.5)
         model = est._build(cfg, est.classes_, pretrained=False, run_dir=run_dir)
         model.load_state_dict(load_file(str(run_dir / RUN_WEIGHTS)))
         est.model_ = model.to(device).eval()
@@ -443,12 +452,15 @@ class ObjectDetector(TransferEstimator):
         return est
 
     # ------------------------------------------------------------ pictures
-    def render(self, X, score_threshold: float = 0.5, max_side: int = 1400) -> list:
-        """(title, PIL image) per image: predicted boxes in blue and, for an annotated
-        source, the true boxes in red; images larger than ``max_side`` are scaled down."""
+    def render(self, X, score_threshold: float | None = None, max_side: int = 1400) -> list:
+        """(title, PIL image) per image: predicted boxes (scoring at least ``score_threshold``,
+        default the run's) in blue and, for an annotated source, the true boxes in red; images
+        larger than ``max_side`` are scaled down."""
         from ...report.pictures import draw_boxes
 
         self._check_fitted()
+        if score_threshold is None:
+            score_threshold = getattr(self, "score_threshold_", 0.5)
         truths = X.samples if isinstance(X, BoxSource) else None
         out = []
         for k, p in enumerate(self.predict(X, score_threshold=score_threshold)):
@@ -469,7 +481,7 @@ class ObjectDetector(TransferEstimator):
         return out
 
     def draw(
-        self, X, out_dir: str | Path, score_threshold: float = 0.5, max_side: int = 1400
+        self, X, out_dir: str | Path, score_threshold: float | None = None, max_side: int = 1400
     ) -> list[Path]:
         """:meth:`render` as PNG files in ``out_dir``."""
         from ...report.pictures import encode

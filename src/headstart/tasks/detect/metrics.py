@@ -17,7 +17,6 @@ def detection_metrics(
     boxes scoring >= ``score_threshold``
     (matched greedily at IoU 0.5)."""
     from torchmetrics.detection import MeanAveragePrecision
-    from torchvision.ops import box_iou
 
     index = {c: i + 1 for i, c in enumerate(classes)}
     metric = MeanAveragePrecision(
@@ -33,32 +32,10 @@ def detection_metrics(
         iou_thresholds=[0.5],
         max_detection_thresholds=[1, 100, MAX_DETECTIONS],
     )
-    tp = {c: 0 for c in classes}
-    n_pred = {c: 0 for c in classes}
-    n_true = {c: 0 for c in classes}
-    for p, t in zip(preds, truths):
-        pb = torch.as_tensor(p["boxes"], dtype=torch.float32).reshape(-1, 4)
-        ps = torch.as_tensor(p["scores"], dtype=torch.float32)
-        pl = torch.tensor([index[c] for c in p["labels"]], dtype=torch.int64)
-        tb = torch.as_tensor(t.boxes, dtype=torch.float32).reshape(-1, 4)
-        tl = torch.tensor([index[c] for c in t.labels], dtype=torch.int64)
+    for pb, ps, pl, tb, tl in _tensors(preds, truths, index):
         for m in (metric, metric_50):
             m.update([{"boxes": pb, "scores": ps, "labels": pl}], [{"boxes": tb, "labels": tl}])
-        for k, c in enumerate(classes, start=1):
-            keep = (pl == k) & (ps >= score_threshold)
-            b, s = pb[keep], ps[keep]
-            truth = tb[tl == k]
-            n_pred[c] += len(b)
-            n_true[c] += len(truth)
-            if len(b) and len(truth):
-                iou = box_iou(b[s.argsort(descending=True)], truth)
-                used = torch.zeros(len(truth), dtype=torch.bool)
-                for row in iou:
-                    row = row.masked_fill(used, -1)
-                    j = int(row.argmax())
-                    if row[j] >= 0.5:
-                        used[j] = True
-                        tp[c] += 1
+    tp, n_pred, n_true = _matches(preds, truths, classes, score_threshold)
     r = metric.compute()
     per_class_ap = r["map_per_class"].reshape(-1).tolist()
     per_class_ap50 = metric_50.compute()["map_per_class"].reshape(-1).tolist()
@@ -93,3 +70,59 @@ def detection_metrics(
         "boxes": total_true,
         "per_class": per_class,
     }
+
+
+def _tensors(preds: list[dict], truths: list[BoxSample], index: dict):
+    """Per image: predicted boxes, scores, label ids; true boxes, label ids (tensors)."""
+    for p, t in zip(preds, truths):
+        yield (
+            torch.as_tensor(p["boxes"], dtype=torch.float32).reshape(-1, 4),
+            torch.as_tensor(p["scores"], dtype=torch.float32),
+            torch.tensor([index[c] for c in p["labels"]], dtype=torch.int64),
+            torch.as_tensor(t.boxes, dtype=torch.float32).reshape(-1, 4),
+            torch.tensor([index[c] for c in t.labels], dtype=torch.int64),
+        )
+
+
+def _matches(preds, truths, classes: list[str], score_threshold: float):
+    """Per class: true positives (greedy, best score first, IoU >= 0.5), predicted boxes
+    scoring >= ``score_threshold``, true boxes."""
+    from torchvision.ops import box_iou
+
+    index = {c: i + 1 for i, c in enumerate(classes)}
+    tp = {c: 0 for c in classes}
+    n_pred = {c: 0 for c in classes}
+    n_true = {c: 0 for c in classes}
+    for pb, ps, pl, tb, tl in _tensors(preds, truths, index):
+        for k, c in enumerate(classes, start=1):
+            keep = (pl == k) & (ps >= score_threshold)
+            b, s = pb[keep], ps[keep]
+            truth = tb[tl == k]
+            n_pred[c] += len(b)
+            n_true[c] += len(truth)
+            if len(b) and len(truth):
+                iou = box_iou(b[s.argsort(descending=True)], truth)
+                used = torch.zeros(len(truth), dtype=torch.bool)
+                for row in iou:
+                    row = row.masked_fill(used, -1)
+                    j = int(row.argmax())
+                    if row[j] >= 0.5:
+                        used[j] = True
+                        tp[c] += 1
+    return tp, n_pred, n_true
+
+
+# the score thresholds a fit weighs on validation (a detector's scores are not probabilities
+# alike: quality-focal scores such as NanoDet's sit near the box's IoU, lower than 0.5)
+THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+def best_f1_threshold(preds: list[dict], truths: list[BoxSample], classes: list[str]) -> float:
+    """The score threshold of the highest F1 (all classes pooled, IoU 0.5) on ``truths``;
+    of equal F1, the higher threshold. ``preds``: every box (score threshold 0)."""
+    best = (-1.0, 0.5)
+    for t in THRESHOLDS:
+        tp, n_pred, n_true = (sum(d.values()) for d in _matches(preds, truths, classes, t))
+        f1 = 2 * tp / (n_pred + n_true) if n_pred + n_true else 0.0
+        best = max(best, (f1, t))
+    return best[1]

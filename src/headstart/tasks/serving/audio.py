@@ -180,7 +180,7 @@ class SpeechServing(AudioServing):
         engine: str = "torch",
         tta: str = "none",
         batch_size: int = 64,
-        min_score: float = 0.5,
+        min_score: float | None = None,
         progress: bool = True,
     ) -> str:
         """Transcripts, ``item, transcript, error``."""

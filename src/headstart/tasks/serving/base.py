@@ -340,7 +340,7 @@ class TaskServing:
         engine: str = "torch",
         tta: str = "none",
         batch_size: int = 64,
-        min_score: float = 0.5,
+        min_score: float | None = None,
         progress: bool = True,
     ) -> str:
         """``headstart predict``: predict ``inputs`` with the run into a CSV (``out``, or

@@ -111,7 +111,7 @@ class ControlServing(TaskServing):
         engine: str = "torch",
         tta: str = "none",
         batch_size: int = 64,
-        min_score: float = 0.5,
+        min_score: float | None = None,
         progress: bool = True,
     ) -> str:
         """One row per episode (``env, seed, return, length``) of each input environment,

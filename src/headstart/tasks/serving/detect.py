@@ -76,7 +76,7 @@ class DetectionServing(TaskServing):
         engine: str = "torch",
         tta: str = "none",
         batch_size: int = 64,
-        min_score: float = 0.5,
+        min_score: float | None = None,
         progress: bool = True,
     ) -> str:
         """One row per box, ``item, xmin, ymin, xmax, ymax, label, score, error``."""

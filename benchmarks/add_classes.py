@@ -6,8 +6,11 @@ classes 5-9 (``--per-class`` images each of the new classes only) by these varia
 scored on the whole official test set (10,000 images; old-class items are the 5,000 of
 classes 0-4, each predicted among all 10 classes):
 
-- ``add``: the default (LwF distillation + replay of the stored exemplars + weight aligning);
-- ``add_noalign``: the same without weight aligning (does the new-class bias matter?);
+- ``add``: the default (LwF distillation + replay of the stored exemplars, drawn
+  class-balanced by the fit's imbalance plan);
+- ``add_align``: the same with weight aligning of the new rows (``align_new=True``);
+- ``add_unbalanced``: the same with the replay drawn as it comes (``imbalance=none``): does
+  the new-class bias matter?
 - ``lwf_only``: distillation, no replay; ``replay_only``: replay, no distillation;
 - ``naive``: plain fine-tuning of the old run on the new data (old head rows kept, no
   distillation, no replay, no aligning): the forgetting the others prevent;
@@ -38,15 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common import append_row, read_rows
+from common import append_row, parse_settings, read_rows
 
 OLD, NEW = range(5), range(5, 10)
 VARIANTS = {
     "add": {},
-    "add_noalign": {"align_new": False},
+    "add_align": {"align_new": True},
+    "add_unbalanced": {"imbalance": "none"},
     "lwf_only": {"replay": False},
     "replay_only": {"distill": 0.0},
-    "naive": {"distill": 0.0, "replay": False, "align_new": False},
+    "naive": {"distill": 0.0, "replay": False},
 }
 
 
@@ -65,7 +69,12 @@ def run_seed(seed: int, args, done: set) -> None:
 
     x, y, xt, yt = data(seed, args.per_class)
     old, new, told = y < 5, y >= 5, yt < 5
-    common = {"strategy": args.strategy, "seed": seed, "baseline": False}
+    common = {
+        "strategy": args.strategy,
+        "seed": seed,
+        "baseline": False,
+        "feature_cache": args.feature_cache,
+    }
     base = {"target": f"fmnist{args.per_class}", "strategy": args.strategy, "seed": seed}
     runs = Path(tempfile.mkdtemp(prefix="headstart-addcls-"))
     t0 = time.perf_counter()
@@ -139,7 +148,8 @@ def summary(paths) -> None:
                 f"  joint (all 10 at once): overall {100 * med('joint', 'accuracy'):.2f}%, "
                 f"old classes {100 * joint_old:.2f}%, new classes {100 * joint_new:.2f}%"
             )
-        for v in VARIANTS:
+        extra = sorted({v for t, s, v in groups if v not in (*VARIANTS, "old", "joint")})
+        for v in [*VARIANTS, *extra]:
             if (target, strategy, v) not in groups:
                 continue
             o, n, a = med(v, "old_accuracy"), med(v, "new_accuracy"), med(v, "accuracy")
@@ -175,8 +185,23 @@ def main() -> None:
     p.add_argument("--strategy", default="feature_extract")
     p.add_argument("--variants", default=",".join([*VARIANTS, "joint"]))
     p.add_argument("--out", default="add_classes.jsonl")
+    p.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "KEY=VALUE"),
+        help="an extra add-classes variant: its name and FitConfig settings",
+    )
+    p.add_argument(
+        "--feature-cache",
+        default=None,
+        help="a directory for the frozen features (feature_extract reruns skip the passes)",
+    )
     p.add_argument("--summary", nargs="*", default=None, help="JSON-lines files to summarise")
     args = p.parse_args()
+    for name, *items in args.variant:
+        VARIANTS[name] = parse_settings(items)
     if args.summary is not None:
         summary(args.summary or [args.out])
         return

@@ -23,8 +23,9 @@ from headstart.incremental import (
     split_metrics,
 )
 from headstart.tasks.image import ImageClassifier
+from headstart.tasks.text import TextClassifier
 
-from conftest import FAST, make_arrays, write_folder
+from conftest import FAST, TEXT_FIT, make_arrays, make_texts, write_folder
 
 # the probe learns the colour classes in a few epochs on cached features
 PROBE = {**FAST, "strategy": "feature_extract", "head_epochs": 30, "head_lr": 0.05}
@@ -238,3 +239,24 @@ def test_cli_end_to_end(parent, data, tmp_path, capsys):
     assert code != 0
     assert "run directory" in capsys.readouterr().err
     assert Path(out / EXEMPLARS_DIR / EXEMPLARS_INDEX).is_file()
+
+
+def test_text_classifiers_add_classes_too(tmp_path):
+    """The shared code serves text: texts stored as exemplars, the contrastive loss of the
+    text default reads the labels beside the item positions."""
+    texts, labels = make_texts(40, seed=0)
+    settings = {**TEXT_FIT, "strategy": "lp_ft", "epochs": 1, "contrastive": 1.0}
+    TextClassifier("tiny:bert", exemplars=3, **settings).fit(texts, labels).save(tmp_path / "old")
+    index = json.loads((tmp_path / "old" / EXEMPLARS_DIR / EXEMPLARS_INDEX).read_text())
+    assert index["per_class"] == {"digits": 3, "letters": 3} and "text" in index["items"][0]
+    symbols = [" ".join(["!?", "#", "%&", "*"][: 1 + i % 4]) for i in range(16)]
+    new_texts = symbols + texts[:6]  # text data needs two classes: a few old items join
+    new_labels = ["symbols"] * 16 + labels[:6]
+    est = TextClassifier(str(tmp_path / "old"), add_classes=True, **settings).fit(
+        new_texts, new_labels
+    )
+    assert est.classes_ == ["digits", "letters", "symbols"]
+    assert est.added_classes_["replayed"] == 6
+    assert any("contrastive" in row for row in est.history_)
+    m = est.evaluate(texts + symbols, labels + ["symbols"] * 16)["add_classes"]
+    assert m["old_n"] == 40 and m["new_n"] == 16

@@ -136,7 +136,7 @@ class FitConfig:
         "class-incremental transfer: extend the classifier of --backbone RUN_DIR with the "
         "new classes of the data, without forgetting the old ones: the old head rows kept, "
         "the old model's outputs distilled on the new data (LwF, --distill), RUN_DIR's "
-        "stored exemplars replayed (--replay), the new rows' weights aligned (--align-new)",
+        "stored exemplars replayed (--replay) through a class-balanced sampler",
     )
     exemplars: int = _f(
         20,
@@ -155,10 +155,11 @@ class FitConfig:
         "(--no-replay: the new data and distillation alone)",
     )
     align_new: bool = _f(
-        True,
+        False,
         "--add-classes: after training, scale the new classes' head weights to the old "
-        "ones' mean norm (weight aligning: new-class logits are biased up by "
-        "training mostly on new data)",
+        "ones' mean norm (weight aligning, against new-class logits biased up by training "
+        "mostly on new data; off by default: on Fashion-MNIST 5+5 it cost 4 points of "
+        "old-class accuracy, the class-balanced sampler already balances the replay)",
     )
 
     dropout: float = _f(0.0, "dropout before each head layer")

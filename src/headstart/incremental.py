@@ -7,9 +7,12 @@ cross-entropy over all classes plus LwF (Li & Hoiem 2016): the KL divergence of 
 classes' softened outputs from the old model's own on the same item, recorded once before
 training (on the un-augmented item, as LwF records them). The training items are the new
 data plus the exemplars the run stored (a few items per class, ``exemplars/`` in its run
-directory: replay, as iCaRL). After training, the new rows' weights are scaled to the old
-rows' mean norm (weight aligning, Zhao et al. 2020): trained mostly on new items, new-class
-logits come out biased up. ``evaluate`` then reports old- and new-class accuracy apart.
+directory: replay, as iCaRL), which the fit's imbalance plan draws class-balanced (a few
+exemplars against many new items is an imbalance it already corrects: balanced replay, the
+guard against new-class logits biased up). ``align_new`` also scales the new rows' weights
+to the old rows' mean norm after training (weight aligning, Zhao et al. 2020): measured on
+Fashion-MNIST it hurt (docs/results.md), so it is off by default. ``evaluate`` then reports
+old- and new-class accuracy apart.
 """
 
 from __future__ import annotations

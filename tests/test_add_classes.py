@@ -228,6 +228,8 @@ def test_cli_end_to_end(parent, data, tmp_path, capsys):
         == 0
     )
     assert json.loads((out / "config.json").read_text())["add_classes"]["new_classes"] == ["c"]
+    card = (out / "model_card.md").read_text()
+    assert "classes added to" in card and "old classes: accuracy" in card
     capsys.readouterr()
     assert main(["-q", "evaluate", str(out), str(test)]) == 0
     assert "old classes (2): accuracy" in capsys.readouterr().out

@@ -75,7 +75,12 @@ def run_seed(seed: int, args, done: set) -> None:
         "baseline": False,
         "feature_cache": args.feature_cache,
     }
-    base = {"target": f"fmnist{args.per_class}", "strategy": args.strategy, "seed": seed}
+    base = {
+        "target": f"fmnist{args.per_class}",
+        "strategy": args.strategy,
+        "exemplars_per_class": args.exemplars,
+        "seed": seed,
+    }
     runs = Path(tempfile.mkdtemp(prefix="headstart-addcls-"))
     t0 = time.perf_counter()
     parent = ImageClassifier(exemplars=args.exemplars, **common).fit(x[old], y[old])
@@ -129,8 +134,10 @@ def run_seed(seed: int, args, done: set) -> None:
 def summary(paths) -> None:
     rows = read_rows(*paths)
     groups: dict = defaultdict(list)
-    for r in rows:
-        groups[(r["target"], r["strategy"], r["variant"])].append(r)
+    for r in rows:  # a run with another exemplar count is another target
+        ex = r.get("exemplars_per_class", 20)
+        target = r["target"] + ("" if ex == 20 else f", {ex} exemplars per class")
+        groups[(target, r["strategy"], r["variant"])].append(r)
     for target, strategy in sorted({(t, s) for t, s, _ in groups}):
 
         def med(variant, key, target=target, strategy=strategy):
@@ -210,7 +217,9 @@ def main() -> None:
     done = {
         (r["variant"], r["seed"])
         for r in read_rows(args.out)
-        if r["strategy"] == args.strategy and r["target"] == f"fmnist{args.per_class}"
+        if r["strategy"] == args.strategy
+        and r["target"] == f"fmnist{args.per_class}"
+        and r.get("exemplars_per_class", 20) == args.exemplars
     }
     for seed in [int(s) for s in args.seeds.split(",")]:
         run_seed(seed, args, done)

@@ -262,3 +262,16 @@ def test_text_classifiers_add_classes_too(tmp_path):
     assert any("contrastive" in row for row in est.history_)
     m = est.evaluate(texts + symbols, labels + ["symbols"] * 16)["add_classes"]
     assert m["old_n"] == 40 and m["new_n"] == 16
+
+
+def test_the_replay_is_drawn_class_balanced_at_any_ratio(parent, data):
+    """4 exemplars against 10 new items (2.5x): the sampler balances them all the same
+    (the imbalance plan's own threshold is 3x; below it the few old items lost)."""
+    run, _ = parent
+    x, y = data
+    new = y == "c"
+    est = extend(run, x[new][:10], y[new][:10], val_fraction=0.3)
+    assert est.metrics_["imbalance"]["ratio"] < 3  # below the plan's own threshold
+    assert est.metrics_["imbalance"]["method"] == "sample"
+    unbalanced = extend(run, x[new][:10], y[new][:10], val_fraction=0.3, imbalance="none")
+    assert unbalanced.metrics_["imbalance"]["method"] == "none"

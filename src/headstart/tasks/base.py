@@ -323,6 +323,8 @@ class TransferEstimator(BaselineMixin):
             from ..incremental import extend_data
 
             ext, (source, train_src, val_src) = extend_data(self, X, y, validation, cfg)
+            if ext.replayed and cfg.imbalance == "auto":  # balanced replay at any ratio
+                cfg = cfg.replace(imbalance="sample")
         else:
             source, train_src, val_src = self._split(X, y, validation, cfg)
         backbone = create_backbone(cfg.backbone, pretrained=True, cut=cfg.cut)

@@ -7,13 +7,15 @@ scored on the whole official test set (10,000 images; old-class items are the 5,
 classes 0-4, each predicted among all 10 classes):
 
 - ``add``: the default (LwF distillation + replay of the stored exemplars, drawn
-  class-balanced by the fit's imbalance plan);
+  class-balanced by the fit's imbalance plan, then the new classes' logits lowered by the
+  offset that maximises the validation part's class-balanced accuracy);
+- ``add_nooffset``: the same without that offset (``balance_new=False``);
 - ``add_align``: the same with weight aligning of the new rows (``align_new=True``);
 - ``add_unbalanced``: the same with the replay drawn as it comes (``imbalance=none``): does
   the new-class bias matter?
 - ``lwf_only``: distillation, no replay; ``replay_only``: replay, no distillation;
 - ``naive``: plain fine-tuning of the old run on the new data (old head rows kept, no
-  distillation, no replay, no aligning): the forgetting the others prevent;
+  distillation, no replay, no offset): the forgetting the others prevent;
 - ``joint``: one model on all 10 classes at once, ``--per-class`` images each (the same
   data budget as old + new), the reference for the new classes.
 
@@ -46,11 +48,12 @@ from common import append_row, parse_settings, read_rows
 OLD, NEW = range(5), range(5, 10)
 VARIANTS = {
     "add": {},
+    "add_nooffset": {"balance_new": False},
     "add_align": {"align_new": True},
     "add_unbalanced": {"imbalance": "none"},
     "lwf_only": {"replay": False},
     "replay_only": {"distill": 0.0},
-    "naive": {"distill": 0.0, "replay": False},
+    "naive": {"distill": 0.0, "replay": False, "balance_new": False},
 }
 
 

@@ -19,6 +19,7 @@ from headstart.incremental import (
     DistillTrainer,
     Extension,
     align_new_rows,
+    balancing_offset,
     init_head,
     split_metrics,
 )
@@ -203,7 +204,7 @@ def test_naive_fine_tuning_forgets_what_add_classes_keeps(parent, data):
     new = y == "c"
     kept = extend(run, x[new][:30], y[new][:30]).evaluate(x, y)["add_classes"]
     naive = extend(
-        run, x[new][:30], y[new][:30], distill=0.0, replay=False, align_new=False
+        run, x[new][:30], y[new][:30], distill=0.0, replay=False, balance_new=False
     ).evaluate(x, y)["add_classes"]
     assert kept["old_accuracy"] > naive["old_accuracy"] + 0.3
     assert naive["old_called_new"] > 0.5
@@ -275,3 +276,31 @@ def test_the_replay_is_drawn_class_balanced_at_any_ratio(parent, data):
     assert est.metrics_["imbalance"]["method"] == "sample"
     unbalanced = extend(run, x[new][:10], y[new][:10], val_fraction=0.3, imbalance="none")
     assert unbalanced.metrics_["imbalance"]["method"] == "none"
+
+
+def test_the_balancing_offset_lowers_biased_new_logits():
+    # two old classes, one new; the new logit is 1.0 too high for the old items
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    logits = np.array(
+        [[2.0, 0, 2.5], [2.0, 0, 2.8], [0, 2.0, 2.6], [0, 2.0, 1.0], [0, 0, 3.0], [0, 0, 2.0]]
+    )
+    offset, before, after = balancing_offset(logits, labels, 2)
+    assert offset == 1.0  # the smallest that gets every item right
+    assert before < after == 1.0
+    balanced = np.array([[2.0, 0, 0.0], [0, 2.0, 0.0], [0, 0, 2.0]])
+    assert balancing_offset(balanced, np.array([0, 1, 2]), 2)[0] == 0.0  # nothing to fix
+
+
+def test_the_fit_applies_the_offset_to_the_new_rows(parent, data, monkeypatch):
+    from headstart import incremental
+
+    run, _ = parent
+    x, y = data
+    new = y == "c"
+    monkeypatch.setattr(incremental, "balancing_offset", lambda *a, **k: (0.75, 0.5, 0.6))
+    est = extend(run, x[new][:30], y[new][:30])
+    plain = extend(run, x[new][:30], y[new][:30], balance_new=False)
+    assert est.added_classes_["offset"] == 0.75 and plain.added_classes_["offset"] is None
+    bias, plain_bias = est.model_.head.layers[-1].bias, plain.model_.head.layers[-1].bias
+    assert torch.allclose(bias[:2], plain_bias[:2])
+    assert torch.allclose(bias[2:], plain_bias[2:] - 0.75)

@@ -154,6 +154,12 @@ class FitConfig:
         "--add-classes: train on the exemplars the --backbone run stored too "
         "(--no-replay: the new data and distillation alone)",
     )
+    balance_new: bool = _f(
+        True,
+        "--add-classes: after training, lower the new classes' logits by the offset (0-5 "
+        "in steps of 0.25) that maximises the validation part's class-balanced accuracy "
+        "(ties: the smallest): new-class logits come out biased up (BiC-like, one number)",
+    )
     align_new: bool = _f(
         False,
         "--add-classes: after training, scale the new classes' head weights to the old "

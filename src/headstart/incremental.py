@@ -9,7 +9,9 @@ training (on the un-augmented item, as LwF records them). The training items are
 data plus the exemplars the run stored (a few items per class, ``exemplars/`` in its run
 directory: replay, as iCaRL), which the fit's imbalance plan draws class-balanced (a few
 exemplars against many new items is an imbalance it already corrects: balanced replay, the
-guard against new-class logits biased up). ``align_new`` also scales the new rows' weights
+guard against new-class logits biased up); then ``balance_new`` lowers the new classes'
+logits by the one offset that maximises the validation part's class-balanced accuracy (BiC,
+Wu et al. 2019, with one parameter instead of two). ``align_new`` scales the new rows' weights
 to the old rows' mean norm after training (weight aligning, Zhao et al. 2020): measured on
 Fashion-MNIST it hurt (docs/results.md), so it is off by default. ``evaluate`` then reports
 old- and new-class accuracy apart.
@@ -116,6 +118,7 @@ class Extension:
     distill: float = 1.0
     distill_temperature: float = 2.0
     align: float | None = None  # the factor weight aligning scaled the new rows by
+    offset: float | None = None  # what balance_new took off the new classes' logits
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -252,6 +255,33 @@ def align_new_rows(head: nn.Module, n_old: int) -> float:
     if layer.bias is not None:
         layer.bias[n_old:] *= gamma
     return gamma
+
+
+def balancing_offset(logits: np.ndarray, labels, n_old: int, step: float = 0.25, top: float = 5.0):
+    """The offset taken off the new classes' logits that maximises the class-balanced
+    accuracy (the mean of the per-class recalls) on ``labels``; ties: the smallest. Returns
+    ``(offset, balanced accuracy at 0, at the offset)``."""
+    labels = np.asarray(labels)
+    present = [c for c in range(logits.shape[1]) if (labels == c).any()]
+    best, at_zero = (-1.0, 0.0), 0.0
+    for b in np.arange(0.0, top + 1e-9, step):
+        shifted = np.array(logits, dtype=np.float64)
+        shifted[:, n_old:] -= b
+        pred = shifted.argmax(1)
+        score = float(np.mean([(pred[labels == c] == c).mean() for c in present]))
+        if b == 0:
+            at_zero = score
+        if score > best[0] + 1e-9:
+            best = (score, float(b))
+    return best[1], at_zero, best[0]
+
+
+@torch.no_grad()
+def lower_new_rows(head: nn.Module, n_old: int, offset: float) -> None:
+    """Take ``offset`` off the new classes' logits (their last layer's bias)."""
+    layer = _last_linear(head)
+    if layer.bias is not None:
+        layer.bias[n_old:] -= offset
 
 
 class IndexedItems(Dataset):

@@ -25,7 +25,12 @@ def _added_lines(added: dict | None) -> list[str]:
         f"- classes added to `{added['parent']}`: {', '.join(added['new_classes'])} (its "
         f"{len(added['old_classes'])} classes kept: LwF distillation "
         f"{added['distill']:g} at T = {added['distill_temperature']:g}, "
-        f"{added['replayed']} stored exemplars replayed)"
+        f"{added['replayed']} stored exemplars replayed"
+        + (
+            f"; new classes' logits lowered by {added['offset']:g})"
+            if added.get("offset") is not None
+            else ")"
+        )
     ]
 
 

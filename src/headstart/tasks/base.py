@@ -433,6 +433,21 @@ class TransferEstimator(BaselineMixin):
 
             ext.align = align_new_rows(self.model_.head, len(ext.old_classes))
             log.info("add_classes: new rows' weights aligned (x %.3f)", ext.align)
+        if ext is not None and cfg.balance_new and val_src is not None and len(val_src):
+            from ..incremental import balancing_offset, lower_new_rows
+
+            n_old = len(ext.old_classes)
+            logits = self._head_logits(self._features(val_src)).numpy()
+            ext.offset, before, after = balancing_offset(logits, val_src.labels, n_old)
+            lower_new_rows(self.model_.head, n_old, ext.offset)
+            log.info(
+                "add_classes: new classes' logits lowered by %.2f (validation class-balanced "
+                "accuracy %.4f -> %.4f on %d items)",
+                ext.offset,
+                before,
+                after,
+                len(val_src),
+            )
         self.added_classes_ = ext.to_dict() if ext is not None else None
         self._keep_exemplars(train_src, cfg)
         self._calibrate(val_src, cfg)

@@ -279,16 +279,16 @@ def test_the_replay_is_drawn_class_balanced_at_any_ratio(parent, data):
 
 
 def test_the_balancing_offset_lowers_biased_new_logits():
-    # two old classes, one new; the new logit is 1.0 too high for the old items
-    labels = np.array([0, 0, 1, 1, 2, 2])
-    logits = np.array(
-        [[2.0, 0, 2.5], [2.0, 0, 2.8], [0, 2.0, 2.6], [0, 2.0, 1.0], [0, 0, 3.0], [0, 0, 2.0]]
-    )
-    offset, before, after = balancing_offset(logits, labels, 2)
-    assert offset == 1.0  # the smallest that gets every item right
-    assert before < after == 1.0
-    balanced = np.array([[2.0, 0, 0.0], [0, 2.0, 0.0], [0, 0, 2.0]])
-    assert balancing_offset(balanced, np.array([0, 1, 2]), 2)[0] == 0.0  # nothing to fix
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    logits = np.eye(3)[labels] * 4 + rng.normal(0, 0.5, (60, 3))
+    offset, nll_0, _ = balancing_offset(logits, labels, 2)
+    assert offset <= 0.1  # unbiased: (next to) nothing to take off
+    biased = logits.copy()
+    biased[:, 2] += 1.5  # the new class's logit 1.5 too high on every item
+    offset, before, after = balancing_offset(biased, labels, 2)
+    assert 1.0 <= offset <= 2.0 and after < before
+    assert after == pytest.approx(balancing_offset(logits, labels, 2)[2], abs=0.02)
 
 
 def test_the_fit_applies_the_offset_to_the_new_rows(parent, data, monkeypatch):

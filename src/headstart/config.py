@@ -157,8 +157,8 @@ class FitConfig:
     balance_new: bool = _f(
         True,
         "--add-classes: after training, lower the new classes' logits by the offset (0-5 "
-        "in steps of 0.25) that maximises the validation part's class-balanced accuracy "
-        "(ties: the smallest): new-class logits come out biased up (BiC-like, one number)",
+        "in steps of 0.05) that minimises the validation part's class-balanced "
+        "cross-entropy: new-class logits come out biased up (BiC-like, one number)",
     )
     align_new: bool = _f(
         False,

@@ -442,7 +442,7 @@ class TransferEstimator(BaselineMixin):
             lower_new_rows(self.model_.head, n_old, ext.offset)
             log.info(
                 "add_classes: new classes' logits lowered by %.2f (validation class-balanced "
-                "accuracy %.4f -> %.4f on %d items)",
+                "NLL %.4f -> %.4f on %d items)",
                 ext.offset,
                 before,
                 after,

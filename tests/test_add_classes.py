@@ -242,6 +242,9 @@ def test_cli_end_to_end(parent, data, tmp_path, capsys):
     assert code != 0
     assert "run directory" in capsys.readouterr().err
     assert Path(out / EXEMPLARS_DIR / EXEMPLARS_INDEX).is_file()
+    odd = ["-q", "fit", str(folder), "--backbone", str(run), "--add-classes", "--path-column", "f"]
+    assert main(odd + ["--out", str(tmp_path / "r2")] + flags) != 0
+    assert "'path' column" in capsys.readouterr().err
 
 
 def test_text_classifiers_add_classes_too(tmp_path):

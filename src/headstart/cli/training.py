@@ -99,6 +99,11 @@ def cmd_fit(args) -> int:
     if (out / "config.json").exists() and not args.resume:
         log.warning("%s already holds a run: it will be overwritten", out)
     if cfg.add_classes:  # read by the fit, over the run's classes and the new ones
+        if args.path_column != "path":
+            raise ValueError(
+                "--add-classes reads a CSV's file paths from its 'path' column: rename "
+                f"{args.path_column!r} to 'path' (or use a folder per class)"
+            )
         data, val = args.data, args.val
     else:
         data = open_labeled(args.task, args.data, cfg, args)

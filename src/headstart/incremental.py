@@ -47,9 +47,9 @@ def pick_exemplars(labels, per_class: int, seed: int) -> np.ndarray:
     """Indices of up to ``per_class`` items of each class, drawn at random (seeded), in
     class order. Random choice: as good as herding for a few items per class on frozen or
     lightly tuned features (Chaudhry et al. 2019), and it needs no extra pass."""
-    labels = np.asarray(labels)
-    if per_class <= 0 or labels.ndim != 1:
-        return np.zeros(0, dtype=np.int64)
+    labels = np.asarray(labels, dtype=object) if isinstance(labels, list) else np.asarray(labels)
+    if per_class <= 0 or labels.ndim != 1 or labels.dtype.kind not in "iu":
+        return np.zeros(0, dtype=np.int64)  # multi-label rows, transcripts: no classes
     rng = np.random.default_rng(seed)
     picked = [
         np.sort(rng.permutation(np.flatnonzero(labels == c))[:per_class]) for c in np.unique(labels)

@@ -307,3 +307,14 @@ def test_the_fit_applies_the_offset_to_the_new_rows(parent, data, monkeypatch):
     bias, plain_bias = est.model_.head.layers[-1].bias, plain.model_.head.layers[-1].bias
     assert torch.allclose(bias[:2], plain_bias[:2])
     assert torch.allclose(bias[2:], plain_bias[2:] - 0.75)
+
+
+def test_a_strategy_that_trains_the_backbone_extends_too(parent, data):
+    """lp_ft: the frozen pass that records the old model's outputs ran in inference mode;
+    the fine-tuning stage then refused the backbone's weights (a bug the benchmark hit)."""
+    run, _ = parent
+    x, y = data
+    new = y == "c"
+    est = extend(run, x[new][:30], y[new][:30], strategy="lp_ft", epochs=1)
+    assert [s["stage"] for s in est.stages_][-1] == "finetune"
+    assert est.classes_ == ["a", "b", "c"]

@@ -375,6 +375,8 @@ class TransferEstimator(BaselineMixin):
             from ..incremental import DistillTrainer, IndexedItems, indexed_labels, old_logits
 
             first = self._parts_features(backbone, {0: backbone}, preprocess, parts, cfg)[0][0]
+            for t in [*backbone.parameters(), *backbone.buffers()]:  # the pass may leave
+                t.data = t.data.clone()  # inference tensors that a training stage refuses
             make_trainer = DistillTrainer
             extra = {"targets": old_logits(backbone.source_head(), first), "ext": ext}
             train_set = IndexedItems(train_set)

@@ -109,14 +109,22 @@ def cmd_fit(args) -> int:
     out = Path(args.out or f"runs/{cfg.strategy}")
     if (out / "config.json").exists() and not args.resume:
         log.warning("%s already holds a run: it will be overwritten", out)
-    data = open_labeled(args.task, args.data, cfg, args)
-    val = open_labeled(args.task, args.val, cfg, args, data.classes) if args.val else None
     pool = getattr(args, "unlabeled", None)
-    if pool is not None and args.task not in TASKS:
+    if pool is not None and args.task not in TASKS:  # before the data is read
         raise ValueError(
             f"--unlabeled is for image, text and audio classification, not --task {args.task}"
         )
     extra = {"unlabeled": pool} if pool is not None else {}
+    if cfg.add_classes:  # read by the fit, over the run's classes and the new ones
+        if args.path_column != "path":
+            raise ValueError(
+                "--add-classes reads a CSV's file paths from its 'path' column: rename "
+                f"{args.path_column!r} to 'path' (or use a folder per class)"
+            )
+        data, val = args.data, args.val
+    else:
+        data = open_labeled(args.task, args.data, cfg, args)
+        val = open_labeled(args.task, args.val, cfg, args, data.classes) if args.val else None
     est = estimator_class(args.task)(config=cfg, run_dir=out).fit(
         data, validation=val, resume=args.resume, **extra
     )
@@ -164,6 +172,10 @@ def cmd_fit(args) -> int:
             print(f"  {split:<10} {serving.format_metrics(m[split])}")
             if m[split].get("per_class"):
                 print(f"  {'':<10} {recall_line(m[split]['per_class'])}")
+            if m[split].get("add_classes"):
+                from ..incremental import format_split
+
+                print(f"  {'':<10} {format_split(m[split]['add_classes'])}")
             for line in baseline_lines(
                 m[split], m.get("baseline_name", ""), m.get("blend_mode", "mean")
             ):

@@ -514,6 +514,24 @@ def open_source(
     """Anything users pass as image data -> ImageSource. ``groups``: for in-memory images,
     a patient / study id per image."""
     if isinstance(data, ImageSource):
+        if classes is not None and list(classes) != data.classes:  # labels by class name
+            names = [data.classes[i] for i in data.labels]
+            unknown = sorted(set(names) - set(classes))
+            if unknown:
+                raise DataError(
+                    f"{data.origin}: label(s) {', '.join(unknown)} are not among the "
+                    f"model's classes ({', '.join(classes)})"
+                )
+            index = {c: i for i, c in enumerate(classes)}
+            return ImageSource(
+                data.items,
+                np.array([index[c] for c in names], dtype=np.int64),
+                list(classes),
+                data.origin,
+                data.skipped,
+                data.groups,
+                data.window,
+            )
         return data
     if isinstance(data, (str, Path)):
         p = Path(data)

@@ -17,6 +17,23 @@ def _interval(block: dict) -> str:
     return f"{_fmt(block['value'])} [{_fmt(block['low'])}, {_fmt(block['high'])}]"
 
 
+def _added_lines(added: dict | None) -> list[str]:
+    """``--add-classes``: which classes the run added to which parent, and how."""
+    if not added:
+        return []
+    return [
+        f"- classes added to `{added['parent']}`: {', '.join(added['new_classes'])} (its "
+        f"{len(added['old_classes'])} classes kept: LwF distillation "
+        f"{added['distill']:g} at T = {added['distill_temperature']:g}, "
+        f"{added['replayed']} stored exemplars replayed"
+        + (
+            f"; new classes' logits lowered by {added['offset']:g})"
+            if added.get("offset") is not None
+            else ")"
+        )
+    ]
+
+
 def render_model_card(config: dict) -> str:
     """The card of a run whose ``config.json`` is ``config``."""
     meta = (config.get("backbone") or {}).get("meta") or {}
@@ -44,6 +61,7 @@ def render_model_card(config: dict) -> str:
         if config.get("task") == "image"
         else f"- transfer: strategy `{fit.get('strategy')}`",
         f"- what predicts: {config.get('winner', 'transfer')}",
+        *_added_lines(config.get("add_classes")),
         "",
         "## Intended use",
         "Decision support and research on data like the training data below: sorting, "
@@ -82,6 +100,13 @@ def render_model_card(config: dict) -> str:
         )
     else:
         lines.append("- none: the fit had no validation part")
+    split = val.get("add_classes")
+    if split:
+        lines.append(
+            f"- old classes: accuracy {_fmt(split.get('old_accuracy'))} (n = "
+            f"{split.get('old_n')}); new classes: {_fmt(split.get('new_accuracy'))} "
+            f"(n = {split.get('new_n')})"
+        )
     if clinical:
         boot = clinical.get("bootstrap") or {}
         lines += [

@@ -351,15 +351,37 @@ class TransferEstimator(BaselineMixin):
         if unlabeled is not None:
             from ..semi import self_train
 
+            if self.resolved_config().add_classes:
+                raise ValueError(
+                    "unlabeled= (--unlabeled) and add_classes=True (--add-classes) do not "
+                    "combine yet: add the classes first, then self-train the extended run"
+                )
+
             return self_train(
                 self, X, y, unlabeled, validation=validation, resume=resume, callbacks=callbacks
             )
         cfg = self.resolved_config()
         self._check_augment(cfg)
+        if cfg.add_classes and cfg.baseline:  # it would see the old classes in exemplars alone
+            log.info("add_classes: no classic baseline; the extended network predicts")
+            cfg = cfg.replace(baseline=False, blend=False)
         t0 = time.perf_counter()
         self.__dict__.pop("_encoded", None)  # tokenised texts of an earlier fit's tokenizer
         torch.manual_seed(cfg.seed)
-        source, train_src, val_src, train_idx = self._split_at(X, y, validation, cfg)
+        ext, train_idx = None, None  # --add-classes: what this fit adds to its parent run
+        if cfg.add_classes:
+            from ..incremental import extend_data
+
+            if sample_weight is not None:
+                raise ValueError(
+                    "sample_weight= and add_classes=True do not combine: the new data is "
+                    "joined with the run's exemplars, whose weights are the sampler's own"
+                )
+            ext, (source, train_src, val_src) = extend_data(self, X, y, validation, cfg)
+            if ext.replayed and cfg.imbalance == "auto":  # balanced replay at any ratio
+                cfg = cfg.replace(imbalance="sample")
+        else:
+            source, train_src, val_src, train_idx = self._split_at(X, y, validation, cfg)
         backbone = create_backbone(cfg.backbone, pretrained=True, cut=cfg.cut)
         self._check_backbone(backbone)
         groups = backbone.groups()
@@ -376,6 +398,10 @@ class TransferEstimator(BaselineMixin):
         head = self._new_head(backbone, len(source.classes), HeadSpec(cfg.head_hidden, cfg.dropout))
         if cfg.keep_head:
             self._reuse_head(head, cfg.backbone, list(source.classes))
+        if ext is not None:
+            from ..incremental import init_head
+
+            init_head(head, backbone.source_head(), len(ext.old_classes), ext.parent)
         model = self._new_model(backbone, head)
         steps = -(-len(train_src) // cfg.batch_size)
         strategy = build_strategy(cfg, len(groups), steps_per_epoch=steps)
@@ -402,6 +428,16 @@ class TransferEstimator(BaselineMixin):
         train_set = self._dataset(train_src, preprocess, True, cfg)
         val_set = self._dataset(val_src, preprocess, False, cfg) if val_src else None
         parts = [p for p in (train_src, val_src) if p is not None]
+        make_trainer, extra = self.trainer, {}
+        if ext is not None:  # the old model's outputs on the training items, then LwF
+            from ..incremental import DistillTrainer, IndexedItems, indexed_labels, old_logits
+
+            first = self._parts_features(backbone, {0: backbone}, preprocess, parts, cfg)[0][0]
+            for t in [*backbone.parameters(), *backbone.buffers()]:  # the pass may leave
+                t.data = t.data.clone()  # inference tensors that a training stage refuses
+            make_trainer = DistillTrainer
+            extra = {"targets": old_logits(backbone.source_head(), first), "ext": ext}
+            train_set = IndexedItems(train_set)
 
         def features(split: str):
             # one frozen pass reads both parts; the second call finds its part cached
@@ -409,6 +445,8 @@ class TransferEstimator(BaselineMixin):
             feats = self._parts_features(
                 self.model_.backbone, {0: self.model_.backbone}, self.preprocess_, parts, cfg
             )[0]
+            if ext is not None and i == 0:  # each item's position rides with its label
+                return feats[i], indexed_labels(parts[i].labels)
             return feats[i], torch.as_tensor(parts[i].labels)
 
         fingerprint = fit_fingerprint(cfg, train_src, val_src)
@@ -416,7 +454,7 @@ class TransferEstimator(BaselineMixin):
         self.fingerprint_ = fingerprint  # saved in config.json: a resume knows it is done
         if resume and self._load_finished(run_dir, strategy, cfg):
             return self
-        trainer = self.trainer(
+        trainer = make_trainer(
             model,
             groups,
             strategy,
@@ -429,6 +467,7 @@ class TransferEstimator(BaselineMixin):
             collate_fn=self._collate(),
             callbacks=callbacks,
             **weights,
+            **extra,
         )
         state = trainer.run(resume=resume)
         model.eval()
@@ -449,6 +488,28 @@ class TransferEstimator(BaselineMixin):
                 "budget": cfg.time_budget,
                 "epochs": {strategy.stages[int(k)].name: v for k, v in state.epoch_caps.items()},
             }
+        if ext is not None and cfg.align_new:
+            from ..incremental import align_new_rows
+
+            ext.align = align_new_rows(self.model_.head, len(ext.old_classes))
+            log.info("add_classes: new rows' weights aligned (x %.3f)", ext.align)
+        if ext is not None and cfg.balance_new and val_src is not None and len(val_src):
+            from ..incremental import balancing_offset, lower_new_rows
+
+            n_old = len(ext.old_classes)
+            logits = self._head_logits(self._features(val_src)).numpy()
+            ext.offset, before, after = balancing_offset(logits, val_src.labels, n_old)
+            lower_new_rows(self.model_.head, n_old, ext.offset)
+            log.info(
+                "add_classes: new classes' logits lowered by %.2f (validation class-balanced "
+                "NLL %.4f -> %.4f on %d items)",
+                ext.offset,
+                before,
+                after,
+                len(val_src),
+            )
+        self.added_classes_ = ext.to_dict() if ext is not None else None
+        self._keep_exemplars(train_src, cfg)
         self._calibrate(val_src, cfg)
         self._fit_baseline(train_src, cfg, balance)
         self._after_fit(train_src, val_src, cfg)
@@ -460,6 +521,31 @@ class TransferEstimator(BaselineMixin):
         if run_dir is not None and self.is_main_process_:  # one writer in a parallel run
             self.save(run_dir)
         return self
+
+    def _keep_exemplars(self, train_src, cfg: FitConfig) -> None:
+        """Up to ``exemplars`` training items per class, for ``save`` to store (the replay
+        of a later ``--add-classes``); none for multi-label data."""
+        from ..incremental import pick_exemplars
+
+        picked = pick_exemplars(train_src.labels, cfg.exemplars, cfg.seed)
+        self._exemplar_src = train_src.subset(picked) if len(picked) else None
+
+    def _write_exemplar_items(self, source, folder: Path) -> list | None:
+        """Store ``source``'s items in ``folder``; their entries for the index (images: a
+        file each; text: the texts). None: the task stores none."""
+        return None
+
+    def _read_exemplar_items(self, entries: list, folder: Path, classes: list[str]):
+        """The labelled source (over ``classes``) of stored exemplar ``entries``."""
+        raise ValueError(f"{folder}: --task {self.task} cannot read stored exemplars")
+
+    def _data_classes(self, X, y, cfg: FitConfig) -> list[str]:
+        """The class names of labelled data ``X`` (``--add-classes``: which are new)."""
+        return list(self._open_labeled(X, y, None, cfg).classes)
+
+    def _join_sources(self, a, b):
+        """One source of ``a``'s items then ``b``'s (same classes)."""
+        raise ValueError(f"--task {self.task} cannot join stored exemplars to its data")
 
     def _calibrate(self, val_src, cfg: FitConfig) -> None:
         """Temperature scaling, once training is over: the head's ``temperature`` (1 while
@@ -869,6 +955,12 @@ class TransferEstimator(BaselineMixin):
                     metrics["calibration"] = calibration
             self._extra_metrics(source, metrics, own)
             self._clinical_metrics(source, metrics, kept)
+            added = getattr(self, "added_classes_", None)
+            if added and source.labels.ndim == 1:
+                from ..incremental import split_metrics
+
+                n_old = len(added["old_classes"])
+                metrics["add_classes"] = split_metrics(source.labels, kept, n_old, self.classes_)
             self._baseline_metrics(source, metrics, transfer)
         finally:
             del self._baseline_memo
@@ -950,6 +1042,9 @@ class TransferEstimator(BaselineMixin):
             "winner": getattr(self, "winner_", "transfer"),  # what predicts: network or baseline
             # the decision threshold chosen on validation (clinical), or None
             "operating_point": getattr(self, "operating_point_", None),
+            # --add-classes: the parent run, old and new classes, replay, distillation
+            "add_classes": getattr(self, "added_classes_", None),
+            "exemplars": getattr(self, "exemplars_", None),  # stored in exemplars/
             "fit_config": self.config_.to_dict(),
             "versions": versions,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -968,6 +1063,9 @@ class TransferEstimator(BaselineMixin):
             run_dir / RUN_WEIGHTS, state_dict_tensors(self.model_), metadata={"format": "pt"}
         )
         self._save_baseline(run_dir)
+        from ..incremental import write_exemplars
+
+        self.exemplars_ = write_exemplars(self, getattr(self, "_exemplar_src", None), run_dir)
         config = self.run_config()
         atomic_write_json(run_dir / RUN_CONFIG, config)
         from ..report.model_card import render_model_card
@@ -1043,5 +1141,11 @@ class TransferEstimator(BaselineMixin):
         est.stages_ = config.get("stages", [])
         est.fingerprint_ = config.get("fingerprint")
         est.operating_point_ = config.get("operating_point")
+        est.added_classes_ = config.get("add_classes")
+        est.exemplars_ = config.get("exemplars")
+        if est.exemplars_:  # a save elsewhere copies them
+            from ..incremental import read_exemplars
+
+            est._exemplar_src = read_exemplars(est, run_dir, est.classes_)
         est._load_baseline(run_dir, config)
         return est

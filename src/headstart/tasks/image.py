@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
 
 from ..config import TASK_DEFAULTS, FitConfig
-from ..data.images import ImageSource, load_image, open_inputs, open_source
+from ..data.images import (
+    ImageSource,
+    class_folders,
+    load_image,
+    open_inputs,
+    open_source,
+    read_csv_rows,
+)
 from ..data.transforms import (
     AUGMENT,
     ImageDataset,
@@ -98,6 +109,59 @@ class ImageClassifier(TransferEstimator):
         )
         return ImageDataset(source, transform, seed=cfg.seed, train=train)
 
+    def _write_exemplar_items(self, source: ImageSource, folder: Path) -> list:
+        """Image files are copied as they are; in-memory images and slices become PNGs."""
+        entries = []
+        for i, item in enumerate(source.items):
+            path = Path(item) if isinstance(item, (str, Path)) else None
+            if path is not None and path.is_file():
+                name = f"{i:05d}{path.suffix.lower()}"
+                shutil.copyfile(path, folder / name)
+            else:
+                name = f"{i:05d}.png"
+                load_image(item, source.window).save(folder / name)
+            entries.append({"file": name, "class": source.classes[int(source.labels[i])]})
+        return entries
+
+    def _read_exemplar_items(self, entries: list, folder: Path, classes: list[str]):
+        index = {c: i for i, c in enumerate(classes)}
+        return ImageSource(
+            [str(folder / e["file"]) for e in entries],
+            np.array([index[e["class"]] for e in entries], dtype=np.int64),
+            list(classes),
+            f"{folder} (exemplars)",
+        )
+
+    def _data_classes(self, X, y, cfg: FitConfig) -> list[str]:
+        """Class names without reading the images: the subfolders, the CSV's label
+        column, or the labels given (one class is enough here: the others are the run's)."""
+        if isinstance(X, ImageSource):
+            return list(X.classes)
+        if isinstance(X, (str, Path)) and Path(X).is_dir():
+            _, labels = class_folders(X, lambda d: [d], "images", ())
+            return sorted(set(labels))
+        if isinstance(X, (str, Path)) and Path(X).suffix.lower() == ".csv" and Path(X).is_file():
+            rows = read_csv_rows(Path(X), (cfg.label_column,))
+            return sorted({(r.get(cfg.label_column) or "").strip() for _, r in rows} - {""})
+        if y is None:
+            return super()._data_classes(X, y, cfg)
+        return [str(c) for c in sorted(set(np.asarray(y).tolist()))]
+
+    def _join_sources(self, a: ImageSource, b: ImageSource) -> ImageSource:
+        groups = None
+        if a.groups is not None:  # each exemplar its own group
+            groups = np.concatenate(
+                [a.groups, np.array([f"exemplar {i}" for i in range(len(b))], dtype=object)]
+            )
+        return ImageSource(
+            list(a.items) + list(b.items),
+            np.concatenate([a.labels, b.labels]).astype(np.int64),
+            a.classes,
+            f"{a.origin} + {b.origin}",
+            groups=groups,
+            window=a.window,
+        )
+
     def _tta_views(self, tta: str) -> list[PreprocessConfig]:
         return tta_preprocesses(self.preprocess_, tta)
 
@@ -113,8 +177,6 @@ class ImageClassifier(TransferEstimator):
 
 def _in_colour(source: ImageSource, sample: int = 32) -> bool:
     """Whether (a sample of) the images has colour: any pixel whose channels differ."""
-    import numpy as np
-
     step = max(1, len(source) // sample)
     for item in source.items[::step][:sample]:
         arr = np.asarray(load_image(item, getattr(source, "window", None)), dtype=np.int16)

@@ -104,6 +104,30 @@ class TextClassifier(TransferEstimator):
         assert isinstance(encoder, HFTextBackbone)  # _check_backbone: a text encoder
         return encoder.tokenizer
 
+    def _write_exemplar_items(self, source: TextSource, folder: Path) -> list:
+        """The texts themselves, in the index."""
+        return [
+            {"text": t, "class": source.classes[int(c)]}
+            for t, c in zip(source.texts, source.labels)
+        ]
+
+    def _read_exemplar_items(self, entries: list, folder: Path, classes: list[str]):
+        index = {c: i for i, c in enumerate(classes)}
+        return TextSource(
+            [e["text"] for e in entries],
+            np.array([index[e["class"]] for e in entries], dtype=np.int64),
+            list(classes),
+            f"{folder} (exemplars)",
+        )
+
+    def _join_sources(self, a: TextSource, b: TextSource) -> TextSource:
+        return TextSource(
+            a.texts + b.texts,
+            np.concatenate([a.labels, b.labels]).astype(np.int64),
+            a.classes,
+            f"{a.origin} + {b.origin}",
+        )
+
     def _collate(self, backbone: Backbone | None = None):
         tokenizer = self._tokenizer(backbone)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -501,8 +501,10 @@ class Trainer(CheckpointStore, FsdpSharding):
                 ):
                     logits, feats = module(x, return_features=True)
                     ce = self.loss(logits, y)
-                    assert isinstance(ce, torch.Tensor)  # classification: one loss tensor
-                    loss = ce + self.cfg.contrastive * supervised_contrastive_loss(feats, y)
+                    sup = self.cfg.contrastive * supervised_contrastive_loss(
+                        feats, self.item_labels(y)
+                    )
+                    loss = {**ce, "contrastive": sup} if isinstance(ce, dict) else ce + sup
                 else:
                     loss = self.loss(module(x), y)
             if isinstance(loss, dict):  # named terms (detection): their sum trains
@@ -547,6 +549,11 @@ class Trainer(CheckpointStore, FsdpSharding):
 
     def _to_device(self, x):
         return to_device(x, self.device, self.cfg.channels_last)
+
+    def item_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """The class labels of a training batch's targets (a loss whose targets carry more,
+        as ``--add-classes``' item positions, says how to read them)."""
+        return y
 
     def loss(self, logits: Any, y: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Cross-entropy (label-smoothed); binary cross-entropy per class for multi-label

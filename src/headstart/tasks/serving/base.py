@@ -290,6 +290,10 @@ class TaskServing:
             )
         if "calibration" in m:
             lines.append(f"  {format_calibration(m['calibration'])}")
+        if "add_classes" in m:  # a model extended with --add-classes: forgetting shows here
+            from ...incremental import format_split
+
+            lines.append(f"  {format_split(m['add_classes'])}")
         lines += [
             f"  {line}"
             for line in baseline_lines(

@@ -34,7 +34,11 @@ def test_offline_image_models():
     online = list_models(offline=False)
     assert online and all(not m.offline for m in online)
     assert set(ids).isdisjoint(m.id for m in online)
-    assert [m.id for m in list_models(source="packaged", modality="image")] == list(PACKAGED)
+    # the image models a package ships: the classifiers, then the COCO detector (issue 32)
+    assert [m.id for m in list_models(source="packaged", modality="image")] == [
+        *PACKAGED,
+        "packaged:nanodet-coco",
+    ]
     assert [m.id for m in list_models(source="packaged", modality="text")] == [
         "packaged:minilm-l6",
         "packaged:mpnet-base",

@@ -83,10 +83,11 @@ def overlay(crop_rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.n
     )
 
 
-def explained_panels(estimator, items: list, targets: list[int] | None = None) -> list:
-    """For each item (a path, bytes or an array), its evaluation crop beside the crop with
-    the Grad-CAM map of class ``targets[i]`` (default: the predicted class) over it, as
-    uint8 H x 2W x 3 arrays; read with the window the run read its training data with."""
+def explained_panels(estimator, items, targets: list[int] | None = None) -> list:
+    """For each item (paths or arrays, or a source ``open_inputs`` returned, not read again),
+    its evaluation crop beside the crop with the Grad-CAM map of class ``targets[i]``
+    (default: the predicted class) over it, as uint8 H x 2W x 3 arrays; read with the window
+    the run read its training data with."""
     import torch
 
     from .data.images import load_pixels, open_inputs, uint8_rgb
@@ -132,7 +133,7 @@ def explain_items(estimator, items: list, out_dir, names: list[str] | None = Non
     proba = estimator.predict_proba(source)
     chosen = [int(c) for c in estimator._thresholded(proba)]
     rows = []
-    for i, panel in enumerate(explained_panels(estimator, source.items, chosen)):
+    for i, panel in enumerate(explained_panels(estimator, source, chosen)):
         cls = estimator.classes_[chosen[i]]
         name = f"{i:04d}_{_safe_stem(names[i])}_{_safe_stem(cls)}.png"
         atomic_write_bytes(out / name, png_bytes(panel))

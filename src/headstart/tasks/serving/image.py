@@ -323,7 +323,7 @@ def report_gallery(estimator, test, k: int = 6, seed: int = 0) -> dict | None:
     order = picked["right"] + picked["wrong"]
     if maps:
         panels = explained_panels(
-            estimator, [sample.items[i] for i in order], [int(predicted[i]) for i in order]
+            estimator, sample.subset(order), [int(predicted[i]) for i in order]
         )
     else:
         panels = [_crop(estimator, sample.items[i]) for i in order]

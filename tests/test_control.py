@@ -228,3 +228,123 @@ def test_command_line_evaluates_and_refuses_missing_data(source, capsys):
     assert "give the training DATA" in capsys.readouterr().err
     assert main(["evaluate", str(source), "Pendulum-v1[gravity=3]"]) == 2
     assert "no parameter 'gravity'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- report, frames, study
+def test_fit_writes_a_report_with_frames_of_the_source_and_the_adapted_policy(source, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from headstart.cli import main
+
+    run = tmp_path / "t"
+    args = ["fit", "--task", "control", "--env", "Pendulum-v1", "--env-set", "g=14"]
+    args += ["--backbone", str(source), "--out", str(run), "--steps", "100", "--eval-every", "50"]
+    assert main([*args, "--eval-episodes", "1", "--learning-starts", "50"]) == 0
+    page = (run / "report.html").read_text()
+    assert "the source as it is: return" in page and "adapted: return" in page
+    assert "<svg" in page and "g</td>" in page  # the curve, the change made
+    pngs = [base64.b64decode(p.split("'")[0]) for p in page.split("data:image/png;base64,")[1:]]
+    frames = [np.asarray(Image.open(io.BytesIO(p))) for p in pngs]
+    assert len(frames) == 12 and all(f.shape == (200, 200, 3) for f in frames)
+    assert np.abs(frames[6].astype(int) - frames[7].astype(int)).max() > 0  # it moves
+    # the film is evaluate's first held-out episode, replayed
+    est = ControlEstimator.load(run)
+    film = est.films()["adapted"]
+    assert film["return"] == pytest.approx(est.evaluate(episodes=1)["returns"][0], abs=1e-2)
+    assert [s for s, _ in film["frames"]] == [0, 40, 80, 120, 160, 200]
+
+
+def test_an_env_that_cannot_render_gives_a_reason_not_an_error(source):
+    from headstart.tasks.control.frames import episode_frames
+
+    class NoPictures:  # what a user's env without rgb_array rendering does
+        def __init__(self):
+            import gymnasium as gym
+
+            self.env = gym.make("Pendulum-v1")
+            self.spec = self.env.spec
+            self.action_space = self.env.action_space
+
+        def reset(self, seed=None):
+            return self.env.reset(seed=seed)
+
+        def step(self, a):
+            return self.env.step(a)
+
+        def render(self):
+            return None
+
+        def close(self):
+            self.env.close()
+
+    import headstart.tasks.control.frames as frames
+
+    est = ControlEstimator.load(source)
+    real = frames._render_env
+    frames._render_env = lambda spec: NoPictures()
+    try:
+        film = episode_frames(est._act, parse_env("Pendulum-v1"), 3, est.norm_)
+    finally:
+        frames._render_env = real
+    assert "rendered nothing" in film["error"]
+
+
+def _curve(points):
+    return [{"steps": s, "mean_return": r, "std_return": 5.0} for s, r in points]
+
+
+def test_study_answers_in_env_steps_and_flags_a_source_that_hurts():
+    from headstart.tasks.control.study import summarize
+
+    scratch = [{"curve": _curve([(0, -1000), (100, -900), (200, -500), (300, -200)])}] * 3
+    good = [{"curve": _curve([(0, -600), (100, -150)]), "episodes": 5} for _ in range(3)]
+    bad = [{"curve": _curve([(0, -1400), (100, -1300 + 10 * i)]), "episodes": 5} for i in range(3)]
+    for r in scratch:
+        r["episodes"] = 5
+    s = summarize({"finetune": good, "lp_ft": bad, "scratch": scratch}, 100, 300)
+    fine, lp = s["strategies"]
+    assert fine["steps_to_scratch_final"] == 100 and fine["steps_ratio"] == pytest.approx(1 / 3)
+    assert fine["scratch_steps_to_match"] is None and fine["beats_zero_shot"]
+    assert not fine["negative_transfer"] and s["best"] == "finetune"
+    assert lp["negative_transfer"] and lp["scratch_at_same_steps"] == -900
+    assert "NEGATIVE TRANSFER" in lp["line"] and not s["negative_transfer"]
+    s = summarize({"lp_ft": bad, "scratch": scratch}, 100, 300)
+    assert s["negative_transfer"] and s["verdict"].startswith("Negative transfer")
+    # one seed, one episode, no spread: the noise is unknown, nothing is flagged
+    one = [{"curve": [{**p, "std_return": 0.0} for p in bad[0]["curve"]], "episodes": 1}]
+    sc = [{"curve": [{**p, "std_return": 0.0} for p in scratch[0]["curve"]], "episodes": 1}]
+    s = summarize({"lp_ft": one, "scratch": sc}, 100, 300)
+    assert not s["negative_transfer"] and "noise unknown" in s["strategies"][0]["line"]
+
+
+def test_study_command_runs_strategies_against_scratch_and_reruns_skip(source, tmp_path, capsys):
+    from headstart.cli import main
+
+    out = tmp_path / "study"
+    args = ["study", "--task", "control", "--env", "Pendulum-v1", "--env-set", "g=14"]
+    args += ["--model", str(source), "--steps", "60", "--scratch-steps", "120", "--out", str(out)]
+    args += ["--strategies", "finetune", "--eval-every", "60", "--eval-episodes", "2"]
+    assert main([*args, "--learning-starts", "30", "--batch-size", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "finetune:" in printed and "report:" in printed
+    study = json.loads((out / "study.json").read_text())
+    assert study["scratch_steps"] == 120 and [p["steps"] for p in study["scratch_curve"]] == [
+        0,
+        60,
+        120,
+    ]
+    scratch = json.loads((out / "runs" / "scratch-s0" / "config.json").read_text())
+    assert scratch["strategy"] == "scratch" and scratch["policy"]["net_arch"] == [16, 16]
+    page = (out / "report.html").read_text()
+    assert "finetune (60 steps): return" in page and "scratch (120 steps): return" in page
+    stamp = (out / "runs" / "scratch-s0" / "model.safetensors").stat().st_mtime_ns
+    assert main([*args, "--learning-starts", "30", "--batch-size", "32"]) == 0
+    assert (out / "runs" / "scratch-s0" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((out / "study.json").read_text())["strategies"] == study["strategies"]
+    assert main(["study", "--task", "control", "--env", "Pendulum-v1", "--model", "nope"]) == 2
+    assert "is not a control run" in capsys.readouterr().err
+    assert main(["study", "--task", "image"]) == 2
+    assert "give the labelled DATA" in capsys.readouterr().err

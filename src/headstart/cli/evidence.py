@@ -80,9 +80,12 @@ def add_parsers(sub) -> None:
         "study",
         help="prove the transfer: transfer strategies against the same "
         "network trained from scratch and the classic baseline (--no-baseline "
-        "skips it), over nested fractions of your data, with an HTML report",
+        "skips it), over nested fractions of your data (control: over env steps), "
+        "with an HTML report",
     )
-    p.add_argument("data", help="labeled data, as for fit")
+    p.add_argument(
+        "data", nargs="?", default=None, help="labeled data, as for fit (control: --env)"
+    )
     p.add_argument(
         "--model",
         default=None,
@@ -103,18 +106,33 @@ def add_parsers(sub) -> None:
         default="0.05,0.1,0.25,0.5,1",
         help="nested, stratified fractions of the training pool",
     )
-    p.add_argument("--strategies", default="feature_extract,partial,finetune,lp_ft")
+    p.add_argument(
+        "--strategies",
+        default=None,
+        help="comma-separated (default: feature_extract,partial,finetune,lp_ft; "
+        "control: finetune,lp_ft,partial)",
+    )
+    p.add_argument(
+        "--scratch-steps",
+        type=int,
+        default=None,
+        help="control: env steps of the from-scratch runs (default: 3x --steps, the "
+        "budget transfer should save)",
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds (spread shown)")
     p.add_argument("--no-scratch", action="store_true", help="skip the from-scratch baseline")
     p.add_argument("--test-fraction", type=float, default=0.2)
     add_data_flags(
-        p, config_help="YAML file of fit settings (the budget)", json_help="print the gains as JSON"
+        p,
+        config_help="YAML file of fit settings (the budget)",
+        json_help="print the gains as JSON",
+        tasks=(*TASKS, "control"),
     )
     add_config_flags(
         p,
         only=tuple(f for f in FitConfig.field_names() if f not in ("backbone", "strategy")),
         title="fit settings shared by every run (the budget)",
-        tasks=TASKS,
+        tasks=(*TASKS, "control"),
     )
     p.set_defaults(handler=cmd_study)
 
@@ -264,8 +282,6 @@ def cmd_study(args) -> int:
         f: getattr(cfg, f) for f in FitConfig.field_names() if hasattr(args, f) or f in from_yaml
     }
     out = Path(args.out or f"studies/{Path(args.model).name.replace(':', '-')}")
-    data = open_labeled(args.task, args.data, cfg, args)
-    test = open_labeled(args.task, args.test, cfg, args, data.classes) if args.test else None
     bar = tqdm(total=None, desc="study", unit="run", disable=None)
 
     def progress(done: int, total: int, name: str) -> None:
@@ -273,6 +289,21 @@ def cmd_study(args) -> int:
         bar.set_postfix_str(name)
         bar.update(done - bar.n)
 
+    from ..tasks import serving_for
+
+    try:
+        lines = serving_for(args.task).run_study(args, cfg, given, out, progress)
+    finally:
+        bar.close()
+    if lines is not None:  # the task studied itself (control: over env steps)
+        print("\n".join(lines))
+        return 0
+    if args.data is None:
+        raise ValueError(f"study --task {args.task}: give the labelled DATA (see `study --help`)")
+    data = open_labeled(args.task, args.data, cfg, args)
+    test = open_labeled(args.task, args.test, cfg, args, data.classes) if args.test else None
+    strategies = args.strategies or "feature_extract,partial,finetune,lp_ft"
+    bar = tqdm(total=None, desc="study", unit="run", disable=None)
     try:
         result = run_study(
             data,
@@ -281,7 +312,7 @@ def cmd_study(args) -> int:
             test=test,
             task=args.task,
             fractions=[float(f) for f in args.fractions.split(",") if f.strip()],
-            strategies=[s.strip() for s in args.strategies.split(",") if s.strip()],
+            strategies=[s.strip() for s in strategies.split(",") if s.strip()],
             seeds=[int(x) for x in args.seeds.split(",") if x.strip()],
             scratch=not args.no_scratch,
             test_fraction=args.test_fraction,

@@ -152,10 +152,11 @@ def add_data_flags(
     p: argparse.ArgumentParser,
     config_help: str = "YAML file of fit settings",
     json_help: str | None = "print the result as JSON",
+    tasks: tuple[str, ...] = TASKS,
 ) -> None:
     """What every command that reads labelled data shares: --task, --config, --path-column
     and (unless ``json_help`` is None) --json."""
-    p.add_argument("--task", choices=TASKS, default="image")
+    p.add_argument("--task", choices=tasks, default="image")
     p.add_argument("--config", default=None, help=config_help)
     p.add_argument("--path-column", default="path", help="image CSV: the column of file paths")
     if json_help is not None:

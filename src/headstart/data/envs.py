@@ -102,10 +102,12 @@ def parse_env(text: str, env_set: str | None = None) -> EnvSpec:
     return EnvSpec(text, inline + extra)
 
 
-def _base_env(env_id: str, render_mode: str | None):
+def _base_env(env_id: str, render_mode: str | None, size: int | None = None):
     import gymnasium as gym
 
     kw: dict[str, Any] = {"render_mode": render_mode} if render_mode else {}
+    if render_mode and size:  # MuJoCo envs take the picture's size; others raise TypeError
+        kw.update(width=size, height=size)
     module, sep, name = env_id.partition(":")
     if sep:
         try:
@@ -241,10 +243,11 @@ def _classic_change(env, name: str, value: float, env_id: str) -> dict:
     return {"name": name, "before": before, "after": float(value)}
 
 
-def make_env(spec: EnvSpec, render_mode: str | None = None):
+def make_env(spec: EnvSpec, render_mode: str | None = None, size: int | None = None):
     """``(env, applied)``: a new environment of ``spec`` with its changes applied, and what
-    each change did (``before`` / ``after``); clear errors for an unknown id or parameter."""
-    env = _base_env(spec.id, render_mode)
+    each change did (``before`` / ``after``); clear errors for an unknown id or parameter.
+    ``size``: the rendered picture's side, for envs that take one."""
+    env = _base_env(spec.id, render_mode, size)
     model = getattr(env.unwrapped, "model", None)
     is_mujoco = type(model).__name__ == "MjModel"
     applied = []

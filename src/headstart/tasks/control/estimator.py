@@ -233,10 +233,16 @@ class ControlEstimator(TransferEstimator):
         fingerprint = self._fingerprint(cfg, spec)
         run_dir = Path(self.run_dir) if self.run_dir else None
         ckpt = run_dir / CHECKPOINT if run_dir else None
-        state = self._read_checkpoint(ckpt, fingerprint) if (resume and ckpt) else None
-        if resume and run_dir and state is None and self._finished(run_dir, fingerprint):
+        if (
+            resume
+            and run_dir
+            and ckpt
+            and not ckpt.exists()
+            and self._finished(run_dir, fingerprint)
+        ):
             log.info("%s: the run is finished; nothing to do", run_dir)
             return self._load_into(run_dir)
+        state = self._read_checkpoint(ckpt, fingerprint) if (resume and ckpt) else None
 
         norm = None
         tensors = None
@@ -476,6 +482,27 @@ class ControlEstimator(TransferEstimator):
             policy.set_training_mode(False)
             return rollout(act, spec, seeds, self.norm_)
 
+    def films(self, spec: EnvSpec | None = None) -> dict[str, dict]:
+        """Frames of one held-out episode in ``spec`` (default: the run's target) of the
+        source policy as it is (where the run has a source run) and of this policy."""
+        from .frames import episode_frames
+
+        self._check_fitted()
+        spec = spec or self.spec_
+        seed = EVAL_SEED + 10_000  # the first of evaluate's episodes
+        out = {}
+        source = (self.metrics_.get("source") or {}).get("run")
+        if source and Path(source, RUN_CONFIG).is_file():
+            src = type(self).load(source)
+            out["the source as it is"] = episode_frames(src._act, spec, seed, src.norm_)
+        name = "from scratch" if self.config_.backbone.startswith("scratch") else "adapted"
+        out[name] = episode_frames(self._act, spec, seed, self.norm_)
+        return out
+
+    def _act(self, x):
+        with torch.no_grad():
+            return self.model_.predict(x, deterministic=True)[0]
+
     def score(self, X=None, y=None) -> float:
         return self.evaluate(X)["mean_return"]
 
@@ -512,7 +539,9 @@ class ControlEstimator(TransferEstimator):
                 "obs_norm_epsilon": NORM_EPS,
             },
             "env": self.spec_.to_dict(),
-            "strategy": self.config_.strategy if self.config_.backbone != "scratch" else "scratch",
+            "strategy": "scratch"
+            if self.config_.backbone.startswith("scratch")
+            else self.config_.strategy,
             "stages": getattr(self, "stages_", []),
             "metrics": getattr(self, "metrics_", {}),
             "data": {"origin": self.spec_.label},

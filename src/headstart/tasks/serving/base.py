@@ -264,6 +264,12 @@ class TaskServing:
         """What ``fit`` writes once the run is saved (and tested), as lines to print."""
         return []
 
+    def run_study(self, args, cfg, given: dict, out, progress) -> list[str] | None:
+        """``headstart study`` done the task's own way, as lines to print (control: env
+        steps instead of data fractions); None: the shared study over nested fractions of
+        labelled data (:func:`headstart.study.run_study`)."""
+        return None
+
     def format_metrics(self, m: dict) -> str:
         from ...metrics import format_metrics
 

@@ -88,7 +88,38 @@ class ControlServing(TaskServing):
             )
         for change in m.get("env_changes") or []:
             lines.append(f"env change {change['name']}: {change['before']} -> {change['after']}")
+        if run_dir is not None:
+            lines.append(f"report: {write_report(estimator, run_dir)}")
         return lines
+
+    def run_study(self, args, cfg, given: dict, out, progress) -> list[str]:
+        """Transfer strategies against scratch over env steps (``tasks.control.study``)."""
+        from ...zoo.local import is_run_dir
+        from ..control.study import run_control_study
+
+        source = args.model
+        if not source or not is_run_dir(Path(source)):
+            raise ValueError(
+                f"study --task control: --model {source!r} is not a control run; give the "
+                "source policy's run directory (`headstart pretrain --task control ...`)"
+            )
+        spec = self.open_labeled(args.data, cfg)
+        strategies = [s.strip() for s in (args.strategies or "finetune,lp_ft,partial").split(",")]
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        study = run_control_study(
+            spec,
+            source,
+            out,
+            strategies=[s for s in strategies if s],
+            seeds=seeds,
+            steps=cfg.steps,
+            scratch_steps=args.scratch_steps,
+            settings=given,
+            progress=progress,
+        )
+        lines = [f"study: {out}  ({source} -> {spec.label}, seeds {args.seeds})", study["verdict"]]
+        lines += [f"  {r['line']}" for r in study["strategies"]]
+        return [*lines, f"report: {Path(out) / 'report.html'}  (also study.json)"]
 
     def evaluate(self, estimator, data, tta: str = "none", fix: str = "error") -> dict:
         if tta != "none":
@@ -137,3 +168,15 @@ class ControlServing(TaskServing):
         else:
             sys.stdout.write(text)
         return f"wrote {n} episodes of {len(inputs)} environment(s) to {out}"
+
+
+def write_report(estimator, run_dir) -> Path:
+    """``run_dir/report.html``: the learning curve, the env changes, what trained, and one
+    held-out episode of the source as it is and of the adapted policy in the target."""
+    from ...artifacts import atomic_write_bytes
+    from ...report.control import build_control_report
+
+    path = Path(run_dir) / "report.html"
+    html = build_control_report(estimator.run_config(), estimator.films())
+    atomic_write_bytes(path, html.encode())
+    return path

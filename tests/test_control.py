@@ -69,6 +69,12 @@ def test_mujoco_changes_scale_the_model():
         make_env(parse_env("InvertedPendulum-v5", "torso_mass=1.5"))
     with pytest.raises(DataError, match="scales a value; give > 0"):
         make_env(parse_env("InvertedPendulum-v5", "gear=-1"))
+    with pytest.raises(DataError, match="give > 0"):
+        make_env(parse_env("InvertedPendulum-v5", "pole_mass=0"))
+    # a disabled joint: its motor's gear scaled to 0, the other motors untouched
+    hop0 = make_env(EnvSpec("Hopper-v5"))[0].unwrapped.model
+    hop = make_env(parse_env("Hopper-v5[foot_joint_gear=0]"))[0].unwrapped.model
+    assert hop.actuator_gear[2, 0] == 0 and hop.actuator_gear[0, 0] == hop0.actuator_gear[0, 0]
 
 
 # ---------------------------------------------------------------- fit, save, load, use

@@ -142,7 +142,14 @@ def _mujoco_names(model, kind: str) -> list[str]:
         "joint": mujoco.mjtObj.mjOBJ_JOINT,
     }[kind]
     count = {"body": model.nbody, "geom": model.ngeom, "actuator": model.nu, "joint": model.njnt}
-    return [mujoco.mj_id2name(model, obj, i) or "" for i in range(count[kind])]
+    names = [mujoco.mj_id2name(model, obj, i) or "" for i in range(count[kind])]
+    if kind == "actuator":  # Hopper's, Walker's and Ant's motors are unnamed: use their joint's
+        joint = mujoco.mjtObj.mjOBJ_JOINT
+        names = [
+            n or (mujoco.mj_id2name(model, joint, int(model.actuator_trnid[i, 0])) or "")
+            for i, n in enumerate(names)
+        ]
+    return names
 
 
 def _mujoco_rows(model, kind: str, target: str | None) -> list[int]:
@@ -164,8 +171,12 @@ def _mujoco_rows(model, kind: str, target: str | None) -> list[int]:
 def _mujoco_change(model, name: str, factor: float, env_id: str) -> dict:
     import numpy as np
 
-    if factor < 0 or (factor == 0 and not name.endswith("damping")):
-        raise DataError(f"{env_id}: {name}={factor:g}: a MuJoCo change scales a value; give > 0")
+    # 0 is a real target for all but mass: a disabled motor (gear), no friction, no damping
+    if factor < 0 or (factor == 0 and name.endswith("mass")):
+        raise DataError(
+            f"{env_id}: {name}={factor:g}: a MuJoCo change scales a value; give > 0"
+            + (" (0 too for gear: a disabled motor)" if name.endswith("mass") else "")
+        )
     if name == "gravity":
         before = model.opt.gravity.copy()
         model.opt.gravity[:] = before * factor

@@ -317,8 +317,17 @@ def test_study_answers_in_env_steps_and_flags_a_source_that_hurts():
     assert not fine["negative_transfer"] and s["best"] == "finetune"
     assert lp["negative_transfer"] and lp["scratch_at_same_steps"] == -900
     assert "NEGATIVE TRANSFER" in lp["line"] and not s["negative_transfer"]
+    assert s["verdict"].startswith("Transfer pays") and s["warning"] is None
+    assert s["jumpstart"]["value"] == 400 and not s["jumpstart"]["negative"]
     s = summarize({"lp_ft": bad, "scratch": scratch}, 100, 300)
     assert s["negative_transfer"] and s["verdict"].startswith("Negative transfer")
+    # a source worse than an untrained policy at the start: flagged even where it recovers
+    assert s["jumpstart"]["negative"] and "worse than an untrained policy" in s["warning"]
+    late = [{"curve": _curve([(0, -1400), (100, -700)]), "episodes": 5} for _ in range(3)]
+    s = summarize({"finetune": late, "scratch": scratch}, 100, 300)
+    assert not s["negative_transfer"] and s["verdict"].startswith("Transfer is ahead")
+    assert "does not reach what scratch reaches with 300 steps" in s["verdict"]
+    assert s["jumpstart"]["negative"]
     # one seed, one episode, no spread: the noise is unknown, nothing is flagged
     one = [{"curve": [{**p, "std_return": 0.0} for p in bad[0]["curve"]], "episodes": 1}]
     sc = [{"curve": [{**p, "std_return": 0.0} for p in scratch[0]["curve"]], "episodes": 1}]

@@ -67,6 +67,28 @@ def test_pseudo_labels_respect_the_bars_and_the_quota_of_each_class():
     assert len(semi.select_pseudo_labels(flat, 0.9, [10, 10]).indices) == 0
 
 
+def test_balance_keeps_the_pseudo_labels_at_the_pools_estimated_class_shares():
+    # the pool is 2:1, yet the model is sure of class 0 eight times as often
+    assert semi.balanced_counts([800, 100], [2 / 3, 1 / 3]).tolist() == [200, 100]
+    assert semi.balanced_counts([150, 100], [2 / 3, 1 / 3]).tolist() == [150, 75]
+    # a class with none chosen does not stop the others
+    assert semi.balanced_counts([50, 0, 30], [0.2, 0.5, 0.3]).tolist() == [20, 0, 30]
+    assert semi.balanced_counts([0, 0], [0.5, 0.5]).tolist() == [0, 0]
+    rng = np.random.default_rng(1)
+    conf0 = rng.uniform(0.95, 1.0, 600)  # predicted class 0, sure
+    conf1 = np.concatenate([rng.uniform(0.92, 0.99, 50), rng.uniform(0.5, 0.8, 250)])
+    p = np.concatenate([np.stack([conf0, 1 - conf0], 1), np.stack([1 - conf1, conf1], 1)])
+    quota = semi.class_quota([5, 5], len(p), 1.0)
+    off = semi.select_pseudo_labels(p, 0.9, quota)
+    on = semi.select_pseudo_labels(p, 0.9, quota, balance=True)
+    n_off, n_on = np.bincount(off.labels, minlength=2), np.bincount(on.labels, minlength=2)
+    assert n_off[0] == 450 and n_on[1] == n_off[1]  # 450: the quota; class 1 keeps its own
+    prior = p.mean(0)
+    assert n_on[0] == int(np.floor(n_on[1] / prior[1] * prior[0] + 1e-9))
+    # the ones kept are class 0's most confident
+    assert set(on.indices[on.labels == 0]) == set(np.argsort(-conf0)[: n_on[0]])
+
+
 def test_class_quota_follows_the_labelled_class_shares():
     assert semi.class_quota([10, 30], 1000, 1.0).tolist() == [250, 750]
     assert semi.class_quota([10, 30], 1000, 0.5).tolist() == [125, 375]
@@ -127,7 +149,7 @@ def test_a_pool_that_hurts_on_validation_is_not_kept(monkeypatch):
     x, y = make_arrays(n=24, n_classes=3, seed=0)
     px, _ = make_arrays(n=90, n_classes=3, seed=5)
 
-    def wrong(proba, threshold, quota):
+    def wrong(proba, threshold, quota, balance=False):
         pred = (np.asarray(proba).argmax(1) + 1) % 3
         n = len(proba)
         return semi.PseudoLabels(

@@ -423,6 +423,12 @@ class FitConfig:
         "round r of R takes at most r / R of each class's share of the pool (the labelled "
         "class shares), the most confident first",
     )
+    pseudo_balance: bool = _f(
+        True,
+        "--unlabeled: keep the pseudo-labels' class shares at the pool's estimated ones (the "
+        "model's mean probability over the pool), dropping the least confident of a class "
+        "taken more often: a class the model is sure of more easily cannot swamp the rest",
+    )
     lora_r: int = _f(8, "lora: rank of the adapters")
     lora_alpha: float = _f(16.0, "lora: scaling numerator (update = alpha / r * B A)")
     lora_dropout: float = _f(0.1, "lora: dropout on the adapters' input")

@@ -6,7 +6,9 @@ strategy (``fit(X, y, unlabeled=POOL)``, ``headstart fit DATA --unlabeled POOL``
    calibrated confidence reaches its predicted class's threshold (``pseudo_threshold``,
    lowered for classes the model is confident about less often, as FlexMatch does), at
    most a quota per class (the labelled class shares of the pool, growing with the
-   rounds), the most confident first: a class the model favours cannot swamp the rest.
+   rounds), the most confident first; then (``pseudo_balance``) each class cut so that the
+   pseudo-labels' class shares follow the pool's estimated ones (the model's mean
+   probability over the pool): a class the model favours cannot swamp the rest.
 3. A new fit, from the same source model, learns from the labelled items and the
    pseudo-labels (each drawn in proportion to its confidence; a labelled item weighs 1),
    its epochs scaled down to about the labelled fit's optimizer steps (``refit_config``).
@@ -75,10 +77,12 @@ def class_quota(train_counts, pool_size: int, share: float) -> np.ndarray:
     )
 
 
-def select_pseudo_labels(proba: np.ndarray, threshold: float, quota) -> PseudoLabels:
+def select_pseudo_labels(
+    proba: np.ndarray, threshold: float, quota, balance: bool = False
+) -> PseudoLabels:
     """The pool items whose predicted class's probability reaches that class's bar
     (:func:`class_thresholds`), at most ``quota[c]`` of class ``c``, the most confident
-    first."""
+    first; ``balance``: then at most :func:`balanced_counts` of each."""
     proba = np.asarray(proba, dtype=np.float64)
     quota = np.asarray(quota, dtype=np.int64)
     bars = class_thresholds(proba, threshold)
@@ -86,10 +90,27 @@ def select_pseudo_labels(proba: np.ndarray, threshold: float, quota) -> PseudoLa
     chosen = []
     for c in range(proba.shape[1]):
         mine = np.flatnonzero((pred == c) & (conf >= bars[c]))
-        mine = mine[np.argsort(-conf[mine], kind="stable")][: quota[c]]
-        chosen.append(mine)
+        chosen.append(mine[np.argsort(-conf[mine], kind="stable")][: quota[c]])
+    if balance:
+        most = balanced_counts([len(m) for m in chosen], proba.mean(0))
+        chosen = [m[:k] for m, k in zip(chosen, most)]
     idx = np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)
     return PseudoLabels(idx, pred[idx], conf[idx], bars, quota)
+
+
+def balanced_counts(counts, prior) -> np.ndarray:
+    """The most pseudo-labels of each class for their shares to follow ``prior`` (the pool's
+    estimated class shares: distribution alignment, as ReMixMatch aligns probabilities):
+    the class with the fewest chosen items for its share sets the scale, every other class
+    is cut to its share of that scale. A class with none chosen does not set it (it would
+    stop self-training altogether)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    prior = np.maximum(np.asarray(prior, dtype=np.float64), 1e-12)
+    has = counts > 0
+    if not has.any():
+        return counts.astype(np.int64)
+    scale = float(np.min(counts[has] / prior[has]))
+    return np.minimum(counts, np.floor(scale * prior + 1e-9)).astype(np.int64)
 
 
 # ---------------------------------------------------------------------- data
@@ -208,6 +229,7 @@ def self_train(est, X, y, unlabeled, *, validation=None, resume=False, callbacks
         "pool_labels_known": truth is not None,
         "threshold": cfg.pseudo_threshold,
         "rounds_asked": cfg.pseudo_rounds,
+        "balance": cfg.pseudo_balance,
         "rounds": rounds,
         "kept": bool(kept),
         "pseudo_labels": kept[-1]["pseudo_labels"] if kept else 0,
@@ -239,7 +261,9 @@ def _rounds(est, train_src, val_src, pool, truth, cfg, callbacks, monitor) -> li
     out: list[dict] = []
     for r in range(1, cfg.pseudo_rounds + 1):
         quota = class_quota(counts, len(pool), r / cfg.pseudo_rounds)
-        pl = select_pseudo_labels(est.predict_proba(pool), cfg.pseudo_threshold, quota)
+        pl = select_pseudo_labels(
+            est.predict_proba(pool), cfg.pseudo_threshold, quota, cfg.pseudo_balance
+        )
         row: dict = {
             "round": r,
             "pseudo_labels": int(len(pl.indices)),

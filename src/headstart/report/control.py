@@ -137,16 +137,15 @@ def _env_label(env: dict) -> str:
 def build_control_study_report(study: dict, films: dict[str, dict]) -> str:
     """A control study's report from its record (``tasks.control.study``) and ``films``."""
     title = f"headstart control study: {study['source']} -> {study['env']}"
-    tone = "bad" if study["negative_transfer"] else "good"
-    if not study["negative_transfer"] and not any(
-        r["beats_zero_shot"] for r in study["strategies"]
-    ):
-        tone = "tie"
+    verdict = study["verdict"]
+    tone = "good" if verdict.startswith("Transfer pays") else "tie"
+    tone = "bad" if study["negative_transfer"] else tone
     body = [
         f"<p class=muted>Transfer strategies ran {study['steps']} env steps each, scratch "
         f"{study['scratch_steps']}; seeds {', '.join(map(str, study['seeds']))}; every run "
         f"evaluated on the same held-out episodes; {study['seconds']:.0f} s.</p>",
-        f"<p class='verdict {tone}'>{_e(study['verdict'])}</p>",
+        f"<p class='verdict {tone}'>{_e(verdict)}</p>",
+        *([f"<p class='verdict bad'>{_e(study['warning'])}</p>"] if study.get("warning") else []),
         "<h2>Return against env steps (mean over seeds)</h2>",
     ]
     curves = {r["strategy"]: r["curve"] for r in study["strategies"]}
@@ -183,8 +182,11 @@ def build_control_study_report(study: dict, films: dict[str, dict]) -> str:
             ],
         )
     )
+    jump = study.get("jumpstart") or {}
     body.append(
-        f"<p class=muted>The source as it is: {study['zero_shot']:.1f}; scratch's final "
+        f"<p class=muted>Jumpstart (the source as it is against an untrained policy on the "
+        f"same episodes): {jump.get('value', 0):+.1f} (noise +-{jump.get('margin', 0):.1f}). "
+        f"The source as it is: {study['zero_shot']:.1f}; scratch's final "
         f"return ({study['scratch_steps']} steps): {study['scratch_final']:.1f}.</p>"
     )
     body.extend(f"<p>{_e(r['line'])}.</p>" for r in study["strategies"])

@@ -11,7 +11,10 @@ answers, on the mean curves over seeds:
 - whether it beats the source as it is (zero-shot);
 - negative transfer: the strategy ends below scratch at the same number of steps by more
   than the noise (two standard errors of the difference: over seeds where there are two or
-  more, else over the evaluation episodes): the source hurts here.
+  more, else over the evaluation episodes): the source hurts here;
+- the jumpstart (Taylor & Stone 2009): the source as it is against an untrained policy of
+  the same algorithm on the same episodes; below zero beyond the noise, the source's skill
+  points the wrong way in this target (a warning, even where fine-tuning recovers).
 
 Each run is an ordinary control run in ``out/runs/`` (a rerun into ``out`` skips the
 finished ones); ``out/study.json`` holds the curves and answers, ``out/report.html`` shows
@@ -195,6 +198,7 @@ def summarize(runs: dict[str, list[dict]], steps: int, scratch_steps: int) -> di
         row["line"] = _line(row, steps, scratch_steps, scratch_final)
         answers.append(row)
     best = max(answers, key=lambda r: r["final_return"])
+    jump = _jumpstart(runs, scratch, scratch_curve)
     return {
         "steps": steps,
         "scratch_steps": scratch_steps,
@@ -204,8 +208,41 @@ def summarize(runs: dict[str, list[dict]], steps: int, scratch_steps: int) -> di
         "strategies": answers,
         "best": best["strategy"],
         "negative_transfer": all(r["negative_transfer"] for r in answers),
-        "verdict": _verdict(answers, best),
+        "jumpstart": jump,
+        "verdict": _verdict(answers, best, scratch_steps),
+        "warning": _jump_warning(jump),
     }
+
+
+def _jumpstart(runs: dict[str, list[dict]], scratch: list[dict], scratch_curve) -> dict:
+    """The source as it is against an untrained policy of the same algorithm (scratch's step
+    0) on the same episodes: Taylor & Stone's jumpstart; below zero by more than the noise,
+    what the source learned misleads it in this target."""
+    first = next(rs for name, rs in runs.items() if name != "scratch")
+    zero, untrained = _at(first, 0), _at(scratch, 0)
+    start = mean_curve(first)[0]
+    episodes = len(first) * min(r.get("episodes", 1) for r in first)
+    spread = math.hypot(start["episode_std"], scratch_curve[0]["episode_std"]) / math.sqrt(episodes)
+    se = _difference_se(zero, untrained, spread)
+    value = float(zero.mean() - untrained.mean())
+    return {
+        "value": value,
+        "margin": 2 * se,
+        "source": float(zero.mean()),
+        "untrained": float(untrained.mean()),
+        "negative": bool(se > 0 and value < -2 * se),
+    }
+
+
+def _jump_warning(jump: dict) -> str | None:
+    if not jump["negative"]:
+        return None
+    return (
+        f"The source as it is ({jump['source']:.1f}) does worse than an untrained policy "
+        f"({jump['untrained']:.1f}; jumpstart {jump['value']:+.1f}, noise +-{jump['margin']:.1f}): "
+        "what it learned points the wrong way in this target, and training has to undo it "
+        "first. A source from a related task should start above an untrained policy."
+    )
 
 
 def _line(row: dict, steps: int, scratch_steps: int, scratch_final: float) -> str:
@@ -242,17 +279,23 @@ def _line(row: dict, steps: int, scratch_steps: int, scratch_final: float) -> st
     )
 
 
-def _verdict(answers: list[dict], best: dict) -> str:
+def _verdict(answers: list[dict], best: dict, scratch_steps: int) -> str:
     if all(r["negative_transfer"] for r in answers):
         return (
             "Negative transfer: every strategy ends below the same algorithm trained from "
             "scratch with the same steps. Train from scratch, or choose another source."
         )
-    if best["beats_zero_shot"]:
+    if not best["beats_zero_shot"]:
+        return (
+            f"The source as it is ({best['zero_shot_return']:.1f}) is as good as any "
+            f"adaptation here (best: {best['line']}); keep it as it is, or give more steps."
+        )
+    if best["steps_to_scratch_final"] is not None:
         return f"Transfer pays: {best['line']}."
+    ahead = best["versus_scratch"] > best["margin"]
     return (
-        f"The source as it is ({best['zero_shot_return']:.1f}) is as good as any adaptation "
-        f"here (best: {best['line']}); keep it as it is, or give more steps."
+        f"Transfer {'is ahead at this budget' if ahead else 'does not pay clearly'}, but "
+        f"does not reach what scratch reaches with {scratch_steps} steps: {best['line']}."
     )
 
 

@@ -118,6 +118,7 @@ class ControlServing(TaskServing):
             progress=progress,
         )
         lines = [f"study: {out}  ({source} -> {spec.label}, seeds {args.seeds})", study["verdict"]]
+        lines += [study["warning"]] if study["warning"] else []
         lines += [f"  {r['line']}" for r in study["strategies"]]
         return [*lines, f"report: {Path(out) / 'report.html'}  (also study.json)"]
 

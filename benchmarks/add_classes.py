@@ -14,6 +14,10 @@ classes 0-4, each predicted among all 10 classes):
 - ``add_unbalanced``: the same with the replay drawn as it comes (``imbalance=none``): does
   the new-class bias matter?
 - ``lwf_only``: distillation, no replay; ``replay_only``: replay, no distillation;
+- ``add_featreplay``: the default plus 200 synthetic feature vectors per old class, drawn
+  from the old run's stored class statistics (per-class means, a pooled Ledoit-Wolf
+  covariance of its frozen features: ``feature_replay``); ``featreplay_noexemplars``: the
+  same without the exemplars (the synthetic features replace them);
 - ``naive``: plain fine-tuning of the old run on the new data (old head rows kept, no
   distillation, no replay, no offset): the forgetting the others prevent;
 - ``joint``: one model on all 10 classes at once, ``--per-class`` images each (the same
@@ -54,6 +58,8 @@ VARIANTS = {
     "lwf_only": {"replay": False},
     "replay_only": {"distill": 0.0},
     "naive": {"distill": 0.0, "replay": False, "balance_new": False},
+    "add_featreplay": {"feature_replay": 200},
+    "featreplay_noexemplars": {"feature_replay": 200, "replay": False},
 }
 
 
@@ -128,6 +134,9 @@ def run_seed(seed: int, args, done: set) -> None:
                 "old_accuracy_5way_before": before,
                 "align": (getattr(est, "added_classes_", None) or {}).get("align"),
                 "replayed": (getattr(est, "added_classes_", None) or {}).get("replayed"),
+                "feature_replayed": (getattr(est, "added_classes_", None) or {}).get(
+                    "feature_replayed"
+                ),
                 "kept": est.metrics_.get("best"),
                 "seconds": round(time.perf_counter() - t0, 1),
             },

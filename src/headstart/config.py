@@ -28,7 +28,6 @@ CHOICES = {
     "augment": ("none", "light", "strong", "trivial", "randaugment"),
     "mix": ("none", "mixup", "cutmix"),
     "schedule": ("cosine", "onecycle", "constant"),
-    "feature_replay_covariance": ("pooled", "diagonal"),
     "bn": ("auto", "frozen", "train"),
     "monitor": ("auto", "accuracy", "macro_f1", "loss"),
     "imbalance": ("auto", "weight", "sample", "none"),
@@ -179,15 +178,11 @@ class FitConfig:
         "--add-classes' feature replay",
     )
     feature_replay: int = _f(
-        0,
+        1000,
         "--add-classes with a frozen backbone (every stage head-only, the --backbone run's "
         "own backbone and preprocessing): train the head on this many synthetic feature "
-        "vectors per old class too, drawn from the run's stored feature statistics; 0: off",
-    )
-    feature_replay_covariance: str = _f(
-        "pooled",
-        "--feature-replay's noise: pooled (the covariance shared by the classes) | diagonal "
-        "(each class's own per-dimension variances)",
+        "vectors per old class too, drawn from the run's stored feature statistics (skipped, "
+        "with the reason logged, where the strategy trains the backbone); 0: off",
     )
 
     dropout: float = _f(0.0, "dropout before each head layer")

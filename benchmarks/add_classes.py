@@ -6,14 +6,19 @@ classes 5-9 (``--per-class`` images each of the new classes only) by these varia
 scored on the whole official test set (10,000 images; old-class items are the 5,000 of
 classes 0-4, each predicted among all 10 classes):
 
-- ``add``: the default (LwF distillation + replay of the stored exemplars, drawn
-  class-balanced by the fit's imbalance plan, then the new classes' logits lowered by the
-  offset that maximises the validation part's class-balanced accuracy);
+- ``add``: the default (LwF distillation + replay of the stored exemplars and of 1,000
+  synthetic feature vectors per old class drawn from the old run's stored class statistics,
+  drawn class-balanced by the fit's imbalance plan, then the new classes' logits lowered by
+  the offset that minimises the validation part's class-balanced cross-entropy);
 - ``add_nooffset``: the same without that offset (``balance_new=False``);
 - ``add_align``: the same with weight aligning of the new rows (``align_new=True``);
 - ``add_unbalanced``: the same with the replay drawn as it comes (``imbalance=none``): does
   the new-class bias matter?
-- ``lwf_only``: distillation, no replay; ``replay_only``: replay, no distillation;
+- ``lwf_only``: distillation, no replay of any kind; ``replay_only``: replay, no distillation;
+- ``add_nofeatreplay``: the default without the synthetic features (``feature_replay=0``:
+  the default before 2026-12-07b); ``featreplay_noexemplars``: without the exemplars (the
+  synthetic features, from per-class means and a pooled Ledoit-Wolf covariance of the old
+  run's frozen features, replace them);
 - ``naive``: plain fine-tuning of the old run on the new data (old head rows kept, no
   distillation, no replay, no offset): the forgetting the others prevent;
 - ``joint``: one model on all 10 classes at once, ``--per-class`` images each (the same
@@ -51,9 +56,11 @@ VARIANTS = {
     "add_nooffset": {"balance_new": False},
     "add_align": {"align_new": True},
     "add_unbalanced": {"imbalance": "none"},
-    "lwf_only": {"replay": False},
+    "lwf_only": {"replay": False, "feature_replay": 0},
     "replay_only": {"distill": 0.0},
-    "naive": {"distill": 0.0, "replay": False, "balance_new": False},
+    "naive": {"distill": 0.0, "replay": False, "balance_new": False, "feature_replay": 0},
+    "add_nofeatreplay": {"feature_replay": 0},
+    "featreplay_noexemplars": {"replay": False},
 }
 
 
@@ -128,6 +135,10 @@ def run_seed(seed: int, args, done: set) -> None:
                 "old_accuracy_5way_before": before,
                 "align": (getattr(est, "added_classes_", None) or {}).get("align"),
                 "replayed": (getattr(est, "added_classes_", None) or {}).get("replayed"),
+                "feature_replayed": (getattr(est, "added_classes_", None) or {}).get(
+                    "feature_replayed"
+                ),
+                "offset": (getattr(est, "added_classes_", None) or {}).get("offset"),
                 "kept": est.metrics_.get("best"),
                 "seconds": round(time.perf_counter() - t0, 1),
             },

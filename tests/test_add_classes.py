@@ -28,8 +28,10 @@ from headstart.tasks.text import TextClassifier
 
 from conftest import FAST, TEXT_FIT, make_arrays, make_texts, write_folder
 
-# the probe learns the colour classes in a few epochs on cached features
+# the probe learns the colour classes in a few epochs on cached features; the exemplars'
+# replay alone (the synthetic features' replay: test_feature_replay.py)
 PROBE = {**FAST, "strategy": "feature_extract", "head_epochs": 30, "head_lr": 0.05}
+PROBE["feature_replay"] = 0
 
 
 @pytest.fixture(scope="module")

@@ -170,6 +170,20 @@ class FitConfig:
         "mostly on new data; off by default: on Fashion-MNIST 5+5 it cost 4 points of "
         "old-class accuracy, the class-balanced sampler already balances the replay)",
     )
+    feature_stats: bool = _f(
+        True,
+        "classification: store each class's mean feature and a pooled (Ledoit-Wolf) "
+        "covariance of the training items' backbone features in the run directory "
+        "(feature_stats.safetensors, 4 x D^2 bytes: 6.6 MB at D = 1280), for a later "
+        "--add-classes' feature replay",
+    )
+    feature_replay: int = _f(
+        1000,
+        "--add-classes with a frozen backbone (every stage head-only, the --backbone run's "
+        "own backbone and preprocessing): train the head on this many synthetic feature "
+        "vectors per old class too, drawn from the run's stored feature statistics (skipped, "
+        "with the reason logged, where the strategy trains the backbone); 0: off",
+    )
 
     dropout: float = _f(0.0, "dropout before each head layer")
     image_size: int | None = _f(
@@ -577,6 +591,8 @@ class FitConfig:
             )
         if self.exemplars < 0:
             raise ValueError(f"exemplars must be >= 0 (0: none), got {self.exemplars}")
+        if self.feature_replay < 0:
+            raise ValueError(f"feature_replay must be >= 0 (0: off), got {self.feature_replay}")
         if self.distill < 0 or not self.distill_temperature > 0:
             raise ValueError(
                 f"distill must be >= 0 and distill_temperature > 0, got {self.distill} "

@@ -119,6 +119,8 @@ class Extension:
     distill_temperature: float = 2.0
     align: float | None = None  # the factor weight aligning scaled the new rows by
     offset: float | None = None  # what balance_new took off the new classes' logits
+    feature_replayed: int = 0  # synthetic feature vectors of the old classes (feature_replay)
+    feature_replay_skipped: str | None = None  # why the parent's statistics did not serve
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -420,9 +420,18 @@ class TransferEstimator(BaselineMixin):
         self.data_origin_ = str(source.origin)
         self.data_summary_ = _data_summary(source, train_src, val_src, cfg)
         self.multi_label_ = bool(source.labels.ndim == 2)
-        balance = plan(cfg, train_src.labels, list(source.classes))
+        synthetic, train_labels = None, train_src.labels  # --feature-replay: (feats, labels)
+        if ext is not None:
+            from ..feature_replay import replay_for
+
+            synthetic = replay_for(ext, cfg, strategy, backbone, preprocess)
+            if synthetic is not None:
+                train_labels = np.concatenate([train_labels, synthetic[1]])
+                if cfg.imbalance == "auto":  # as the exemplars' replay: balanced at any ratio
+                    cfg = cfg.replace(imbalance="sample")
+        balance = plan(cfg, train_labels, list(source.classes))
         (log.warning if balance.imbalanced else log.info)("%s", balance.message())
-        weights = loop_weights(balance, train_src.labels)
+        weights = loop_weights(balance, train_labels)
         if sample_weight is not None:
             weights = _with_item_weights(weights, sample_weight, train_idx, len(source))
         train_set = self._dataset(train_src, preprocess, True, cfg)
@@ -435,6 +444,8 @@ class TransferEstimator(BaselineMixin):
             first = self._parts_features(backbone, {0: backbone}, preprocess, parts, cfg)[0][0]
             for t in [*backbone.parameters(), *backbone.buffers()]:  # the pass may leave
                 t.data = t.data.clone()  # inference tensors that a training stage refuses
+            if synthetic is not None:  # the old model's outputs on them: distilled too
+                first = torch.cat([first, synthetic[0]])
             make_trainer = DistillTrainer
             extra = {"targets": old_logits(backbone.source_head(), first), "ext": ext}
             train_set = IndexedItems(train_set)
@@ -446,6 +457,8 @@ class TransferEstimator(BaselineMixin):
                 self.model_.backbone, {0: self.model_.backbone}, self.preprocess_, parts, cfg
             )[0]
             if ext is not None and i == 0:  # each item's position rides with its label
+                if synthetic is not None:  # after the items, as their targets are
+                    return torch.cat([feats[0], synthetic[0]]), indexed_labels(train_labels)
                 return feats[i], indexed_labels(parts[i].labels)
             return feats[i], torch.as_tensor(parts[i].labels)
 
@@ -510,6 +523,7 @@ class TransferEstimator(BaselineMixin):
             )
         self.added_classes_ = ext.to_dict() if ext is not None else None
         self._keep_exemplars(train_src, cfg)
+        self._keep_feature_stats(train_src, cfg, ext, synthetic)
         self._calibrate(val_src, cfg)
         self._fit_baseline(train_src, cfg, balance)
         self._after_fit(train_src, val_src, cfg)
@@ -529,6 +543,25 @@ class TransferEstimator(BaselineMixin):
 
         picked = pick_exemplars(train_src.labels, cfg.exemplars, cfg.seed)
         self._exemplar_src = train_src.subset(picked) if len(picked) else None
+
+    def _keep_feature_stats(self, train_src, cfg: FitConfig, ext=None, synthetic=None) -> None:
+        """Per-class statistics of the training items' backbone features, for ``save`` to
+        store (a later ``--add-classes``' feature replay): free where the features are
+        cached (head-only strategies), one pass of the fitted backbone otherwise. An
+        extension that replayed its parent's statistics keeps them for the old classes."""
+        from ..feature_replay import backbone_fingerprint, carry_parent_classes, class_statistics
+
+        self._feature_stats = None
+        if not cfg.feature_stats or self.multi_label_ or len(train_src) < 2:
+            return
+        labels = np.asarray(train_src.labels)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            return  # sequences (transcripts): no classes to summarise
+        fingerprint = backbone_fingerprint(self.model_.backbone, self.preprocess_)
+        stats = class_statistics(self._features(train_src), labels, self.classes_, fingerprint)
+        if stats is not None and ext is not None and synthetic is not None:
+            stats = carry_parent_classes(stats, synthetic[2], ext.old_classes)
+        self._feature_stats = stats
 
     def _write_exemplar_items(self, source, folder: Path) -> list | None:
         """Store ``source``'s items in ``folder``; their entries for the index (images: a
@@ -1045,6 +1078,7 @@ class TransferEstimator(BaselineMixin):
             # --add-classes: the parent run, old and new classes, replay, distillation
             "add_classes": getattr(self, "added_classes_", None),
             "exemplars": getattr(self, "exemplars_", None),  # stored in exemplars/
+            "feature_stats": getattr(self, "feature_stats_", None),  # feature_stats.safetensors
             "fit_config": self.config_.to_dict(),
             "versions": versions,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1066,6 +1100,9 @@ class TransferEstimator(BaselineMixin):
         from ..incremental import write_exemplars
 
         self.exemplars_ = write_exemplars(self, getattr(self, "_exemplar_src", None), run_dir)
+        from ..feature_replay import write_feature_stats
+
+        self.feature_stats_ = write_feature_stats(getattr(self, "_feature_stats", None), run_dir)
         config = self.run_config()
         atomic_write_json(run_dir / RUN_CONFIG, config)
         from ..report.model_card import render_model_card
@@ -1147,5 +1184,10 @@ class TransferEstimator(BaselineMixin):
             from ..incremental import read_exemplars
 
             est._exemplar_src = read_exemplars(est, run_dir, est.classes_)
+        est.feature_stats_ = config.get("feature_stats")
+        if est.feature_stats_:  # a save elsewhere copies them
+            from ..feature_replay import read_feature_stats
+
+            est._feature_stats = read_feature_stats(run_dir)
         est._load_baseline(run_dir, config)
         return est

@@ -438,10 +438,11 @@ class FitConfig:
         "class shares), the most confident first",
     )
     pseudo_balance: bool = _f(
-        True,
+        False,
         "--unlabeled: keep the pseudo-labels' class shares at the pool's estimated ones (the "
         "model's mean probability over the pool), dropping the least confident of a class "
-        "taken more often: a class the model is sure of more easily cannot swamp the rest",
+        "taken more often (off: with a few labels the estimate can be far off, and on "
+        "SpamAssassin 8/class it helped one seed and hurt another; docs/results.md)",
     )
     lora_r: int = _f(8, "lora: rank of the adapters")
     lora_alpha: float = _f(16.0, "lora: scaling numerator (update = alpha / r * B A)")

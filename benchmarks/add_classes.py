@@ -119,7 +119,7 @@ def run_seed(seed: int, args, done: set) -> None:
             split = split_metrics(yt, proba[:, np.argsort(order)], 5, [str(c) for c in range(10)])
         else:
             est = ImageClassifier(
-                str(runs / "old"), add_classes=True, **common, **VARIANTS[name]
+                str(runs / "old"), add_classes=True, **{**common, **VARIANTS[name]}
             ).fit(x[new], y[new])
             m = est.evaluate(xt, yt)
             split = m["add_classes"]

@@ -192,3 +192,18 @@ def test_a_fine_tuned_parents_statistics_serve_a_frozen_extension(data, tmp_path
     assert torch.allclose(stats["means"][0], feats[labels == 0].mean(0), atol=1e-5)
     est = extend(tmp_path / "tuned", x[new][:30], y[new][:30], feature_replay=25)
     assert est.added_classes_["feature_replayed"] == 50
+
+
+def test_auto_extends_head_only_where_the_parent_stored_statistics(parent, data, tmp_path):
+    x, y = data
+    new = y == "c"
+    est = extend(parent[0], x[new], y[new], strategy="auto")
+    assert est.config_.strategy == "feature_extract"
+    assert est.added_classes_["feature_replayed"] > 0
+    # without replay, or with a strategy asked for, auto is not reinterpreted
+    kept = extend(parent[0], x[new], y[new], strategy="auto", feature_replay=0)
+    assert kept.config_.strategy == "auto"
+    bare = tmp_path / "bare"
+    est0 = ImageClassifier("tiny:cnn", baseline=False, feature_stats=False, **PROBE)
+    est0.fit(x[~new], y[~new]).save(bare)
+    assert extend(bare, x[new], y[new], strategy="auto").config_.strategy == "auto"

@@ -363,3 +363,15 @@ def test_study_command_runs_strategies_against_scratch_and_reruns_skip(source, t
     assert "is not a control run" in capsys.readouterr().err
     assert main(["study", "--task", "image"]) == 2
     assert "give the labelled DATA" in capsys.readouterr().err
+
+
+def test_a_setting_added_at_its_default_keeps_finished_runs_finished(monkeypatch):
+    from headstart.config import FitConfig
+
+    est = ControlEstimator(env="Pendulum-v1", steps=100)
+    cfg, spec = est.resolved_config(), parse_env("Pendulum-v1")
+    before = est._fingerprint(cfg, spec)
+    real = FitConfig.to_dict
+    monkeypatch.setattr(FitConfig, "to_dict", lambda self: {**real(self), "new_knob": 1})
+    assert est._fingerprint(cfg, spec) == before  # a later version's new field, at its default
+    assert est._fingerprint(cfg.replace(lr=1e-3), spec) != before

@@ -365,7 +365,12 @@ class ControlEstimator(TransferEstimator):
         import hashlib
 
         neutral = ("device", "num_workers", "eval_batch_size", "feature_cache", "calibrate")
-        settings = {k: v for k, v in cfg.to_dict().items() if k not in neutral}
+        # settings at FitConfig's own defaults are left out: a field a later version adds
+        # (at its default) does not turn a finished run into one to train again
+        defaults = FitConfig().to_dict()
+        settings = {
+            k: v for k, v in cfg.to_dict().items() if k not in neutral and v != defaults.get(k)
+        }
         return hashlib.sha256(
             json.dumps([settings, spec.to_dict()], sort_keys=True, default=str).encode()
         ).hexdigest()[:24]

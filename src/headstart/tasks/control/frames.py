@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from ...data.envs import EnvSpec, make_env
+from .policy import play_episode, rollout
 
 log = logging.getLogger(__name__)
 
@@ -29,37 +30,23 @@ def episode_frames(act, spec: EnvSpec, seed: int, norm=None, frames: int = FRAME
     the env does not render here."""
     os.environ.setdefault("MUJOCO_GL", "egl")  # off-screen without a display (mesa's EGL)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws to memory, no window
-    length = _episode(act, spec, seed, norm, make_env(spec)[0], set())["length"]
+    length = rollout(act, spec, [seed], norm)["lengths"][0]
     try:
         env = _render_env(spec)
     except Exception as exc:  # noqa: BLE001 - any renderer failure means: no pictures
         return {"error": f"{spec.label} does not render here ({type(exc).__name__}: {exc})"}
     # the same seed and a deterministic policy replay the episode: its length is known now
     wanted = {int(round(s)) for s in np.linspace(0, length, min(frames, length + 1))}
+    shots: list[tuple[int, np.ndarray]] = []
+
+    def watch(step: int) -> None:
+        if step in wanted:
+            shots.append((step, _picture(env.render())))
+
     try:
-        return _episode(act, spec, seed, norm, env, wanted)
+        total, n = play_episode(env, act, seed, norm, watch)
     except Exception as exc:  # noqa: BLE001
         return {"error": f"rendering {spec.label} failed ({type(exc).__name__}: {exc})"}
-
-
-def _episode(act, spec: EnvSpec, seed: int, norm, env, wanted: set[int]) -> dict:
-    """The episode, rendering the steps in ``wanted`` (0: before the first action)."""
-    shots: list[tuple[int, np.ndarray]] = []
-    total, n, done = 0.0, 0, False
-    try:
-        obs, _ = env.reset(seed=int(seed))
-        env.action_space.seed(int(seed))
-        while True:
-            if n in wanted:
-                shots.append((n, _picture(env.render())))
-            if done:
-                break
-            x = np.asarray(obs, np.float32)[None]
-            action = act(norm(x) if norm is not None else x)[0]
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            n += 1
-            done = terminated or truncated
     finally:
         env.close()
     return {"frames": shots, "return": total, "length": n, "seed": int(seed), "env": spec.label}

@@ -138,6 +138,26 @@ class ObsNorm:
         }
 
 
+def play_episode(env, act, seed: int, norm: ObsNorm | None, watch=None) -> tuple[float, int]:
+    """One episode of ``act`` (observation batch -> action batch) in ``env`` from ``seed``:
+    its return and length. ``watch(step)`` sees the env before each action and after the
+    last step (the report's frames)."""
+    obs, _ = env.reset(seed=int(seed))
+    env.action_space.seed(int(seed))
+    total, n, done = 0.0, 0, False
+    while True:
+        if watch is not None:
+            watch(n)
+        if done:
+            return total, n
+        x = np.asarray(obs, np.float32)[None]
+        action = act(norm(x) if norm is not None else x)[0]
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        n += 1
+        done = terminated or truncated
+
+
 def rollout(act, spec: EnvSpec, seeds: list[int], norm: ObsNorm | None) -> dict:
     """Episodes of ``act`` (observation batch -> action batch) on ``spec``, one per seed:
     returns, lengths, their mean and standard deviation."""
@@ -145,16 +165,7 @@ def rollout(act, spec: EnvSpec, seeds: list[int], norm: ObsNorm | None) -> dict:
     returns, lengths = [], []
     try:
         for seed in seeds:
-            obs, _ = env.reset(seed=int(seed))
-            env.action_space.seed(int(seed))
-            total, n, done = 0.0, 0, False
-            while not done:
-                x = np.asarray(obs, np.float32)[None]
-                action = act(norm(x) if norm is not None else x)[0]
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                n += 1
-                done = terminated or truncated
+            total, n = play_episode(env, act, seed, norm)
             returns.append(total)
             lengths.append(n)
     finally:

@@ -104,7 +104,7 @@ def run_control_study(
         source=str(source),
         seeds=list(seeds),
         seconds=time.time() - t0,
-        runs={k: v for k, v in runs.items()},
+        runs=runs,
     )
     atomic_write_json(out / "study.json", record)
     films = _films(out, record, seeds[0])

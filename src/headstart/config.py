@@ -272,6 +272,12 @@ class FitConfig:
         "BatchNorm statistics in trained layers: frozen | train | auto (the strategy's default)",
     )
     partial_groups: int = _f(3, "`partial`: how many of the last layer groups train")
+    freeze_groups: int = _f(
+        0,
+        "`lp_ft` (auto's recipe): its fine-tuning stage leaves the first N layer groups "
+        "frozen (the last group always trains); their outputs are computed once where the "
+        "backbone can replay them (text encoders): a faster step; 0 = all groups train",
+    )
     gradual_epochs: int = _f(1, "`gradual`: epochs per unfreezing stage")
     val_fraction: float = _f(
         0.1,
@@ -558,6 +564,8 @@ class FitConfig:
             raise ValueError(f"pseudo_rounds must be >= 1, got {self.pseudo_rounds}")
         if self.train_chunks < 0:
             raise ValueError(f"train_chunks must be >= 0 (0: all), got {self.train_chunks}")
+        if self.freeze_groups < 0:
+            raise ValueError(f"freeze_groups must be >= 0 (0: all train), got {self.freeze_groups}")
         if not 0.0 < self.wise_mix <= 1.0:
             raise ValueError(
                 f"wise_mix is the fine-tuned weights' share in (0, 1] (1: off), got {self.wise_mix}"
@@ -686,6 +694,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         "head_lr": 1e-2,
         "lr_decay": 0.9,
         "weight_decay": 0.01,
+        # the embeddings and MiniLM's 3 lower blocks stay as pretrained and are read once:
+        # a fine-tuning step costs about half, with no loss measured on SpamAssassin
+        "freeze_groups": 4,
         "channels_last": False,
     },
     "audio": {

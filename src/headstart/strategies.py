@@ -101,6 +101,8 @@ def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = 
         return Stage(name, groups, epochs, lr, head_lr, cfg.lr_decay, bn(bn_default))
 
     probe = stage("linear_probe", 0, cfg.head_epochs, "frozen")
+    # lp_ft's fine-tuning groups: all, or all but the first freeze_groups (the last trains)
+    full = ALL if not cfg.freeze_groups else max(n_groups - cfg.freeze_groups, 1)
     # auto trains lp_ft; the estimator then weighs it against the classic baseline
     name = AUTO_TRANSFER if cfg.strategy == "auto" else cfg.strategy
     stages: tuple[Stage, ...]
@@ -123,7 +125,7 @@ def build_strategy(cfg: FitConfig, n_groups: int, steps_per_epoch: int | None = 
         # LP-FT (Kumar et al. 2022): a fitted head first, so fine-tuning does not distort
         # the pretrained features with gradients from a random head; the whole network
         # then trains with the head at the backbone's (small) rate, BN statistics kept.
-        stages = (probe, stage("finetune", ALL, ft_epochs(), "frozen", head_lr=cfg.lr))
+        stages = (probe, stage("finetune", full, ft_epochs(), "frozen", head_lr=cfg.lr))
     elif name == "lora":
         # LoRA (Hu et al. 2021) after a linear probe: the adapters start as a no-op (B = 0),
         # the fitted head gives them a useful gradient from the first step.

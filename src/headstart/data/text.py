@@ -450,12 +450,105 @@ class TextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.encoded)
 
+    def chunk_picks(self, i: int) -> list[int]:
+        """The chunks of text ``i`` this epoch reads, in their order."""
+        n = len(self.encoded[i])
+        if self.train_chunks and n > self.train_chunks:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            return sorted(int(j) for j in rng.choice(n, self.train_chunks, replace=False))
+        return list(range(n))
+
     def __getitem__(self, i: int):
         doc = self.encoded[i]
-        if self.train_chunks and len(doc) > self.train_chunks:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            doc = [doc[j] for j in sorted(rng.choice(len(doc), self.train_chunks, replace=False))]
-        return doc, self.labels[i]
+        return [doc[j] for j in self.chunk_picks(i)], self.labels[i]
+
+
+class ReplayedText(Dataset):
+    """A :class:`TextDataset` whose chunks come with the token states the encoder's frozen
+    first ``depth`` blocks give them, computed once (they do not change while the later
+    blocks train): a fine-tuning step then runs only the blocks that train."""
+
+    def __init__(self, base: TextDataset, states: list[list[torch.Tensor]], depth: int):
+        self.base, self.states, self.depth = base, states, int(depth)
+        self.lengths = base.lengths
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        doc, states = self.base.encoded[i], self.states[i]
+        return [(doc[j], states[j]) for j in self.base.chunk_picks(i)], self.base.labels[i]
+
+
+def collate_replayed(batch, pad_id: int = 0, depth: int = 0):
+    """:func:`collate_text` of the chunks, plus their replayed states padded alike."""
+    x, y = collate_text([([ids for ids, _ in doc], label) for doc, label in batch], pad_id)
+    states = [s for doc, _ in batch for _, s in doc]
+    padded = states[0].new_zeros(len(states), x["input_ids"].shape[1], states[0].shape[1])
+    for r, s in enumerate(states):
+        padded[r, : len(s)] = s
+    x["prefix_states"], x["prefix_depth"] = padded, torch.tensor(depth)
+    return x, y
+
+
+# replayed states live in memory while a stage trains: above this, the prefix runs each step
+REPLAY_BYTES = 2 * 1024**3
+
+
+def replay_frozen(
+    backbone, dataset, frozen_groups: int, pad_id: int, batch_size: int
+) -> ReplayedText | None:
+    """``dataset`` with the states of ``backbone``'s first ``frozen_groups`` layer groups
+    computed once (see :class:`ReplayedText`); None where that cannot be: not a plain text
+    dataset, no block frozen, too large for memory, or the backbone's forward from replayed
+    states does not give its own result (checked on the first batch)."""
+    if not isinstance(dataset, TextDataset) or not hasattr(backbone, "prefix_states"):
+        return None
+    depth = backbone.replay_depth(frozen_groups)
+    if depth < 1:
+        return None
+    tokens = sum(len(c) for doc in dataset.encoded for c in doc)
+    if tokens * backbone.feature_dim * 4 > REPLAY_BYTES:
+        log.info("frozen blocks not replayed: %d tokens' states would not fit in memory", tokens)
+        return None
+    device = next(backbone.parameters()).device
+    chunks = sorted(
+        ((len(c), i, j) for i, doc in enumerate(dataset.encoded) for j, c in enumerate(doc)),
+        reverse=True,
+    )
+    states: list[list] = [[None] * len(doc) for doc in dataset.encoded]
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        for start in range(0, len(chunks), batch_size):
+            part = chunks[start : start + batch_size]
+            x, _ = collate_text(
+                [([dataset.encoded[i][j]], torch.tensor(0)) for _, i, j in part], pad_id
+            )
+            x = {k: v.to(device) for k, v in x.items()}
+            out = backbone.prefix_states(x, depth)
+            if start == 0 and not _replays_exactly(backbone, x, out, depth):
+                log.warning(
+                    "frozen blocks not replayed: %s's forward from stored states differs "
+                    "from its own; they run every step",
+                    getattr(backbone, "id", type(backbone).__name__),
+                )
+                return None
+            for (n, i, j), row in zip(part, out.float().cpu()):
+                states[i][j] = row[:n].clone()
+    finally:
+        backbone.train(was_training)
+    return ReplayedText(dataset, states, depth)
+
+
+@torch.no_grad()
+def _replays_exactly(backbone, x: dict, prefix: torch.Tensor, depth: int) -> bool:
+    full = backbone(x)
+    replayed = backbone({**x, "prefix_states": prefix, "prefix_depth": torch.tensor(depth)})
+    return bool(torch.allclose(full, replayed, atol=1e-4, rtol=1e-3))
 
 
 def collate_text(batch, pad_id: int = 0):

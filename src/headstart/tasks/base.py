@@ -250,6 +250,12 @@ class TransferEstimator(BaselineMixin):
         """Batches of variable-size items (texts) need their own collate."""
         return None
 
+    def _replay_frozen(self, backbone: Backbone, dataset, frozen_groups: int):
+        """``(dataset, collate)`` whose items carry the outputs of ``backbone``'s first
+        ``frozen_groups`` layer groups, computed once for a stage that keeps them frozen;
+        None (the default): the frozen groups run with every batch."""
+        return None
+
     def _check_augment(self, cfg: FitConfig) -> None:
         """A clear error for an augmentation the task's data cannot take."""
         if cfg.augment not in self.augments:
@@ -499,6 +505,7 @@ class TransferEstimator(BaselineMixin):
             run_dir=run_dir,
             fingerprint=fingerprint,
             collate_fn=self._collate(),
+            replay=self._replay_frozen,
             callbacks=callbacks,
             **weights,
             **extra,

@@ -14,9 +14,11 @@ from ..config import TASK_DEFAULTS, FitConfig
 from ..data.text import (
     TextDataset,
     TextSource,
+    collate_replayed,
     collate_text,
     encode_texts,
     open_text_source,
+    replay_frozen,
     table_path,
 )
 from ..zoo.base import Backbone, TextPreprocess
@@ -132,6 +134,15 @@ class TextClassifier(TransferEstimator):
         tokenizer = self._tokenizer(backbone)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return partial(collate_text, pad_id=int(pad))
+
+    def _replay_frozen(self, backbone: Backbone, dataset, frozen_groups: int):
+        pad = self._tokenizer(backbone).pad_token_id
+        pad = int(pad) if pad is not None else 0
+        cfg = self.config_
+        replayed = replay_frozen(backbone, dataset, frozen_groups, pad, cfg.eval_batch_size)
+        if replayed is None:
+            return None
+        return replayed, partial(collate_replayed, pad_id=pad, depth=replayed.depth)
 
     def _new_baseline(self, cfg: FitConfig, train_src, balanced: bool, metric: str):
         from ..baselines import TfidfBaseline

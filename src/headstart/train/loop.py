@@ -108,6 +108,7 @@ class Trainer(CheckpointStore, FsdpSharding):
         callbacks=(),
         class_weights: torch.Tensor | None = None,
         sample_weights: torch.Tensor | None = None,
+        replay=None,
     ):
         from accelerate import Accelerator
 
@@ -123,6 +124,10 @@ class Trainer(CheckpointStore, FsdpSharding):
         self.features = features
         self.run_dir = Path(run_dir) if run_dir else None
         self.collate_fn = collate_fn
+        # replay(backbone, dataset, frozen_groups) -> (dataset, collate) | None: the dataset
+        # with the frozen first groups' outputs computed once (text encoders), for stages
+        # that train only later groups
+        self.replay = replay
         self.fingerprint = fingerprint
         self.callbacks = list(callbacks)  # each called with every epoch's row, in order
         if accelerator is None:
@@ -404,6 +409,10 @@ class Trainer(CheckpointStore, FsdpSharding):
                 self.num_workers,
                 self.collate_fn,
             )
+            replayed = self._replayed(stage)
+            if replayed is not None:
+                (train, collate), val = replayed
+                workers = 0  # the states are in this process's memory
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         bucket = cfg.length_bucketing and getattr(train, "lengths", None) is not None
         if bucket:
@@ -455,6 +464,35 @@ class Trainer(CheckpointStore, FsdpSharding):
                     collate_fn=collate,
                 )
         return train_loader, val_loader
+
+    def _replayed(self, stage: Stage):
+        """((train set, collate), val set) with the stage's frozen first groups computed
+        once, or None: the groups all train, adapters sit inside them, the model is shared
+        out over processes, a batch mixer changes inputs, or the task cannot replay."""
+        frozen = min(stage.trainable_indices(len(self.groups)), default=0)
+        if (
+            self.replay is None
+            or frozen == 0
+            or stage.adapters
+            or self.accelerator.num_processes > 1
+            or self.cfg.mix != "none"
+        ):
+            return None
+        train = self.replay(self.model.backbone, self.train_set, frozen)
+        if train is None:
+            return None
+        val = None
+        if self.val_set is not None:
+            val = self.replay(self.model.backbone, self.val_set, frozen)
+            if val is None:
+                return None
+            val = val[0]
+        log.info(
+            "stage %s: the %d frozen layer groups' outputs are computed once, not each step",
+            stage.name,
+            frozen,
+        )
+        return train, val
 
     def _train_epoch(
         self, module, stage: Stage, s: int, epoch: int, loader, optimizer, scheduler

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,13 @@ class HFTextBackbone(Backbone):
     # ------------------------------------------------------------------ contract
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch["attention_mask"]
-        states = self.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+        if "prefix_states" in batch:  # a frozen prefix's token states, replayed (prefix_states)
+            with self._replaced_prefix(batch["prefix_states"], int(batch["prefix_depth"])):
+                states = self.model(
+                    input_ids=batch["input_ids"], attention_mask=mask
+                ).last_hidden_state
+        else:
+            states = self.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             pooled = states[:, 0]
         else:
@@ -128,6 +135,46 @@ class HFTextBackbone(Backbone):
             counts = torch.bincount(doc_index, minlength=n_docs).clamp(min=1)
             pooled = sums / counts.unsqueeze(1).to(pooled.dtype)
         return pooled
+
+    # ------------------------------------------------ a frozen prefix, computed once
+    def replay_depth(self, frozen_groups: int) -> int:
+        """How many transformer blocks the first ``frozen_groups`` layer groups hold (the
+        first group is everything outside the blocks: the embeddings)."""
+        return max(int(frozen_groups) - 1, 0)
+
+    @torch.no_grad()
+    def prefix_states(self, batch: dict, depth: int) -> torch.Tensor:
+        """The token states after the embeddings and the first ``depth`` blocks: what
+        ``forward`` takes back as ``prefix_states`` while those stay frozen, so a
+        fine-tuning step runs only the blocks that train."""
+        with self._blocks(0, depth):
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return out.last_hidden_state
+
+    @contextmanager
+    def _blocks(self, start: int, stop: int | None):
+        """The encoder runs only blocks ``start:stop`` inside this context."""
+        parent_name, _, attr = self.layers_name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        layers = getattr(parent, attr)
+        setattr(parent, attr, nn.ModuleList(list(layers)[start:stop]))
+        try:
+            yield
+        finally:
+            setattr(parent, attr, layers)
+
+    @contextmanager
+    def _replaced_prefix(self, states: torch.Tensor, depth: int):
+        """The embeddings give ``states`` and the blocks start at ``depth``: the model's
+        own forward (its attention masks, position biases, pooling) runs the rest."""
+        name = _embeddings_name(self.model)
+        embeddings = getattr(self.model, name)
+        setattr(self.model, name, _Given(states))
+        try:
+            with self._blocks(depth, None):
+                yield
+        finally:
+            setattr(self.model, name, embeddings)
 
     def groups(self) -> list[LayerGroup]:
         layers = self.model.get_submodule(self.layers_name)
@@ -163,6 +210,24 @@ class HFTextBackbone(Backbone):
 
 
 # ---------------------------------------------------------------------- structure
+class _Given(nn.Module):
+    """Stands in for the embeddings: gives the states it holds, whatever it is called with."""
+
+    def __init__(self, states: torch.Tensor):
+        super().__init__()
+        self.states = states
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.states
+
+
+def _embeddings_name(model: nn.Module) -> str:
+    for name in ("embeddings", "embed"):
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
+    raise ZooError(f"{type(model).__name__}: no embeddings module to replay a prefix through")
+
+
 def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
     if not lists:

@@ -107,3 +107,21 @@ def test_a_fit_with_replayed_blocks_trains_like_one_without(monkeypatch, caplog)
         atol=1e-4,
         rtol=1e-3,
     )
+
+
+def test_early_stopping_waits_for_the_warm_up(monkeypatch):
+    """One step an epoch, a 20-step stage warming up over 8, a validation score that never
+    improves: the stage runs its warm-up and then 2 epochs of patience, not 3 epochs
+    (SpamAssassin 8/class stopped at step 6 of 60, its rate at 6/20 of the peak)."""
+    from headstart.train.loop import Trainer
+
+    flat = {"val_loss": 0.7, "val_accuracy": 0.5, "val_macro_f1": 0.5}
+    monkeypatch.setattr(Trainer, "evaluate_loader", lambda self, module, loader: dict(flat))
+    X, y = make_texts(12)
+    settings = {**TEXT_FAST, "batch_size": 16, "val_fraction": 0.25, "early_stopping": 2}
+    clf = TextClassifier(
+        "tiny:bert", strategy="finetune", blend=False, baseline=False, **{**settings, "epochs": 20}
+    )
+    clf.set_params(warmup_steps=8)
+    clf.fit(X, y)
+    assert [r["epoch"] for r in clf.history_] == list(range(1, 11))

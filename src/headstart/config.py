@@ -312,7 +312,11 @@ class FitConfig:
         "weigh the averaged weights against the stage's best epoch and the WiSE-FT "
         "mixes by the same rule; 0 = off",
     )
-    early_stopping: int = _f(5, "stop a stage after this many epochs without improvement (0 = off)")
+    early_stopping: int = _f(
+        5,
+        "stop a stage after this many epochs without improvement, counted once its "
+        "warm-up has ended (0 = off)",
+    )
     monitor: str = _f(
         "auto",
         "validation metric for early stopping and the best "

@@ -166,6 +166,7 @@ class Trainer(CheckpointStore, FsdpSharding):
         self.sample_weights = sample_weights
         self._stored: dict[str, dict[str, torch.Tensor]] = {}  # without a run directory
         self._estimated = False  # this stage's remaining time has been logged
+        self._warm_epochs = 0  # the running stage's warm-up, in whole epochs
         self.budget = parse_duration(cfg.time_budget) if cfg.time_budget else None
         self._started, self._seconds_before = time.perf_counter(), 0.0
         self._tb: Any = None  # the TensorBoard writer, opened with the first epoch
@@ -273,6 +274,14 @@ class Trainer(CheckpointStore, FsdpSharding):
             stage.epochs * len(train_loader),
             self.cfg.warmup,
             self.cfg.warmup_steps,
+        )
+        # early stopping waits for the warm-up to end: on a few-shot set an epoch is one
+        # step, and a stage stopped while its rate still climbs has hardly trained
+        self._warm_epochs = math.ceil(
+            warmup_length(
+                stage.epochs * len(train_loader), self.cfg.warmup, self.cfg.warmup_steps
+            )
+            / max(1, len(train_loader))
         )
         if opt_state is not None and state.epoch > 0:
             tensors, meta = opt_state
@@ -666,6 +675,7 @@ class Trainer(CheckpointStore, FsdpSharding):
             bool(self.cfg.early_stopping)
             and not self._on_features(stage)
             and state.bad_epochs >= self.cfg.early_stopping
+            and row["epoch"] >= self._warm_epochs + self.cfg.early_stopping
         )
 
     def _score(self, row: dict) -> float:

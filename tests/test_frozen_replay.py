@@ -32,9 +32,10 @@ def test_lp_ft_leaves_the_first_groups_frozen():
         FitConfig(freeze_groups=-1)
 
 
-def test_the_text_default_freezes_the_embeddings_and_three_blocks():
-    clf = TextClassifier()
-    assert clf.resolved_config().freeze_groups == 4
+def test_every_group_fine_tunes_by_default():
+    """--freeze-groups 4 halves a MiniLM step but lost 2.45 points on one SpamAssassin
+    8/class draw (docs/results.md): the default trains every group."""
+    assert TextClassifier().resolved_config().freeze_groups == 0
 
 
 def _batch(backbone, texts):

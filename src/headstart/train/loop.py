@@ -278,9 +278,7 @@ class Trainer(CheckpointStore, FsdpSharding):
         # early stopping waits for the warm-up to end: on a few-shot set an epoch is one
         # step, and a stage stopped while its rate still climbs has hardly trained
         self._warm_epochs = math.ceil(
-            warmup_length(
-                stage.epochs * len(train_loader), self.cfg.warmup, self.cfg.warmup_steps
-            )
+            warmup_length(stage.epochs * len(train_loader), self.cfg.warmup, self.cfg.warmup_steps)
             / max(1, len(train_loader))
         )
         if opt_state is not None and state.epoch > 0:

@@ -77,6 +77,12 @@ def test_replayed_items_carry_each_chunks_states_and_refuse_what_they_cannot():
     # only the embeddings frozen: nothing to replay; not a plain text dataset: none either
     assert replay_frozen(backbone, dataset, 1, 0, batch_size=4) is None
     assert replay_frozen(backbone, list(dataset), 2, 0, batch_size=4) is None
+    # a model keeping its embeddings under another name: declined, not a failed fit
+    model = backbone.model
+    model.embed_in = model.embeddings
+    del model.embeddings
+    assert backbone.replay_depth(2) == 0
+    assert replay_frozen(backbone, dataset, 2, 0, batch_size=4) is None
 
 
 def _fit(monkeypatch, replay: bool):

@@ -130,14 +130,15 @@ class TextClassifier(TransferEstimator):
             f"{a.origin} + {b.origin}",
         )
 
+    def _pad_id(self, backbone: Backbone | None) -> int:
+        pad = self._tokenizer(backbone).pad_token_id
+        return int(pad) if pad is not None else 0
+
     def _collate(self, backbone: Backbone | None = None):
-        tokenizer = self._tokenizer(backbone)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return partial(collate_text, pad_id=int(pad))
+        return partial(collate_text, pad_id=self._pad_id(backbone))
 
     def _replay_frozen(self, backbone: Backbone, dataset, frozen_groups: int):
-        pad = self._tokenizer(backbone).pad_token_id
-        pad = int(pad) if pad is not None else 0
+        pad = self._pad_id(backbone)
         cfg = self.config_
         replayed = replay_frozen(backbone, dataset, frozen_groups, pad, cfg.eval_batch_size)
         if replayed is None:

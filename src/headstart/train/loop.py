@@ -268,19 +268,14 @@ class Trainer(CheckpointStore, FsdpSharding):
             stage = replace(stage, epochs=state.epoch_caps[str(s)])
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=self.cfg.weight_decay)
         raw_optimizer = optimizer
+        steps = stage.epochs * len(train_loader)
         scheduler = make_scheduler(
-            optimizer,
-            self.cfg.schedule,
-            stage.epochs * len(train_loader),
-            self.cfg.warmup,
-            self.cfg.warmup_steps,
+            optimizer, self.cfg.schedule, steps, self.cfg.warmup, self.cfg.warmup_steps
         )
         # early stopping waits for the warm-up to end: on a few-shot set an epoch is one
         # step, and a stage stopped while its rate still climbs has hardly trained
-        self._warm_epochs = math.ceil(
-            warmup_length(stage.epochs * len(train_loader), self.cfg.warmup, self.cfg.warmup_steps)
-            / max(1, len(train_loader))
-        )
+        warm = warmup_length(steps, self.cfg.warmup, self.cfg.warmup_steps)
+        self._warm_epochs = math.ceil(warm / max(1, len(train_loader)))
         if opt_state is not None and state.epoch > 0:
             tensors, meta = opt_state
             full = optimizer_from_flat(tensors, meta["optimizer"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +94,7 @@ class HFTextBackbone(Backbone):
                     f"{backbone_id}: cut must be between 0 and {len(layers) - 1} "
                     f"(it has {len(layers)} transformer blocks)"
                 )
-            parent_name, _, attr = self.layers_name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, attr, nn.ModuleList(list(layers)[: len(layers) - self.cut]))
+            _set_blocks(model, self.layers_name, list(layers)[: len(layers) - self.cut])
             if hasattr(model.config, "num_hidden_layers"):
                 model.config.num_hidden_layers = len(layers) - self.cut
         self.model = model
@@ -114,12 +112,12 @@ class HFTextBackbone(Backbone):
     # ------------------------------------------------------------------ contract
     def forward(self, batch: dict) -> torch.Tensor:
         mask = batch["attention_mask"]
-        if "prefix_states" in batch:  # a frozen prefix's token states, replayed (prefix_states)
-            with self._replaced_prefix(batch["prefix_states"], int(batch["prefix_depth"])):
-                states = self.model(
-                    input_ids=batch["input_ids"], attention_mask=mask
-                ).last_hidden_state
-        else:
+        replayed = (  # a frozen prefix's token states, computed once (prefix_states)
+            self._replaced_prefix(batch["prefix_states"], int(batch["prefix_depth"]))
+            if "prefix_states" in batch
+            else nullcontext()
+        )
+        with replayed:
             states = self.model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             pooled = states[:, 0]
@@ -139,7 +137,10 @@ class HFTextBackbone(Backbone):
     # ------------------------------------------------ a frozen prefix, computed once
     def replay_depth(self, frozen_groups: int) -> int:
         """How many transformer blocks the first ``frozen_groups`` layer groups hold (the
-        first group is everything outside the blocks: the embeddings)."""
+        first group is everything outside the blocks: the embeddings); 0 where the model has
+        no embeddings module to stand the stored states in for (nothing to replay)."""
+        if _embeddings_name(self.model) is None:
+            return 0
         return max(int(frozen_groups) - 1, 0)
 
     @torch.no_grad()
@@ -154,20 +155,19 @@ class HFTextBackbone(Backbone):
     @contextmanager
     def _blocks(self, start: int, stop: int | None):
         """The encoder runs only blocks ``start:stop`` inside this context."""
-        parent_name, _, attr = self.layers_name.rpartition(".")
-        parent = self.model.get_submodule(parent_name) if parent_name else self.model
-        layers = getattr(parent, attr)
-        setattr(parent, attr, nn.ModuleList(list(layers)[start:stop]))
+        layers = self.model.get_submodule(self.layers_name)
+        _set_blocks(self.model, self.layers_name, list(layers)[start:stop])
         try:
             yield
         finally:
-            setattr(parent, attr, layers)
+            _set_blocks(self.model, self.layers_name, layers)
 
     @contextmanager
     def _replaced_prefix(self, states: torch.Tensor, depth: int):
         """The embeddings give ``states`` and the blocks start at ``depth``: the model's
         own forward (its attention masks, position biases, pooling) runs the rest."""
         name = _embeddings_name(self.model)
+        assert name is not None  # replay_depth is 0 without one: nothing is replayed
         embeddings = getattr(self.model, name)
         setattr(self.model, name, _Given(states))
         try:
@@ -221,11 +221,16 @@ class _Given(nn.Module):
         return self.states
 
 
-def _embeddings_name(model: nn.Module) -> str:
-    for name in ("embeddings", "embed"):
-        if isinstance(getattr(model, name, None), nn.Module):
-            return name
-    raise ZooError(f"{type(model).__name__}: no embeddings module to replay a prefix through")
+def _embeddings_name(model: nn.Module) -> str | None:
+    """The attribute holding the model's embeddings (BERT, MPNet: ``embeddings``), or None."""
+    return "embeddings" if isinstance(getattr(model, "embeddings", None), nn.Module) else None
+
+
+def _set_blocks(model: nn.Module, layers_name: str, blocks) -> None:
+    """Put ``blocks`` (a list or a ModuleList) where the model keeps its transformer blocks."""
+    parent_name, _, attr = layers_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, blocks if isinstance(blocks, nn.ModuleList) else nn.ModuleList(blocks))
 
 
 def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
